@@ -1,0 +1,218 @@
+//! Fault injection: make the next N calls (or the calls during a time window) of one API path,
+//! or of every path, fail in a chosen way.
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::Emulator;
+use crate::clock::{Millis, SECOND};
+use crate::errors::ApiError;
+use crate::server::ConnHandle;
+
+/// What happens to a faulted call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FaultKind {
+    /// Answer with this HTTP status (e.g. 502) and a short non-JSON body.
+    HttpStatus(u16),
+    /// Wait this many milliseconds, then handle the call normally.
+    Delay(u64),
+    /// Close the connection without any response.
+    Drop,
+    /// Answer HTTP 200 with this errcode (and optional errmsg).
+    Errcode(i64, Option<String>),
+    /// `sync_msg` only: an empty `msg_list` with `has_more: 1` and an unchanged cursor.
+    EmptyPage,
+    /// Revoke every access token, then handle the call (which then answers 40014).
+    InvalidateTokens,
+}
+
+/// One injected fault.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    /// Id (for listing).
+    pub id: u64,
+    /// API path under /cgi-bin/ (`kf/sync_msg`), or `None` for every path.
+    pub path: Option<String>,
+    /// Effect.
+    pub kind: FaultKind,
+    /// Calls left, if counted.
+    pub remaining: Option<u64>,
+    /// End of the time window (emulator clock), if timed.
+    pub until: Option<Millis>,
+}
+
+/// Marker put into a request's extensions when an `empty_page` fault applies.
+#[derive(Debug, Clone, Copy)]
+pub struct EmptyPageFault;
+
+/// `"/cgi-bin/kf/sync_msg"`, `"kf/sync_msg"` → `Some("kf/sync_msg")`; `"*"`, `"all"`, `""` → `None`.
+pub fn normalize_path(path: &str) -> Option<String> {
+    let p = path.trim().trim_start_matches('/');
+    let p = p.strip_prefix("cgi-bin/").unwrap_or(p);
+    let p = p.split('?').next().unwrap_or("");
+    if p.is_empty() || p == "*" || p == "all" { None } else { Some(p.to_string()) }
+}
+
+impl Fault {
+    /// Parses the control-API JSON (see the crate docs for the fields).
+    pub fn parse(v: &Value, id: u64, now: Millis) -> Result<Fault, String> {
+        let obj = v.as_object().ok_or("a fault is a JSON object")?;
+        let path = match obj.get("path") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(p)) => normalize_path(p),
+            Some(_) => return Err("path must be a string".into()),
+        };
+        let kind_name = obj.get("kind").and_then(Value::as_str).ok_or("kind is required")?;
+        let num = |k: &str| obj.get(k).and_then(Value::as_i64);
+        let kind = match kind_name {
+            "http_status" | "http" | "5xx" => {
+                let status = num("status").unwrap_or(502);
+                if !(100..=599).contains(&status) {
+                    return Err("status must be an HTTP status code".into());
+                }
+                FaultKind::HttpStatus(status as u16)
+            }
+            "delay" | "slow" => FaultKind::Delay(num("delay_ms").ok_or("delay needs delay_ms")?.max(0) as u64),
+            "drop" | "connection_drop" => FaultKind::Drop,
+            "errcode" => FaultKind::Errcode(
+                num("errcode").ok_or("errcode needs errcode")?,
+                obj.get("errmsg").and_then(Value::as_str).map(str::to_string),
+            ),
+            "empty_page" => FaultKind::EmptyPage,
+            "invalidate_tokens" | "token_invalidation" => FaultKind::InvalidateTokens,
+            other => return Err(format!("unknown fault kind {other:?}")),
+        };
+        let count = obj.get("count").and_then(Value::as_u64);
+        let seconds = obj.get("seconds").and_then(Value::as_f64);
+        let until = seconds.map(|s| now + (s * SECOND as f64) as Millis);
+        let remaining = if count.is_none() && until.is_none() { Some(1) } else { count };
+        Ok(Fault {
+            id,
+            path,
+            kind,
+            remaining,
+            until,
+        })
+    }
+
+    /// JSON for `GET /emulator/faults`.
+    pub fn to_json(&self) -> Value {
+        let kind = match &self.kind {
+            FaultKind::HttpStatus(s) => json!({"kind":"http_status","status":s}),
+            FaultKind::Delay(ms) => json!({"kind":"delay","delay_ms":ms}),
+            FaultKind::Drop => json!({"kind":"drop"}),
+            FaultKind::Errcode(c, m) => json!({"kind":"errcode","errcode":c,"errmsg":m}),
+            FaultKind::EmptyPage => json!({"kind":"empty_page"}),
+            FaultKind::InvalidateTokens => json!({"kind":"invalidate_tokens"}),
+        };
+        let mut v = kind;
+        v["id"] = json!(self.id);
+        v["path"] = json!(self.path);
+        v["remaining"] = json!(self.remaining);
+        v["until"] = json!(self.until.map(|u| u / 1000));
+        v
+    }
+
+    fn applies(&self, path: &str, now: Millis) -> bool {
+        let live = self.remaining != Some(0) && self.until.is_none_or(|u| now < u);
+        let path_ok = self.path.as_deref().is_none_or(|p| p == path);
+        let kind_ok = self.kind != FaultKind::EmptyPage || path == "kf/sync_msg";
+        live && path_ok && kind_ok
+    }
+}
+
+/// Takes the first fault that applies to a call of `path` (counting it down).
+pub fn take(faults: &mut Vec<Fault>, path: &str, now: Millis) -> Option<FaultKind> {
+    faults.retain(|f| f.remaining != Some(0) && f.until.is_none_or(|u| now < u));
+    let fault = faults.iter_mut().find(|f| f.applies(path, now))?;
+    if let Some(n) = fault.remaining.as_mut() {
+        *n -= 1;
+    }
+    Some(fault.kind.clone())
+}
+
+/// Middleware on /cgi-bin/: counts calls and applies faults before the API sees the request.
+pub(crate) async fn middleware(State(emu): State<Emulator>, mut req: Request, next: Next) -> Response {
+    let Some(path) = req.uri().path().strip_prefix("/cgi-bin/").map(str::to_string) else {
+        return next.run(req).await;
+    };
+    let counted = crate::api::known_path(&path).unwrap_or("(unknown)");
+    let fault = emu.with_state(|s, now| {
+        *s.counters.calls.entry(counted.to_string()).or_default() += 1;
+        take(&mut s.faults, &path, now)
+    });
+    match fault {
+        None => next.run(req).await,
+        Some(FaultKind::Delay(ms)) => {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            next.run(req).await
+        }
+        Some(FaultKind::HttpStatus(status)) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            (status, "emulated fault").into_response()
+        }
+        Some(FaultKind::Errcode(code, msg)) => {
+            let msg = msg.unwrap_or_else(|| "emulated fault".to_string());
+            ApiError::new(code, msg).into_response()
+        }
+        Some(FaultKind::Drop) => match req.extensions().get::<ConnectInfo<ConnHandle>>() {
+            Some(ConnectInfo(handle)) => {
+                handle.kill();
+                // The write of this response fails, so the client sees a closed connection.
+                StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            }
+            // In-process (`router().oneshot`) there is no connection to drop.
+            None => (StatusCode::BAD_GATEWAY, "emulated connection drop").into_response(),
+        },
+        Some(FaultKind::EmptyPage) => {
+            req.extensions_mut().insert(EmptyPageFault);
+            next.run(req).await
+        }
+        Some(FaultKind::InvalidateTokens) => {
+            emu.with_state(|s, _| s.access_tokens.revoke(None));
+            next.run(req).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_counted_fault_applies_to_its_path_only_and_runs_out() {
+        let f = Fault::parse(&json!({"path":"/cgi-bin/kf/send_msg","kind":"errcode","errcode":-1,"count":2}), 1, 0).unwrap();
+        let mut faults = vec![f];
+        assert_eq!(take(&mut faults, "kf/sync_msg", 0), None);
+        assert!(take(&mut faults, "kf/send_msg", 0).is_some());
+        assert!(take(&mut faults, "kf/send_msg", 0).is_some());
+        assert_eq!(take(&mut faults, "kf/send_msg", 0), None);
+        assert!(faults.is_empty());
+    }
+
+    #[test]
+    fn a_timed_fault_ends_with_its_window() {
+        let f = Fault::parse(&json!({"kind":"http_status","status":503,"seconds":10}), 1, 0).unwrap();
+        let mut faults = vec![f];
+        assert_eq!(take(&mut faults, "gettoken", 9_999), Some(FaultKind::HttpStatus(503)));
+        assert_eq!(take(&mut faults, "gettoken", 10_000), None);
+    }
+
+    #[test]
+    fn empty_pages_only_hit_sync_msg() {
+        let f = Fault::parse(&json!({"kind":"empty_page"}), 1, 0).unwrap();
+        let mut faults = vec![f];
+        assert_eq!(take(&mut faults, "kf/send_msg", 0), None);
+        assert_eq!(take(&mut faults, "kf/sync_msg", 0), Some(FaultKind::EmptyPage));
+    }
+
+    #[test]
+    fn bad_fault_specs_are_rejected() {
+        assert!(Fault::parse(&json!({"kind":"explode"}), 1, 0).is_err());
+        assert!(Fault::parse(&json!({"kind":"delay"}), 1, 0).is_err());
+        assert!(Fault::parse(&json!([]), 1, 0).is_err());
+    }
+}

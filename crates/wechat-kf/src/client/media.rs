@@ -1,0 +1,768 @@
+//! Temporary media: `media/upload`, `media/uploadimg`, `media/get` (endpoints.md §1.14).
+//!
+//! Uploads are `multipart/form-data` with one part named `media` whose Content-Disposition
+//! carries `filename` and `filelength` (pitfalls.md #8); the body is written by hand because
+//! common multipart writers cannot add `filelength`. Downloads check the Content-Type first: a
+//! JSON body is an error (`{"errcode":40007,…}`), never a file.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use reqwest::header::{CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderMap};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+
+use super::execute::{Call, CallBody, Expect, Received, check_envelope};
+use super::{Client, Error};
+use crate::MediaId;
+
+/// Largest media body [`Media::download`] buffers in memory.
+const MAX_IN_MEMORY_DOWNLOAD: usize = 64 * 1024 * 1024;
+
+/// Media endpoints; see [`Client::media`].
+#[derive(Debug, Clone, Copy)]
+pub struct Media<'c> {
+    client: &'c Client,
+}
+
+/// The `type` of a temporary media upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MediaKind {
+    /// JPG/PNG, ≤ 10 MB (2 MB in older docs).
+    Image,
+    /// AMR, ≤ 2 MB, ≤ 60 s.
+    Voice,
+    /// MP4, ≤ 10 MB.
+    Video,
+    /// Any file, ≤ 20 MB.
+    File,
+}
+
+impl MediaKind {
+    /// The `type` query value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaKind::Image => "image",
+            MediaKind::Voice => "voice",
+            MediaKind::Video => "video",
+            MediaKind::File => "file",
+        }
+    }
+
+    /// The documented maximum size in bytes.
+    pub fn max_size(self) -> u64 {
+        const MB: u64 = 1024 * 1024;
+        match self {
+            MediaKind::Image => 10 * MB,
+            MediaKind::Voice => 2 * MB,
+            MediaKind::Video => 10 * MB,
+            MediaKind::File => 20 * MB,
+        }
+    }
+}
+
+impl std::str::FromStr for MediaKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "image" => Ok(MediaKind::Image),
+            "voice" => Ok(MediaKind::Voice),
+            "video" => Ok(MediaKind::Video),
+            "file" => Ok(MediaKind::File),
+            other => Err(format!(
+                "unknown media type {other:?} (image, voice, video, file)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for MediaKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
+
+enum Source {
+    Bytes(Bytes),
+    File(PathBuf),
+    /// A stream can be sent once; uploads from it are never retried.
+    Stream {
+        length: u64,
+        stream: Mutex<Option<ByteStream>>,
+    },
+}
+
+/// A file to upload: from memory, from a path, or from a stream of known length.
+pub struct MediaUpload {
+    filename: String,
+    content_type: Option<String>,
+    source: Source,
+}
+
+impl fmt::Debug for MediaUpload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let source = match &self.source {
+            Source::Bytes(b) => format!("{} bytes in memory", b.len()),
+            Source::File(p) => format!("file {}", p.display()),
+            Source::Stream { length, .. } => format!("stream of {length} bytes"),
+        };
+        f.debug_struct("MediaUpload")
+            .field("filename", &self.filename)
+            .field("content_type", &self.content_type)
+            .field("source", &source)
+            .finish()
+    }
+}
+
+impl MediaUpload {
+    /// Uploads `data` under `filename` (the name the customer sees).
+    pub fn bytes(filename: impl Into<String>, data: impl Into<Bytes>) -> Self {
+        Self {
+            filename: filename.into(),
+            content_type: None,
+            source: Source::Bytes(data.into()),
+        }
+    }
+
+    /// Uploads the file at `path`, named after its last path component. The file is re-read
+    /// for each retry.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        let filename = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "file".to_owned());
+        Self {
+            filename,
+            content_type: None,
+            source: Source::File(path),
+        }
+    }
+
+    /// Uploads `length` bytes from `stream`. The stream is consumed by the first attempt, so
+    /// a failed upload from a stream is not retried.
+    pub fn stream(
+        filename: impl Into<String>,
+        length: u64,
+        stream: impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+    ) -> Self {
+        Self {
+            filename: filename.into(),
+            content_type: None,
+            source: Source::Stream {
+                length,
+                stream: Mutex::new(Some(stream.boxed())),
+            },
+        }
+    }
+
+    /// Overrides the file name.
+    pub fn filename(mut self, filename: impl Into<String>) -> Self {
+        self.filename = filename.into();
+        self
+    }
+
+    /// Sets the part's Content-Type (default: guessed from the file name extension).
+    pub fn content_type(mut self, content_type: impl Into<String>) -> Self {
+        self.content_type = Some(content_type.into());
+        self
+    }
+
+    async fn length(&self) -> Result<u64, Error> {
+        match &self.source {
+            Source::Bytes(b) => Ok(b.len() as u64),
+            Source::File(path) => tokio::fs::metadata(path)
+                .await
+                .map(|m| m.len())
+                .map_err(|e| Error::io(path.display().to_string(), e)),
+            Source::Stream { length, .. } => Ok(*length),
+        }
+    }
+}
+
+fn guess_content_type(filename: &str) -> &'static str {
+    let extension = filename
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    match extension.as_str() {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "gif" => "image/gif",
+        "amr" => "audio/amr",
+        "mp3" => "audio/mpeg",
+        "mp4" => "video/mp4",
+        "txt" => "text/plain",
+        "pdf" => "application/pdf",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Quotes a file name for a Content-Disposition parameter: raw UTF-8 as browsers send it, with
+/// `"`, `\` and line breaks percent-encoded so the header cannot be broken.
+fn quote_filename(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        match c {
+            '"' => out.push_str("%22"),
+            '\\' => out.push_str("%5C"),
+            '\r' => out.push_str("%0D"),
+            '\n' => out.push_str("%0A"),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A multipart body with one `media` part, rebuilt for every attempt.
+pub(crate) struct MultipartBody {
+    boundary: String,
+    upload: MediaUpload,
+}
+
+impl MultipartBody {
+    fn new(upload: MediaUpload) -> Self {
+        let boundary = format!("----wechat-kf-{:016x}", rand::random::<u64>());
+        Self { boundary, upload }
+    }
+
+    pub(crate) fn is_repeatable(&self) -> bool {
+        !matches!(self.upload.source, Source::Stream { .. })
+    }
+
+    fn head(&self, length: u64) -> Bytes {
+        let content_type = self
+            .upload
+            .content_type
+            .clone()
+            .unwrap_or_else(|| guess_content_type(&self.upload.filename).to_owned());
+        Bytes::from(format!(
+            "--{}\r\nContent-Disposition: form-data; name=\"media\"; filename=\"{}\"; filelength={length}\r\nContent-Type: {content_type}\r\n\r\n",
+            self.boundary,
+            quote_filename(&self.upload.filename),
+        ))
+    }
+
+    fn tail(&self) -> Bytes {
+        Bytes::from(format!("\r\n--{}--\r\n", self.boundary))
+    }
+
+    /// The request's Content-Type, total length and body for one attempt.
+    pub(crate) async fn to_body(
+        &self,
+        endpoint: &'static str,
+    ) -> Result<(String, u64, reqwest::Body), Error> {
+        let content_type = format!("multipart/form-data; boundary={}", self.boundary);
+        let length = self.upload.length().await?;
+        let head = self.head(length);
+        let tail = self.tail();
+        let total = head.len() as u64 + length + tail.len() as u64;
+        let body = match &self.upload.source {
+            Source::Bytes(data) => {
+                let mut all = BytesMut::with_capacity(total as usize);
+                all.extend_from_slice(&head);
+                all.extend_from_slice(data);
+                all.extend_from_slice(&tail);
+                reqwest::Body::from(all.freeze())
+            }
+            Source::File(path) => {
+                let file = tokio::fs::File::open(path)
+                    .await
+                    .map_err(|e| Error::io(path.display().to_string(), e))?;
+                let chunks = file_chunks(file, length);
+                let all = stream::once(async move { Ok(head) })
+                    .chain(chunks)
+                    .chain(stream::once(async move { Ok(tail) }));
+                reqwest::Body::wrap_stream(all)
+            }
+            Source::Stream { stream, .. } => {
+                let taken = stream.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let Some(data) = taken else {
+                    return Err(Error::Config(format!(
+                        "{endpoint}: an upload from a stream cannot be sent twice"
+                    )));
+                };
+                let all = stream::once(async move { Ok(head) })
+                    .chain(data)
+                    .chain(stream::once(async move { Ok(tail) }));
+                reqwest::Body::wrap_stream(all)
+            }
+        };
+        Ok((content_type, total, body))
+    }
+}
+
+/// Reads at most `length` bytes of `file` in 64 KiB chunks.
+fn file_chunks(file: tokio::fs::File, length: u64) -> ByteStream {
+    use tokio::io::AsyncReadExt;
+    stream::try_unfold((file, length), |(mut file, remaining)| async move {
+        if remaining == 0 {
+            return Ok(None);
+        }
+        let want = remaining.min(64 * 1024) as usize;
+        let mut buffer = BytesMut::with_capacity(want);
+        let read = (&mut file).take(want as u64).read_buf(&mut buffer).await?;
+        if read == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file shrank while it was uploaded",
+            ));
+        }
+        Ok(Some((buffer.freeze(), (file, remaining - read as u64))))
+    })
+    .boxed()
+}
+
+/// Response of `media/upload`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct UploadedMedia {
+    /// The media type.
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// The media id, valid 3 days.
+    pub media_id: MediaId,
+    /// Upload time: a unix timestamp **as a string** on the wire.
+    #[serde(default, deserialize_with = "string_or_number")]
+    pub created_at: String,
+}
+
+impl UploadedMedia {
+    /// `created_at` as unix seconds, when it is a number.
+    pub fn created_at_secs(&self) -> Option<u64> {
+        self.created_at.trim().parse().ok()
+    }
+}
+
+fn string_or_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Value {
+        S(String),
+        N(u64),
+    }
+    Ok(match Option::<Value>::deserialize(deserializer)? {
+        Some(Value::S(s)) => s,
+        Some(Value::N(n)) => n.to_string(),
+        None => String::new(),
+    })
+}
+
+/// What the server said about a downloaded file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MediaInfo {
+    /// `Content-Type`.
+    pub content_type: Option<String>,
+    /// The file name from `Content-Disposition` (`filename*=UTF-8''…` preferred over
+    /// `filename=`), exactly as the server sent it. Use [`safe_filename`](Self::safe_filename)
+    /// before putting it on a file system.
+    pub filename: Option<String>,
+    /// `Content-Length`.
+    pub content_length: Option<u64>,
+    /// `Content-Range`, for range downloads.
+    pub content_range: Option<String>,
+}
+
+impl MediaInfo {
+    fn from_headers(headers: &HeaderMap) -> Self {
+        let text = |name| {
+            headers
+                .get(name)
+                .map(|v: &reqwest::header::HeaderValue| {
+                    String::from_utf8_lossy(v.as_bytes()).into_owned()
+                })
+        };
+        Self {
+            content_type: text(CONTENT_TYPE),
+            filename: text(CONTENT_DISPOSITION).and_then(|v| parse_content_disposition(&v)),
+            content_length: text(CONTENT_LENGTH).and_then(|v| v.trim().parse().ok()),
+            content_range: text(CONTENT_RANGE),
+        }
+    }
+
+    /// The server's file name reduced to one harmless path component (no directories, no
+    /// `..`, no control characters), or `None` when nothing usable is left.
+    pub fn safe_filename(&self) -> Option<String> {
+        let name = self.filename.as_deref()?;
+        let last = name.rsplit(['/', '\\']).next().unwrap_or("");
+        let cleaned: String = last.chars().filter(|c| !c.is_control()).collect();
+        let cleaned = cleaned.trim();
+        if cleaned.is_empty() || cleaned == "." || cleaned == ".." {
+            None
+        } else {
+            Some(cleaned.to_owned())
+        }
+    }
+}
+
+/// Extracts the file name from a Content-Disposition value, preferring the RFC 5987/6266
+/// `filename*=charset'lang'pct-encoded` form.
+pub(crate) fn parse_content_disposition(value: &str) -> Option<String> {
+    let mut plain = None;
+    let mut extended = None;
+    for param in split_params(value) {
+        let Some((key, raw)) = param.split_once('=') else {
+            continue;
+        };
+        let key = key.trim().to_ascii_lowercase();
+        let raw = raw.trim();
+        if key == "filename*" {
+            let unquoted = raw.trim_matches('"');
+            let mut parts = unquoted.splitn(3, '\'');
+            let charset = parts.next().unwrap_or("");
+            let _language = parts.next();
+            if let Some(encoded) = parts.next() {
+                let bytes: Vec<u8> = percent_encoding::percent_decode_str(encoded).collect();
+                let decoded = if charset.eq_ignore_ascii_case("utf-8") {
+                    String::from_utf8_lossy(&bytes).into_owned()
+                } else {
+                    // ISO-8859-1: each byte is one code point.
+                    bytes.iter().map(|&b| b as char).collect()
+                };
+                extended = Some(decoded);
+            }
+        } else if key == "filename" {
+            let name = if let Some(inner) = raw.strip_prefix('"') {
+                let inner = inner.strip_suffix('"').unwrap_or(inner);
+                inner.replace("\\\"", "\"").replace("\\\\", "\\")
+            } else {
+                raw.to_owned()
+            };
+            plain = Some(name);
+        }
+    }
+    extended.or(plain).filter(|n| !n.is_empty())
+}
+
+/// Splits header parameters on `;` outside quotes.
+fn split_params(value: &str) -> Vec<&str> {
+    let mut params = Vec::new();
+    let mut start = 0;
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ';' if !quoted => {
+                params.push(&value[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    params.push(&value[start..]);
+    params
+}
+
+/// A file downloaded into memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadedMedia {
+    /// Headers of interest.
+    pub info: MediaInfo,
+    /// The content.
+    pub bytes: Bytes,
+}
+
+/// A download in progress: headers already checked, body still streaming.
+pub struct MediaDownload {
+    /// Headers of interest.
+    pub info: MediaInfo,
+    /// The body. Errors mid-stream are transport errors and are not retried.
+    pub stream: BoxStream<'static, Result<Bytes, Error>>,
+}
+
+impl fmt::Debug for MediaDownload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MediaDownload")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct UploadImgResponse {
+    url: String,
+}
+
+impl<'c> Media<'c> {
+    pub(crate) fn new(client: &'c Client) -> Self {
+        Self { client }
+    }
+
+    /// `POST media/upload?type=…`: a temporary media id (valid 3 days). Files must be larger than
+    /// 5 bytes and within the type's limit ([`MediaKind::max_size`]).
+    pub async fn upload(&self, kind: MediaKind, upload: MediaUpload) -> Result<UploadedMedia, Error> {
+        let length = upload.length().await?;
+        check_size(length, kind.max_size())?;
+        check_filename(&upload.filename)?;
+        let call = self.multipart_call("media/upload", upload).query("type", kind.as_str());
+        self.client.execute_json(call).await
+    }
+
+    /// `POST media/uploadimg`: a permanent image URL (5 B–2 MB; 1000 per day). Not needed for
+    /// KF messages.
+    pub async fn upload_image(&self, upload: MediaUpload) -> Result<String, Error> {
+        let length = upload.length().await?;
+        check_size(length, 2 * 1024 * 1024)?;
+        check_filename(&upload.filename)?;
+        let call = self.multipart_call("media/uploadimg", upload);
+        let response: UploadImgResponse = self.client.execute_json(call).await?;
+        Ok(response.url)
+    }
+
+    fn multipart_call(&self, endpoint: &'static str, upload: MediaUpload) -> Call {
+        let mut call = Call::get(endpoint);
+        call.method = reqwest::Method::POST;
+        call.body = CallBody::Multipart(MultipartBody::new(upload));
+        call.timeout = Some(self.client.inner.media_timeout);
+        call
+    }
+
+    /// `GET media/get` as a stream; the Content-Type is checked first, so a JSON error body
+    /// becomes an [`Error::Api`].
+    pub async fn download_stream(&self, media_id: impl Into<MediaId>) -> Result<MediaDownload, Error> {
+        self.download_inner(media_id.into(), None).await
+    }
+
+    /// `GET media/get` with `Range: bytes=start-end` (inclusive; ≤ 20 MB per range), for files
+    /// over 20 MB (830002 otherwise).
+    pub async fn download_range_stream(
+        &self,
+        media_id: impl Into<MediaId>,
+        start: u64,
+        end: u64,
+    ) -> Result<MediaDownload, Error> {
+        if end < start {
+            return Err(Error::validation("range", "end before start"));
+        }
+        self.download_inner(media_id.into(), Some((start, end))).await
+    }
+
+    /// `GET media/get` into memory (at most 64 MiB).
+    pub async fn download(&self, media_id: impl Into<MediaId>) -> Result<DownloadedMedia, Error> {
+        let MediaDownload { info, mut stream } = self.download_stream(media_id).await?;
+        let mut buffer = BytesMut::with_capacity(
+            info.content_length
+                .unwrap_or(0)
+                .min(MAX_IN_MEMORY_DOWNLOAD as u64) as usize,
+        );
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if buffer.len() + chunk.len() > MAX_IN_MEMORY_DOWNLOAD {
+                return Err(Error::Decode {
+                    endpoint: "media/get",
+                    message: format!(
+                        "media larger than {MAX_IN_MEMORY_DOWNLOAD} bytes; use download_to_file"
+                    ),
+                    body: String::new(),
+                });
+            }
+            buffer.extend_from_slice(&chunk);
+        }
+        Ok(DownloadedMedia {
+            info,
+            bytes: buffer.freeze(),
+        })
+    }
+
+    /// `GET media/get` into the file `path` (written to `path.part`, renamed when complete).
+    pub async fn download_to_file(
+        &self,
+        media_id: impl Into<MediaId>,
+        path: impl AsRef<Path>,
+    ) -> Result<MediaInfo, Error> {
+        let download = self.download_stream(media_id).await?;
+        write_stream(download.stream, path.as_ref()).await?;
+        Ok(download.info)
+    }
+
+    /// `GET media/get` into the directory `dir`, under the server's file name
+    /// ([`MediaInfo::safe_filename`]) or the media id when the server sent none. Returns the
+    /// path written and the headers.
+    pub async fn download_to_dir(
+        &self,
+        media_id: impl Into<MediaId>,
+        dir: impl AsRef<Path>,
+    ) -> Result<(PathBuf, MediaInfo), Error> {
+        let media_id = media_id.into();
+        let fallback: String = media_id
+            .as_str()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+            .collect();
+        let download = self.download_stream(media_id).await?;
+        let name = download
+            .info
+            .safe_filename()
+            .unwrap_or_else(|| if fallback.is_empty() { "media".into() } else { fallback });
+        let path = dir.as_ref().join(name);
+        write_stream(download.stream, &path).await?;
+        Ok((path, download.info))
+    }
+
+    async fn download_inner(
+        &self,
+        media_id: MediaId,
+        range: Option<(u64, u64)>,
+    ) -> Result<MediaDownload, Error> {
+        const ENDPOINT: &str = "media/get";
+        if media_id.as_str().is_empty() {
+            return Err(Error::validation("media_id", "must not be empty"));
+        }
+        let mut call = Call::get(ENDPOINT).query("media_id", media_id.into_string());
+        call.timeout = Some(self.client.inner.media_timeout);
+        if let Some((start, end)) = range {
+            let value = format!("bytes={start}-{end}");
+            if let Ok(value) = value.parse() {
+                call.headers.insert(reqwest::header::RANGE, value);
+            }
+        }
+        let (first, response) = self
+            .client
+            .execute(&call, Expect::Media, |received| match received {
+                Received::Media { first, response } => Ok((first, response)),
+                Received::Json(body) => {
+                    check_envelope(ENDPOINT, &body)?;
+                    Err(Error::Decode {
+                        endpoint: ENDPOINT,
+                        message: "expected media, got a JSON body without an error code".into(),
+                        body: super::error::excerpt(&body),
+                    })
+                }
+            })
+            .await?;
+        let info = MediaInfo::from_headers(response.headers());
+        let rest = response
+            .bytes_stream()
+            .map_err(|e| Error::transport(ENDPOINT, e));
+        let stream = stream::iter(first.map(Ok)).chain(rest).boxed();
+        Ok(MediaDownload { info, stream })
+    }
+}
+
+fn check_size(length: u64, max: u64) -> Result<(), Error> {
+    if length <= 5 {
+        return Err(Error::validation(
+            "media",
+            format!("{length} bytes; files must be larger than 5 bytes"),
+        ));
+    }
+    if length > max {
+        return Err(Error::validation(
+            "media",
+            format!("{length} bytes; at most {max} are allowed for this type"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_filename(name: &str) -> Result<(), Error> {
+    if name.trim().is_empty() {
+        return Err(Error::validation("filename", "must not be empty"));
+    }
+    Ok(())
+}
+
+async fn write_stream(
+    mut stream: BoxStream<'static, Result<Bytes, Error>>,
+    path: &Path,
+) -> Result<(), Error> {
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".part");
+    let partial = PathBuf::from(partial);
+    let result = async {
+        let mut file = tokio::fs::File::create(&partial)
+            .await
+            .map_err(|e| Error::io(partial.display().to_string(), e))?;
+        while let Some(chunk) = stream.next().await {
+            file.write_all(&chunk?)
+                .await
+                .map_err(|e| Error::io(partial.display().to_string(), e))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| Error::io(partial.display().to_string(), e))?;
+        drop(file);
+        tokio::fs::rename(&partial, path)
+            .await
+            .map_err(|e| Error::io(path.display().to_string(), e))
+    }
+    .await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&partial).await;
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc5987_file_names_win_over_plain_ones() {
+        assert_eq!(
+            parse_content_disposition(
+                "attachment; filename=\"fallback.jpg\"; filename*=UTF-8''%E4%BD%A0%E5%A5%BD.jpg"
+            )
+            .as_deref(),
+            Some("你好.jpg")
+        );
+        assert_eq!(
+            parse_content_disposition("attachment; filename=\"a; b.txt\"").as_deref(),
+            Some("a; b.txt")
+        );
+        assert_eq!(
+            parse_content_disposition("attachment; filename=plain.amr").as_deref(),
+            Some("plain.amr")
+        );
+        assert_eq!(
+            parse_content_disposition("attachment; filename*=iso-8859-1'en'%E9t%E9.txt").as_deref(),
+            Some("été.txt")
+        );
+        assert_eq!(parse_content_disposition("attachment"), None);
+    }
+
+    #[test]
+    fn safe_file_names_drop_directories() {
+        let info = |name: &str| MediaInfo {
+            filename: Some(name.into()),
+            ..MediaInfo::default()
+        };
+        assert_eq!(info("../../etc/passwd").safe_filename().as_deref(), Some("passwd"));
+        assert_eq!(info("a\\b\\c.jpg").safe_filename().as_deref(), Some("c.jpg"));
+        assert_eq!(info("..").safe_filename(), None);
+        assert_eq!(MediaInfo::default().safe_filename(), None);
+    }
+
+    #[test]
+    fn the_media_part_carries_filename_and_filelength() {
+        let body = MultipartBody::new(MediaUpload::bytes("wework.txt", &b"123456"[..]));
+        let head = String::from_utf8(body.head(6).to_vec()).unwrap();
+        assert!(head.contains(
+            "Content-Disposition: form-data; name=\"media\"; filename=\"wework.txt\"; filelength=6\r\n"
+        ));
+        assert!(head.contains("Content-Type: text/plain\r\n"));
+        let quoted = quote_filename("a\"b\r\n.txt");
+        assert_eq!(quoted, "a%22b%0D%0A.txt");
+    }
+
+    #[test]
+    fn created_at_is_read_as_string_or_number() {
+        let a: UploadedMedia =
+            serde_json::from_str(r#"{"type":"image","media_id":"m","created_at":"1380000000"}"#)
+                .unwrap();
+        let b: UploadedMedia =
+            serde_json::from_str(r#"{"type":"image","media_id":"m","created_at":1380000000}"#)
+                .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.created_at_secs(), Some(1_380_000_000));
+    }
+}

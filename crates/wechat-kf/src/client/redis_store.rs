@@ -1,0 +1,170 @@
+//! A Redis-backed [`TokenStore`] for several processes sharing one access token (feature
+//! `redis`).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::AsyncCommands;
+use redis::aio::MultiplexedConnection;
+use serde::{Deserialize, Serialize};
+
+use super::token::BoxFuture;
+use super::{AccessToken, Error, TokenStore};
+
+/// Deletes the key only if it still holds the given token value (compare-and-delete, so a
+/// process never removes the newer token another process just stored).
+const INVALIDATE_SCRIPT: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v then
+  local ok, t = pcall(cjson.decode, v)
+  if ok and type(t) == 'table' and t['access_token'] == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+  end
+end
+return 0
+"#;
+
+/// Stores tokens in Redis under `<prefix><key>` (default prefix `wechat-kf:token:`), as JSON
+/// with the token's remaining lifetime as the key's expiry.
+///
+/// Processes sharing a store share the token; each process still refreshes single-flight on its
+/// own, so N processes can cause up to N `gettoken` calls when the token expires (WeCom keeps
+/// older tokens valid until they expire, so this is harmless).
+pub struct RedisTokenStore {
+    client: redis::Client,
+    prefix: String,
+    connection: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+}
+
+impl std::fmt::Debug for RedisTokenStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTokenStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    access_token: String,
+    obtained_at: u64,
+    expires_at: u64,
+}
+
+fn unix(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl RedisTokenStore {
+    /// A store for the Redis server at `url` (e.g. `redis://127.0.0.1:6379/0`). Connects lazily.
+    pub fn new(url: &str) -> Result<Self, Error> {
+        let client = redis::Client::open(url).map_err(|e| Error::store("invalid Redis URL", e))?;
+        Ok(Self {
+            client,
+            prefix: "wechat-kf:token:".to_owned(),
+            connection: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// Changes the key prefix.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    async fn connection(&self) -> Result<MultiplexedConnection, Error> {
+        let mut slot = self.connection.lock().await;
+        if let Some(connection) = slot.as_ref() {
+            return Ok(connection.clone());
+        }
+        let connection = self
+            .client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| Error::store("cannot connect to Redis", e))?;
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Forgets a broken connection so the next call reconnects.
+    async fn reset(&self) {
+        *self.connection.lock().await = None;
+    }
+
+    async fn run<T, F, Fut>(&self, what: &'static str, op: F) -> Result<T, Error>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let connection = self.connection().await?;
+        match op(connection).await {
+            Ok(value) => Ok(value),
+            Err(error) => {
+                if error.is_io_error() || error.is_connection_dropped() {
+                    self.reset().await;
+                }
+                Err(Error::store(what, error))
+            }
+        }
+    }
+}
+
+impl TokenStore for RedisTokenStore {
+    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<AccessToken>, Error>> {
+        Box::pin(async move {
+            let full = format!("{}{key}", self.prefix);
+            let value: Option<String> = self
+                .run("Redis GET failed", |mut c| async move { c.get(&full).await })
+                .await?;
+            let Some(value) = value else {
+                return Ok(None);
+            };
+            // A value we cannot read is treated as absent: a new token will overwrite it.
+            let Ok(stored) = serde_json::from_str::<Stored>(&value) else {
+                return Ok(None);
+            };
+            Ok(Some(AccessToken::from_parts(
+                stored.access_token,
+                UNIX_EPOCH + Duration::from_secs(stored.obtained_at),
+                UNIX_EPOCH + Duration::from_secs(stored.expires_at),
+            )))
+        })
+    }
+
+    fn save<'a>(&'a self, key: &'a str, token: &'a AccessToken) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let full = format!("{}{key}", self.prefix);
+            let ttl = token
+                .expires_at()
+                .duration_since(SystemTime::now())
+                .unwrap_or_default()
+                .as_millis()
+                .max(1) as u64;
+            let value = serde_json::to_string(&Stored {
+                access_token: token.secret().expose().to_owned(),
+                obtained_at: unix(token.obtained_at()),
+                expires_at: unix(token.expires_at()),
+            })
+            .map_err(|e| Error::store("cannot encode the token", e))?;
+            self.run("Redis SET failed", |mut c| async move {
+                c.pset_ex::<_, _, ()>(&full, value, ttl).await
+            })
+            .await
+        })
+    }
+
+    fn invalidate<'a>(&'a self, key: &'a str, token: &'a AccessToken) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let full = format!("{}{key}", self.prefix);
+            let value = token.secret().expose().to_owned();
+            self.run("Redis invalidate failed", |mut c| async move {
+                redis::Script::new(INVALIDATE_SCRIPT)
+                    .key(full)
+                    .arg(value)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+                    .map(drop)
+            })
+            .await
+        })
+    }
+}

@@ -1,0 +1,406 @@
+//! A tiny, tolerant, allocation-free scanner for the flat XML documents WeCom sends.
+//!
+//! Callback envelopes and decrypted callback events are one root element with flat children whose
+//! text is either plain (possibly with entities) or CDATA. A DOM parser would allocate a node per
+//! element; this scanner walks the children of the root once and hands out borrowed slices, so
+//! extracting `<Encrypt>` or the fields of an event costs one linear pass and no allocation.
+//!
+//! Tolerances (on purpose): any root element name, an optional BOM, XML declaration, comments and
+//! processing instructions, attributes, text between children, children in any order, nested
+//! children (skipped as a whole), CDATA or plain text, surrounding whitespace. It is not a
+//! validating parser: it only promises to never panic and to report truncated documents.
+
+use std::borrow::Cow;
+
+/// A reason why a document could not be scanned; becomes [`super::CryptoError::MalformedXml`].
+pub(crate) type XmlResult<T> = Result<T, &'static str>;
+
+/// One child element of the root: its name and its raw (undecoded) content.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Element<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) content: &'a str,
+}
+
+impl<'a> Element<'a> {
+    /// The decoded text of the element (CDATA unwrapped, entities decoded, whitespace trimmed).
+    pub(crate) fn text(&self) -> XmlResult<Cow<'a, str>> {
+        text(self.content)
+    }
+}
+
+/// An iterator over the child elements of a document's root element.
+#[derive(Debug, Clone)]
+pub(crate) struct Children<'a> {
+    doc: &'a str,
+    pos: usize,
+    done: bool,
+}
+
+/// Skips the prolog, opens the root element and returns an iterator over its children.
+pub(crate) fn children(doc: &str) -> XmlResult<Children<'_>> {
+    let b = doc.as_bytes();
+    let mut i = if doc.starts_with('\u{feff}') { 3 } else { 0 };
+    loop {
+        i = skip_ws(b, i);
+        if i >= b.len() {
+            return Err("no root element");
+        }
+        if b[i] != b'<' {
+            return Err("text before the root element");
+        }
+        match skip_markup(doc, i)? {
+            Some(next) => i = next,
+            None => {
+                let tag = start_tag(b, i)?;
+                return Ok(Children {
+                    doc,
+                    pos: tag.end,
+                    done: tag.self_closing,
+                });
+            }
+        }
+    }
+}
+
+impl<'a> Iterator for Children<'a> {
+    type Item = XmlResult<Element<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let result = self.advance();
+        match result {
+            Ok(Some(element)) => Some(Ok(element)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(reason) => {
+                self.done = true;
+                Some(Err(reason))
+            }
+        }
+    }
+}
+
+impl<'a> Children<'a> {
+    fn advance(&mut self) -> XmlResult<Option<Element<'a>>> {
+        let doc = self.doc;
+        let b = doc.as_bytes();
+        loop {
+            // Text directly inside the root is ignored.
+            let lt = find_byte(b, self.pos, b'<').ok_or("unterminated root element")?;
+            if let Some(next) = skip_markup(doc, lt)? {
+                self.pos = next;
+                continue;
+            }
+            if b.get(lt + 1) == Some(&b'/') {
+                // The root's end tag; whatever follows it is ignored.
+                return Ok(None);
+            }
+            let tag = start_tag(b, lt)?;
+            let name = &doc[lt + 1..tag.name_end];
+            if tag.self_closing {
+                self.pos = tag.end;
+                return Ok(Some(Element { name, content: "" }));
+            }
+            let (content_end, after) = matching_end(doc, tag.end, name)?;
+            self.pos = after;
+            return Ok(Some(Element {
+                name,
+                content: &doc[tag.end..content_end],
+            }));
+        }
+    }
+}
+
+/// The position of a start tag's parts.
+struct StartTag {
+    /// Index just past the element name.
+    name_end: usize,
+    /// Index just past the closing `>`.
+    end: usize,
+    self_closing: bool,
+}
+
+/// Reads the start tag at `lt` (which holds `<`).
+fn start_tag(b: &[u8], lt: usize) -> XmlResult<StartTag> {
+    let mut i = lt + 1;
+    while i < b.len() && !is_name_end(b[i]) {
+        i += 1;
+    }
+    if i == lt + 1 {
+        return Err("empty element name");
+    }
+    let name_end = i;
+    // Attributes may quote a `>`; skip quoted runs.
+    let mut quote = 0u8;
+    while i < b.len() {
+        let c = b[i];
+        if quote != 0 {
+            if c == quote {
+                quote = 0;
+            }
+        } else if c == b'"' || c == b'\'' {
+            quote = c;
+        } else if c == b'>' {
+            return Ok(StartTag {
+                name_end,
+                end: i + 1,
+                self_closing: b[i - 1] == b'/',
+            });
+        }
+        i += 1;
+    }
+    Err("unterminated start tag")
+}
+
+/// Finds the end tag matching an element opened just before `from`; returns (content end, index
+/// after the end tag). Nested elements are counted so that a child of the same name nests.
+fn matching_end(doc: &str, from: usize, name: &str) -> XmlResult<(usize, usize)> {
+    let b = doc.as_bytes();
+    let mut depth = 0usize;
+    let mut i = from;
+    loop {
+        let lt = find_byte(b, i, b'<').ok_or("unterminated element")?;
+        if let Some(next) = skip_markup(doc, lt)? {
+            i = next;
+            continue;
+        }
+        if b.get(lt + 1) == Some(&b'/') {
+            let gt = find_byte(b, lt, b'>').ok_or("unterminated end tag")?;
+            if depth == 0 {
+                let end_name = doc[lt + 2..gt].trim_end_matches(is_xml_ws_char);
+                if end_name != name {
+                    return Err("mismatched end tag");
+                }
+                return Ok((lt, gt + 1));
+            }
+            depth -= 1;
+            i = gt + 1;
+            continue;
+        }
+        let tag = start_tag(b, lt)?;
+        if !tag.self_closing {
+            depth += 1;
+        }
+        i = tag.end;
+    }
+}
+
+/// If `lt` starts a comment, CDATA section, processing instruction or declaration, returns the
+/// index after it; `None` for a start or end tag.
+fn skip_markup(doc: &str, lt: usize) -> XmlResult<Option<usize>> {
+    let rest = &doc.as_bytes()[lt..];
+    let (close, open_len, reason): (&str, usize, &'static str) = if rest.starts_with(b"<!--") {
+        ("-->", 4, "unterminated comment")
+    } else if rest.starts_with(b"<![CDATA[") {
+        ("]]>", 9, "unterminated CDATA section")
+    } else if rest.starts_with(b"<?") {
+        ("?>", 2, "unterminated processing instruction")
+    } else if rest.starts_with(b"<!") {
+        // A DOCTYPE without an internal subset; entity definitions are not honoured.
+        (">", 2, "unterminated declaration")
+    } else {
+        return Ok(None);
+    };
+    let start = lt + open_len;
+    match doc[start..].find(close) {
+        Some(at) => Ok(Some(start + at + close.len())),
+        None => Err(reason),
+    }
+}
+
+/// Decodes an element's content: CDATA sections are taken verbatim, text has its entities
+/// decoded; whitespace around CDATA is dropped and plain text is trimmed. Child elements inside
+/// a value are an error.
+pub(crate) fn text(content: &str) -> XmlResult<Cow<'_, str>> {
+    let trimmed = content.trim_matches(is_xml_ws_char);
+    // Fast path 1: one CDATA section, the common WeCom form.
+    if let Some(inner) = trimmed
+        .strip_prefix("<![CDATA[")
+        .and_then(|s| s.strip_suffix("]]>"))
+    {
+        if !inner.contains("]]>") {
+            return Ok(Cow::Borrowed(inner));
+        }
+    }
+    // Fast path 2: plain text without entities.
+    if !trimmed.as_bytes().iter().any(|&c| c == b'<' || c == b'&') {
+        return Ok(Cow::Borrowed(trimmed));
+    }
+    let has_cdata = trimmed.contains("<![CDATA[");
+    let mut out = String::with_capacity(trimmed.len());
+    let mut rest = trimmed;
+    while !rest.is_empty() {
+        match rest.find('<') {
+            Some(0) => {
+                if let Some(after) = rest.strip_prefix("<![CDATA[") {
+                    let end = after.find("]]>").ok_or("unterminated CDATA section")?;
+                    out.push_str(&after[..end]);
+                    rest = &after[end + 3..];
+                } else if let Some(after) = rest.strip_prefix("<!--") {
+                    let end = after.find("-->").ok_or("unterminated comment")?;
+                    rest = &after[end + 3..];
+                } else {
+                    return Err("unexpected child element in a text value");
+                }
+            }
+            found => {
+                let end = found.unwrap_or(rest.len());
+                let segment = &rest[..end];
+                let segment = if has_cdata {
+                    segment.trim_matches(is_xml_ws_char)
+                } else {
+                    segment
+                };
+                decode_entities_into(segment, &mut out);
+                rest = &rest[end..];
+            }
+        }
+    }
+    if has_cdata {
+        Ok(Cow::Owned(out))
+    } else {
+        let trimmed_len = out.trim_end_matches(is_xml_ws_char).len();
+        out.truncate(trimmed_len);
+        let lead = out.len() - out.trim_start_matches(is_xml_ws_char).len();
+        out.drain(..lead);
+        Ok(Cow::Owned(out))
+    }
+}
+
+/// Appends `text` with the five predefined entities and character references decoded. An
+/// unknown or malformed reference is kept literally (tolerance beats rejection here).
+fn decode_entities_into(text: &str, out: &mut String) {
+    let mut rest = text;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        let after = &rest[amp + 1..];
+        let decoded = after
+            .find(';')
+            .filter(|&semi| semi <= 10)
+            .and_then(|semi| decode_entity(&after[..semi]).map(|c| (c, semi)));
+        match decoded {
+            Some((c, semi)) => {
+                out.push(c);
+                rest = &after[semi + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+}
+
+fn decode_entity(name: &str) -> Option<char> {
+    match name {
+        "amp" => Some('&'),
+        "lt" => Some('<'),
+        "gt" => Some('>'),
+        "quot" => Some('"'),
+        "apos" => Some('\''),
+        _ => {
+            let number = name.strip_prefix('#')?;
+            let code = match number.strip_prefix(['x', 'X']) {
+                Some(hex) => u32::from_str_radix(hex, 16).ok()?,
+                None => number.parse::<u32>().ok()?,
+            };
+            char::from_u32(code)
+        }
+    }
+}
+
+fn find_byte(b: &[u8], from: usize, needle: u8) -> Option<usize> {
+    b.get(from..)?
+        .iter()
+        .position(|&c| c == needle)
+        .map(|at| from + at)
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && is_xml_ws(b[i]) {
+        i += 1;
+    }
+    i
+}
+
+fn is_name_end(c: u8) -> bool {
+    is_xml_ws(c) || c == b'>' || c == b'/'
+}
+
+fn is_xml_ws(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+fn is_xml_ws_char(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\r' | '\n')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(doc: &str) -> Vec<(String, String)> {
+        children(doc)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.name.to_owned(), e.text().unwrap().into_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reads_cdata_and_plain_children_in_order() {
+        let doc = "<?xml version=\"1.0\"?>\n<xml>\n <A><![CDATA[x <y> & z]]></A>\n <B> 12 </B><C/><D a=\"1>2\">q&amp;r&#x4e2d;&#25991;</D></xml>";
+        assert_eq!(
+            pairs(doc),
+            vec![
+                ("A".into(), "x <y> & z".into()),
+                ("B".into(), "12".into()),
+                ("C".into(), "".into()),
+                ("D".into(), "q&r中文".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn skips_a_fake_element_hidden_in_cdata() {
+        let doc = "<xml><A><![CDATA[<Encrypt>fake</Encrypt>]]></A><Encrypt>real</Encrypt></xml>";
+        assert_eq!(pairs(doc)[1], ("Encrypt".into(), "real".into()));
+    }
+
+    #[test]
+    fn joins_split_cdata_sections() {
+        let doc = "<xml><A><![CDATA[a]]]]><![CDATA[>b]]></A></xml>";
+        assert_eq!(pairs(doc), vec![("A".into(), "a]]>b".into())]);
+    }
+
+    #[test]
+    fn skips_nested_children_as_a_whole() {
+        let doc = "<xml><A><A>1</A><B/></A><C>2</C></xml>";
+        let names: Vec<_> = children(doc).unwrap().map(|e| e.unwrap().name).collect();
+        assert_eq!(names, ["A", "C"]);
+    }
+
+    #[test]
+    fn reports_truncated_documents() {
+        for doc in ["", "  ", "x<xml>", "<xml", "<xml><A>1</A>", "<xml><A>1</B></xml>", "<xml><A><![CDATA[x</A></xml>"] {
+            let failed = match children(doc) {
+                Err(_) => true,
+                Ok(mut it) => it.any(|e| e.is_err()),
+            };
+            assert!(failed, "{doc:?} should fail");
+        }
+    }
+
+    #[test]
+    fn keeps_unknown_entities_literally() {
+        assert_eq!(text("a &nbsp; &#xZZ; & b").unwrap(), "a &nbsp; &#xZZ; & b");
+    }
+}

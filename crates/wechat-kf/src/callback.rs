@@ -167,7 +167,7 @@ impl Fields<'_> {
                 open_kfid: self
                     .open_kfid
                     .filter(|id| !id.is_empty())
-                    .map(|id| OpenKfId::new(id.into_owned())),
+                    .map(OpenKfId::new),
             })),
             Some("kf_account_auth_change") => {
                 Ok(CallbackEvent::KfAccountAuthChange(KfAccountAuthChange {

@@ -2,23 +2,26 @@
 //!
 //! They are plain strings on the wire; the types keep a customer id from being passed where an
 //! account id is expected. None of them is secret, so their `Debug` shows the value.
+//!
+//! Each id is an immutable shared string (`Arc<str>`): cloning one is a reference-count bump, and
+//! a page of messages for one account shares a single allocation of its `open_kfid`.
 
 use std::borrow::Borrow;
 use std::fmt;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 macro_rules! string_id {
     ($(#[$meta:meta])* $name:ident) => {
         $(#[$meta])*
-        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(String);
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// Wraps a string as this id.
-            pub fn new(id: impl Into<String>) -> Self {
-                Self(id.into())
+            pub fn new(id: impl AsRef<str>) -> Self {
+                Self(Arc::from(id.as_ref()))
             }
 
             /// The id as sent on the wire.
@@ -26,9 +29,31 @@ macro_rules! string_id {
                 &self.0
             }
 
-            /// Unwraps the id into its string.
+            /// Copies the id into a `String`.
             pub fn into_string(self) -> String {
-                self.0
+                String::from(&*self.0)
+            }
+
+            pub(crate) fn from_shared(id: Arc<str>) -> Self {
+                Self(id)
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new("")
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                crate::ids::SharedStr::deserialize(deserializer).map(|s| Self::from_shared(s.0))
             }
         }
 
@@ -46,19 +71,19 @@ macro_rules! string_id {
 
         impl From<String> for $name {
             fn from(id: String) -> Self {
-                Self(id)
+                Self(Arc::from(id))
             }
         }
 
         impl From<&str> for $name {
             fn from(id: &str) -> Self {
-                Self(id.to_owned())
+                Self::new(id)
             }
         }
 
         impl From<$name> for String {
             fn from(id: $name) -> String {
-                id.0
+                id.into_string()
             }
         }
 
@@ -76,13 +101,13 @@ macro_rules! string_id {
 
         impl PartialEq<str> for $name {
             fn eq(&self, other: &str) -> bool {
-                self.0 == other
+                *self.0 == *other
             }
         }
 
         impl PartialEq<&str> for $name {
             fn eq(&self, other: &&str) -> bool {
-                self.0 == *other
+                *self.0 == **other
             }
         }
     };
@@ -108,3 +133,51 @@ string_id!(
     /// A temporary media id (`media_id`), valid for 3 days after upload.
     MediaId
 );
+
+/// A string deserialized straight into an `Arc<str>` (borrowing from the input when it can, so
+/// there is one allocation, not two).
+pub(crate) struct SharedStr(pub(crate) Arc<str>);
+
+impl<'de> Deserialize<'de> for SharedStr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = SharedStr;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SharedStr, E> {
+                Ok(SharedStr(Arc::from(v)))
+            }
+        }
+
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+/// Reuses the `Arc<str>` of ids seen recently while decoding one page: an account's pull has
+/// one `open_kfid` and few customers, so most ids cost no allocation at all.
+#[derive(Default)]
+pub(crate) struct Interner {
+    recent: Vec<Arc<str>>,
+}
+
+impl Interner {
+    /// How many distinct recent ids are remembered (searched linearly; small on purpose).
+    const CAPACITY: usize = 8;
+
+    pub(crate) fn intern(&mut self, id: &str) -> Arc<str> {
+        if let Some(found) = self.recent.iter().find(|known| ***known == *id) {
+            return Arc::clone(found);
+        }
+        let fresh: Arc<str> = Arc::from(id);
+        if self.recent.len() == Self::CAPACITY {
+            self.recent.remove(0);
+        }
+        self.recent.push(Arc::clone(&fresh));
+        fresh
+    }
+}

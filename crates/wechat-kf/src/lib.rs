@@ -22,6 +22,7 @@ pub mod callback;
 pub mod crypto;
 mod ids;
 pub mod message;
+mod scan;
 mod sync;
 
 #[cfg(feature = "client")]

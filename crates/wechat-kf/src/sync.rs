@@ -7,7 +7,9 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::{DecodeError, Message, MsgId};
+use crate::ids::Interner;
+use crate::message::{Prefix, decode_prefix};
+use crate::{DecodeError, Message, MsgId, scan};
 
 /// A decoded `kf/sync_msg` response.
 ///
@@ -97,7 +99,7 @@ impl SyncMsgResponse {
     /// Decodes a response body. Equivalent to `serde_json::from_slice`, but faster: the
     /// messages share one copy of the body for their raw JSON instead of one copy each.
     pub fn from_slice(body: &[u8]) -> serde_json::Result<Self> {
-        match std::str::from_utf8(body) {
+        match simdutf8::basic::from_utf8(body) {
             Ok(text) => Self::from_shared(Arc::from(text)),
             // Let serde_json report where the bad byte is.
             Err(_) => serde_json::from_slice(body),
@@ -110,44 +112,93 @@ impl SyncMsgResponse {
     }
 
     fn from_shared(text: Arc<str>) -> serde_json::Result<Self> {
-        #[derive(Deserialize)]
-        struct Page<'a> {
-            #[serde(default)]
-            errcode: i64,
-            #[serde(default)]
-            errmsg: Option<String>,
-            #[serde(default)]
-            next_cursor: Option<String>,
-            #[serde(default)]
-            has_more: Option<Flag>,
-            #[serde(default, borrow)]
-            msg_list: Option<Vec<&'a RawValue>>,
+        match Self::from_scanned(&text) {
+            Some(result) => result,
+            // Structurally broken: let serde_json say where, through the plain path.
+            None => serde_json::from_str(&text),
         }
-        let page: Page<'_> = serde_json::from_str(&text)?;
-        let items = page.msg_list.unwrap_or_default();
-        let mut response = SyncMsgResponse {
-            errcode: page.errcode,
-            errmsg: page.errmsg.unwrap_or_default(),
-            next_cursor: page.next_cursor.unwrap_or_default(),
-            has_more: page.has_more.is_some_and(|flag| flag.0),
-            msg_list: Vec::with_capacity(items.len()),
-            invalid: Vec::new(),
-        };
-        let base = text.as_ptr() as usize;
-        for (index, item) in items.into_iter().enumerate() {
-            // Borrowed raw values point into `text`, so their offset locates them.
-            let start = item.get().as_ptr() as usize - base;
-            let end = start + item.get().len();
-            match Message::from_shared(&text, start, end) {
-                Ok(message) => response.msg_list.push(message),
-                Err(error) => {
-                    let raw = item.to_owned();
-                    response.invalid.push(InvalidItem::new(index, raw, error));
+    }
+
+    /// Decodes with the structural scanner (see `scan`); `None` when the scanner rejects the
+    /// body's structure.
+    fn from_scanned(text: &Arc<str>) -> Option<serde_json::Result<Self>> {
+        let mut response = SyncMsgResponse::default();
+        let mut interner = Interner::default();
+        let fields = scan::object_fields(text, "\"msg_list\"", &mut |start| {
+            // A repeated key: the last one wins, as in the plain path.
+            response.msg_list.clear();
+            response.invalid.clear();
+            decode_items(text, start, &mut response, &mut interner)
+        })
+        .ok()?;
+        for (key, value) in fields {
+            let key: std::borrow::Cow<'_, str> = match key.contains('\\') {
+                false => key[1..key.len() - 1].into(),
+                true => match serde_json::from_str(key) {
+                    Ok(key) => key,
+                    Err(error) => return Some(Err(error)),
+                },
+            };
+            let parsed = match key.as_ref() {
+                "errcode" => serde_json::from_str(value).map(|v| response.errcode = v),
+                "errmsg" => serde_json::from_str::<Option<String>>(value)
+                    .map(|v| response.errmsg = v.unwrap_or_default()),
+                "next_cursor" => serde_json::from_str::<Option<String>>(value)
+                    .map(|v| response.next_cursor = v.unwrap_or_default()),
+                "has_more" => serde_json::from_str::<Flag>(value).map(|v| response.has_more = v.0),
+                // Decoded during the scan (a plainly spelled key); `null` means no items.
+                "msg_list" if value.starts_with('[') => Ok(()),
+                "msg_list" if value == "null" => {
+                    response.msg_list.clear();
+                    response.invalid.clear();
+                    Ok(())
                 }
+                // An escaped spelling of the key, or not a list: let the plain path decide.
+                "msg_list" => return None,
+                // Fields we do not use are still validated, so the body as a whole is JSON.
+                _ => serde_json::from_str::<IgnoredAny>(value).map(drop),
+            };
+            if let Err(error) = parsed {
+                return Some(Err(error));
             }
         }
-        Ok(response)
+        Some(Ok(response))
     }
+}
+
+/// Decodes the items of the `msg_list` array whose `[` is at `start`, each in a single pass
+/// that also finds where it ends; returns the index just past the `]`.
+fn decode_items(
+    text: &Arc<str>,
+    start: usize,
+    response: &mut SyncMsgResponse,
+    interner: &mut Interner,
+) -> Result<usize, scan::ScanError> {
+    let mut index = 0;
+    // Real items are 150–400 bytes; reserving up front avoids regrowth of a full page.
+    response.msg_list.reserve((text.len() - start) / 192);
+    scan::array_elements(text.as_bytes(), start, &mut |pos| {
+        let end = match decode_prefix(&text[pos..], interner) {
+            Prefix::Decoded {
+                len,
+                envelope,
+                content,
+            } => {
+                let message = Message::from_decoded(text, pos, pos + len, envelope, content);
+                response.msg_list.push(message);
+                pos + len
+            }
+            Prefix::Invalid { len, error } => {
+                let raw = RawValue::from_string(text[pos..pos + len].to_owned())
+                    .map_err(|_| scan::ScanError { offset: pos })?;
+                response.invalid.push(InvalidItem::new(index, raw, error));
+                pos + len
+            }
+            Prefix::Broken => return Err(scan::ScanError { offset: pos }),
+        };
+        index += 1;
+        Ok(end)
+    })
 }
 
 impl<'de> Deserialize<'de> for SyncMsgResponse {

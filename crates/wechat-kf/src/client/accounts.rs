@@ -232,24 +232,27 @@ impl<'c> Accounts<'c> {
 
     /// `POST kf/account/add`: creates an account. Not retried blindly (a retry could create
     /// two accounts).
-    pub async fn add(&self, request: AddAccountRequest) -> Result<AddAccountResponse, Error> {
+    pub async fn add(self, request: AddAccountRequest) -> Result<AddAccountResponse, Error> {
         request.validate()?;
         let call = Call::post("kf/account/add", &request)?.non_idempotent();
         self.client.execute_json(call).await
     }
 
     /// `POST kf/account/del`: deletes an account.
-    pub async fn del(&self, open_kfid: impl Into<OpenKfId>) -> Result<(), Error> {
+    pub async fn del(self, open_kfid: impl Into<OpenKfId>) -> Result<(), Error> {
         let open_kfid = open_kfid.into();
         validate_open_kfid(&open_kfid)?;
-        let call = Call::post("kf/account/del", &OpenKfIdBody {
-            open_kfid: &open_kfid,
-        })?;
+        let call = Call::post(
+            "kf/account/del",
+            &OpenKfIdBody {
+                open_kfid: &open_kfid,
+            },
+        )?;
         self.client.execute_unit(call).await
     }
 
     /// `POST kf/account/update`: renames an account or changes its avatar.
-    pub async fn update(&self, request: UpdateAccountRequest) -> Result<(), Error> {
+    pub async fn update(self, request: UpdateAccountRequest) -> Result<(), Error> {
         request.validate()?;
         let call = Call::post("kf/account/update", &request)?;
         self.client.execute_unit(call).await
@@ -257,7 +260,7 @@ impl<'c> Accounts<'c> {
 
     /// `POST kf/account/list`: one page of accounts (POST with `offset`/`limit`, the current
     /// method; pitfalls.md #3).
-    pub async fn list(&self, request: ListAccountsRequest) -> Result<ListAccountsResponse, Error> {
+    pub async fn list(self, request: ListAccountsRequest) -> Result<ListAccountsResponse, Error> {
         if !(1..=100).contains(&request.limit) {
             return Err(Error::validation("limit", "must be 1..=100"));
         }
@@ -267,7 +270,7 @@ impl<'c> Accounts<'c> {
 
     /// Every account: pages through `kf/account/list` with `offset += limit` until a page comes
     /// back with fewer than `limit` items (the response has no `has_more`).
-    pub async fn list_all(&self) -> Result<Vec<Account>, Error> {
+    pub async fn list_all(self) -> Result<Vec<Account>, Error> {
         const LIMIT: u32 = 100;
         let mut all = Vec::new();
         let mut offset = 0u32;
@@ -286,7 +289,7 @@ impl<'c> Accounts<'c> {
 
     /// `POST kf/add_contact_way`: a chat link for an account.
     pub async fn add_contact_way(
-        &self,
+        self,
         request: AddContactWayRequest,
     ) -> Result<AddContactWayResponse, Error> {
         request.validate()?;

@@ -104,7 +104,7 @@ impl<'c> Customers<'c> {
 
     /// `POST kf/customer/batchget`.
     pub async fn batchget(
-        &self,
+        self,
         request: BatchGetCustomersRequest,
     ) -> Result<BatchGetCustomersResponse, Error> {
         let count = request.external_userid_list.len();

@@ -15,7 +15,7 @@ pub(crate) const BODY_EXCERPT_LIMIT: usize = 512;
 pub enum Error {
     /// The request could not be sent or the response could not be read (connection refused,
     /// reset, timeout, TLS). The URL is stripped from the inner error.
-    #[error("{endpoint}: transport error: {source}")]
+    #[error("{endpoint}: transport error: {}", error_chain(source))]
     Transport {
         /// The endpoint path, e.g. `kf/send_msg`.
         endpoint: &'static str,
@@ -89,7 +89,10 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Transport { source, .. } => {
-                source.is_connect() || source.is_timeout() || source.is_request() || source.is_body()
+                source.is_connect()
+                    || source.is_timeout()
+                    || source.is_request()
+                    || source.is_body()
             }
             Error::HttpStatus { status, .. } => *status >= 500 || *status == 429,
             Error::Api { code, .. } => code.is_retryable(),
@@ -188,6 +191,22 @@ impl ValidationError {
             reason: reason.into(),
         }
     }
+}
+
+/// An error and its causes on one line (reqwest's own message omits the cause, e.g. "connection
+/// refused").
+fn error_chain(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Returns the first `limit` bytes of `body` as text, cut at a character boundary.

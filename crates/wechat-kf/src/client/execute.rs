@@ -9,9 +9,9 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
+use super::error::excerpt;
 use super::media::MultipartBody;
 use super::{AccessToken, Client, ErrCode, Error, Idempotency};
-use super::error::excerpt;
 
 /// Largest JSON response body the client accepts (a full sync_msg page is ~1 MB).
 const MAX_JSON_BODY: usize = 64 * 1024 * 1024;
@@ -239,7 +239,7 @@ async fn read_body(
 enum MediaBodyKind {
     /// Declared JSON: an error body.
     Json,
-    /// Declared text, or undeclared: decide from the first bytes.
+    /// Declared text or generic binary, or undeclared: decide from the first bytes.
     Sniff,
     /// Declared binary media.
     Media,
@@ -260,7 +260,7 @@ fn media_body_kind(headers: &HeaderMap) -> MediaBodyKind {
         .to_ascii_lowercase();
     if mime == "application/json" || mime.ends_with("+json") {
         MediaBodyKind::Json
-    } else if mime.is_empty() || mime.starts_with("text/") {
+    } else if mime.is_empty() || mime.starts_with("text/") || mime == "application/octet-stream" {
         MediaBodyKind::Sniff
     } else {
         MediaBodyKind::Media
@@ -481,7 +481,8 @@ impl Client {
                 }
                 MediaBodyKind::Json => {}
                 MediaBodyKind::Sniff => {
-                    // Text or no Content-Type: a text file, or an error body served loosely.
+                    // Text, generic binary or no Content-Type: a file, or an error body served
+                    // loosely.
                     // Look at the first bytes before trusting it as media.
                     let first = response
                         .chunk()
@@ -497,7 +498,17 @@ impl Client {
                     let mut body = bytes::BytesMut::from(first.unwrap_or_default().as_ref());
                     let rest = read_body(endpoint, &mut response, MAX_JSON_BODY).await?;
                     body.extend_from_slice(&rest);
-                    return Ok(Received::Json(body.freeze()));
+                    let body = body.freeze();
+                    // An error envelope is an error; anything else really is a file that
+                    // happens to look like JSON.
+                    check_envelope(endpoint, &body).or_else(|e| match e {
+                        Error::Decode { .. } => Ok(()),
+                        other => Err(other),
+                    })?;
+                    return Ok(Received::Media {
+                        first: Some(body),
+                        response,
+                    });
                 }
             }
         }
@@ -549,7 +560,10 @@ impl Client {
                 body: String::new(),
             })?;
         let expires_in = Duration::from_secs(response.expires_in.unwrap_or(7200));
-        tracing::debug!(expires_in_s = expires_in.as_secs(), "obtained an access token");
+        tracing::debug!(
+            expires_in_s = expires_in.as_secs(),
+            "obtained an access token"
+        );
         Ok(AccessToken::new(value, obtained_at, expires_in))
     }
 }
@@ -610,7 +624,8 @@ mod tests {
         assert_eq!(with("application/json; charset=utf-8"), MediaBodyKind::Json);
         assert_eq!(with("text/plain"), MediaBodyKind::Sniff);
         assert_eq!(with("image/jpeg"), MediaBodyKind::Media);
-        assert_eq!(with("application/octet-stream"), MediaBodyKind::Media);
+        assert_eq!(with("application/octet-stream"), MediaBodyKind::Sniff);
+        assert_eq!(with("audio/amr"), MediaBodyKind::Media);
         assert_eq!(media_body_kind(&HeaderMap::new()), MediaBodyKind::Sniff);
     }
 }

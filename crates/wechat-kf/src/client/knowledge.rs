@@ -495,7 +495,10 @@ fn validate_parts(
     }
     if let Some(answers) = answers {
         if answers.len() != 1 {
-            return Err(Error::validation("answers", "exactly one answer is supported"));
+            return Err(Error::validation(
+                "answers",
+                "exactly one answer is supported",
+            ));
         }
         chars_at_most("answers[0].text.content", &answers[0].text.content, 500)?;
         if answers[0].attachments.len() > 4 {
@@ -524,7 +527,7 @@ impl<'c> Knowledge<'c> {
     }
 
     /// `POST kf/knowledge/add_group`: returns the new group id.
-    pub async fn add_group(&self, name: impl Into<String>) -> Result<String, Error> {
+    pub async fn add_group(self, name: impl Into<String>) -> Result<String, Error> {
         #[derive(Serialize)]
         struct Body {
             name: String,
@@ -537,20 +540,23 @@ impl<'c> Knowledge<'c> {
     }
 
     /// `POST kf/knowledge/del_group`.
-    pub async fn del_group(&self, group_id: impl Into<String>) -> Result<(), Error> {
+    pub async fn del_group(self, group_id: impl Into<String>) -> Result<(), Error> {
         #[derive(Serialize)]
         struct Body {
             group_id: String,
         }
-        let call = Call::post("kf/knowledge/del_group", &Body {
-            group_id: group_id.into(),
-        })?;
+        let call = Call::post(
+            "kf/knowledge/del_group",
+            &Body {
+                group_id: group_id.into(),
+            },
+        )?;
         self.client.execute_unit(call).await
     }
 
     /// `POST kf/knowledge/mod_group`: renames a group.
     pub async fn mod_group(
-        &self,
+        self,
         group_id: impl Into<String>,
         name: impl Into<String>,
     ) -> Result<(), Error> {
@@ -569,7 +575,10 @@ impl<'c> Knowledge<'c> {
     }
 
     /// `POST kf/knowledge/list_group`: one page.
-    pub async fn list_groups(&self, request: ListGroupsRequest) -> Result<ListGroupsResponse, Error> {
+    pub async fn list_groups(
+        self,
+        request: ListGroupsRequest,
+    ) -> Result<ListGroupsResponse, Error> {
         if request.limit.is_some_and(|l| !(1..=1000).contains(&l)) {
             return Err(Error::validation("limit", "must be 1..=1000"));
         }
@@ -578,7 +587,7 @@ impl<'c> Knowledge<'c> {
     }
 
     /// `POST kf/knowledge/add_intent`: returns the new intent id.
-    pub async fn add_intent(&self, request: AddIntentRequest) -> Result<String, Error> {
+    pub async fn add_intent(self, request: AddIntentRequest) -> Result<String, Error> {
         validate_parts(
             Some(&request.question),
             request.similar_questions.as_ref(),
@@ -590,19 +599,22 @@ impl<'c> Knowledge<'c> {
     }
 
     /// `POST kf/knowledge/del_intent`.
-    pub async fn del_intent(&self, intent_id: impl Into<String>) -> Result<(), Error> {
+    pub async fn del_intent(self, intent_id: impl Into<String>) -> Result<(), Error> {
         #[derive(Serialize)]
         struct Body {
             intent_id: String,
         }
-        let call = Call::post("kf/knowledge/del_intent", &Body {
-            intent_id: intent_id.into(),
-        })?;
+        let call = Call::post(
+            "kf/knowledge/del_intent",
+            &Body {
+                intent_id: intent_id.into(),
+            },
+        )?;
         self.client.execute_unit(call).await
     }
 
     /// `POST kf/knowledge/mod_intent`.
-    pub async fn mod_intent(&self, request: ModIntentRequest) -> Result<(), Error> {
+    pub async fn mod_intent(self, request: ModIntentRequest) -> Result<(), Error> {
         validate_parts(
             request.question.as_ref(),
             request.similar_questions.as_ref(),
@@ -614,7 +626,7 @@ impl<'c> Knowledge<'c> {
 
     /// `POST kf/knowledge/list_intent`: one page.
     pub async fn list_intents(
-        &self,
+        self,
         request: ListIntentsRequest,
     ) -> Result<ListIntentsResponse, Error> {
         if request.limit.is_some_and(|l| !(1..=1000).contains(&l)) {
@@ -640,7 +652,15 @@ mod tests {
         let a: Intent = serde_json::from_str(siblings).unwrap();
         let b: Intent = serde_json::from_str(nested).unwrap();
         assert_eq!(a, b);
-        assert_eq!(a.answers[0].attachments[0].image.as_ref().unwrap().name.as_deref(), Some("x.png"));
+        assert_eq!(
+            a.answers[0].attachments[0]
+                .image
+                .as_ref()
+                .unwrap()
+                .name
+                .as_deref(),
+            Some("x.png")
+        );
     }
 
     #[test]

@@ -11,7 +11,9 @@ use std::sync::Mutex;
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
-use reqwest::header::{CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderMap};
+use reqwest::header::{
+    CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderMap,
+};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
@@ -372,11 +374,9 @@ pub struct MediaInfo {
 impl MediaInfo {
     fn from_headers(headers: &HeaderMap) -> Self {
         let text = |name| {
-            headers
-                .get(name)
-                .map(|v: &reqwest::header::HeaderValue| {
-                    String::from_utf8_lossy(v.as_bytes()).into_owned()
-                })
+            headers.get(name).map(|v: &reqwest::header::HeaderValue| {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            })
         };
         Self {
             content_type: text(CONTENT_TYPE),
@@ -499,17 +499,23 @@ impl<'c> Media<'c> {
 
     /// `POST media/upload?type=…`: a temporary media id (valid 3 days). Files must be larger than
     /// 5 bytes and within the type's limit ([`MediaKind::max_size`]).
-    pub async fn upload(&self, kind: MediaKind, upload: MediaUpload) -> Result<UploadedMedia, Error> {
+    pub async fn upload(
+        self,
+        kind: MediaKind,
+        upload: MediaUpload,
+    ) -> Result<UploadedMedia, Error> {
         let length = upload.length().await?;
         check_size(length, kind.max_size())?;
         check_filename(&upload.filename)?;
-        let call = self.multipart_call("media/upload", upload).query("type", kind.as_str());
+        let call = self
+            .multipart_call("media/upload", upload)
+            .query("type", kind.as_str());
         self.client.execute_json(call).await
     }
 
     /// `POST media/uploadimg`: a permanent image URL (5 B–2 MB; 1000 per day). Not needed for
     /// KF messages.
-    pub async fn upload_image(&self, upload: MediaUpload) -> Result<String, Error> {
+    pub async fn upload_image(self, upload: MediaUpload) -> Result<String, Error> {
         let length = upload.length().await?;
         check_size(length, 2 * 1024 * 1024)?;
         check_filename(&upload.filename)?;
@@ -528,14 +534,17 @@ impl<'c> Media<'c> {
 
     /// `GET media/get` as a stream; the Content-Type is checked first, so a JSON error body
     /// becomes an [`Error::Api`].
-    pub async fn download_stream(&self, media_id: impl Into<MediaId>) -> Result<MediaDownload, Error> {
+    pub async fn download_stream(
+        self,
+        media_id: impl Into<MediaId>,
+    ) -> Result<MediaDownload, Error> {
         self.download_inner(media_id.into(), None).await
     }
 
     /// `GET media/get` with `Range: bytes=start-end` (inclusive; ≤ 20 MB per range), for files
     /// over 20 MB (830002 otherwise).
     pub async fn download_range_stream(
-        &self,
+        self,
         media_id: impl Into<MediaId>,
         start: u64,
         end: u64,
@@ -543,11 +552,12 @@ impl<'c> Media<'c> {
         if end < start {
             return Err(Error::validation("range", "end before start"));
         }
-        self.download_inner(media_id.into(), Some((start, end))).await
+        self.download_inner(media_id.into(), Some((start, end)))
+            .await
     }
 
     /// `GET media/get` into memory (at most 64 MiB).
-    pub async fn download(&self, media_id: impl Into<MediaId>) -> Result<DownloadedMedia, Error> {
+    pub async fn download(self, media_id: impl Into<MediaId>) -> Result<DownloadedMedia, Error> {
         let MediaDownload { info, mut stream } = self.download_stream(media_id).await?;
         let mut buffer = BytesMut::with_capacity(
             info.content_length
@@ -575,7 +585,7 @@ impl<'c> Media<'c> {
 
     /// `GET media/get` into the file `path` (written to `path.part`, renamed when complete).
     pub async fn download_to_file(
-        &self,
+        self,
         media_id: impl Into<MediaId>,
         path: impl AsRef<Path>,
     ) -> Result<MediaInfo, Error> {
@@ -588,7 +598,7 @@ impl<'c> Media<'c> {
     /// ([`MediaInfo::safe_filename`]) or the media id when the server sent none. Returns the
     /// path written and the headers.
     pub async fn download_to_dir(
-        &self,
+        self,
         media_id: impl Into<MediaId>,
         dir: impl AsRef<Path>,
     ) -> Result<(PathBuf, MediaInfo), Error> {
@@ -599,10 +609,13 @@ impl<'c> Media<'c> {
             .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
             .collect();
         let download = self.download_stream(media_id).await?;
-        let name = download
-            .info
-            .safe_filename()
-            .unwrap_or_else(|| if fallback.is_empty() { "media".into() } else { fallback });
+        let name = download.info.safe_filename().unwrap_or_else(|| {
+            if fallback.is_empty() {
+                "media".into()
+            } else {
+                fallback
+            }
+        });
         let path = dir.as_ref().join(name);
         write_stream(download.stream, &path).await?;
         Ok((path, download.info))
@@ -736,8 +749,14 @@ mod tests {
             filename: Some(name.into()),
             ..MediaInfo::default()
         };
-        assert_eq!(info("../../etc/passwd").safe_filename().as_deref(), Some("passwd"));
-        assert_eq!(info("a\\b\\c.jpg").safe_filename().as_deref(), Some("c.jpg"));
+        assert_eq!(
+            info("../../etc/passwd").safe_filename().as_deref(),
+            Some("passwd")
+        );
+        assert_eq!(
+            info("a\\b\\c.jpg").safe_filename().as_deref(),
+            Some("c.jpg")
+        );
         assert_eq!(info("..").safe_filename(), None);
         assert_eq!(MediaInfo::default().safe_filename(), None);
     }

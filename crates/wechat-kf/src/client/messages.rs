@@ -259,7 +259,7 @@ impl<'c> Messages<'c> {
     /// [`SyncMsgResponse::invalid`] and never fail the call. Keep calling with `next_cursor`
     /// while `has_more` is true, even through empty pages (or use a
     /// [`Puller`](super::Puller)).
-    pub async fn sync(&self, request: SyncMsgRequest) -> Result<SyncMsgResponse, Error> {
+    pub async fn sync(self, request: SyncMsgRequest) -> Result<SyncMsgResponse, Error> {
         request.validate()?;
         let call = Call::post("kf/sync_msg", &request)?;
         self.client
@@ -279,7 +279,7 @@ impl<'c> Messages<'c> {
     /// (connection refused, 45009/45033, token rejected) are retried. With a msgid every
     /// transient failure is retried, and if a retry is answered "duplicate msgid" the result is
     /// `Ok` with [`SendMsgResponse::duplicate_on_retry`] set.
-    pub async fn send(&self, request: SendMsgRequest) -> Result<SendMsgResponse, Error> {
+    pub async fn send(self, request: SendMsgRequest) -> Result<SendMsgResponse, Error> {
         if request.touser.as_str().is_empty() {
             return Err(Error::validation("touser", "must not be empty"));
         }
@@ -294,7 +294,7 @@ impl<'c> Messages<'c> {
 
     /// `POST kf/send_msg_on_event`. Only `text` and `msgmenu` are allowed.
     pub async fn send_on_event(
-        &self,
+        self,
         request: SendMsgOnEventRequest,
     ) -> Result<SendMsgResponse, Error> {
         if request.code.is_empty() {
@@ -360,7 +360,7 @@ impl<'c> Messages<'c> {
 
     /// `POST kf/recall_msg` [1]: recalls an API-sent message (within 2 minutes; 95028 unknown
     /// msgid, 95029 too late).
-    pub async fn recall(&self, request: RecallMsgRequest) -> Result<(), Error> {
+    pub async fn recall(self, request: RecallMsgRequest) -> Result<(), Error> {
         validate_open_kfid(&request.open_kfid)?;
         if request.msgid.as_str().is_empty() {
             return Err(Error::validation("msgid", "must not be empty"));
@@ -403,7 +403,12 @@ mod tests {
             json!({"cursor":"c1","token":"t1","limit":500,"voice_format":1,"open_kfid":"wk1"})
         );
         assert!(SyncMsgRequest::new("wk1").limit(1001).validate().is_err());
-        assert!(SyncMsgRequest::new("wk1").cursor("c".repeat(65)).validate().is_err());
+        assert!(
+            SyncMsgRequest::new("wk1")
+                .cursor("c".repeat(65))
+                .validate()
+                .is_err()
+        );
     }
 
     #[test]

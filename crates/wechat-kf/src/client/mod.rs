@@ -68,8 +68,9 @@ pub use customers::{
 pub use error::{ErrCode, Error, ValidationError};
 pub use knowledge::{
     AddIntentRequest, Answer, Attachment, Intent, Knowledge, KnowledgeGroup, LinkAttachment,
-    ListGroupsRequest, ListGroupsResponse, ListIntentsRequest, ListIntentsResponse, MediaAttachment,
-    MiniprogramAttachment, ModIntentRequest, Question, SimilarQuestions, TextContent,
+    ListGroupsRequest, ListGroupsResponse, ListIntentsRequest, ListIntentsResponse,
+    MediaAttachment, MiniprogramAttachment, ModIntentRequest, Question, SimilarQuestions,
+    TextContent,
 };
 pub use media::{
     DownloadedMedia, Media, MediaDownload, MediaInfo, MediaKind, MediaUpload, UploadedMedia,

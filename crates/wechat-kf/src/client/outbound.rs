@@ -532,8 +532,7 @@ impl OutboundMessage {
             }
             OutboundMessage::MsgMenu(menu) => validate_menu(menu, rules),
             OutboundMessage::Location(location) => {
-                if !location.latitude.is_finite() || !(-90.0..=90.0).contains(&location.latitude)
-                {
+                if !location.latitude.is_finite() || !(-90.0..=90.0).contains(&location.latitude) {
                     return Err(ValidationError::new(
                         "location.latitude",
                         "must be between -90 and 90",
@@ -730,7 +729,11 @@ mod tests {
             .head("请选择：")
             .item(MenuItem::click("101", "转人工"))
             .item(MenuItem::view("https://example.com/faq", "常见问题"))
-            .item(MenuItem::miniprogram("wx0123456789abcdef", "pages/order.html", "查订单"))
+            .item(MenuItem::miniprogram(
+                "wx0123456789abcdef",
+                "pages/order.html",
+                "查订单",
+            ))
             .item(MenuItem::text("工作时间 9:00-18:00"))
             .tail("感谢咨询");
         assert_eq!(
@@ -776,7 +779,9 @@ mod tests {
                 .is_ok()
         );
         assert!(strict(&OutboundMessage::msgmenu(MsgMenu::new())).is_err());
-        let long_head = MsgMenu::new().head("h".repeat(1025)).item(MenuItem::text("t"));
+        let long_head = MsgMenu::new()
+            .head("h".repeat(1025))
+            .item(MenuItem::text("t"));
         assert!(strict(&OutboundMessage::msgmenu(long_head)).is_err());
     }
 
@@ -784,8 +789,20 @@ mod tests {
     fn links_need_an_http_url_and_short_title() {
         assert!(strict(&OutboundMessage::link(Link::new("t", "ftp://x", "m"))).is_err());
         assert!(strict(&OutboundMessage::link(Link::new("t", "HTTPS://x", "m"))).is_ok());
-        assert!(strict(&OutboundMessage::link(Link::new("t".repeat(129), "https://x", "m"))).is_err());
-        assert!(strict(&OutboundMessage::link(Link::new("t", "https://x", "m").desc("d".repeat(513)))).is_err());
+        assert!(
+            strict(&OutboundMessage::link(Link::new(
+                "t".repeat(129),
+                "https://x",
+                "m"
+            )))
+            .is_err()
+        );
+        assert!(
+            strict(&OutboundMessage::link(
+                Link::new("t", "https://x", "m").desc("d".repeat(513))
+            ))
+            .is_err()
+        );
         assert!(strict(&OutboundMessage::link(Link::new("t", "https://x", ""))).is_err());
     }
 

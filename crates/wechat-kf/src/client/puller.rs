@@ -70,7 +70,11 @@ pub trait CursorStore: Send + Sync + 'static {
     fn load<'a>(&'a self, open_kfid: &'a OpenKfId) -> BoxFuture<'a, Result<Option<String>, Error>>;
 
     /// Commits `cursor` for `open_kfid`.
-    fn save<'a>(&'a self, open_kfid: &'a OpenKfId, cursor: &'a str) -> BoxFuture<'a, Result<(), Error>>;
+    fn save<'a>(
+        &'a self,
+        open_kfid: &'a OpenKfId,
+        cursor: &'a str,
+    ) -> BoxFuture<'a, Result<(), Error>>;
 }
 
 /// An in-memory [`CursorStore`] (lost on restart; for tests and short-lived tools).
@@ -107,7 +111,11 @@ impl CursorStore for MemoryCursorStore {
         Box::pin(async move { Ok(cursor) })
     }
 
-    fn save<'a>(&'a self, open_kfid: &'a OpenKfId, cursor: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+    fn save<'a>(
+        &'a self,
+        open_kfid: &'a OpenKfId,
+        cursor: &'a str,
+    ) -> BoxFuture<'a, Result<(), Error>> {
         self.cursors
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -370,7 +378,10 @@ impl Puller {
                         State::Done => return None,
                         State::Fetch => match puller.fetch_page().await {
                             Ok(page) => {
-                                if page.messages.is_empty() && page.invalid.is_empty() && page.has_more {
+                                if page.messages.is_empty()
+                                    && page.invalid.is_empty()
+                                    && page.has_more
+                                {
                                     // An empty page with has_more=1 is legal; keep going, but
                                     // slow down if it repeats.
                                     empty_pages += 1;
@@ -504,7 +515,9 @@ impl Puller {
         if !commit.next_cursor.is_empty()
             && self.committed.as_deref() != Some(commit.next_cursor.as_str())
         {
-            self.store.save(&self.open_kfid, &commit.next_cursor).await?;
+            self.store
+                .save(&self.open_kfid, &commit.next_cursor)
+                .await?;
             self.committed = Some(commit.next_cursor);
         }
         for msgid in commit.msgids {

@@ -113,7 +113,10 @@ impl TokenStore for RedisTokenStore {
         Box::pin(async move {
             let full = format!("{}{key}", self.prefix);
             let value: Option<String> = self
-                .run("Redis GET failed", |mut c| async move { c.get(&full).await })
+                .run(
+                    "Redis GET failed",
+                    |mut c| async move { c.get(&full).await },
+                )
                 .await?;
             let Some(value) = value else {
                 return Ok(None);
@@ -130,7 +133,11 @@ impl TokenStore for RedisTokenStore {
         })
     }
 
-    fn save<'a>(&'a self, key: &'a str, token: &'a AccessToken) -> BoxFuture<'a, Result<(), Error>> {
+    fn save<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a AccessToken,
+    ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
             let full = format!("{}{key}", self.prefix);
             let ttl = token
@@ -152,7 +159,11 @@ impl TokenStore for RedisTokenStore {
         })
     }
 
-    fn invalidate<'a>(&'a self, key: &'a str, token: &'a AccessToken) -> BoxFuture<'a, Result<(), Error>> {
+    fn invalidate<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a AccessToken,
+    ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
             let full = format!("{}{key}", self.prefix);
             let value = token.secret().expose().to_owned();

@@ -158,7 +158,7 @@ impl<'c> ServiceStates<'c> {
 
     /// `POST kf/service_state/get`.
     pub async fn get(
-        &self,
+        self,
         open_kfid: impl Into<OpenKfId>,
         external_userid: impl Into<ExternalUserId>,
     ) -> Result<ServiceStateInfo, Error> {
@@ -187,7 +187,7 @@ impl<'c> ServiceStates<'c> {
     /// `POST kf/service_state/trans`: returns the `msg_code` for `send_msg_on_event`, when the
     /// server issued one (first entry into 2 or 3, entry into 4). Not retried blindly: a
     /// repeated transition could fail or issue a second code.
-    pub async fn trans(&self, request: TransServiceStateRequest) -> Result<Option<String>, Error> {
+    pub async fn trans(self, request: TransServiceStateRequest) -> Result<Option<String>, Error> {
         request.validate()?;
         let call = Call::post("kf/service_state/trans", &request)?.non_idempotent();
         let response: TransResponse = self.client.execute_json(call).await?;

@@ -131,21 +131,21 @@ impl<'c> Servicers<'c> {
     }
 
     /// `POST kf/servicer/add`.
-    pub async fn add(&self, request: ServicerRequest) -> Result<ServicerResultList, Error> {
+    pub async fn add(self, request: ServicerRequest) -> Result<ServicerResultList, Error> {
         request.validate()?;
         let call = Call::post("kf/servicer/add", &request)?;
         self.client.execute_json(call).await
     }
 
     /// `POST kf/servicer/del`.
-    pub async fn del(&self, request: ServicerRequest) -> Result<ServicerResultList, Error> {
+    pub async fn del(self, request: ServicerRequest) -> Result<ServicerResultList, Error> {
         request.validate()?;
         let call = Call::post("kf/servicer/del", &request)?;
         self.client.execute_json(call).await
     }
 
     /// `GET kf/servicer/list?open_kfid=…`.
-    pub async fn list(&self, open_kfid: impl Into<OpenKfId>) -> Result<ServicersResponse, Error> {
+    pub async fn list(self, open_kfid: impl Into<OpenKfId>) -> Result<ServicersResponse, Error> {
         let open_kfid = open_kfid.into();
         validate_open_kfid(&open_kfid)?;
         let call = Call::get("kf/servicer/list").query("open_kfid", open_kfid.into_string());

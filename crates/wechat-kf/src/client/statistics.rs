@@ -48,7 +48,10 @@ impl StatisticsRequest {
         }
         // 31 days inclusive = 30 full days between the two midnights.
         if self.end_time - self.start_time > 30 * 86_400 + 86_399 {
-            return Err(Error::validation("end_time", "the range spans more than 31 days"));
+            return Err(Error::validation(
+                "end_time",
+                "the range spans more than 31 days",
+            ));
         }
         Ok(())
     }
@@ -178,7 +181,10 @@ impl<'c> Statistics<'c> {
     }
 
     /// `POST kf/get_corp_statistic`. A `servicer_userid` set on the request is not sent.
-    pub async fn corp(&self, mut request: StatisticsRequest) -> Result<CorpStatisticResponse, Error> {
+    pub async fn corp(
+        self,
+        mut request: StatisticsRequest,
+    ) -> Result<CorpStatisticResponse, Error> {
         request.servicer_userid = None;
         request.validate()?;
         let call = Call::post("kf/get_corp_statistic", &request)?;
@@ -187,7 +193,7 @@ impl<'c> Statistics<'c> {
 
     /// `POST kf/get_servicer_statistic`.
     pub async fn servicer(
-        &self,
+        self,
         request: StatisticsRequest,
     ) -> Result<ServicerStatisticResponse, Error> {
         request.validate()?;

@@ -132,7 +132,8 @@ pub trait TokenStore: Send + Sync + 'static {
     fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<AccessToken>, Error>>;
 
     /// Stores `token` under `key`, replacing what was there.
-    fn save<'a>(&'a self, key: &'a str, token: &'a AccessToken) -> BoxFuture<'a, Result<(), Error>>;
+    fn save<'a>(&'a self, key: &'a str, token: &'a AccessToken)
+    -> BoxFuture<'a, Result<(), Error>>;
 
     /// Removes the token under `key`, but only if it is still `token` (another process may have
     /// stored a newer one meanwhile).
@@ -167,7 +168,11 @@ impl TokenStore for MemoryTokenStore {
         Box::pin(async move { Ok(token) })
     }
 
-    fn save<'a>(&'a self, key: &'a str, token: &'a AccessToken) -> BoxFuture<'a, Result<(), Error>> {
+    fn save<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a AccessToken,
+    ) -> BoxFuture<'a, Result<(), Error>> {
         self.tokens().insert(key.to_owned(), token.clone());
         Box::pin(async { Ok(()) })
     }
@@ -216,7 +221,10 @@ impl TokenManager {
     }
 
     fn cached(&self) -> Option<AccessToken> {
-        self.cached.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.cached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn set_cached(&self, token: Option<AccessToken>) {

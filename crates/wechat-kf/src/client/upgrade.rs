@@ -128,14 +128,14 @@ impl<'c> UpgradeService<'c> {
     }
 
     /// `GET kf/customer/get_upgrade_service_config`.
-    pub async fn config(&self) -> Result<UpgradeServiceConfig, Error> {
+    pub async fn config(self) -> Result<UpgradeServiceConfig, Error> {
         self.client
             .execute_json(Call::get("kf/customer/get_upgrade_service_config"))
             .await
     }
 
     /// `POST kf/customer/upgrade_service` (95021 when the target is not configured).
-    pub async fn upgrade(&self, request: UpgradeServiceRequest) -> Result<(), Error> {
+    pub async fn upgrade(self, request: UpgradeServiceRequest) -> Result<(), Error> {
         validate_open_kfid(&request.open_kfid)?;
         let call = Call::post("kf/customer/upgrade_service", &request)?;
         self.client.execute_unit(call).await
@@ -143,7 +143,7 @@ impl<'c> UpgradeService<'c> {
 
     /// `POST kf/customer/cancel_upgrade_service`.
     pub async fn cancel(
-        &self,
+        self,
         open_kfid: impl Into<OpenKfId>,
         external_userid: impl Into<ExternalUserId>,
     ) -> Result<(), Error> {

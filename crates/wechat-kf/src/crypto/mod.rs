@@ -47,8 +47,8 @@ use aes::cipher::{BlockDecryptMut, BlockEncryptMut, InnerIvInit, KeyInit};
 use aes::{Aes256Dec, Aes256Enc};
 use base64::Engine as _;
 use base64::alphabet;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 
 use crate::callback::CallbackEvent;
 
@@ -449,6 +449,12 @@ fn strip_padding(plain: &[u8]) -> Result<&[u8], CryptoError> {
         return Err(CryptoError::Padding);
     }
     Ok(body)
+}
+
+/// A fresh random nonce: a decimal number of up to 10 digits, like the ones WeCom sends.
+pub fn random_nonce() -> String {
+    use rand::Rng as _;
+    rand::rng().random::<u32>().to_string()
 }
 
 /// 16 random alphanumeric bytes, like the official samples (some decoders treat the frame as

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{Envelope, Event, MessageContent, RawContent, RawPayload};
+use crate::ids::Interner;
 use crate::{ExternalUserId, MsgId, OpenKfId, Origin, UserId};
 
 /// Why one `msg_list` item could not be decoded.
@@ -41,8 +42,55 @@ impl DecodeError {
 }
 
 /// Decodes an item's envelope and content from its JSON text.
-pub(super) fn decode(raw: &str) -> Result<(Envelope, MessageContent), DecodeError> {
-    fast(raw).map_err(|error| locate(raw, error))
+pub(super) fn decode(
+    raw: &str,
+    interner: &mut Interner,
+) -> Result<(Envelope, MessageContent), DecodeError> {
+    fast(raw, interner).map_err(|error| locate(raw, error))
+}
+
+/// The outcome of decoding the item at the start of a text that continues after it.
+pub(crate) enum Prefix {
+    /// The item decoded; it is `len` bytes long.
+    Decoded {
+        len: usize,
+        envelope: Envelope,
+        content: MessageContent,
+    },
+    /// The item is `len` bytes of JSON that do not decode as a message.
+    Invalid { len: usize, error: DecodeError },
+    /// Not even the item's extent can be found: the text is not JSON.
+    Broken,
+}
+
+/// Decodes the item at the start of `text` in one pass, learning its length from the parser;
+/// only an item that fails is delimited by the structural scanner instead.
+pub(crate) fn decode_prefix(text: &str, interner: &mut Interner) -> Prefix {
+    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<Parts<'_>>();
+    match stream.next() {
+        Some(Ok(parts)) => {
+            let len = stream.byte_offset();
+            match finish(parts, interner) {
+                Ok((envelope, content)) => Prefix::Decoded {
+                    len,
+                    envelope,
+                    content,
+                },
+                Err(error) => Prefix::Invalid {
+                    len,
+                    error: locate(&text[..len], error),
+                },
+            }
+        }
+        Some(Err(error)) => match crate::scan::skip_value(text.as_bytes(), 0) {
+            Ok(len) => Prefix::Invalid {
+                len,
+                error: locate(&text[..len], error),
+            },
+            Err(_) => Prefix::Broken,
+        },
+        None => Prefix::Broken,
+    }
 }
 
 /// Decodes `{"msgtype": ..., "<msgtype>": {...}}` without an envelope (merged_msg items).
@@ -53,16 +101,23 @@ pub(super) fn decode_content_only(json: &str) -> Result<MessageContent, DecodeEr
         .map_err(|error| locate_content(json, error))
 }
 
-fn fast(raw: &str) -> serde_json::Result<(Envelope, MessageContent)> {
-    let mut parts = parse_parts(raw)?;
-    // Take the fields out rather than cloning: this runs once per message on the hot path.
+fn fast(raw: &str, interner: &mut Interner) -> serde_json::Result<(Envelope, MessageContent)> {
+    finish(parse_parts(raw)?, interner)
+}
+
+/// Turns parsed fields into an envelope and content; ids repeated across a page share memory.
+fn finish(
+    mut parts: Parts<'_>,
+    interner: &mut Interner,
+) -> serde_json::Result<(Envelope, MessageContent)> {
+    let mut intern = |id: Option<Cow<'_, str>>| id.map(|id| interner.intern(&id));
     let envelope = Envelope {
         msgid: parts.msgid.take().ok_or_else(|| missing("msgid"))?,
-        open_kfid: parts.open_kfid.take(),
-        external_userid: parts.external_userid.take(),
+        open_kfid: intern(parts.open_kfid.take()).map(OpenKfId::from_shared),
+        external_userid: intern(parts.external_userid.take()).map(ExternalUserId::from_shared),
         send_time: parts.send_time.ok_or_else(|| missing("send_time"))?,
         origin: parts.origin.ok_or_else(|| missing("origin"))?,
-        servicer_userid: parts.servicer_userid.take(),
+        servicer_userid: intern(parts.servicer_userid.take()).map(UserId::from_shared),
     };
     Ok((envelope, parts.finish_content()?))
 }
@@ -82,11 +137,11 @@ fn parse_parts(raw: &str) -> serde_json::Result<Parts<'_>> {
 #[derive(Default)]
 struct Parts<'a> {
     msgid: Option<MsgId>,
-    open_kfid: Option<OpenKfId>,
-    external_userid: Option<ExternalUserId>,
+    open_kfid: Option<Cow<'a, str>>,
+    external_userid: Option<Cow<'a, str>>,
     send_time: Option<u64>,
     origin: Option<Origin>,
-    servicer_userid: Option<UserId>,
+    servicer_userid: Option<Cow<'a, str>>,
     msgtype: Option<Cow<'a, str>>,
     content: Option<MessageContent>,
     /// Values under keys that were not envelope fields, kept in case one is the payload.
@@ -161,6 +216,11 @@ impl<'de> Deserialize<'de> for Parts<'de> {
 
 struct PartsVisitor;
 
+/// Reads an optional id without allocating when it has no escapes.
+fn id<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<Cow<'de, str>>, A::Error> {
+    Ok(map.next_value::<Option<Key<'de>>>()?.map(|Key(id)| id))
+}
+
 impl<'de> Visitor<'de> for PartsVisitor {
     type Value = Parts<'de>;
 
@@ -173,11 +233,11 @@ impl<'de> Visitor<'de> for PartsVisitor {
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             match key.as_ref() {
                 "msgid" => parts.msgid = Some(map.next_value()?),
-                "open_kfid" => parts.open_kfid = map.next_value()?,
-                "external_userid" => parts.external_userid = map.next_value()?,
+                "open_kfid" => parts.open_kfid = id(&mut map)?,
+                "external_userid" => parts.external_userid = id(&mut map)?,
                 "send_time" => parts.send_time = Some(map.next_value()?),
                 "origin" => parts.origin = Some(map.next_value()?),
-                "servicer_userid" => parts.servicer_userid = map.next_value()?,
+                "servicer_userid" => parts.servicer_userid = id(&mut map)?,
                 "msgtype" => parts.msgtype = Some(map.next_value::<Key<'de>>()?.0),
                 _ => {
                     let is_payload = parts.content.is_none()
@@ -257,7 +317,12 @@ impl<'de> DeserializeSeed<'de> for ContentSeed<'_> {
             }
             "merged_msg" => MessageContent::MergedMsg(Deserialize::deserialize(d)?),
             "channels" => MessageContent::Channels(Deserialize::deserialize(d)?),
-            "event" => MessageContent::Event(Event::deserialize(d)?),
+            // Only ever driven by a `serde_json` string deserializer, so the event's text can be
+            // borrowed instead of copied.
+            "event" => {
+                let raw = <&RawValue>::deserialize(d)?;
+                MessageContent::Event(Event::from_raw_str(raw.get()).map_err(de::Error::custom)?)
+            }
             "meeting" => MessageContent::Meeting(raw(d)?),
             "schedule" => MessageContent::Schedule(raw(d)?),
             "note" => MessageContent::Note(raw(d)?),

@@ -35,6 +35,7 @@ use serde_json::value::RawValue;
 
 pub use codes::{ChangeType, ChannelsSubType, FailType, Origin, RejectSwitch, ServicerStatus, StopType};
 pub use decode::DecodeError;
+pub(crate) use decode::{Prefix, decode_prefix};
 pub use event::{
     EnterSession, Event, MsgSendFail, RejectCustomerMsgSwitchChange, ServicerRecallMsg,
     ServicerStatusChange, SessionStatusChange, UnknownEvent, UserRecallMsg, WechatChannels,
@@ -45,6 +46,7 @@ pub use payload::{
     MsgMenu, RawPayload, Text, Video, Voice,
 };
 
+use crate::ids::Interner;
 use crate::{ExternalUserId, MsgId, OpenKfId, UserId};
 
 /// One item of `msg_list`: a customer or servicer message, or a system event.
@@ -279,7 +281,7 @@ impl Message {
 
     /// Decodes one message from its JSON text.
     pub fn from_json(json: &str) -> Result<Self, DecodeError> {
-        let (envelope, content) = decode::decode(json)?;
+        let (envelope, content) = decode::decode(json, &mut Interner::default())?;
         Ok(Self {
             raw: RawJson::whole(json.into()),
             envelope,
@@ -295,10 +297,15 @@ impl Message {
         }
     }
 
-    /// Decodes the message at `text[start..end]`, sharing `text` instead of copying it.
-    pub(crate) fn from_shared(text: &Arc<str>, start: usize, end: usize) -> Result<Self, DecodeError> {
-        let (envelope, content) = decode::decode(&text[start..end])?;
-        Ok(Self {
+    /// A message decoded from `text[start..end]`, sharing `text` for its raw JSON.
+    pub(crate) fn from_decoded(
+        text: &Arc<str>,
+        start: usize,
+        end: usize,
+        envelope: Envelope,
+        content: MessageContent,
+    ) -> Self {
+        Self {
             raw: RawJson {
                 text: Arc::clone(text),
                 start,
@@ -306,7 +313,7 @@ impl Message {
             },
             envelope,
             content,
-        })
+        }
     }
 
     /// The message's original JSON text, exactly as received (the Go SDK's `GetOriginMessage`).

@@ -16,7 +16,12 @@ fn decode(args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -26,7 +31,10 @@ fn all_fixture_messages() -> Vec<String> {
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
-    files.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
+    files
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect()
 }
 
 #[test]
@@ -37,7 +45,12 @@ fn decoding_a_response_prints_each_message_as_a_line_equal_to_its_input() {
         messages.join(",")
     );
     let out = decode(&[], &body);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), messages.len());
@@ -51,16 +64,17 @@ fn decoding_a_response_prints_each_message_as_a_line_equal_to_its_input() {
 #[test]
 fn summary_counts_kinds_sorted_and_exits_1_when_an_item_is_invalid() {
     let text = std::fs::read_to_string(fixtures().join("messages/text__spec.json")).unwrap();
-    let event =
-        std::fs::read_to_string(fixtures().join("messages/event-msg_send_fail__spec.json")).unwrap();
+    let event = std::fs::read_to_string(fixtures().join("messages/event-msg_send_fail__spec.json"))
+        .unwrap();
     let unknown =
         std::fs::read_to_string(fixtures().join("messages/unknown-sticker__payload.json")).unwrap();
     let unknown_event = std::fs::read_to_string(
         fixtures().join("messages/unknown-event-customer_rated__future.json"),
     )
     .unwrap();
-    let bad = std::fs::read_to_string(fixtures().join("invalid/location_latitude_not_a_number.json"))
-        .unwrap();
+    let bad =
+        std::fs::read_to_string(fixtures().join("invalid/location_latitude_not_a_number.json"))
+            .unwrap();
     let array = format!("[{text},{event},{text},{unknown},{unknown_event},{bad}]");
     let out = decode(&["--summary"], &array);
     assert_eq!(out.status.code(), Some(1));
@@ -81,7 +95,10 @@ fn json_lines_input_is_accepted_from_a_file() {
     std::fs::write(&path, format!("{text}\n\n{image}\n")).unwrap();
     let out = decode(&["--summary", path.to_str().unwrap()], "");
     assert_eq!(out.status.code(), Some(0));
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), "image\t1\ntext\t1\n");
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "image\t1\ntext\t1\n"
+    );
 }
 
 #[test]

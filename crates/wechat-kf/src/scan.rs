@@ -217,7 +217,9 @@ fn skip_container(bytes: &[u8], pos: usize) -> Result<usize> {
         }
         i += 1;
     }
-    Err(ScanError { offset: bytes.len() })
+    Err(ScanError {
+        offset: bytes.len(),
+    })
 }
 
 #[cfg(test)]
@@ -241,14 +243,31 @@ mod tests {
             vec!["1", r#"{"b":"}]\"\\"}"#]
         );
         assert_eq!(array_items("[]").unwrap(), Vec::<&str>::new());
-        assert_eq!(object_fields("{}", "", &mut |_| unreachable!()).unwrap(), vec![]);
+        assert_eq!(
+            object_fields("{}", "", &mut |_| unreachable!()).unwrap(),
+            vec![]
+        );
     }
 
     #[test]
     fn rejects_structural_errors_without_panicking() {
         for bad in [
-            "", "{", "[", "{\"a\"}", "{\"a\":}", "[1,]", "[1 2]", "{\"a\":1,}", "[}", "{]",
-            "[\"unterminated]", "[1] x", "{\"a\":[1}", "[\"\\", "[{\"a\":\"b\\\"}]", "{\"a\":1\"b\":2}",
+            "",
+            "{",
+            "[",
+            "{\"a\"}",
+            "{\"a\":}",
+            "[1,]",
+            "[1 2]",
+            "{\"a\":1,}",
+            "[}",
+            "{]",
+            "[\"unterminated]",
+            "[1] x",
+            "{\"a\":[1}",
+            "[\"\\",
+            "[{\"a\":\"b\\\"}]",
+            "{\"a\":1\"b\":2}",
         ] {
             let a = object_fields(bad, "", &mut |_| unreachable!());
             let b = array_items(bad);

@@ -221,7 +221,9 @@ impl<'de> Visitor<'de> for ResponseVisitor {
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             match key.as_ref() {
                 "errcode" => response.errcode = map.next_value()?,
-                "errmsg" => response.errmsg = map.next_value::<Option<String>>()?.unwrap_or_default(),
+                "errmsg" => {
+                    response.errmsg = map.next_value::<Option<String>>()?.unwrap_or_default()
+                }
                 "next_cursor" => {
                     response.next_cursor = map.next_value::<Option<String>>()?.unwrap_or_default()
                 }

@@ -14,7 +14,9 @@ use wechat_kf::{
 };
 
 fn fixture_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn fixtures(dir: &str, ext: &str) -> Vec<(String, String)> {
@@ -39,7 +41,11 @@ fn load(name: &str) -> Message {
 #[test]
 fn every_fixture_decodes_classifies_and_round_trips_losslessly() {
     let all = fixtures("messages", "json");
-    assert!(all.len() >= 50, "expected the full fixture set, found {}", all.len());
+    assert!(
+        all.len() >= 50,
+        "expected the full fixture set, found {}",
+        all.len()
+    );
     for (name, text) in all {
         let message = Message::from_json(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
         let expected_kind = name.split("__").next().unwrap().replace('-', ":");
@@ -78,13 +84,19 @@ fn text_accessors_match_the_go_sdk_getters() {
 #[test]
 fn unicode_escapes_are_decoded_in_the_typed_view_and_kept_in_raw() {
     let m = load("text__unicode_escapes");
-    assert_eq!(m.text().unwrap().content, "你好 😀 \"quoted\" \\ back\nslash");
+    assert_eq!(
+        m.text().unwrap().content,
+        "你好 😀 \"quoted\" \\ back\nslash"
+    );
     assert!(m.raw().contains(r"\u4f60"));
 }
 
 #[test]
 fn escaped_keys_and_a_payload_before_msgtype_still_decode() {
-    assert_eq!(load("text__escaped_keys").text().unwrap().content, "escaped keys");
+    assert_eq!(
+        load("text__escaped_keys").text().unwrap().content,
+        "escaped keys"
+    );
     assert_eq!(
         load("text__payload_before_msgtype").text().unwrap().content,
         "order differs"
@@ -161,7 +173,15 @@ fn merged_msg_items_decode_their_inner_json_on_request() {
 #[test]
 fn undocumented_types_are_kept_raw() {
     let m = load("meeting__raw");
-    assert!(m.meeting().unwrap().payload.as_ref().unwrap().get().contains("周会"));
+    assert!(
+        m.meeting()
+            .unwrap()
+            .payload
+            .as_ref()
+            .unwrap()
+            .get()
+            .contains("周会")
+    );
     assert!(load("note__no_payload").note().unwrap().payload.is_none());
     let sticker = load("unknown-sticker__payload");
     assert_eq!(sticker.unknown().unwrap().msgtype, "sticker");
@@ -179,13 +199,22 @@ fn events_expose_their_fields_and_the_ids_inside_the_event() {
     assert!(enter.envelope().open_kfid.is_none());
 
     let fail = load("event-msg_send_fail__spec");
-    assert_eq!(fail.msg_send_fail().unwrap().fail_type, Some(FailType::CustomerRefused));
     assert_eq!(
-        load("event-msg_send_fail__new_fail_type").msg_send_fail().unwrap().fail_type,
+        fail.msg_send_fail().unwrap().fail_type,
+        Some(FailType::CustomerRefused)
+    );
+    assert_eq!(
+        load("event-msg_send_fail__new_fail_type")
+            .msg_send_fail()
+            .unwrap()
+            .fail_type,
         Some(FailType::SecurityRestriction)
     );
     assert_eq!(
-        load("event-msg_send_fail__future_fail_type").msg_send_fail().unwrap().fail_type,
+        load("event-msg_send_fail__future_fail_type")
+            .msg_send_fail()
+            .unwrap()
+            .fail_type,
         Some(FailType::Other(77))
     );
 
@@ -200,16 +229,29 @@ fn events_expose_their_fields_and_the_ids_inside_the_event() {
     assert_eq!(c.change_type, Some(ChangeType::Ended));
     assert_eq!(c.msg_code.as_deref(), Some("END_CODE_XYZ"));
     assert_eq!(
-        load("event-session_status_change__rejoined").session_status_change().unwrap().change_type,
+        load("event-session_status_change__rejoined")
+            .session_status_change()
+            .unwrap()
+            .change_type,
         Some(ChangeType::Rejoined)
     );
 
     assert_eq!(
-        load("event-user_recall_msg__spec").user_recall_msg().unwrap().recall_msgid.as_ref().unwrap(),
+        load("event-user_recall_msg__spec")
+            .user_recall_msg()
+            .unwrap()
+            .recall_msgid
+            .as_ref()
+            .unwrap(),
         "from_msgid_100001"
     );
     assert_eq!(
-        load("event-servicer_recall_msg__spec").servicer_recall_msg().unwrap().servicer_userid.as_ref().unwrap(),
+        load("event-servicer_recall_msg__spec")
+            .servicer_recall_msg()
+            .unwrap()
+            .servicer_userid
+            .as_ref()
+            .unwrap(),
         "zhangsan"
     );
     assert_eq!(
@@ -274,14 +316,18 @@ fn one_malformed_item_never_fails_the_page_and_keeps_its_position() {
 
     let reencoded: Value = serde_json::to_value(&page).unwrap();
     let original: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(reencoded, original, "the page re-encodes with the bad item in place");
+    assert_eq!(
+        reencoded, original,
+        "the page re-encodes with the bad item in place"
+    );
 }
 
 #[test]
 fn a_page_with_has_more_and_no_items_decodes() {
-    let page: SyncMsgResponse =
-        serde_json::from_str(r#"{"errcode":0,"errmsg":"ok","next_cursor":"c","has_more":1,"msg_list":[]}"#)
-            .unwrap();
+    let page: SyncMsgResponse = serde_json::from_str(
+        r#"{"errcode":0,"errmsg":"ok","next_cursor":"c","has_more":1,"msg_list":[]}"#,
+    )
+    .unwrap();
     assert!(page.has_more);
     assert!(page.msg_list.is_empty());
     let missing_list: SyncMsgResponse =

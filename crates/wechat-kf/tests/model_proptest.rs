@@ -26,16 +26,16 @@ fn envelope() -> impl Strategy<Value = Envelope> {
         prop_oneof![Just(3u32), Just(4), Just(5), any::<u32>()].prop_map(Origin::from),
         proptest::option::of(id::<UserId>()),
     )
-        .prop_map(|(msgid, open_kfid, external_userid, send_time, origin, servicer_userid)| {
-            Envelope {
+        .prop_map(
+            |(msgid, open_kfid, external_userid, send_time, origin, servicer_userid)| Envelope {
                 msgid,
                 open_kfid,
                 external_userid,
                 send_time,
                 origin,
                 servicer_userid,
-            }
-        })
+            },
+        )
 }
 
 fn menu_item() -> impl Strategy<Value = MenuItem> {
@@ -49,8 +49,12 @@ fn menu_item() -> impl Strategy<Value = MenuItem> {
                 content,
             })
         }),
-        (text(), proptest::option::of(0u32..2))
-            .prop_map(|(content, no_newline)| MenuItem::Text(MenuText { content, no_newline })),
+        (text(), proptest::option::of(0u32..2)).prop_map(|(content, no_newline)| MenuItem::Text(
+            MenuText {
+                content,
+                no_newline
+            }
+        )),
     ]
 }
 
@@ -66,23 +70,34 @@ fn event() -> impl Strategy<Value = Event> {
         )
     };
     prop_oneof![
-        (ids(), opt_text(), opt_text(), opt_text(), proptest::option::of(0u32..6)).prop_map(
-            |((open_kfid, external_userid), scene, scene_param, welcome_code, ch)| {
-                Event::from(EnterSession {
-                    open_kfid,
-                    external_userid,
-                    scene,
-                    scene_param,
-                    welcome_code,
-                    wechat_channels: ch.map(|scene| WechatChannels {
-                        nickname: Some("n".into()),
-                        shop_nickname: None,
-                        scene: Some(scene),
-                    }),
-                })
-            }
-        ),
-        (ids(), proptest::option::of(id::<MsgId>()), proptest::option::of(any::<u32>()))
+        (
+            ids(),
+            opt_text(),
+            opt_text(),
+            opt_text(),
+            proptest::option::of(0u32..6)
+        )
+            .prop_map(
+                |((open_kfid, external_userid), scene, scene_param, welcome_code, ch)| {
+                    Event::from(EnterSession {
+                        open_kfid,
+                        external_userid,
+                        scene,
+                        scene_param,
+                        welcome_code,
+                        wechat_channels: ch.map(|scene| WechatChannels {
+                            nickname: Some("n".into()),
+                            shop_nickname: None,
+                            scene: Some(scene),
+                        }),
+                    })
+                }
+            ),
+        (
+            ids(),
+            proptest::option::of(id::<MsgId>()),
+            proptest::option::of(any::<u32>())
+        )
             .prop_map(|((open_kfid, external_userid), fail_msgid, fail_type)| {
                 Event::from(MsgSendFail {
                     open_kfid,
@@ -91,16 +106,19 @@ fn event() -> impl Strategy<Value = Event> {
                     fail_type: fail_type.map(FailType::from),
                 })
             }),
-        (ids(), proptest::option::of(any::<u32>()), proptest::option::of(0u32..3)).prop_map(
-            |((open_kfid, _), status, stop)| {
+        (
+            ids(),
+            proptest::option::of(any::<u32>()),
+            proptest::option::of(0u32..3)
+        )
+            .prop_map(|((open_kfid, _), status, stop)| {
                 Event::from(ServicerStatusChange {
                     open_kfid,
                     servicer_userid: Some("zhangsan".into()),
                     status: status.map(ServicerStatus::from),
                     stop_type: stop.map(StopType::from),
                 })
-            }
-        ),
+            }),
         (ids(), 0u32..6, opt_text()).prop_map(|((open_kfid, external_userid), c, code)| {
             Event::from(SessionStatusChange {
                 open_kfid,
@@ -139,38 +157,69 @@ fn event() -> impl Strategy<Value = Event> {
 
 fn content() -> impl Strategy<Value = MessageContent> {
     prop_oneof![
-        (text(), opt_text()).prop_map(|(content, menu_id)| MessageContent::Text(Text { content, menu_id })),
+        (text(), opt_text())
+            .prop_map(|(content, menu_id)| MessageContent::Text(Text { content, menu_id })),
         id::<MediaId>().prop_map(|media_id| MessageContent::Image(Image { media_id })),
         id::<MediaId>().prop_map(|media_id| MessageContent::Voice(Voice { media_id })),
         id::<MediaId>().prop_map(|media_id| MessageContent::Video(Video { media_id })),
         id::<MediaId>().prop_map(|media_id| MessageContent::File(File { media_id })),
-        (finite(), finite(), opt_text(), opt_text()).prop_map(|(latitude, longitude, name, address)| {
-            MessageContent::Location(Location { latitude, longitude, name, address })
-        }),
+        (finite(), finite(), opt_text(), opt_text()).prop_map(
+            |(latitude, longitude, name, address)| {
+                MessageContent::Location(Location {
+                    latitude,
+                    longitude,
+                    name,
+                    address,
+                })
+            }
+        ),
         (opt_text(), opt_text(), opt_text(), opt_text()).prop_map(|(title, desc, url, pic_url)| {
-            MessageContent::from(Link { title, desc, url, pic_url })
-        }),
-        id::<UserId>().prop_map(|userid| MessageContent::BusinessCard(BusinessCard { userid })),
-        (opt_text(), opt_text(), opt_text(), proptest::option::of(id::<MediaId>())).prop_map(
-            |(title, appid, pagepath, thumb_media_id)| {
-                MessageContent::from(MiniProgram { title, appid, pagepath, thumb_media_id })
-            }
-        ),
-        (opt_text(), proptest::collection::vec(menu_item(), 0..6), opt_text()).prop_map(
-            |(head_content, list, tail_content)| {
-                MessageContent::from(MsgMenu { head_content, list, tail_content })
-            }
-        ),
-        (opt_text(), opt_text(), proptest::option::of("[0-9]{1,8}")).prop_map(|(product_id, title, sales_price)| {
-            MessageContent::from(ChannelsShopProduct {
-                product_id,
-                head_img: None,
+            MessageContent::from(Link {
                 title,
-                sales_price,
-                shop_nickname: Some("店".into()),
-                shop_head_img: None,
+                desc,
+                url,
+                pic_url,
             })
         }),
+        id::<UserId>().prop_map(|userid| MessageContent::BusinessCard(BusinessCard { userid })),
+        (
+            opt_text(),
+            opt_text(),
+            opt_text(),
+            proptest::option::of(id::<MediaId>())
+        )
+            .prop_map(|(title, appid, pagepath, thumb_media_id)| {
+                MessageContent::from(MiniProgram {
+                    title,
+                    appid,
+                    pagepath,
+                    thumb_media_id,
+                })
+            }),
+        (
+            opt_text(),
+            proptest::collection::vec(menu_item(), 0..6),
+            opt_text()
+        )
+            .prop_map(|(head_content, list, tail_content)| {
+                MessageContent::from(MsgMenu {
+                    head_content,
+                    list,
+                    tail_content,
+                })
+            }),
+        (opt_text(), opt_text(), proptest::option::of("[0-9]{1,8}")).prop_map(
+            |(product_id, title, sales_price)| {
+                MessageContent::from(ChannelsShopProduct {
+                    product_id,
+                    head_img: None,
+                    title,
+                    sales_price,
+                    shop_nickname: Some("店".into()),
+                    shop_head_img: None,
+                })
+            }
+        ),
         (opt_text(), opt_text()).prop_map(|(order_id, state)| {
             MessageContent::from(ChannelsShopOrder {
                 order_id,
@@ -181,25 +230,36 @@ fn content() -> impl Strategy<Value = MessageContent> {
                 shop_nickname: None,
             })
         }),
-        (opt_text(), proptest::collection::vec((opt_text(), text()), 0..4)).prop_map(|(title, items)| {
-            MessageContent::from(MergedMsg {
-                title,
-                item: items
-                    .into_iter()
-                    .map(|(sender_name, inner)| MergedItem {
-                        send_time: Some(1),
-                        msgtype: Some("text".into()),
-                        sender_name,
-                        msg_content: Some(
-                            serde_json::json!({"msgtype": "text", "text": {"content": inner}}).to_string(),
-                        ),
-                    })
-                    .collect(),
-            })
-        }),
-        (proptest::option::of(any::<u32>()), opt_text(), opt_text()).prop_map(|(sub, nickname, title)| {
-            MessageContent::Channels(Channels { sub_type: sub.map(ChannelsSubType::from), nickname, title })
-        }),
+        (
+            opt_text(),
+            proptest::collection::vec((opt_text(), text()), 0..4)
+        )
+            .prop_map(|(title, items)| {
+                MessageContent::from(MergedMsg {
+                    title,
+                    item: items
+                        .into_iter()
+                        .map(|(sender_name, inner)| MergedItem {
+                            send_time: Some(1),
+                            msgtype: Some("text".into()),
+                            sender_name,
+                            msg_content: Some(
+                                serde_json::json!({"msgtype": "text", "text": {"content": inner}})
+                                    .to_string(),
+                            ),
+                        })
+                        .collect(),
+                })
+            }),
+        (proptest::option::of(any::<u32>()), opt_text(), opt_text()).prop_map(
+            |(sub, nickname, title)| {
+                MessageContent::Channels(Channels {
+                    sub_type: sub.map(ChannelsSubType::from),
+                    nickname,
+                    title,
+                })
+            }
+        ),
         event().prop_map(MessageContent::Event),
     ]
 }
@@ -256,10 +316,16 @@ fn arbitrary_json() -> impl Strategy<Value = serde_json::Value> {
         any::<bool>().prop_map(serde_json::Value::from),
         any::<i64>().prop_map(serde_json::Value::from),
         any::<String>().prop_map(serde_json::Value::from),
-        prop_oneof![Just("text"), Just("event"), Just("location"), Just("msgmenu"), Just("zzz")]
-            .prop_map(serde_json::Value::from),
+        prop_oneof![
+            Just("text"),
+            Just("event"),
+            Just("location"),
+            Just("msgmenu"),
+            Just("zzz")
+        ]
+        .prop_map(serde_json::Value::from),
     ];
-    let tree = leaf.prop_recursive(3, 24, 6, |inner| {
+    leaf.prop_recursive(3, 24, 6, |inner| {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
             proptest::collection::btree_map(
@@ -278,6 +344,5 @@ fn arbitrary_json() -> impl Strategy<Value = serde_json::Value> {
             )
             .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
         ]
-    });
-    tree
+    })
 }

@@ -87,8 +87,8 @@ fn read_input(file: Option<&PathBuf>) -> Result<String, String> {
     let mut bytes = Vec::new();
     match file {
         Some(path) if path.as_os_str() != "-" => {
-            bytes = std::fs::read(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            bytes =
+                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         }
         _ => {
             io::stdin()
@@ -108,7 +108,9 @@ fn read_input(file: Option<&PathBuf>) -> Result<String, String> {
 fn parse(input: &str) -> Result<Vec<Item>, String> {
     let trimmed = input.trim_start();
     if trimmed.is_empty() {
-        return Err("input is empty: expected a sync_msg response, a JSON array or JSON Lines".into());
+        return Err(
+            "input is empty: expected a sync_msg response, a JSON array or JSON Lines".into(),
+        );
     }
     if trimmed.starts_with('[') {
         let list: Vec<Box<RawValue>> = serde_json::from_str(input)

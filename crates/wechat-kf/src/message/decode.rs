@@ -240,8 +240,8 @@ impl<'de> Visitor<'de> for PartsVisitor {
                 "servicer_userid" => parts.servicer_userid = id(&mut map)?,
                 "msgtype" => parts.msgtype = Some(map.next_value::<Key<'de>>()?.0),
                 _ => {
-                    let is_payload = parts.content.is_none()
-                        && parts.msgtype.as_deref() == Some(key.as_ref());
+                    let is_payload =
+                        parts.content.is_none() && parts.msgtype.as_deref() == Some(key.as_ref());
                     if is_payload {
                         parts.content = Some(map.next_value_seed(ContentSeed(&key))?);
                     } else {

@@ -6,8 +6,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::decode::{DecodeError, from_path_error};
 use super::codes::{ChangeType, FailType, RejectSwitch, ServicerStatus, StopType};
+use super::decode::{DecodeError, from_path_error};
 use crate::{ExternalUserId, MsgId, OpenKfId, UserId};
 
 /// A system event. `match` on it; new event types arrive as [`Event::Unknown`].
@@ -262,8 +262,12 @@ impl Event {
         Ok(match tag.event_type.as_ref() {
             "enter_session" => Self::EnterSession(Box::new(serde_json::from_str(raw)?)),
             "msg_send_fail" => Self::MsgSendFail(Box::new(serde_json::from_str(raw)?)),
-            "servicer_status_change" => Self::ServicerStatusChange(Box::new(serde_json::from_str(raw)?)),
-            "session_status_change" => Self::SessionStatusChange(Box::new(serde_json::from_str(raw)?)),
+            "servicer_status_change" => {
+                Self::ServicerStatusChange(Box::new(serde_json::from_str(raw)?))
+            }
+            "session_status_change" => {
+                Self::SessionStatusChange(Box::new(serde_json::from_str(raw)?))
+            }
             "user_recall_msg" => Self::UserRecallMsg(Box::new(serde_json::from_str(raw)?)),
             "servicer_recall_msg" => Self::ServicerRecallMsg(Box::new(serde_json::from_str(raw)?)),
             "reject_customer_msg_switch_change" => {
@@ -319,19 +323,41 @@ impl Serialize for Event {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let event_type = self.event_type();
         match self {
-            Self::EnterSession(fields) => Tagged { event_type, fields: &**fields }.serialize(serializer),
-            Self::MsgSendFail(fields) => Tagged { event_type, fields: &**fields }.serialize(serializer),
-            Self::ServicerStatusChange(fields) => {
-                Tagged { event_type, fields: &**fields }.serialize(serializer)
+            Self::EnterSession(fields) => Tagged {
+                event_type,
+                fields: &**fields,
             }
-            Self::SessionStatusChange(fields) => {
-                Tagged { event_type, fields: &**fields }.serialize(serializer)
+            .serialize(serializer),
+            Self::MsgSendFail(fields) => Tagged {
+                event_type,
+                fields: &**fields,
             }
-            Self::UserRecallMsg(fields) => Tagged { event_type, fields: &**fields }.serialize(serializer),
-            Self::ServicerRecallMsg(fields) => Tagged { event_type, fields: &**fields }.serialize(serializer),
-            Self::RejectCustomerMsgSwitchChange(fields) => {
-                Tagged { event_type, fields: &**fields }.serialize(serializer)
+            .serialize(serializer),
+            Self::ServicerStatusChange(fields) => Tagged {
+                event_type,
+                fields: &**fields,
             }
+            .serialize(serializer),
+            Self::SessionStatusChange(fields) => Tagged {
+                event_type,
+                fields: &**fields,
+            }
+            .serialize(serializer),
+            Self::UserRecallMsg(fields) => Tagged {
+                event_type,
+                fields: &**fields,
+            }
+            .serialize(serializer),
+            Self::ServicerRecallMsg(fields) => Tagged {
+                event_type,
+                fields: &**fields,
+            }
+            .serialize(serializer),
+            Self::RejectCustomerMsgSwitchChange(fields) => Tagged {
+                event_type,
+                fields: &**fields,
+            }
+            .serialize(serializer),
             Self::Unknown(unknown) => unknown.raw.serialize(serializer),
         }
     }

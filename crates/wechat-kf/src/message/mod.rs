@@ -33,7 +33,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-pub use codes::{ChangeType, ChannelsSubType, FailType, Origin, RejectSwitch, ServicerStatus, StopType};
+pub use codes::{
+    ChangeType, ChannelsSubType, FailType, Origin, RejectSwitch, ServicerStatus, StopType,
+};
 pub use decode::DecodeError;
 pub(crate) use decode::{Prefix, decode_prefix};
 pub use event::{
@@ -468,9 +470,7 @@ impl MergedItem {
     ///
     /// Returns `None` when there is no `msg_content`.
     pub fn content(&self) -> Option<Result<MessageContent, DecodeError>> {
-        self.msg_content
-            .as_deref()
-            .map(decode::decode_content_only)
+        self.msg_content.as_deref().map(decode::decode_content_only)
     }
 }
 

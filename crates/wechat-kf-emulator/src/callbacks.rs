@@ -25,7 +25,10 @@ pub(crate) fn notify(emu: &Emulator, accounts: Vec<String>) {
     };
     for open_kfid in accounts {
         let start = emu.with_state(|s, _| {
-            let slot = s.callback_slots.entry(open_kfid.clone()).or_insert_with(CallbackSlot::default);
+            let slot = s
+                .callback_slots
+                .entry(open_kfid.clone())
+                .or_insert_with(CallbackSlot::default);
             if slot.in_flight {
                 slot.pending = true;
                 false
@@ -72,7 +75,15 @@ async fn deliver(emu: &Emulator, open_kfid: &str, url: &str) -> bool {
     });
     let Some(crypt) = emu.crypt() else {
         emu.with_state(|s, now| {
-            s.record_delivery(attempt(delivery, 1, open_kfid, &token, None, Some("invalid EncodingAESKey".into()), now));
+            s.record_delivery(attempt(
+                delivery,
+                1,
+                open_kfid,
+                &token,
+                None,
+                Some("invalid EncodingAESKey".into()),
+                now,
+            ));
             s.counters.callbacks_failed += 1;
         });
         return false;
@@ -84,7 +95,8 @@ async fn deliver(emu: &Emulator, open_kfid: &str, url: &str) -> bool {
     let signature = crypt.sign(&timestamp, &nonce, &encrypted);
     let body = crypto::envelope_xml(&config.corp_id, &encrypted);
     let sep = if url.contains('?') { '&' } else { '?' };
-    let full_url = format!("{url}{sep}msg_signature={signature}&timestamp={timestamp}&nonce={nonce}");
+    let full_url =
+        format!("{url}{sep}msg_signature={signature}&timestamp={timestamp}&nonce={nonce}");
     let attempts = config.callback_retries.saturating_add(1);
     for n in 1..=attempts {
         let result = emu
@@ -157,8 +169,16 @@ pub(crate) async fn verify(emu: &Emulator, url: Option<String>) -> Value {
     let signature = crypt.sign(&timestamp, &nonce, &encrypted);
     let sep = if url.contains('?') { '&' } else { '?' };
     let echostr = utf8_percent_encode(&encrypted, NON_ALPHANUMERIC);
-    let full_url = format!("{url}{sep}msg_signature={signature}&timestamp={timestamp}&nonce={nonce}&echostr={echostr}");
-    match emu.http().get(&full_url).timeout(VERIFY_TIMEOUT).send().await {
+    let full_url = format!(
+        "{url}{sep}msg_signature={signature}&timestamp={timestamp}&nonce={nonce}&echostr={echostr}"
+    );
+    match emu
+        .http()
+        .get(&full_url)
+        .timeout(VERIFY_TIMEOUT)
+        .send()
+        .await
+    {
         Ok(response) => {
             let status = response.status().as_u16();
             let body = response.text().await.unwrap_or_default();
@@ -167,7 +187,11 @@ pub(crate) async fn verify(emu: &Emulator, url: Option<String>) -> Value {
             json!({"ok": ok, "status": status, "expected": echo, "received": received})
         }
         Err(e) => {
-            let error = if e.is_timeout() { "timeout (1 s)" } else { "request failed" };
+            let error = if e.is_timeout() {
+                "timeout (1 s)"
+            } else {
+                "request failed"
+            };
             json!({"ok": false, "error": error, "expected": echo})
         }
     }

@@ -27,7 +27,7 @@ pub struct Clock {
 impl Clock {
     /// Now, in milliseconds.
     pub fn now_ms(&self) -> Millis {
-        real_now_ms() + self.offset_ms.load(Ordering::Relaxed)
+        real_now_ms().saturating_add(self.offset_ms.load(Ordering::Relaxed))
     }
 
     /// Now, in whole seconds (what the wire carries).

@@ -132,7 +132,9 @@ impl Config {
         }
         if let Some(v) = file.aes_key {
             if crate::crypto::decode_aes_key(&v).is_err() {
-                return Err(ConfigError::Invalid("aes_key must be 43 base64 characters".into()));
+                return Err(ConfigError::Invalid(
+                    "aes_key must be 43 base64 characters".into(),
+                ));
             }
             config.encoding_aes_key = v;
         }
@@ -141,11 +143,17 @@ impl Config {
         }
         for account in &file.seed.accounts {
             if account.name.chars().count() > 16 || account.name.is_empty() {
-                return Err(ConfigError::Invalid(format!("account name {:?} must have 1-16 characters", account.name)));
+                return Err(ConfigError::Invalid(format!(
+                    "account name {:?} must have 1-16 characters",
+                    account.name
+                )));
             }
             for s in &account.servicers {
                 if s.status > 1 || s.stop_type > 1 {
-                    return Err(ConfigError::Invalid(format!("servicer {}: status and stop_type are 0 or 1", s.userid)));
+                    return Err(ConfigError::Invalid(format!(
+                        "servicer {}: status and stop_type are 0 or 1",
+                        s.userid
+                    )));
                 }
             }
         }
@@ -255,4 +263,37 @@ pub struct SeedUpgradeService {
     /// Customer groups.
     #[serde(default)]
     pub chat_id_list: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_example_of_the_readme_parses() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("```toml\n").expect("a toml block") + 8;
+        let end = start + readme[start..].find("```").expect("its end");
+        let config = Config::from_toml_seed(&readme[start..end]).unwrap();
+        let seed = config.seed.unwrap();
+        assert_eq!(config.corp_id, "ww0123456789abcdef");
+        assert_eq!(seed.accounts[0].servicers.len(), 3);
+        assert!(!seed.accounts[0].servicers[2].activated);
+        assert_eq!(seed.upgrade_service.chat_id_list, ["wrChat0001"]);
+    }
+
+    #[test]
+    fn unknown_seed_fields_and_bad_values_are_errors() {
+        assert!(Config::from_toml_seed("[[accounts]]\nname = \"a\"\ncolour = 1\n").is_err());
+        assert!(Config::from_toml_seed("[[accounts]]\nname = \"\"\n").is_err());
+        assert!(Config::from_toml_seed("aes_key = \"short\"").is_err());
+        assert!(Config::from_toml_seed("").is_ok());
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let config = Config::generated();
+        let text = format!("{config:?}");
+        assert!(!text.contains(&config.secret) && !text.contains(&config.encoding_aes_key));
+    }
 }

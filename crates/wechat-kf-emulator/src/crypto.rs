@@ -4,7 +4,8 @@
 
 use aes::Aes256;
 use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use cbc::cipher::block_padding::NoPadding;
 use cbc::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit};
 use sha1::{Digest, Sha1};
@@ -54,7 +55,12 @@ pub fn decode_aes_key(encoding_aes_key: &str) -> Result<[u8; 32], CryptoError> {
     if encoding_aes_key.len() != 43 {
         return Err(CryptoError::Key);
     }
-    let bytes = STANDARD
+    // Real keys carry non-zero trailing bits in their last character: allow them.
+    const KEY_ENGINE: GeneralPurpose = GeneralPurpose::new(
+        &alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+    );
+    let bytes = KEY_ENGINE
         .decode(format!("{encoding_aes_key}="))
         .map_err(|_| CryptoError::Key)?;
     bytes.try_into().map_err(|_| CryptoError::Key)
@@ -73,7 +79,11 @@ pub fn signature(token: &str, timestamp: &str, nonce: &str, encrypted: &str) -> 
 
 impl MsgCrypt {
     /// Builds the crypt from the configured Token, EncodingAESKey and corp id.
-    pub fn new(token: &str, encoding_aes_key: &str, receive_id: &str) -> Result<MsgCrypt, CryptoError> {
+    pub fn new(
+        token: &str,
+        encoding_aes_key: &str,
+        receive_id: &str,
+    ) -> Result<MsgCrypt, CryptoError> {
         Ok(MsgCrypt {
             key: decode_aes_key(encoding_aes_key)?,
             token: token.to_string(),
@@ -83,7 +93,8 @@ impl MsgCrypt {
 
     /// Encrypts `msg` with a random 16-byte prefix.
     pub fn encrypt(&self, msg: &str) -> String {
-        let random: [u8; 16] = rand::random::<[u8; 16]>().map(|b| b"0123456789abcdefghijklmnopqrstuv"[(b & 31) as usize]);
+        let random: [u8; 16] = rand::random::<[u8; 16]>()
+            .map(|b| b"0123456789abcdefghijklmnopqrstuv"[(b & 31) as usize]);
         self.encrypt_with_random(&random, msg)
     }
 
@@ -100,21 +111,27 @@ impl MsgCrypt {
         let iv = &self.key[..16];
         let cipher = cbc::Encryptor::<Aes256>::new_from_slices(&self.key, iv)
             .expect("a 32-byte key and 16-byte IV are valid");
-        let encrypted = cipher.encrypt_padded_vec_mut::<NoPadding>(&plain);
+        let len = plain.len();
+        let encrypted = cipher
+            .encrypt_padded_mut::<NoPadding>(&mut plain, len)
+            .expect("the buffer is already a multiple of the block size");
         STANDARD.encode(encrypted)
     }
 
     /// Decrypts an `Encrypt` / `echostr` value and checks the receive_id (crypto.md §6.4).
     pub fn decrypt(&self, encrypted: &str) -> Result<String, CryptoError> {
-        let data = STANDARD.decode(encrypted).map_err(|_| CryptoError::Base64)?;
+        let data = STANDARD
+            .decode(encrypted)
+            .map_err(|_| CryptoError::Base64)?;
         if data.is_empty() || data.len() % 32 != 0 {
             return Err(CryptoError::Decrypt);
         }
         let iv = &self.key[..16];
         let cipher = cbc::Decryptor::<Aes256>::new_from_slices(&self.key, iv)
             .map_err(|_| CryptoError::Decrypt)?;
+        let mut data = data;
         let plain = cipher
-            .decrypt_padded_vec_mut::<NoPadding>(&data)
+            .decrypt_padded_mut::<NoPadding>(&mut data)
             .map_err(|_| CryptoError::Decrypt)?;
         let pad = *plain.last().ok_or(CryptoError::Buffer)? as usize;
         if !(1..=32).contains(&pad) || pad > plain.len() {
@@ -148,7 +165,10 @@ impl MsgCrypt {
         nonce: &str,
         encrypted: &str,
     ) -> Result<String, CryptoError> {
-        if !constant_time_eq(self.sign(timestamp, nonce, encrypted).as_bytes(), msg_signature.as_bytes()) {
+        if !constant_time_eq(
+            self.sign(timestamp, nonce, encrypted).as_bytes(),
+            msg_signature.as_bytes(),
+        ) {
             return Err(CryptoError::Signature);
         }
         self.decrypt(encrypted)
@@ -237,17 +257,32 @@ mod tests {
         let crypt = MsgCrypt::new(V1_TOKEN, V1_KEY, V1_CORP).unwrap();
         let echostr = "P9nAzCzyDtyTWESHep1vC5X9xho/qYX3Zpb4yKa9SKld1DsH3Iyt3tP3zNdtp+4RPcs8TgAE7OaBO+FZXvnaqQ==";
         let plain = crypt
-            .verify_and_decrypt("5c45ff5e21c57e6ad56bac8758b79b1d9ac89fd3", "1409659589", "263014780", echostr)
+            .verify_and_decrypt(
+                "5c45ff5e21c57e6ad56bac8758b79b1d9ac89fd3",
+                "1409659589",
+                "263014780",
+                echostr,
+            )
             .unwrap();
         assert_eq!(plain, "1616140317555161061");
     }
 
     #[test]
     fn v2a_wrong_nonce_fails_the_signature() {
-        let crypt = MsgCrypt::new("123456", "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR", "wx49f0ab532d5d035a").unwrap();
+        let crypt = MsgCrypt::new(
+            "123456",
+            "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR",
+            "wx49f0ab532d5d035a",
+        )
+        .unwrap();
         let echostr = "4ByGGj+sVCYcvGeQYhaKIk1o0pQRNbRjxybjTGblXrBaXlTXeOo1+bXFXDQQb1o6co6Yh9Bv41n7hOchLF6p+Q==";
         let sig = "dd6b9c95b495b3f7e2901bfbc76c664930ffdb96";
-        assert_eq!(crypt.verify_and_decrypt(sig, "1411443780", "437374425", echostr).unwrap(), "5927782489442352469");
+        assert_eq!(
+            crypt
+                .verify_and_decrypt(sig, "1411443780", "437374425", echostr)
+                .unwrap(),
+            "5927782489442352469"
+        );
         assert_eq!(
             crypt.verify_and_decrypt(sig, "1411443780", "437374424", echostr),
             Err(CryptoError::Signature)
@@ -276,7 +311,12 @@ mod tests {
 
     #[test]
     fn a_random_round_trip_survives() {
-        let crypt = MsgCrypt::new("tok", "4Ma3YBrSBbX2aez8MJpXGBne5LSDwgGqHbhM9WPYIws", "ww6a112864f8022910").unwrap();
+        let crypt = MsgCrypt::new(
+            "tok",
+            "4Ma3YBrSBbX2aez8MJpXGBne5LSDwgGqHbhM9WPYIws",
+            "ww6a112864f8022910",
+        )
+        .unwrap();
         for msg in ["", "x", "你好，世界", &"a".repeat(1000)] {
             assert_eq!(crypt.decrypt(&crypt.encrypt(msg)).unwrap(), msg);
         }

@@ -10,8 +10,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
-/// System busy.
-pub const SYSTEM_BUSY: i64 = -1;
 /// Wrong secret for the corp id.
 pub const INVALID_SECRET: i64 = 40001;
 /// Invalid media file type.
@@ -137,12 +135,18 @@ impl ApiError {
 
     /// 40035 for a field whose value is not acceptable.
     pub fn invalid(field: &str, why: &str) -> ApiError {
-        ApiError::new(INVALID_PARAMETER, format!("invalid parameter {field}: {why}"))
+        ApiError::new(
+            INVALID_PARAMETER,
+            format!("invalid parameter {field}: {why}"),
+        )
     }
 
     /// 40063 for a required field that is missing or empty.
     pub fn missing(field: &str) -> ApiError {
-        ApiError::new(MISSING_PARAMETER, format!("parameter {field} is empty or missing"))
+        ApiError::new(
+            MISSING_PARAMETER,
+            format!("parameter {field} is empty or missing"),
+        )
     }
 
     /// The full errmsg as sent on the wire.
@@ -203,7 +207,13 @@ pub fn json_response(status: StatusCode, body: String, err: Option<&ApiError>) -
 
 fn ascii_only(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect()
 }
 

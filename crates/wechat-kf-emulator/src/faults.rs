@@ -53,7 +53,11 @@ pub fn normalize_path(path: &str) -> Option<String> {
     let p = path.trim().trim_start_matches('/');
     let p = p.strip_prefix("cgi-bin/").unwrap_or(p);
     let p = p.split('?').next().unwrap_or("");
-    if p.is_empty() || p == "*" || p == "all" { None } else { Some(p.to_string()) }
+    if p.is_empty() || p == "*" || p == "all" {
+        None
+    } else {
+        Some(p.to_string())
+    }
 }
 
 impl Fault {
@@ -65,7 +69,10 @@ impl Fault {
             Some(Value::String(p)) => normalize_path(p),
             Some(_) => return Err("path must be a string".into()),
         };
-        let kind_name = obj.get("kind").and_then(Value::as_str).ok_or("kind is required")?;
+        let kind_name = obj
+            .get("kind")
+            .and_then(Value::as_str)
+            .ok_or("kind is required")?;
         let num = |k: &str| obj.get(k).and_then(Value::as_i64);
         let kind = match kind_name {
             "http_status" | "http" | "5xx" => {
@@ -75,11 +82,15 @@ impl Fault {
                 }
                 FaultKind::HttpStatus(status as u16)
             }
-            "delay" | "slow" => FaultKind::Delay(num("delay_ms").ok_or("delay needs delay_ms")?.max(0) as u64),
+            "delay" | "slow" => {
+                FaultKind::Delay(num("delay_ms").ok_or("delay needs delay_ms")?.max(0) as u64)
+            }
             "drop" | "connection_drop" => FaultKind::Drop,
             "errcode" => FaultKind::Errcode(
                 num("errcode").ok_or("errcode needs errcode")?,
-                obj.get("errmsg").and_then(Value::as_str).map(str::to_string),
+                obj.get("errmsg")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
             ),
             "empty_page" => FaultKind::EmptyPage,
             "invalidate_tokens" | "token_invalidation" => FaultKind::InvalidateTokens,
@@ -87,8 +98,12 @@ impl Fault {
         };
         let count = obj.get("count").and_then(Value::as_u64);
         let seconds = obj.get("seconds").and_then(Value::as_f64);
-        let until = seconds.map(|s| now + (s * SECOND as f64) as Millis);
-        let remaining = if count.is_none() && until.is_none() { Some(1) } else { count };
+        let until = seconds.map(|s| now.saturating_add((s * SECOND as f64) as Millis));
+        let remaining = if count.is_none() && until.is_none() {
+            Some(1)
+        } else {
+            count
+        };
         Ok(Fault {
             id,
             path,
@@ -127,16 +142,30 @@ impl Fault {
 /// Takes the first fault that applies to a call of `path` (counting it down).
 pub fn take(faults: &mut Vec<Fault>, path: &str, now: Millis) -> Option<FaultKind> {
     faults.retain(|f| f.remaining != Some(0) && f.until.is_none_or(|u| now < u));
-    let fault = faults.iter_mut().find(|f| f.applies(path, now))?;
+    let index = faults.iter().position(|f| f.applies(path, now))?;
+    let fault = &mut faults[index];
+    let kind = fault.kind.clone();
     if let Some(n) = fault.remaining.as_mut() {
         *n -= 1;
+        if *n == 0 {
+            faults.remove(index);
+        }
     }
-    Some(fault.kind.clone())
+    Some(kind)
 }
 
 /// Middleware on /cgi-bin/: counts calls and applies faults before the API sees the request.
-pub(crate) async fn middleware(State(emu): State<Emulator>, mut req: Request, next: Next) -> Response {
-    let Some(path) = req.uri().path().strip_prefix("/cgi-bin/").map(str::to_string) else {
+pub(crate) async fn middleware(
+    State(emu): State<Emulator>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let Some(path) = req
+        .uri()
+        .path()
+        .strip_prefix("/cgi-bin/")
+        .map(str::to_string)
+    else {
         return next.run(req).await;
     };
     let counted = crate::api::known_path(&path).unwrap_or("(unknown)");
@@ -184,7 +213,12 @@ mod tests {
 
     #[test]
     fn a_counted_fault_applies_to_its_path_only_and_runs_out() {
-        let f = Fault::parse(&json!({"path":"/cgi-bin/kf/send_msg","kind":"errcode","errcode":-1,"count":2}), 1, 0).unwrap();
+        let f = Fault::parse(
+            &json!({"path":"/cgi-bin/kf/send_msg","kind":"errcode","errcode":-1,"count":2}),
+            1,
+            0,
+        )
+        .unwrap();
         let mut faults = vec![f];
         assert_eq!(take(&mut faults, "kf/sync_msg", 0), None);
         assert!(take(&mut faults, "kf/send_msg", 0).is_some());
@@ -195,9 +229,17 @@ mod tests {
 
     #[test]
     fn a_timed_fault_ends_with_its_window() {
-        let f = Fault::parse(&json!({"kind":"http_status","status":503,"seconds":10}), 1, 0).unwrap();
+        let f = Fault::parse(
+            &json!({"kind":"http_status","status":503,"seconds":10}),
+            1,
+            0,
+        )
+        .unwrap();
         let mut faults = vec![f];
-        assert_eq!(take(&mut faults, "gettoken", 9_999), Some(FaultKind::HttpStatus(503)));
+        assert_eq!(
+            take(&mut faults, "gettoken", 9_999),
+            Some(FaultKind::HttpStatus(503))
+        );
         assert_eq!(take(&mut faults, "gettoken", 10_000), None);
     }
 
@@ -206,7 +248,10 @@ mod tests {
         let f = Fault::parse(&json!({"kind":"empty_page"}), 1, 0).unwrap();
         let mut faults = vec![f];
         assert_eq!(take(&mut faults, "kf/send_msg", 0), None);
-        assert_eq!(take(&mut faults, "kf/sync_msg", 0), Some(FaultKind::EmptyPage));
+        assert_eq!(
+            take(&mut faults, "kf/sync_msg", 0),
+            Some(FaultKind::EmptyPage)
+        );
     }
 
     #[test]

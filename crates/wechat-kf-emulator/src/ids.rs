@@ -33,7 +33,8 @@ pub fn looks_like_open_kfid(s: &str) -> bool {
     s.len() > 2
         && s.len() <= 64
         && s.starts_with("wk")
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// A generated message id for a customer message or event.

@@ -23,7 +23,11 @@ pub fn parse_object(body: &[u8], allow_empty: bool) -> ApiResult<Map<String, Val
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ApiError::wrong_json("the body is not a JSON object")),
-        Err(e) => Err(ApiError::wrong_json(format!("line {} column {}", e.line(), e.column()))),
+        Err(e) => Err(ApiError::wrong_json(format!(
+            "line {} column {}",
+            e.line(),
+            e.column()
+        ))),
     }
 }
 
@@ -76,7 +80,11 @@ impl<'a> Fields<'a> {
     }
 
     fn wrong_type(&self, key: &str, want: &str, got: &Value) -> ApiError {
-        ApiError::wrong_json(format!("field {} should be {want}, not {}", self.name(key), type_name(got)))
+        ApiError::wrong_json(format!(
+            "field {} should be {want}, not {}",
+            self.name(key),
+            type_name(got)
+        ))
     }
 
     /// The raw value, `null` counting as absent.
@@ -108,10 +116,17 @@ impl<'a> Fields<'a> {
 
     /// A string no longer than `max` bytes (40035 otherwise).
     pub fn str_max(&self, key: &str, max: usize, required: bool) -> ApiResult<Option<&'a str>> {
-        let value = if required { Some(self.str_req(key)?) } else { self.str_opt(key)? };
+        let value = if required {
+            Some(self.str_req(key)?)
+        } else {
+            self.str_opt(key)?
+        };
         if let Some(s) = value {
             if s.len() > max {
-                return Err(ApiError::invalid(&self.name(key), &format!("longer than {max} bytes")));
+                return Err(ApiError::invalid(
+                    &self.name(key),
+                    &format!("longer than {max} bytes"),
+                ));
             }
         }
         Ok(value)
@@ -121,20 +136,26 @@ impl<'a> Fields<'a> {
     pub fn u64_opt(&self, key: &str) -> ApiResult<Option<u64>> {
         match self.raw(key) {
             None => Ok(None),
-            Some(v) => v.as_u64().map(Some).ok_or_else(|| self.wrong_type(key, "an unsigned integer", v)),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| self.wrong_type(key, "an unsigned integer", v)),
         }
     }
 
     /// A required unsigned integer.
     pub fn u64_req(&self, key: &str) -> ApiResult<u64> {
-        self.u64_opt(key)?.ok_or_else(|| ApiError::missing(&self.name(key)))
+        self.u64_opt(key)?
+            .ok_or_else(|| ApiError::missing(&self.name(key)))
     }
 
     /// A required number.
     pub fn f64_req(&self, key: &str) -> ApiResult<f64> {
         match self.raw(key) {
             None => Err(ApiError::missing(&self.name(key))),
-            Some(v) => v.as_f64().ok_or_else(|| self.wrong_type(key, "a number", v)),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| self.wrong_type(key, "a number", v)),
         }
     }
 
@@ -149,7 +170,8 @@ impl<'a> Fields<'a> {
 
     /// A required object.
     pub fn obj_req(&self, key: &'a str) -> ApiResult<Fields<'a>> {
-        self.obj_opt(key)?.ok_or_else(|| ApiError::missing(&self.name(key)))
+        self.obj_opt(key)?
+            .ok_or_else(|| ApiError::missing(&self.name(key)))
     }
 
     /// An optional array.
@@ -163,31 +185,37 @@ impl<'a> Fields<'a> {
 
     /// An optional array of strings.
     pub fn strings_opt(&self, key: &str) -> ApiResult<Vec<&'a str>> {
-        let Some(items) = self.array_opt(key)? else { return Ok(Vec::new()) };
+        let Some(items) = self.array_opt(key)? else {
+            return Ok(Vec::new());
+        };
         items
             .iter()
-            .map(|v| v.as_str().ok_or_else(|| self.wrong_type(key, "an array of strings", v)))
+            .map(|v| {
+                v.as_str()
+                    .ok_or_else(|| self.wrong_type(key, "an array of strings", v))
+            })
             .collect()
     }
 
     /// An optional array of unsigned integers.
     pub fn u64s_opt(&self, key: &str) -> ApiResult<Vec<u64>> {
-        let Some(items) = self.array_opt(key)? else { return Ok(Vec::new()) };
+        let Some(items) = self.array_opt(key)? else {
+            return Ok(Vec::new());
+        };
         items
             .iter()
-            .map(|v| v.as_u64().ok_or_else(|| self.wrong_type(key, "an array of unsigned integers", v)))
+            .map(|v| {
+                v.as_u64()
+                    .ok_or_else(|| self.wrong_type(key, "an array of unsigned integers", v))
+            })
             .collect()
-    }
-
-    /// The underlying map.
-    pub fn map(&self) -> &'a Map<String, Value> {
-        self.map
     }
 }
 
 /// Checks `[0-9a-zA-Z_-]*`.
 pub fn is_id_charset(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]
@@ -206,7 +234,10 @@ mod tests {
 
     #[test]
     fn unicode_escapes_are_40033_but_escaped_backslashes_are_fine() {
-        assert_eq!(parse_object(br#"{"a":"\u4f60"}"#, false).unwrap_err().code, 40033);
+        assert_eq!(
+            parse_object(br#"{"a":"\u4f60"}"#, false).unwrap_err().code,
+            40033
+        );
         assert!(parse_object(br#"{"a":"\\u4f60"}"#, false).is_ok());
     }
 

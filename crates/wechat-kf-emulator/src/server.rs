@@ -21,11 +21,18 @@ pub struct KillableStream {
 }
 
 fn killed_error() -> io::Error {
-    io::Error::new(io::ErrorKind::ConnectionReset, "connection dropped by an emulated fault")
+    io::Error::new(
+        io::ErrorKind::ConnectionReset,
+        "connection dropped by an emulated fault",
+    )
 }
 
 impl AsyncRead for KillableStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if self.killed.load(Ordering::Relaxed) {
             return Poll::Ready(Err(killed_error()));
         }
@@ -34,7 +41,11 @@ impl AsyncRead for KillableStream {
 }
 
 impl AsyncWrite for KillableStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         if self.killed.load(Ordering::Relaxed) {
             return Poll::Ready(Err(killed_error()));
         }
@@ -84,7 +95,9 @@ impl axum::serve::Listener for KillableListener {
                 Err(e) => {
                     let transient = matches!(
                         e.kind(),
-                        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+                        io::ErrorKind::ConnectionRefused
+                            | io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::ConnectionReset
                     );
                     if !transient {
                         // E.g. too many open files: wait for some to close.

@@ -13,7 +13,10 @@ use crate::state::media::MediaType;
 
 fn check_name(name: &str) -> ApiResult<()> {
     if name.is_empty() || name.chars().count() > 16 {
-        return Err(ApiError::new(errors::INVALID_ACCOUNT_NAME, "invalid account name"));
+        return Err(ApiError::new(
+            errors::INVALID_ACCOUNT_NAME,
+            "invalid account name",
+        ));
     }
     Ok(())
 }
@@ -21,7 +24,9 @@ fn check_name(name: &str) -> ApiResult<()> {
 pub(super) fn add(emu: &Emulator, call: &Call) -> ApiResult<Response> {
     let body = parse_object(&call.body, false)?;
     let f = Fields::new(&body);
-    let name = f.str_opt("name")?.unwrap_or("");
+    let name = f
+        .str_opt("name")?
+        .ok_or_else(|| ApiError::missing("name"))?;
     check_name(name)?;
     let media_id = f.str_max("media_id", 128, true)?.unwrap_or_default();
     let open_kfid = emu.with_state(|s, now| {
@@ -34,7 +39,9 @@ pub(super) fn add(emu: &Emulator, call: &Call) -> ApiResult<Response> {
 
 pub(super) fn del(emu: &Emulator, call: &Call) -> ApiResult<Response> {
     let body = parse_object(&call.body, false)?;
-    let open_kfid = Fields::new(&body).str_max("open_kfid", 64, true)?.unwrap_or_default();
+    let open_kfid = Fields::new(&body)
+        .str_max("open_kfid", 64, true)?
+        .unwrap_or_default();
     emu.with_state(|s, _| s.delete_account(open_kfid))?;
     Ok(ok(json!({})))
 }
@@ -106,12 +113,17 @@ pub(super) fn add_contact_way(emu: &Emulator, call: &Call) -> ApiResult<Response
     }
     let url = emu.with_state(|s, _| {
         s.account(open_kfid)?;
-        let mut url = format!("https://work.weixin.qq.com/kf/kfc{}", ids::alnum(16).to_lowercase());
+        let mut url = format!(
+            "https://work.weixin.qq.com/kf/kfc{}",
+            ids::alnum(16).to_lowercase()
+        );
         if scene.is_some() {
             url.push_str(&format!("?enc_scene=ENC{}", ids::alnum(24)));
         }
-        s.contact_links
-            .insert(url.clone(), (open_kfid.to_string(), scene.map(str::to_string)));
+        s.contact_links.insert(
+            url.clone(),
+            (open_kfid.to_string(), scene.map(str::to_string)),
+        );
         Ok::<_, ApiError>(url)
     })?;
     Ok(ok(json!({"url": url})))

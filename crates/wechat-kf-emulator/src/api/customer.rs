@@ -33,10 +33,13 @@ pub(super) fn batchget(emu: &Emulator, call: &Call) -> ApiResult<Response> {
                 item["unionid"] = Value::from(u.as_str());
             }
             if let Some(enter) = c.last_enter.as_ref().filter(|e| with_context && now - e.at <= WINDOW_48H) {
-                let mut ctx = json!({
-                    "scene": enter.scene.clone().unwrap_or_default(),
-                    "scene_param": enter.scene_param.clone().unwrap_or_default(),
-                });
+                let mut ctx = json!({});
+                if let Some(s) = &enter.scene {
+                    ctx["scene"] = Value::from(s.as_str());
+                }
+                if let Some(p) = &enter.scene_param {
+                    ctx["scene_param"] = Value::from(p.as_str());
+                }
                 if let Some(ch) = &enter.wechat_channels {
                     ctx["wechat_channels"] = ch.clone();
                 }
@@ -46,7 +49,9 @@ pub(super) fn batchget(emu: &Emulator, call: &Call) -> ApiResult<Response> {
         }
         (found, invalid)
     });
-    Ok(ok(json!({"customer_list": found, "invalid_external_userid": invalid})))
+    Ok(ok(
+        json!({"customer_list": found, "invalid_external_userid": invalid}),
+    ))
 }
 
 pub(super) fn upgrade_config(emu: &Emulator, _call: &Call) -> ApiResult<Response> {
@@ -72,18 +77,32 @@ pub(super) fn upgrade_service(emu: &Emulator, call: &Call) -> ApiResult<Response
             let g = f.obj_req("groupchat")?;
             json!({"type": 2, "chat_id": g.str_req("chat_id")?, "wording": g.str_opt("wording")?.unwrap_or("")})
         }
-        _ => return Err(ApiError::invalid("type", "must be 1 (member) or 2 (groupchat)")),
+        _ => {
+            return Err(ApiError::invalid(
+                "type",
+                "must be 1 (member) or 2 (groupchat)",
+            ));
+        }
     };
     emu.with_state(|s, _| {
         s.account(open_kfid)?;
         s.check_customer(external_userid)?;
         let cfg = &s.corp.upgrade_service;
         let configured = match kind {
-            1 => cfg.userid_list.iter().any(|u| Some(u.as_str()) == recommendation["userid"].as_str()),
-            _ => cfg.chat_id_list.iter().any(|c| Some(c.as_str()) == recommendation["chat_id"].as_str()),
+            1 => cfg
+                .userid_list
+                .iter()
+                .any(|u| Some(u.as_str()) == recommendation["userid"].as_str()),
+            _ => cfg
+                .chat_id_list
+                .iter()
+                .any(|c| Some(c.as_str()) == recommendation["chat_id"].as_str()),
         };
         if !configured {
-            return Err(ApiError::new(errors::NOT_IN_UPGRADE_CONFIG, "not in the upgrade service configuration"));
+            return Err(ApiError::new(
+                errors::NOT_IN_UPGRADE_CONFIG,
+                "not in the upgrade service configuration",
+            ));
         }
         if let Some(session) = s.session_mut(open_kfid, external_userid) {
             session.upgrade = Some(recommendation);

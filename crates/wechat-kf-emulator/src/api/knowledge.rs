@@ -44,8 +44,12 @@ fn paging(f: &Fields<'_>) -> ApiResult<(usize, usize)> {
     let offset = match f.str_opt("cursor")?.filter(|c| !c.is_empty()) {
         None => 0,
         Some(c) => {
-            let bytes = URL_SAFE_NO_PAD.decode(c).map_err(|_| ApiError::invalid("cursor", "unknown cursor"))?;
-            let arr: [u8; 8] = bytes.try_into().map_err(|_| ApiError::invalid("cursor", "unknown cursor"))?;
+            let bytes = URL_SAFE_NO_PAD
+                .decode(c)
+                .map_err(|_| ApiError::invalid("cursor", "unknown cursor"))?;
+            let arr: [u8; 8] = bytes
+                .try_into()
+                .map_err(|_| ApiError::invalid("cursor", "unknown cursor"))?;
             u64::from_be_bytes(arr) as usize
         }
     };
@@ -54,7 +58,7 @@ fn paging(f: &Fields<'_>) -> ApiResult<(usize, usize)> {
 
 fn page(items: Vec<Value>, key: &str, offset: usize, limit: usize) -> Response {
     let total = items.len();
-    let end = (offset + limit).min(total);
+    let end = offset.saturating_add(limit).min(total);
     let slice: Vec<Value> = items.into_iter().skip(offset).take(limit).collect();
     let has_more = end < total;
     let next = URL_SAFE_NO_PAD.encode((end.max(offset) as u64).to_be_bytes());

@@ -25,14 +25,24 @@ struct Upload {
 }
 
 async fn read_media_part(req: Request) -> ApiResult<Upload> {
-    let empty = || ApiError::new(errors::EMPTY_MEDIA, "empty media data: a multipart part named media is required");
-    let mut multipart = Multipart::from_request(req, &()).await.map_err(|_| empty())?;
+    let empty = || {
+        ApiError::new(
+            errors::EMPTY_MEDIA,
+            "empty media data: a multipart part named media is required",
+        )
+    };
+    let mut multipart = Multipart::from_request(req, &())
+        .await
+        .map_err(|_| empty())?;
     loop {
         let field = match multipart.next_field().await {
             Ok(Some(field)) => field,
             Ok(None) => return Err(empty()),
             Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                return Err(ApiError::new(errors::MEDIA_TOO_LARGE, "media file too large"));
+                return Err(ApiError::new(
+                    errors::MEDIA_TOO_LARGE,
+                    "media file too large",
+                ));
             }
             Err(_) => return Err(empty()),
         };
@@ -55,7 +65,10 @@ fn check_size(kind: MediaType, len: usize, image_max: usize) -> ApiResult<()> {
         return Err(ApiError::new(errors::EMPTY_MEDIA, "empty media data"));
     }
     if len <= 5 {
-        return Err(ApiError::new(errors::INVALID_FILE_SIZE, "invalid file size: at least 6 bytes"));
+        return Err(ApiError::new(
+            errors::INVALID_FILE_SIZE,
+            "invalid file size: at least 6 bytes",
+        ));
     }
     let (max, code) = match kind {
         MediaType::Image => (image_max, errors::INVALID_IMAGE_SIZE),
@@ -95,13 +108,21 @@ pub(super) async fn upload(
             .ok_or_else(|| ApiError::new(errors::INVALID_MEDIA_TYPE, "invalid media type"))?
     };
     let upload = read_media_part(req).await?;
-    let image_max = if permanent_image { 2 * MB } else { emu.config().image_max_bytes };
+    let image_max = if permanent_image {
+        2 * MB
+    } else {
+        emu.config().image_max_bytes
+    };
     check_size(kind, upload.data.len(), image_max)?;
     if emu.config().check_media_format {
         check_format(kind, &upload.data)?;
     }
     if permanent_image {
-        let url = format!("http://p.qpic.cn/pic_wework/{}/{}/0", ids::digits(10), ids::alnum(40));
+        let url = format!(
+            "http://p.qpic.cn/pic_wework/{}/{}/0",
+            ids::digits(10),
+            ids::alnum(40)
+        );
         return Ok(ok(json!({"url": url})));
     }
     let content_type = media::content_type_for(kind, &upload.data, upload.content_type.as_deref());
@@ -116,16 +137,27 @@ pub(super) async fn upload(
         let max = s.max_media_bytes;
         (s.media.insert(media, now, max), now / 1000)
     });
-    Ok(ok(json!({"type": kind.as_str(), "media_id": media_id, "created_at": created.to_string()})))
+    Ok(ok(
+        json!({"type": kind.as_str(), "media_id": media_id, "created_at": created.to_string()}),
+    ))
 }
 
 /// `Content-Disposition` with an ASCII fallback and, for other names, RFC 5987 `filename*`.
 pub(crate) fn content_disposition(filename: &str) -> String {
     let fallback: String = filename
         .chars()
-        .map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
-    if filename.is_ascii() && !filename.contains(['"', '\\']) && !filename.chars().any(|c| c.is_ascii_control()) {
+    if filename.is_ascii()
+        && !filename.contains(['"', '\\'])
+        && !filename.chars().any(|c| c.is_ascii_control())
+    {
         format!("attachment; filename=\"{filename}\"")
     } else {
         let encoded = utf8_percent_encode(filename, NON_ALPHANUMERIC);
@@ -149,7 +181,11 @@ fn parse_range(value: &str, total: usize) -> Option<Result<(usize, usize), ()>> 
         (total.saturating_sub(n), total - 1)
     } else {
         let start: usize = a.parse().ok()?;
-        let end: usize = if b.is_empty() { total.saturating_sub(1) } else { b.parse().ok()? };
+        let end: usize = if b.is_empty() {
+            total.saturating_sub(1)
+        } else {
+            b.parse().ok()?
+        };
         if start >= total || end < start {
             return Some(Err(()));
         }
@@ -159,7 +195,11 @@ fn parse_range(value: &str, total: usize) -> Option<Result<(usize, usize), ()>> 
 }
 
 /// `media/get?media_id=`: bytes with headers, Range support, JSON errors.
-pub(super) fn get(emu: &Emulator, query: &HashMap<String, String>, headers: &HeaderMap) -> ApiResult<Response> {
+pub(super) fn get(
+    emu: &Emulator,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
     let id = query
         .get("media_id")
         .filter(|m| !m.is_empty())
@@ -180,9 +220,16 @@ pub(super) fn get(emu: &Emulator, query: &HashMap<String, String>, headers: &Hea
         }
         Some(Ok((start, end))) => {
             if end - start + 1 > MAX_GET_CHUNK {
-                return Err(ApiError::new(errors::MEDIA_NEEDS_RANGE, "range larger than 20 MB"));
+                return Err(ApiError::new(
+                    errors::MEDIA_NEEDS_RANGE,
+                    "range larger than 20 MB",
+                ));
             }
-            let mut r = (StatusCode::PARTIAL_CONTENT, media.data.slice(start..end + 1)).into_response();
+            let mut r = (
+                StatusCode::PARTIAL_CONTENT,
+                media.data.slice(start..end + 1),
+            )
+                .into_response();
             if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{total}")) {
                 r.headers_mut().insert(header::CONTENT_RANGE, v);
             }
@@ -190,7 +237,10 @@ pub(super) fn get(emu: &Emulator, query: &HashMap<String, String>, headers: &Hea
         }
         None => {
             if total > MAX_GET_CHUNK {
-                return Err(ApiError::new(errors::MEDIA_NEEDS_RANGE, "file larger than 20 MB: use Range"));
+                return Err(ApiError::new(
+                    errors::MEDIA_NEEDS_RANGE,
+                    "file larger than 20 MB: use Range",
+                ));
             }
             (StatusCode::OK, media.data.clone()).into_response()
         }
@@ -212,7 +262,10 @@ mod tests {
 
     #[test]
     fn non_ascii_file_names_get_an_rfc5987_parameter() {
-        assert_eq!(content_disposition("a.txt"), "attachment; filename=\"a.txt\"");
+        assert_eq!(
+            content_disposition("a.txt"),
+            "attachment; filename=\"a.txt\""
+        );
         assert_eq!(
             content_disposition("报告.pdf"),
             "attachment; filename=\"__.pdf\"; filename*=UTF-8''%E6%8A%A5%E5%91%8A%2Epdf"

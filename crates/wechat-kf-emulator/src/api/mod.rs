@@ -45,31 +45,103 @@ const ENDPOINTS: &[(&str, Methods, Option<Handler>)] = &[
     ("kf/account/del", Methods::Post, Some(account::del)),
     ("kf/account/update", Methods::Post, Some(account::update)),
     ("kf/account/list", Methods::Both, Some(account::list)),
-    ("kf/add_contact_way", Methods::Post, Some(account::add_contact_way)),
+    (
+        "kf/add_contact_way",
+        Methods::Post,
+        Some(account::add_contact_way),
+    ),
     ("kf/servicer/add", Methods::Post, Some(servicer::add)),
     ("kf/servicer/del", Methods::Post, Some(servicer::del)),
     ("kf/servicer/list", Methods::Get, Some(servicer::list)),
     ("kf/service_state/get", Methods::Post, Some(session::get)),
-    ("kf/service_state/trans", Methods::Post, Some(session::trans)),
+    (
+        "kf/service_state/trans",
+        Methods::Post,
+        Some(session::trans),
+    ),
     ("kf/sync_msg", Methods::Post, Some(sync::sync_msg)),
     ("kf/send_msg", Methods::Post, Some(send::send_msg)),
-    ("kf/send_msg_on_event", Methods::Post, Some(send::send_msg_on_event)),
+    (
+        "kf/send_msg_on_event",
+        Methods::Post,
+        Some(send::send_msg_on_event),
+    ),
     ("kf/recall_msg", Methods::Post, Some(send::recall_msg)),
-    ("kf/customer/batchget", Methods::Post, Some(customer::batchget)),
-    ("kf/customer/get_upgrade_service_config", Methods::Get, Some(customer::upgrade_config)),
-    ("kf/customer/upgrade_service", Methods::Post, Some(customer::upgrade_service)),
-    ("kf/customer/cancel_upgrade_service", Methods::Post, Some(customer::cancel_upgrade_service)),
-    ("kf/get_corp_qualification", Methods::Get, Some(misc::corp_qualification)),
-    ("kf/get_corp_statistic", Methods::Post, Some(misc::corp_statistic)),
-    ("kf/get_servicer_statistic", Methods::Post, Some(misc::servicer_statistic)),
-    ("kf/knowledge/add_group", Methods::Post, Some(knowledge::add_group)),
-    ("kf/knowledge/del_group", Methods::Post, Some(knowledge::del_group)),
-    ("kf/knowledge/mod_group", Methods::Post, Some(knowledge::mod_group)),
-    ("kf/knowledge/list_group", Methods::Post, Some(knowledge::list_group)),
-    ("kf/knowledge/add_intent", Methods::Post, Some(knowledge::add_intent)),
-    ("kf/knowledge/del_intent", Methods::Post, Some(knowledge::del_intent)),
-    ("kf/knowledge/mod_intent", Methods::Post, Some(knowledge::mod_intent)),
-    ("kf/knowledge/list_intent", Methods::Post, Some(knowledge::list_intent)),
+    (
+        "kf/customer/batchget",
+        Methods::Post,
+        Some(customer::batchget),
+    ),
+    (
+        "kf/customer/get_upgrade_service_config",
+        Methods::Get,
+        Some(customer::upgrade_config),
+    ),
+    (
+        "kf/customer/upgrade_service",
+        Methods::Post,
+        Some(customer::upgrade_service),
+    ),
+    (
+        "kf/customer/cancel_upgrade_service",
+        Methods::Post,
+        Some(customer::cancel_upgrade_service),
+    ),
+    (
+        "kf/get_corp_qualification",
+        Methods::Get,
+        Some(misc::corp_qualification),
+    ),
+    (
+        "kf/get_corp_statistic",
+        Methods::Post,
+        Some(misc::corp_statistic),
+    ),
+    (
+        "kf/get_servicer_statistic",
+        Methods::Post,
+        Some(misc::servicer_statistic),
+    ),
+    (
+        "kf/knowledge/add_group",
+        Methods::Post,
+        Some(knowledge::add_group),
+    ),
+    (
+        "kf/knowledge/del_group",
+        Methods::Post,
+        Some(knowledge::del_group),
+    ),
+    (
+        "kf/knowledge/mod_group",
+        Methods::Post,
+        Some(knowledge::mod_group),
+    ),
+    (
+        "kf/knowledge/list_group",
+        Methods::Post,
+        Some(knowledge::list_group),
+    ),
+    (
+        "kf/knowledge/add_intent",
+        Methods::Post,
+        Some(knowledge::add_intent),
+    ),
+    (
+        "kf/knowledge/del_intent",
+        Methods::Post,
+        Some(knowledge::del_intent),
+    ),
+    (
+        "kf/knowledge/mod_intent",
+        Methods::Post,
+        Some(knowledge::mod_intent),
+    ),
+    (
+        "kf/knowledge/list_intent",
+        Methods::Post,
+        Some(knowledge::list_intent),
+    ),
     ("idconvert/open_kfid", Methods::Post, Some(misc::idconvert)),
     ("media/upload", Methods::Post, None),
     ("media/get", Methods::Get, None),
@@ -78,7 +150,10 @@ const ENDPOINTS: &[(&str, Methods, Option<Handler>)] = &[
 
 /// The known endpoint path for a request path under /cgi-bin/, as a static string.
 pub(crate) fn known_path(path: &str) -> Option<&'static str> {
-    ENDPOINTS.iter().find(|(p, _, _)| *p == path).map(|(p, _, _)| *p)
+    ENDPOINTS
+        .iter()
+        .find(|(p, _, _)| *p == path)
+        .map(|(p, _, _)| *p)
 }
 
 /// One parsed API call.
@@ -96,7 +171,10 @@ pub(crate) struct Call {
 
 impl Call {
     fn param(&self, key: &str) -> Option<&str> {
-        self.query.get(key).map(String::as_str).filter(|v| !v.is_empty())
+        self.query
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 }
 
@@ -105,7 +183,11 @@ pub(crate) fn parse_query(query: Option<&str>) -> HashMap<String, String> {
     let mut out = HashMap::new();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
         out.entry(decode(k)).or_insert_with(|| decode(v));
     }
     out
@@ -113,7 +195,12 @@ pub(crate) fn parse_query(query: Option<&str>) -> HashMap<String, String> {
 
 /// Handles every request under /cgi-bin/.
 pub(crate) async fn dispatch(State(emu): State<Emulator>, req: Request) -> Response {
-    let path = req.uri().path().strip_prefix("/cgi-bin/").unwrap_or("").to_string();
+    let path = req
+        .uri()
+        .path()
+        .strip_prefix("/cgi-bin/")
+        .unwrap_or("")
+        .to_string();
     let Some(&(path, methods, handler)) = ENDPOINTS.iter().find(|(p, _, _)| *p == path) else {
         let err = ApiError::new(errors::INVALID_PARAMETER, "invalid api path");
         return json_response(StatusCode::NOT_FOUND, error_body(&err), Some(&err));
@@ -125,7 +212,10 @@ pub(crate) async fn dispatch(State(emu): State<Emulator>, req: Request) -> Respo
         Methods::Both => method == Method::GET || method == Method::POST,
     };
     if !method_ok {
-        return into_response(Err(ApiError::invalid("HTTP method", "not supported by this API")));
+        return into_response(Err(ApiError::invalid(
+            "HTTP method",
+            "not supported by this API",
+        )));
     }
     let query = parse_query(req.uri().query());
     if let Err(e) = admit(&emu, path, &query) {
@@ -141,7 +231,12 @@ pub(crate) async fn dispatch(State(emu): State<Emulator>, req: Request) -> Respo
     };
     let body = match axum::body::to_bytes(req.into_body(), MAX_JSON_BODY).await {
         Ok(b) => b,
-        Err(_) => return into_response(Err(ApiError::invalid("body", "request body too large or unreadable"))),
+        Err(_) => {
+            return into_response(Err(ApiError::invalid(
+                "body",
+                "request body too large or unreadable",
+            )));
+        }
     };
     let call = Call {
         method,
@@ -159,10 +254,14 @@ fn admit(emu: &Emulator, path: &'static str, query: &HashMap<String, String>) ->
     emu.with_state(|s, now| {
         let (minute, hour) = s.rate.entry(path.to_string()).or_default();
         if !minute.hit(now, MINUTE, per_minute) || !hour.hit(now, HOUR, per_hour) {
-            return Err(ApiError::new(errors::FREQUENCY_LIMITED, "api freq out of limit"));
+            return Err(ApiError::new(
+                errors::FREQUENCY_LIMITED,
+                "api freq out of limit",
+            ));
         }
         if path != "gettoken" {
-            s.access_tokens.check(query.get("access_token").map(String::as_str), now)?;
+            s.access_tokens
+                .check(query.get("access_token").map(String::as_str), now)?;
         }
         Ok(())
     })

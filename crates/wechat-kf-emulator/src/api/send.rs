@@ -17,19 +17,30 @@ const RECALL_WINDOW: i64 = 2 * MINUTE;
 
 /// The caller's msgid: omitted is fine, empty is rejected (pitfalls.md #2).
 fn caller_msgid<'a>(f: &Fields<'a>) -> ApiResult<Option<&'a str>> {
-    let Some(msgid) = f.str_opt("msgid")? else { return Ok(None) };
+    let Some(msgid) = f.str_opt("msgid")? else {
+        return Ok(None);
+    };
     if msgid.is_empty() {
-        return Err(ApiError::invalid("msgid", "must not be empty; omit the key instead"));
+        return Err(ApiError::invalid(
+            "msgid",
+            "must not be empty; omit the key instead",
+        ));
     }
     if msgid.len() > 32 || !is_id_charset(msgid) {
-        return Err(ApiError::invalid("msgid", "at most 32 bytes of [0-9a-zA-Z_-]"));
+        return Err(ApiError::invalid(
+            "msgid",
+            "at most 32 bytes of [0-9a-zA-Z_-]",
+        ));
     }
     Ok(Some(msgid))
 }
 
 fn check_unique(s: &State, open_kfid: &str, msgid: Option<&str>) -> ApiResult<()> {
     if let Some(m) = msgid {
-        if s.accounts.get(open_kfid).is_some_and(|a| a.sent.contains_key(m)) {
+        if s.accounts
+            .get(open_kfid)
+            .is_some_and(|a| a.sent.contains_key(m))
+        {
             return Err(ApiError::invalid("msgid", "duplicate msgid"));
         }
     }
@@ -80,7 +91,9 @@ pub(super) fn send_msg_on_event(emu: &Emulator, call: &Call) -> ApiResult<Respon
     let msgid = emu.with_state(|s, now| {
         let issued = match s.codes.get(code) {
             None => return Err(ApiError::invalid("code", "unknown code")),
-            Some(c) if now >= c.expires_at => return Err(ApiError::invalid("code", "code expired")),
+            Some(c) if now >= c.expires_at => {
+                return Err(ApiError::invalid("code", "code expired"));
+            }
             Some(c) if c.used => return Err(ApiError::invalid("code", "code already used")),
             Some(c) => c.clone(),
         };
@@ -91,7 +104,10 @@ pub(super) fn send_msg_on_event(emu: &Emulator, call: &Call) -> ApiResult<Respon
         if outbound::OUTBOUND_TYPES.contains(&msgtype) && !allowed.contains(&msgtype) {
             return Err(ApiError::new(
                 errors::INVALID_MSGTYPE,
-                format!("msgtype {msgtype} not allowed with a {} code", issued.kind.as_str()),
+                format!(
+                    "msgtype {msgtype} not allowed with a {} code",
+                    issued.kind.as_str()
+                ),
             ));
         }
         let ctx = Context {
@@ -112,7 +128,10 @@ pub(super) fn send_msg_on_event(emu: &Emulator, call: &Call) -> ApiResult<Respon
         if required.is_some_and(|r| r != state) {
             return Err(ApiError::new(
                 errors::STATE_FORBIDS_SENDING,
-                format!("the session left the state of this {} code", issued.kind.as_str()),
+                format!(
+                    "the session left the state of this {} code",
+                    issued.kind.as_str()
+                ),
             ));
         }
         check_unique(s, open_kfid, msgid)?;
@@ -150,10 +169,18 @@ pub(super) fn recall_msg(emu: &Emulator, call: &Call) -> ApiResult<Response> {
         let account = s.account_mut(open_kfid)?;
         let sent = match account.sent.get_mut(msgid) {
             Some(m) if !m.recalled => m,
-            _ => return Err(ApiError::new(errors::RECALL_MSGID_NOT_FOUND, "msgid not found")),
+            _ => {
+                return Err(ApiError::new(
+                    errors::RECALL_MSGID_NOT_FOUND,
+                    "msgid not found",
+                ));
+            }
         };
         if now - sent.sent_at > RECALL_WINDOW {
-            return Err(ApiError::new(errors::RECALL_WINDOW_EXPIRED, "more than 2 minutes since sending"));
+            return Err(ApiError::new(
+                errors::RECALL_WINDOW_EXPIRED,
+                "more than 2 minutes since sending",
+            ));
         }
         // It still counts toward the 5-message quota [1]: nothing is given back.
         sent.recalled = true;

@@ -14,7 +14,10 @@ fn item(key: &str, id: Value, code: i64, msg: &str) -> Value {
 }
 
 fn valid_userid(u: &str) -> bool {
-    !u.is_empty() && u.len() <= 64 && u.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.@".contains(&b))
+    !u.is_empty()
+        && u.len() <= 64
+        && u.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.@".contains(&b))
 }
 
 fn change(emu: &Emulator, call: &Call, add: bool) -> ApiResult<Response> {
@@ -27,7 +30,10 @@ fn change(emu: &Emulator, call: &Call, add: bool) -> ApiResult<Response> {
         return Err(ApiError::missing("userid_list / department_id_list"));
     }
     if users.len() > 100 || departments.len() > 100 {
-        return Err(ApiError::invalid("userid_list / department_id_list", "at most 100 items per call"));
+        return Err(ApiError::invalid(
+            "userid_list / department_id_list",
+            "at most 100 items per call",
+        ));
     }
     let results = emu.with_state(|s, _| {
         let account = s.account_mut(open_kfid)?;
@@ -35,11 +41,21 @@ fn change(emu: &Emulator, call: &Call, add: bool) -> ApiResult<Response> {
         for u in users {
             let present = account.servicer(u).is_some();
             let r = if !valid_userid(u) {
-                item("userid", u.into(), errors::USERID_NOT_FOUND, "userid not found")
+                item(
+                    "userid",
+                    u.into(),
+                    errors::USERID_NOT_FOUND,
+                    "userid not found",
+                )
             } else if add == present {
                 item("userid", u.into(), 0, "ignored")
             } else if add && account.servicers.len() >= MAX_SERVICERS {
-                item("userid", u.into(), errors::INVALID_PARAMETER, "too many servicers (at most 2000)")
+                item(
+                    "userid",
+                    u.into(),
+                    errors::INVALID_PARAMETER,
+                    "too many servicers (at most 2000)",
+                )
             } else {
                 if add {
                     account.servicers.push(Servicer {
@@ -60,7 +76,12 @@ fn change(emu: &Emulator, call: &Call, add: bool) -> ApiResult<Response> {
             let r = if add == present {
                 item("department_id", d.into(), 0, "ignored")
             } else if add && account.departments.len() >= MAX_DEPARTMENTS {
-                item("department_id", d.into(), errors::INVALID_PARAMETER, "too many departments (at most 20)")
+                item(
+                    "department_id",
+                    d.into(),
+                    errors::INVALID_PARAMETER,
+                    "too many departments (at most 20)",
+                )
             } else {
                 if add {
                     account.departments.push(d);
@@ -85,7 +106,9 @@ pub(super) fn del(emu: &Emulator, call: &Call) -> ApiResult<Response> {
 }
 
 pub(super) fn list(emu: &Emulator, call: &Call) -> ApiResult<Response> {
-    let open_kfid = call.param("open_kfid").ok_or_else(|| ApiError::missing("open_kfid"))?;
+    let open_kfid = call
+        .param("open_kfid")
+        .ok_or_else(|| ApiError::missing("open_kfid"))?;
     let list = emu.with_state(|s, _| {
         let account = s.account(open_kfid)?;
         let mut list: Vec<Value> = account
@@ -99,7 +122,12 @@ pub(super) fn list(emu: &Emulator, call: &Call) -> ApiResult<Response> {
                 v
             })
             .collect();
-        list.extend(account.departments.iter().map(|d| json!({"department_id": d})));
+        list.extend(
+            account
+                .departments
+                .iter()
+                .map(|d| json!({"department_id": d})),
+        );
         Ok::<_, ApiError>(list)
     })?;
     Ok(ok(json!({"servicer_list": list})))

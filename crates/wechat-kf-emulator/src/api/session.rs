@@ -19,7 +19,10 @@ pub(super) fn get(emu: &Emulator, call: &Call) -> ApiResult<Response> {
         let session = s.session(open_kfid, external_userid);
         let state = session.map_or(4, |x| x.state);
         let mut out = json!({"service_state": state});
-        if let Some(servicer) = session.and_then(|x| x.servicer.as_ref()).filter(|_| state == 3) {
+        if let Some(servicer) = session
+            .and_then(|x| x.servicer.as_ref())
+            .filter(|_| state == 3)
+        {
             out["servicer_userid"] = Value::from(servicer.as_str());
         }
         Ok::<_, ApiError>(out)
@@ -34,7 +37,8 @@ pub(super) fn trans(emu: &Emulator, call: &Call) -> ApiResult<Response> {
     let external_userid = f.str_req("external_userid")?;
     let target = f.u64_req("service_state")?;
     let servicer = f.str_opt("servicer_userid")?;
-    let code = emu.with_state(|s, now| s.trans(open_kfid, external_userid, target, servicer, now))?;
+    let code =
+        emu.with_state(|s, now| s.trans(open_kfid, external_userid, target, servicer, now))?;
     Ok(ok(match code {
         Some(c) => json!({"msg_code": c}),
         None => json!({}),

@@ -24,7 +24,10 @@ pub(super) fn sync_msg(emu: &Emulator, call: &Call) -> ApiResult<Response> {
     } as usize;
     if let Some(v) = f.u64_opt("voice_format")? {
         if v > 1 {
-            return Err(ApiError::invalid("voice_format", "must be 0 (AMR) or 1 (SILK)"));
+            return Err(ApiError::invalid(
+                "voice_format",
+                "must be 0 (AMR) or 1 (SILK)",
+            ));
         }
     }
     let per_minute = emu.config().sync_without_token_per_minute;
@@ -33,27 +36,33 @@ pub(super) fn sync_msg(emu: &Emulator, call: &Call) -> ApiResult<Response> {
         s.account(open_kfid)?;
         if let Some(t) = token {
             if t.len() > 128 {
-                return Err(ApiError::new(errors::INVALID_MSG_TOKEN, "invalid msg token"));
+                return Err(ApiError::new(
+                    errors::INVALID_MSG_TOKEN,
+                    "invalid msg token",
+                ));
             }
             s.callback_tokens.check(t, open_kfid, now)?;
         }
         let account = s.account_mut(open_kfid)?;
         if token.is_none() && !account.sync_without_token.hit(now, MINUTE, per_minute) {
-            return Err(ApiError::new(errors::FREQUENCY_LIMITED, "api freq out of limit: sync_msg without token"));
+            return Err(ApiError::new(
+                errors::FREQUENCY_LIMITED,
+                "api freq out of limit: sync_msg without token",
+            ));
         }
         account.log.prune(now);
-        let from = match cursor {
-            Some(c) => Some(
-                account
-                    .log
-                    .decode_cursor(c)
-                    .ok_or_else(|| ApiError::invalid("cursor", "unknown cursor for this open_kfid"))?,
-            ),
-            None => None,
-        };
+        let from =
+            match cursor {
+                Some(c) => Some(account.log.decode_cursor(c).ok_or_else(|| {
+                    ApiError::invalid("cursor", "unknown cursor for this open_kfid")
+                })?),
+                None => None,
+            };
         if empty_page {
             // Injected fault: no items, no progress, but "more available".
-            let next_cursor = cursor.map(str::to_string).unwrap_or_else(|| account.log.page(from, 0).next_cursor);
+            let next_cursor = cursor
+                .map(str::to_string)
+                .unwrap_or_else(|| account.log.page(from, 0).next_cursor);
             return Ok(build(&next_cursor, true, ""));
         }
         let page = account.log.page(from, limit);

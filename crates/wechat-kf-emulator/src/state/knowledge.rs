@@ -82,7 +82,11 @@ impl Knowledge {
         if name.chars().count() > 12 {
             return Err(bad("group name longer than 12 characters"));
         }
-        if self.groups.iter().any(|g| g.name == name && Some(g.group_id.as_str()) != except) {
+        if self
+            .groups
+            .iter()
+            .any(|g| g.name == name && Some(g.group_id.as_str()) != except)
+        {
             return Err(bad("group name already exists"));
         }
         Ok(())
@@ -138,10 +142,19 @@ impl Knowledge {
         self.group_index(group_id)?;
         let question = parse_question(body.obj_req("question")?)?;
         self.check_question_unique(&question, None)?;
-        if self.intents.iter().filter(|i| i.group_id == group_id).count() >= MAX_INTENTS_PER_GROUP {
+        if self
+            .intents
+            .iter()
+            .filter(|i| i.group_id == group_id)
+            .count()
+            >= MAX_INTENTS_PER_GROUP
+        {
             return Err(bad("at most 200 intents per group"));
         }
-        let similar = body.obj_opt("similar_questions")?.map(parse_similar).transpose()?;
+        let similar = body
+            .obj_opt("similar_questions")?
+            .map(parse_similar)
+            .transpose()?;
         let answers = parse_answers(body, ctx)?;
         let id = ids::alnum(24);
         self.intents.push(Intent {
@@ -155,7 +168,11 @@ impl Knowledge {
     }
 
     fn check_question_unique(&self, question: &Value, except: Option<&str>) -> ApiResult<()> {
-        if self.intents.iter().any(|i| &i.question == question && Some(i.intent_id.as_str()) != except) {
+        if self
+            .intents
+            .iter()
+            .any(|i| &i.question == question && Some(i.intent_id.as_str()) != except)
+        {
             return Err(bad("question already exists"));
         }
         Ok(())
@@ -183,8 +200,15 @@ impl Knowledge {
         if let Some(q) = &question {
             self.check_question_unique(q, Some(intent_id))?;
         }
-        let similar = body.obj_opt("similar_questions")?.map(parse_similar).transpose()?;
-        let answers = if body.has("answers") { Some(parse_answers(body, ctx)?) } else { None };
+        let similar = body
+            .obj_opt("similar_questions")?
+            .map(parse_similar)
+            .transpose()?;
+        let answers = if body.has("answers") {
+            Some(parse_answers(body, ctx)?)
+        } else {
+            None
+        };
         let intent = &mut self.intents[i];
         if let Some(q) = question {
             intent.question = q;
@@ -225,39 +249,58 @@ fn parse_similar(s: Fields<'_>) -> ApiResult<Value> {
     }
     let mut out = Vec::new();
     for item in items {
-        let map = item.as_object().ok_or_else(|| ApiError::wrong_json("similar_questions.items should be objects"))?;
+        let map = item
+            .as_object()
+            .ok_or_else(|| ApiError::wrong_json("similar_questions.items should be objects"))?;
         out.push(text_content(Fields::new(map), 200, "similar question")?);
     }
     Ok(json!({"items": out}))
 }
 
 fn parse_answers(body: Fields<'_>, ctx: IntentContext<'_>) -> ApiResult<Value> {
-    let answers = body.array_opt("answers")?.ok_or_else(|| ApiError::missing("answers"))?;
+    let answers = body
+        .array_opt("answers")?
+        .ok_or_else(|| ApiError::missing("answers"))?;
     if answers.len() != 1 {
         return Err(bad("exactly one answer is supported"));
     }
-    let map = answers[0].as_object().ok_or_else(|| ApiError::wrong_json("answers should be objects"))?;
+    let map = answers[0]
+        .as_object()
+        .ok_or_else(|| ApiError::wrong_json("answers should be objects"))?;
     let answer = Fields::new(map);
     let mut out = match text_content(answer, 500, "answer")? {
         Value::Object(m) => m,
         _ => Map::new(),
     };
-    let attachments = answer.array_opt("attachments")?.map(Vec::as_slice).unwrap_or(&[]);
+    let attachments = answer
+        .array_opt("attachments")?
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
     if attachments.len() > 4 {
         return Err(bad("at most 4 attachments"));
     }
     let mut listed = Vec::new();
     for a in attachments {
-        let map = a.as_object().ok_or_else(|| ApiError::wrong_json("attachments should be objects"))?;
+        let map = a
+            .as_object()
+            .ok_or_else(|| ApiError::wrong_json("attachments should be objects"))?;
         let a = Fields::new(map);
         let msgtype = a.str_req("msgtype")?;
         let item = match msgtype {
             "image" | "video" => {
                 let p = a.obj_req(msgtype)?;
                 let id = p.str_opt("media_id")?.unwrap_or("");
-                let kind = if msgtype == "image" { MediaType::Image } else { MediaType::Video };
+                let kind = if msgtype == "image" {
+                    MediaType::Image
+                } else {
+                    MediaType::Video
+                };
                 ctx.media.check(id, kind, ctx.now)?;
-                let name = ctx.media.get(id, ctx.now).map(|m| m.filename.clone()).unwrap_or_default();
+                let name = ctx
+                    .media
+                    .get(id, ctx.now)
+                    .map(|m| m.filename.clone())
+                    .unwrap_or_default();
                 json!({"msgtype": msgtype, msgtype: {"name": name}})
             }
             "link" => {
@@ -270,12 +313,24 @@ fn parse_answers(body: Fields<'_>, ctx: IntentContext<'_>) -> ApiResult<Value> {
                 let p = a.obj_req("miniprogram")?;
                 let appid = p.str_req("appid")?;
                 if !ctx.appids.iter().any(|x| x == appid) {
-                    return Err(ApiError::new(crate::errors::MINIPROGRAM_NOT_LINKED, "miniprogram appid is not linked to the corp"));
+                    return Err(ApiError::new(
+                        crate::errors::MINIPROGRAM_NOT_LINKED,
+                        "miniprogram appid is not linked to the corp",
+                    ));
                 }
-                ctx.media.check(p.str_opt("thumb_media_id")?.unwrap_or(""), MediaType::Image, ctx.now)?;
+                ctx.media.check(
+                    p.str_opt("thumb_media_id")?.unwrap_or(""),
+                    MediaType::Image,
+                    ctx.now,
+                )?;
                 json!({"msgtype":"miniprogram","miniprogram":{"title":p.str_opt("title")?.unwrap_or(""),"appid":appid,"pagepath":p.str_req("pagepath")?}})
             }
-            _ => return Err(ApiError::new(crate::errors::INVALID_MSGTYPE, "invalid attachment msgtype")),
+            _ => {
+                return Err(ApiError::new(
+                    crate::errors::INVALID_MSGTYPE,
+                    "invalid attachment msgtype",
+                ));
+            }
         };
         listed.push(item);
     }

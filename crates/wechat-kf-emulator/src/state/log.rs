@@ -41,8 +41,6 @@ pub struct MessageLog {
 pub struct Page {
     /// The concatenated items, comma-separated, without the brackets.
     pub items: String,
-    /// How many items are in `items`.
-    pub count: usize,
     /// The cursor to continue after the last item.
     pub next_cursor: String,
     /// Whether more items are available now.
@@ -90,11 +88,6 @@ impl MessageLog {
         self.items.len()
     }
 
-    /// Whether nothing is retained.
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-
     /// Encodes a position as an opaque cursor.
     pub fn encode_cursor(&self, seq: u64) -> String {
         let mut bytes = [0u8; 12];
@@ -131,15 +124,9 @@ impl MessageLog {
         let next_seq = first_seq + end as u64;
         Page {
             items,
-            count: end - start,
             next_cursor: self.encode_cursor(next_seq),
             has_more: end < self.items.len(),
         }
-    }
-
-    /// The retained items (oldest first), for inspection.
-    pub fn iter(&self) -> impl Iterator<Item = &LogItem> {
-        self.items.iter()
     }
 }
 
@@ -160,13 +147,19 @@ mod tests {
     fn pages_walk_the_log_in_order_and_end_caught_up() {
         let log = log_with(5, 0);
         let p1 = log.page(None, 2);
-        assert_eq!((p1.items.as_str(), p1.has_more), ("{\"i\":0},{\"i\":1}", true));
+        assert_eq!(
+            (p1.items.as_str(), p1.has_more),
+            ("{\"i\":0},{\"i\":1}", true)
+        );
         let p2 = log.page(log.decode_cursor(&p1.next_cursor), 2);
         assert_eq!(p2.items, "{\"i\":2},{\"i\":3}");
         let p3 = log.page(log.decode_cursor(&p2.next_cursor), 2);
-        assert_eq!((p3.count, p3.has_more), (1, false));
+        assert_eq!((p3.items.as_str(), p3.has_more), ("{\"i\":4}", false));
         let p4 = log.page(log.decode_cursor(&p3.next_cursor), 2);
-        assert_eq!((p4.count, p4.has_more, p4.next_cursor), (0, false, p3.next_cursor));
+        assert_eq!(
+            (p4.items.as_str(), p4.has_more, p4.next_cursor),
+            ("", false, p3.next_cursor)
+        );
     }
 
     #[test]

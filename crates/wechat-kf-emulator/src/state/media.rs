@@ -118,7 +118,11 @@ impl MediaStore {
         if media.kind != kind {
             return Err(ApiError::new(
                 errors::INVALID_MEDIA_ID,
-                format!("invalid media_id: it is a {} media, not {}", media.kind.as_str(), kind.as_str()),
+                format!(
+                    "invalid media_id: it is a {} media, not {}",
+                    media.kind.as_str(),
+                    kind.as_str()
+                ),
             ));
         }
         Ok(())
@@ -127,11 +131,6 @@ impl MediaStore {
     /// Number of stored files.
     pub fn len(&self) -> usize {
         self.by_id.len()
-    }
-
-    /// Whether nothing is stored.
-    pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
     }
 }
 
@@ -152,7 +151,9 @@ pub fn content_type_for(kind: MediaType, data: &[u8], declared: Option<&str>) ->
 /// Whether the bytes look like the format the type requires (JPG/PNG, AMR, MP4).
 pub fn format_ok(kind: MediaType, data: &[u8]) -> bool {
     match kind {
-        MediaType::Image => data.starts_with(&[0xFF, 0xD8, 0xFF]) || data.starts_with(b"\x89PNG\r\n\x1a\n"),
+        MediaType::Image => {
+            data.starts_with(&[0xFF, 0xD8, 0xFF]) || data.starts_with(b"\x89PNG\r\n\x1a\n")
+        }
         MediaType::Voice => data.starts_with(b"#!AMR"),
         MediaType::Video => data.len() >= 8 && &data[4..8] == b"ftyp",
         MediaType::File => true,
@@ -162,9 +163,15 @@ pub fn format_ok(kind: MediaType, data: &[u8]) -> bool {
 /// Placeholder bytes for a customer media message injected without a media_id.
 pub fn placeholder(kind: MediaType) -> (&'static str, Vec<u8>) {
     match kind {
-        MediaType::Image => ("image.png", b"\x89PNG\r\n\x1a\nemulator placeholder image".to_vec()),
+        MediaType::Image => (
+            "image.png",
+            b"\x89PNG\r\n\x1a\nemulator placeholder image".to_vec(),
+        ),
         MediaType::Voice => ("voice.amr", b"#!AMR\nemulator placeholder voice".to_vec()),
-        MediaType::Video => ("video.mp4", b"\0\0\0\x18ftypmp42emulator placeholder video".to_vec()),
+        MediaType::Video => (
+            "video.mp4",
+            b"\0\0\0\x18ftypmp42emulator placeholder video".to_vec(),
+        ),
         MediaType::File => ("file.txt", b"emulator placeholder file".to_vec()),
     }
 }

@@ -53,8 +53,6 @@ pub struct Servicer {
 /// A message sent through the API, remembered for msgid uniqueness and recall.
 #[derive(Debug, Clone)]
 pub struct SentMessage {
-    /// The customer.
-    pub external_userid: String,
     /// When it was accepted.
     pub sent_at: Millis,
     /// Whether `recall_msg` already took it back.
@@ -244,9 +242,9 @@ pub struct CallbackSlot {
     pub pending: bool,
 }
 
-/// Why a control-API hook failed.
+/// Why a control operation (`/emulator/…` or the matching [`crate::Emulator`] method) failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HookError {
+pub enum ControlError {
     /// Unknown account or customer.
     NotFound(String),
     /// The action does not fit the current state.
@@ -255,13 +253,17 @@ pub enum HookError {
     BadRequest(String),
 }
 
-impl std::fmt::Display for HookError {
+impl std::fmt::Display for ControlError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            HookError::NotFound(m) | HookError::Conflict(m) | HookError::BadRequest(m) => f.write_str(m),
+            ControlError::NotFound(m) | ControlError::Conflict(m) | ControlError::BadRequest(m) => {
+                f.write_str(m)
+            }
         }
     }
 }
+
+impl std::error::Error for ControlError {}
 
 /// The whole state.
 #[derive(Debug)]
@@ -369,7 +371,12 @@ impl State {
     }
 
     /// Creates an account without checks (control API and seed). Returns its open_kfid.
-    pub fn create_account(&mut self, name: String, avatar_media_id: Option<String>, open_kfid: Option<String>) -> String {
+    pub fn create_account(
+        &mut self,
+        name: String,
+        avatar_media_id: Option<String>,
+        open_kfid: Option<String>,
+    ) -> String {
         let open_kfid = open_kfid.unwrap_or_else(ids::open_kfid);
         let account = Account {
             open_kfid: open_kfid.clone(),
@@ -395,7 +402,10 @@ impl State {
     pub fn account(&self, open_kfid: &str) -> ApiResult<&Account> {
         let account = self.lookup(open_kfid)?;
         if !account.managed_by_api {
-            return Err(ApiError::new(errors::API_FORBIDDEN, "api forbidden: account is not managed by API"));
+            return Err(ApiError::new(
+                errors::API_FORBIDDEN,
+                "api forbidden: account is not managed by API",
+            ));
         }
         Ok(account)
     }
@@ -413,27 +423,36 @@ impl State {
             return Ok(account);
         }
         if !ids::looks_like_open_kfid(open_kfid) {
-            return Err(ApiError::new(errors::INVALID_OPEN_KFID, "invalid open_kfid"));
+            return Err(ApiError::new(
+                errors::INVALID_OPEN_KFID,
+                "invalid open_kfid",
+            ));
         }
-        Err(ApiError::new(errors::OPEN_KFID_NOT_FOUND, "open_kfid not exist"))
+        Err(ApiError::new(
+            errors::OPEN_KFID_NOT_FOUND,
+            "open_kfid not exist",
+        ))
     }
 
     /// The account a control hook names (404-style error otherwise).
-    pub fn hook_account(&mut self, open_kfid: &str) -> Result<&mut Account, HookError> {
+    pub fn hook_account(&mut self, open_kfid: &str) -> Result<&mut Account, ControlError> {
         self.accounts
             .get_mut(open_kfid)
-            .ok_or_else(|| HookError::NotFound(format!("unknown open_kfid {open_kfid}")))
+            .ok_or_else(|| ControlError::NotFound(format!("unknown open_kfid {open_kfid}")))
     }
 
     /// Makes sure the customer exists; creates a synthetic profile the first time.
     pub fn touch_customer(&mut self, external_userid: &str, profile: Option<&Map<String, Value>>) {
-        let customer = self.customers.entry(external_userid.to_string()).or_insert_with(|| Customer {
-            nickname: format!("客户{}", &ids::digits(4)),
-            avatar: format!("http://wx.qlogo.cn/mmhead/{}/0", ids::alnum(24)),
-            gender: 0,
-            unionid: None,
-            last_enter: None,
-        });
+        let customer = self
+            .customers
+            .entry(external_userid.to_string())
+            .or_insert_with(|| Customer {
+                nickname: format!("客户{}", &ids::digits(4)),
+                avatar: format!("http://wx.qlogo.cn/mmhead/{}/0", ids::alnum(24)),
+                gender: 0,
+                unionid: None,
+                last_enter: None,
+            });
         if let Some(p) = profile {
             if let Some(v) = p.get("nickname").and_then(Value::as_str) {
                 customer.nickname = v.to_string();
@@ -476,7 +495,14 @@ impl State {
     }
 
     /// Issues a single-use code.
-    pub fn issue_code(&mut self, kind: CodeKind, open_kfid: &str, external_userid: &str, ttl: Millis, now: Millis) -> String {
+    pub fn issue_code(
+        &mut self,
+        kind: CodeKind,
+        open_kfid: &str,
+        external_userid: &str,
+        ttl: Millis,
+        now: Millis,
+    ) -> String {
         self.codes.retain(|_, c| c.expires_at > now);
         let code = ids::code();
         self.codes.insert(
@@ -502,7 +528,6 @@ impl State {
             account.sent.insert(
                 entry.msgid.clone(),
                 SentMessage {
-                    external_userid: entry.external_userid.clone(),
                     sent_at: entry.time_ms,
                     recalled: false,
                 },
@@ -558,7 +583,9 @@ impl State {
             .collect();
         let mut sessions = Vec::new();
         for id in &self.account_order {
-            let Some(a) = self.accounts.get(id) else { continue };
+            let Some(a) = self.accounts.get(id) else {
+                continue;
+            };
             let mut keys: Vec<&String> = a.sessions.keys().collect();
             keys.sort();
             for ext in keys {
@@ -599,10 +626,16 @@ impl State {
     /// Whether the account quota allows one more (95027 / 95005).
     pub fn check_account_quota(&self) -> ApiResult<()> {
         if !self.corp.verified && self.accounts.len() >= MAX_ACCOUNTS_UNVERIFIED {
-            return Err(ApiError::new(errors::UNVERIFIED_ACCOUNT_LIMIT, "unverified corp: at most 10 accounts"));
+            return Err(ApiError::new(
+                errors::UNVERIFIED_ACCOUNT_LIMIT,
+                "unverified corp: at most 10 accounts",
+            ));
         }
         if self.accounts.len() >= MAX_ACCOUNTS {
-            return Err(ApiError::new(errors::ACCOUNT_COUNT_LIMIT, "account count exceeds limit"));
+            return Err(ApiError::new(
+                errors::ACCOUNT_COUNT_LIMIT,
+                "account count exceeds limit",
+            ));
         }
         Ok(())
     }
@@ -611,7 +644,10 @@ impl State {
     pub fn delete_account(&mut self, open_kfid: &str) -> ApiResult<()> {
         self.account(open_kfid)?;
         if self.accounts.len() <= 1 {
-            return Err(ApiError::new(errors::ACCOUNT_COUNT_LIMIT, "at least one account must be kept"));
+            return Err(ApiError::new(
+                errors::ACCOUNT_COUNT_LIMIT,
+                "at least one account must be kept",
+            ));
         }
         self.accounts.remove(open_kfid);
         self.account_order.retain(|id| id != open_kfid);

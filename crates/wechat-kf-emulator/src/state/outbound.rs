@@ -40,7 +40,10 @@ pub struct Context<'a> {
 /// Validates `msgtype` and its payload object inside the request `body`.
 pub fn validate(msgtype: &str, body: Fields<'_>, ctx: Context<'_>) -> ApiResult<()> {
     let Some(&msgtype) = OUTBOUND_TYPES.iter().find(|t| **t == msgtype) else {
-        return Err(ApiError::new(errors::INVALID_MSGTYPE, format!("invalid message type {msgtype:?}")));
+        return Err(ApiError::new(
+            errors::INVALID_MSGTYPE,
+            format!("invalid message type {msgtype:?}"),
+        ));
     };
     let payload = body.obj_req(msgtype)?;
     match msgtype {
@@ -55,7 +58,10 @@ pub fn validate(msgtype: &str, body: Fields<'_>, ctx: Context<'_>) -> ApiResult<
             payload.str_opt("desc")?;
             let url = payload.str_max("url", 2048, true)?.unwrap_or("");
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(ApiError::invalid("link.url", "must start with http:// or https://"));
+                return Err(ApiError::invalid(
+                    "link.url",
+                    "must start with http:// or https://",
+                ));
             }
             let thumb = payload.str_opt("thumb_media_id")?.unwrap_or("");
             ctx.media.check(thumb, MediaType::Image, ctx.now)
@@ -73,10 +79,16 @@ pub fn validate(msgtype: &str, body: Fields<'_>, ctx: Context<'_>) -> ApiResult<
             let lat = payload.f64_req("latitude")?;
             let lng = payload.f64_req("longitude")?;
             if !(-90.0..=90.0).contains(&lat) {
-                return Err(ApiError::invalid("location.latitude", "must be within -90..90"));
+                return Err(ApiError::invalid(
+                    "location.latitude",
+                    "must be within -90..90",
+                ));
             }
             if !(-180.0..=180.0).contains(&lng) {
-                return Err(ApiError::invalid("location.longitude", "must be within -180..180"));
+                return Err(ApiError::invalid(
+                    "location.longitude",
+                    "must be within -180..180",
+                ));
             }
             payload.str_opt("name")?;
             payload.str_opt("address")?;
@@ -85,11 +97,17 @@ pub fn validate(msgtype: &str, body: Fields<'_>, ctx: Context<'_>) -> ApiResult<
         "ca_link" => {
             let url = payload.str_max("link_url", 2048, true)?.unwrap_or("");
             if !url.starts_with("https://work.weixin.qq.com/ca/") {
-                return Err(ApiError::invalid("ca_link.link_url", "not a customer-acquisition link"));
+                return Err(ApiError::invalid(
+                    "ca_link.link_url",
+                    "not a customer-acquisition link",
+                ));
             }
             Ok(())
         }
-        _ => Err(ApiError::new(errors::INVALID_MSGTYPE, "invalid message type")),
+        _ => Err(ApiError::new(
+            errors::INVALID_MSGTYPE,
+            "invalid message type",
+        )),
     }
 }
 
@@ -99,7 +117,10 @@ fn text(payload: Fields<'_>) -> ApiResult<()> {
         return Err(ApiError::new(errors::EMPTY_CONTENT, "empty content"));
     }
     if content.len() > 2048 {
-        return Err(ApiError::new(errors::CONTENT_TOO_LONG, "content size out of limit"));
+        return Err(ApiError::new(
+            errors::CONTENT_TOO_LONG,
+            "content size out of limit",
+        ));
     }
     Ok(())
 }
@@ -108,7 +129,10 @@ fn check_appid(appid: &str, ctx: Context<'_>) -> ApiResult<()> {
     if ctx.appids.iter().any(|a| a == appid) {
         Ok(())
     } else {
-        Err(ApiError::new(errors::MINIPROGRAM_NOT_LINKED, "miniprogram appid is not linked to the corp"))
+        Err(ApiError::new(
+            errors::MINIPROGRAM_NOT_LINKED,
+            "miniprogram appid is not linked to the corp",
+        ))
     }
 }
 
@@ -122,7 +146,10 @@ fn msgmenu(menu: Fields<'_>, ctx: Context<'_>) -> ApiResult<()> {
     menu.str_max("tail_content", 1024, false)?;
     let items = menu.array_opt("list")?.map(Vec::as_slice).unwrap_or(&[]);
     if items.len() > MENU_MAX_ITEMS {
-        return Err(ApiError::new(errors::TOO_MANY_MENU_ITEMS, "too many menu items"));
+        return Err(ApiError::new(
+            errors::TOO_MANY_MENU_ITEMS,
+            "too many menu items",
+        ));
     }
     let mut interactive = 0;
     for item in items {
@@ -174,7 +201,10 @@ fn msgmenu(menu: Fields<'_>, ctx: Context<'_>) -> ApiResult<()> {
         }
     }
     if interactive > MENU_MAX_INTERACTIVE {
-        return Err(ApiError::new(errors::TOO_MANY_MENU_ITEMS, "too many menu items"));
+        return Err(ApiError::new(
+            errors::TOO_MANY_MENU_ITEMS,
+            "too many menu items",
+        ));
     }
     Ok(())
 }
@@ -189,7 +219,15 @@ mod tests {
         let appids = vec!["wx0123456789abcdef".to_string()];
         let map = body.as_object().unwrap().clone();
         let msgtype = map["msgtype"].as_str().unwrap().to_string();
-        validate(&msgtype, Fields::new(&map), Context { media: &media, appids: &appids, now: 0 })
+        validate(
+            &msgtype,
+            Fields::new(&map),
+            Context {
+                media: &media,
+                appids: &appids,
+                now: 0,
+            },
+        )
     }
 
     fn code(body: Value) -> i64 {
@@ -200,7 +238,10 @@ mod tests {
     fn text_rules_follow_the_spec() {
         assert_eq!(code(json!({"msgtype":"text","text":{"content":"hi"}})), 0);
         assert_eq!(code(json!({"msgtype":"text","text":{"content":""}})), 44004);
-        assert_eq!(code(json!({"msgtype":"text","text":{"content":"a".repeat(2049)}})), 45002);
+        assert_eq!(
+            code(json!({"msgtype":"text","text":{"content":"a".repeat(2049)}})),
+            45002
+        );
         assert_eq!(code(json!({"msgtype":"text"})), 40063);
         assert_eq!(code(json!({"msgtype":"text","text":"hi"})), 40058);
     }
@@ -208,12 +249,18 @@ mod tests {
     #[test]
     fn unknown_types_and_business_cards_are_40008() {
         assert_eq!(code(json!({"msgtype":"news","news":{}})), 40008);
-        assert_eq!(code(json!({"msgtype":"business_card","business_card":{"userid":"a"}})), 40008);
+        assert_eq!(
+            code(json!({"msgtype":"business_card","business_card":{"userid":"a"}})),
+            40008
+        );
     }
 
     #[test]
     fn media_needs_a_valid_media_id() {
-        assert_eq!(code(json!({"msgtype":"image","image":{"media_id":"nope"}})), 40007);
+        assert_eq!(
+            code(json!({"msgtype":"image","image":{"media_id":"nope"}})),
+            40007
+        );
         assert_eq!(code(json!({"msgtype":"image","image":{}})), 41006);
     }
 
@@ -223,21 +270,47 @@ mod tests {
         let text = json!({"type":"text","text":{"content":"t"}});
         let mut list = vec![click.clone(); 10];
         list.extend(vec![text.clone(); 40]);
-        assert_eq!(code(json!({"msgtype":"msgmenu","msgmenu":{"list":list}})), 0);
+        assert_eq!(
+            code(json!({"msgtype":"msgmenu","msgmenu":{"list":list}})),
+            0
+        );
         let eleven = vec![click; 11];
-        assert_eq!(code(json!({"msgtype":"msgmenu","msgmenu":{"list":eleven}})), 95008);
+        assert_eq!(
+            code(json!({"msgtype":"msgmenu","msgmenu":{"list":eleven}})),
+            95008
+        );
         let many = vec![text; 51];
-        assert_eq!(code(json!({"msgtype":"msgmenu","msgmenu":{"list":many}})), 95008);
+        assert_eq!(
+            code(json!({"msgtype":"msgmenu","msgmenu":{"list":many}})),
+            95008
+        );
         let bad = json!([{"type":"button","button":{}}]);
-        assert_eq!(code(json!({"msgtype":"msgmenu","msgmenu":{"list":bad}})), 95009);
+        assert_eq!(
+            code(json!({"msgtype":"msgmenu","msgmenu":{"list":bad}})),
+            95009
+        );
     }
 
     #[test]
     fn location_and_ca_link_are_range_checked() {
-        assert_eq!(code(json!({"msgtype":"location","location":{"latitude":91.0,"longitude":0}})), 40035);
-        assert_eq!(code(json!({"msgtype":"location","location":{"latitude":23.1,"longitude":113.2}})), 0);
-        assert_eq!(code(json!({"msgtype":"ca_link","ca_link":{"link_url":"https://work.weixin.qq.com/ca/x"}})), 0);
-        assert_eq!(code(json!({"msgtype":"ca_link","ca_link":{"link_url":"https://evil.example/ca/x"}})), 40035);
+        assert_eq!(
+            code(json!({"msgtype":"location","location":{"latitude":91.0,"longitude":0}})),
+            40035
+        );
+        assert_eq!(
+            code(json!({"msgtype":"location","location":{"latitude":23.1,"longitude":113.2}})),
+            0
+        );
+        assert_eq!(
+            code(
+                json!({"msgtype":"ca_link","ca_link":{"link_url":"https://work.weixin.qq.com/ca/x"}})
+            ),
+            0
+        );
+        assert_eq!(
+            code(json!({"msgtype":"ca_link","ca_link":{"link_url":"https://evil.example/ca/x"}})),
+            40035
+        );
     }
 
     #[test]

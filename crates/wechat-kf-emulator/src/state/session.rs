@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{CodeKind, EnterContext, HookError, State, WINDOW_48H, ordered_json};
+use super::{CodeKind, ControlError, EnterContext, State, WINDOW_48H, ordered_json};
 use crate::clock::{HOUR, Millis, SECOND};
 use crate::errors::{self, ApiError, ApiResult};
 use crate::ids;
@@ -13,8 +13,21 @@ use crate::state::media::{self, Media, MediaType};
 pub const SENDS_PER_CUSTOMER_MESSAGE: u32 = 5;
 /// Lifetime of welcome and end codes.
 pub const SHORT_CODE_TTL: Millis = 20 * SECOND;
+/// Largest accepted `send_time` override (the wire type is a 32-bit unix time).
+pub const MAX_UNIX_SECONDS: i64 = u32::MAX as i64;
 /// Lifetime of queue and connect codes.
 pub const LONG_CODE_TTL: Millis = 48 * HOUR;
+
+/// How a customer entered the chat (the fields of `enter_session`).
+#[derive(Debug, Clone, Default)]
+pub struct Entry {
+    /// The link's scene.
+    pub scene: Option<String>,
+    /// The developer-appended scene_param, as given.
+    pub scene_param: Option<String>,
+    /// Channels info, as given.
+    pub wechat_channels: Option<Value>,
+}
 
 /// One (account, customer) session.
 #[derive(Debug, Clone)]
@@ -70,7 +83,17 @@ impl Session {
 pub fn transition_allowed(from: u8, to: u8) -> bool {
     matches!(
         (from, to),
-        (0, 1) | (0, 2) | (1, 2) | (0, 3) | (1, 3) | (2, 3) | (3, 3) | (0, 4) | (1, 4) | (2, 4) | (3, 4)
+        (0, 1)
+            | (0, 2)
+            | (1, 2)
+            | (0, 3)
+            | (1, 3)
+            | (2, 3)
+            | (3, 3)
+            | (0, 4)
+            | (1, 4)
+            | (2, 4)
+            | (3, 4)
     )
 }
 
@@ -89,18 +112,23 @@ const CONTROL_KEYS: &[&str] = &[
     "unionid",
 ];
 
-fn hook_str<'a>(input: &'a Map<String, Value>, key: &str) -> Result<&'a str, HookError> {
+fn hook_str<'a>(input: &'a Map<String, Value>, key: &str) -> Result<&'a str, ControlError> {
     match input.get(key) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s),
-        _ => Err(HookError::BadRequest(format!("{key} (a non-empty string) is required"))),
+        _ => Err(ControlError::BadRequest(format!(
+            "{key} (a non-empty string) is required"
+        ))),
     }
 }
 
-fn hook_str_opt<'a>(input: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, HookError> {
+fn hook_str_opt<'a>(
+    input: &'a Map<String, Value>,
+    key: &str,
+) -> Result<Option<&'a str>, ControlError> {
     match input.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        _ => Err(HookError::BadRequest(format!("{key} must be a string"))),
+        _ => Err(ControlError::BadRequest(format!("{key} must be a string"))),
     }
 }
 
@@ -108,7 +136,12 @@ impl State {
     /// The session, created in state 4 if new. The account must exist.
     pub fn session_mut(&mut self, open_kfid: &str, external_userid: &str) -> Option<&mut Session> {
         let account = self.accounts.get_mut(open_kfid)?;
-        Some(account.sessions.entry(external_userid.to_string()).or_default())
+        Some(
+            account
+                .sessions
+                .entry(external_userid.to_string())
+                .or_default(),
+        )
     }
 
     /// The session if it exists.
@@ -121,7 +154,10 @@ impl State {
         if self.customers.contains_key(external_userid) {
             Ok(())
         } else {
-            Err(ApiError::new(errors::INVALID_EXTERNAL_USERID, "invalid external userid"))
+            Err(ApiError::new(
+                errors::INVALID_EXTERNAL_USERID,
+                "invalid external userid",
+            ))
         }
     }
 
@@ -134,10 +170,15 @@ impl State {
                 session.state = 0;
                 new_session = true;
             }
-            session.last_customer_msg_at = Some(session.last_customer_msg_at.map_or(time_ms, |t| t.max(time_ms)));
+            session.last_customer_msg_at = Some(
+                session
+                    .last_customer_msg_at
+                    .map_or(time_ms, |t| t.max(time_ms)),
+            );
             session.sends_since = 0;
         }
-        self.stats.customer_message(open_kfid, external_userid, time_ms, new_session);
+        self.stats
+            .customer_message(open_kfid, external_userid, time_ms, new_session);
     }
 
     /// `service_state/trans`: validates and applies; returns the msg_code if one is issued.
@@ -157,7 +198,10 @@ impl State {
         let target = target as u8;
         let current = account.sessions.get(external_userid).map_or(4, |s| s.state);
         if current == 4 {
-            return Err(ApiError::new(errors::SESSION_ENDED, "session already ended"));
+            return Err(ApiError::new(
+                errors::SESSION_ENDED,
+                "session already ended",
+            ));
         }
         if !transition_allowed(current, target) {
             return Err(ApiError::new(
@@ -166,17 +210,30 @@ impl State {
             ));
         }
         if target == 3 {
-            let userid = servicer_userid.filter(|s| !s.is_empty()).ok_or_else(|| ApiError::missing("servicer_userid"))?;
+            let userid = servicer_userid
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| ApiError::missing("servicer_userid"))?;
             match account.servicer(userid) {
                 Some(s) if s.activated && s.status == 0 => {}
                 Some(s) if s.activated => {
-                    return Err(ApiError::new(errors::SERVICER_NOT_RECEIVING, "servicer stopped or suspended"));
+                    return Err(ApiError::new(
+                        errors::SERVICER_NOT_RECEIVING,
+                        "servicer stopped or suspended",
+                    ));
                 }
-                _ => return Err(ApiError::new(errors::NOT_A_SERVICER, "not a servicer of this account")),
+                _ => {
+                    return Err(ApiError::new(
+                        errors::NOT_A_SERVICER,
+                        "not a servicer of this account",
+                    ));
+                }
             }
         }
         let Some(session) = self.session_mut(open_kfid, external_userid) else {
-            return Err(ApiError::new(errors::OPEN_KFID_NOT_FOUND, "open_kfid not exist"));
+            return Err(ApiError::new(
+                errors::OPEN_KFID_NOT_FOUND,
+                "open_kfid not exist",
+            ));
         };
         let kind = match target {
             2 if !session.entered_queue => Some(CodeKind::Queue),
@@ -203,25 +260,43 @@ impl State {
             self.stats.session_assigned(open_kfid, servicer_userid, now);
         }
         Ok(kind.map(|kind| {
-            let ttl = if kind == CodeKind::End { SHORT_CODE_TTL } else { LONG_CODE_TTL };
+            let ttl = if kind == CodeKind::End {
+                SHORT_CODE_TTL
+            } else {
+                LONG_CODE_TTL
+            };
             self.issue_code(kind, open_kfid, external_userid, ttl, now)
         }))
     }
 
     /// The `send_msg` preconditions: 40096, 95002, 95018, 95001 (in that order).
-    pub fn check_can_send(&self, open_kfid: &str, external_userid: &str, now: Millis) -> ApiResult<()> {
+    pub fn check_can_send(
+        &self,
+        open_kfid: &str,
+        external_userid: &str,
+        now: Millis,
+    ) -> ApiResult<()> {
         self.check_customer(external_userid)?;
         let session = self.session(open_kfid, external_userid);
         let state = session.map_or(4, |s| s.state);
         let last = session.and_then(|s| s.last_customer_msg_at);
         if state <= 1 && last.is_none_or(|t| now - t > WINDOW_48H) {
-            return Err(ApiError::new(errors::SEND_WINDOW_EXPIRED, "more than 48 hours since the customer's last message"));
+            return Err(ApiError::new(
+                errors::SEND_WINDOW_EXPIRED,
+                "more than 48 hours since the customer's last message",
+            ));
         }
         if state > 1 {
-            return Err(ApiError::new(errors::STATE_FORBIDS_SENDING, "session state does not allow sending"));
+            return Err(ApiError::new(
+                errors::STATE_FORBIDS_SENDING,
+                "session state does not allow sending",
+            ));
         }
         if session.map_or(0, |s| s.sends_since) >= SENDS_PER_CUSTOMER_MESSAGE {
-            return Err(ApiError::new(errors::SEND_QUOTA_EXHAUSTED, "at most 5 messages after a customer message"));
+            return Err(ApiError::new(
+                errors::SEND_QUOTA_EXHAUSTED,
+                "at most 5 messages after a customer message",
+            ));
         }
         Ok(())
     }
@@ -243,7 +318,9 @@ impl State {
 
     /// After an accepted send: a refusing customer produces `msg_send_fail` fail_type 10.
     pub fn after_send(&mut self, open_kfid: &str, external_userid: &str, msgid: &str, now: Millis) {
-        let refused = self.session(open_kfid, external_userid).is_some_and(|s| s.refused);
+        let refused = self
+            .session(open_kfid, external_userid)
+            .is_some_and(|s| s.refused);
         if refused {
             self.append_event(
                 open_kfid,
@@ -255,29 +332,44 @@ impl State {
 
     /// Appends a message item written by a customer (origin 3) or a servicer (origin 5) from a
     /// control-API object. Returns its msgid.
-    pub fn inject_message(&mut self, input: &Map<String, Value>, now: Millis) -> Result<String, HookError> {
+    pub fn inject_message(
+        &mut self,
+        input: &Map<String, Value>,
+        now: Millis,
+    ) -> Result<String, ControlError> {
         let open_kfid = hook_str(input, "open_kfid")?;
         let external_userid = hook_str(input, "external_userid")?;
         let msgtype = hook_str(input, "msgtype")?;
         if msgtype == "event" {
-            return Err(HookError::BadRequest("use POST /emulator/events for events".into()));
+            return Err(ControlError::BadRequest(
+                "use POST /emulator/events for events".into(),
+            ));
         }
         if !self.accounts.contains_key(open_kfid) {
-            return Err(HookError::NotFound(format!("unknown open_kfid {open_kfid}")));
+            return Err(ControlError::NotFound(format!(
+                "unknown open_kfid {open_kfid}"
+            )));
         }
         let origin = match input.get("origin") {
             None | Some(Value::Null) => 3,
             Some(v) => match v.as_u64() {
                 Some(o @ (3 | 5)) => o,
-                _ => return Err(HookError::BadRequest("origin must be 3 (customer) or 5 (servicer)".into())),
+                _ => {
+                    return Err(ControlError::BadRequest(
+                        "origin must be 3 (customer) or 5 (servicer)".into(),
+                    ));
+                }
             },
         };
         let send_time_ms = match input.get("send_time") {
             None | Some(Value::Null) => now,
             Some(v) => v
                 .as_i64()
+                .filter(|s| (0..=MAX_UNIX_SECONDS).contains(s))
                 .map(|s| s * 1000)
-                .ok_or_else(|| HookError::BadRequest("send_time must be an integer (unix seconds)".into()))?,
+                .ok_or_else(|| {
+                    ControlError::BadRequest("send_time must be unix seconds (0 ..= 2^32)".into())
+                })?,
         };
         let msgid = match hook_str_opt(input, "msgid")? {
             Some(m) if !m.is_empty() => m.to_string(),
@@ -285,19 +377,26 @@ impl State {
         };
         let servicer = hook_str_opt(input, "servicer_userid")?;
         if origin == 5 && servicer.is_none_or(str::is_empty) {
-            return Err(HookError::BadRequest("servicer messages (origin 5) need servicer_userid".into()));
+            return Err(ControlError::BadRequest(
+                "servicer messages (origin 5) need servicer_userid".into(),
+            ));
         }
         let payload = match (MediaType::parse(msgtype), input.get(msgtype)) {
             (Some(kind), None) => Some(json!({"media_id": self.placeholder_media(kind, now)})),
             (Some(kind), Some(Value::Object(p))) if !p.contains_key("media_id") => {
                 let mut p = p.clone();
-                p.insert("media_id".into(), Value::from(self.placeholder_media(kind, now)));
+                p.insert(
+                    "media_id".into(),
+                    Value::from(self.placeholder_media(kind, now)),
+                );
                 Some(Value::Object(p))
             }
             (_, p) => p.cloned(),
         };
         if is_known_inbound(msgtype) && !payload.as_ref().is_some_and(Value::is_object) {
-            return Err(HookError::BadRequest(format!("msgtype {msgtype} needs an object under the key {msgtype:?}")));
+            return Err(ControlError::BadRequest(format!(
+                "msgtype {msgtype} needs an object under the key {msgtype:?}"
+            )));
         }
         self.touch_customer(external_userid, Some(input));
         let origin_value = Value::from(origin);
@@ -355,26 +454,43 @@ impl State {
         &mut self,
         open_kfid: &str,
         external_userid: &str,
-        scene: Option<String>,
-        scene_param: Option<String>,
-        wechat_channels: Option<Value>,
+        entry: Entry,
         profile: Option<&Map<String, Value>>,
         now: Millis,
-    ) -> Result<(String, Option<String>), HookError> {
+    ) -> Result<(String, Option<String>), ControlError> {
+        let Entry {
+            scene,
+            scene_param,
+            wechat_channels,
+        } = entry;
         self.hook_account(open_kfid)?;
         self.touch_customer(external_userid, profile);
         let session = self
             .session_mut(open_kfid, external_userid)
-            .ok_or_else(|| HookError::NotFound("unknown account".into()))?;
+            .ok_or_else(|| ControlError::NotFound("unknown account".into()))?;
         let recent = |t: Option<Millis>| t.is_some_and(|t| now - t <= WINDOW_48H);
-        let welcome_allowed = !recent(session.last_customer_msg_at) && !recent(session.last_welcome_at);
-        let code = welcome_allowed.then(|| self.issue_code(CodeKind::Welcome, open_kfid, external_userid, SHORT_CODE_TTL, now));
+        let welcome_allowed =
+            !recent(session.last_customer_msg_at) && !recent(session.last_welcome_at);
+        let code = welcome_allowed.then(|| {
+            self.issue_code(
+                CodeKind::Welcome,
+                open_kfid,
+                external_userid,
+                SHORT_CODE_TTL,
+                now,
+            )
+        });
         let mut event = Map::new();
         event.insert("event_type".into(), "enter_session".into());
         event.insert("open_kfid".into(), open_kfid.into());
         event.insert("external_userid".into(), external_userid.into());
-        event.insert("scene".into(), scene.clone().unwrap_or_default().into());
-        event.insert("scene_param".into(), scene_param.clone().unwrap_or_default().into());
+        // Optional fields are omitted rather than sent empty (emulator.md §9.3).
+        if let Some(s) = &scene {
+            event.insert("scene".into(), s.as_str().into());
+        }
+        if let Some(p) = &scene_param {
+            event.insert("scene_param".into(), p.as_str().into());
+        }
         if let Some(c) = &code {
             event.insert("welcome_code".into(), c.as_str().into());
         }
@@ -393,33 +509,54 @@ impl State {
         Ok((msgid, code))
     }
 
-    fn hook_session(&mut self, open_kfid: &str, external_userid: &str) -> Result<&mut super::Session, HookError> {
+    fn hook_session(
+        &mut self,
+        open_kfid: &str,
+        external_userid: &str,
+    ) -> Result<&mut super::Session, ControlError> {
         let account = self.hook_account(open_kfid)?;
         account
             .sessions
             .get_mut(external_userid)
-            .ok_or_else(|| HookError::NotFound(format!("no session with {external_userid}")))
+            .ok_or_else(|| ControlError::NotFound(format!("no session with {external_userid}")))
     }
 
-    fn hook_servicer(&mut self, open_kfid: &str, userid: &str) -> Result<(), HookError> {
+    fn hook_servicer(&mut self, open_kfid: &str, userid: &str) -> Result<(), ControlError> {
         let account = self.hook_account(open_kfid)?;
         if account.servicer(userid).is_none() {
-            return Err(HookError::Conflict(format!("{userid} is not a servicer of {open_kfid}")));
+            return Err(ControlError::Conflict(format!(
+                "{userid} is not a servicer of {open_kfid}"
+            )));
         }
         Ok(())
     }
 
     /// A servicer picks a queued session (2 → 3): change_type 1 + connect msg_code.
-    pub fn hook_pick(&mut self, open_kfid: &str, external_userid: &str, servicer: &str, now: Millis) -> Result<(String, String), HookError> {
+    pub fn hook_pick(
+        &mut self,
+        open_kfid: &str,
+        external_userid: &str,
+        servicer: &str,
+        now: Millis,
+    ) -> Result<(String, String), ControlError> {
         self.hook_servicer(open_kfid, servicer)?;
         let session = self.hook_session(open_kfid, external_userid)?;
         if session.state != 2 {
-            return Err(HookError::Conflict(format!("session is in state {}, not 2 (queued)", session.state)));
+            return Err(ControlError::Conflict(format!(
+                "session is in state {}, not 2 (queued)",
+                session.state
+            )));
         }
         session.state = 3;
         session.entered_human = true;
         session.servicer = Some(servicer.to_string());
-        let code = self.issue_code(CodeKind::Connect, open_kfid, external_userid, LONG_CODE_TTL, now);
+        let code = self.issue_code(
+            CodeKind::Connect,
+            open_kfid,
+            external_userid,
+            LONG_CODE_TTL,
+            now,
+        );
         let msgid = self.append_event(
             open_kfid,
             json!({"event_type":"session_status_change","open_kfid":open_kfid,"external_userid":external_userid,
@@ -430,13 +567,25 @@ impl State {
     }
 
     /// A servicer transfers the session to another servicer (3 → 3): change_type 2.
-    pub fn hook_transfer(&mut self, open_kfid: &str, external_userid: &str, new_servicer: &str, now: Millis) -> Result<String, HookError> {
+    pub fn hook_transfer(
+        &mut self,
+        open_kfid: &str,
+        external_userid: &str,
+        new_servicer: &str,
+        now: Millis,
+    ) -> Result<String, ControlError> {
         self.hook_servicer(open_kfid, new_servicer)?;
         let session = self.hook_session(open_kfid, external_userid)?;
         if session.state != 3 {
-            return Err(HookError::Conflict(format!("session is in state {}, not 3 (human)", session.state)));
+            return Err(ControlError::Conflict(format!(
+                "session is in state {}, not 3 (human)",
+                session.state
+            )));
         }
-        let old = session.servicer.replace(new_servicer.to_string()).unwrap_or_default();
+        let old = session
+            .servicer
+            .replace(new_servicer.to_string())
+            .unwrap_or_default();
         Ok(self.append_event(
             open_kfid,
             json!({"event_type":"session_status_change","open_kfid":open_kfid,"external_userid":external_userid,
@@ -446,14 +595,28 @@ impl State {
     }
 
     /// A servicer ends the session (3 → 4): change_type 3 + end msg_code.
-    pub fn hook_end(&mut self, open_kfid: &str, external_userid: &str, now: Millis) -> Result<(String, String), HookError> {
+    pub fn hook_end(
+        &mut self,
+        open_kfid: &str,
+        external_userid: &str,
+        now: Millis,
+    ) -> Result<(String, String), ControlError> {
         let session = self.hook_session(open_kfid, external_userid)?;
         if session.state != 3 {
-            return Err(HookError::Conflict(format!("session is in state {}, not 3 (human)", session.state)));
+            return Err(ControlError::Conflict(format!(
+                "session is in state {}, not 3 (human)",
+                session.state
+            )));
         }
         let old = session.servicer.clone().unwrap_or_default();
         session.end();
-        let code = self.issue_code(CodeKind::End, open_kfid, external_userid, SHORT_CODE_TTL, now);
+        let code = self.issue_code(
+            CodeKind::End,
+            open_kfid,
+            external_userid,
+            SHORT_CODE_TTL,
+            now,
+        );
         let msgid = self.append_event(
             open_kfid,
             json!({"event_type":"session_status_change","open_kfid":open_kfid,"external_userid":external_userid,
@@ -465,7 +628,11 @@ impl State {
 
     /// A servicer sends from the WeCom client (origin 5). Into an ended session, or one held by
     /// someone else, this first re-joins it: change_type 4 and state 3. Returns every msgid appended.
-    pub fn hook_servicer_send(&mut self, input: &Map<String, Value>, now: Millis) -> Result<Vec<String>, HookError> {
+    pub fn hook_servicer_send(
+        &mut self,
+        input: &Map<String, Value>,
+        now: Millis,
+    ) -> Result<Vec<String>, ControlError> {
         let open_kfid = hook_str(input, "open_kfid")?;
         let external_userid = hook_str(input, "external_userid")?;
         let servicer = hook_str(input, "servicer_userid")?;
@@ -473,7 +640,7 @@ impl State {
         self.touch_customer(external_userid, None);
         let session = self
             .session_mut(open_kfid, external_userid)
-            .ok_or_else(|| HookError::NotFound(format!("unknown open_kfid {open_kfid}")))?;
+            .ok_or_else(|| ControlError::NotFound(format!("unknown open_kfid {open_kfid}")))?;
         let mut msgids = Vec::new();
         if session.state != 3 || session.servicer.as_deref() != Some(servicer) {
             let old = session.servicer.replace(servicer.to_string());
@@ -493,13 +660,24 @@ impl State {
     }
 
     /// A servicer changes receiving status: `servicer_status_change` (1 receiving, 2 stopped).
-    pub fn hook_servicer_status(&mut self, open_kfid: &str, userid: &str, status: u64, stop_type: u64, now: Millis) -> Result<String, HookError> {
+    pub fn hook_servicer_status(
+        &mut self,
+        open_kfid: &str,
+        userid: &str,
+        status: u64,
+        stop_type: u64,
+        now: Millis,
+    ) -> Result<String, ControlError> {
         if !(status == 1 || status == 2) || stop_type > 1 {
-            return Err(HookError::BadRequest("status is 1 (receiving) or 2 (stopped); stop_type 0 or 1".into()));
+            return Err(ControlError::BadRequest(
+                "status is 1 (receiving) or 2 (stopped); stop_type 0 or 1".into(),
+            ));
         }
         let account = self.hook_account(open_kfid)?;
         let Some(s) = account.servicers.iter_mut().find(|s| s.userid == userid) else {
-            return Err(HookError::Conflict(format!("{userid} is not a servicer of {open_kfid}")));
+            return Err(ControlError::Conflict(format!(
+                "{userid} is not a servicer of {open_kfid}"
+            )));
         };
         // servicer/list uses 0/1 where the event uses 1/2 (messages.md §3.4.3).
         s.status = if status == 1 { 0 } else { 1 };
@@ -541,25 +719,35 @@ mod tests {
     fn setup() -> (State, String) {
         let mut state = State::new(&Config::generated());
         let id = state.create_account("客服".into(), None, None);
-        state.accounts.get_mut(&id).unwrap().servicers.push(crate::state::Servicer {
-            userid: "zhangsan".into(),
-            status: 0,
-            stop_type: 0,
-            activated: true,
-        });
+        state
+            .accounts
+            .get_mut(&id)
+            .unwrap()
+            .servicers
+            .push(crate::state::Servicer {
+                userid: "zhangsan".into(),
+                status: 0,
+                stop_type: 0,
+                activated: true,
+            });
         (state, id)
     }
 
     fn customer_says(state: &mut State, id: &str, now: Millis) {
         let input = json!({"open_kfid": id, "external_userid": "wmC", "msgtype": "text", "text": {"content": "hi"}});
-        state.inject_message(input.as_object().unwrap(), now).unwrap();
+        state
+            .inject_message(input.as_object().unwrap(), now)
+            .unwrap();
     }
 
     #[test]
     fn the_transition_table_matches_the_spec() {
         for from in 0..4u8 {
             for to in 0..5u8 {
-                let expected = matches!((from, to), (0, 1..=4) | (1, 2..=4) | (2, 3..=4) | (3, 3..=4));
+                let expected = matches!(
+                    (from, to),
+                    (0, 1..=4) | (1, 2..=4) | (2, 3..=4) | (3, 3..=4)
+                );
                 assert_eq!(transition_allowed(from, to), expected, "{from}->{to}");
             }
         }
@@ -579,7 +767,12 @@ mod tests {
         assert_eq!(s.check_can_send(&id, "wmC", 1).unwrap_err().code, 95001);
         customer_says(&mut s, &id, 2);
         assert!(s.check_can_send(&id, "wmC", 2).is_ok());
-        assert_eq!(s.check_can_send(&id, "wmC", 2 + WINDOW_48H + 1).unwrap_err().code, 95002);
+        assert_eq!(
+            s.check_can_send(&id, "wmC", 2 + WINDOW_48H + 1)
+                .unwrap_err()
+                .code,
+            95002
+        );
     }
 
     #[test]
@@ -588,9 +781,17 @@ mod tests {
         customer_says(&mut s, &id, 0);
         assert!(s.trans(&id, "wmC", 1, None, 0).unwrap().is_none());
         assert!(s.trans(&id, "wmC", 2, None, 0).unwrap().is_some());
-        assert!(s.trans(&id, "wmC", 3, Some("zhangsan"), 0).unwrap().is_some());
+        assert!(
+            s.trans(&id, "wmC", 3, Some("zhangsan"), 0)
+                .unwrap()
+                .is_some()
+        );
         assert_eq!(s.trans(&id, "wmC", 2, None, 0).unwrap_err().code, 95016);
-        assert!(s.trans(&id, "wmC", 3, Some("zhangsan"), 0).unwrap().is_none());
+        assert!(
+            s.trans(&id, "wmC", 3, Some("zhangsan"), 0)
+                .unwrap()
+                .is_none()
+        );
         assert!(s.trans(&id, "wmC", 4, None, 0).unwrap().is_some());
         assert_eq!(s.trans(&id, "wmC", 1, None, 0).unwrap_err().code, 95013);
         assert_eq!(s.check_can_send(&id, "wmC", 0).unwrap_err().code, 95018);
@@ -600,21 +801,35 @@ mod tests {
     fn trans_to_a_human_checks_the_servicer() {
         let (mut s, id) = setup();
         customer_says(&mut s, &id, 0);
-        assert_eq!(s.trans(&id, "wmC", 3, Some("lisi"), 0).unwrap_err().code, 95014);
+        assert_eq!(
+            s.trans(&id, "wmC", 3, Some("lisi"), 0).unwrap_err().code,
+            95014
+        );
         assert_eq!(s.trans(&id, "wmC", 3, None, 0).unwrap_err().code, 40063);
         s.hook_servicer_status(&id, "zhangsan", 2, 1, 0).unwrap();
-        assert_eq!(s.trans(&id, "wmC", 3, Some("zhangsan"), 0).unwrap_err().code, 95019);
+        assert_eq!(
+            s.trans(&id, "wmC", 3, Some("zhangsan"), 0)
+                .unwrap_err()
+                .code,
+            95019
+        );
     }
 
     #[test]
     fn a_welcome_code_is_only_offered_without_recent_messages() {
         let (mut s, id) = setup();
-        let (_, code) = s.enter_session(&id, "wmC", None, None, None, None, 0).unwrap();
+        let (_, code) = s
+            .enter_session(&id, "wmC", Entry::default(), None, 0)
+            .unwrap();
         assert!(code.is_some());
         customer_says(&mut s, &id, 1000);
-        let (_, code) = s.enter_session(&id, "wmC", None, None, None, None, 2000).unwrap();
+        let (_, code) = s
+            .enter_session(&id, "wmC", Entry::default(), None, 2000)
+            .unwrap();
         assert!(code.is_none());
-        let (_, code) = s.enter_session(&id, "wmC", None, None, None, None, 2000 + WINDOW_48H).unwrap();
+        let (_, code) = s
+            .enter_session(&id, "wmC", Entry::default(), None, 2000 + WINDOW_48H)
+            .unwrap();
         assert!(code.is_some());
     }
 

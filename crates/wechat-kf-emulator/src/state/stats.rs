@@ -44,7 +44,13 @@ impl Stats {
     }
 
     /// A customer message.
-    pub fn customer_message(&mut self, open_kfid: &str, external_userid: &str, time_ms: Millis, _new_session: bool) {
+    pub fn customer_message(
+        &mut self,
+        open_kfid: &str,
+        external_userid: &str,
+        time_ms: Millis,
+        _new_session: bool,
+    ) {
         let day = self.day(open_kfid, time_ms);
         day.customer_msg_cnt += 1;
         if !day.customers.contains(external_userid) {
@@ -63,7 +69,14 @@ impl Stats {
     }
 
     /// `statistic_list` for the days `[start, end]` (day starts, inclusive).
-    pub fn list(&self, open_kfid: &str, servicer: Option<&str>, start: i64, end: i64, per_servicer: bool) -> Vec<Value> {
+    pub fn list(
+        &self,
+        open_kfid: &str,
+        servicer: Option<&str>,
+        start: i64,
+        end: i64,
+        per_servicer: bool,
+    ) -> Vec<Value> {
         let mut out = Vec::new();
         let mut day = start;
         while day <= end {

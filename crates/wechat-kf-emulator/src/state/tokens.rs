@@ -15,7 +15,6 @@ const REMEMBERED_TOKENS: usize = 1000;
 #[derive(Debug, Clone)]
 struct IssuedToken {
     token: String,
-    issued_at: Millis,
     expires_at: Millis,
     revoked: bool,
 }
@@ -37,7 +36,6 @@ impl AccessTokens {
         let token = ids::alnum(64);
         self.issued.push_back(IssuedToken {
             token: token.clone(),
-            issued_at: now,
             expires_at: now + ttl,
             revoked: false,
         });
@@ -51,12 +49,26 @@ impl AccessTokens {
     pub fn check(&self, token: Option<&str>, now: Millis) -> ApiResult<()> {
         let token = match token {
             Some(t) if !t.is_empty() => t,
-            _ => return Err(ApiError::new(errors::MISSING_ACCESS_TOKEN, "access_token missing")),
+            _ => {
+                return Err(ApiError::new(
+                    errors::MISSING_ACCESS_TOKEN,
+                    "access_token missing",
+                ));
+            }
         };
         match self.issued.iter().rev().find(|t| t.token == token) {
-            None => Err(ApiError::new(errors::INVALID_ACCESS_TOKEN, "invalid access_token")),
-            Some(t) if t.revoked => Err(ApiError::new(errors::INVALID_ACCESS_TOKEN, "invalid access_token")),
-            Some(t) if now >= t.expires_at => Err(ApiError::new(errors::ACCESS_TOKEN_EXPIRED, "access_token expired")),
+            None => Err(ApiError::new(
+                errors::INVALID_ACCESS_TOKEN,
+                "invalid access_token",
+            )),
+            Some(t) if t.revoked => Err(ApiError::new(
+                errors::INVALID_ACCESS_TOKEN,
+                "invalid access_token",
+            )),
+            Some(t) if now >= t.expires_at => Err(ApiError::new(
+                errors::ACCESS_TOKEN_EXPIRED,
+                "access_token expired",
+            )),
             Some(_) => Ok(()),
         }
     }
@@ -64,23 +76,17 @@ impl AccessTokens {
     /// Revokes every token (or only `which`); later calls with them answer 40014.
     pub fn revoke(&mut self, which: Option<&str>) -> usize {
         let mut n = 0;
-        for t in self.issued.iter_mut().filter(|t| which.is_none_or(|w| w == t.token)) {
+        for t in self
+            .issued
+            .iter_mut()
+            .filter(|t| which.is_none_or(|w| w == t.token))
+        {
             if !t.revoked {
                 t.revoked = true;
                 n += 1;
             }
         }
         n
-    }
-
-    /// Number of tokens issued so far (bounded history).
-    pub fn issued_count(&self) -> usize {
-        self.issued.len()
-    }
-
-    /// When the current token was issued, if any.
-    pub fn current_issued_at(&self) -> Option<Millis> {
-        self.issued.back().map(|t| t.issued_at)
     }
 }
 
@@ -96,7 +102,8 @@ impl CallbackTokens {
         self.tokens.retain(|_, (_, expires)| *expires > now);
         let token = ids::callback_token();
         let expires = now + CALLBACK_TOKEN_TTL;
-        self.tokens.insert(token.clone(), (open_kfid.to_string(), expires));
+        self.tokens
+            .insert(token.clone(), (open_kfid.to_string(), expires));
         (token, expires)
     }
 
@@ -104,7 +111,10 @@ impl CallbackTokens {
     pub fn check(&self, token: &str, open_kfid: &str, now: Millis) -> ApiResult<()> {
         match self.tokens.get(token) {
             Some((account, expires)) if account == open_kfid && now < *expires => Ok(()),
-            _ => Err(ApiError::new(errors::INVALID_MSG_TOKEN, "invalid msg token")),
+            _ => Err(ApiError::new(
+                errors::INVALID_MSG_TOKEN,
+                "invalid msg token",
+            )),
         }
     }
 }
@@ -173,7 +183,10 @@ mod tests {
         let (tok, _) = t.issue("wkA", 0);
         assert!(t.check(&tok, "wkA", CALLBACK_TOKEN_TTL - 1).is_ok());
         assert_eq!(t.check(&tok, "wkB", 1).unwrap_err().code, 95007);
-        assert_eq!(t.check(&tok, "wkA", CALLBACK_TOKEN_TTL).unwrap_err().code, 95007);
+        assert_eq!(
+            t.check(&tok, "wkA", CALLBACK_TOKEN_TTL).unwrap_err().code,
+            95007
+        );
     }
 
     #[test]

@@ -164,7 +164,12 @@ fn v2c_encrypts_deterministically_byte_for_byte() {
     let expected = "<xml>\n<Encrypt><![CDATA[9s4gMv99m88kKTh/H8IdkOiMg6bisoy3ypwy9H4hvSPe9nsGaqyw5hhSjdYbcrKk+j3nba4HMOTzHrluLBYqxgNcBqGsL8GqxlhZgURnAtObvesEl5nZ+uBE8bviY0LWke8Zy9V/QYKxNV2FqllNXcfmstttyIkMKCCmVbCFM2JTF5wY0nFhHZSjPUL2Q1qvSUCUld+/WIXrx0oyKQmpB6o8NRrrNrsDf03oxI1p9FxUgMnwKKZeOA/uu+2IEvEBtb7muXsVbwbgX05UPPJvFurDXafG0RQyPR+mf1nDnAtQmmNOuiR5MIkdQ39xn1vWwi1O5oazPoQJz0nTYjxxEE8kv3kFxtAGVRe3ypD3WeK2XeFYFMNMpatF9XiKzHo3]]></Encrypt>\n<MsgSignature><![CDATA[407518b7649e86ef23978113f92d27afa9296533]]></MsgSignature>\n<TimeStamp>1411525903</TimeStamp>\n<Nonce><![CDATA[461056294]]></Nonce>\n</xml>";
     let crypto = v2();
     let out = crypto
-        .encrypt_with_random(input, &random16("1234567890123456"), "1411525903", "461056294")
+        .encrypt_with_random(
+            input,
+            &random16("1234567890123456"),
+            "1411525903",
+            "461056294",
+        )
         .unwrap();
     assert_eq!(out, expected);
     // And the reply decrypts back with the signature it carries.
@@ -181,7 +186,12 @@ fn v2c_encrypts_deterministically_byte_for_byte() {
 
 #[test]
 fn v4_decrypts_without_a_signature() {
-    let crypto = CallbackCrypto::new("unused", "4Ma3YBrSBbX2aez8MJpXGBne5LSDwgGqHbhM9WPYIws", "ww6a112864f8022910").unwrap();
+    let crypto = CallbackCrypto::new(
+        "unused",
+        "4Ma3YBrSBbX2aez8MJpXGBne5LSDwgGqHbhM9WPYIws",
+        "ww6a112864f8022910",
+    )
+    .unwrap();
     let msg = crypto
         .decrypt_field("6KmUQuPVu7UhjyVqRdbo5SfcRqaHvbUlKSHFvBV2ZuR6TIlKsygcfeSd1GDplg1C5KSKr6UPHCaC/nIX3ZNt9w==")
         .unwrap();
@@ -207,7 +217,10 @@ fn v4_rejects_every_invalid_key() {
 fn v6_decrypts_and_parses_the_kf_event() {
     let crypto = v1();
     let body = envelope(V1_CORP, V6_ENCRYPT);
-    assert_eq!(signature(V1_TOKEN, "1700000000", "1234567890", V6_ENCRYPT), V6_SIG);
+    assert_eq!(
+        signature(V1_TOKEN, "1700000000", "1234567890", V6_ENCRYPT),
+        V6_SIG
+    );
     let plain = crypto
         .decrypt_message(V6_SIG, "1700000000", "1234567890", &body)
         .unwrap();
@@ -236,10 +249,17 @@ fn v6_encrypts_the_kf_event_byte_for_byte() {
     assert_eq!(encrypt, V6_ENCRYPT);
     assert_eq!(crypto.sign("1700000000", "1234567890", &encrypt), V6_SIG);
     let reply = crypto
-        .encrypt_with_random(V6_PLAIN, &random16("abcdefghijklmnop"), "1700000000", "1234567890")
+        .encrypt_with_random(
+            V6_PLAIN,
+            &random16("abcdefghijklmnop"),
+            "1700000000",
+            "1234567890",
+        )
         .unwrap();
     assert!(reply.contains(&format!("<Encrypt><![CDATA[{V6_ENCRYPT}]]></Encrypt>")));
-    assert!(reply.contains(&format!("<MsgSignature><![CDATA[{V6_SIG}]]></MsgSignature>")));
+    assert!(reply.contains(&format!(
+        "<MsgSignature><![CDATA[{V6_SIG}]]></MsgSignature>"
+    )));
 }
 
 #[test]

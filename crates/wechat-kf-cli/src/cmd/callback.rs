@@ -1,18 +1,200 @@
 //! `wechat-kf callback`: verify-url, decrypt and encrypt for people debugging their callback setup.
+//!
+//! Every subcommand takes the callback configuration as `--token`, `--aes-key` and `--corp-id`
+//! (or `WECHAT_KF_TOKEN`, `WECHAT_KF_AES_KEY`, `WECHAT_KF_CORP_ID`). A crypto failure exits with
+//! status 1 and one line naming the failed check and its official code, e.g.
+//! `wechat-kf: signature mismatch (-40001)`.
 
+use std::io::Read as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
+use wechat_kf::crypto::{CallbackCrypto, CryptoError, random_nonce, url_decode};
 
 /// Callback debugging subcommands.
 #[derive(Debug, Subcommand)]
 pub enum CallbackCommand {
-    /// Not yet implemented.
-    VerifyUrl,
+    /// Verify a GET URL check and print the echo plaintext the server must answer with.
+    VerifyUrl(VerifyUrlArgs),
+    /// Verify and decrypt a POST body; print the inner XML (or, with --event, the parsed event).
+    Decrypt(DecryptArgs),
+    /// Encrypt and sign a plaintext into the reply XML (Encrypt, MsgSignature, TimeStamp, Nonce).
+    Encrypt(EncryptArgs),
+}
+
+/// The callback configuration of the KF admin console.
+#[derive(Debug, Args)]
+pub struct Credentials {
+    /// Callback Token.
+    #[arg(long, env = "WECHAT_KF_TOKEN", hide_env_values = true)]
+    token: String,
+    /// EncodingAESKey (43 characters).
+    #[arg(long = "aes-key", env = "WECHAT_KF_AES_KEY", hide_env_values = true)]
+    aes_key: String,
+    /// CorpID, the receive_id checked after decryption.
+    #[arg(long = "corp-id", env = "WECHAT_KF_CORP_ID")]
+    corp_id: String,
+}
+
+/// Arguments of `callback verify-url`.
+#[derive(Debug, Args)]
+pub struct VerifyUrlArgs {
+    #[command(flatten)]
+    credentials: Credentials,
+    /// The `msg_signature` query parameter.
+    #[arg(long = "msg-signature")]
+    msg_signature: String,
+    /// The `timestamp` query parameter.
+    #[arg(long)]
+    timestamp: String,
+    /// The `nonce` query parameter.
+    #[arg(long)]
+    nonce: String,
+    /// The `echostr` query parameter, decoded or as sent: it is URL-decoded only if it contains
+    /// `%` (a `+` is kept as `+`).
+    #[arg(long)]
+    echostr: String,
+}
+
+/// Arguments of `callback decrypt`.
+#[derive(Debug, Args)]
+pub struct DecryptArgs {
+    #[command(flatten)]
+    credentials: Credentials,
+    /// The `msg_signature` query parameter.
+    #[arg(long = "msg-signature")]
+    msg_signature: String,
+    /// The `timestamp` query parameter.
+    #[arg(long)]
+    timestamp: String,
+    /// The `nonce` query parameter.
+    #[arg(long)]
+    nonce: String,
+    /// Print the parsed callback event as JSON instead of the inner XML.
+    #[arg(long)]
+    event: bool,
+    /// File with the POST body XML; `-` or absent reads stdin.
+    body: Option<PathBuf>,
+}
+
+/// Arguments of `callback encrypt`.
+#[derive(Debug, Args)]
+pub struct EncryptArgs {
+    #[command(flatten)]
+    credentials: Credentials,
+    /// TimeStamp of the reply (default: now).
+    #[arg(long)]
+    timestamp: Option<String>,
+    /// Nonce of the reply (default: a random number).
+    #[arg(long)]
+    nonce: Option<String>,
+    /// The 16-character random prefix, for reproducible output (default: random).
+    #[arg(long)]
+    random: Option<String>,
+    /// The plaintext to encrypt; without it the plaintext is read, byte for byte, from FILE.
+    #[arg(long, conflicts_with = "input")]
+    message: Option<String>,
+    /// File with the plaintext; `-` or absent reads stdin.
+    input: Option<PathBuf>,
 }
 
 /// Runs a callback subcommand.
-pub fn run(_command: CallbackCommand) -> ExitCode {
-    super::fail("callback: not implemented yet");
-    ExitCode::from(2)
+pub fn run(command: CallbackCommand) -> ExitCode {
+    let result = match command {
+        CallbackCommand::VerifyUrl(args) => verify_url(args),
+        CallbackCommand::Decrypt(args) => decrypt(args),
+        CallbackCommand::Encrypt(args) => encrypt(args),
+    };
+    match result {
+        Ok(output) => {
+            println!("{output}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            super::fail(message);
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A failure as the one line printed: the failed check and, for crypto, its official code.
+fn crypto_failure(e: CryptoError) -> String {
+    format!("{e} ({})", e.code())
+}
+
+fn crypto(credentials: &Credentials) -> Result<CallbackCrypto, String> {
+    CallbackCrypto::new(
+        &credentials.token,
+        &credentials.aes_key,
+        &credentials.corp_id,
+    )
+    .map_err(crypto_failure)
+}
+
+fn verify_url(args: VerifyUrlArgs) -> Result<String, String> {
+    let crypto = crypto(&args.credentials)?;
+    // WeCom sends echostr percent-encoded; a value pasted from a decoded log has no `%`.
+    let echostr = url_decode(&args.echostr);
+    crypto
+        .verify_url(&args.msg_signature, &args.timestamp, &args.nonce, &echostr)
+        .map_err(crypto_failure)
+}
+
+fn decrypt(args: DecryptArgs) -> Result<String, String> {
+    let crypto = crypto(&args.credentials)?;
+    let body = read_input(args.body.as_ref())?;
+    if args.event {
+        let event = crypto
+            .decrypt_event(&args.msg_signature, &args.timestamp, &args.nonce, &body)
+            .map_err(crypto_failure)?;
+        serde_json::to_string_pretty(&event).map_err(|e| format!("cannot print the event: {e}"))
+    } else {
+        crypto
+            .decrypt_message(&args.msg_signature, &args.timestamp, &args.nonce, &body)
+            .map_err(crypto_failure)
+    }
+}
+
+fn encrypt(args: EncryptArgs) -> Result<String, String> {
+    let crypto = crypto(&args.credentials)?;
+    let plaintext = match args.message {
+        Some(message) => message,
+        None => read_input(args.input.as_ref())?,
+    };
+    let timestamp = match args.timestamp {
+        Some(timestamp) => timestamp,
+        None => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs().to_string())
+            .map_err(|_| "the system clock is before 1970".to_owned())?,
+    };
+    let nonce = args.nonce.unwrap_or_else(random_nonce);
+    match args.random {
+        Some(random) => {
+            let random: &[u8; 16] = random
+                .as_bytes()
+                .try_into()
+                .map_err(|_| "--random must be exactly 16 bytes".to_owned())?;
+            crypto.encrypt_with_random(&plaintext, random, &timestamp, &nonce)
+        }
+        None => crypto.encrypt_message(&plaintext, &timestamp, &nonce),
+    }
+    .map_err(crypto_failure)
+}
+
+/// Reads a file, or stdin for `-` or no path.
+fn read_input(path: Option<&PathBuf>) -> Result<String, String> {
+    match path {
+        Some(path) if path.as_os_str() != "-" => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display())),
+        _ => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| format!("cannot read stdin: {e}"))?;
+            Ok(text)
+        }
+    }
 }

@@ -88,8 +88,9 @@ const STACK_BUF: usize = 1024;
 /// Bytes of the frame before the message: 16 random bytes and the 4-byte length.
 const HEADER: usize = 20;
 
-type CbcDec = cbc::Decryptor<Aes256Dec>;
-type CbcEnc = cbc::Encryptor<Aes256Enc>;
+// CBC over a borrowed key schedule: no copy of the (up to 1 KiB) schedule per message.
+type CbcDec<'k> = cbc::Decryptor<&'k Aes256Dec>;
+type CbcEnc<'k> = cbc::Encryptor<&'k Aes256Enc>;
 
 /// The callback crypto of one callback configuration: Token, EncodingAESKey and receive_id.
 ///
@@ -260,7 +261,7 @@ impl CallbackCrypto {
         if len == 0 || len % PAD_BLOCK != 0 {
             return Err(CryptoError::CipherLength { len });
         }
-        let plain = CbcDec::inner_iv_init(self.dec.clone(), &self.iv.into())
+        let plain = CbcDec::inner_iv_init(&self.dec, &self.iv.into())
             .decrypt_padded_mut::<NoPadding>(&mut buf[..len])
             .map_err(|_| CryptoError::CipherLength { len })?;
         let unpadded = strip_padding(plain)?;
@@ -340,7 +341,7 @@ impl CallbackCrypto {
         buf.extend_from_slice(self.receive_id.as_bytes());
         // `pad` is 1..=32, so it fits a byte.
         buf.resize(total, pad as u8);
-        let cipher = CbcEnc::inner_iv_init(self.enc.clone(), &self.iv.into())
+        let cipher = CbcEnc::inner_iv_init(&self.enc, &self.iv.into())
             .encrypt_padded_mut::<NoPadding>(&mut buf, total)
             .map_err(|_| CryptoError::MessageTooLong)?;
         Ok(STANDARD.encode(cipher))

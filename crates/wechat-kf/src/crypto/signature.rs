@@ -31,7 +31,12 @@ pub(crate) fn signature_hex(token: &str, timestamp: &str, nonce: &str, encrypt: 
         nonce.as_bytes(),
         encrypt.as_bytes(),
     ];
-    parts.sort_unstable();
+    // A 4-input sorting network; `sort_unstable` costs ~35 ns here, mostly in `memcmp` calls.
+    for (i, j) in [(0, 1), (2, 3), (0, 2), (1, 3), (1, 2)] {
+        if less(parts[j], parts[i]) {
+            parts.swap(i, j);
+        }
+    }
     let mut sha = Sha1::new();
     for part in parts {
         sha.update(part);
@@ -46,6 +51,15 @@ pub(crate) fn signature_hex(token: &str, timestamp: &str, nonce: &str, encrypt: 
     out
 }
 
+/// Byte order, deciding on the first byte when it differs (the usual case) without a `memcmp`.
+#[inline]
+fn less(a: &[u8], b: &[u8]) -> bool {
+    match (a.first(), b.first()) {
+        (Some(x), Some(y)) if x != y => x < y,
+        _ => a < b,
+    }
+}
+
 /// Checks `msg_signature` in constant time (for equal lengths; the length is not secret).
 pub(crate) fn verify(
     msg_signature: &str,
@@ -55,5 +69,15 @@ pub(crate) fn verify(
     encrypt: &str,
 ) -> bool {
     let expected = signature_hex(token, timestamp, nonce, encrypt);
-    bool::from(expected.as_slice().ct_eq(msg_signature.as_bytes()))
+    let Ok(given) = <&[u8; 40]>::try_from(msg_signature.as_bytes()) else {
+        return false;
+    };
+    // Five 8-byte words instead of 40 single bytes: subtle puts an optimisation barrier on each.
+    let mut equal = subtle::Choice::from(1);
+    for (a, b) in expected.chunks_exact(8).zip(given.chunks_exact(8)) {
+        let a = u64::from_ne_bytes(a.try_into().unwrap_or([0; 8]));
+        let b = u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]));
+        equal &= a.ct_eq(&b);
+    }
+    bool::from(equal)
 }

@@ -20,12 +20,18 @@ pub(crate) type XmlResult<T> = Result<T, &'static str>;
 pub(crate) struct Element<'a> {
     pub(crate) name: &'a str,
     pub(crate) content: &'a str,
+    /// The text, when the scanner already found it in one of the simple forms (a single CDATA
+    /// section, or plain text without `&`): spares [`text`] a second pass.
+    simple: Option<&'a str>,
 }
 
 impl<'a> Element<'a> {
     /// The decoded text of the element (CDATA unwrapped, entities decoded, whitespace trimmed).
     pub(crate) fn text(&self) -> XmlResult<Cow<'a, str>> {
-        text(self.content)
+        match self.simple {
+            Some(value) => Ok(Cow::Borrowed(value)),
+            None => text(self.content),
+        }
     }
 }
 
@@ -104,13 +110,26 @@ impl<'a> Children<'a> {
             let name = &doc[lt + 1..tag.name_end];
             if tag.self_closing {
                 self.pos = tag.end;
-                return Ok(Some(Element { name, content: "" }));
+                return Ok(Some(Element {
+                    name,
+                    content: "",
+                    simple: Some(""),
+                }));
+            }
+            if let Some((value, content_end, after)) = simple_value(doc, tag.end, name) {
+                self.pos = after;
+                return Ok(Some(Element {
+                    name,
+                    content: &doc[tag.end..content_end],
+                    simple: Some(value),
+                }));
             }
             let (content_end, after) = matching_end(doc, tag.end, name)?;
             self.pos = after;
             return Ok(Some(Element {
                 name,
                 content: &doc[tag.end..content_end],
+                simple: None,
             }));
         }
     }
@@ -126,6 +145,7 @@ struct StartTag {
 }
 
 /// Reads the start tag at `lt` (which holds `<`).
+#[inline]
 fn start_tag(b: &[u8], lt: usize) -> XmlResult<StartTag> {
     let mut i = lt + 1;
     while i < b.len() && !is_name_end(b[i]) {
@@ -155,6 +175,37 @@ fn start_tag(b: &[u8], lt: usize) -> XmlResult<StartTag> {
         i += 1;
     }
     Err("unterminated start tag")
+}
+
+/// The fast path for the forms WeCom sends, `<N><![CDATA[v]]></N>` and `<N>v</N>` (no `&`):
+/// returns (text, content end, index after the end tag), or `None` for anything else, which
+/// then goes through the general [`matching_end`] and [`text`].
+#[inline]
+fn simple_value<'a>(doc: &'a str, from: usize, name: &str) -> Option<(&'a str, usize, usize)> {
+    let b = doc.as_bytes();
+    if has_prefix_at(b, from, b"<![CDATA[") {
+        let end = find_str(doc, from + 9, "]]>")?;
+        let close = end + 3;
+        let after = end_tag_at(b, close, name)?;
+        return Some((&doc[from + 9..end], close, after));
+    }
+    let lt = find_byte(doc, from, b'<')?;
+    let after = end_tag_at(b, lt, name)?;
+    let raw = &doc[from..lt];
+    if raw.as_bytes().contains(&b'&') {
+        return None;
+    }
+    Some((raw.trim_matches(is_xml_ws_char), lt, after))
+}
+
+/// If `</name>` starts at `at`, the index after it.
+#[inline]
+fn end_tag_at(b: &[u8], at: usize, name: &str) -> Option<usize> {
+    let n = name.len();
+    let ok = has_prefix_at(b, at, b"</")
+        && has_prefix_at(b, at + 2, name.as_bytes())
+        && b.get(at + 2 + n) == Some(&b'>');
+    ok.then_some(at + 3 + n)
 }
 
 /// Finds the end tag matching an element opened just before `from`; returns (content end, index
@@ -194,6 +245,7 @@ fn matching_end(doc: &str, from: usize, name: &str) -> XmlResult<(usize, usize)>
 
 /// If `lt` starts a comment, CDATA section, processing instruction or declaration, returns the
 /// index after it; `None` for a start or end tag.
+#[inline]
 fn skip_markup(doc: &str, lt: usize) -> XmlResult<Option<usize>> {
     let b = doc.as_bytes();
     // Most calls are for plain tags: decide on one byte before comparing prefixes.
@@ -319,13 +371,21 @@ fn decode_entity(name: &str) -> Option<char> {
 }
 
 /// Finds an ASCII byte from `from` on (SIMD memchr: the `Encrypt` value is ~470 bytes).
+#[inline]
 fn find_byte(doc: &str, from: usize, needle: u8) -> Option<usize> {
     let hay = doc.as_bytes().get(from..)?;
-    memchr::memchr(needle, hay).map(|at| from + at)
+    // Most distances are short (tag names, ids, numbers): a plain loop first, since memchr's
+    // dispatch costs more than it saves there.
+    let head = hay.len().min(24);
+    if let Some(at) = hay[..head].iter().position(|&c| c == needle) {
+        return Some(from + at);
+    }
+    memchr::memchr(needle, &hay[head..]).map(|at| from + head + at)
 }
 
 /// Finds a short ASCII `pattern` from `from` on: memchr for its first byte, then a byte check
 /// (`str::find(&str)` sets up a Two-Way search, costly for these 2- and 3-byte needles).
+#[inline]
 fn find_str(doc: &str, mut from: usize, pattern: &str) -> Option<usize> {
     let b = doc.as_bytes();
     let p = pattern.as_bytes();
@@ -338,12 +398,11 @@ fn find_str(doc: &str, mut from: usize, pattern: &str) -> Option<usize> {
     }
 }
 
-/// `b[at..].starts_with(p)` for the tiny patterns here, without an out-of-line `memcmp` call.
+/// `b[at..].starts_with(p)`, without panicking past the end.
+#[inline]
 fn has_prefix_at(b: &[u8], at: usize, p: &[u8]) -> bool {
-    match b.get(at..at + p.len()) {
-        Some(window) => window.iter().zip(p).all(|(x, y)| x == y),
-        None => false,
-    }
+    // With `p` a literal after inlining, this compiles to a couple of word compares.
+    b.get(at..at + p.len()) == Some(p)
 }
 
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
@@ -353,14 +412,17 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
+#[inline]
 fn is_name_end(c: u8) -> bool {
     is_xml_ws(c) || c == b'>' || c == b'/'
 }
 
+#[inline]
 fn is_xml_ws(c: u8) -> bool {
     matches!(c, b' ' | b'\t' | b'\r' | b'\n')
 }
 
+#[inline]
 fn is_xml_ws_char(c: char) -> bool {
     matches!(c, ' ' | '\t' | '\r' | '\n')
 }

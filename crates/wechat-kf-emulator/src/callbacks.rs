@@ -64,34 +64,75 @@ async fn delivery_loop(emu: Emulator, open_kfid: String) {
     }
 }
 
-/// Delivers one callback (with retries). Returns whether it was received.
+/// Delivers one `kf_msg_or_event` callback (with retries). Returns whether it was received.
 async fn deliver(emu: &Emulator, open_kfid: &str, url: &str) -> bool {
-    let config = emu.config();
     let (token, delivery, now) = emu.with_state(|s, now| {
         let (token, _) = s.callback_tokens.issue(open_kfid, now);
         let id = s.next_delivery;
         s.next_delivery += 1;
         (token, id, now)
     });
+    let plain = crypto::kf_event_plaintext(&emu.config().corp_id, now / 1000, &token, open_kfid);
+    let target = Target {
+        delivery,
+        event: KF_MSG_OR_EVENT,
+        open_kfid,
+        token: &token,
+    };
+    post_encrypted(emu, url, &target, &plain, now).await.ok
+}
+
+const KF_MSG_OR_EVENT: &str = "kf_msg_or_event";
+const KF_ACCOUNT_AUTH_CHANGE: &str = "kf_account_auth_change";
+
+/// What one delivery is about (for the attempt log).
+struct Target<'a> {
+    delivery: u64,
+    event: &'static str,
+    open_kfid: &'a str,
+    token: &'a str,
+}
+
+/// The outcome of one delivery.
+pub(crate) struct Outcome {
+    /// The delivery id.
+    pub delivery: u64,
+    /// Whether an attempt got HTTP 200.
+    pub ok: bool,
+    /// How many attempts were made.
+    pub attempts: u32,
+}
+
+/// Encrypts `plain`, POSTs it to `url` and retries like WeChat: the identical request after a
+/// timeout, a connection failure or a non-200 status, `callback_retries` times.
+async fn post_encrypted(
+    emu: &Emulator,
+    url: &str,
+    target: &Target<'_>,
+    plain: &str,
+    now: i64,
+) -> Outcome {
+    let config = emu.config();
     let Some(crypt) = emu.crypt() else {
         emu.with_state(|s, now| {
             s.record_delivery(attempt(
-                delivery,
+                target,
                 1,
-                open_kfid,
-                &token,
                 None,
                 Some("invalid EncodingAESKey".into()),
                 now,
             ));
             s.counters.callbacks_failed += 1;
         });
-        return false;
+        return Outcome {
+            delivery: target.delivery,
+            ok: false,
+            attempts: 1,
+        };
     };
     let timestamp = (now / 1000).to_string();
     let nonce = ids::digits(10);
-    let plain = crypto::kf_event_plaintext(&config.corp_id, now / 1000, &token, open_kfid);
-    let encrypted = crypt.encrypt(&plain);
+    let encrypted = crypt.encrypt(plain);
     let signature = crypt.sign(&timestamp, &nonce, &encrypted);
     let body = crypto::envelope_xml(&config.corp_id, &encrypted);
     let sep = if url.contains('?') { '&' } else { '?' };
@@ -115,7 +156,7 @@ async fn deliver(emu: &Emulator, open_kfid: &str, url: &str) -> bool {
         };
         let ok = status == Some(200);
         emu.with_state(|s, now| {
-            s.record_delivery(attempt(delivery, n, open_kfid, &token, status, error, now));
+            s.record_delivery(attempt(target, n, status, error, now));
             if ok {
                 s.counters.callbacks_sent += 1;
             } else if n == attempts {
@@ -123,30 +164,59 @@ async fn deliver(emu: &Emulator, open_kfid: &str, url: &str) -> bool {
             }
         });
         if ok {
-            return true;
+            return Outcome {
+                delivery: target.delivery,
+                ok: true,
+                attempts: n,
+            };
         }
         if n < attempts {
             tokio::time::sleep(config.callback_retry_delay).await;
         }
     }
-    tracing::debug!(delivery, "callback failed after every retry");
-    false
+    tracing::debug!(
+        delivery = target.delivery,
+        "callback failed after every retry"
+    );
+    Outcome {
+        delivery: target.delivery,
+        ok: false,
+        attempts,
+    }
+}
+
+/// Sends one `kf_account_auth_change` callback (callbacks.md §5.3) to the current callback URL
+/// and waits for the outcome (retries included). `None` without a callback URL.
+pub(crate) async fn auth_change(emu: &Emulator, add: &[String], del: &[String]) -> Option<Outcome> {
+    let url = emu.callback_url()?;
+    let (delivery, now) = emu.with_state(|s, now| {
+        let id = s.next_delivery;
+        s.next_delivery += 1;
+        (id, now)
+    });
+    let plain = crypto::auth_change_plaintext(&emu.config().corp_id, now / 1000, add, del);
+    let target = Target {
+        delivery,
+        event: KF_ACCOUNT_AUTH_CHANGE,
+        open_kfid: "",
+        token: "",
+    };
+    Some(post_encrypted(emu, &url, &target, &plain, now).await)
 }
 
 fn attempt(
-    delivery: u64,
+    target: &Target<'_>,
     attempt: u32,
-    open_kfid: &str,
-    token: &str,
     status: Option<u16>,
     error: Option<String>,
     at: i64,
 ) -> DeliveryAttempt {
     DeliveryAttempt {
-        delivery,
+        delivery: target.delivery,
+        event: target.event,
         attempt,
-        open_kfid: open_kfid.to_string(),
-        token: token.to_string(),
+        open_kfid: target.open_kfid.to_string(),
+        token: target.token.to_string(),
         ok: status == Some(200),
         status,
         error,

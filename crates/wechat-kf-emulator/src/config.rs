@@ -12,8 +12,14 @@ use crate::ids;
 pub struct Config {
     /// The corp id (`ww…`); also the crypto receive_id of callbacks.
     pub corp_id: String,
-    /// The KF secret accepted by `gettoken`.
+    /// The secret accepted by `gettoken`; which kind of secret it is is [`Config::secret_kind`].
     pub secret: String,
+    /// Which credential `secret` is: the standalone KF secret (default) or a WeCom app secret.
+    /// Tokens remember the secret they came from; see [`Seed::kf_mode`] (95011 / 95012).
+    pub secret_kind: KfMode,
+    /// An optional second secret of the *other* kind, also accepted by `gettoken` (for tests
+    /// that switch credentials). `None` by default.
+    pub other_secret: Option<String>,
     /// The callback Token used in `msg_signature` (not the sync_msg token).
     pub callback_token: String,
     /// The 43-character EncodingAESKey.
@@ -47,6 +53,56 @@ pub struct Config {
     pub max_log_items: usize,
     /// Most bytes of media kept in memory (oldest dropped first), default 512 MiB.
     pub max_media_bytes: usize,
+    /// `gettoken` calls per minute for the corp (default 600); above → 45009 for 60 s.
+    /// 0 = unlimited.
+    pub gettoken_per_minute: u32,
+    /// Wrong secrets from one client IP within an hour after which `gettoken` from that IP answers
+    /// 40001 for one hour of emulator time (default 10). 0 = never block.
+    pub gettoken_wrong_secret_limit: u32,
+    /// Downloads of one media_id that may be in flight at once (default 2); one more → 45033.
+    /// 0 = unlimited.
+    pub media_get_concurrency_per_id: u32,
+    /// `send_msg` needs a customer message other than a menu click within 48 h (95024), default
+    /// true. `false`: a menu click opens the window like any message.
+    pub require_active_customer_message: bool,
+}
+
+/// The corp's customer-service mode, and the kind of secret a token came from
+/// (endpoints.md §1.0: mixing the two answers 95011 / 95012).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KfMode {
+    /// Standalone 微信客服 (独立版), with the KF secret from 开发配置.
+    Standalone,
+    /// KF inside WeCom (联合版), with a self-built app's secret.
+    Wecom,
+}
+
+impl KfMode {
+    /// `"standalone"` or `"wecom"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KfMode::Standalone => "standalone",
+            KfMode::Wecom => "wecom",
+        }
+    }
+
+    /// Parses `"standalone"` / `"wecom"`.
+    pub fn parse(s: &str) -> Option<KfMode> {
+        match s {
+            "standalone" => Some(KfMode::Standalone),
+            "wecom" => Some(KfMode::Wecom),
+            _ => None,
+        }
+    }
+
+    /// The other kind.
+    pub fn other(self) -> KfMode {
+        match self {
+            KfMode::Standalone => KfMode::Wecom,
+            KfMode::Wecom => KfMode::Standalone,
+        }
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -55,6 +111,11 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("corp_id", &self.corp_id)
             .field("secret", &"<redacted>")
+            .field("secret_kind", &self.secret_kind)
+            .field(
+                "other_secret",
+                &self.other_secret.as_ref().map(|_| "<redacted>"),
+            )
             .field("callback_token", &"<redacted>")
             .field("encoding_aes_key", &"<redacted>")
             .field("callback_url", &self.callback_url)
@@ -87,6 +148,8 @@ impl Config {
         Config {
             corp_id: format!("ww{}", ids::alnum(16).to_lowercase()),
             secret: ids::alnum(43),
+            secret_kind: KfMode::Standalone,
+            other_secret: None,
             callback_token: ids::alnum(32),
             encoding_aes_key: ids::alnum(43),
             callback_url: None,
@@ -103,6 +166,10 @@ impl Config {
             max_outbox: 100_000,
             max_log_items: 2_000_000,
             max_media_bytes: 512 * 1024 * 1024,
+            gettoken_per_minute: 600,
+            gettoken_wrong_secret_limit: 10,
+            media_get_concurrency_per_id: 2,
+            require_active_customer_message: true,
         }
     }
 
@@ -126,6 +193,17 @@ impl Config {
         }
         if let Some(v) = file.secret {
             config.secret = v;
+        }
+        if let Some(v) = file.secret_kind {
+            config.secret_kind = v;
+        }
+        if let Some(v) = file.other_secret {
+            if v == config.secret {
+                return Err(ConfigError::Invalid(
+                    "other_secret must differ from secret".into(),
+                ));
+            }
+            config.other_secret = Some(v);
         }
         if let Some(v) = file.token {
             config.callback_token = v;
@@ -167,6 +245,8 @@ impl Config {
 struct SeedFile {
     corp_id: Option<String>,
     secret: Option<String>,
+    secret_kind: Option<KfMode>,
+    other_secret: Option<String>,
     token: Option<String>,
     aes_key: Option<String>,
     callback_url: Option<String>,
@@ -192,6 +272,14 @@ pub struct Seed {
     /// The upgrade-service configuration.
     #[serde(default)]
     pub upgrade_service: SeedUpgradeService,
+    /// The corp's KF mode. `None` (default): not enforced, tokens of either secret work. With a
+    /// mode, kf calls with a token from the other kind of secret answer 95011 (corp in `wecom`
+    /// mode, standalone secret) or 95012 (corp in `standalone` mode, WeCom secret).
+    #[serde(default)]
+    pub kf_mode: Option<KfMode>,
+    /// The API switch (default on). Off: every `kf/` call except `kf/customer/batchget` → 95017.
+    #[serde(default = "yes")]
+    pub api_enabled: bool,
 }
 
 impl Default for Seed {
@@ -202,6 +290,8 @@ impl Default for Seed {
             miniprogram_appids: default_appids(),
             accounts: Vec::new(),
             upgrade_service: SeedUpgradeService::default(),
+            kf_mode: None,
+            api_enabled: true,
         }
     }
 }

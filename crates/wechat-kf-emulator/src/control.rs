@@ -5,7 +5,7 @@
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
@@ -14,7 +14,9 @@ use std::collections::HashMap;
 
 use crate::Emulator;
 use crate::clock::Millis;
+use crate::config::KfMode;
 use crate::ids;
+use crate::json::is_id_charset;
 use crate::state::media::{self, Media, MediaType};
 use crate::state::session::Entry;
 use crate::state::{ControlError, State as EmuState, ordered_json};
@@ -96,6 +98,8 @@ pub(crate) fn router() -> Router<Emulator> {
             get(callback_url).put(set_callback_url),
         )
         .route("/emulator/callback/token", post(callback_token))
+        .route("/emulator/callback/auth_change", post(callback_auth_change))
+        .route("/emulator/corp", get(corp).put(set_corp))
         .route("/emulator/callbacks", get(callbacks))
         .route("/emulator/tokens/revoke", post(tokens_revoke))
         .route("/emulator/media", post(upload_media))
@@ -484,6 +488,123 @@ async fn callback_token(State(emu): State<Emulator>, body: Bytes) -> Reply {
     ))
 }
 
+/// Most ids per list of a `kf_account_auth_change` callback.
+const MAX_AUTH_CHANGE_IDS: usize = 1000;
+
+fn bad_auth_change_ids(key: &str) -> ControlError {
+    ControlError::BadRequest(format!(
+        "{key} must be an array of open_kfids (1-64 bytes of [0-9a-zA-Z_-]), at most {MAX_AUTH_CHANGE_IDS}"
+    ))
+}
+
+/// The ids of one list, validated (they end up inside CDATA sections).
+fn checked_ids(key: &str, ids: &[&str]) -> Result<Vec<String>, ControlError> {
+    if ids.len() > MAX_AUTH_CHANGE_IDS {
+        return Err(bad_auth_change_ids(key));
+    }
+    ids.iter()
+        .map(|id| {
+            if !id.is_empty() && id.len() <= 64 && is_id_charset(id) {
+                Ok(id.to_string())
+            } else {
+                Err(bad_auth_change_ids(key))
+            }
+        })
+        .collect()
+}
+
+/// The strings of `v[key]` (absent or null: none).
+fn auth_change_ids<'a>(v: &'a Value, key: &str) -> Result<Vec<&'a str>, ControlError> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(|id| id.as_str().ok_or_else(|| bad_auth_change_ids(key)))
+            .collect(),
+        Some(_) => Err(bad_auth_change_ids(key)),
+    }
+}
+
+/// Sends a `kf_account_auth_change` callback (see [`Emulator::send_auth_change`]).
+pub(crate) async fn auth_change(
+    emu: &Emulator,
+    add: &[&str],
+    del: &[&str],
+) -> Result<Value, ControlError> {
+    let add = checked_ids("add", add)?;
+    let del = checked_ids("del", del)?;
+    if emu.callback_url().is_none() {
+        return Err(ControlError::Conflict("no callback URL configured".into()));
+    }
+    emu.with_state(|s, _| {
+        for (list, managed) in [(&add, true), (&del, false)] {
+            for id in list {
+                if let Some(account) = s.accounts.get_mut(id) {
+                    account.managed_by_api = managed;
+                }
+            }
+        }
+    });
+    let outcome = crate::callbacks::auth_change(emu, &add, &del)
+        .await
+        .ok_or_else(|| ControlError::Conflict("no callback URL configured".into()))?;
+    Ok(json!({"delivery": outcome.delivery, "ok": outcome.ok, "attempts": outcome.attempts}))
+}
+
+async fn callback_auth_change(State(emu): State<Emulator>, body: Bytes) -> Reply {
+    let v = parse(&body)?;
+    object(&v)?;
+    let add = auth_change_ids(&v, "add")?;
+    let del = auth_change_ids(&v, "del")?;
+    Ok(axum::Json(auth_change(&emu, &add, &del).await?))
+}
+
+async fn corp(State(emu): State<Emulator>) -> Reply {
+    Ok(axum::Json(emu.with_state(|s, _| s.corp_json())))
+}
+
+/// `PUT /emulator/corp`: any of `api_enabled`, `kf_mode` ("standalone", "wecom" or null),
+/// `verified`, `wechat_channels_binding`. Validates everything before changing anything.
+async fn set_corp(State(emu): State<Emulator>, body: Bytes) -> Reply {
+    let v = parse(&body)?;
+    let m = object(&v)?;
+    let flag = |key: &str| match m.get(key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(ControlError::BadRequest(format!("{key} must be a boolean"))),
+    };
+    let api_enabled = flag("api_enabled")?;
+    let verified = flag("verified")?;
+    let channels = flag("wechat_channels_binding")?;
+    let kf_mode = match m.get("kf_mode") {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(Value::String(mode)) => Some(Some(KfMode::parse(mode).ok_or_else(|| {
+            ControlError::BadRequest("kf_mode is \"standalone\", \"wecom\" or null".into())
+        })?)),
+        Some(_) => {
+            return Err(ControlError::BadRequest(
+                "kf_mode is \"standalone\", \"wecom\" or null".into(),
+            ));
+        }
+    };
+    Ok(axum::Json(emu.with_state(|s, _| {
+        if let Some(v) = api_enabled {
+            s.corp.api_enabled = v;
+        }
+        if let Some(v) = verified {
+            s.corp.verified = v;
+        }
+        if let Some(v) = channels {
+            s.corp.wechat_channels_binding = v;
+        }
+        if let Some(v) = kf_mode {
+            s.corp.kf_mode = v;
+        }
+        s.corp_json()
+    })))
+}
+
 async fn callbacks(State(emu): State<Emulator>) -> Reply {
     Ok(axum::Json(emu.callback_attempts()))
 }
@@ -498,9 +619,21 @@ async fn tokens_revoke(State(emu): State<Emulator>, body: Bytes) -> Reply {
     Ok(axum::Json(json!({"revoked": n})))
 }
 
+/// Content types that say nothing about the bytes (curl's `--data-binary` sends the form type).
+fn is_generic_content_type(t: &str) -> bool {
+    let t = t.split(';').next().unwrap_or("").trim();
+    t.eq_ignore_ascii_case("application/octet-stream")
+        || t.eq_ignore_ascii_case("application/x-www-form-urlencoded")
+}
+
+/// `POST /emulator/media?type=&filename=&content_type=` with the raw bytes as body. The
+/// Content-Type served by `media/get` is the `content_type` parameter, else the request's
+/// Content-Type, else (or for a generic one such as `application/octet-stream`) the type's
+/// default.
 async fn upload_media(
     State(emu): State<Emulator>,
     Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Reply {
     let kind = q
@@ -509,12 +642,34 @@ async fn upload_media(
         .ok_or_else(|| {
             ControlError::BadRequest("type must be image, voice, video or file".into())
         })?;
-    let filename = q
-        .get("filename")
-        .cloned()
-        .unwrap_or_else(|| format!("{}.bin", kind.as_str()));
-    let content_type =
-        media::content_type_for(kind, &body, q.get("content_type").map(String::as_str));
+    let filename = match q.get("filename").filter(|f| !f.is_empty()) {
+        Some(f) if f.len() > 255 || f.chars().any(char::is_control) => {
+            return Err(ControlError::BadRequest(
+                "filename: at most 255 bytes, no control characters".into(),
+            ));
+        }
+        Some(f) => f.clone(),
+        None => format!("{}.bin", kind.as_str()),
+    };
+    let declared = q
+        .get("content_type")
+        .map(String::as_str)
+        .or_else(|| {
+            headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !is_generic_content_type(t));
+    let content_type = match declared {
+        Some(t) if HeaderValue::from_str(t).is_ok() => t.to_string(),
+        Some(_) => {
+            return Err(ControlError::BadRequest(
+                "content_type is not a valid header value".into(),
+            ));
+        }
+        None => media::content_type_for(kind, &body, None),
+    };
     let id = emu.with_state(|s, now| {
         let max = s.max_media_bytes;
         s.media.insert(

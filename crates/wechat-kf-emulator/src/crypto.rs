@@ -188,6 +188,34 @@ pub fn kf_event_plaintext(corp_id: &str, create_time: i64, token: &str, open_kfi
     )
 }
 
+/// The decrypted `kf_account_auth_change` XML (callbacks.md §5.3), with one repeated
+/// `AuthAddOpenKfId` / `AuthDelOpenKfId` element per id, in the order given. The ids must not
+/// contain `]]>` (the control API only accepts `[0-9a-zA-Z_-]`).
+pub fn auth_change_plaintext(
+    corp_id: &str,
+    create_time: i64,
+    add: &[String],
+    del: &[String],
+) -> String {
+    let mut xml = format!(
+        "<xml><ToUserName><![CDATA[{corp_id}]]></ToUserName><FromUserName><![CDATA[sys]]></FromUserName>\
+<CreateTime>{create_time}</CreateTime><MsgType><![CDATA[event]]></MsgType>\
+<Event><![CDATA[kf_account_auth_change]]></Event>"
+    );
+    for id in add {
+        xml.push_str(&format!(
+            "<AuthAddOpenKfId><![CDATA[{id}]]></AuthAddOpenKfId>"
+        ));
+    }
+    for id in del {
+        xml.push_str(&format!(
+            "<AuthDelOpenKfId><![CDATA[{id}]]></AuthDelOpenKfId>"
+        ));
+    }
+    xml.push_str("</xml>");
+    xml
+}
+
 /// The encrypted POST envelope (callbacks.md §5.3); `AgentID` is sent empty.
 pub fn envelope_xml(corp_id: &str, encrypted: &str) -> String {
     format!(
@@ -287,6 +315,25 @@ mod tests {
             crypt.verify_and_decrypt(sig, "1411443780", "437374424", echostr),
             Err(CryptoError::Signature)
         );
+    }
+
+    #[test]
+    fn auth_change_has_one_element_per_id_in_order() {
+        let xml = auth_change_plaintext(
+            "wwCorp",
+            1_348_831_860,
+            &["wkA".into(), "wkB".into()],
+            &["wkC".into()],
+        );
+        assert_eq!(
+            xml,
+            "<xml><ToUserName><![CDATA[wwCorp]]></ToUserName><FromUserName><![CDATA[sys]]></FromUserName>\
+<CreateTime>1348831860</CreateTime><MsgType><![CDATA[event]]></MsgType>\
+<Event><![CDATA[kf_account_auth_change]]></Event>\
+<AuthAddOpenKfId><![CDATA[wkA]]></AuthAddOpenKfId><AuthAddOpenKfId><![CDATA[wkB]]></AuthAddOpenKfId>\
+<AuthDelOpenKfId><![CDATA[wkC]]></AuthDelOpenKfId></xml>"
+        );
+        assert!(!auth_change_plaintext("ww", 1, &[], &[]).contains("Auth"));
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub const MEDIA_TOO_LARGE: i64 = 45001;
 pub const CONTENT_TOO_LONG: i64 = 45002;
 /// API call frequency exceeded.
 pub const FREQUENCY_LIMITED: i64 = 45009;
+/// Concurrency limit of an API (e.g. the same media_id downloaded repeatedly at once).
+pub const CONCURRENCY_LIMITED: i64 = 45033;
 /// API forbidden for this app / token.
 pub const API_FORBIDDEN: i64 = 48002;
 /// Userid does not exist.
@@ -84,18 +86,26 @@ pub const INVALID_MSG_TOKEN: i64 = 95007;
 pub const TOO_MANY_MENU_ITEMS: i64 = 95008;
 /// Invalid menu item type.
 pub const INVALID_MENU_ITEM_TYPE: i64 = 95009;
+/// KF in WeCom mode, token from the standalone KF secret.
+pub const WECOM_MODE_STANDALONE_SECRET: i64 = 95011;
+/// KF in standalone mode, token from a WeCom app secret.
+pub const STANDALONE_MODE_WECOM_SECRET: i64 = 95012;
 /// Session already ended.
 pub const SESSION_ENDED: i64 = 95013;
 /// Not a servicer of the account.
 pub const NOT_A_SERVICER: i64 = 95014;
 /// Session state transition not allowed.
 pub const TRANSITION_NOT_ALLOWED: i64 = 95016;
+/// The API switch is off.
+pub const API_SWITCH_OFF: i64 = 95017;
 /// Session state does not allow sending.
 pub const STATE_FORBIDS_SENDING: i64 = 95018;
 /// Servicer stopped or suspended.
 pub const SERVICER_NOT_RECEIVING: i64 = 95019;
 /// userid / chat_id not in the upgrade-service configuration.
 pub const NOT_IN_UPGRADE_CONFIG: i64 = 95021;
+/// The customer has not actively sent a message within 48 h (menu clicks do not count) [1].
+pub const NO_ACTIVE_CUSTOMER_MESSAGE: i64 = 95024;
 /// Unverified corp: at most 10 accounts.
 pub const UNVERIFIED_ACCOUNT_LIMIT: i64 = 95027;
 /// recall_msg: msgid not found.

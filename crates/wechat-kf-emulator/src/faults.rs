@@ -27,6 +27,9 @@ pub enum FaultKind {
     EmptyPage,
     /// Revoke every access token, then handle the call (which then answers 40014).
     InvalidateTokens,
+    /// `media/get` only: answer 45033 (concurrent downloads of the same media_id), so that a
+    /// client's retry with backoff can be tested.
+    MediaBusy,
 }
 
 /// One injected fault.
@@ -94,6 +97,7 @@ impl Fault {
             ),
             "empty_page" => FaultKind::EmptyPage,
             "invalidate_tokens" | "token_invalidation" => FaultKind::InvalidateTokens,
+            "media_busy" | "45033" => FaultKind::MediaBusy,
             other => return Err(format!("unknown fault kind {other:?}")),
         };
         let count = obj.get("count").and_then(Value::as_u64);
@@ -122,6 +126,7 @@ impl Fault {
             FaultKind::Errcode(c, m) => json!({"kind":"errcode","errcode":c,"errmsg":m}),
             FaultKind::EmptyPage => json!({"kind":"empty_page"}),
             FaultKind::InvalidateTokens => json!({"kind":"invalidate_tokens"}),
+            FaultKind::MediaBusy => json!({"kind":"media_busy"}),
         };
         let mut v = kind;
         v["id"] = json!(self.id);
@@ -134,7 +139,11 @@ impl Fault {
     fn applies(&self, path: &str, now: Millis) -> bool {
         let live = self.remaining != Some(0) && self.until.is_none_or(|u| now < u);
         let path_ok = self.path.as_deref().is_none_or(|p| p == path);
-        let kind_ok = self.kind != FaultKind::EmptyPage || path == "kf/sync_msg";
+        let kind_ok = match self.kind {
+            FaultKind::EmptyPage => path == "kf/sync_msg",
+            FaultKind::MediaBusy => path == "media/get",
+            _ => true,
+        };
         live && path_ok && kind_ok
     }
 }
@@ -204,6 +213,11 @@ pub(crate) async fn middleware(
             emu.with_state(|s, _| s.access_tokens.revoke(None));
             next.run(req).await
         }
+        Some(FaultKind::MediaBusy) => ApiError::new(
+            crate::errors::CONCURRENCY_LIMITED,
+            "api concurrent out of limit: the same media_id is being downloaded",
+        )
+        .into_response(),
     }
 }
 
@@ -252,6 +266,22 @@ mod tests {
             take(&mut faults, "kf/sync_msg", 0),
             Some(FaultKind::EmptyPage)
         );
+    }
+
+    #[test]
+    fn media_busy_only_hits_media_get_and_counts_down() {
+        let f = Fault::parse(&json!({"kind":"media_busy","count":2}), 1, 0).unwrap();
+        let mut faults = vec![f];
+        assert_eq!(take(&mut faults, "media/upload", 0), None);
+        assert_eq!(
+            take(&mut faults, "media/get", 0),
+            Some(FaultKind::MediaBusy)
+        );
+        assert_eq!(
+            take(&mut faults, "media/get", 0),
+            Some(FaultKind::MediaBusy)
+        );
+        assert_eq!(take(&mut faults, "media/get", 0), None);
     }
 
     #[test]

@@ -42,16 +42,18 @@
 //! | `POST /emulator/servicer/reject` | `{"open_kfid","external_userid","servicer_userid","reject_switch"}` | `{"msgid"}` |
 //! | `POST /emulator/events` | a raw event object (with `event_type` and `open_kfid`) or a whole item `{"event":{…}, "msgid"?, "send_time"?}`, one or an array | `{"msgids"}` |
 //! | `GET /emulator/outbox?open_kfid=&external_userid=` | | `{"messages":[{"msgid","open_kfid","external_userid","endpoint","code_kind","send_time","recalled","request"}]}` |
-//! | `POST /emulator/faults` | `{"path"?: "kf/sync_msg" (default all), "kind": "http_status"\|"delay"\|"drop"\|"errcode"\|"empty_page"\|"invalidate_tokens", "status"?, "delay_ms"?, "errcode"?, "errmsg"?, "count"?, "seconds"?}` or an array; default `count` 1 | `{"ids"}` |
+//! | `POST /emulator/faults` | `{"path"?: "kf/sync_msg" (default all), "kind": "http_status"\|"delay"\|"drop"\|"errcode"\|"empty_page"\|"invalidate_tokens"\|"media_busy", "status"?, "delay_ms"?, "errcode"?, "errmsg"?, "count"?, "seconds"?}` or an array; default `count` 1 | `{"ids"}` |
 //! | `GET` / `DELETE /emulator/faults` | | `{"faults"}` / `{"cleared"}` |
-//! | `GET /emulator/state` | | accounts, sessions, counters |
+//! | `GET /emulator/state` | | corp, accounts, sessions, blocked IPs, counters |
+//! | `GET` / `PUT /emulator/corp` | `{"api_enabled"?, "kf_mode"?: "standalone"\|"wecom"\|null, "verified"?, "wechat_channels_binding"?}` | the corp settings |
 //! | `GET /emulator/clock`, `POST /emulator/clock/advance` | `{"seconds": N}` | `{"now","now_ms","offset_seconds"}` |
 //! | `POST /emulator/callback/verify` | `{"url"?}` | `{"ok","status","expected","received"}` |
 //! | `GET` / `PUT /emulator/callback/url` | `{"url": "…" \| null}` | `{"url"}` |
 //! | `POST /emulator/callback/token` | `{"open_kfid"}` | `{"token","expires_at"}`: a sync_msg token as if a callback had carried it |
-//! | `GET /emulator/callbacks` | | `{"attempts":[{"delivery","attempt","open_kfid","token","status","error","ok","at"}]}` |
+//! | `POST /emulator/callback/auth_change` | `{"add"?: [open_kfid…], "del"?: [open_kfid…]}` | `{"delivery","ok","attempts"}` after an encrypted `kf_account_auth_change` callback |
+//! | `GET /emulator/callbacks` | | `{"attempts":[{"delivery","event","attempt","open_kfid","token","status","error","ok","at"}]}` |
 //! | `POST /emulator/tokens/revoke` | `{"access_token"?}` | `{"revoked"}` |
-//! | `POST /emulator/media?type=&filename=` | raw bytes | `{"media_id"}` (no size or format checks) |
+//! | `POST /emulator/media?type=&filename=&content_type=` | raw bytes (Content-Type honoured) | `{"media_id"}` (no size or format checks) |
 //!
 //! Control errors answer 400 (bad input), 404 (unknown account / session) or 409 (action does not
 //! fit the state) with `{"error": "…"}`.
@@ -80,7 +82,9 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use config::{Config, ConfigError, Seed, SeedAccount, SeedServicer, SeedUpgradeService};
+pub use config::{
+    Config, ConfigError, KfMode, Seed, SeedAccount, SeedServicer, SeedUpgradeService,
+};
 pub use state::ControlError;
 
 use clock::{Clock, Millis};
@@ -314,8 +318,8 @@ impl Emulator {
                 .deliveries
                 .iter()
                 .map(|d| {
-                    json!({"delivery": d.delivery, "attempt": d.attempt, "open_kfid": d.open_kfid, "token": d.token,
-                           "status": d.status, "error": d.error, "ok": d.ok, "at": d.at / 1000})
+                    json!({"delivery": d.delivery, "event": d.event, "attempt": d.attempt, "open_kfid": d.open_kfid,
+                           "token": d.token, "status": d.status, "error": d.error, "ok": d.ok, "at": d.at / 1000})
                 })
                 .collect();
             json!({"attempts": list})
@@ -334,6 +338,32 @@ impl Emulator {
     /// Sends the URL-verification GET to the callback URL; reports whether the echo matched.
     pub async fn verify_callback_url(&self) -> Value {
         callbacks::verify(self, None).await
+    }
+
+    /// Sends one encrypted `kf_account_auth_change` callback with an `AuthAddOpenKfId` element per
+    /// id of `add` and an `AuthDelOpenKfId` per id of `del` (same as
+    /// `POST /emulator/callback/auth_change`), and waits for the outcome, retries included:
+    /// `{"delivery","ok","attempts"}`. Known accounts in `add` become API-managed, those in `del`
+    /// stop being (48002 afterwards). Ids are 1-64 bytes of `[0-9a-zA-Z_-]`; without a callback
+    /// URL this is a conflict.
+    pub async fn send_auth_change(
+        &self,
+        add: &[&str],
+        del: &[&str],
+    ) -> Result<Value, ControlError> {
+        control::auth_change(self, add, del).await
+    }
+
+    /// Turns the API switch on or off at runtime (off: every `kf/` call except
+    /// `kf/customer/batchget` answers 95017).
+    pub fn set_api_enabled(&self, enabled: bool) {
+        self.with_state(|s, _| s.corp.api_enabled = enabled);
+    }
+
+    /// Sets the corp's KF mode at runtime (`None`: not enforced; otherwise tokens of the other
+    /// kind of secret answer 95011 / 95012 on `kf/` calls).
+    pub fn set_kf_mode(&self, mode: Option<KfMode>) {
+        self.with_state(|s, _| s.corp.kf_mode = mode);
     }
 
     // ----- crate internals -----

@@ -116,17 +116,28 @@ impl axum::serve::Listener for KillableListener {
 
 /// Per-connection handle, available to handlers as `ConnectInfo<ConnHandle>`.
 #[derive(Debug, Clone)]
-pub struct ConnHandle(Arc<AtomicBool>);
+pub struct ConnHandle {
+    killed: Arc<AtomicBool>,
+    peer: SocketAddr,
+}
 
 impl ConnHandle {
     /// Makes every further read and write on the connection fail.
     pub fn kill(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.killed.store(true, Ordering::Relaxed);
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
     }
 }
 
 impl Connected<IncomingStream<'_, KillableListener>> for ConnHandle {
     fn connect_info(stream: IncomingStream<'_, KillableListener>) -> Self {
-        ConnHandle(stream.io().killed.clone())
+        ConnHandle {
+            killed: stream.io().killed.clone(),
+            peer: *stream.remote_addr(),
+        }
     }
 }

@@ -414,3 +414,172 @@ fn the_emulator_crypto_reproduces_crypto_md_v6_exactly() {
         "467bf8f952ba7e3bac9e4ef87bf2b307c1b5bf1a"
     );
 }
+
+/// Every `<tag>` text of a flat XML document, in order.
+fn xml_all(xml: &str, tag: &str) -> Vec<String> {
+    let open = format!("<{tag}><![CDATA[");
+    let close = format!("]]></{tag}>");
+    xml.split(&open)
+        .skip(1)
+        .filter_map(|rest| rest.split_once(&close).map(|(v, _)| v.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_auth_change_callback_carries_repeated_add_and_del_elements() {
+    let (r, url) = receiver().await;
+    let running = start(fast_config(Some(url))).await;
+    let emu = running.emulator().clone();
+    let config = emu.config().clone();
+    let kept = emu.create_account("保留");
+    let revoked = emu.create_account("撤销");
+    let client = reqwest::Client::new();
+    let base = running.base_url();
+    let v: Value = client
+        .post(format!("{base}/emulator/callback/auth_change"))
+        .json(&json!({"add": [kept, "wkNew0001"], "del": [revoked]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (v["ok"].as_bool(), v["attempts"].as_u64()),
+        (Some(true), Some(1))
+    );
+    let (query, body) = r.posts.lock().unwrap()[0].clone();
+    let crypt = MsgCrypt::new(
+        &config.callback_token,
+        &config.encoding_aes_key,
+        &config.corp_id,
+    )
+    .unwrap();
+    let encrypted = crypto::xml_field(&body, "Encrypt").unwrap();
+    let plain = crypt
+        .verify_and_decrypt(
+            &query["msg_signature"],
+            &query["timestamp"],
+            &query["nonce"],
+            &encrypted,
+        )
+        .unwrap();
+    assert_eq!(
+        crypto::xml_field(&plain, "Event").as_deref(),
+        Some("kf_account_auth_change")
+    );
+    assert_eq!(
+        crypto::xml_field(&plain, "FromUserName").as_deref(),
+        Some("sys")
+    );
+    assert_eq!(
+        crypto::xml_field(&plain, "ToUserName").as_deref(),
+        Some(config.corp_id.as_str())
+    );
+    assert_eq!(
+        xml_all(&plain, "AuthAddOpenKfId"),
+        [kept.as_str(), "wkNew0001"]
+    );
+    assert_eq!(xml_all(&plain, "AuthDelOpenKfId"), [revoked.as_str()]);
+    assert!(plain.find("AuthAddOpenKfId") < plain.find("AuthDelOpenKfId"));
+    let attempts = emu.callback_attempts();
+    assert_eq!(attempts["attempts"][0]["event"], "kf_account_auth_change");
+    // The revoked account is no longer under API management.
+    let access = token(&client, &base, &config).await;
+    let call = |kf: String| {
+        let client = client.clone();
+        let url = format!("{base}/cgi-bin/kf/sync_msg?access_token={access}");
+        async move {
+            let v: Value = client
+                .post(url)
+                .json(&json!({"open_kfid": kf}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["errcode"].as_i64().unwrap()
+        }
+    };
+    assert_eq!(call(kept.clone()).await, 0);
+    assert_eq!(call(revoked.clone()).await, 48002);
+    // An empty change is a valid callback too; a bad id is refused before sending.
+    assert_eq!(emu.send_auth_change(&[], &[]).await.unwrap()["ok"], true);
+    assert!(emu.send_auth_change(&["wk]]>x"], &[]).await.is_err());
+    assert_eq!(r.posts.lock().unwrap().len(), 2);
+    assert_eq!(
+        emu.send_auth_change(&[&revoked], &[]).await.unwrap()["ok"],
+        true
+    );
+    assert_eq!(call(revoked).await, 0);
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_auth_change_is_retried_like_any_callback_and_needs_a_callback_url() {
+    let (r, url) = receiver().await;
+    r.fail_first.store(2, Ordering::SeqCst);
+    let running = start(fast_config(Some(url))).await;
+    let emu = running.emulator();
+    let v = emu.send_auth_change(&["wkA"], &[]).await.unwrap();
+    assert_eq!(
+        (v["ok"].as_bool(), v["attempts"].as_u64()),
+        (Some(true), Some(3))
+    );
+    let posts = r.posts.lock().unwrap().clone();
+    assert_eq!(posts.len(), 3);
+    assert!(posts.iter().all(|p| p == &posts[0]), "identical retries");
+    emu.set_callback_url(None);
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!(
+            "{}/emulator/callback/auth_change",
+            running.base_url()
+        ))
+        .json(&json!({"add": ["wkA"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 409);
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn wrong_secrets_over_tcp_block_the_peer_address() {
+    let mut config = fast_config(None);
+    config.gettoken_wrong_secret_limit = 3;
+    let running = start(config).await;
+    let config = running.emulator().config().clone();
+    let client = reqwest::Client::new();
+    let url = |secret: &str| {
+        format!(
+            "{}/cgi-bin/gettoken?corpid={}&corpsecret={secret}",
+            running.base_url(),
+            config.corp_id
+        )
+    };
+    for _ in 0..3 {
+        let v: Value = client
+            .get(url("wrong"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["errcode"], 40001);
+    }
+    let v: Value = client
+        .get(url(&config.secret))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["errcode"], 40001);
+    let state = running.emulator().state_snapshot();
+    assert_eq!(state["blocked_ips"][0]["ip"], "127.0.0.1");
+    running.shutdown().await;
+}

@@ -1,7 +1,11 @@
 //! `media/upload`, `media/uploadimg` and `media/get` (endpoints.md §1.14).
 
 use std::collections::HashMap;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
+use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Request};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -194,7 +198,57 @@ fn parse_range(value: &str, total: usize) -> Option<Result<(usize, usize), ()>> 
     Some(Ok(range))
 }
 
-/// `media/get?media_id=`: bytes with headers, Range support, JSON errors.
+/// One `media/get` download in flight: counted per media_id until the response body has been
+/// handed to the connection (or dropped), so that concurrent downloads of one id can answer 45033.
+struct DownloadGuard {
+    emu: Emulator,
+    media_id: String,
+}
+
+impl Drop for DownloadGuard {
+    fn drop(&mut self) {
+        let id = std::mem::take(&mut self.media_id);
+        self.emu.with_state(|s, _| {
+            if let Some(n) = s.media_downloads.get_mut(&id) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    s.media_downloads.remove(&id);
+                }
+            }
+        });
+    }
+}
+
+/// A one-chunk response body that keeps its [`DownloadGuard`] alive until it is dropped.
+struct GuardedBytes {
+    data: Option<Bytes>,
+    _guard: Option<DownloadGuard>,
+}
+
+impl futures::Stream for GuardedBytes {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Poll::Ready(self.data.take().map(Ok))
+    }
+}
+
+/// A response with `data` as its body (explicit Content-Length) and the guard inside it.
+fn guarded(status: StatusCode, data: Bytes, guard: Option<DownloadGuard>) -> Response {
+    let len = data.len();
+    let body = Body::from_stream(GuardedBytes {
+        data: Some(data),
+        _guard: guard,
+    });
+    let mut response = (status, body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    response
+}
+
+/// `media/get?media_id=`: bytes with headers, Range support, JSON errors; more than
+/// `Config::media_get_concurrency_per_id` downloads of one id in flight → 45033.
 pub(super) fn get(
     emu: &Emulator,
     query: &HashMap<String, String>,
@@ -204,7 +258,26 @@ pub(super) fn get(
         .get("media_id")
         .filter(|m| !m.is_empty())
         .ok_or_else(|| ApiError::new(errors::MISSING_MEDIA_ID, "media_id missing"))?;
-    let media = emu.with_state(|s, now| s.media.get(id, now).cloned())?;
+    let limit = emu.config().media_get_concurrency_per_id;
+    let media = emu.with_state(|s, now| {
+        let media = s.media.get(id, now)?.clone();
+        if limit > 0 {
+            let in_flight = s.media_downloads.entry(id.clone()).or_default();
+            if *in_flight >= limit {
+                return Err(ApiError::new(
+                    errors::CONCURRENCY_LIMITED,
+                    "api concurrent out of limit: the same media_id is being downloaded",
+                ));
+            }
+            *in_flight += 1;
+        }
+        Ok(media)
+    })?;
+    // Created right after counting, so every return below releases the slot again.
+    let guard = (limit > 0).then(|| DownloadGuard {
+        emu: emu.clone(),
+        media_id: id.clone(),
+    });
     let total = media.data.len();
     let range = headers
         .get(header::RANGE)
@@ -225,11 +298,11 @@ pub(super) fn get(
                     "range larger than 20 MB",
                 ));
             }
-            let mut r = (
+            let mut r = guarded(
                 StatusCode::PARTIAL_CONTENT,
                 media.data.slice(start..end + 1),
-            )
-                .into_response();
+                guard,
+            );
             if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{total}")) {
                 r.headers_mut().insert(header::CONTENT_RANGE, v);
             }
@@ -242,7 +315,7 @@ pub(super) fn get(
                     "file larger than 20 MB: use Range",
                 ));
             }
-            (StatusCode::OK, media.data.clone()).into_response()
+            guarded(StatusCode::OK, media.data.clone(), guard)
         }
     };
     let h = response.headers_mut();

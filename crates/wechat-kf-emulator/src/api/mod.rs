@@ -13,9 +13,10 @@ mod sync;
 mod token;
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
 
-use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 
@@ -23,6 +24,7 @@ use crate::Emulator;
 use crate::clock::{HOUR, MINUTE};
 use crate::errors::{self, ApiError, ApiResult, json_response};
 use crate::faults::EmptyPageFault;
+use crate::server::ConnHandle;
 
 /// Largest JSON body accepted by the API (the real limit is unpublished).
 const MAX_JSON_BODY: usize = 2 * 1024 * 1024;
@@ -167,6 +169,8 @@ pub(crate) struct Call {
     pub body: Bytes,
     /// Whether an `empty_page` fault applies to this call.
     pub empty_page: bool,
+    /// The client's IP (see [`client_ip`]).
+    pub client_ip: IpAddr,
 }
 
 impl Call {
@@ -191,6 +195,20 @@ pub(crate) fn parse_query(query: Option<&str>) -> HashMap<String, String> {
         out.entry(decode(k)).or_insert_with(|| decode(v));
     }
     out
+}
+
+/// The client IP: the first `X-Forwarded-For` entry if it parses (a proxy in front of the
+/// emulator, or a test simulating several clients), else the TCP peer, else (in-process calls
+/// through `router().oneshot`) 127.0.0.1.
+pub(crate) fn client_ip(headers: &HeaderMap, conn: Option<&ConnHandle>) -> IpAddr {
+    let forwarded = headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.trim().parse::<IpAddr>().ok());
+    forwarded
+        .or_else(|| conn.map(|c| c.peer().ip()))
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
 /// Handles every request under /cgi-bin/.
@@ -222,6 +240,11 @@ pub(crate) async fn dispatch(State(emu): State<Emulator>, req: Request) -> Respo
         return into_response(Err(e));
     }
     let empty_page = req.extensions().get::<EmptyPageFault>().is_some();
+    let conn = req
+        .extensions()
+        .get::<ConnectInfo<ConnHandle>>()
+        .map(|c| &c.0);
+    let client_ip = client_ip(req.headers(), conn);
     let Some(handler) = handler else {
         return match path {
             "media/upload" => into_response(media::upload(&emu, &query, req, false).await),
@@ -243,11 +266,13 @@ pub(crate) async fn dispatch(State(emu): State<Emulator>, req: Request) -> Respo
         query,
         body,
         empty_page,
+        client_ip,
     };
     into_response(handler(&emu, &call))
 }
 
-/// Rate limit (45009) and access_token (41001 / 40014 / 42001) checks.
+/// Rate limit (45009), access_token (41001 / 40014 / 42001) and, for `kf/` calls, credential
+/// mode (95011 / 95012) and API switch (95017) checks.
 fn admit(emu: &Emulator, path: &'static str, query: &HashMap<String, String>) -> ApiResult<()> {
     let per_minute = emu.config().api_calls_per_minute;
     let per_hour = emu.config().api_calls_per_hour;
@@ -260,8 +285,10 @@ fn admit(emu: &Emulator, path: &'static str, query: &HashMap<String, String>) ->
             ));
         }
         if path != "gettoken" {
-            s.access_tokens
+            let kind = s
+                .access_tokens
                 .check(query.get("access_token").map(String::as_str), now)?;
+            s.check_kf_call(path, kind)?;
         }
         Ok(())
     })

@@ -62,10 +62,10 @@ pub(super) fn sync_msg(emu: &Emulator, call: &Call) -> ApiResult<Response> {
             // Injected fault: no items, no progress, but "more available".
             let next_cursor = cursor
                 .map(str::to_string)
-                .unwrap_or_else(|| account.log.page(from, 0).next_cursor);
+                .unwrap_or_else(|| account.log.page(from, 0, now).next_cursor);
             return Ok(build(&next_cursor, true, ""));
         }
-        let page = account.log.page(from, limit);
+        let page = account.log.page(from, limit, now);
         Ok(build(&page.next_cursor, page.has_more, &page.items))
     })?;
     Ok(json_response(StatusCode::OK, page, None))

@@ -59,8 +59,14 @@ impl MessageLog {
         }
     }
 
-    /// Appends one item (already serialized) and drops what fell out of retention.
-    pub fn append(&mut self, time_ms: Millis, json: String, now: Millis) {
+    /// Appends one item (already serialized) and drops what fell out of retention. An item whose
+    /// time is already outside the retention (a `send_time` override more than 72 h in the past)
+    /// is not stored; returns whether it was.
+    pub fn append(&mut self, time_ms: Millis, json: String, now: Millis) -> bool {
+        if time_ms < now - RETENTION {
+            self.prune(now);
+            return false;
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         self.items.push_back(LogItem {
@@ -69,9 +75,12 @@ impl MessageLog {
             json: json.into_boxed_str(),
         });
         self.prune(now);
+        true
     }
 
-    /// Drops items older than 72 h (from the front: the log is in append order) and beyond the cap.
+    /// Drops items older than 72 h from the front and beyond the cap. The log is in append order,
+    /// which is time order unless `send_time` overrides came out of order; an expired item behind
+    /// a newer one stays stored until it reaches the front but is never returned by [`Self::page`].
     pub fn prune(&mut self, now: Millis) {
         let cutoff = now - RETENTION;
         while let Some(front) = self.items.front() {
@@ -108,24 +117,38 @@ impl MessageLog {
     }
 
     /// Up to `limit` items starting at position `from` (`None` = the oldest retained item).
-    /// A position before the retained range restarts at the oldest retained item.
-    pub fn page(&self, from: Option<u64>, limit: usize) -> Page {
+    /// A position before the retained range restarts at the oldest retained item. Items older
+    /// than 72 h at `now` are skipped.
+    pub fn page(&self, from: Option<u64>, limit: usize, now: Millis) -> Page {
+        let cutoff = now - RETENTION;
         let first_seq = self.items.front().map(|i| i.seq).unwrap_or(self.next_seq);
         let start_seq = from.unwrap_or(first_seq).clamp(first_seq, self.next_seq);
         let start = (start_seq - first_seq) as usize;
-        let end = (start + limit).min(self.items.len());
-        let mut items = String::with_capacity((end - start) * 256);
-        for (i, item) in self.items.range(start..end).enumerate() {
-            if i > 0 {
+        let mut items = String::with_capacity(limit.min(self.items.len() - start) * 256);
+        let mut taken = 0;
+        let mut end = start;
+        let mut has_more = false;
+        for item in self.items.range(start..) {
+            if item.time_ms < cutoff {
+                end += 1; // expired behind a newer item: skipped for good
+                continue;
+            }
+            if taken == limit {
+                has_more = true;
+                break;
+            }
+            if taken > 0 {
                 items.push(',');
             }
             items.push_str(&item.json);
+            taken += 1;
+            end += 1;
         }
         let next_seq = first_seq + end as u64;
         Page {
             items,
             next_cursor: self.encode_cursor(next_seq),
-            has_more: end < self.items.len(),
+            has_more,
         }
     }
 }
@@ -146,16 +169,16 @@ mod tests {
     #[test]
     fn pages_walk_the_log_in_order_and_end_caught_up() {
         let log = log_with(5, 0);
-        let p1 = log.page(None, 2);
+        let p1 = log.page(None, 2, 0);
         assert_eq!(
             (p1.items.as_str(), p1.has_more),
             ("{\"i\":0},{\"i\":1}", true)
         );
-        let p2 = log.page(log.decode_cursor(&p1.next_cursor), 2);
+        let p2 = log.page(log.decode_cursor(&p1.next_cursor), 2, 0);
         assert_eq!(p2.items, "{\"i\":2},{\"i\":3}");
-        let p3 = log.page(log.decode_cursor(&p2.next_cursor), 2);
+        let p3 = log.page(log.decode_cursor(&p2.next_cursor), 2, 0);
         assert_eq!((p3.items.as_str(), p3.has_more), ("{\"i\":4}", false));
-        let p4 = log.page(log.decode_cursor(&p3.next_cursor), 2);
+        let p4 = log.page(log.decode_cursor(&p3.next_cursor), 2, 0);
         assert_eq!(
             (p4.items.as_str(), p4.has_more, p4.next_cursor),
             ("", false, p3.next_cursor)
@@ -166,7 +189,7 @@ mod tests {
     fn a_cursor_of_another_log_is_rejected() {
         let a = log_with(1, 0);
         let b = log_with(1, 0);
-        let cursor = a.page(None, 10).next_cursor;
+        let cursor = a.page(None, 10, 0).next_cursor;
         assert!(cursor.len() <= 64);
         assert_eq!(b.decode_cursor(&cursor), None);
         assert_eq!(a.decode_cursor("not a cursor"), None);
@@ -176,10 +199,36 @@ mod tests {
     fn items_older_than_three_days_are_dropped_and_old_cursors_restart_at_the_oldest() {
         let mut log = MessageLog::new(1_000_000);
         log.append(0, "\"old\"".into(), 0);
-        let cursor_at_start = log.page(None, 0).next_cursor;
+        let cursor_at_start = log.page(None, 0, 0).next_cursor;
         log.append(10 * HOUR, "\"new\"".into(), 73 * HOUR);
         assert_eq!(log.len(), 1);
-        let page = log.page(log.decode_cursor(&cursor_at_start), 10);
+        let page = log.page(log.decode_cursor(&cursor_at_start), 10, 73 * HOUR);
         assert_eq!(page.items, "\"new\"");
+    }
+
+    #[test]
+    fn an_item_already_older_than_three_days_is_not_stored() {
+        let mut log = MessageLog::new(1_000_000);
+        let now = 100 * HOUR;
+        assert!(!log.append(now - RETENTION - 1, "\"too old\"".into(), now));
+        assert!(log.append(now - RETENTION, "\"just in\"".into(), now));
+        assert_eq!(log.page(None, 10, now).items, "\"just in\"");
+    }
+
+    #[test]
+    fn an_out_of_order_item_that_expires_behind_a_newer_one_is_skipped() {
+        let mut log = MessageLog::new(1_000_000);
+        let now = 100 * HOUR;
+        log.append(now - HOUR, "\"a\"".into(), now);
+        log.append(now - 70 * HOUR, "\"b\"".into(), now);
+        log.append(now, "\"c\"".into(), now);
+        assert_eq!(log.page(None, 10, now).items, "\"a\",\"b\",\"c\"");
+        let later = now + 3 * HOUR;
+        let page = log.page(None, 10, later);
+        assert_eq!((page.items.as_str(), page.has_more), ("\"a\",\"c\"", false));
+        let first = log.page(None, 1, later);
+        assert_eq!((first.items.as_str(), first.has_more), ("\"a\"", true));
+        let rest = log.page(log.decode_cursor(&first.next_cursor), 1, later);
+        assert_eq!((rest.items.as_str(), rest.has_more), ("\"c\"", false));
     }
 }

@@ -134,6 +134,29 @@ impl MediaStore {
     }
 }
 
+const MB: usize = 1024 * 1024;
+
+/// Largest media of a type that `sync_msg` delivers (endpoints.md §2.1); larger media arrive as
+/// [`oversize_notice`].
+pub fn sync_limit(kind: MediaType) -> usize {
+    match kind {
+        MediaType::Image | MediaType::Voice => 2 * MB,
+        MediaType::Video => 10 * MB,
+        MediaType::File => 20 * MB,
+    }
+}
+
+/// The `text.content` of the notice that replaces media above [`sync_limit`] in `sync_msg`
+/// (the real wording is unpublished; this one is the emulator's choice).
+pub fn oversize_notice(kind: MediaType) -> &'static str {
+    match kind {
+        MediaType::Image => "[图片] 超过 2 MB，无法通过接口接收",
+        MediaType::Voice => "[语音] 超过 2 MB，无法通过接口接收",
+        MediaType::Video => "[视频] 超过 10 MB，无法通过接口接收",
+        MediaType::File => "[文件] 超过 20 MB，无法通过接口接收",
+    }
+}
+
 /// Content-Type for stored bytes of a type (sniffed for images).
 pub fn content_type_for(kind: MediaType, data: &[u8], declared: Option<&str>) -> String {
     match kind {
@@ -154,7 +177,8 @@ pub fn format_ok(kind: MediaType, data: &[u8]) -> bool {
         MediaType::Image => {
             data.starts_with(&[0xFF, 0xD8, 0xFF]) || data.starts_with(b"\x89PNG\r\n\x1a\n")
         }
-        MediaType::Voice => data.starts_with(b"#!AMR"),
+        // AMR-NB file magic (RFC 4867 §5): "#!AMR\n"; AMR-WB ("#!AMR-WB\n") is not AMR.
+        MediaType::Voice => data.starts_with(b"#!AMR\n"),
         MediaType::Video => data.len() >= 8 && &data[4..8] == b"ftyp",
         MediaType::File => true,
     }

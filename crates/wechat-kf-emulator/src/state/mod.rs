@@ -17,14 +17,14 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use serde_json::{Map, Value, json};
 
 use crate::clock::{HOUR, Millis};
-use crate::config::{Config, SeedUpgradeService};
+use crate::config::{Config, KfMode, SeedUpgradeService};
 use crate::errors::{self, ApiError, ApiResult};
 use crate::faults::Fault;
 use crate::ids;
 use log::MessageLog;
 use media::MediaStore;
 use session::Session;
-use tokens::{AccessTokens, CallbackTokens, Window};
+use tokens::{AccessTokens, CallbackTokens, Window, WrongSecrets};
 
 /// Most accounts per corp (current doc), and for unverified corps.
 pub const MAX_ACCOUNTS: usize = 5000;
@@ -187,11 +187,13 @@ pub struct OutboxEntry {
 pub struct DeliveryAttempt {
     /// Delivery id (shared by the retries of one callback).
     pub delivery: u64,
+    /// `kf_msg_or_event` or `kf_account_auth_change`.
+    pub event: &'static str,
     /// 1 for the first attempt.
     pub attempt: u32,
-    /// Account.
+    /// Account (empty for `kf_account_auth_change`).
     pub open_kfid: String,
-    /// The Token the callback carried.
+    /// The Token the callback carried (empty for `kf_account_auth_change`).
     pub token: String,
     /// HTTP status, if a response came.
     pub status: Option<u16>,
@@ -231,6 +233,10 @@ pub struct Corp {
     pub miniprogram_appids: Vec<String>,
     /// Upgrade-service configuration.
     pub upgrade_service: SeedUpgradeService,
+    /// KF mode; `None` = not enforced (95011 / 95012 otherwise).
+    pub kf_mode: Option<KfMode>,
+    /// The API switch (95017 when off).
+    pub api_enabled: bool,
 }
 
 /// Per-account callback coalescing: at most one in flight, one more pending.
@@ -294,6 +300,12 @@ pub struct State {
     pub stats: stats::Stats,
     /// Per-API rate windows (minute, hour).
     pub rate: HashMap<String, (Window, Window)>,
+    /// gettoken calls per minute (corp-wide).
+    pub gettoken_rate: Window,
+    /// Wrong gettoken secrets per client IP, and blocked IPs.
+    pub wrong_secrets: WrongSecrets,
+    /// `media/get` downloads in flight per media_id (45033 above the limit).
+    pub media_downloads: HashMap<String, u32>,
     /// Injected faults.
     pub faults: Vec<Fault>,
     /// Counters.
@@ -314,6 +326,8 @@ pub struct State {
     pub max_log_items: usize,
     /// Media cap.
     pub max_media_bytes: usize,
+    /// Whether send_msg needs a non-menu customer message within 48 h (95024).
+    pub require_active_customer_message: bool,
 }
 
 impl State {
@@ -334,6 +348,9 @@ impl State {
             knowledge: knowledge::Knowledge::new(),
             stats: stats::Stats::default(),
             rate: HashMap::new(),
+            gettoken_rate: Window::default(),
+            wrong_secrets: WrongSecrets::default(),
+            media_downloads: HashMap::new(),
             faults: Vec::new(),
             counters: Counters::default(),
             callback_slots: HashMap::new(),
@@ -345,10 +362,13 @@ impl State {
                 wechat_channels_binding: seed.wechat_channels_binding,
                 miniprogram_appids: seed.miniprogram_appids.clone(),
                 upgrade_service: seed.upgrade_service.clone(),
+                kf_mode: seed.kf_mode,
+                api_enabled: seed.api_enabled,
             },
             max_outbox: config.max_outbox.max(1),
             max_log_items: config.max_log_items,
             max_media_bytes: config.max_media_bytes,
+            require_active_customer_message: config.require_active_customer_message,
         };
         for a in &seed.accounts {
             let id = state.create_account(a.name.clone(), None, a.open_kfid.clone());
@@ -469,10 +489,13 @@ impl State {
         }
     }
 
-    /// Appends a serialized item to an account's log and marks the account for a callback.
+    /// Appends a serialized item to an account's log and marks the account for a callback. An
+    /// item whose `send_time` is already older than the 3-day retention is not stored.
     pub fn append(&mut self, open_kfid: &str, time_ms: Millis, json: String, now: Millis) {
         if let Some(account) = self.accounts.get_mut(open_kfid) {
-            account.log.append(time_ms, json, now);
+            if !account.log.append(time_ms, json, now) {
+                return;
+            }
             self.counters.messages_appended += 1;
             if !self.notify.iter().any(|n| n == open_kfid) {
                 self.notify.push(open_kfid.to_string());
@@ -603,11 +626,19 @@ impl State {
             }
         }
         let messages_in_logs: usize = self.accounts.values().map(|a| a.log.len()).sum();
+        let blocked_ips: Vec<Value> = self
+            .wrong_secrets
+            .blocked_list(now)
+            .into_iter()
+            .map(|(ip, until)| json!({"ip": ip.to_string(), "until": until / 1000}))
+            .collect();
         let c = &self.counters;
         json!({
             "now": now / 1000,
+            "corp": self.corp_json(),
             "accounts": accounts,
             "sessions": sessions,
+            "blocked_ips": blocked_ips,
             "counters": {
                 "calls": c.calls,
                 "gettoken": c.gettoken,
@@ -621,6 +652,47 @@ impl State {
                 "customers": self.customers.len(),
             },
         })
+    }
+
+    /// The runtime corp settings (`GET /emulator/corp`).
+    pub fn corp_json(&self) -> Value {
+        json!({
+            "kf_mode": self.corp.kf_mode.map(KfMode::as_str),
+            "api_enabled": self.corp.api_enabled,
+            "verified": self.corp.verified,
+            "wechat_channels_binding": self.corp.wechat_channels_binding,
+        })
+    }
+
+    /// The corp-level checks of a `kf/` call made with a token of secret kind `kind`:
+    /// 95011 / 95012 for the wrong kind of secret, 95017 when the API switch is off (except
+    /// `kf/customer/batchget`).
+    pub fn check_kf_call(&self, path: &str, kind: KfMode) -> ApiResult<()> {
+        if !path.starts_with("kf/") {
+            return Ok(());
+        }
+        match (self.corp.kf_mode, kind) {
+            (Some(KfMode::Wecom), KfMode::Standalone) => {
+                return Err(ApiError::new(
+                    errors::WECOM_MODE_STANDALONE_SECRET,
+                    "kf is in wecom mode: use the secret of a self-built app",
+                ));
+            }
+            (Some(KfMode::Standalone), KfMode::Wecom) => {
+                return Err(ApiError::new(
+                    errors::STANDALONE_MODE_WECOM_SECRET,
+                    "kf is in standalone mode: use the kf secret",
+                ));
+            }
+            _ => {}
+        }
+        if !self.corp.api_enabled && path != "kf/customer/batchget" {
+            return Err(ApiError::new(
+                errors::API_SWITCH_OFF,
+                "api switch is off (basic-permission mode)",
+            ));
+        }
+        Ok(())
     }
 
     /// Whether the account quota allows one more (95027 / 95005).

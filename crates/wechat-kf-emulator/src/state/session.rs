@@ -36,8 +36,10 @@ pub struct Session {
     pub state: u8,
     /// Servicer in state 3.
     pub servicer: Option<String>,
-    /// Time of the last customer message.
+    /// Time of the last customer message (menu clicks included).
     pub last_customer_msg_at: Option<Millis>,
+    /// Time of the last customer message that was not a menu click (95024).
+    pub last_active_msg_at: Option<Millis>,
     /// API sends since that message.
     pub sends_since: u32,
     /// Whether this session already entered state 2 (queue code issued once).
@@ -58,6 +60,7 @@ impl Default for Session {
             state: 4,
             servicer: None,
             last_customer_msg_at: None,
+            last_active_msg_at: None,
             sends_since: 0,
             entered_queue: false,
             entered_human: false,
@@ -161,8 +164,15 @@ impl State {
         }
     }
 
-    /// Effects of a customer message: state 4 → 0, window re-opened, count reset.
-    pub fn customer_message(&mut self, open_kfid: &str, external_userid: &str, time_ms: Millis) {
+    /// Effects of a customer message: state 4 → 0, window re-opened, count reset. A menu click
+    /// does the same but does not count as the customer actively sending a message (95024).
+    pub fn customer_message(
+        &mut self,
+        open_kfid: &str,
+        external_userid: &str,
+        time_ms: Millis,
+        menu_click: bool,
+    ) {
         let mut new_session = false;
         if let Some(session) = self.session_mut(open_kfid, external_userid) {
             if session.state == 4 {
@@ -175,6 +185,13 @@ impl State {
                     .last_customer_msg_at
                     .map_or(time_ms, |t| t.max(time_ms)),
             );
+            if !menu_click {
+                session.last_active_msg_at = Some(
+                    session
+                        .last_active_msg_at
+                        .map_or(time_ms, |t| t.max(time_ms)),
+                );
+            }
             session.sends_since = 0;
         }
         self.stats
@@ -269,7 +286,7 @@ impl State {
         }))
     }
 
-    /// The `send_msg` preconditions: 40096, 95002, 95018, 95001 (in that order).
+    /// The `send_msg` preconditions: 40096, 95002, 95024, 95018, 95001 (in that order).
     pub fn check_can_send(
         &self,
         open_kfid: &str,
@@ -284,6 +301,16 @@ impl State {
             return Err(ApiError::new(
                 errors::SEND_WINDOW_EXPIRED,
                 "more than 48 hours since the customer's last message",
+            ));
+        }
+        let active = session.and_then(|s| s.last_active_msg_at);
+        if state <= 1
+            && self.require_active_customer_message
+            && active.is_none_or(|t| now - t > WINDOW_48H)
+        {
+            return Err(ApiError::new(
+                errors::NO_ACTIVE_CUSTOMER_MESSAGE,
+                "the customer has not actively sent a message within 48 hours (menu clicks do not count)",
             ));
         }
         if state > 1 {
@@ -398,6 +425,27 @@ impl State {
                 "msgtype {msgtype} needs an object under the key {msgtype:?}"
             )));
         }
+        let menu_click = msgtype == "text"
+            && payload
+                .as_ref()
+                .and_then(|p| p.get("menu_id"))
+                .is_some_and(|m| !m.is_null() && m.as_str() != Some(""));
+        // Media above the sync_msg delivery limits arrives as a text notice (endpoints.md §2.1).
+        let oversized = MediaType::parse(msgtype).filter(|&kind| {
+            payload
+                .as_ref()
+                .and_then(|p| p.get("media_id"))
+                .and_then(Value::as_str)
+                .and_then(|id| self.media.get(id, now).ok())
+                .is_some_and(|m| m.data.len() > media::sync_limit(kind))
+        });
+        let (out_type, payload) = match oversized {
+            Some(kind) => (
+                "text",
+                Some(json!({"content": media::oversize_notice(kind)})),
+            ),
+            None => (msgtype, payload),
+        };
         self.touch_customer(external_userid, Some(input));
         let origin_value = Value::from(origin);
         let servicer_value = servicer.map(Value::from);
@@ -405,7 +453,7 @@ impl State {
         let kfid_value = Value::from(open_kfid);
         let ext_value = Value::from(external_userid);
         let time_value = Value::from(send_time_ms.div_euclid(1000));
-        let type_value = Value::from(msgtype);
+        let type_value = Value::from(out_type);
         let mut fields: Vec<(&str, &Value)> = vec![
             ("msgid", &msgid_value),
             ("open_kfid", &kfid_value),
@@ -418,16 +466,16 @@ impl State {
         }
         fields.push(("msgtype", &type_value));
         if let Some(p) = &payload {
-            fields.push((msgtype, p));
+            fields.push((out_type, p));
         }
         for (k, v) in input {
-            if k != msgtype && !CONTROL_KEYS.contains(&k.as_str()) {
+            if k != msgtype && k != out_type && !CONTROL_KEYS.contains(&k.as_str()) {
                 fields.push((k, v));
             }
         }
         let json = ordered_json(&fields);
         if origin == 3 {
-            self.customer_message(open_kfid, external_userid, send_time_ms);
+            self.customer_message(open_kfid, external_userid, send_time_ms, menu_click);
         }
         self.append(open_kfid, send_time_ms, json, now);
         Ok(msgid)
@@ -773,6 +821,29 @@ mod tests {
                 .code,
             95002
         );
+    }
+
+    #[test]
+    fn menu_clicks_alone_do_not_allow_sending_but_an_earlier_message_does() {
+        let (mut s, id) = setup();
+        let click = json!({"open_kfid": id, "external_userid": "wmC", "msgtype": "text",
+                           "text": {"content": "转人工", "menu_id": "101"}});
+        s.inject_message(click.as_object().unwrap(), 0).unwrap();
+        assert_eq!(s.session(&id, "wmC").unwrap().state, 0);
+        assert_eq!(s.check_can_send(&id, "wmC", 1).unwrap_err().code, 95024);
+        customer_says(&mut s, &id, 2);
+        s.inject_message(click.as_object().unwrap(), 3).unwrap();
+        assert!(s.check_can_send(&id, "wmC", 4).is_ok());
+        s.inject_message(click.as_object().unwrap(), 2 + WINDOW_48H)
+            .unwrap();
+        assert_eq!(
+            s.check_can_send(&id, "wmC", 3 + WINDOW_48H)
+                .unwrap_err()
+                .code,
+            95024
+        );
+        s.require_active_customer_message = false;
+        assert!(s.check_can_send(&id, "wmC", 3 + WINDOW_48H).is_ok());
     }
 
     #[test]

@@ -232,3 +232,241 @@ async fn uploadimg_returns_a_permanent_url() {
         "{v}"
     );
 }
+
+/// Starts a `media/get` of `id` and returns the response without reading its body, so that the
+/// download stays in flight until the response is dropped.
+async fn start_download(app: &App, id: &str) -> axum::response::Response {
+    use tower::ServiceExt;
+    let uri = format!(
+        "/cgi-bin/media/get?access_token={}&media_id={id}",
+        app.token
+    );
+    let req = axum::http::Request::builder()
+        .uri(uri)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    app.emu.router().oneshot(req).await.unwrap()
+}
+
+async fn errcode_of(response: axum::response::Response) -> i64 {
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    code(&v)
+}
+
+#[tokio::test]
+async fn a_third_concurrent_download_of_the_same_media_id_is_45033() {
+    let app = App::new().await;
+    let id = app.image().await;
+    let other = app.image().await;
+    let first = start_download(&app, &id).await;
+    let second = start_download(&app, &id).await;
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
+    assert_eq!(first.headers()["content-length"], "24");
+    assert_eq!(errcode_of(start_download(&app, &id).await).await, 45033);
+    // Another media_id is not affected.
+    assert_eq!(start_download(&app, &other).await.status(), 200);
+    // A finished download frees its slot.
+    let body = axum::body::to_bytes(first.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(&body[..], b"\x89PNG\r\n\x1a\nsome image bytes");
+    let third = start_download(&app, &id).await;
+    assert_eq!(third.status(), 200);
+    drop((second, third));
+    for _ in 0..2 {
+        assert_eq!(start_download(&app, &id).await.status(), 200);
+    }
+}
+
+#[tokio::test]
+async fn the_concurrency_limit_per_media_id_is_configurable() {
+    let mut config = Config::generated();
+    config.media_get_concurrency_per_id = 1;
+    let app = App::with_config(config).await;
+    let id = app.image().await;
+    let held = start_download(&app, &id).await;
+    assert_eq!(errcode_of(start_download(&app, &id).await).await, 45033);
+    drop(held);
+    assert_eq!(start_download(&app, &id).await.status(), 200);
+
+    let mut config = Config::generated();
+    config.media_get_concurrency_per_id = 0;
+    let app = App::with_config(config).await;
+    let id = app.image().await;
+    let held: Vec<_> = futures_held(&app, &id, 5).await;
+    assert!(held.iter().all(|r| r.status() == 200));
+}
+
+async fn futures_held(app: &App, id: &str, n: usize) -> Vec<axum::response::Response> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(start_download(app, id).await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_media_busy_fault_answers_45033_for_the_next_n_downloads() {
+    let app = App::new().await;
+    let id = app.image().await;
+    let (status, _) = app
+        .control(
+            "POST",
+            "/emulator/faults",
+            serde_json::json!({"kind": "media_busy", "count": 2}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // Other APIs are not hit by it.
+    assert_eq!(
+        code(&app.api("kf/account/list", serde_json::json!({})).await),
+        0
+    );
+    let get = format!(
+        "/cgi-bin/media/get?access_token={}&media_id={id}",
+        app.token
+    );
+    for _ in 0..2 {
+        let raw = app.send("GET", &get, None, &[]).await;
+        assert_eq!(code(&raw.json()), 45033);
+        assert_eq!(raw.headers["error-code"], "45033");
+    }
+    let raw = app.send("GET", &get, None, &[]).await;
+    assert_eq!((raw.status.as_u16(), raw.body.len()), (200, 24));
+}
+
+#[tokio::test]
+async fn control_media_keeps_its_file_name_type_and_content_type() {
+    let app = App::new().await;
+    let amr = b"#!AMR\n\x3c\x48\xf5\x1f\x96\x66\x79\xe1".to_vec();
+    let raw = app
+        .send(
+            "POST",
+            "/emulator/media?type=voice&filename=%E8%AF%AD%E9%9F%B3.amr",
+            Some(amr.clone()),
+            &[("content-type", "audio/amr-custom")],
+        )
+        .await;
+    assert_eq!(raw.status, 200);
+    let id = raw.json()["media_id"].as_str().unwrap().to_string();
+    let get = format!(
+        "/cgi-bin/media/get?access_token={}&media_id={id}",
+        app.token
+    );
+    let raw = app.send("GET", &get, None, &[]).await;
+    assert_eq!(raw.body, amr);
+    assert_eq!(raw.headers["content-type"], "audio/amr-custom");
+    assert_eq!(
+        raw.headers["content-disposition"],
+        "attachment; filename=\"__.amr\"; filename*=UTF-8''%E8%AF%AD%E9%9F%B3%2Eamr"
+    );
+    // The content_type parameter wins over the header; a generic header falls back to the type.
+    let raw = app
+        .send(
+            "POST",
+            "/emulator/media?type=file&filename=a.pdf&content_type=application/pdf",
+            Some(b"%PDF-1.4".to_vec()),
+            &[("content-type", "text/plain")],
+        )
+        .await;
+    let id = raw.json()["media_id"].as_str().unwrap().to_string();
+    let get = format!(
+        "/cgi-bin/media/get?access_token={}&media_id={id}",
+        app.token
+    );
+    assert_eq!(
+        app.send("GET", &get, None, &[]).await.headers["content-type"],
+        "application/pdf"
+    );
+    let raw = app
+        .send(
+            "POST",
+            "/emulator/media?type=voice",
+            Some(amr),
+            &[("content-type", "application/octet-stream")],
+        )
+        .await;
+    let id = raw.json()["media_id"].as_str().unwrap().to_string();
+    let get = format!(
+        "/cgi-bin/media/get?access_token={}&media_id={id}",
+        app.token
+    );
+    let raw = app.send("GET", &get, None, &[]).await;
+    assert_eq!(raw.headers["content-type"], "audio/amr");
+    assert_eq!(
+        raw.headers["content-disposition"],
+        "attachment; filename=\"voice.bin\""
+    );
+    let (status, _) = app
+        .control(
+            "POST",
+            "/emulator/media?type=sticker",
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn voice_uploads_must_start_with_the_amr_magic() {
+    let app = App::new().await;
+    let ok = app
+        .upload("voice", "a.amr", b"#!AMR\n\x3c\x48\xf5\x1f")
+        .await;
+    assert_eq!((code(&ok), ok["type"].as_str()), (0, Some("voice")));
+    for bad in [
+        b"#!AMR-WB\n\x3c\x48".as_slice(),
+        b"#!AMRX\x3c\x48\xf5",
+        b"#!SILK_V3\x3c\x48",
+        b"OggS\0\x02\0\0\0\0",
+    ] {
+        assert_eq!(code(&app.upload("voice", "a.amr", bad).await), 301017);
+    }
+}
+
+#[tokio::test]
+async fn a_customer_voice_downloads_the_uploaded_bytes_whatever_the_voice_format() {
+    let app = App::new().await;
+    let kf = app.account().await;
+    let amr = b"#!AMR\n\x3c\x48\xf5\x1f\x96\x66\x79\xe1\xe0\x01".to_vec();
+    let raw = app
+        .send(
+            "POST",
+            "/emulator/media?type=voice&filename=%E8%AF%AD%E9%9F%B3.amr",
+            Some(amr.clone()),
+            &[],
+        )
+        .await;
+    let id = raw.json()["media_id"].as_str().unwrap().to_string();
+    app.emu
+        .customer_send(
+            serde_json::json!({"open_kfid": kf, "external_userid": "wmC",
+            "msgtype": "voice", "voice": {"media_id": id}}),
+        )
+        .unwrap();
+    for voice_format in [0, 1] {
+        let v = app
+            .api(
+                "kf/sync_msg",
+                serde_json::json!({"open_kfid": kf, "voice_format": voice_format}),
+            )
+            .await;
+        assert_eq!(code(&v), 0);
+        assert_eq!(v["msg_list"][0]["msgtype"], "voice");
+        let media_id = v["msg_list"][0]["voice"]["media_id"].as_str().unwrap();
+        assert_eq!(media_id, id);
+        let get = format!(
+            "/cgi-bin/media/get?access_token={}&media_id={media_id}",
+            app.token
+        );
+        let raw = app.send("GET", &get, None, &[]).await;
+        assert_eq!(raw.body, amr, "no transcoding");
+        assert_eq!(raw.headers["content-type"], "audio/amr");
+    }
+}

@@ -319,3 +319,50 @@ async fn recall_works_for_two_minutes_and_still_counts_toward_the_quota() {
         true
     );
 }
+
+fn tap(app: &App, kf: &str, menu_id: &str) {
+    app.emu
+        .customer_send(
+            json!({"open_kfid": kf, "external_userid": "wmC", "msgtype": "text",
+                              "text": {"content": "转人工", "menu_id": menu_id}}),
+        )
+        .unwrap();
+}
+
+#[tokio::test]
+async fn menu_clicks_alone_do_not_let_the_api_send_95024() {
+    let (app, kf) = setup().await;
+    tap(&app, &kf, "101");
+    // The click is delivered by sync_msg and opens the session like a message…
+    let items = app.pull_all(&kf).await;
+    assert_eq!(items[0]["text"]["menu_id"], "101");
+    let state = app
+        .api(
+            "kf/service_state/get",
+            json!({"open_kfid": kf, "external_userid": "wmC"}),
+        )
+        .await;
+    assert_eq!(state["service_state"], 0);
+    // …but it is not the customer actively sending a message.
+    assert_eq!(code(&app.api("kf/send_msg", text(&kf, "x")).await), 95024);
+    app.say(&kf, "wmC", "你好");
+    assert_eq!(code(&app.api("kf/send_msg", text(&kf, "x")).await), 0);
+    // A later click within 48 h of a real message still allows replies.
+    app.emu.advance_clock(Duration::from_secs(47 * 3600));
+    tap(&app, &kf, "102");
+    assert_eq!(code(&app.api("kf/send_msg", text(&kf, "x")).await), 0);
+    // Once the real message is older than 48 h, the click alone is not enough.
+    app.emu.advance_clock(Duration::from_secs(2 * 3600));
+    tap(&app, &kf, "103");
+    assert_eq!(code(&app.api("kf/send_msg", text(&kf, "x")).await), 95024);
+}
+
+#[tokio::test]
+async fn the_menu_click_rule_can_be_switched_off() {
+    let mut config = wechat_kf_emulator::Config::generated();
+    config.require_active_customer_message = false;
+    let app = App::with_config(config).await;
+    let kf = app.account().await;
+    tap(&app, &kf, "101");
+    assert_eq!(code(&app.api("kf/send_msg", text(&kf, "x")).await), 0);
+}

@@ -293,3 +293,138 @@ async fn an_injected_empty_page_keeps_the_cursor_and_says_has_more() {
         .await;
     assert_eq!(v["msg_list"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_backlog_spread_over_four_days_syncs_only_its_last_three_days() {
+    let app = App::new().await;
+    let kf = app.account().await;
+    let now = app.emu.now();
+    // One message every 6 hours from 95 h ago to 5 h ago: 16 messages, oldest first.
+    let backlog: Vec<Value> = (0..16)
+        .map(|i| {
+            let age_hours = 95 - 6 * i;
+            json!({"open_kfid": kf, "external_userid": "wmBacklog", "msgtype": "text",
+                   "text": {"content": format!("{age_hours}h ago")},
+                   "send_time": now - age_hours * 3600})
+        })
+        .collect();
+    app.emu.customer_send(Value::from(backlog)).unwrap();
+    let items = app.pull_all(&kf).await;
+    let contents: Vec<&str> = items
+        .iter()
+        .map(|i| i["text"]["content"].as_str().unwrap())
+        .collect();
+    // 95, 89, 83 and 77 h ago are older than 72 h: gone.
+    assert_eq!(contents.first(), Some(&"71h ago"));
+    assert_eq!(contents.len(), 12);
+    assert!(
+        items
+            .iter()
+            .all(|i| i["send_time"].as_i64().unwrap() >= now - 72 * 3600)
+    );
+    let sends: Vec<i64> = items
+        .iter()
+        .map(|i| i["send_time"].as_i64().unwrap())
+        .collect();
+    assert!(
+        sends.windows(2).all(|w| w[0] <= w[1]),
+        "ascending time order"
+    );
+    // Six hours later the 71 h item has aged out too.
+    app.emu.advance_clock(Duration::from_secs(6 * 3600));
+    let items = app.pull_all(&kf).await;
+    assert_eq!(items.len(), 11);
+    assert_eq!(items[0]["text"]["content"], "65h ago");
+}
+
+#[tokio::test]
+async fn an_old_send_time_injected_after_newer_items_is_never_returned_once_expired() {
+    let app = App::new().await;
+    let kf = app.account().await;
+    let now = app.emu.now();
+    let at = |content: &str, age_hours: i64| {
+        json!({"open_kfid": kf, "external_userid": "wmA", "msgtype": "text",
+               "text": {"content": content}, "send_time": now - age_hours * 3600})
+    };
+    app.emu
+        .customer_send(json!([at("recent", 1), at("four days", 96), at("70h", 70)]))
+        .unwrap();
+    let contents = |items: Vec<Value>| -> Vec<String> {
+        items
+            .iter()
+            .map(|i| i["text"]["content"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(contents(app.pull_all(&kf).await), ["recent", "70h"]);
+    app.emu.advance_clock(Duration::from_secs(3 * 3600));
+    assert_eq!(contents(app.pull_all(&kf).await), ["recent"]);
+    assert_eq!(app.emu.state_snapshot()["counters"]["messages_appended"], 2);
+}
+
+async fn control_media(app: &App, kind: &str, len: usize) -> String {
+    let mut data = match kind {
+        "image" => b"\x89PNG\r\n\x1a\n".to_vec(),
+        "voice" => b"#!AMR\n".to_vec(),
+        "video" => b"\0\0\0\x18ftypmp42".to_vec(),
+        _ => b"%PDF-1.4".to_vec(),
+    };
+    data.resize(len, 0);
+    let raw = app
+        .send(
+            "POST",
+            &format!("/emulator/media?type={kind}&filename=big.{kind}"),
+            Some(data),
+            &[],
+        )
+        .await;
+    raw.json()["media_id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn media_above_the_delivery_limits_arrive_as_a_text_notice() {
+    let app = App::new().await;
+    let kf = app.account().await;
+    const MB: usize = 1024 * 1024;
+    let cases = [
+        ("image", 2 * MB, "[图片] 超过 2 MB，无法通过接口接收"),
+        ("voice", 2 * MB, "[语音] 超过 2 MB，无法通过接口接收"),
+        ("video", 10 * MB, "[视频] 超过 10 MB，无法通过接口接收"),
+        ("file", 20 * MB, "[文件] 超过 20 MB，无法通过接口接收"),
+    ];
+    for (kind, limit, notice) in cases {
+        let at_limit = control_media(&app, kind, limit).await;
+        let above = control_media(&app, kind, limit + 1).await;
+        let send = |id: &str| {
+            let mut m = json!({"open_kfid": kf, "external_userid": "wmBig", "msgtype": kind});
+            m[kind] = json!({"media_id": id});
+            m
+        };
+        let ids = app
+            .emu
+            .customer_send(json!([send(&at_limit), send(&above)]))
+            .unwrap();
+        let items = app.pull_all(&kf).await;
+        let delivered = items
+            .iter()
+            .find(|i| i["msgid"] == ids[0].as_str())
+            .unwrap();
+        assert_eq!(delivered["msgtype"], kind);
+        assert_eq!(delivered[kind]["media_id"], at_limit.as_str());
+        let replaced = items
+            .iter()
+            .find(|i| i["msgid"] == ids[1].as_str())
+            .unwrap();
+        assert_eq!(replaced["msgtype"], "text", "{kind}");
+        assert_eq!(replaced["text"]["content"], notice);
+        assert!(replaced.get(kind).is_none());
+        assert_eq!(replaced["origin"], 3);
+    }
+    // The notice still counts as a customer message for the send window.
+    let v = app
+        .api(
+            "kf/send_msg",
+            json!({"touser": "wmBig", "open_kfid": kf, "msgtype": "text", "text": {"content": "收到"}}),
+        )
+        .await;
+    assert_eq!(code(&v), 0);
+}

@@ -28,6 +28,8 @@ mod sync;
 #[cfg(feature = "client")]
 pub mod client;
 
+#[cfg(feature = "client")]
+pub use client::{Client, ErrCode, Error};
 pub use ids::*;
 pub use message::*;
 pub use sync::*;

@@ -264,9 +264,12 @@ impl<'c> Messages<'c> {
         let call = Call::post("kf/sync_msg", &request)?;
         self.client
             .execute(&call, Expect::Json, |received| {
-                decode_with_envelope("kf/sync_msg", received, |r: &mut SyncMsgResponse| {
-                    (r.errcode, std::mem::take(&mut r.errmsg))
-                })
+                decode_with_envelope(
+                    "kf/sync_msg",
+                    received,
+                    SyncMsgResponse::from_slice,
+                    |r: &mut SyncMsgResponse| (r.errcode, std::mem::take(&mut r.errmsg)),
+                )
             })
             .await
     }

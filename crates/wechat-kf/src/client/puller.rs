@@ -150,16 +150,16 @@ impl DedupWindow {
     }
 
     fn insert(&mut self, msgid: MsgId) {
-        if self.capacity == 0 || self.set.contains(&msgid) {
+        // One hash for the membership test and the insert.
+        if self.capacity == 0 || !self.set.insert(msgid.clone()) {
             return;
         }
-        if self.order.len() >= self.capacity {
+        self.order.push_back(msgid);
+        if self.order.len() > self.capacity {
             if let Some(old) = self.order.pop_front() {
                 self.set.remove(&old);
             }
         }
-        self.set.insert(msgid.clone());
-        self.order.push_back(msgid);
     }
 }
 
@@ -472,28 +472,37 @@ impl Puller {
     }
 
     fn dedup_page(&self, response: SyncMsgResponse) -> Page {
+        if self.dedup.capacity == 0 {
+            // De-duplication switched off: nothing to hash or remember.
+            return Page {
+                messages: response.msg_list,
+                invalid: response.invalid,
+                duplicates: 0,
+                next_cursor: response.next_cursor,
+                has_more: response.has_more,
+                msgids: Vec::new(),
+            };
+        }
         let mut seen: HashSet<MsgId> = HashSet::with_capacity(response.msg_list.len());
         let mut duplicates = 0;
         let mut msgids = Vec::with_capacity(response.msg_list.len() + response.invalid.len());
         let mut messages = Vec::with_capacity(response.msg_list.len());
         for message in response.msg_list {
             let msgid = message.msgid();
-            if self.dedup.contains(msgid) || seen.contains(msgid) {
+            if self.dedup.contains(msgid) || !seen.insert(msgid.clone()) {
                 duplicates += 1;
                 continue;
             }
-            seen.insert(msgid.clone());
             msgids.push(msgid.clone());
             messages.push(message);
         }
         let mut invalid = Vec::with_capacity(response.invalid.len());
         for item in response.invalid {
             if let Some(msgid) = &item.msgid {
-                if self.dedup.contains(msgid) || seen.contains(msgid) {
+                if self.dedup.contains(msgid) || !seen.insert(msgid.clone()) {
                     duplicates += 1;
                     continue;
                 }
-                seen.insert(msgid.clone());
                 msgids.push(msgid.clone());
             }
             invalid.push(item);

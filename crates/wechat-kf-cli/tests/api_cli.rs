@@ -1,0 +1,510 @@
+//! The operator commands (`token`, `accounts`, `sync`, `send`, ...) run as a real process against
+//! an in-process emulator.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use wechat_kf_emulator::{Config, Emulator, RunningEmulator, Seed, SeedAccount, SeedServicer};
+
+const PNG: &[u8] =
+    b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89";
+
+struct Env {
+    running: RunningEmulator,
+    corp_id: String,
+    secret: String,
+}
+
+async fn start() -> Env {
+    let mut config = Config::generated();
+    config.sync_without_token_per_minute = 0;
+    config.seed = Some(Seed {
+        accounts: vec![SeedAccount {
+            open_kfid: Some("wkCli".into()),
+            name: "命令行".into(),
+            managed_by_api: true,
+            servicers: vec![SeedServicer {
+                userid: "zhangsan".into(),
+                status: 0,
+                stop_type: 0,
+                activated: true,
+            }],
+            department_ids: vec![],
+        }],
+        ..Seed::default()
+    });
+    let corp_id = config.corp_id.clone();
+    let secret = config.secret.clone();
+    let running = Emulator::start(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    Env {
+        running,
+        corp_id,
+        secret,
+    }
+}
+
+struct Output {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Env {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wechat-kf"));
+        command
+            .args(args)
+            .env_remove("WECHAT_KF_CONFIG")
+            .env("WECHAT_KF_CORP_ID", &self.corp_id)
+            .env("WECHAT_KF_SECRET", &self.secret)
+            .env("WECHAT_KF_BASE_URL", self.running.base_url())
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null());
+        command
+    }
+
+    async fn run(&self, args: &[&str]) -> Output {
+        let output = self.command(args).output().await.unwrap();
+        Output {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8(output.stdout).unwrap(),
+            stderr: String::from_utf8(output.stderr).unwrap(),
+        }
+    }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        assert_eq!(out.code, 0, "{args:?} failed: {}", out.stderr);
+        out.stdout
+    }
+
+    fn customer_says(&self, user: &str, text: &str) -> String {
+        self.running
+            .emulator()
+            .customer_send(json!({"open_kfid":"wkCli","external_userid":user,"msgtype":"text","text":{"content":text}}))
+            .unwrap()
+            .remove(0)
+    }
+}
+
+fn assert_one_line_error(out: &Output) {
+    assert_eq!(out.code, 1, "stdout: {} stderr: {}", out.stdout, out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "one line: {}", out.stderr);
+    assert!(out.stderr.starts_with("wechat-kf: "), "{}", out.stderr);
+    assert!(!out.stderr.contains("panicked") && !out.stderr.contains("backtrace"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_prints_the_expiry_and_shows_the_token_only_when_asked() {
+    let env = start().await;
+    let out = env.run(&["token"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.starts_with("expires_at="));
+    assert!(out.stderr.contains("valid until"));
+    let shown = env.ok(&["token", "--show"]).await;
+    let token = shown.trim();
+    assert!(!token.is_empty());
+    assert!(!out.stdout.contains(token) && !out.stderr.contains(token));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_can_come_from_a_config_file_and_their_absence_is_one_line() {
+    let env = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kf.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "corp_id = \"{}\"\nsecret = \"{}\"\nbase_url = \"{}\"\n",
+            env.corp_id,
+            env.secret,
+            env.running.base_url()
+        ),
+    )
+    .unwrap();
+    let out = env
+        .command(&["accounts", "list", "--config", path.to_str().unwrap()])
+        .env_remove("WECHAT_KF_CORP_ID")
+        .env_remove("WECHAT_KF_SECRET")
+        .env_remove("WECHAT_KF_BASE_URL")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("wkCli"));
+
+    let out = env
+        .command(&["accounts", "list"])
+        .env_remove("WECHAT_KF_SECRET")
+        .output()
+        .await
+        .unwrap();
+    let out = Output {
+        code: out.status.code().unwrap(),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    };
+    assert_one_line_error(&out);
+    assert!(out.stderr.contains("no secret"));
+
+    std::fs::write(&path, "corp_id = 1\n").unwrap();
+    let out = env
+        .run(&["accounts", "list", "--config", path.to_str().unwrap()])
+        .await;
+    assert_one_line_error(&out);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accounts_and_contact_links_are_managed_from_the_command_line() {
+    let env = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let avatar = dir.path().join("avatar.png");
+    std::fs::write(&avatar, PNG).unwrap();
+    let media_id = env
+        .ok(&[
+            "media",
+            "upload",
+            "--type",
+            "image",
+            avatar.to_str().unwrap(),
+        ])
+        .await;
+    let open_kfid = env
+        .ok(&[
+            "accounts",
+            "add",
+            "--name",
+            "新客服",
+            "--media-id",
+            media_id.trim(),
+        ])
+        .await;
+    let open_kfid = open_kfid.trim();
+    env.ok(&[
+        "accounts",
+        "update",
+        "--open-kfid",
+        open_kfid,
+        "--name",
+        "改名",
+    ])
+    .await;
+    let list = env.ok(&["accounts", "list"]).await;
+    let accounts: Vec<Value> = list
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        accounts
+            .iter()
+            .any(|a| a["open_kfid"] == open_kfid && a["name"] == "改名")
+    );
+    let url = env
+        .ok(&["contact-way", "--open-kfid", open_kfid, "--scene", "s1"])
+        .await;
+    assert!(url.trim().starts_with("http"));
+    env.ok(&["accounts", "del", "--open-kfid", open_kfid]).await;
+    let out = env
+        .run(&["accounts", "del", "--open-kfid", open_kfid])
+        .await;
+    assert_one_line_error(&out);
+    assert!(out.stderr.contains("errcode 95"), "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_prints_every_message_exactly_as_received_and_resumes_from_a_cursor() {
+    let env = start().await;
+    let first = env.customer_says("wmAlice", "你好");
+    env.running
+        .emulator()
+        .customer_send(json!({"open_kfid":"wkCli","external_userid":"wmAlice","msgtype":"location","location":{"latitude":"north"}}))
+        .unwrap();
+    for i in 0..5 {
+        env.customer_says("wmBob", &format!("message {i}"));
+    }
+    let out = env
+        .run(&["sync", "--open-kfid", "wkCli", "--limit", "3"])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        7,
+        "6 messages + 1 undecodable item: {}",
+        out.stdout
+    );
+    let parsed: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(parsed[0]["msgid"], first.as_str());
+    assert_eq!(parsed[0]["text"]["content"], "你好");
+    assert!(
+        out.stdout.contains("\"north\""),
+        "the undecodable item is printed too"
+    );
+    assert!(out.stderr.contains("did not decode"));
+    assert!(out.stderr.contains("page 3:"), "{}", out.stderr);
+    let cursor = out
+        .stderr
+        .lines()
+        .last()
+        .unwrap()
+        .rsplit("next cursor: ")
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(!cursor.is_empty());
+    let newer = env.customer_says("wmAlice", "还有一个问题");
+    let again = env
+        .ok(&["sync", "--open-kfid", "wkCli", "--cursor", &cursor])
+        .await;
+    let lines: Vec<Value> = again
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["msgid"], newer.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_follow_keeps_printing_new_messages() {
+    let env = start().await;
+    env.customer_says("wmAlice", "first");
+    let mut child = env
+        .command(&[
+            "sync",
+            "--open-kfid",
+            "wkCli",
+            "--follow",
+            "--interval",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    async fn read(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> String {
+        tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("a line in time")
+            .unwrap()
+            .unwrap()
+    }
+    let line = read(&mut lines).await;
+    assert!(line.contains("first"));
+    env.customer_says("wmAlice", "second");
+    let line = read(&mut lines).await;
+    assert!(line.contains("second"));
+    child.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_recall_and_state_work_from_the_command_line() {
+    let env = start().await;
+    env.customer_says("wmCarol", "hi");
+    let msgid = env
+        .ok(&[
+            "send",
+            "--open-kfid",
+            "wkCli",
+            "--to",
+            "wmCarol",
+            "text",
+            "你好",
+        ])
+        .await;
+    env.ok(&["recall", "--open-kfid", "wkCli", "--msgid", msgid.trim()])
+        .await;
+    let menu = env
+        .ok(&[
+            "send",
+            "--open-kfid",
+            "wkCli",
+            "--to",
+            "wmCarol",
+            "--msgid",
+            "menu-1",
+            "menu",
+            "--head",
+            "请选择",
+            "--item",
+            "click:101:转人工",
+            "--item",
+            "view:FAQ:https://example.com/faq",
+            "--item",
+            "text:9:00-18:00",
+        ])
+        .await;
+    assert_eq!(menu.trim(), "menu-1");
+    env.ok(&[
+        "send",
+        "--open-kfid",
+        "wkCli",
+        "--to",
+        "wmCarol",
+        "location",
+        "--latitude",
+        "-23.5",
+        "--longitude",
+        "113.2",
+        "--name",
+        "门店",
+    ])
+    .await;
+    let outbox = env
+        .running
+        .emulator()
+        .outbox(Some("wkCli"), Some("wmCarol"));
+    let menu_request = &outbox["messages"][1]["request"];
+    assert_eq!(
+        menu_request["msgmenu"]["list"][1]["view"]["url"],
+        "https://example.com/faq"
+    );
+    assert_eq!(
+        outbox["messages"][2]["request"]["location"]["latitude"],
+        -23.5
+    );
+
+    // Rejected locally: one line, exit 1, nothing sent.
+    let out = env
+        .run(&[
+            "send",
+            "--open-kfid",
+            "wkCli",
+            "--to",
+            "wmCarol",
+            "text",
+            "",
+        ])
+        .await;
+    assert_one_line_error(&out);
+    assert!(out.stderr.contains("text.content"));
+
+    let state = env
+        .ok(&[
+            "state",
+            "get",
+            "--open-kfid",
+            "wkCli",
+            "--external-userid",
+            "wmCarol",
+        ])
+        .await;
+    let state: Value = serde_json::from_str(state.trim()).unwrap();
+    assert_eq!(state["service_state"], 1);
+    let code = env
+        .ok(&[
+            "state",
+            "trans",
+            "--open-kfid",
+            "wkCli",
+            "--external-userid",
+            "wmCarol",
+            "--state",
+            "3",
+            "--servicer-userid",
+            "zhangsan",
+        ])
+        .await;
+    assert!(!code.trim().is_empty(), "a connect msg_code is printed");
+    let out = env
+        .run(&[
+            "send",
+            "--open-kfid",
+            "wkCli",
+            "--to",
+            "wmCarol",
+            "text",
+            "still there?",
+        ])
+        .await;
+    assert_one_line_error(&out);
+    assert!(out.stderr.contains("95018"), "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn servicers_customers_and_media_commands_print_json_and_files() {
+    let env = start().await;
+    let added = env
+        .ok(&[
+            "servicers",
+            "add",
+            "--open-kfid",
+            "wkCli",
+            "--userid",
+            "lisi",
+            "--department-id",
+            "5",
+        ])
+        .await;
+    assert_eq!(added.lines().count(), 2);
+    let list = env.ok(&["servicers", "list", "--open-kfid", "wkCli"]).await;
+    assert!(list.contains("\"lisi\"") && list.contains("\"department_id\":5"));
+    env.ok(&[
+        "servicers",
+        "del",
+        "--open-kfid",
+        "wkCli",
+        "--userid",
+        "lisi",
+    ])
+    .await;
+
+    env.running
+        .emulator()
+        .customer_send(json!({"open_kfid":"wkCli","external_userid":"wmDan","msgtype":"text","text":{"content":"hi"},"nickname":"丹"}))
+        .unwrap();
+    let out = env.run(&["customers", "get", "wmDan", "wmNobody"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let customer: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(customer["nickname"], "丹");
+    assert!(out.stderr.contains("wmNobody"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("说明.txt");
+    std::fs::write(&file, "some text content").unwrap();
+    let media_id = env
+        .ok(&["media", "upload", "--type", "file", file.to_str().unwrap()])
+        .await;
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let written = env
+        .ok(&[
+            "media",
+            "download",
+            "--media-id",
+            media_id.trim(),
+            "--dir",
+            out_dir.to_str().unwrap(),
+        ])
+        .await;
+    assert!(written.trim().ends_with("说明.txt"), "{written}");
+    assert_eq!(
+        std::fs::read_to_string(written.trim()).unwrap(),
+        "some text content"
+    );
+    let out = env
+        .run(&[
+            "media",
+            "download",
+            "--media-id",
+            "no-such-media",
+            "--dir",
+            out_dir.to_str().unwrap(),
+        ])
+        .await;
+    assert_one_line_error(&out);
+    assert!(out.stderr.contains("40007"));
+}

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::ValidationError;
 use crate::MediaId;
+// Menus and locations have one shape both ways; the received types are the sent types.
+pub use crate::message::{Location, MenuItem, MsgMenu};
 
 /// Which msgmenu limits to enforce (README.md §0.3 item 9).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -152,236 +154,6 @@ impl Miniprogram {
     /// Adds a title.
     pub fn title(mut self, title: impl Into<String>) -> Self {
         self.title = Some(title.into());
-        self
-    }
-}
-
-/// `msgmenu` payload.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct MsgMenu {
-    /// Text before the items, ≤ 1024 bytes.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub head_content: Option<String>,
-    /// The items.
-    pub list: Vec<MenuItem>,
-    /// Text after the items, ≤ 1024 bytes.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tail_content: Option<String>,
-}
-
-impl MsgMenu {
-    /// An empty menu.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Sets the text before the items.
-    pub fn head(mut self, head: impl Into<String>) -> Self {
-        self.head_content = Some(head.into());
-        self
-    }
-
-    /// Appends an item.
-    pub fn item(mut self, item: MenuItem) -> Self {
-        self.list.push(item);
-        self
-    }
-
-    /// Sets the text after the items.
-    pub fn tail(mut self, tail: impl Into<String>) -> Self {
-        self.tail_content = Some(tail.into());
-        self
-    }
-}
-
-/// One msgmenu item.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MenuItem {
-    /// A reply button: tapping it makes the customer send `content` as a text message with
-    /// `menu_id` = `id`.
-    Click {
-        /// Item id, 1–64 bytes (128 with [`MenuRules::Extended`]), optional.
-        id: Option<String>,
-        /// Label, 1–128 bytes.
-        content: String,
-    },
-    /// A link.
-    View {
-        /// Target URL, 1–2048 bytes.
-        url: String,
-        /// Label, 1–1024 bytes.
-        content: String,
-    },
-    /// A mini-program page.
-    Miniprogram {
-        /// Mini program appid, 1–32 bytes.
-        appid: String,
-        /// Page path, 1–1024 bytes.
-        pagepath: String,
-        /// Label, 1–1024 bytes.
-        content: String,
-    },
-    /// Plain text (the two characters `\` `n` produce a line break).
-    Text {
-        /// 1–256 bytes.
-        content: String,
-        /// `true` = no line break after the item.
-        no_newline: bool,
-    },
-}
-
-impl MenuItem {
-    /// A click item with an id.
-    pub fn click(id: impl Into<String>, content: impl Into<String>) -> Self {
-        MenuItem::Click {
-            id: Some(id.into()),
-            content: content.into(),
-        }
-    }
-
-    /// A view (link) item.
-    pub fn view(url: impl Into<String>, content: impl Into<String>) -> Self {
-        MenuItem::View {
-            url: url.into(),
-            content: content.into(),
-        }
-    }
-
-    /// A mini-program item.
-    pub fn miniprogram(
-        appid: impl Into<String>,
-        pagepath: impl Into<String>,
-        content: impl Into<String>,
-    ) -> Self {
-        MenuItem::Miniprogram {
-            appid: appid.into(),
-            pagepath: pagepath.into(),
-            content: content.into(),
-        }
-    }
-
-    /// A text item followed by a line break.
-    pub fn text(content: impl Into<String>) -> Self {
-        MenuItem::Text {
-            content: content.into(),
-            no_newline: false,
-        }
-    }
-
-    /// The item's `type` on the wire.
-    pub fn item_type(&self) -> &'static str {
-        match self {
-            MenuItem::Click { .. } => "click",
-            MenuItem::View { .. } => "view",
-            MenuItem::Miniprogram { .. } => "miniprogram",
-            MenuItem::Text { .. } => "text",
-        }
-    }
-
-    fn is_interactive(&self) -> bool {
-        !matches!(self, MenuItem::Text { .. })
-    }
-}
-
-impl Serialize for MenuItem {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct Click<'a> {
-            #[serde(skip_serializing_if = "Option::is_none")]
-            id: Option<&'a str>,
-            content: &'a str,
-        }
-        #[derive(Serialize)]
-        struct View<'a> {
-            url: &'a str,
-            content: &'a str,
-        }
-        #[derive(Serialize)]
-        struct Mini<'a> {
-            appid: &'a str,
-            pagepath: &'a str,
-            content: &'a str,
-        }
-        #[derive(Serialize)]
-        struct TextItem<'a> {
-            content: &'a str,
-            no_newline: u32,
-        }
-        let mut map = serializer.serialize_map(Some(2))?;
-        map.serialize_entry("type", self.item_type())?;
-        match self {
-            MenuItem::Click { id, content } => map.serialize_entry(
-                "click",
-                &Click {
-                    id: id.as_deref(),
-                    content,
-                },
-            )?,
-            MenuItem::View { url, content } => {
-                map.serialize_entry("view", &View { url, content })?
-            }
-            MenuItem::Miniprogram {
-                appid,
-                pagepath,
-                content,
-            } => map.serialize_entry(
-                "miniprogram",
-                &Mini {
-                    appid,
-                    pagepath,
-                    content,
-                },
-            )?,
-            MenuItem::Text {
-                content,
-                no_newline,
-            } => map.serialize_entry(
-                "text",
-                &TextItem {
-                    content,
-                    no_newline: u32::from(*no_newline),
-                },
-            )?,
-        }
-        map.end()
-    }
-}
-
-/// `location` payload.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Location {
-    /// Place name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address: Option<String>,
-    /// Latitude, −90…90.
-    pub latitude: f64,
-    /// Longitude, −180…180.
-    pub longitude: f64,
-}
-
-impl Location {
-    /// A location at the given coordinates.
-    pub fn new(latitude: f64, longitude: f64) -> Self {
-        Self {
-            name: None,
-            address: None,
-            latitude,
-            longitude,
-        }
-    }
-
-    /// Adds a place name.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// Adds an address.
-    pub fn address(mut self, address: impl Into<String>) -> Self {
-        self.address = Some(address.into());
         self
     }
 }
@@ -599,26 +371,29 @@ fn validate_menu(menu: &MsgMenu, rules: MenuRules) -> Result<(), ValidationError
     for (index, item) in menu.list.iter().enumerate() {
         let field = |name: &str| format!("msgmenu.list[{index}].{}.{name}", item.item_type());
         match item {
-            MenuItem::Click { id, content } => {
-                if let Some(id) = id {
+            MenuItem::Click(click) => {
+                if let Some(id) = &click.id {
                     bytes_in(&field("id"), id, 1, rules.max_click_id())?;
                 }
-                bytes_in(&field("content"), content, 1, 128)?;
+                bytes_in(&field("content"), &click.content, 1, 128)?;
             }
-            MenuItem::View { url, content } => {
-                bytes_in(&field("url"), url, 1, 2048)?;
-                bytes_in(&field("content"), content, 1, 1024)?;
+            MenuItem::View(view) => {
+                bytes_in(&field("url"), &view.url, 1, 2048)?;
+                bytes_in(&field("content"), &view.content, 1, 1024)?;
             }
-            MenuItem::Miniprogram {
-                appid,
-                pagepath,
-                content,
-            } => {
-                bytes_in(&field("appid"), appid, 1, 32)?;
-                bytes_in(&field("pagepath"), pagepath, 1, 1024)?;
-                bytes_in(&field("content"), content, 1, 1024)?;
+            MenuItem::MiniProgram(mini) => {
+                bytes_in(&field("appid"), &mini.appid, 1, 32)?;
+                bytes_in(&field("pagepath"), &mini.pagepath, 1, 1024)?;
+                bytes_in(&field("content"), &mini.content, 1, 1024)?;
             }
-            MenuItem::Text { content, .. } => bytes_in(&field("content"), content, 1, 256)?,
+            MenuItem::Text(text) => bytes_in(&field("content"), &text.content, 1, 256)?,
+            // Kept from a received menu; the server knows only the four types (95009).
+            _ => {
+                return Err(ValidationError::new(
+                    format!("msgmenu.list[{index}].type"),
+                    "only click, view, miniprogram and text items can be sent",
+                ));
+            }
         }
     }
     Ok(())

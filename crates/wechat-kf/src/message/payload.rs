@@ -48,7 +48,7 @@ media_payload!(
     File
 );
 
-/// `location`: a shared location.
+/// `location`: a shared location (received, and sent with `send_msg`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Location {
     /// Latitude, −90…90 (sent as a number; a numeric string is accepted too).
@@ -63,6 +63,30 @@ pub struct Location {
     /// Address of the place.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+}
+
+impl Location {
+    /// A location at the given coordinates.
+    pub fn new(latitude: f64, longitude: f64) -> Self {
+        Self {
+            latitude,
+            longitude,
+            name: None,
+            address: None,
+        }
+    }
+
+    /// Sets the place name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Sets the address.
+    pub fn address(mut self, address: impl Into<String>) -> Self {
+        self.address = Some(address.into());
+        self
+    }
 }
 
 /// `link`: a shared article or web page.
@@ -106,8 +130,20 @@ pub struct MiniProgram {
     pub thumb_media_id: Option<MediaId>,
 }
 
-/// `msgmenu`: a menu message (same shape as the outbound menu of `send_msg`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `msgmenu`: a menu message. The same type is received in `sync_msg` and sent with
+/// `send_msg` / `send_msg_on_event` (the client validates it against the documented limits).
+///
+/// ```
+/// use wechat_kf::{MenuItem, MsgMenu};
+///
+/// let menu = MsgMenu::new()
+///     .head("请选择：")
+///     .item(MenuItem::click("101", "转人工"))
+///     .item(MenuItem::view("https://example.com/faq", "常见问题"))
+///     .tail("感谢咨询");
+/// assert_eq!(menu.list[0].item_type(), "click");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MsgMenu {
     /// Text before the items.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -120,8 +156,33 @@ pub struct MsgMenu {
     pub tail_content: Option<String>,
 }
 
+impl MsgMenu {
+    /// An empty menu.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the text before the items.
+    pub fn head(mut self, head: impl Into<String>) -> Self {
+        self.head_content = Some(head.into());
+        self
+    }
+
+    /// Appends an item.
+    pub fn item(mut self, item: MenuItem) -> Self {
+        self.list.push(item);
+        self
+    }
+
+    /// Sets the text after the items.
+    pub fn tail(mut self, tail: impl Into<String>) -> Self {
+        self.tail_content = Some(tail.into());
+        self
+    }
+}
+
 /// One item of a [`MsgMenu`], tagged by its `type`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MenuItem {
     /// `click`: tapping it sends a text message with `menu_id` = `id`.
@@ -134,6 +195,69 @@ pub enum MenuItem {
     Text(MenuText),
     /// An item type this library does not know, kept as its original JSON.
     Unknown(RawPayload),
+}
+
+impl MenuItem {
+    /// A reply button: tapping it makes the customer send `content` with `menu_id` = `id`.
+    pub fn click(id: impl Into<String>, content: impl Into<String>) -> Self {
+        Self::Click(MenuClick {
+            id: Some(id.into()),
+            content: content.into(),
+        })
+    }
+
+    /// A link.
+    pub fn view(url: impl Into<String>, content: impl Into<String>) -> Self {
+        Self::View(MenuView {
+            url: url.into(),
+            content: content.into(),
+        })
+    }
+
+    /// A mini program page.
+    pub fn miniprogram(
+        appid: impl Into<String>,
+        pagepath: impl Into<String>,
+        content: impl Into<String>,
+    ) -> Self {
+        Self::MiniProgram(MenuMiniProgram {
+            appid: appid.into(),
+            pagepath: pagepath.into(),
+            content: content.into(),
+        })
+    }
+
+    /// Plain text followed by a line break (`no_newline: 0`, as in the official example).
+    pub fn text(content: impl Into<String>) -> Self {
+        Self::Text(MenuText {
+            content: content.into(),
+            no_newline: Some(0),
+        })
+    }
+
+    /// Plain text with no line break after it (`no_newline: 1`).
+    pub fn text_without_newline(content: impl Into<String>) -> Self {
+        Self::Text(MenuText {
+            content: content.into(),
+            no_newline: Some(1),
+        })
+    }
+
+    /// The item's `type` on the wire (`unknown` for an item type this library does not know).
+    pub fn item_type(&self) -> &str {
+        match self {
+            Self::Click(_) => "click",
+            Self::View(_) => "view",
+            Self::MiniProgram(_) => "miniprogram",
+            Self::Text(_) => "text",
+            Self::Unknown(_) => "unknown",
+        }
+    }
+
+    /// Whether tapping the item does something (every type but `text`).
+    pub fn is_interactive(&self) -> bool {
+        !matches!(self, Self::Text(_))
+    }
 }
 
 /// A `click` menu item.
@@ -360,6 +484,8 @@ impl PartialEq for RawPayload {
         self.0.get() == other.0.get()
     }
 }
+
+impl Eq for RawPayload {}
 
 impl Serialize for RawPayload {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

@@ -1,6 +1,7 @@
 //! `send <type>` and `send-on-event`: one subcommand per outbound message type.
 
 use clap::{Args, Subcommand};
+use wechat_kf::MenuClick;
 use wechat_kf::client::{
     Link, Location, MenuItem, Miniprogram, MsgMenu, OutboundMessage, SendMsgOnEventRequest,
     SendMsgRequest, SendMsgResponse,
@@ -155,10 +156,10 @@ fn parse_item(spec: &str) -> Result<MenuItem, CliError> {
         "click" => {
             let (id, label) = rest.split_once(':').ok_or_else(bad)?;
             Ok(if id.is_empty() {
-                MenuItem::Click {
+                MenuItem::Click(MenuClick {
                     id: None,
                     content: label.to_owned(),
-                }
+                })
             } else {
                 MenuItem::click(id, label)
             })
@@ -181,45 +182,9 @@ fn parse_item(spec: &str) -> Result<MenuItem, CliError> {
     }
 }
 
-/// Reads a msgmenu object given as JSON.
+/// Reads a msgmenu object given as JSON (the same shape `sync_msg` returns and `send_msg` takes).
 fn menu_from_json(json: &str) -> Result<MsgMenu, CliError> {
-    let value: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| CliError::Usage(format!("invalid --json: {e}")))?;
-    let text =
-        |v: &serde_json::Value, key: &str| v.get(key).and_then(|s| s.as_str()).map(str::to_owned);
-    let mut menu = MsgMenu::new();
-    menu.head_content = text(&value, "head_content");
-    menu.tail_content = text(&value, "tail_content");
-    for item in value
-        .get("list")
-        .and_then(|l| l.as_array())
-        .into_iter()
-        .flatten()
-    {
-        let kind = item.get("type").and_then(|t| t.as_str()).unwrap_or("");
-        let body = item.get(kind).cloned().unwrap_or_default();
-        let field = |key: &str| text(&body, key).unwrap_or_default();
-        menu.list.push(match kind {
-            "click" => MenuItem::Click {
-                id: text(&body, "id"),
-                content: field("content"),
-            },
-            "view" => MenuItem::view(field("url"), field("content")),
-            "miniprogram" => {
-                MenuItem::miniprogram(field("appid"), field("pagepath"), field("content"))
-            }
-            "text" => MenuItem::Text {
-                content: field("content"),
-                no_newline: body.get("no_newline").and_then(|n| n.as_u64()).unwrap_or(0) != 0,
-            },
-            other => {
-                return Err(CliError::Usage(format!(
-                    "--json: unknown menu item type {other:?}"
-                )));
-            }
-        });
-    }
-    Ok(menu)
+    serde_json::from_str(json).map_err(|e| CliError::Usage(format!("invalid --json: {e}")))
 }
 
 fn build_message(command: MessageCommand) -> Result<OutboundMessage, CliError> {

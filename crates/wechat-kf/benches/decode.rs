@@ -192,7 +192,10 @@ fn main() {
         ("`serde_json` → `IgnoredAny` (baseline, validation only)", b),
         ("`SyncMsgResponse` (typed + raw kept + every text read)", o),
         ("naive `flatten` + internally tagged (+ raw via `Value`)", n),
-        ("naive `flatten` + internally tagged, typed only (no raw kept)", t),
+        (
+            "naive `flatten` + internally tagged, typed only (no raw kept)",
+            t,
+        ),
     ] {
         println!(
             "| {name} | {:.0} µs | {:.0} | {:.0} | {:.2}× |",

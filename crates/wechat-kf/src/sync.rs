@@ -178,16 +178,8 @@ fn decode_items(
     // Real items are 150–400 bytes; reserving up front avoids regrowth of a full page.
     response.msg_list.reserve((text.len() - start) / 192);
     scan::array_elements(text.as_bytes(), start, &mut |pos| {
-        let end = match decode_prefix(&text[pos..], interner) {
-            Prefix::Decoded {
-                len,
-                envelope,
-                content,
-            } => {
-                let message = Message::from_decoded(text, pos, pos + len, envelope, content);
-                response.msg_list.push(message);
-                pos + len
-            }
+        let end = match decode_prefix(text, pos, interner, &mut response.msg_list) {
+            Prefix::Decoded { len } => pos + len,
             Prefix::Invalid { len, error } => {
                 let raw = RawValue::from_string(text[pos..pos + len].to_owned())
                     .map_err(|_| scan::ScanError { offset: pos })?;

@@ -11,13 +11,14 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{Envelope, Event, MessageContent, RawContent, RawPayload};
+use super::{Envelope, Event, Message, MessageContent, RawContent, RawPayload};
 use crate::ids::Interner;
 use crate::{ExternalUserId, MsgId, OpenKfId, Origin, UserId};
 
@@ -49,43 +50,51 @@ pub(super) fn decode(
     fast(raw, interner).map_err(|error| locate(raw, error))
 }
 
-/// The outcome of decoding the item at the start of a text that continues after it.
+/// How decoding the item at the start of a page's remaining text went.
 pub(crate) enum Prefix {
-    /// The item decoded; it is `len` bytes long.
-    Decoded {
-        len: usize,
-        envelope: Envelope,
-        content: MessageContent,
-    },
+    /// The item decoded and was pushed; it is `len` bytes long.
+    Decoded { len: usize },
     /// The item is `len` bytes of JSON that do not decode as a message.
     Invalid { len: usize, error: DecodeError },
     /// Not even the item's extent can be found: the text is not JSON.
     Broken,
 }
 
-/// Decodes the item at the start of `text` in one pass, learning its length from the parser;
-/// only an item that fails is delimited by the structural scanner instead.
-pub(crate) fn decode_prefix(text: &str, interner: &mut Interner) -> Prefix {
-    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<Parts<'_>>();
+/// Decodes the item starting at `text[start..]` in one pass, learning its length from the
+/// parser, and pushes it onto `out` (built in place: messages are large enough that every
+/// avoided move shows). Only an item that fails is delimited by the structural scanner.
+pub(crate) fn decode_prefix(
+    text: &Arc<str>,
+    start: usize,
+    interner: &mut Interner,
+    out: &mut Vec<Message>,
+) -> Prefix {
+    let rest = &text[start..];
+    let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<Parts<'_>>();
     match stream.next() {
         Some(Ok(parts)) => {
             let len = stream.byte_offset();
             match finish(parts, interner) {
-                Ok((envelope, content)) => Prefix::Decoded {
-                    len,
-                    envelope,
-                    content,
-                },
+                Ok((envelope, content)) => {
+                    out.push(Message::from_decoded(
+                        text,
+                        start,
+                        start + len,
+                        envelope,
+                        content,
+                    ));
+                    Prefix::Decoded { len }
+                }
                 Err(error) => Prefix::Invalid {
                     len,
-                    error: locate(&text[..len], error),
+                    error: locate(&rest[..len], error),
                 },
             }
         }
-        Some(Err(error)) => match crate::scan::skip_value(text.as_bytes(), 0) {
+        Some(Err(error)) => match crate::scan::skip_value(rest.as_bytes(), 0) {
             Ok(len) => Prefix::Invalid {
                 len,
-                error: locate(&text[..len], error),
+                error: locate(&rest[..len], error),
             },
             Err(_) => Prefix::Broken,
         },

@@ -23,7 +23,10 @@ pub mod crypto;
 mod ids;
 pub mod message;
 mod scan;
+pub mod session;
 mod sync;
+#[cfg(feature = "voice")]
+pub mod voice;
 
 #[cfg(feature = "client")]
 pub mod client;
@@ -33,3 +36,8 @@ pub use client::{Client, ErrCode, Error};
 pub use ids::*;
 pub use message::*;
 pub use sync::*;
+
+/// The README's code blocks, compiled as doc-tests so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

@@ -15,10 +15,10 @@ use reqwest::header::{
     CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderMap,
 };
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::execute::{Call, CallBody, Expect, Received, check_envelope};
-use super::{Client, Error};
+use super::{Client, ErrCode, Error};
 use crate::MediaId;
 
 /// Largest media body [`Media::download`] buffers in memory.
@@ -386,19 +386,51 @@ impl MediaInfo {
         }
     }
 
-    /// The server's file name reduced to one harmless path component (no directories, no
-    /// `..`, no control characters), or `None` when nothing usable is left.
+    /// The server's file name reduced to one harmless path component: only what follows the
+    /// last `/` or `\`, without control characters, not `.` or `..`, at most 200 bytes (the
+    /// extension kept); `None` when nothing usable is left. A hostile name such as
+    /// `../../etc/passwd` becomes `passwd`, inside the directory it is saved to.
     pub fn safe_filename(&self) -> Option<String> {
         let name = self.filename.as_deref()?;
         let last = name.rsplit(['/', '\\']).next().unwrap_or("");
-        let cleaned: String = last.chars().filter(|c| !c.is_control()).collect();
+        let cleaned: String = last
+            .chars()
+            .filter(|c| !c.is_control())
+            .map(|c| {
+                // Characters Windows refuses in file names.
+                if cfg!(windows) && matches!(c, ':' | '*' | '?' | '"' | '<' | '>' | '|') {
+                    '_'
+                } else {
+                    c
+                }
+            })
+            .collect();
         let cleaned = cleaned.trim();
         if cleaned.is_empty() || cleaned == "." || cleaned == ".." {
             None
         } else {
-            Some(cleaned.to_owned())
+            Some(shorten_filename(cleaned, MAX_FILENAME_BYTES))
         }
     }
+}
+
+/// Longest file name [`MediaInfo::safe_filename`] returns, in bytes (file systems allow 255).
+const MAX_FILENAME_BYTES: usize = 200;
+
+/// Cuts `name` to at most `max` bytes at a character boundary, keeping a short extension.
+fn shorten_filename(name: &str, max: usize) -> String {
+    if name.len() <= max {
+        return name.to_owned();
+    }
+    let (stem, extension) = match name.rfind('.') {
+        Some(dot) if dot > 0 && name.len() - dot <= 16 => name.split_at(dot),
+        _ => (name, ""),
+    };
+    let mut end = max.saturating_sub(extension.len()).min(stem.len());
+    while !stem.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{extension}", &stem[..end])
 }
 
 /// Extracts the file name from a Content-Disposition value, preferring the RFC 5987/6266
@@ -434,10 +466,24 @@ pub(crate) fn parse_content_disposition(value: &str) -> Option<String> {
             } else {
                 raw.to_owned()
             };
-            plain = Some(name);
+            plain = Some(decode_percent_encoded_utf8(name));
         }
     }
     extended.or(plain).filter(|n| !n.is_empty())
+}
+
+/// Some servers percent-encode a UTF-8 name inside the plain `filename="…"` (Java's
+/// `URLEncoder` style, minus the `+`). Decode it when the result is valid UTF-8 that is not plain
+/// ASCII; otherwise keep the name as sent (`100%25.txt` stays as it is, so does `a%ZZ`).
+fn decode_percent_encoded_utf8(name: String) -> String {
+    if !name.contains('%') {
+        return name;
+    }
+    let bytes: Vec<u8> = percent_encoding::percent_decode_str(&name).collect();
+    match String::from_utf8(bytes) {
+        Ok(decoded) if !decoded.is_ascii() => decoded,
+        _ => name,
+    }
 }
 
 /// Splits header parameters on `;` outside quotes.
@@ -577,48 +623,153 @@ impl<'c> Media<'c> {
             }
             buffer.extend_from_slice(&chunk);
         }
+        check_length(info.content_length, buffer.len() as u64)?;
         Ok(DownloadedMedia {
             info,
             bytes: buffer.freeze(),
         })
     }
 
-    /// `GET media/get` into the file `path` (written to `path.part`, renamed when complete).
+    /// `GET media/get` streamed into `writer` (a file, a socket, an upload to object storage,
+    /// anything `AsyncWrite`), then flushed. Files over 20 MB, which the server only serves in
+    /// ranges (830002), are fetched in ranges transparently; the returned `content_length` is
+    /// then the whole size.
+    ///
+    /// A JSON error body is an error, never written. On an error after the first bytes the
+    /// writer holds part of the file: discard it ([`download_to_file`](Self::download_to_file)
+    /// does that for you).
+    pub async fn download_to_writer<W>(
+        self,
+        media_id: impl Into<MediaId>,
+        writer: &mut W,
+    ) -> Result<MediaInfo, Error>
+    where
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        let info = self.copy_into(media_id.into(), writer).await?;
+        writer
+            .flush()
+            .await
+            .map_err(|e| Error::io("writing the media", e))?;
+        Ok(info)
+    }
+
+    /// `GET media/get` into the file `path`, replacing it. The body goes to a hidden temporary
+    /// file in the same directory, synced and renamed over `path` only when complete: a failed
+    /// or cancelled download leaves neither a partial file nor a changed `path`.
     pub async fn download_to_file(
         self,
         media_id: impl Into<MediaId>,
         path: impl AsRef<Path>,
     ) -> Result<MediaInfo, Error> {
-        let download = self.download_stream(media_id).await?;
-        write_stream(download.stream, path.as_ref()).await?;
-        Ok(download.info)
+        let path = path.as_ref();
+        let dir = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        let mut staged = Staged::create(dir).await?;
+        let info = self.copy_into(media_id.into(), staged.file()?).await?;
+        staged.persist_replacing(path).await?;
+        Ok(info)
     }
 
     /// `GET media/get` into the directory `dir`, under the server's file name
-    /// ([`MediaInfo::safe_filename`]) or the media id when the server sent none. Returns the
-    /// path written and the headers.
+    /// ([`MediaInfo::safe_filename`]: no directories, so a hostile name cannot escape `dir`) or
+    /// the media id when the server sent none. An existing file is never overwritten: the name
+    /// gets ` (1)`, ` (2)`, … before its extension. Written like
+    /// [`download_to_file`](Self::download_to_file) (temporary file, rename when complete).
+    /// Returns the path written and the headers.
     pub async fn download_to_dir(
         self,
         media_id: impl Into<MediaId>,
         dir: impl AsRef<Path>,
     ) -> Result<(PathBuf, MediaInfo), Error> {
         let media_id = media_id.into();
+        let dir = dir.as_ref();
         let fallback: String = media_id
             .as_str()
             .chars()
             .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+            .take(64)
             .collect();
-        let download = self.download_stream(media_id).await?;
-        let name = download.info.safe_filename().unwrap_or_else(|| {
+        let mut staged = Staged::create(dir).await?;
+        let info = self.copy_into(media_id, staged.file()?).await?;
+        let name = info.safe_filename().unwrap_or_else(|| {
             if fallback.is_empty() {
                 "media".into()
             } else {
                 fallback
             }
         });
-        let path = dir.as_ref().join(name);
-        write_stream(download.stream, &path).await?;
-        Ok((path, download.info))
+        let path = staged.persist_new(dir, &name).await?;
+        Ok((path, info))
+    }
+
+    /// Streams the media into `writer`; falls back to ranges on 830002.
+    async fn copy_into<W>(&self, media_id: MediaId, writer: &mut W) -> Result<MediaInfo, Error>
+    where
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        match self.download_inner(media_id.clone(), None).await {
+            Ok(download) => {
+                let written = write_chunks(download.stream, writer).await?;
+                check_length(download.info.content_length, written)?;
+                Ok(download.info)
+            }
+            Err(error) if error.errcode() == Some(ErrCode::MediaNeedsRange) => {
+                self.copy_ranges(media_id, writer).await
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Fetches the media in consecutive ranges of [`RANGE_CHUNK`] bytes.
+    async fn copy_ranges<W>(&self, media_id: MediaId, writer: &mut W) -> Result<MediaInfo, Error>
+    where
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        let mut start = 0u64;
+        let mut first: Option<MediaInfo> = None;
+        for _ in 0..MAX_RANGES {
+            let end = start + RANGE_CHUNK - 1;
+            let download = self
+                .download_inner(media_id.clone(), Some((start, end)))
+                .await?;
+            let range = download
+                .info
+                .content_range
+                .as_deref()
+                .and_then(parse_content_range);
+            let length = download.info.content_length;
+            let info = first.get_or_insert_with(|| download.info.clone());
+            let written = write_chunks(download.stream, writer).await?;
+            check_length(length, written)?;
+            let Some((from, to, total)) = range else {
+                // The server ignored the Range header and sent the whole file.
+                if start != 0 {
+                    return Err(range_error(
+                        "a range request was answered without Content-Range",
+                    ));
+                }
+                info.content_length = Some(written);
+                info.content_range = None;
+                return Ok(info.clone());
+            };
+            if from != start || to < from || written != to - from + 1 {
+                return Err(range_error("the server sent another range than requested"));
+            }
+            start = to + 1;
+            let done = match total {
+                Some(total) => start >= total,
+                None => written < RANGE_CHUNK,
+            };
+            if done {
+                info.content_length = Some(start);
+                info.content_range = None;
+                return Ok(info.clone());
+            }
+        }
+        Err(range_error("more ranges than any media file needs"))
     }
 
     async fn download_inner(
@@ -684,35 +835,182 @@ fn check_filename(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-async fn write_stream(
+/// Largest range requested when a file is too large for one `media/get` (830002 above 20 MB).
+const RANGE_CHUNK: u64 = 16 * 1024 * 1024;
+
+/// Ranges fetched at most for one file (1 GiB; media files are at most 20 MB today).
+const MAX_RANGES: usize = 64;
+
+fn range_error(message: &str) -> Error {
+    Error::Decode {
+        endpoint: "media/get",
+        message: message.to_owned(),
+        body: String::new(),
+    }
+}
+
+/// Parses `bytes a-b/total` (total may be `*`).
+fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
+    let rest = value.trim().strip_prefix("bytes")?.trim_start();
+    let (range, total) = rest.split_once('/')?;
+    let (from, to) = range.trim().split_once('-')?;
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    Some((from.trim().parse().ok()?, to.trim().parse().ok()?, total))
+}
+
+/// A body shorter (or longer) than its `Content-Length` is an error, never a saved file.
+fn check_length(expected: Option<u64>, written: u64) -> Result<(), Error> {
+    match expected {
+        Some(expected) if expected != written => Err(Error::Decode {
+            endpoint: "media/get",
+            message: format!("the body had {written} bytes, Content-Length said {expected}"),
+            body: String::new(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Writes every chunk of `stream` to `writer`; returns the number of bytes written.
+async fn write_chunks<W>(
     mut stream: BoxStream<'static, Result<Bytes, Error>>,
-    path: &Path,
-) -> Result<(), Error> {
-    let mut partial = path.as_os_str().to_owned();
-    partial.push(".part");
-    let partial = PathBuf::from(partial);
-    let result = async {
-        let mut file = tokio::fs::File::create(&partial)
+    writer: &mut W,
+) -> Result<u64, Error>
+where
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let mut written = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        writer
+            .write_all(&chunk)
             .await
-            .map_err(|e| Error::io(partial.display().to_string(), e))?;
-        while let Some(chunk) = stream.next().await {
-            file.write_all(&chunk?)
+            .map_err(|e| Error::io("writing the media", e))?;
+        written += chunk.len() as u64;
+    }
+    Ok(written)
+}
+
+/// A hidden temporary file beside the destination. Removed when dropped unless persisted, so
+/// an error or a cancelled download never leaves it behind.
+struct Staged {
+    path: PathBuf,
+    file: Option<tokio::fs::File>,
+    persisted: bool,
+}
+
+impl Staged {
+    async fn create(dir: &Path) -> Result<Self, Error> {
+        let mut last_error = None;
+        for _ in 0..8 {
+            let path = dir.join(format!(".wechat-kf-{:016x}.part", rand::random::<u64>()));
+            // create_new: never reuse (or follow a symlink planted at) an existing path.
+            match tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
                 .await
-                .map_err(|e| Error::io(partial.display().to_string(), e))?;
+            {
+                Ok(file) => {
+                    return Ok(Self {
+                        path,
+                        file: Some(file),
+                        persisted: false,
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last_error = Some(e),
+                Err(e) => return Err(Error::io(dir.display().to_string(), e)),
+            }
         }
-        file.flush()
-            .await
-            .map_err(|e| Error::io(partial.display().to_string(), e))?;
-        drop(file);
-        tokio::fs::rename(&partial, path)
-            .await
-            .map_err(|e| Error::io(path.display().to_string(), e))
+        Err(Error::io(
+            dir.display().to_string(),
+            last_error.unwrap_or_else(|| std::io::Error::other("no free temporary name")),
+        ))
     }
-    .await;
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&partial).await;
+
+    fn file(&mut self) -> Result<&mut tokio::fs::File, Error> {
+        let path = self.path.display().to_string();
+        self.file
+            .as_mut()
+            .ok_or_else(|| Error::io(path, std::io::Error::other("the file is closed")))
     }
-    result
+
+    /// Syncs and closes the temporary file.
+    async fn finish(&mut self) -> Result<(), Error> {
+        if let Some(mut file) = self.file.take() {
+            let path = self.path.display().to_string();
+            file.flush().await.map_err(|e| Error::io(&path, e))?;
+            file.sync_all().await.map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Renames the file to `path`, replacing what is there.
+    async fn persist_replacing(mut self, path: &Path) -> Result<(), Error> {
+        self.finish().await?;
+        tokio::fs::rename(&self.path, path)
+            .await
+            .map_err(|e| Error::io(path.display().to_string(), e))?;
+        self.persisted = true;
+        Ok(())
+    }
+
+    /// Gives the file the first free name among `name`, `name (1)`, `name (2)`, … in `dir`.
+    async fn persist_new(mut self, dir: &Path, name: &str) -> Result<PathBuf, Error> {
+        self.finish().await?;
+        for n in 0..1000 {
+            let candidate = dir.join(numbered(name, n));
+            // A hard link fails when the name is taken: an atomic "rename unless it exists".
+            match tokio::fs::hard_link(&self.path, &candidate).await {
+                Ok(()) => {
+                    self.persisted = true;
+                    let _ = tokio::fs::remove_file(&self.path).await;
+                    return Ok(candidate);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(_) => {
+                    // No hard links on this file system: check, then rename.
+                    if tokio::fs::symlink_metadata(&candidate).await.is_ok() {
+                        continue;
+                    }
+                    tokio::fs::rename(&self.path, &candidate)
+                        .await
+                        .map_err(|e| Error::io(candidate.display().to_string(), e))?;
+                    self.persisted = true;
+                    return Ok(candidate);
+                }
+            }
+        }
+        Err(Error::io(
+            dir.join(name).display().to_string(),
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "no free file name (tried 1000)",
+            ),
+        ))
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.persisted {
+            self.file = None;
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// `name` for 0, else `stem (n).ext`.
+fn numbered(name: &str, n: u32) -> String {
+    if n == 0 {
+        return name.to_owned();
+    }
+    match name.rfind('.') {
+        Some(dot) if dot > 0 => format!("{} ({n}){}", &name[..dot], &name[dot..]),
+        _ => format!("{name} ({n})"),
+    }
 }
 
 #[cfg(test)]
@@ -759,6 +1057,93 @@ mod tests {
         );
         assert_eq!(info("..").safe_filename(), None);
         assert_eq!(MediaInfo::default().safe_filename(), None);
+    }
+
+    #[test]
+    fn raw_utf8_bytes_in_a_plain_file_name_are_read_as_utf8() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_DISPOSITION,
+            reqwest::header::HeaderValue::from_bytes(
+                "attachment; filename=\"语音.amr\"".as_bytes(),
+            )
+            .unwrap(),
+        );
+        let info = MediaInfo::from_headers(&headers);
+        assert_eq!(info.filename.as_deref(), Some("语音.amr"));
+        assert_eq!(info.safe_filename().as_deref(), Some("语音.amr"));
+    }
+
+    #[test]
+    fn percent_encoded_utf8_in_a_plain_file_name_is_decoded_but_literal_percents_stay() {
+        let name = |value: &str| parse_content_disposition(value);
+        assert_eq!(
+            name("attachment; filename=\"%E8%AF%AD%E9%9F%B3.amr\"").as_deref(),
+            Some("语音.amr")
+        );
+        assert_eq!(
+            name("attachment; filename=\"100%25.txt\"").as_deref(),
+            Some("100%25.txt")
+        );
+        assert_eq!(
+            name("attachment; filename=a%ZZ.txt").as_deref(),
+            Some("a%ZZ.txt")
+        );
+        assert_eq!(
+            name("attachment; filename=\"x.amr\"; filename*=UTF-8''%E8%AF%AD%E9%9F%B3.amr")
+                .as_deref(),
+            Some("语音.amr")
+        );
+    }
+
+    #[test]
+    fn over_long_file_names_are_cut_keeping_the_extension() {
+        let info = MediaInfo {
+            filename: Some(format!("{}.amr", "语".repeat(100))),
+            ..MediaInfo::default()
+        };
+        let safe = info.safe_filename().unwrap();
+        assert!(safe.len() <= MAX_FILENAME_BYTES, "{}", safe.len());
+        assert!(safe.ends_with("语.amr"));
+        assert_eq!(shorten_filename("short.txt", 200), "short.txt");
+        assert_eq!(shorten_filename("abcdef", 3), "abc");
+    }
+
+    #[test]
+    fn control_characters_and_empty_names_are_dropped() {
+        let info = |name: &str| MediaInfo {
+            filename: Some(name.into()),
+            ..MediaInfo::default()
+        };
+        assert_eq!(
+            info("a\0b\r\n.txt").safe_filename().as_deref(),
+            Some("ab.txt")
+        );
+        assert_eq!(info("dir/").safe_filename(), None);
+        assert_eq!(info("  ").safe_filename(), None);
+        assert_eq!(info("x/.").safe_filename(), None);
+    }
+
+    #[test]
+    fn taken_names_are_numbered_before_the_extension() {
+        assert_eq!(numbered("语音.amr", 0), "语音.amr");
+        assert_eq!(numbered("语音.amr", 2), "语音 (2).amr");
+        assert_eq!(numbered("README", 1), "README (1)");
+        assert_eq!(numbered(".bashrc", 1), ".bashrc (1)");
+    }
+
+    #[test]
+    fn content_ranges_are_parsed_with_or_without_a_total() {
+        assert_eq!(
+            parse_content_range("bytes 0-9/100"),
+            Some((0, 9, Some(100)))
+        );
+        assert_eq!(parse_content_range("bytes 10-19/*"), Some((10, 19, None)));
+        assert_eq!(parse_content_range("bytes */100"), None);
+        assert_eq!(parse_content_range("items 0-1/2"), None);
+        assert!(check_length(Some(3), 3).is_ok());
+        assert!(check_length(Some(1000), 10).is_err());
+        assert!(check_length(None, 10).is_ok());
     }
 
     #[test]

@@ -1,87 +1,20 @@
 //! `kf/service_state/get` and `kf/service_state/trans` (endpoints.md §1.5).
 
-use std::fmt;
-
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use super::accounts::validate_open_kfid;
 use super::execute::Call;
 use super::{Client, Error};
 use crate::{ExternalUserId, OpenKfId, UserId};
 
+/// The session state lives in the core module [`crate::session`] (it needs no client); this
+/// re-export keeps `wechat_kf::client::ServiceState` working.
+pub use crate::session::ServiceState;
+
 /// Session state endpoints; see [`Client::service_state`].
 #[derive(Debug, Clone, Copy)]
 pub struct ServiceStates<'c> {
     client: &'c Client,
-}
-
-/// A session state (`service_state`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ServiceState {
-    /// 0 未处理: new, unhandled.
-    New,
-    /// 1 由智能助手接待: handled by the bot / the API.
-    Bot,
-    /// 2 待接入池排队中: queued for a servicer.
-    Queued,
-    /// 3 由人工接待: handled by a human servicer.
-    Human,
-    /// 4 已结束/未开始: ended or not started.
-    Ended,
-    /// A value the spec does not list.
-    Other(u32),
-}
-
-impl ServiceState {
-    /// The number on the wire.
-    pub fn code(self) -> u32 {
-        match self {
-            ServiceState::New => 0,
-            ServiceState::Bot => 1,
-            ServiceState::Queued => 2,
-            ServiceState::Human => 3,
-            ServiceState::Ended => 4,
-            ServiceState::Other(code) => code,
-        }
-    }
-
-    /// The state for a number on the wire.
-    pub fn from_code(code: u32) -> Self {
-        match code {
-            0 => ServiceState::New,
-            1 => ServiceState::Bot,
-            2 => ServiceState::Queued,
-            3 => ServiceState::Human,
-            4 => ServiceState::Ended,
-            other => ServiceState::Other(other),
-        }
-    }
-}
-
-impl fmt::Display for ServiceState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = match self {
-            ServiceState::New => "new",
-            ServiceState::Bot => "bot",
-            ServiceState::Queued => "queued",
-            ServiceState::Human => "human",
-            ServiceState::Ended => "ended",
-            ServiceState::Other(_) => "other",
-        };
-        write!(f, "{} ({name})", self.code())
-    }
-}
-
-impl Serialize for ServiceState {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_u32(self.code())
-    }
-}
-
-impl<'de> Deserialize<'de> for ServiceState {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        u32::deserialize(deserializer).map(ServiceState::from_code)
-    }
 }
 
 /// Response of `kf/service_state/get`.

@@ -319,12 +319,6 @@ mod tests {
             {"type":"text","text":{"content":"t","no_newline":1}}],"tail_content":"t"}"#;
         let menu = menu_from_json(json).unwrap();
         assert_eq!(menu.list.len(), 2);
-        assert_eq!(
-            menu.list[1],
-            MenuItem::Text {
-                content: "t".into(),
-                no_newline: true
-            }
-        );
+        assert_eq!(menu.list[1], MenuItem::text_without_newline("t"));
     }
 }

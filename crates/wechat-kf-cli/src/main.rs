@@ -19,6 +19,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the service: callbacks in, every message to your bot exactly once, replies out.
+    ///
+    /// With no WeChat credentials configured it runs in sandbox mode against an embedded
+    /// emulator, so the whole loop works on a laptop.
+    Serve(cmd::serve::ServeArgs),
     /// Decode sync_msg responses or message lists into typed messages (or a summary).
     Decode(cmd::decode::DecodeArgs),
     /// Debug a callback setup: verify a URL, decrypt or encrypt a callback body.
@@ -34,6 +39,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(args) => cmd::runtime().block_on(cmd::serve::run(args)),
         Command::Decode(args) => cmd::decode::run(args),
         Command::Callback(command) => cmd::callback::run(command),
         Command::Emulator(args) => cmd::runtime().block_on(cmd::emulator::run(args)),

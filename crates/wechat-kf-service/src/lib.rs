@@ -1,1 +1,61 @@
-//! wechat-kf-service
+//! # wechat-kf-service
+//!
+//! `wechat-kf serve`: receives WeChat Customer Service callbacks, pulls every message with
+//! `kf/sync_msg` into a durable store, delivers each message to your bot's webhook until it is
+//! acknowledged, and sends the bot's replies.
+//!
+//! ```text
+//! WeChat ──callback──▶ /callback ──wake──▶ puller (one per account)
+//!                                            │ sync_msg pages; messages + cursor in ONE transaction
+//!                                            ▼
+//!                                          Store (SQLite / PostgreSQL)
+//!                                            │
+//!                      deliverer ◀───────────┘ ordered per customer, batched, HMAC-signed,
+//!                          │                   retried with backoff, persistent
+//!                          ▼
+//!                        bot webhook ──2xx {"replies":[…]}──▶ reply queue ──▶ kf/send_msg
+//! bot ──POST /v1/messages (bearer)──▶ kf/send_msg (synchronous)
+//! ```
+//!
+//! Guarantees: no message is lost and none is stored twice (msgid is unique per account; a page
+//! and its cursor commit together, so a crash at any point resumes from the last committed
+//! cursor). Delivery to the bot is at-least-once on the wire with a stable delivery id
+//! (`X-Wechat-Kf-Delivery`) and each message's msgid, so a bot that de-duplicates on msgid sees
+//! every message exactly once; in practice a repeat only follows a crash between the bot's 2xx
+//! and the acknowledgement's commit.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), wechat_kf_service::Error> {
+//! use wechat_kf_service::config::{Config, Overrides};
+//! use wechat_kf_service::Service;
+//!
+//! let config = Config::load(None, Overrides { echo: true, ..Overrides::default() })?;
+//! let running = Service::start(config).await?; // sandbox: no credentials configured
+//! println!("{}", running.sandbox().unwrap().instructions());
+//! tokio::signal::ctrl_c().await.ok();
+//! running.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! See `docs/service.md` for the configuration reference, the webhook contract and operations.
+
+mod app;
+mod callback;
+pub mod config;
+mod delivery;
+mod error;
+pub mod metrics;
+mod outbound;
+pub mod puller;
+mod reply;
+pub mod retry;
+pub mod sandbox;
+mod service;
+pub mod store;
+
+pub use app::{AppState, AppStateBuilder, app};
+pub use delivery::sink::{
+    ATTEMPT_HEADER, DELIVERY_HEADER, SIGNATURE_HEADER, signature, verify_signature,
+};
+pub use error::Error;
+pub use service::{RunningService, Service};

@@ -4,6 +4,7 @@ pub mod api;
 pub mod callback;
 pub mod decode;
 pub mod emulator;
+pub mod serve;
 
 /// A multi-threaded tokio runtime for the async subcommands.
 pub fn runtime() -> tokio::runtime::Runtime {

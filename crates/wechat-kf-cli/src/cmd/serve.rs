@@ -1,0 +1,129 @@
+//! `wechat-kf serve`: the service — callbacks in, every message to the bot exactly once, replies
+//! out. Without WeChat credentials it runs the sandbox (an embedded emulator).
+//!
+//! Settings come from a TOML file (`--config`), then `WECHAT_KF_*` environment variables, then
+//! these flags; see `docs/service.md`. Logs go to stderr (no secrets, no message content);
+//! without a webhook, messages go to stdout as JSON Lines.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+use wechat_kf_service::Service;
+use wechat_kf_service::config::{Config, LogFormat, Overrides};
+
+/// Options of `wechat-kf serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file [env: WECHAT_KF_CONFIG].
+    #[arg(long, env = "WECHAT_KF_CONFIG", hide_env = true)]
+    config: Option<PathBuf>,
+    /// Address for callbacks, the reply API, /healthz, /readyz and /metrics
+    /// [env: WECHAT_KF_LISTEN; default: 127.0.0.1:8080].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// SQLite file, `:memory:` or a postgres:// URL [env: WECHAT_KF_DB; default: wechat-kf.db,
+    /// or :memory: in the sandbox].
+    #[arg(long)]
+    db: Option<String>,
+    /// The bot's webhook URL; without one, messages are written to stdout as JSON Lines
+    /// [env: WECHAT_KF_WEBHOOK_URL].
+    #[arg(long)]
+    webhook: Option<String>,
+    /// Key of the X-Wechat-Kf-Signature HMAC (prefer WECHAT_KF_WEBHOOK_SECRET or the config
+    /// file: flags are visible to other users of the machine).
+    #[arg(long)]
+    webhook_secret: Option<String>,
+    /// Answer every customer text with an echo (try it in the sandbox).
+    #[arg(long)]
+    echo: bool,
+    /// Where the sandbox's emulator listens [env: WECHAT_KF_EMULATOR_LISTEN; default:
+    /// 127.0.0.1:0, a free port].
+    #[arg(long)]
+    emulator_listen: Option<SocketAddr>,
+    /// Log format on stderr [env: WECHAT_KF_LOG_FORMAT; default: text]. Level: RUST_LOG
+    /// (default info).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormatArg>,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+/// Runs the service until SIGINT or SIGTERM, then shuts down gracefully.
+pub async fn run(args: ServeArgs) -> ExitCode {
+    let overrides = Overrides {
+        listen: args.listen,
+        db: args.db,
+        webhook: args.webhook,
+        webhook_secret: args.webhook_secret,
+        echo: args.echo,
+        emulator_listen: args.emulator_listen,
+        log_format: args.log_format.map(|f| match f {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }),
+    };
+    let config = match Config::load(args.config.as_deref(), overrides) {
+        Ok(config) => config,
+        Err(e) => {
+            super::fail(format!("serve: {e}"));
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_format);
+    let running = match Service::start(config).await {
+        Ok(running) => running,
+        Err(e) => {
+            super::fail(format!("serve: {e}"));
+            return ExitCode::from(if e.is_config() { 2 } else { 1 });
+        }
+    };
+    eprintln!("wechat-kf serve: listening on {}", running.base_url());
+    if let Some(info) = running.sandbox() {
+        eprintln!("{}", info.instructions());
+    }
+    wait_for_signal().await;
+    running.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // `try_init`: a subscriber set elsewhere (tests) wins.
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,460 @@
+//! The callback endpoint: URL verification (GET) and `kf_msg_or_event` (POST).
+//!
+//! A POST is verified (signature, then timestamp window), decrypted and answered `200 success`
+//! at once; the only work done is waking the account's puller. Answers: 401 for a forged
+//! signature or a timestamp outside the window, 403 for a callback meant for another corp, 413
+//! for a body over the limit, 400 for anything unreadable, 503 when no callback Token and
+//! EncodingAESKey are configured.
+
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use wechat_kf::callback::CallbackEvent;
+use wechat_kf::crypto::{CryptoError, ReplayWindow, url_decode};
+
+use crate::app::AppState;
+use crate::metrics::CallbackResult;
+
+/// The four query parameters, URL-decoded.
+#[derive(Default)]
+struct Params<'a> {
+    msg_signature: Option<Cow<'a, str>>,
+    timestamp: Option<Cow<'a, str>>,
+    nonce: Option<Cow<'a, str>>,
+    echostr: Option<Cow<'a, str>>,
+}
+
+fn params(query: Option<&str>) -> Params<'_> {
+    let mut p = Params::default();
+    for pair in query.unwrap_or("").split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        // `url_decode` keeps a literal `+` (echostr is base64).
+        let slot = match key {
+            "msg_signature" => &mut p.msg_signature,
+            "timestamp" => &mut p.timestamp,
+            "nonce" => &mut p.nonce,
+            "echostr" => &mut p.echostr,
+            _ => continue,
+        };
+        if slot.is_none() {
+            *slot = Some(url_decode(value));
+        }
+    }
+    p
+}
+
+fn reject(
+    state: &AppState,
+    result: CallbackResult,
+    status: StatusCode,
+    text: &'static str,
+) -> Response {
+    state.inner.metrics.callback(result);
+    (status, text).into_response()
+}
+
+fn crypto_rejection(state: &AppState, error: CryptoError) -> Response {
+    if error.is_signature_mismatch() {
+        reject(
+            state,
+            CallbackResult::Forged,
+            StatusCode::UNAUTHORIZED,
+            "signature mismatch\n",
+        )
+    } else if error.is_receive_id_mismatch() {
+        reject(
+            state,
+            CallbackResult::Forged,
+            StatusCode::FORBIDDEN,
+            "callback for another corp\n",
+        )
+    } else {
+        reject(
+            state,
+            CallbackResult::Malformed,
+            StatusCode::BAD_REQUEST,
+            "malformed callback\n",
+        )
+    }
+}
+
+/// Checks the signed timestamp against the window; `None` when acceptable.
+fn stale(state: &AppState, timestamp: &str) -> Option<Response> {
+    let window = state.inner.timestamp_window;
+    if window == Duration::ZERO {
+        return None;
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let secs = window.as_secs();
+    match ReplayWindow::new(secs, secs).check(timestamp, now) {
+        Ok(()) => None,
+        Err(_) => Some(reject(
+            state,
+            CallbackResult::Stale,
+            StatusCode::UNAUTHORIZED,
+            "timestamp outside the accepted window\n",
+        )),
+    }
+}
+
+/// `GET <callback path>`: answers the decrypted `echostr`, exactly.
+pub(crate) async fn verify_url(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let Some(crypto) = &state.inner.crypto else {
+        return reject(
+            &state,
+            CallbackResult::Disabled,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "callbacks are not configured\n",
+        );
+    };
+    let p = params(query.as_deref());
+    let (Some(sig), Some(ts), Some(nonce), Some(echostr)) =
+        (p.msg_signature, p.timestamp, p.nonce, p.echostr)
+    else {
+        return reject(
+            &state,
+            CallbackResult::Malformed,
+            StatusCode::BAD_REQUEST,
+            "missing query parameters\n",
+        );
+    };
+    match crypto.verify_url(&sig, &ts, &nonce, &echostr) {
+        Ok(plain) => {
+            if let Some(response) = stale(&state, &ts) {
+                return response;
+            }
+            state.inner.metrics.callback(CallbackResult::Verified);
+            tracing::info!("callback URL verified");
+            // Exactly the plaintext: no quotes, no newline (callbacks.md §5.2).
+            ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], plain).into_response()
+        }
+        Err(e) => crypto_rejection(&state, e),
+    }
+}
+
+/// `POST <callback path>`: verifies, decrypts, wakes the account's puller, answers at once.
+pub(crate) async fn event(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return reject(
+                &state,
+                CallbackResult::TooLarge,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body too large\n",
+            );
+        }
+        Err(_) => {
+            return reject(
+                &state,
+                CallbackResult::Malformed,
+                StatusCode::BAD_REQUEST,
+                "unreadable body\n",
+            );
+        }
+    };
+    let Some(crypto) = &state.inner.crypto else {
+        return reject(
+            &state,
+            CallbackResult::Disabled,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "callbacks are not configured\n",
+        );
+    };
+    let p = params(query.as_deref());
+    let (Some(sig), Some(ts), Some(nonce)) = (p.msg_signature, p.timestamp, p.nonce) else {
+        return reject(
+            &state,
+            CallbackResult::Malformed,
+            StatusCode::BAD_REQUEST,
+            "missing query parameters\n",
+        );
+    };
+    let Ok(xml) = std::str::from_utf8(&body) else {
+        return reject(
+            &state,
+            CallbackResult::Malformed,
+            StatusCode::BAD_REQUEST,
+            "body is not UTF-8\n",
+        );
+    };
+    let event = match crypto.decrypt_event(&sig, &ts, &nonce, xml) {
+        Ok(event) => event,
+        Err(e) => return crypto_rejection(&state, e),
+    };
+    if let Some(response) = stale(&state, &ts) {
+        return response;
+    }
+    state.inner.metrics.callback(CallbackResult::Accepted);
+    let pullers = &state.inner.pullers;
+    match event {
+        CallbackEvent::KfMsgOrEvent(e) => match e.open_kfid {
+            Some(open_kfid) => {
+                if !pullers.wake(open_kfid.as_str(), Some(e.token)) {
+                    tracing::warn!(
+                        open_kfid = open_kfid.as_str(),
+                        "account limit reached: callback ignored"
+                    );
+                }
+            }
+            // Callbacks from before 2023 do not name the account.
+            None => pullers.wake_all(Some(e.token)),
+        },
+        CallbackEvent::KfAccountAuthChange(change) => {
+            for open_kfid in &change.auth_add_open_kfid {
+                pullers.wake(open_kfid.as_str(), None);
+            }
+            if !change.auth_del_open_kfid.is_empty() {
+                tracing::warn!(
+                    accounts = change.auth_del_open_kfid.len(),
+                    "accounts revoked (kf_account_auth_change); their pulls will fail"
+                );
+            }
+        }
+        _ => tracing::debug!("ignored a callback of another type"),
+    }
+    (StatusCode::OK, "success").into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+    use wechat_kf::crypto::CallbackCrypto;
+
+    use super::*;
+    use crate::app::app;
+
+    const TOKEN: &str = "QDG6eK";
+    const KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
+    const CORP: &str = "wx5823bf96d3bd56c7";
+
+    fn crypto() -> CallbackCrypto {
+        CallbackCrypto::new(TOKEN, KEY, CORP).unwrap()
+    }
+
+    fn state() -> AppState {
+        AppState::builder()
+            .callback_crypto(crypto())
+            .max_callback_body(4096)
+            .build()
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn event_xml(open_kfid: &str, token: &str) -> String {
+        format!(
+            "<xml><ToUserName><![CDATA[{CORP}]]></ToUserName><CreateTime>1</CreateTime>\
+             <MsgType><![CDATA[event]]></MsgType><Event><![CDATA[kf_msg_or_event]]></Event>\
+             <Token><![CDATA[{token}]]></Token><OpenKfId><![CDATA[{open_kfid}]]></OpenKfId></xml>"
+        )
+    }
+
+    /// A signed, encrypted callback: (query string, body).
+    fn callback(inner: &str, timestamp: u64, crypto: &CallbackCrypto) -> (String, String) {
+        let encrypt = crypto.encrypt_field(inner, &[7u8; 16]).unwrap();
+        let ts = timestamp.to_string();
+        let sig = crypto.sign(&ts, "12345", &encrypt);
+        let body = format!(
+            "<xml><ToUserName><![CDATA[{CORP}]]></ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt><AgentID><![CDATA[]]></AgentID></xml>"
+        );
+        (
+            format!("msg_signature={sig}&timestamp={ts}&nonce=12345"),
+            body,
+        )
+    }
+
+    async fn post(state: &AppState, query: &str, body: impl Into<Body>) -> (StatusCode, String) {
+        let response = app(state.clone())
+            .oneshot(
+                Request::post(format!("/callback?{query}"))
+                    .body(body.into())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn url_verification_echoes_the_plaintext_exactly() {
+        let state = state();
+        let crypto = crypto();
+        let echo = crypto
+            .encrypt_field("1616140317555161061", &[1u8; 16])
+            .unwrap();
+        let ts = now().to_string();
+        let sig = crypto.sign(&ts, "263014780", &echo);
+        let encoded: String = percent(&echo);
+        let response = app(state.clone())
+            .oneshot(
+                Request::get(format!(
+                    "/callback?msg_signature={sig}&timestamp={ts}&nonce=263014780&echostr={encoded}"
+                ))
+                .body(Body::empty())
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let bytes = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        assert_eq!(&bytes[..], b"1616140317555161061");
+    }
+
+    fn percent(s: &str) -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_valid_event_is_acknowledged_and_wakes_its_account() {
+        let state = state();
+        let (query, body) = callback(&event_xml("wkA", "TOKEN1"), now(), &crypto());
+        let (status, text) = post(&state, &query, body).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(text, "success");
+        let slot = state.pullers().slot("wkA").unwrap();
+        assert_eq!(slot.wakes(), 1);
+        assert_eq!(slot.token().as_deref(), Some("TOKEN1"));
+    }
+
+    #[tokio::test]
+    async fn forged_signatures_get_401_and_wake_nothing() {
+        let state = state();
+        let forger = CallbackCrypto::new("WRONG", KEY, CORP).unwrap();
+        let (query, body) = callback(&event_xml("wkA", "T"), now(), &forger);
+        let (status, _) = post(&state, &query, body).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (query, body) = callback(&event_xml("wkA", "T"), now(), &crypto());
+        let tampered = query.replace("nonce=12345", "nonce=12346");
+        assert_eq!(
+            post(&state, &tampered, body).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert!(state.pullers().slot("wkA").is_none());
+        assert_eq!(state.metrics().callbacks(CallbackResult::Forged), 2);
+    }
+
+    #[tokio::test]
+    async fn replayed_callbacks_outside_the_window_are_rejected() {
+        let state = state();
+        let (query, body) = callback(&event_xml("wkA", "T"), now() - 3600, &crypto());
+        assert_eq!(post(&state, &query, body).await.0, StatusCode::UNAUTHORIZED);
+        let (query, body) = callback(&event_xml("wkA", "T"), now() + 3600, &crypto());
+        assert_eq!(post(&state, &query, body).await.0, StatusCode::UNAUTHORIZED);
+        assert!(state.pullers().slot("wkA").is_none());
+        assert_eq!(state.metrics().callbacks(CallbackResult::Stale), 2);
+        // Inside the window a replay is accepted and harmless: it only coalesces into a pull.
+        let (query, body) = callback(&event_xml("wkA", "T"), now(), &crypto());
+        assert_eq!(post(&state, &query, body.clone()).await.0, StatusCode::OK);
+        assert_eq!(post(&state, &query, body).await.0, StatusCode::OK);
+        assert_eq!(state.pullers().accounts(), vec!["wkA".to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn oversized_bodies_get_413() {
+        let state = state();
+        let (query, _) = callback(&event_xml("wkA", "T"), now(), &crypto());
+        let (status, _) = post(&state, &query, "x".repeat(5000)).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(state.metrics().callbacks(CallbackResult::TooLarge), 1);
+    }
+
+    #[tokio::test]
+    async fn truncated_garbage_and_malformed_bodies_get_400() {
+        let state = state();
+        let (query, body) = callback(&event_xml("wkA", "T"), now(), &crypto());
+        let truncated = body[..body.len() / 2].to_owned();
+        assert_eq!(
+            post(&state, &query, truncated).await.0,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            post(&state, &query, "garbage").await.0,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            post(&state, &query, vec![0xffu8, 0xfe, 0x00]).await.0,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            post(&state, "timestamp=1", body.clone()).await.0,
+            StatusCode::BAD_REQUEST
+        );
+        // Valid signature over garbage ciphertext.
+        let ts = now().to_string();
+        let sig = crypto().sign(&ts, "1", "AAAA");
+        let query = format!("msg_signature={sig}&timestamp={ts}&nonce=1");
+        let body = "<xml><Encrypt><![CDATA[AAAA]]></Encrypt></xml>";
+        assert_eq!(post(&state, &query, body).await.0, StatusCode::BAD_REQUEST);
+        // A well-encrypted callback whose inner XML is not an event.
+        let (query, body) = callback("not xml at all", now(), &crypto());
+        assert_eq!(post(&state, &query, body).await.0, StatusCode::BAD_REQUEST);
+        assert!(state.pullers().accounts().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_callback_for_another_corp_is_refused() {
+        let state = state();
+        let other = CallbackCrypto::new(TOKEN, KEY, "wwOTHERCORP").unwrap();
+        let (query, body) = callback(&event_xml("wkA", "T"), now(), &other);
+        assert_eq!(post(&state, &query, body).await.0, StatusCode::FORBIDDEN);
+    }
+
+    #[tokio::test]
+    async fn concurrent_duplicate_callbacks_coalesce_into_one_pending_pull() {
+        let state = state();
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            let state = state.clone();
+            tasks.push(tokio::spawn(async move {
+                let (query, body) = callback(&event_xml("wkA", &format!("T{i}")), now(), &crypto());
+                post(&state, &query, body).await.0
+            }));
+        }
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), StatusCode::OK);
+        }
+        let slot = state.pullers().slot("wkA").unwrap();
+        assert_eq!(slot.wakes(), 50);
+        assert_eq!(state.pullers().accounts().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn without_callback_keys_the_endpoint_answers_503() {
+        let state = AppState::builder().build();
+        let (status, _) = post(&state, "msg_signature=a&timestamp=1&nonce=1", "x").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+}

@@ -1,0 +1,739 @@
+//! The deliverer: every stored message to the bot, in order per customer, until acknowledged.
+//!
+//! Messages are grouped into *deliveries* of up to `max_batch` messages that may span several
+//! customers; a customer (a [`Lane`]) is in at most one delivery at a time, so its messages
+//! arrive in order. A delivery is recorded in the store (id and member seqs) before its first
+//! attempt, so its id is stable across retries and restarts. A 2xx acknowledges it: its messages
+//! are marked delivered and the replies in the response queued, in one transaction. Anything else
+//! is retried with backoff; a failed delivery spanning several customers is split into one
+//! delivery per customer (`<id>.1`, `<id>.2`, …), so a message the bot keeps rejecting holds up
+//! only its own customer.
+//!
+//! The wire is at-least-once: a crash between the bot's 2xx and the acknowledgement transaction
+//! repeats the delivery (same id, same msgids) after the restart.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc, watch};
+use wechat_kf::{Message, MessageContent, Origin};
+
+use crate::Error;
+use crate::config::WebhookConfig;
+use crate::metrics::Metrics;
+use crate::outbound::{echo_reply, queue_reply};
+use crate::retry::{backoff, jitter, now_ms};
+use crate::service::stopped;
+use crate::store::{
+    Ack, DeliveryRecord, Failure, FinishDeliveries, Lane, Payload, Store, StoredMessage,
+};
+
+pub mod sink;
+
+use sink::{Outcome, Sink};
+
+/// Bytes of message JSON kept in memory for pending messages; beyond it, JSON is read back from
+/// the store when its delivery is sent. Pending messages otherwise cost ~50 bytes each.
+const PAYLOAD_BUDGET: usize = 8 * 1024 * 1024;
+
+/// Rows read per query when recovering pending messages at start.
+const RECOVERY_PAGE: usize = 10_000;
+
+/// A pending message inside the deliverer.
+struct Entry {
+    seq: i64,
+    stored_at_ms: i64,
+    invalid: bool,
+    /// The JSON (a copy: holding the decoded message would keep its whole page alive).
+    payload: Option<Arc<str>>,
+    /// The payload counts against [`PAYLOAD_BUDGET`].
+    counted: bool,
+}
+
+#[derive(Default)]
+struct LaneState {
+    queue: VecDeque<Entry>,
+    /// In a delivery (sending or waiting for a retry).
+    busy: bool,
+    /// In the `ready` queue.
+    queued: bool,
+}
+
+struct Delivery {
+    id: Arc<str>,
+    entries: Vec<(Lane, Entry)>,
+    attempts: u32,
+    next_attempt_at_ms: i64,
+    /// Recorded in the store.
+    recorded: bool,
+    /// The body, built on the first attempt.
+    body: Option<Bytes>,
+    /// Echo replies, computed with the body.
+    echo: Vec<serde_json::Value>,
+}
+
+/// A finished attempt.
+struct Done {
+    id: Arc<str>,
+    outcome: Outcome,
+}
+
+/// Pages handed over but not yet taken by the deliverer. Small on purpose: a puller that runs
+/// ahead waits (its pages are committed already), so pulled pages never pile up in memory.
+const QUEUE_PAGES: usize = 4;
+
+/// Sends newly stored messages to the deliverer.
+#[derive(Clone)]
+pub(crate) struct DeliveryQueue {
+    tx: mpsc::Sender<Vec<StoredMessage>>,
+}
+
+impl DeliveryQueue {
+    /// Hands over the messages a page commit stored; waits while the deliverer is behind.
+    pub(crate) async fn push(&self, stored: Vec<StoredMessage>) {
+        if !stored.is_empty() {
+            // Fails only when the deliverer has stopped; the rows are recovered at the next start.
+            let _ = self.tx.send(stored).await;
+        }
+    }
+}
+
+/// The deliverer task's state.
+pub(crate) struct Deliverer {
+    store: Arc<dyn Store>,
+    sink: Arc<Sink>,
+    config: WebhookConfig,
+    echo: bool,
+    metrics: Arc<Metrics>,
+    replies: Arc<Notify>,
+    lanes: HashMap<Lane, LaneState>,
+    ready: VecDeque<Lane>,
+    deliveries: HashMap<Arc<str>, Delivery>,
+    timers: BinaryHeap<Reverse<(i64, Arc<str>)>>,
+    due: VecDeque<Arc<str>>,
+    sending: usize,
+    payload_bytes: usize,
+    /// The highest seq loaded at recovery; pullers only hand over later ones.
+    recovered_max: i64,
+}
+
+impl Deliverer {
+    /// Loads what the last run left (pending messages, open deliveries) and returns the
+    /// deliverer and the queue pullers feed. Call before any puller starts.
+    pub(crate) async fn recover(
+        store: Arc<dyn Store>,
+        config: WebhookConfig,
+        echo: bool,
+        metrics: Arc<Metrics>,
+        replies: Arc<Notify>,
+    ) -> Result<(Deliverer, DeliveryQueue, mpsc::Receiver<Vec<StoredMessage>>), Error> {
+        let sink = Arc::new(Sink::new(&config)?);
+        let (tx, rx) = mpsc::channel(QUEUE_PAGES);
+        let mut deliverer = Deliverer {
+            store,
+            sink,
+            config,
+            echo,
+            metrics,
+            replies,
+            lanes: HashMap::new(),
+            ready: VecDeque::new(),
+            deliveries: HashMap::new(),
+            timers: BinaryHeap::new(),
+            due: VecDeque::new(),
+            sending: 0,
+            payload_bytes: 0,
+            recovered_max: 0,
+        };
+        let mut where_is: HashMap<i64, Lane> = HashMap::new();
+        let mut pending = 0i64;
+        loop {
+            let rows = deliverer
+                .store
+                .pending_messages(deliverer.recovered_max, RECOVERY_PAGE)
+                .await?;
+            let Some(last) = rows.last() else { break };
+            deliverer.recovered_max = last.seq;
+            for row in rows {
+                where_is.insert(row.seq, row.lane.clone());
+                pending += 1;
+                deliverer
+                    .lanes
+                    .entry(row.lane)
+                    .or_default()
+                    .queue
+                    .push_back(Entry {
+                        seq: row.seq,
+                        stored_at_ms: row.stored_at_ms,
+                        invalid: row.invalid,
+                        payload: None,
+                        counted: false,
+                    });
+            }
+        }
+        deliverer
+            .metrics
+            .messages_pending
+            .store(pending, Ordering::Relaxed);
+        let mut stale = Vec::new();
+        for record in deliverer.store.open_deliveries().await? {
+            let mut entries = Vec::new();
+            for seq in &record.seqs {
+                let Some(lane) = where_is.remove(seq) else {
+                    continue;
+                };
+                let Some(state) = deliverer.lanes.get_mut(&lane) else {
+                    continue;
+                };
+                if let Some(pos) = state.queue.iter().position(|e| e.seq == *seq) {
+                    if let Some(entry) = state.queue.remove(pos) {
+                        state.busy = true;
+                        entries.push((lane, entry));
+                    }
+                }
+            }
+            if entries.is_empty() {
+                // Everything in it was delivered (or purged): drop the record.
+                stale.push(record.id);
+                continue;
+            }
+            let id: Arc<str> = Arc::from(record.id.as_str());
+            deliverer
+                .timers
+                .push(Reverse((record.next_attempt_at_ms, id.clone())));
+            deliverer.deliveries.insert(
+                id.clone(),
+                Delivery {
+                    id,
+                    entries,
+                    attempts: record.attempts,
+                    next_attempt_at_ms: record.next_attempt_at_ms,
+                    recorded: true,
+                    body: None,
+                    echo: Vec::new(),
+                },
+            );
+        }
+        if !stale.is_empty() {
+            let acks = stale
+                .into_iter()
+                .map(|id| Ack {
+                    delivery_id: id,
+                    seqs: Vec::new(),
+                    replies: Vec::new(),
+                })
+                .collect();
+            deliverer
+                .store
+                .finish_deliveries(FinishDeliveries {
+                    now_ms: now_ms(),
+                    acks,
+                    failures: Vec::new(),
+                })
+                .await?;
+        }
+        let lanes: Vec<Lane> = deliverer
+            .lanes
+            .iter()
+            .filter(|(_, s)| !s.busy && !s.queue.is_empty())
+            .map(|(l, _)| l.clone())
+            .collect();
+        for lane in lanes {
+            deliverer.mark_ready(lane);
+        }
+        if pending > 0 {
+            tracing::info!(
+                pending,
+                deliveries = deliverer.deliveries.len(),
+                "recovered undelivered messages"
+            );
+        }
+        Ok((deliverer, DeliveryQueue { tx }, rx))
+    }
+
+    fn mark_ready(&mut self, lane: Lane) {
+        if let Some(state) = self.lanes.get_mut(&lane) {
+            if !state.busy && !state.queued && !state.queue.is_empty() {
+                state.queued = true;
+                self.ready.push_back(lane);
+            }
+        }
+    }
+
+    fn add(&mut self, rows: Vec<StoredMessage>) {
+        for row in rows {
+            if row.seq <= self.recovered_max {
+                continue;
+            }
+            let mut payload = None;
+            let mut counted = false;
+            if let Some(p) = &row.payload {
+                let len = p.raw().len();
+                if self.payload_bytes + len <= PAYLOAD_BUDGET {
+                    payload = Some(match p {
+                        Payload::Raw(raw) => raw.clone(),
+                        Payload::Message(m) => Arc::from(m.raw()),
+                    });
+                    self.payload_bytes += len;
+                    counted = true;
+                }
+            }
+            self.metrics
+                .messages_pending
+                .fetch_add(1, Ordering::Relaxed);
+            let lane = row.lane;
+            self.lanes
+                .entry(lane.clone())
+                .or_default()
+                .queue
+                .push_back(Entry {
+                    seq: row.seq,
+                    stored_at_ms: row.stored_at_ms,
+                    invalid: row.invalid,
+                    payload,
+                    counted,
+                });
+            self.mark_ready(lane);
+        }
+    }
+
+    /// Takes up to `max_batch` messages from ready lanes into a new delivery.
+    fn form_delivery(&mut self) -> Option<Arc<str>> {
+        let mut entries = Vec::new();
+        while entries.len() < self.config.max_batch {
+            let Some(lane) = self.ready.pop_front() else {
+                break;
+            };
+            let Some(state) = self.lanes.get_mut(&lane) else {
+                continue;
+            };
+            state.queued = false;
+            if state.busy || state.queue.is_empty() {
+                continue;
+            }
+            let take = (self.config.max_batch - entries.len()).min(state.queue.len());
+            for entry in state.queue.drain(..take) {
+                entries.push((lane.clone(), entry));
+            }
+            state.busy = true;
+        }
+        if entries.is_empty() {
+            return None;
+        }
+        entries.sort_by_key(|(_, e)| e.seq);
+        let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+        self.deliveries.insert(
+            id.clone(),
+            Delivery {
+                id: id.clone(),
+                entries,
+                attempts: 0,
+                next_attempt_at_ms: 0,
+                recorded: false,
+                body: None,
+                echo: Vec::new(),
+            },
+        );
+        Some(id)
+    }
+
+    /// Starts as many attempts as the concurrency allows.
+    async fn dispatch(&mut self, done: &mpsc::UnboundedSender<Done>) {
+        let mut batch: Vec<Arc<str>> = Vec::new();
+        while self.sending + batch.len() < self.config.concurrency {
+            if let Some(id) = self.due.pop_front() {
+                if self.deliveries.contains_key(&id) {
+                    batch.push(id);
+                }
+                continue;
+            }
+            match self.form_delivery() {
+                Some(id) => batch.push(id),
+                None => break,
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        // Record new deliveries first, so an id seen by the bot survives a crash.
+        let records: Vec<DeliveryRecord> = batch
+            .iter()
+            .filter_map(|id| self.deliveries.get(id))
+            .filter(|d| !d.recorded)
+            .map(|d| DeliveryRecord {
+                id: d.id.to_string(),
+                seqs: d.entries.iter().map(|(_, e)| e.seq).collect(),
+                attempts: d.attempts,
+                next_attempt_at_ms: d.next_attempt_at_ms,
+                last_error: None,
+            })
+            .collect();
+        if !records.is_empty() {
+            if let Err(e) = self.store.begin_deliveries(records, now_ms()).await {
+                tracing::error!(error = %e, "cannot record deliveries; retrying in 1 s");
+                self.postpone(batch, 1000);
+                return;
+            }
+            for id in &batch {
+                if let Some(d) = self.deliveries.get_mut(id) {
+                    d.recorded = true;
+                }
+            }
+        }
+        if let Err(e) = self.build_bodies(&batch).await {
+            tracing::error!(error = %e, "cannot read messages back; retrying in 1 s");
+            self.postpone(batch, 1000);
+            return;
+        }
+        for id in batch {
+            let Some(d) = self.deliveries.get_mut(&id) else {
+                continue;
+            };
+            let Some(body) = d.body.clone() else { continue };
+            let attempt = d.attempts + 1;
+            let sink = self.sink.clone();
+            let done = done.clone();
+            self.sending += 1;
+            tokio::spawn(async move {
+                let outcome = sink.deliver(&id, attempt, body).await;
+                let _ = done.send(Done { id, outcome });
+            });
+        }
+    }
+
+    fn postpone(&mut self, ids: Vec<Arc<str>>, by_ms: i64) {
+        let at = now_ms() + by_ms;
+        for id in ids {
+            self.timers.push(Reverse((at, id)));
+        }
+    }
+
+    /// Builds the body of each delivery that has none, reading missing JSON from the store.
+    async fn build_bodies(&mut self, ids: &[Arc<str>]) -> Result<(), Error> {
+        let missing: Vec<i64> = ids
+            .iter()
+            .filter_map(|id| self.deliveries.get(id))
+            .filter(|d| d.body.is_none())
+            .flat_map(|d| d.entries.iter())
+            .filter(|(_, e)| e.payload.is_none())
+            .map(|(_, e)| e.seq)
+            .collect();
+        let mut loaded: HashMap<i64, Arc<str>> = HashMap::new();
+        if !missing.is_empty() {
+            for (seq, raw) in self.store.load_payloads(missing).await? {
+                loaded.insert(seq, Arc::from(raw));
+            }
+        }
+        for id in ids {
+            let Some(d) = self.deliveries.get_mut(id) else {
+                continue;
+            };
+            if d.body.is_some() {
+                continue;
+            }
+            for (_, entry) in d.entries.iter_mut() {
+                if entry.payload.is_none() {
+                    entry.payload = loaded.get(&entry.seq).cloned();
+                }
+            }
+            // A message deleted from under us (manual cleanup) cannot be sent; skip it.
+            let raws = d
+                .entries
+                .iter()
+                .filter_map(|(_, e)| e.payload.as_ref().map(|p| (&**p, e.invalid)));
+            d.body = Some(if self.sink.wants_json_body() {
+                sink::webhook_body(raws)
+            } else {
+                sink::json_lines(raws.map(|(raw, _)| raw))
+            });
+            if self.echo {
+                d.echo = d
+                    .entries
+                    .iter()
+                    .filter_map(|(lane, e)| echo_for(lane, e.payload.as_ref()?))
+                    .collect();
+            }
+            // The body holds the JSON now; drop the per-message copies.
+            for (_, entry) in d.entries.iter_mut() {
+                if let Some(p) = entry.payload.take() {
+                    if entry.counted {
+                        self.payload_bytes = self.payload_bytes.saturating_sub(p.len());
+                        entry.counted = false;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records finished attempts: acknowledgements and retries in one transaction.
+    async fn finish(&mut self, done: Vec<Done>, shutdown: &watch::Receiver<bool>) {
+        let now = now_ms();
+        let mut finish = FinishDeliveries {
+            now_ms: now,
+            acks: Vec::new(),
+            failures: Vec::new(),
+        };
+        // (old id, replacement deliveries) for failures; ids acked.
+        let mut acked: Vec<Arc<str>> = Vec::new();
+        let mut replaced: Vec<(Arc<str>, Vec<Delivery>)> = Vec::new();
+        for Done { id, outcome } in done {
+            self.sending = self.sending.saturating_sub(1);
+            let Some(d) = self.deliveries.get(&id) else {
+                continue;
+            };
+            match outcome {
+                Outcome::Acked(replies) => {
+                    Metrics::add(&self.metrics.deliveries_ok, 1);
+                    let mut queued: Vec<_> = replies
+                        .into_iter()
+                        .map(|r| queue_reply(r, Some(&id)))
+                        .collect();
+                    queued.extend(d.echo.iter().cloned().map(|r| queue_reply(r, Some(&id))));
+                    for bad in queued.iter().filter(|r| r.error.is_some()) {
+                        tracing::warn!(
+                            delivery = &*id,
+                            error = bad.error.as_deref().unwrap_or(""),
+                            "unusable reply in the webhook response"
+                        );
+                    }
+                    finish.acks.push(Ack {
+                        delivery_id: id.to_string(),
+                        seqs: d.entries.iter().map(|(_, e)| e.seq).collect(),
+                        replies: queued,
+                    });
+                    acked.push(id);
+                }
+                Outcome::Failed(error) => {
+                    Metrics::add(&self.metrics.deliveries_failed, 1);
+                    Metrics::add(&self.metrics.delivery_retries, 1);
+                    let attempts = d.attempts + 1;
+                    let at = now
+                        + backoff(
+                            attempts,
+                            self.config.retry_initial,
+                            self.config.retry_max,
+                            jitter(),
+                        )
+                        .as_millis() as i64;
+                    tracing::warn!(
+                        delivery = &*id,
+                        attempts,
+                        error = %error,
+                        retry_in_ms = at - now,
+                        "delivery failed"
+                    );
+                    let Some(d) = self.deliveries.remove(&id) else {
+                        continue;
+                    };
+                    let mut lanes: Vec<Lane> = d.entries.iter().map(|(l, _)| l.clone()).collect();
+                    lanes.sort();
+                    lanes.dedup();
+                    let parts: Vec<Delivery> = if lanes.len() <= 1 {
+                        vec![Delivery {
+                            attempts,
+                            next_attempt_at_ms: at,
+                            ..d
+                        }]
+                    } else {
+                        // One delivery per customer from now on.
+                        let mut by_lane: Vec<(Lane, Vec<(Lane, Entry)>)> =
+                            lanes.into_iter().map(|l| (l, Vec::new())).collect();
+                        for (lane, entry) in d.entries {
+                            if let Some((_, list)) = by_lane.iter_mut().find(|(l, _)| *l == lane) {
+                                list.push((lane, entry));
+                            }
+                        }
+                        by_lane
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, (_, entries))| Delivery {
+                                id: Arc::from(format!("{}.{}", d.id, i + 1)),
+                                entries,
+                                attempts,
+                                next_attempt_at_ms: at,
+                                recorded: true,
+                                body: None,
+                                echo: Vec::new(),
+                            })
+                            .collect()
+                    };
+                    finish.failures.push(Failure {
+                        old_id: id.to_string(),
+                        retries: parts
+                            .iter()
+                            .map(|p| DeliveryRecord {
+                                id: p.id.to_string(),
+                                seqs: p.entries.iter().map(|(_, e)| e.seq).collect(),
+                                attempts,
+                                next_attempt_at_ms: at,
+                                last_error: Some(error.clone()),
+                            })
+                            .collect(),
+                    });
+                    replaced.push((id, parts));
+                }
+            }
+        }
+        // Until the transaction commits nothing changes in memory; a store outage is waited
+        // out (after a shutdown, the deliveries are simply repeated on the next start).
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match self.store.finish_deliveries(finish.clone()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot record delivery results; retrying");
+                    if *shutdown.borrow() {
+                        return;
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        let mut any_replies = false;
+        for ack in &finish.acks {
+            any_replies |= ack.replies.iter().any(|r| r.error.is_none());
+        }
+        for id in acked {
+            let Some(d) = self.deliveries.remove(&id) else {
+                continue;
+            };
+            let n = d.entries.len() as u64;
+            Metrics::add(&self.metrics.messages_delivered, n);
+            self.metrics
+                .messages_pending
+                .fetch_sub(n as i64, Ordering::Relaxed);
+            let mut lanes = Vec::new();
+            for (lane, entry) in d.entries {
+                let lag = (now - entry.stored_at_ms).max(0) as u64;
+                self.metrics.observe_lag(Duration::from_millis(lag));
+                if let (Some(p), true) = (&entry.payload, entry.counted) {
+                    self.payload_bytes = self.payload_bytes.saturating_sub(p.len());
+                }
+                lanes.push(lane);
+            }
+            lanes.dedup();
+            for lane in lanes {
+                self.release(lane);
+            }
+        }
+        for (_, parts) in replaced {
+            for part in parts {
+                self.timers
+                    .push(Reverse((part.next_attempt_at_ms, part.id.clone())));
+                self.deliveries.insert(part.id.clone(), part);
+            }
+        }
+        if any_replies {
+            self.replies.notify_one();
+        }
+    }
+
+    /// A lane's delivery was acknowledged: it may deliver again (or be forgotten when idle).
+    fn release(&mut self, lane: Lane) {
+        let Some(state) = self.lanes.get_mut(&lane) else {
+            return;
+        };
+        if !state.busy {
+            return;
+        }
+        state.busy = false;
+        if state.queue.is_empty() {
+            if !state.queued {
+                self.lanes.remove(&lane);
+            }
+        } else {
+            self.mark_ready(lane);
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = now_ms();
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            if let Some(Reverse((_, id))) = self.timers.pop() {
+                self.due.push_back(id);
+            }
+        }
+    }
+
+    /// Runs until shutdown; in-flight attempts are given the webhook timeout to finish.
+    pub(crate) async fn run(
+        mut self,
+        mut incoming: mpsc::Receiver<Vec<StoredMessage>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+        let mut incoming_open = true;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            self.fire_timers();
+            self.dispatch(&done_tx).await;
+            let sleep_ms = self
+                .timers
+                .peek()
+                .map(|Reverse((at, _))| (*at - now_ms()).max(0))
+                .unwrap_or(60_000)
+                .min(60_000);
+            tokio::select! {
+                _ = stopped(&mut shutdown) => break,
+                Some(first) = done_rx.recv() => {
+                    let mut done = vec![first];
+                    while let Ok(more) = done_rx.try_recv() {
+                        done.push(more);
+                    }
+                    self.finish(done, &shutdown).await;
+                }
+                rows = incoming.recv(), if incoming_open => match rows {
+                    Some(rows) => {
+                        self.add(rows);
+                        while let Ok(more) = incoming.try_recv() {
+                            self.add(more);
+                        }
+                    }
+                    None => incoming_open = false,
+                },
+                _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64)) => {}
+            }
+        }
+        // Graceful stop: no new attempts; record the ones in flight if they finish in time.
+        let deadline = tokio::time::Instant::now() + self.config.timeout + Duration::from_secs(1);
+        while self.sending > 0 {
+            match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+                Ok(Some(first)) => {
+                    let mut done = vec![first];
+                    while let Ok(more) = done_rx.try_recv() {
+                        done.push(more);
+                    }
+                    self.finish(done, &shutdown).await;
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
+/// The echo bot: customer texts get `echo: <text>`.
+fn echo_for(lane: &Lane, raw: &str) -> Option<serde_json::Value> {
+    let message = Message::from_json(raw).ok()?;
+    if message.origin() != Origin::Customer || lane.external_userid.is_empty() {
+        return None;
+    }
+    match message.content() {
+        MessageContent::Text(text) => Some(echo_reply(
+            &lane.open_kfid,
+            &lane.external_userid,
+            &text.content,
+        )),
+        _ => None,
+    }
+}

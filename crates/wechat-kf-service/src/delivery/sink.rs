@@ -1,0 +1,289 @@
+//! Where deliveries go: the bot's webhook (signed JSON) or stdout (JSON Lines).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::io::AsyncWriteExt;
+
+use crate::config::{Secret, WebhookConfig};
+
+/// The header carrying the body's HMAC-SHA256: `sha256=<hex>`.
+pub const SIGNATURE_HEADER: &str = "X-Wechat-Kf-Signature";
+/// The header carrying the delivery id (stable across retries).
+pub const DELIVERY_HEADER: &str = "X-Wechat-Kf-Delivery";
+/// The header carrying the attempt number (1 for the first).
+pub const ATTEMPT_HEADER: &str = "X-Wechat-Kf-Attempt";
+
+/// `sha256=<hex of HMAC-SHA256(secret, body)>`, the value of `X-Wechat-Kf-Signature`.
+///
+/// ```
+/// let sig = wechat_kf_service::signature(b"secret", br#"{"messages":[]}"#);
+/// assert!(sig.starts_with("sha256=") && sig.len() == 7 + 64);
+/// assert!(wechat_kf_service::verify_signature(b"secret", br#"{"messages":[]}"#, &sig));
+/// assert!(!wechat_kf_service::verify_signature(b"other", br#"{"messages":[]}"#, &sig));
+/// ```
+pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    match Hmac::<Sha256>::new_from_slice(secret) {
+        Ok(mut mac) => {
+            mac.update(body);
+            format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+        }
+        // HMAC takes keys of any length: this cannot happen.
+        Err(_) => String::new(),
+    }
+}
+
+/// Checks an `X-Wechat-Kf-Signature` value in constant time (for bots written in Rust).
+pub fn verify_signature(secret: &[u8], body: &[u8], header: &str) -> bool {
+    let Some(hex_sig) = header.strip_prefix("sha256=") else {
+        return false;
+    };
+    let Ok(expected) = hex::decode(hex_sig) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&expected).is_ok()
+}
+
+/// The webhook body: `{"messages":[…]}`, each message's original JSON unchanged, plus
+/// `"invalid":[indexes]` naming the items the library could not decode.
+pub(crate) fn webhook_body<'a>(raws: impl Iterator<Item = (&'a str, bool)>) -> Bytes {
+    let mut body = String::with_capacity(4096);
+    body.push_str("{\"messages\":[");
+    let mut invalid = Vec::new();
+    for (index, (raw, is_invalid)) in raws.enumerate() {
+        if index > 0 {
+            body.push(',');
+        }
+        body.push_str(raw);
+        if is_invalid {
+            invalid.push(index.to_string());
+        }
+    }
+    body.push(']');
+    if !invalid.is_empty() {
+        body.push_str(",\"invalid\":[");
+        body.push_str(&invalid.join(","));
+        body.push(']');
+    }
+    body.push('}');
+    Bytes::from(body)
+}
+
+/// JSON Lines: one message per line. A raw line break can only be whitespace between JSON
+/// tokens (inside strings it is escaped), so replacing it with a space keeps the JSON intact.
+pub(crate) fn json_lines<'a>(raws: impl Iterator<Item = &'a str>) -> Bytes {
+    let mut out = String::with_capacity(4096);
+    for raw in raws {
+        if raw.contains(['\n', '\r']) {
+            out.push_str(&raw.replace(['\n', '\r'], " "));
+        } else {
+            out.push_str(raw);
+        }
+        out.push('\n');
+    }
+    Bytes::from(out)
+}
+
+/// What a delivery attempt came to.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Acknowledged; the response's `replies` (raw JSON values), if any.
+    Acked(Vec<serde_json::Value>),
+    /// Not acknowledged: status, timeout or connection failure (no content).
+    Failed(String),
+}
+
+/// The delivery target.
+pub(crate) enum Sink {
+    /// POST to the bot.
+    Webhook {
+        http: reqwest::Client,
+        url: String,
+        secret: Option<Secret>,
+        max_response_bytes: usize,
+    },
+    /// JSON Lines on stdout.
+    Stdout(tokio::sync::Mutex<tokio::io::Stdout>),
+}
+
+impl Sink {
+    /// The sink for a configuration.
+    pub(crate) fn new(config: &WebhookConfig) -> Result<Sink, crate::Error> {
+        match &config.url {
+            Some(url) => {
+                let http = reqwest::Client::builder()
+                    .timeout(config.timeout)
+                    .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+                    .pool_max_idle_per_host(config.concurrency.max(4))
+                    .redirect(reqwest::redirect::Policy::none())
+                    .user_agent(concat!("wechat-kf-serve/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(|e| {
+                        crate::Error::Config(format!("cannot build the webhook client: {e}"))
+                    })?;
+                Ok(Sink::Webhook {
+                    http,
+                    url: url.clone(),
+                    secret: config.secret.clone(),
+                    max_response_bytes: config.max_response_bytes,
+                })
+            }
+            None => Ok(Sink::Stdout(tokio::sync::Mutex::new(tokio::io::stdout()))),
+        }
+    }
+
+    /// Whether the sink wants [`webhook_body`] (else [`json_lines`]).
+    pub(crate) fn wants_json_body(&self) -> bool {
+        matches!(self, Sink::Webhook { .. })
+    }
+
+    /// One delivery attempt.
+    pub(crate) async fn deliver(&self, id: &str, attempt: u32, body: Bytes) -> Outcome {
+        match self {
+            Sink::Stdout(out) => {
+                let mut out = out.lock().await;
+                match out.write_all(&body).await {
+                    Ok(()) => match out.flush().await {
+                        Ok(()) => Outcome::Acked(Vec::new()),
+                        Err(e) => Outcome::Failed(format!("stdout: {e}")),
+                    },
+                    Err(e) => Outcome::Failed(format!("stdout: {e}")),
+                }
+            }
+            Sink::Webhook {
+                http,
+                url,
+                secret,
+                max_response_bytes,
+            } => {
+                let mut request = http
+                    .post(url)
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .header(DELIVERY_HEADER, id)
+                    .header(ATTEMPT_HEADER, attempt.to_string());
+                if let Some(secret) = secret {
+                    request = request.header(
+                        SIGNATURE_HEADER,
+                        signature(secret.expose().as_bytes(), &body),
+                    );
+                }
+                let mut response = match request.body(body).send().await {
+                    Ok(response) => response,
+                    Err(e) if e.is_timeout() => return Outcome::Failed("timeout".into()),
+                    Err(e) if e.is_connect() => return Outcome::Failed("connection failed".into()),
+                    Err(_) => return Outcome::Failed("request failed".into()),
+                };
+                let status = response.status();
+                if !status.is_success() {
+                    return Outcome::Failed(format!("HTTP {}", status.as_u16()));
+                }
+                // A 2xx acknowledges; the body only matters for replies.
+                let mut body = Vec::new();
+                loop {
+                    match response.chunk().await {
+                        Ok(Some(chunk)) => {
+                            if body.len() + chunk.len() > *max_response_bytes {
+                                tracing::warn!(
+                                    delivery = id,
+                                    "webhook response too large: replies ignored"
+                                );
+                                return Outcome::Acked(Vec::new());
+                            }
+                            body.extend_from_slice(&chunk);
+                        }
+                        Ok(None) => break,
+                        Err(_) => {
+                            tracing::warn!(
+                                delivery = id,
+                                "webhook response body unreadable: replies ignored"
+                            );
+                            return Outcome::Acked(Vec::new());
+                        }
+                    }
+                }
+                Outcome::Acked(parse_replies(id, &body))
+            }
+        }
+    }
+}
+
+/// The `replies` array of a webhook response body, if it has one.
+pub(crate) fn parse_replies(id: &str, body: &[u8]) -> Vec<serde_json::Value> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Vec::new();
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(mut map)) => match map.remove("replies") {
+            Some(serde_json::Value::Array(replies)) => replies,
+            Some(serde_json::Value::Null) | None => Vec::new(),
+            Some(_) => {
+                tracing::warn!(delivery = id, "webhook response: `replies` is not an array");
+                Vec::new()
+            }
+        },
+        Ok(_) => Vec::new(),
+        Err(_) => {
+            tracing::debug!(delivery = id, "webhook response is not JSON: no replies");
+            Vec::new()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_wraps_raw_messages_and_flags_undecodable_ones() {
+        let body = webhook_body([(r#"{"a":1}"#, false), (r#"{"b":2}"#, true)].into_iter());
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["messages"][1]["b"], 2);
+        assert_eq!(value["invalid"], serde_json::json!([1]));
+        let body = webhook_body([(r#"{"a":1}"#, false)].into_iter());
+        assert_eq!(&body[..], br#"{"messages":[{"a":1}]}"#);
+    }
+
+    #[test]
+    fn json_lines_put_each_message_on_one_line() {
+        let lines = json_lines(["{\n \"a\": \"x\\ny\"\r\n}", "{}"].into_iter());
+        let text = std::str::from_utf8(&lines).unwrap();
+        let parsed: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed[0]["a"], "x\ny");
+    }
+
+    #[test]
+    fn signatures_are_hmac_sha256_hex_and_verify_in_constant_time() {
+        // RFC 4231 test case 2.
+        let sig = signature(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(
+            sig,
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert!(verify_signature(
+            b"Jefe",
+            b"what do ya want for nothing?",
+            &sig
+        ));
+        assert!(!verify_signature(b"Jefe", b"tampered", &sig));
+        assert!(!verify_signature(b"Jefe", b"x", "sha1=00"));
+        assert!(!verify_signature(b"Jefe", b"x", "sha256=zz"));
+    }
+
+    #[test]
+    fn replies_are_read_leniently() {
+        assert_eq!(parse_replies("d", b"").len(), 0);
+        assert_eq!(parse_replies("d", b"ok").len(), 0);
+        assert_eq!(parse_replies("d", br#"{"replies":{}}"#).len(), 0);
+        assert_eq!(parse_replies("d", br#"{"replies":[{"a":1},2]}"#).len(), 2);
+    }
+}

@@ -1,0 +1,321 @@
+//! Counters and gauges, rendered in the Prometheus text exposition format by `GET /metrics`.
+//!
+//! Plain atomics: every update is one relaxed add, so instrumentation costs nothing measurable
+//! on the hot paths.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the delivery-lag histogram buckets.
+const LAG_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 300.0, 3600.0,
+];
+
+/// Why a callback request was answered the way it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallbackResult {
+    /// Verified, decrypted, acknowledged.
+    Accepted,
+    /// URL verification answered.
+    Verified,
+    /// Signature mismatch (401).
+    Forged,
+    /// Timestamp outside the window (401).
+    Stale,
+    /// Body over the limit (413).
+    TooLarge,
+    /// Unreadable request (400).
+    Malformed,
+    /// Callbacks are not configured (503).
+    Disabled,
+}
+
+impl CallbackResult {
+    const ALL: [CallbackResult; 7] = [
+        CallbackResult::Accepted,
+        CallbackResult::Verified,
+        CallbackResult::Forged,
+        CallbackResult::Stale,
+        CallbackResult::TooLarge,
+        CallbackResult::Malformed,
+        CallbackResult::Disabled,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            CallbackResult::Accepted => "accepted",
+            CallbackResult::Verified => "verified",
+            CallbackResult::Forged => "forged",
+            CallbackResult::Stale => "stale",
+            CallbackResult::TooLarge => "too_large",
+            CallbackResult::Malformed => "malformed",
+            CallbackResult::Disabled => "disabled",
+        }
+    }
+}
+
+/// All service metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    callbacks: [AtomicU64; 7],
+    /// Pull rounds started (a round pulls until `has_more` is 0).
+    pub pulls: AtomicU64,
+    /// `sync_msg` pages committed.
+    pub pages: AtomicU64,
+    /// `sync_msg` calls that failed.
+    pub pull_errors: AtomicU64,
+    /// Messages stored (new msgids).
+    pub messages_stored: AtomicU64,
+    /// Messages pulled again and ignored (msgid already stored).
+    pub messages_duplicate: AtomicU64,
+    /// Items the library could not decode (stored raw and delivered flagged).
+    pub messages_invalid: AtomicU64,
+    /// Messages acknowledged by the bot.
+    pub messages_delivered: AtomicU64,
+    /// Delivery attempts acknowledged with 2xx.
+    pub deliveries_ok: AtomicU64,
+    /// Delivery attempts that failed (non-2xx, timeout, connection error).
+    pub deliveries_failed: AtomicU64,
+    /// Delivery retries scheduled.
+    pub delivery_retries: AtomicU64,
+    /// Messages stored but not yet acknowledged.
+    pub messages_pending: AtomicI64,
+    /// Replies (webhook or echo) sent.
+    pub replies_sent: AtomicU64,
+    /// Replies that failed for good.
+    pub replies_failed: AtomicU64,
+    /// Reply retries scheduled.
+    pub reply_retries: AtomicU64,
+    /// Reply API requests, by outcome class.
+    pub api_requests_ok: AtomicU64,
+    /// Reply API requests that failed (any reason, including auth).
+    pub api_requests_failed: AtomicU64,
+    lag_buckets: [AtomicU64; LAG_BUCKETS.len()],
+    lag_count: AtomicU64,
+    lag_sum_micros: AtomicU64,
+    errcodes: Mutex<BTreeMap<(&'static str, i64), u64>>,
+}
+
+impl Metrics {
+    /// Empty metrics.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Counts a callback request.
+    pub fn callback(&self, result: CallbackResult) {
+        let index = CallbackResult::ALL
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or(0);
+        self.callbacks[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The number of callbacks with `result` so far.
+    pub fn callbacks(&self, result: CallbackResult) -> u64 {
+        CallbackResult::ALL
+            .iter()
+            .position(|r| *r == result)
+            .map_or(0, |i| self.callbacks[i].load(Ordering::Relaxed))
+    }
+
+    /// Records how long a message waited between being stored and being acknowledged.
+    pub fn observe_lag(&self, lag: Duration) {
+        let secs = lag.as_secs_f64();
+        for (bucket, bound) in self.lag_buckets.iter().zip(LAG_BUCKETS) {
+            if secs <= bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.lag_count.fetch_add(1, Ordering::Relaxed);
+        self.lag_sum_micros.fetch_add(
+            lag.as_micros().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Counts a WeChat error code returned by `endpoint`.
+    pub fn errcode(&self, endpoint: &'static str, errcode: i64) {
+        let mut map = self.errcodes.lock().unwrap_or_else(|e| e.into_inner());
+        *map.entry((endpoint, errcode)).or_default() += 1;
+    }
+
+    /// Counts the errcode of an API error, if it carries one.
+    pub fn api_error(&self, endpoint: &'static str, error: &wechat_kf::client::Error) {
+        if let Some(code) = error.errcode() {
+            self.errcode(endpoint, code.code());
+        }
+    }
+
+    /// Adds `n` to a counter (shorthand).
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        out.push_str("# HELP wechat_kf_callbacks_total Callback requests by result.\n");
+        out.push_str("# TYPE wechat_kf_callbacks_total counter\n");
+        for (result, count) in CallbackResult::ALL.iter().zip(&self.callbacks) {
+            let _ = writeln!(
+                out,
+                "wechat_kf_callbacks_total{{result=\"{}\"}} {}",
+                result.label(),
+                get(count)
+            );
+        }
+        let counters: [(&str, &str, &AtomicU64); 15] = [
+            (
+                "wechat_kf_pulls_total",
+                "Pull rounds (until has_more is 0).",
+                &self.pulls,
+            ),
+            (
+                "wechat_kf_pull_pages_total",
+                "sync_msg pages committed.",
+                &self.pages,
+            ),
+            (
+                "wechat_kf_pull_errors_total",
+                "sync_msg calls that failed.",
+                &self.pull_errors,
+            ),
+            (
+                "wechat_kf_messages_stored_total",
+                "Messages stored (new msgids).",
+                &self.messages_stored,
+            ),
+            (
+                "wechat_kf_messages_duplicate_total",
+                "Messages pulled again and ignored.",
+                &self.messages_duplicate,
+            ),
+            (
+                "wechat_kf_messages_invalid_total",
+                "Items that failed to decode, stored raw.",
+                &self.messages_invalid,
+            ),
+            (
+                "wechat_kf_messages_delivered_total",
+                "Messages acknowledged by the bot.",
+                &self.messages_delivered,
+            ),
+            (
+                "wechat_kf_deliveries_ok_total",
+                "Deliveries acknowledged with 2xx.",
+                &self.deliveries_ok,
+            ),
+            (
+                "wechat_kf_deliveries_failed_total",
+                "Delivery attempts that failed.",
+                &self.deliveries_failed,
+            ),
+            (
+                "wechat_kf_delivery_retries_total",
+                "Delivery retries scheduled.",
+                &self.delivery_retries,
+            ),
+            (
+                "wechat_kf_replies_sent_total",
+                "Replies from the bot sent to WeChat.",
+                &self.replies_sent,
+            ),
+            (
+                "wechat_kf_replies_failed_total",
+                "Replies that failed for good.",
+                &self.replies_failed,
+            ),
+            (
+                "wechat_kf_reply_retries_total",
+                "Reply retries scheduled.",
+                &self.reply_retries,
+            ),
+            (
+                "wechat_kf_api_requests_ok_total",
+                "Reply API requests that succeeded.",
+                &self.api_requests_ok,
+            ),
+            (
+                "wechat_kf_api_requests_failed_total",
+                "Reply API requests that failed.",
+                &self.api_requests_failed,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                get(counter)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP wechat_kf_messages_pending Messages stored and not yet acknowledged.\n\
+             # TYPE wechat_kf_messages_pending gauge\nwechat_kf_messages_pending {}",
+            self.messages_pending.load(Ordering::Relaxed).max(0)
+        );
+        out.push_str("# HELP wechat_kf_delivery_lag_seconds Time from storing a message to the bot's acknowledgement.\n");
+        out.push_str("# TYPE wechat_kf_delivery_lag_seconds histogram\n");
+        for (bucket, bound) in self.lag_buckets.iter().zip(LAG_BUCKETS) {
+            let _ = writeln!(
+                out,
+                "wechat_kf_delivery_lag_seconds_bucket{{le=\"{bound}\"}} {}",
+                get(bucket)
+            );
+        }
+        let count = get(&self.lag_count);
+        let _ = writeln!(
+            out,
+            "wechat_kf_delivery_lag_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "wechat_kf_delivery_lag_seconds_sum {}",
+            get(&self.lag_sum_micros) as f64 / 1e6
+        );
+        let _ = writeln!(out, "wechat_kf_delivery_lag_seconds_count {count}");
+        out.push_str("# HELP wechat_kf_api_errcodes_total WeChat error codes by endpoint.\n");
+        out.push_str("# TYPE wechat_kf_api_errcodes_total counter\n");
+        let map = self.errcodes.lock().unwrap_or_else(|e| e.into_inner());
+        for ((endpoint, code), n) in map.iter() {
+            let _ = writeln!(
+                out,
+                "wechat_kf_api_errcodes_total{{endpoint=\"{endpoint}\",errcode=\"{code}\"}} {n}"
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_has_every_family_and_cumulative_buckets() {
+        let m = Metrics::new();
+        m.callback(CallbackResult::Accepted);
+        m.callback(CallbackResult::Forged);
+        m.observe_lag(Duration::from_millis(3));
+        m.observe_lag(Duration::from_secs(2));
+        m.errcode("kf/send_msg", 95001);
+        let text = m.render();
+        assert!(text.contains("wechat_kf_callbacks_total{result=\"accepted\"} 1"));
+        assert!(text.contains("wechat_kf_callbacks_total{result=\"forged\"} 1"));
+        assert!(text.contains("wechat_kf_delivery_lag_seconds_bucket{le=\"0.005\"} 1"));
+        assert!(text.contains("wechat_kf_delivery_lag_seconds_bucket{le=\"2.5\"} 2"));
+        assert!(text.contains("wechat_kf_delivery_lag_seconds_bucket{le=\"+Inf\"} 2"));
+        assert!(text.contains(
+            "wechat_kf_api_errcodes_total{endpoint=\"kf/send_msg\",errcode=\"95001\"} 1"
+        ));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}

@@ -1,0 +1,499 @@
+//! One puller per account: woken by callbacks (coalesced) or by the periodic safety pull, it
+//! calls `kf/sync_msg` until `has_more` is 0 and commits each page — messages and the new cursor
+//! in one transaction — before asking for the next.
+//!
+//! Coalescing: a callback stores its Token in the account's slot and calls
+//! [`Notify::notify_one`], which keeps at most one wake-up pending. Any number of callbacks
+//! arriving while a pull runs therefore cause exactly one more pull, and that pull uses the
+//! newest Token.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, watch};
+use wechat_kf::client::puller::callback_token_usable;
+use wechat_kf::client::{Client, ErrCode, SyncMsgRequest};
+use wechat_kf::{InvalidItem, Message, SyncMsgResponse};
+
+use crate::config::PullConfig;
+use crate::delivery::DeliveryQueue;
+use crate::metrics::Metrics;
+use crate::retry::{backoff, jitter, now_ms};
+use crate::service::stopped;
+use crate::store::{NewMessage, PageWrite, Payload, Store};
+
+/// An account's wake-up slot.
+#[derive(Debug, Default)]
+pub struct Slot {
+    notify: Notify,
+    token: Mutex<Option<(String, SystemTime)>>,
+    wakes: AtomicU64,
+}
+
+impl Slot {
+    /// How many times the account was woken (callbacks and explicit wakes).
+    pub fn wakes(&self) -> u64 {
+        self.wakes.load(Ordering::Relaxed)
+    }
+
+    /// The newest callback Token, if any (tests).
+    pub fn token(&self) -> Option<String> {
+        self.token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(t, _)| t.clone())
+    }
+
+    fn usable_token(&self) -> Option<String> {
+        let guard = self.token.lock().unwrap_or_else(|e| e.into_inner());
+        guard
+            .as_ref()
+            .filter(|(_, at)| callback_token_usable(*at, SystemTime::now()))
+            .map(|(t, _)| t.clone())
+    }
+
+    fn forget_token(&self, token: &str) {
+        let mut guard = self.token.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.as_ref().is_some_and(|(t, _)| t == token) {
+            *guard = None;
+        }
+    }
+}
+
+/// What a puller task needs.
+pub(crate) struct PullContext {
+    pub(crate) client: Client,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) deliveries: DeliveryQueue,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) config: PullConfig,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) retry_initial: Duration,
+    pub(crate) retry_max: Duration,
+}
+
+/// Every account's slot; spawns a puller for an account the first time it is named.
+pub struct Pullers {
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    context: Option<Arc<PullContext>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    max_accounts: usize,
+}
+
+impl std::fmt::Debug for Pullers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pullers")
+            .field("accounts", &self.slots.lock().map(|s| s.len()).unwrap_or(0))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pullers {
+    /// Slots without pullers behind them (for handler tests: wakes are only recorded).
+    pub fn detached(max_accounts: usize) -> Pullers {
+        Pullers {
+            slots: Mutex::new(HashMap::new()),
+            context: None,
+            tasks: Mutex::new(Vec::new()),
+            max_accounts,
+        }
+    }
+
+    pub(crate) fn new(context: PullContext) -> Pullers {
+        let max_accounts = context.config.max_accounts;
+        Pullers {
+            slots: Mutex::new(HashMap::new()),
+            context: Some(Arc::new(context)),
+            tasks: Mutex::new(Vec::new()),
+            max_accounts,
+        }
+    }
+
+    /// The slot of an account, if it has one.
+    pub fn slot(&self, open_kfid: &str) -> Option<Arc<Slot>> {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(open_kfid)
+            .cloned()
+    }
+
+    /// The accounts with a slot.
+    pub fn accounts(&self) -> Vec<String> {
+        let mut list: Vec<String> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        list.sort();
+        list
+    }
+
+    /// Starts pulling an account (if not yet) from `cursor` and wakes it. Returns `false` when
+    /// the account limit is reached.
+    pub(crate) fn start(&self, open_kfid: &str, cursor: Option<String>) -> bool {
+        self.wake_with(open_kfid, None, cursor)
+    }
+
+    /// Wakes an account's puller (starting one if needed), remembering the callback `token`.
+    /// Returns `false` when the account is new and the account limit is reached.
+    pub fn wake(&self, open_kfid: &str, token: Option<String>) -> bool {
+        self.wake_with(open_kfid, token, None)
+    }
+
+    /// Wakes every known account (a callback without `OpenKfId`, from before 2023).
+    pub fn wake_all(&self, token: Option<String>) {
+        for account in self.accounts() {
+            self.wake(&account, token.clone());
+        }
+    }
+
+    fn wake_with(&self, open_kfid: &str, token: Option<String>, cursor: Option<String>) -> bool {
+        let (slot, created) = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            match slots.get(open_kfid) {
+                Some(slot) => (slot.clone(), false),
+                None => {
+                    if slots.len() >= self.max_accounts {
+                        return false;
+                    }
+                    let slot = Arc::new(Slot::default());
+                    slots.insert(open_kfid.to_owned(), slot.clone());
+                    (slot, true)
+                }
+            }
+        };
+        if let Some(token) = token {
+            *slot.token.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((token, SystemTime::now()));
+        }
+        slot.wakes.fetch_add(1, Ordering::Relaxed);
+        slot.notify.notify_one();
+        if created {
+            if let Some(context) = &self.context {
+                let task = tokio::spawn(run(context.clone(), open_kfid.to_owned(), slot, cursor));
+                self.tasks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(task);
+            }
+        }
+        true
+    }
+
+    /// Waits for every puller to stop (after shutdown was signalled); each finishes the page
+    /// commit in progress.
+    pub(crate) async fn join(&self) {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// An account's puller task.
+async fn run(
+    ctx: Arc<PullContext>,
+    open_kfid: String,
+    slot: Arc<Slot>,
+    mut cursor: Option<String>,
+) {
+    let mut shutdown = ctx.shutdown.clone();
+    // Remember the account so a restart pulls it even if no callback comes, and continue from
+    // its committed cursor when it was known already (e.g. named by a callback that arrived
+    // before the stored accounts were started).
+    let mut failures = 0;
+    loop {
+        let known = async {
+            ctx.store.add_account(open_kfid.clone(), now_ms()).await?;
+            if cursor.is_none() {
+                let accounts = ctx.store.accounts().await?;
+                cursor = accounts
+                    .into_iter()
+                    .find(|(id, _)| *id == open_kfid)
+                    .and_then(|(_, c)| c);
+            }
+            Ok::<(), crate::Error>(())
+        };
+        match known.await {
+            Ok(()) => break,
+            Err(e) => {
+                failures += 1;
+                tracing::error!(open_kfid, error = %e, "cannot record the account");
+                let delay = backoff(failures, ctx.retry_initial, ctx.retry_max, jitter());
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stopped(&mut shutdown) => return,
+                }
+            }
+        }
+    }
+    loop {
+        let safety = match ctx.config.safety_interval {
+            Duration::ZERO => Duration::from_secs(365 * 24 * 3600),
+            // ±10 % so that many accounts do not pull in lockstep.
+            interval => interval.mul_f64(0.9 + 0.2 * jitter()),
+        };
+        tokio::select! {
+            _ = slot.notify.notified() => {}
+            _ = tokio::time::sleep(safety) => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        pull_round(&ctx, &open_kfid, &slot, &mut cursor, &mut shutdown).await;
+    }
+}
+
+/// Pulls until `has_more` is 0, a non-retryable error, or shutdown.
+async fn pull_round(
+    ctx: &PullContext,
+    open_kfid: &str,
+    slot: &Slot,
+    cursor: &mut Option<String>,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    Metrics::add(&ctx.metrics.pulls, 1);
+    let mut failures = 0u32;
+    let mut empty_pages = 0u32;
+    let mut pages = 0u32;
+    let mut stored_total = 0usize;
+    // After one 95007 the round goes on without callback tokens (a burst of stale tokens would
+    // otherwise cost one rejected call each).
+    let mut use_tokens = true;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let token = if use_tokens {
+            slot.usable_token()
+        } else {
+            None
+        };
+        let mut request = SyncMsgRequest::new(open_kfid).limit(ctx.config.page_size);
+        if let Some(c) = cursor.as_deref() {
+            request = request.cursor(c);
+        }
+        if let Some(t) = &token {
+            request = request.token(t.as_str());
+        }
+        let result = tokio::select! {
+            result = ctx.client.messages().sync(request) => result,
+            // Nothing is committed yet: abandoning the call loses nothing.
+            _ = stopped(shutdown) => return,
+        };
+        let page = match result {
+            Ok(page) => page,
+            Err(e) => {
+                Metrics::add(&ctx.metrics.pull_errors, 1);
+                ctx.metrics.api_error("kf/sync_msg", &e);
+                if e.errcode() == Some(ErrCode::InvalidMsgToken) {
+                    if let Some(t) = &token {
+                        // The token expired or was never valid: continue without it.
+                        slot.forget_token(t);
+                        use_tokens = false;
+                        tracing::info!(
+                            open_kfid,
+                            "callback token rejected (95007); pulling without it"
+                        );
+                        continue;
+                    }
+                }
+                if e.is_retryable() || e.is_token_invalid() {
+                    failures += 1;
+                    let delay = backoff(failures, ctx.retry_initial, ctx.retry_max, jitter());
+                    tracing::warn!(open_kfid, error = %e, retry_in_ms = delay.as_millis() as u64, "sync_msg failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => continue,
+                        _ = stopped(shutdown) => return,
+                    }
+                }
+                tracing::error!(open_kfid, error = %e, "sync_msg failed; waiting for the next callback");
+                return;
+            }
+        };
+        failures = 0;
+        pages += 1;
+        let has_more = page.has_more;
+        let next_cursor = (!page.next_cursor.is_empty()).then(|| page.next_cursor.clone());
+        let items = page.msg_list.len() + page.invalid.len();
+        let write = PageWrite {
+            open_kfid: open_kfid.to_owned(),
+            messages: page_messages(page),
+            next_cursor: next_cursor.clone(),
+            now_ms: now_ms(),
+        };
+        let invalid = write
+            .messages
+            .iter()
+            .filter(|m| m.decode_error.is_some())
+            .count();
+        // Not raced against shutdown: a commit in progress always finishes.
+        let outcome = match ctx.store.commit_page(write).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                failures += 1;
+                let delay = backoff(failures, ctx.retry_initial, ctx.retry_max, jitter());
+                tracing::error!(open_kfid, error = %e, "cannot store a page; pulling it again");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => continue,
+                    _ = stopped(shutdown) => return,
+                }
+            }
+        };
+        if next_cursor.is_some() {
+            *cursor = next_cursor;
+        }
+        Metrics::add(&ctx.metrics.pages, 1);
+        Metrics::add(&ctx.metrics.messages_stored, outcome.stored.len() as u64);
+        Metrics::add(&ctx.metrics.messages_duplicate, outcome.duplicates as u64);
+        Metrics::add(&ctx.metrics.messages_invalid, invalid as u64);
+        if invalid > 0 {
+            tracing::warn!(
+                open_kfid,
+                invalid,
+                "stored items the library could not decode"
+            );
+        }
+        stored_total += outcome.stored.len();
+        tokio::select! {
+            _ = ctx.deliveries.push(outcome.stored) => {}
+            // Committed already: the deliverer finds these rows in the store at the next start.
+            _ = stopped(shutdown) => return,
+        }
+        if !has_more {
+            tracing::debug!(open_kfid, pages, stored = stored_total, "pull finished");
+            return;
+        }
+        if items == 0 {
+            // has_more with an empty page is legal; do not spin if the server keeps doing it.
+            empty_pages += 1;
+            if empty_pages >= 3 {
+                let delay =
+                    Duration::from_millis(50 * u64::from(empty_pages)).min(Duration::from_secs(2));
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stopped(shutdown) => return,
+                }
+            }
+        } else {
+            empty_pages = 0;
+        }
+    }
+}
+
+/// A page's items in server order: decoded messages and undecodable items interleaved as the
+/// server sent them.
+pub(crate) fn page_messages(page: SyncMsgResponse) -> Vec<NewMessage> {
+    let total = page.msg_list.len() + page.invalid.len();
+    let mut out = Vec::with_capacity(total);
+    let mut good = page.msg_list.into_iter();
+    let mut bad = page.invalid.into_iter().peekable();
+    for index in 0..total {
+        let take_bad = bad.peek().is_some_and(|item| item.index == index);
+        let next = if take_bad {
+            bad.next().map(from_invalid)
+        } else {
+            match good.next() {
+                Some(m) => Some(from_message(m)),
+                None => bad.next().map(from_invalid),
+            }
+        };
+        out.extend(next);
+    }
+    out
+}
+
+fn from_message(m: Message) -> NewMessage {
+    NewMessage {
+        msgid: m.msgid().as_str().to_owned(),
+        external_userid: m
+            .external_userid()
+            .map(|u| u.as_str().to_owned())
+            .unwrap_or_default(),
+        send_time: m.send_time().min(i64::MAX as u64) as i64,
+        origin: Some(m.origin().code()),
+        kind: m.kind().into_owned(),
+        payload: Payload::Message(m),
+        decode_error: None,
+    }
+}
+
+fn from_invalid(item: InvalidItem) -> NewMessage {
+    let raw = item.raw.get();
+    let value: Value = serde_json::from_str(raw).unwrap_or(Value::Null);
+    let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
+    let external_userid = text(&value, "external_userid")
+        .or_else(|| value.get("event").and_then(|e| text(e, "external_userid")))
+        .unwrap_or_default();
+    let msgid = match &item.msgid {
+        Some(id) if !id.as_str().is_empty() => id.as_str().to_owned(),
+        // No msgid to de-duplicate on: the JSON itself is the identity.
+        _ => format!(
+            "invalid:{}",
+            &hex::encode(Sha256::digest(raw.as_bytes()))[..40]
+        ),
+    };
+    NewMessage {
+        msgid,
+        external_userid,
+        send_time: value.get("send_time").and_then(Value::as_i64).unwrap_or(0),
+        origin: value
+            .get("origin")
+            .and_then(Value::as_u64)
+            .and_then(|o| u32::try_from(o).ok()),
+        kind: item.kind(),
+        decode_error: Some(item.error.to_string()),
+        payload: Payload::Raw(Arc::from(raw)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn undecodable_items_keep_their_place_and_get_a_stable_msgid() {
+        let body = r#"{"errcode":0,"errmsg":"ok","next_cursor":"c","has_more":0,"msg_list":[
+          {"msgid":"m1","external_userid":"wm1","send_time":1,"origin":3,"msgtype":"text","text":{"content":"a"}},
+          {"external_userid":"wm2","send_time":2,"origin":3,"msgtype":"location","location":{"latitude":"north"}},
+          {"msgid":"m3","send_time":3,"origin":4,"msgtype":"event","event":{"event_type":"enter_session","open_kfid":"wk","external_userid":"wm3"}}]}"#;
+        let page = SyncMsgResponse::from_slice(body.as_bytes()).unwrap();
+        let items = page_messages(page);
+        assert_eq!(items.len(), 3);
+        assert_eq!(items[0].msgid, "m1");
+        assert!(items[1].msgid.starts_with("invalid:"));
+        assert_eq!(items[1].external_userid, "wm2");
+        assert_eq!(items[1].kind, "invalid:location");
+        assert!(items[1].decode_error.is_some());
+        assert_eq!(items[2].external_userid, "wm3");
+        assert_eq!(items[2].kind, "event:enter_session");
+        let again = page_messages(SyncMsgResponse::from_slice(body.as_bytes()).unwrap());
+        assert_eq!(again[1].msgid, items[1].msgid);
+    }
+
+    #[tokio::test]
+    async fn wakes_coalesce_and_keep_the_newest_token() {
+        let pullers = Pullers::detached(2);
+        for i in 0..10 {
+            assert!(pullers.wake("wkA", Some(format!("T{i}"))));
+        }
+        let slot = pullers.slot("wkA").unwrap();
+        assert_eq!(slot.wakes(), 10);
+        assert_eq!(slot.token().as_deref(), Some("T9"));
+        // One stored permit, however many wakes.
+        slot.notify.notified().await;
+        let second = tokio::time::timeout(Duration::from_millis(20), slot.notify.notified()).await;
+        assert!(second.is_err());
+        assert!(pullers.wake("wkB", None));
+        assert!(!pullers.wake("wkC", None), "account limit");
+    }
+}

@@ -1,0 +1,129 @@
+//! Sandbox mode: without WeChat credentials the service starts the emulator in-process, talks to
+//! it, points its callbacks at itself and creates a demo account, so the whole loop (customer →
+//! callback → pull → bot → reply) runs with one command.
+
+use wechat_kf_emulator::{Emulator, RunningEmulator};
+
+use crate::Error;
+use crate::config::Config;
+
+/// The demo customer used in the printed instructions.
+pub const DEMO_CUSTOMER: &str = "wmDemoCustomer";
+
+/// What a sandbox user needs to know.
+#[derive(Debug, Clone)]
+pub struct SandboxInfo {
+    /// The emulator's base URL (`/emulator/*` control API, `/cgi-bin/*` WeChat API).
+    pub emulator_url: String,
+    /// The demo account.
+    pub open_kfid: String,
+    /// The service's base URL (filled in once it listens).
+    pub service_url: String,
+    /// The reply API's bearer token (generated unless configured; `None` when configured, so
+    /// it is never printed).
+    pub generated_api_token: Option<String>,
+    /// Whether `--echo` is on.
+    pub echo: bool,
+    /// Whether messages go to a webhook (else stdout).
+    pub webhook: bool,
+}
+
+impl SandboxInfo {
+    /// The instructions printed at start (to stderr: stdout carries JSON Lines).
+    pub fn instructions(&self) -> String {
+        let emu = &self.emulator_url;
+        let kf = &self.open_kfid;
+        let token = self
+            .generated_api_token
+            .as_deref()
+            .unwrap_or("$WECHAT_KF_API_TOKEN");
+        let sink = if self.webhook {
+            "your webhook"
+        } else {
+            "stdout (JSON Lines)"
+        };
+        let echo = if self.echo {
+            "--echo is on: every customer text is answered with an echo.\n"
+        } else {
+            "Add --echo to answer every customer text with an echo.\n"
+        };
+        format!(
+            "\nwechat-kf serve: sandbox mode (no WeChat credentials configured)\n\
+             \x20 emulator:  {emu}   (GET {emu}/emulator/state lists the demo account)\n\
+             \x20 account:   {kf}\n\
+             \x20 service:   {svc}   (callbacks at /callback, reply API at /v1/messages)\n\
+             \x20 messages go to {sink}. {echo}\n\
+             Send a customer message:\n\
+             \x20 curl -s {emu}/emulator/customer/send -H 'content-type: application/json' \\\n\
+             \x20   -d '{{\"open_kfid\":\"{kf}\",\"external_userid\":\"{DEMO_CUSTOMER}\",\"msgtype\":\"text\",\"text\":{{\"content\":\"hello\"}}}}'\n\
+             See what was sent back to the customer:\n\
+             \x20 curl -s '{emu}/emulator/outbox?open_kfid={kf}'\n\
+             Reply through the reply API:\n\
+             \x20 curl -s {svc}/v1/messages -H 'authorization: Bearer {token}' -H 'content-type: application/json' \\\n\
+             \x20   -d '{{\"touser\":\"{DEMO_CUSTOMER}\",\"open_kfid\":\"{kf}\",\"msgtype\":\"text\",\"text\":{{\"content\":\"hi\"}}}}'\n",
+            svc = self.service_url,
+        )
+    }
+}
+
+/// The embedded emulator and the credentials the service uses with it.
+pub(crate) struct Sandbox {
+    pub(crate) running: RunningEmulator,
+    pub(crate) corp_id: String,
+    pub(crate) secret: String,
+    pub(crate) callback_token: String,
+    pub(crate) encoding_aes_key: String,
+    pub(crate) emulator_url: String,
+    pub(crate) open_kfid: String,
+    pub(crate) api_token: String,
+    pub(crate) info: SandboxInfo,
+}
+
+impl Sandbox {
+    /// Starts the emulator and creates the demo account.
+    pub(crate) async fn start(config: &Config) -> Result<Sandbox, Error> {
+        let emulator_config = wechat_kf_emulator::Config::generated();
+        let corp_id = emulator_config.corp_id.clone();
+        let secret = emulator_config.secret.clone();
+        let callback_token = emulator_config.callback_token.clone();
+        let encoding_aes_key = emulator_config.encoding_aes_key.clone();
+        let running = Emulator::start(emulator_config, config.sandbox.emulator_listen)
+            .await
+            .map_err(|e| {
+                Error::io(
+                    format!(
+                        "cannot start the emulator on {}",
+                        config.sandbox.emulator_listen
+                    ),
+                    e,
+                )
+            })?;
+        let open_kfid = running.emulator().create_account("Demo");
+        let emulator_url = running.base_url();
+        let generated = config.api.token.is_none();
+        let api_token = match &config.api.token {
+            Some(token) => token.expose().to_owned(),
+            None => uuid::Uuid::new_v4().simple().to_string(),
+        };
+        let info = SandboxInfo {
+            emulator_url: emulator_url.clone(),
+            open_kfid: open_kfid.clone(),
+            service_url: String::new(),
+            generated_api_token: generated.then(|| api_token.clone()),
+            echo: config.sandbox.echo,
+            webhook: config.webhook.url.is_some(),
+        };
+        tracing::info!(emulator = %emulator_url, open_kfid, "sandbox: emulator started");
+        Ok(Sandbox {
+            running,
+            corp_id,
+            secret,
+            callback_token,
+            encoding_aes_key,
+            emulator_url,
+            open_kfid,
+            api_token,
+            info,
+        })
+    }
+}

@@ -1,0 +1,376 @@
+//! Wiring: [`Service::start`] opens the store, recovers undelivered work, binds the HTTP server,
+//! starts the deliverer, the reply sender, the pullers and (without credentials) the embedded
+//! emulator; [`RunningService::shutdown`] stops them in order.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use wechat_kf::client::Client;
+use wechat_kf::crypto::CallbackCrypto;
+
+use crate::app::{AppState, app};
+use crate::config::{Config, Secret};
+use crate::delivery::Deliverer;
+use crate::metrics::Metrics;
+use crate::puller::{PullContext, Pullers};
+use crate::reply::ReplySender;
+use crate::retry::now_ms;
+use crate::store::{self, Store};
+use crate::{Error, sandbox};
+
+/// The service; see [`Service::start`].
+#[derive(Debug)]
+pub struct Service;
+
+/// A started service.
+pub struct RunningService {
+    local_addr: SocketAddr,
+    state: AppState,
+    store: Arc<dyn Store>,
+    pullers: Arc<Pullers>,
+    client: Client,
+    sandbox: Option<sandbox::Sandbox>,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<()>,
+    deliverer: JoinHandle<()>,
+    replies: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RunningService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningService")
+            .field("local_addr", &self.local_addr)
+            .field("sandbox", &self.sandbox.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+impl Service {
+    /// Starts everything and returns once the HTTP server listens and the pullers run.
+    pub async fn start(config: Config) -> Result<RunningService, Error> {
+        let mut sandbox = if config.is_sandbox() {
+            Some(sandbox::Sandbox::start(&config).await?)
+        } else {
+            None
+        };
+        let (corp_id, secret, callback_token, aes_key, base_url) = match &sandbox {
+            Some(s) => (
+                s.corp_id.clone(),
+                Secret::new(s.secret.clone()),
+                Some(Secret::new(s.callback_token.clone())),
+                Some(Secret::new(s.encoding_aes_key.clone())),
+                Some(s.emulator_url.clone()),
+            ),
+            None => (
+                config.wechat.corp_id.clone(),
+                config
+                    .wechat
+                    .secret
+                    .clone()
+                    .ok_or_else(|| Error::Config("wechat.secret is missing".into()))?,
+                config.wechat.callback_token.clone(),
+                config.wechat.encoding_aes_key.clone(),
+                config.wechat.base_url.clone(),
+            ),
+        };
+        let crypto = match (&callback_token, &aes_key) {
+            (Some(token), Some(key)) => Some(
+                CallbackCrypto::new(token.expose(), key.expose(), &corp_id)
+                    .map_err(|e| Error::Config(format!("wechat.encoding_aes_key: {e}")))?,
+            ),
+            _ => {
+                tracing::warn!(
+                    "no callback_token/encoding_aes_key: callbacks are refused, only the safety pull runs"
+                );
+                None
+            }
+        };
+        let mut builder = Client::builder(corp_id.clone(), secret)
+            .timeout(config.wechat.timeout)
+            .connect_timeout(config.wechat.timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("wechat-kf-serve/", env!("CARGO_PKG_VERSION")));
+        if let Some(url) = &base_url {
+            builder = builder.base_url(url.clone());
+        }
+        let client = builder.build()?;
+
+        let location = config.db_location();
+        let store = store::open(&location, config.storage.synchronous).await?;
+        tracing::info!(backend = store.backend(), "store open");
+
+        let metrics = Arc::new(Metrics::new());
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let reply_wake = Arc::new(Notify::new());
+        let echo = config.sandbox.echo;
+        let (deliverer, queue, incoming) = Deliverer::recover(
+            store.clone(),
+            config.webhook.clone(),
+            echo,
+            metrics.clone(),
+            reply_wake.clone(),
+        )
+        .await?;
+        let pullers = Arc::new(Pullers::new(PullContext {
+            client: client.clone(),
+            store: store.clone(),
+            deliveries: queue,
+            metrics: metrics.clone(),
+            config: config.pull.clone(),
+            shutdown: shutdown_rx.clone(),
+            retry_initial: Duration::from_millis(500),
+            retry_max: Duration::from_secs(60),
+        }));
+        let api_token = match (&config.api.token, &sandbox) {
+            (Some(token), _) => Some(token.clone()),
+            (None, Some(s)) => Some(Secret::new(s.api_token.clone())),
+            (None, None) => None,
+        };
+        let mut state_builder = AppState::builder()
+            .timestamp_window(config.callback.timestamp_window)
+            .callback_path(config.callback.path.clone())
+            .max_callback_body(config.callback.max_body_bytes)
+            .pullers(pullers.clone())
+            .metrics(metrics.clone())
+            .client(client.clone())
+            .store(store.clone())
+            .api_token(api_token);
+        if let Some(crypto) = crypto {
+            state_builder = state_builder.callback_crypto(crypto);
+        }
+        let state = state_builder.build();
+        state.set_ready(false);
+
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| Error::io(format!("cannot listen on {}", config.listen), e))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("cannot read the listening address", e))?;
+        let router = app(state.clone());
+        let mut server_shutdown = shutdown_rx.clone();
+        let server = tokio::spawn(async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+                let _ = server_shutdown.wait_for(|stop| *stop).await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        });
+        let deliverer = tokio::spawn(deliverer.run(incoming, shutdown_rx.clone()));
+        let replies = tokio::spawn(
+            ReplySender {
+                client: client.clone(),
+                store: store.clone(),
+                metrics: metrics.clone(),
+                wake: reply_wake,
+                concurrency: config.webhook.concurrency,
+                retry_initial: Duration::from_secs(1),
+                retry_max: Duration::from_secs(300),
+            }
+            .run(shutdown_rx.clone()),
+        );
+
+        if let Some(s) = &mut sandbox {
+            let url = format!("http://{}{}", loopback(local_addr), config.callback.path);
+            s.running.emulator().set_callback_url(Some(url));
+            s.info.service_url = format!("http://{}", loopback(local_addr));
+        }
+
+        // Accounts: those the store knows (with their cursors), configured ones, the sandbox's
+        // demo account, and (in the background) those `kf/account/list` returns.
+        for (open_kfid, cursor) in store.accounts().await? {
+            pullers.start(&open_kfid, cursor);
+        }
+        for open_kfid in &config.wechat.accounts {
+            pullers.start(open_kfid, None);
+        }
+        if let Some(s) = &sandbox {
+            pullers.start(&s.open_kfid, None);
+        }
+        let mut background = Vec::new();
+        if config.wechat.discover_accounts {
+            let (client, pullers) = (client.clone(), pullers.clone());
+            background.push(tokio::spawn(async move {
+                match client.accounts().list_all().await {
+                    Ok(accounts) => {
+                        for account in accounts {
+                            pullers.start(account.open_kfid.as_str(), None);
+                        }
+                    }
+                    Err(e) => tracing::warn!(
+                        error = %crate::reply::safe_error(&e),
+                        "cannot list accounts (kf/account/list); relying on callbacks"
+                    ),
+                }
+            }));
+        }
+        if config.storage.retention > Duration::ZERO {
+            background.push(tokio::spawn(purge_loop(
+                store.clone(),
+                config.storage.retention,
+                shutdown_rx.clone(),
+            )));
+        }
+        state.set_ready(true);
+        tracing::info!(
+            listen = %local_addr,
+            sandbox = sandbox.is_some(),
+            webhook = config.webhook.url.is_some(),
+            "wechat-kf serve started"
+        );
+        Ok(RunningService {
+            local_addr,
+            state,
+            store,
+            pullers,
+            client,
+            sandbox,
+            shutdown: shutdown_tx,
+            server,
+            deliverer,
+            replies,
+            background,
+        })
+    }
+
+    /// Starts the service, runs until `stop` completes, then shuts down gracefully.
+    pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), Error> {
+        let running = Service::start(config).await?;
+        if let Some(info) = running.sandbox() {
+            eprintln!("{}", info.instructions());
+        }
+        stop.await;
+        running.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Resolves once shutdown has been signalled, including when it was signalled before (a plain
+/// `changed()` would wait for a *further* change once this receiver has seen the first).
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Deletes delivered messages older than the retention, a chunk at a time, every 10 minutes.
+async fn purge_loop(
+    store: Arc<dyn Store>,
+    retention: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut first = true;
+    loop {
+        let wait = if first {
+            Duration::from_secs(30)
+        } else {
+            Duration::from_secs(600)
+        };
+        first = false;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+        let before = now_ms() - retention.as_millis().min(i64::MAX as u128) as i64;
+        let mut total = 0;
+        loop {
+            match store.purge(before).await {
+                Ok(0) => break,
+                Ok(n) => total += n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "purge failed");
+                    break;
+                }
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+        if total > 0 {
+            tracing::info!(rows = total, "purged delivered messages past the retention");
+        }
+    }
+}
+
+impl RunningService {
+    /// Where the HTTP server listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `http://<listen address>` (loopback when listening on all interfaces).
+    pub fn base_url(&self) -> String {
+        format!("http://{}", loopback(self.local_addr))
+    }
+
+    /// The handlers' state (use with [`app`] and `tower::ServiceExt::oneshot`).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        self.state.metrics()
+    }
+
+    /// The account pullers.
+    pub fn pullers(&self) -> &Arc<Pullers> {
+        &self.pullers
+    }
+
+    /// The API client the service uses.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Sandbox details (emulator URL, demo account, reply-API token), in sandbox mode.
+    pub fn sandbox(&self) -> Option<&sandbox::SandboxInfo> {
+        self.sandbox.as_ref().map(|s| &s.info)
+    }
+
+    /// The embedded emulator, in sandbox mode.
+    pub fn emulator(&self) -> Option<&wechat_kf_emulator::Emulator> {
+        self.sandbox.as_ref().map(|s| s.running.emulator())
+    }
+
+    /// Stops gracefully: the HTTP server stops accepting and finishes its requests; pullers
+    /// finish the page commit in progress; the deliverer waits (up to the webhook timeout) for
+    /// deliveries in flight and records them; queued work is finished and the store closed.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down");
+        self.state.set_ready(false);
+        let _ = self.shutdown.send(true);
+        let _ = self.server.await;
+        self.pullers.join().await;
+        let _ = self.deliverer.await;
+        let _ = self.replies.await;
+        for task in self.background {
+            task.abort();
+        }
+        self.store.close().await;
+        if let Some(sandbox) = self.sandbox {
+            sandbox.running.shutdown().await;
+        }
+        tracing::info!("stopped");
+    }
+}

@@ -1,0 +1,420 @@
+//! Durable state: messages (unique per account and msgid), cursors, deliveries in flight or
+//! waiting for a retry, replies to send, reply-API idempotency records and per-customer session
+//! facts.
+//!
+//! [`Store`] is object-safe and asynchronous so that backends with different threading models fit
+//! behind it: [`SqliteStore`] runs one connection on a dedicated thread; [`PostgresStore`] uses
+//! `tokio-postgres`. Each method is one transaction, which is what makes the service crash-safe:
+//! a page's messages and its cursor are committed together or not at all, and so are a
+//! delivery's acknowledgement and the replies it carried.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use wechat_kf::Message;
+
+use crate::Error;
+
+mod postgres;
+mod sqlite;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// A boxed, sendable future (the trait must stay object-safe).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The ordering scope of delivery: one customer of one account. Messages without a customer
+/// (e.g. `servicer_status_change`) use the empty `external_userid`, one lane per account.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lane {
+    /// The account.
+    pub open_kfid: Arc<str>,
+    /// The customer, or empty.
+    pub external_userid: Arc<str>,
+}
+
+impl Lane {
+    /// A lane.
+    pub fn new(open_kfid: &str, external_userid: &str) -> Self {
+        Lane {
+            open_kfid: Arc::from(open_kfid),
+            external_userid: Arc::from(external_userid),
+        }
+    }
+}
+
+/// A message's original JSON, either inside a decoded [`Message`] (sharing its page's buffer)
+/// or as text (items that did not decode, rows read back from the store).
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// A decoded message.
+    Message(Message),
+    /// Raw JSON text.
+    Raw(Arc<str>),
+}
+
+impl Payload {
+    /// The original JSON.
+    pub fn raw(&self) -> &str {
+        match self {
+            Payload::Message(m) => m.raw(),
+            Payload::Raw(r) => r,
+        }
+    }
+}
+
+/// One pulled item to store.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// The msgid (a synthetic `invalid:<sha256>` for an undecodable item without one).
+    pub msgid: String,
+    /// The customer, or empty.
+    pub external_userid: String,
+    /// `send_time` (unix seconds), 0 when unknown.
+    pub send_time: i64,
+    /// `origin`, when known.
+    pub origin: Option<u32>,
+    /// [`Message::kind`], or `invalid:<msgtype>`.
+    pub kind: String,
+    /// The JSON.
+    pub payload: Payload,
+    /// Why the library could not decode it, for undecodable items.
+    pub decode_error: Option<String>,
+}
+
+/// A page to commit: its messages and the cursor after it, in one transaction.
+#[derive(Debug)]
+pub struct PageWrite {
+    /// The account pulled.
+    pub open_kfid: String,
+    /// The page's items, in server order.
+    pub messages: Vec<NewMessage>,
+    /// The new cursor; `None` keeps the old one (the server sent none).
+    pub next_cursor: Option<String>,
+    /// Now, unix milliseconds.
+    pub now_ms: i64,
+}
+
+/// A stored, not yet acknowledged message as the deliverer sees it.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    /// Insertion order: increases with every stored message, never reused.
+    pub seq: i64,
+    /// Its ordering lane.
+    pub lane: Lane,
+    /// When it was stored, unix milliseconds.
+    pub stored_at_ms: i64,
+    /// Whether the library could not decode it.
+    pub invalid: bool,
+    /// Its JSON, when at hand (read back from the store otherwise).
+    pub payload: Option<Payload>,
+}
+
+/// What [`Store::commit_page`] did.
+#[derive(Debug, Default)]
+pub struct PageOutcome {
+    /// Newly stored messages, in order.
+    pub stored: Vec<StoredMessage>,
+    /// Items whose msgid was already stored.
+    pub duplicates: usize,
+}
+
+/// A delivery: a set of messages sent to the bot together under one stable id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRecord {
+    /// The delivery id (the `X-Wechat-Kf-Delivery` header).
+    pub id: String,
+    /// The messages, by seq, in order.
+    pub seqs: Vec<i64>,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// When the next attempt is due, unix milliseconds.
+    pub next_attempt_at_ms: i64,
+    /// What went wrong last.
+    pub last_error: Option<String>,
+}
+
+/// Which endpoint a queued reply goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyEndpoint {
+    /// `kf/send_msg`.
+    SendMsg,
+    /// `kf/send_msg_on_event`.
+    SendMsgOnEvent,
+}
+
+impl ReplyEndpoint {
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplyEndpoint::SendMsg => "send_msg",
+            ReplyEndpoint::SendMsgOnEvent => "send_msg_on_event",
+        }
+    }
+
+    /// Parses [`as_str`](Self::as_str).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "send_msg" => Some(ReplyEndpoint::SendMsg),
+            "send_msg_on_event" => Some(ReplyEndpoint::SendMsgOnEvent),
+            _ => None,
+        }
+    }
+}
+
+/// A reply to queue (from a webhook response or the echo bot).
+#[derive(Debug, Clone)]
+pub struct NewReply {
+    /// The endpoint.
+    pub endpoint: ReplyEndpoint,
+    /// The ordering key: `open_kfid/touser`, or `code:<code>`.
+    pub lane: String,
+    /// The request body (JSON, with `msgid` filled in).
+    pub body: String,
+    /// The msgid used for idempotency.
+    pub msgid: String,
+    /// The delivery whose response carried it.
+    pub delivery_id: Option<String>,
+    /// Set when the reply is unusable: it is stored as failed right away.
+    pub error: Option<String>,
+}
+
+/// A queued reply read back for sending.
+#[derive(Debug, Clone)]
+pub struct ReplyRecord {
+    /// Row id (queue order).
+    pub id: i64,
+    /// The endpoint.
+    pub endpoint: ReplyEndpoint,
+    /// The ordering key.
+    pub lane: String,
+    /// The request body.
+    pub body: String,
+    /// Its msgid.
+    pub msgid: String,
+    /// Attempts so far.
+    pub attempts: u32,
+}
+
+/// The result of sending a queued reply.
+#[derive(Debug, Clone)]
+pub enum ReplyOutcome {
+    /// Accepted by WeChat.
+    Sent {
+        /// Row id.
+        id: i64,
+    },
+    /// Rejected for good.
+    Failed {
+        /// Row id.
+        id: i64,
+        /// Why (errcode and message; never content).
+        error: String,
+    },
+    /// Try again later; later replies of the same lane wait too.
+    Retry {
+        /// Row id.
+        id: i64,
+        /// Its lane.
+        lane: String,
+        /// Attempts so far.
+        attempts: u32,
+        /// When to try again, unix milliseconds.
+        next_attempt_at_ms: i64,
+        /// Why.
+        error: String,
+    },
+}
+
+/// The acknowledgement of a delivery.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    /// The delivery.
+    pub delivery_id: String,
+    /// Its messages.
+    pub seqs: Vec<i64>,
+    /// Replies carried by the response (and echo replies).
+    pub replies: Vec<NewReply>,
+}
+
+/// A failed delivery: `old_id` is replaced by `retries` (the same id for a one-customer
+/// delivery; one per customer when a delivery spanning several customers failed).
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The delivery that failed.
+    pub old_id: String,
+    /// What replaces it.
+    pub retries: Vec<DeliveryRecord>,
+}
+
+/// Acknowledgements and failures written in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct FinishDeliveries {
+    /// Now, unix milliseconds.
+    pub now_ms: i64,
+    /// Acknowledged deliveries.
+    pub acks: Vec<Ack>,
+    /// Failed deliveries.
+    pub failures: Vec<Failure>,
+}
+
+/// Row counts, for tests and diagnostics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Stored messages.
+    pub messages: u64,
+    /// Stored messages not yet acknowledged.
+    pub pending: u64,
+    /// Deliveries in flight or waiting for a retry.
+    pub deliveries: u64,
+    /// Replies waiting to be sent.
+    pub replies_pending: u64,
+    /// Replies sent.
+    pub replies_sent: u64,
+    /// Replies failed for good.
+    pub replies_failed: u64,
+}
+
+/// An account and its committed cursor (`None` before the first page).
+pub type AccountCursor = (String, Option<String>);
+
+/// The service's durable state. Every method is one transaction.
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// Checks that the database answers.
+    fn ping(&self) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// Every known account with its committed cursor (`None` before the first page).
+    fn accounts(&self) -> BoxFuture<'_, Result<Vec<AccountCursor>, Error>>;
+
+    /// Remembers an account (so it is pulled after a restart); keeps an existing cursor.
+    fn add_account(&self, open_kfid: String, now_ms: i64) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// Stores a page's new messages (msgids already stored are skipped) and its cursor, in one
+    /// transaction.
+    fn commit_page(&self, page: PageWrite) -> BoxFuture<'_, Result<PageOutcome, Error>>;
+
+    /// Stored, unacknowledged messages with `seq > after_seq`, in seq order (no payloads).
+    fn pending_messages(
+        &self,
+        after_seq: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>>;
+
+    /// Deliveries in flight or waiting for a retry when the service stopped.
+    fn open_deliveries(&self) -> BoxFuture<'_, Result<Vec<DeliveryRecord>, Error>>;
+
+    /// The JSON of messages by seq (those still stored).
+    fn load_payloads(&self, seqs: Vec<i64>) -> BoxFuture<'_, Result<Vec<(i64, String)>, Error>>;
+
+    /// Records new deliveries before their first attempt, so their ids survive a restart.
+    fn begin_deliveries(
+        &self,
+        records: Vec<DeliveryRecord>,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// Marks acknowledged messages delivered (queueing their replies) and reschedules failed
+    /// deliveries, in one transaction.
+    fn finish_deliveries(&self, finish: FinishDeliveries) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// Queued replies due at `now_ms`, in queue order.
+    fn due_replies(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ReplyRecord>, Error>>;
+
+    /// When the earliest queued reply is due.
+    fn next_reply_due(&self) -> BoxFuture<'_, Result<Option<i64>, Error>>;
+
+    /// Records the results of sending replies.
+    fn finish_replies(
+        &self,
+        outcomes: Vec<ReplyOutcome>,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// The stored response of a reply-API send with this idempotency key and msgid.
+    fn api_send(&self, key: String, msgid: String) -> BoxFuture<'_, Result<Option<String>, Error>>;
+
+    /// Stores the response of a successful reply-API send.
+    fn record_api_send(
+        &self,
+        key: String,
+        msgid: String,
+        response: String,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// Deletes up to a chunk of messages delivered before `before_ms` (and finished replies and
+    /// idempotency records older than that); returns how many rows went.
+    fn purge(&self, before_ms: i64) -> BoxFuture<'_, Result<u64, Error>>;
+
+    /// Row counts.
+    fn stats(&self) -> BoxFuture<'_, Result<StoreStats, Error>>;
+
+    /// Every stored msgid of an account with its delivery state, in seq order (tests and
+    /// diagnostics).
+    fn messages(&self, open_kfid: String) -> BoxFuture<'_, Result<Vec<(String, bool)>, Error>>;
+
+    /// Finishes queued work and closes the database.
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+impl std::fmt::Debug for dyn Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.backend())
+    }
+}
+
+/// Opens the store named by `location`: a `postgres://` / `postgresql://` URL, `:memory:`, or a
+/// SQLite file path; runs the migrations.
+pub async fn open(
+    location: &str,
+    synchronous: crate::config::Synchronous,
+) -> Result<Arc<dyn Store>, Error> {
+    if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::connect(location).await?))
+    } else {
+        let location = location.to_owned();
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&location, synchronous))
+            .await
+            .map_err(|e| Error::Store(format!("cannot open SQLite: {e}")))??;
+        Ok(Arc::new(store))
+    }
+}
+
+/// `1,2,3` ↔ `[1, 2, 3]`: the seq list of a delivery row.
+pub(crate) fn encode_seqs(seqs: &[i64]) -> String {
+    let mut out = String::with_capacity(seqs.len() * 8);
+    for (i, seq) in seqs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&seq.to_string());
+    }
+    out
+}
+
+/// Parses [`encode_seqs`]; unreadable parts are skipped (the row is ours, but never panic).
+pub(crate) fn decode_seqs(text: &str) -> Vec<i64> {
+    text.split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_lists_round_trip() {
+        assert_eq!(decode_seqs(&encode_seqs(&[1, 22, 333])), vec![1, 22, 333]);
+        assert_eq!(decode_seqs(""), Vec::<i64>::new());
+    }
+}

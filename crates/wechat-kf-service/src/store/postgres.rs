@@ -1,0 +1,679 @@
+//! The PostgreSQL store (`tokio-postgres`), selected by a `postgres://` database URL.
+//!
+//! One connection, used by one transaction at a time (a mutex around the client): like the
+//! SQLite store, transactions are serialized, so `seq` (a `BIGSERIAL`) increases in commit
+//! order, which the deliverer relies on. One service instance per database.
+
+use std::collections::HashMap;
+
+use tokio_postgres::{Client, NoTls};
+
+use super::*;
+
+/// Versioned schema migrations, applied in order; `wechat_kf_schema.version` is the number
+/// applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema (same shape as the SQLite one).
+    "
+    CREATE TABLE cursors (
+        open_kfid TEXT PRIMARY KEY,
+        cursor TEXT,
+        updated_at BIGINT NOT NULL
+    );
+    CREATE TABLE messages (
+        seq BIGSERIAL PRIMARY KEY,
+        open_kfid TEXT NOT NULL,
+        msgid TEXT NOT NULL,
+        external_userid TEXT NOT NULL,
+        send_time BIGINT NOT NULL,
+        origin BIGINT,
+        kind TEXT NOT NULL,
+        raw TEXT NOT NULL,
+        decode_error TEXT,
+        stored_at BIGINT NOT NULL,
+        delivered_at BIGINT,
+        UNIQUE (open_kfid, msgid)
+    );
+    CREATE INDEX messages_pending ON messages(seq) WHERE delivered_at IS NULL;
+    CREATE TABLE deliveries (
+        id TEXT PRIMARY KEY,
+        seqs TEXT NOT NULL,
+        attempts BIGINT NOT NULL,
+        next_attempt_at BIGINT NOT NULL,
+        last_error TEXT,
+        created_at BIGINT NOT NULL
+    );
+    CREATE TABLE replies (
+        id BIGSERIAL PRIMARY KEY,
+        delivery_id TEXT,
+        endpoint TEXT NOT NULL,
+        lane TEXT NOT NULL,
+        body TEXT NOT NULL,
+        msgid TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts BIGINT NOT NULL DEFAULT 0,
+        next_attempt_at BIGINT NOT NULL,
+        last_error TEXT,
+        created_at BIGINT NOT NULL,
+        finished_at BIGINT
+    );
+    CREATE INDEX replies_pending ON replies(next_attempt_at) WHERE state = 'pending';
+    CREATE TABLE api_sends (
+        key TEXT NOT NULL,
+        msgid TEXT NOT NULL,
+        response TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (key, msgid)
+    );
+    CREATE TABLE sessions (
+        open_kfid TEXT NOT NULL,
+        external_userid TEXT NOT NULL,
+        last_customer_msg_at BIGINT NOT NULL,
+        PRIMARY KEY (open_kfid, external_userid)
+    );
+    ",
+];
+
+/// The PostgreSQL [`Store`].
+pub struct PostgresStore {
+    client: tokio::sync::Mutex<Option<Client>>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: never print it.
+        f.debug_struct("PostgresStore").finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `url` and runs the migrations.
+    pub async fn connect(url: &str) -> Result<PostgresStore, Error> {
+        PostgresStore::connect_in_schema(url, None).await
+    }
+
+    /// Connects, creating and using `schema` (tests use a throwaway schema each), and runs the
+    /// migrations.
+    pub async fn connect_in_schema(
+        url: &str,
+        schema: Option<&str>,
+    ) -> Result<PostgresStore, Error> {
+        let (mut client, connection) = tokio_postgres::connect(url, NoTls)
+            .await
+            .map_err(|e| Error::Store(format!("cannot connect to PostgreSQL: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::error!(error = %e, "PostgreSQL connection closed");
+            }
+        });
+        if let Some(schema) = schema {
+            if !schema
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                return Err(Error::Config(format!("invalid schema name {schema:?}")));
+            }
+            client
+                .batch_execute(&format!(
+                    "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"
+                ))
+                .await?;
+        }
+        migrate(&mut client).await?;
+        Ok(PostgresStore {
+            client: tokio::sync::Mutex::new(Some(client)),
+        })
+    }
+}
+
+async fn migrate(client: &mut Client) -> Result<(), Error> {
+    let tx = client.transaction().await?;
+    // Two instances starting at once must not both migrate.
+    tx.batch_execute(
+        "SELECT pg_advisory_xact_lock(7428101); \
+         CREATE TABLE IF NOT EXISTS wechat_kf_schema (version BIGINT NOT NULL); \
+         INSERT INTO wechat_kf_schema (version) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM wechat_kf_schema)",
+    )
+    .await?;
+    let current: i64 = tx
+        .query_one("SELECT version FROM wechat_kf_schema", &[])
+        .await?
+        .get(0);
+    if current > MIGRATIONS.len() as i64 {
+        return Err(Error::Store(format!(
+            "the database has schema version {current}, newer than this program ({}); upgrade wechat-kf",
+            MIGRATIONS.len()
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "UPDATE wechat_kf_schema SET version = $1",
+            &[&((index + 1) as i64)],
+        )
+        .await?;
+        tracing::info!(version = index + 1, "applied PostgreSQL migration");
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+macro_rules! with_client {
+    ($self:ident, $client:ident, $body:expr) => {{
+        let mut guard = $self.client.lock().await;
+        let Some($client) = guard.as_mut() else {
+            return Err(Error::StoreClosed);
+        };
+        $body
+    }};
+}
+
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                client.simple_query("SELECT 1").await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn accounts(&self) -> BoxFuture<'_, Result<Vec<AccountCursor>, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let rows = client
+                    .query(
+                        "SELECT open_kfid, cursor FROM cursors ORDER BY open_kfid",
+                        &[],
+                    )
+                    .await?;
+                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            })
+        })
+    }
+
+    fn add_account(&self, open_kfid: String, now_ms: i64) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                client
+                    .execute(
+                        "INSERT INTO cursors (open_kfid, cursor, updated_at) VALUES ($1, NULL, $2) \
+                         ON CONFLICT (open_kfid) DO NOTHING",
+                        &[&open_kfid, &now_ms],
+                    )
+                    .await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn commit_page(&self, page: PageWrite) -> BoxFuture<'_, Result<PageOutcome, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let n = page.messages.len();
+                let mut msgids = Vec::with_capacity(n);
+                let mut customers = Vec::with_capacity(n);
+                let mut send_times = Vec::with_capacity(n);
+                let mut origins: Vec<Option<i64>> = Vec::with_capacity(n);
+                let mut kinds = Vec::with_capacity(n);
+                let mut raws = Vec::with_capacity(n);
+                let mut errors: Vec<Option<String>> = Vec::with_capacity(n);
+                for m in &page.messages {
+                    msgids.push(m.msgid.as_str());
+                    customers.push(m.external_userid.as_str());
+                    send_times.push(m.send_time);
+                    origins.push(m.origin.map(i64::from));
+                    kinds.push(m.kind.as_str());
+                    raws.push(m.payload.raw());
+                    errors.push(m.decode_error.clone());
+                }
+                let tx = client.transaction().await?;
+                // One statement for the page; ordinality keeps seq in page order.
+                let rows = tx
+                    .query(
+                        "INSERT INTO messages (open_kfid, msgid, external_userid, send_time, origin, kind, \
+                         raw, decode_error, stored_at) \
+                         SELECT $1, m, e, t, o, k, r, d, $9 FROM UNNEST($2::text[], $3::text[], $4::bigint[], \
+                         $5::bigint[], $6::text[], $7::text[], $8::text[]) WITH ORDINALITY AS u(m, e, t, o, k, r, d, i) \
+                         ORDER BY i ON CONFLICT (open_kfid, msgid) DO NOTHING RETURNING seq, msgid",
+                        &[
+                            &page.open_kfid,
+                            &msgids,
+                            &customers,
+                            &send_times,
+                            &origins,
+                            &kinds,
+                            &raws,
+                            &errors,
+                            &page.now_ms,
+                        ],
+                    )
+                    .await?;
+                let inserted: HashMap<String, i64> = rows
+                    .iter()
+                    .map(|r| (r.get::<_, String>(1), r.get::<_, i64>(0)))
+                    .collect();
+                let mut sessions: HashMap<&str, i64> = HashMap::new();
+                for m in &page.messages {
+                    if m.origin == Some(3)
+                        && !m.external_userid.is_empty()
+                        && inserted.contains_key(&m.msgid)
+                    {
+                        let at = sessions.entry(m.external_userid.as_str()).or_default();
+                        *at = (*at).max(m.send_time);
+                    }
+                }
+                for (customer, at) in &sessions {
+                    tx.execute(
+                        "INSERT INTO sessions (open_kfid, external_userid, last_customer_msg_at) \
+                         VALUES ($1, $2, $3) ON CONFLICT (open_kfid, external_userid) DO UPDATE SET \
+                         last_customer_msg_at = GREATEST(sessions.last_customer_msg_at, excluded.last_customer_msg_at)",
+                        &[&page.open_kfid, customer, at],
+                    )
+                    .await?;
+                }
+                tx.execute(
+                    "INSERT INTO cursors (open_kfid, cursor, updated_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (open_kfid) DO UPDATE SET cursor = COALESCE(excluded.cursor, cursors.cursor), \
+                     updated_at = excluded.updated_at",
+                    &[&page.open_kfid, &page.next_cursor, &page.now_ms],
+                )
+                .await?;
+                tx.commit().await?;
+                drop((msgids, customers, kinds, raws));
+                let open_kfid: Arc<str> = Arc::from(page.open_kfid.as_str());
+                let mut outcome = PageOutcome::default();
+                let mut stored = Vec::with_capacity(inserted.len());
+                for m in page.messages {
+                    match inserted.get(&m.msgid) {
+                        Some(seq) => stored.push(StoredMessage {
+                            seq: *seq,
+                            lane: Lane {
+                                open_kfid: open_kfid.clone(),
+                                external_userid: Arc::from(m.external_userid.as_str()),
+                            },
+                            stored_at_ms: page.now_ms,
+                            invalid: m.decode_error.is_some(),
+                            payload: Some(m.payload),
+                        }),
+                        None => outcome.duplicates += 1,
+                    }
+                }
+                // A page repeating one msgid stores it once; the rest count as duplicates.
+                stored.sort_by_key(|m| m.seq);
+                stored.dedup_by_key(|m| m.seq);
+                outcome.duplicates = n - stored.len();
+                outcome.stored = stored;
+                Ok(outcome)
+            })
+        })
+    }
+
+    fn pending_messages(
+        &self,
+        after_seq: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let rows = client
+                    .query(
+                        "SELECT seq, open_kfid, external_userid, stored_at, decode_error IS NOT NULL \
+                         FROM messages WHERE delivered_at IS NULL AND seq > $1 ORDER BY seq LIMIT $2",
+                        &[&after_seq, &(limit as i64)],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| StoredMessage {
+                        seq: r.get(0),
+                        lane: Lane::new(r.get(1), r.get(2)),
+                        stored_at_ms: r.get(3),
+                        invalid: r.get(4),
+                        payload: None,
+                    })
+                    .collect())
+            })
+        })
+    }
+
+    fn open_deliveries(&self) -> BoxFuture<'_, Result<Vec<DeliveryRecord>, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let rows = client
+                    .query(
+                        "SELECT id, seqs, attempts, next_attempt_at, last_error FROM deliveries \
+                         ORDER BY created_at, id",
+                        &[],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| DeliveryRecord {
+                        id: r.get(0),
+                        seqs: decode_seqs(r.get(1)),
+                        attempts: r.get::<_, i64>(2).clamp(0, u32::MAX as i64) as u32,
+                        next_attempt_at_ms: r.get(3),
+                        last_error: r.get(4),
+                    })
+                    .collect())
+            })
+        })
+    }
+
+    fn load_payloads(&self, seqs: Vec<i64>) -> BoxFuture<'_, Result<Vec<(i64, String)>, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let rows = client
+                    .query(
+                        "SELECT seq, raw FROM messages WHERE seq = ANY($1)",
+                        &[&seqs],
+                    )
+                    .await?;
+                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            })
+        })
+    }
+
+    fn begin_deliveries(
+        &self,
+        records: Vec<DeliveryRecord>,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let tx = client.transaction().await?;
+                for record in &records {
+                    upsert_delivery(&tx, record, now_ms).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn finish_deliveries(&self, finish: FinishDeliveries) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let tx = client.transaction().await?;
+                for ack in &finish.acks {
+                    tx.execute(
+                        "UPDATE messages SET delivered_at = $1 WHERE seq = ANY($2) AND delivered_at IS NULL",
+                        &[&finish.now_ms, &ack.seqs],
+                    )
+                    .await?;
+                    tx.execute("DELETE FROM deliveries WHERE id = $1", &[&ack.delivery_id])
+                        .await?;
+                    for reply in &ack.replies {
+                        let state = if reply.error.is_some() {
+                            "failed"
+                        } else {
+                            "pending"
+                        };
+                        let finished = reply.error.as_ref().map(|_| finish.now_ms);
+                        tx.execute(
+                            "INSERT INTO replies (delivery_id, endpoint, lane, body, msgid, state, attempts, \
+                             next_attempt_at, last_error, created_at, finished_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $7, $9)",
+                            &[
+                                &reply.delivery_id,
+                                &reply.endpoint.as_str(),
+                                &reply.lane,
+                                &reply.body,
+                                &reply.msgid,
+                                &state,
+                                &finish.now_ms,
+                                &reply.error,
+                                &finished,
+                            ],
+                        )
+                        .await?;
+                    }
+                }
+                for failure in &finish.failures {
+                    tx.execute("DELETE FROM deliveries WHERE id = $1", &[&failure.old_id])
+                        .await?;
+                    for record in &failure.retries {
+                        upsert_delivery(&tx, record, finish.now_ms).await?;
+                    }
+                }
+                tx.commit().await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn due_replies(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ReplyRecord>, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let rows = client
+                    .query(
+                        "SELECT id, endpoint, lane, body, msgid, attempts FROM replies \
+                         WHERE state = 'pending' AND next_attempt_at <= $1 ORDER BY id LIMIT $2",
+                        &[&now_ms, &(limit as i64)],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| ReplyRecord {
+                        id: r.get(0),
+                        endpoint: ReplyEndpoint::parse(r.get(1)).unwrap_or(ReplyEndpoint::SendMsg),
+                        lane: r.get(2),
+                        body: r.get(3),
+                        msgid: r.get(4),
+                        attempts: r.get::<_, i64>(5).clamp(0, u32::MAX as i64) as u32,
+                    })
+                    .collect())
+            })
+        })
+    }
+
+    fn next_reply_due(&self) -> BoxFuture<'_, Result<Option<i64>, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let row = client
+                    .query_one(
+                        "SELECT MIN(next_attempt_at) FROM replies WHERE state = 'pending'",
+                        &[],
+                    )
+                    .await?;
+                Ok(row.get(0))
+            })
+        })
+    }
+
+    fn finish_replies(
+        &self,
+        outcomes: Vec<ReplyOutcome>,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let tx = client.transaction().await?;
+                for outcome in &outcomes {
+                    match outcome {
+                        ReplyOutcome::Sent { id } => {
+                            tx.execute(
+                                "UPDATE replies SET state = 'sent', attempts = attempts + 1, \
+                                 finished_at = $2, last_error = NULL WHERE id = $1",
+                                &[id, &now_ms],
+                            )
+                            .await?;
+                        }
+                        ReplyOutcome::Failed { id, error } => {
+                            tx.execute(
+                                "UPDATE replies SET state = 'failed', attempts = attempts + 1, \
+                                 finished_at = $2, last_error = $3 WHERE id = $1",
+                                &[id, &now_ms, error],
+                            )
+                            .await?;
+                        }
+                        ReplyOutcome::Retry {
+                            id,
+                            lane,
+                            attempts,
+                            next_attempt_at_ms,
+                            error,
+                        } => {
+                            tx.execute(
+                                "UPDATE replies SET attempts = $2, next_attempt_at = $3, last_error = $4 \
+                                 WHERE id = $1",
+                                &[id, &i64::from(*attempts), next_attempt_at_ms, error],
+                            )
+                            .await?;
+                            tx.execute(
+                                "UPDATE replies SET next_attempt_at = GREATEST(next_attempt_at, $3) \
+                                 WHERE state = 'pending' AND lane = $2 AND id > $1",
+                                &[id, lane, next_attempt_at_ms],
+                            )
+                            .await?;
+                        }
+                    }
+                }
+                tx.commit().await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn api_send(&self, key: String, msgid: String) -> BoxFuture<'_, Result<Option<String>, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let row = client
+                    .query_opt(
+                        "SELECT response FROM api_sends WHERE key = $1 AND msgid = $2",
+                        &[&key, &msgid],
+                    )
+                    .await?;
+                Ok(row.map(|r| r.get(0)))
+            })
+        })
+    }
+
+    fn record_api_send(
+        &self,
+        key: String,
+        msgid: String,
+        response: String,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                client
+                    .execute(
+                        "INSERT INTO api_sends (key, msgid, response, created_at) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (key, msgid) DO UPDATE SET response = excluded.response",
+                        &[&key, &msgid, &response, &now_ms],
+                    )
+                    .await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn purge(&self, before_ms: i64) -> BoxFuture<'_, Result<u64, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let tx = client.transaction().await?;
+                let mut n = tx
+                    .execute(
+                        "DELETE FROM messages WHERE seq IN (SELECT seq FROM messages \
+                         WHERE delivered_at IS NOT NULL AND delivered_at < $1 LIMIT 5000)",
+                        &[&before_ms],
+                    )
+                    .await?;
+                n += tx
+                    .execute(
+                        "DELETE FROM replies WHERE id IN (SELECT id FROM replies \
+                         WHERE state <> 'pending' AND finished_at < $1 LIMIT 5000)",
+                        &[&before_ms],
+                    )
+                    .await?;
+                n += tx
+                    .execute("DELETE FROM api_sends WHERE created_at < $1", &[&before_ms])
+                    .await?;
+                tx.commit().await?;
+                Ok(n)
+            })
+        })
+    }
+
+    fn stats(&self) -> BoxFuture<'_, Result<StoreStats, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let row = client
+                    .query_one(
+                        "SELECT (SELECT COUNT(*) FROM messages), \
+                         (SELECT COUNT(*) FROM messages WHERE delivered_at IS NULL), \
+                         (SELECT COUNT(*) FROM deliveries), \
+                         (SELECT COUNT(*) FROM replies WHERE state = 'pending'), \
+                         (SELECT COUNT(*) FROM replies WHERE state = 'sent'), \
+                         (SELECT COUNT(*) FROM replies WHERE state = 'failed')",
+                        &[],
+                    )
+                    .await?;
+                let n = |i: usize| row.get::<_, i64>(i).max(0) as u64;
+                Ok(StoreStats {
+                    messages: n(0),
+                    pending: n(1),
+                    deliveries: n(2),
+                    replies_pending: n(3),
+                    replies_sent: n(4),
+                    replies_failed: n(5),
+                })
+            })
+        })
+    }
+
+    fn messages(&self, open_kfid: String) -> BoxFuture<'_, Result<Vec<(String, bool)>, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let rows = client
+                    .query(
+                        "SELECT msgid, delivered_at IS NOT NULL FROM messages WHERE open_kfid = $1 ORDER BY seq",
+                        &[&open_kfid],
+                    )
+                    .await?;
+                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            })
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // Waits for the transaction in progress (it holds the lock), then drops the client.
+            drop(self.client.lock().await.take());
+        })
+    }
+}
+
+async fn upsert_delivery(
+    tx: &tokio_postgres::Transaction<'_>,
+    record: &DeliveryRecord,
+    now_ms: i64,
+) -> Result<(), Error> {
+    tx.execute(
+        "INSERT INTO deliveries (id, seqs, attempts, next_attempt_at, last_error, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET seqs = excluded.seqs, \
+         attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at, \
+         last_error = excluded.last_error",
+        &[
+            &record.id,
+            &encode_seqs(&record.seqs),
+            &i64::from(record.attempts),
+            &record.next_attempt_at_ms,
+            &record.last_error,
+            &now_ms,
+        ],
+    )
+    .await?;
+    Ok(())
+}

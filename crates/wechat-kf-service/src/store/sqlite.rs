@@ -1,0 +1,767 @@
+//! The SQLite store: one connection owned by a dedicated thread, fed jobs through a channel.
+//!
+//! One writer serializes every transaction, which keeps `seq` (the `AUTOINCREMENT` rowid) in
+//! commit order — the deliverer relies on that. WAL lets the file be read by other processes
+//! (backups, inspection) while the service writes. `synchronous=NORMAL` (the default) survives a
+//! killed process but not a power loss; `FULL` survives both.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::*;
+use crate::config::Synchronous;
+
+/// Versioned schema migrations; `PRAGMA user_version` is the number applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    "
+    CREATE TABLE cursors (
+        open_kfid TEXT PRIMARY KEY,
+        cursor TEXT,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE messages (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        open_kfid TEXT NOT NULL,
+        msgid TEXT NOT NULL,
+        external_userid TEXT NOT NULL,
+        send_time INTEGER NOT NULL,
+        origin INTEGER,
+        kind TEXT NOT NULL,
+        raw TEXT NOT NULL,
+        decode_error TEXT,
+        stored_at INTEGER NOT NULL,
+        delivered_at INTEGER,
+        UNIQUE (open_kfid, msgid)
+    );
+    CREATE INDEX messages_pending ON messages(seq) WHERE delivered_at IS NULL;
+    CREATE TABLE deliveries (
+        id TEXT PRIMARY KEY,
+        seqs TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        next_attempt_at INTEGER NOT NULL,
+        last_error TEXT,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE replies (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        delivery_id TEXT,
+        endpoint TEXT NOT NULL,
+        lane TEXT NOT NULL,
+        body TEXT NOT NULL,
+        msgid TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL,
+        last_error TEXT,
+        created_at INTEGER NOT NULL,
+        finished_at INTEGER
+    );
+    CREATE INDEX replies_pending ON replies(next_attempt_at) WHERE state = 'pending';
+    CREATE TABLE api_sends (
+        key TEXT NOT NULL,
+        msgid TEXT NOT NULL,
+        response TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (key, msgid)
+    ) WITHOUT ROWID;
+    CREATE TABLE sessions (
+        open_kfid TEXT NOT NULL,
+        external_userid TEXT NOT NULL,
+        last_customer_msg_at INTEGER NOT NULL,
+        PRIMARY KEY (open_kfid, external_userid)
+    ) WITHOUT ROWID;
+    ",
+];
+
+/// Rows deleted per purge call, so one call never holds the writer for long.
+const PURGE_CHUNK: i64 = 5000;
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// The SQLite [`Store`].
+pub struct SqliteStore {
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` (`:memory:` for a private in-memory
+    /// one), sets WAL and the durability level, and runs the migrations. Blocking.
+    pub fn open(path: &str, synchronous: Synchronous) -> Result<SqliteStore, Error> {
+        let mut conn = Connection::open(path)
+            .map_err(|e| Error::Store(format!("cannot open SQLite database {path:?}: {e}")))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // journal_mode answers with a row, so it is queried rather than executed.
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if mode != "wal" && path != ":memory:" {
+            tracing::warn!(mode, "SQLite did not switch to WAL");
+        }
+        let sync = match synchronous {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; \
+             PRAGMA cache_size = -4000;"
+        ))?;
+        migrate(&mut conn)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let worker = std::thread::Builder::new()
+            .name("wechat-kf-sqlite".into())
+            .spawn(move || {
+                // Runs until every sender is gone, so queued transactions finish on shutdown.
+                while let Ok(job) = rx.recv() {
+                    job(&mut conn);
+                }
+            })
+            .map_err(|e| Error::io("cannot start the SQLite thread", e))?;
+        Ok(SqliteStore {
+            jobs: Mutex::new(Some(tx)),
+            worker: Mutex::new(Some(worker)),
+        })
+    }
+
+    fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, Error>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let _ = tx.send(f(conn));
+        });
+        let sent = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|jobs| jobs.send(job).is_ok());
+        Box::pin(async move {
+            if !sent {
+                return Err(Error::StoreClosed);
+            }
+            rx.await.unwrap_or(Err(Error::StoreClosed))
+        })
+    }
+}
+
+/// Applies the migrations not yet applied, each in its own transaction.
+fn migrate(conn: &mut Connection) -> Result<(), Error> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > MIGRATIONS.len() as i64 {
+        return Err(Error::Store(format!(
+            "the database has schema version {current}, newer than this program ({}); \
+             upgrade wechat-kf",
+            MIGRATIONS.len()
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", index + 1))?;
+        tx.commit()?;
+        tracing::info!(version = index + 1, "applied SQLite migration");
+    }
+    Ok(())
+}
+
+fn commit_page(conn: &mut Connection, page: PageWrite) -> Result<PageOutcome, Error> {
+    let tx = conn.transaction()?;
+    let mut outcome = PageOutcome {
+        stored: Vec::with_capacity(page.messages.len()),
+        duplicates: 0,
+    };
+    let open_kfid: Arc<str> = Arc::from(page.open_kfid.as_str());
+    let mut lanes: HashMap<String, Arc<str>> = HashMap::new();
+    let mut customers: HashMap<String, i64> = HashMap::new();
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO messages (open_kfid, msgid, external_userid, send_time, origin, kind, raw, \
+             decode_error, stored_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+             ON CONFLICT (open_kfid, msgid) DO NOTHING",
+        )?;
+        for m in page.messages {
+            let inserted = insert.execute(params![
+                page.open_kfid,
+                m.msgid,
+                m.external_userid,
+                m.send_time,
+                m.origin,
+                m.kind,
+                m.payload.raw(),
+                m.decode_error,
+                page.now_ms,
+            ])?;
+            if inserted == 0 {
+                outcome.duplicates += 1;
+                continue;
+            }
+            if m.origin == Some(3) && !m.external_userid.is_empty() {
+                let at = customers.entry(m.external_userid.clone()).or_default();
+                *at = (*at).max(m.send_time);
+            }
+            let external_userid = lanes
+                .entry(m.external_userid)
+                .or_insert_with_key(|k| Arc::from(k.as_str()))
+                .clone();
+            outcome.stored.push(StoredMessage {
+                seq: tx.last_insert_rowid(),
+                lane: Lane {
+                    open_kfid: open_kfid.clone(),
+                    external_userid,
+                },
+                stored_at_ms: page.now_ms,
+                invalid: m.decode_error.is_some(),
+                payload: Some(m.payload),
+            });
+        }
+        let mut session = tx.prepare_cached(
+            "INSERT INTO sessions (open_kfid, external_userid, last_customer_msg_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (open_kfid, external_userid) DO UPDATE SET last_customer_msg_at = \
+             MAX(last_customer_msg_at, excluded.last_customer_msg_at)",
+        )?;
+        for (customer, at) in &customers {
+            session.execute(params![page.open_kfid, customer, at])?;
+        }
+        tx.prepare_cached(
+            "INSERT INTO cursors (open_kfid, cursor, updated_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (open_kfid) DO UPDATE SET cursor = COALESCE(excluded.cursor, cursors.cursor), \
+             updated_at = excluded.updated_at",
+        )?
+        .execute(params![page.open_kfid, page.next_cursor, page.now_ms])?;
+    }
+    tx.commit()?;
+    Ok(outcome)
+}
+
+fn insert_reply(
+    tx: &rusqlite::Transaction<'_>,
+    reply: &NewReply,
+    now_ms: i64,
+) -> Result<(), Error> {
+    let state = if reply.error.is_some() {
+        "failed"
+    } else {
+        "pending"
+    };
+    tx.prepare_cached(
+        "INSERT INTO replies (delivery_id, endpoint, lane, body, msgid, state, attempts, \
+         next_attempt_at, last_error, created_at, finished_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?7, CASE WHEN ?6 = 'failed' THEN ?7 END)",
+    )?
+    .execute(params![
+        reply.delivery_id,
+        reply.endpoint.as_str(),
+        reply.lane,
+        reply.body,
+        reply.msgid,
+        state,
+        now_ms,
+        reply.error,
+    ])?;
+    Ok(())
+}
+
+fn insert_delivery(
+    tx: &rusqlite::Transaction<'_>,
+    record: &DeliveryRecord,
+    now_ms: i64,
+) -> Result<(), Error> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO deliveries (id, seqs, attempts, next_attempt_at, last_error, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        record.id,
+        encode_seqs(&record.seqs),
+        record.attempts,
+        record.next_attempt_at_ms,
+        record.last_error,
+        now_ms,
+    ])?;
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), Error>> {
+        self.call(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))?;
+            Ok(())
+        })
+    }
+
+    fn accounts(&self) -> BoxFuture<'_, Result<Vec<AccountCursor>, Error>> {
+        self.call(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT open_kfid, cursor FROM cursors ORDER BY open_kfid")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn add_account(&self, open_kfid: String, now_ms: i64) -> BoxFuture<'_, Result<(), Error>> {
+        self.call(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO cursors (open_kfid, cursor, updated_at) VALUES (?1, NULL, ?2) \
+                 ON CONFLICT (open_kfid) DO NOTHING",
+            )?
+            .execute(params![open_kfid, now_ms])?;
+            Ok(())
+        })
+    }
+
+    fn commit_page(&self, page: PageWrite) -> BoxFuture<'_, Result<PageOutcome, Error>> {
+        self.call(move |conn| commit_page(conn, page))
+    }
+
+    fn pending_messages(
+        &self,
+        after_seq: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, open_kfid, external_userid, stored_at, decode_error IS NOT NULL \
+                 FROM messages WHERE delivered_at IS NULL AND seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after_seq, limit as i64], |r| {
+                let open_kfid: String = r.get(1)?;
+                let external_userid: String = r.get(2)?;
+                Ok(StoredMessage {
+                    seq: r.get(0)?,
+                    lane: Lane::new(&open_kfid, &external_userid),
+                    stored_at_ms: r.get(3)?,
+                    invalid: r.get(4)?,
+                    payload: None,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn open_deliveries(&self) -> BoxFuture<'_, Result<Vec<DeliveryRecord>, Error>> {
+        self.call(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, seqs, attempts, next_attempt_at, last_error FROM deliveries ORDER BY created_at, id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                let seqs: String = r.get(1)?;
+                Ok(DeliveryRecord {
+                    id: r.get(0)?,
+                    seqs: decode_seqs(&seqs),
+                    attempts: r.get(2)?,
+                    next_attempt_at_ms: r.get(3)?,
+                    last_error: r.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn load_payloads(&self, seqs: Vec<i64>) -> BoxFuture<'_, Result<Vec<(i64, String)>, Error>> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached("SELECT raw FROM messages WHERE seq = ?1")?;
+            let mut out = Vec::with_capacity(seqs.len());
+            for seq in seqs {
+                if let Some(raw) = stmt
+                    .query_row([seq], |r| r.get::<_, String>(0))
+                    .optional()?
+                {
+                    out.push((seq, raw));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn begin_deliveries(
+        &self,
+        records: Vec<DeliveryRecord>,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            for record in &records {
+                insert_delivery(&tx, record, now_ms)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn finish_deliveries(&self, finish: FinishDeliveries) -> BoxFuture<'_, Result<(), Error>> {
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut delivered = tx.prepare_cached(
+                    "UPDATE messages SET delivered_at = ?1 WHERE seq = ?2 AND delivered_at IS NULL",
+                )?;
+                let mut delete = tx.prepare_cached("DELETE FROM deliveries WHERE id = ?1")?;
+                for ack in &finish.acks {
+                    for seq in &ack.seqs {
+                        delivered.execute(params![finish.now_ms, seq])?;
+                    }
+                    delete.execute([&ack.delivery_id])?;
+                    for reply in &ack.replies {
+                        insert_reply(&tx, reply, finish.now_ms)?;
+                    }
+                }
+                for failure in &finish.failures {
+                    delete.execute([&failure.old_id])?;
+                    for record in &failure.retries {
+                        insert_delivery(&tx, record, finish.now_ms)?;
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn due_replies(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ReplyRecord>, Error>> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, endpoint, lane, body, msgid, attempts FROM replies \
+                 WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![now_ms, limit as i64], |r| {
+                let endpoint: String = r.get(1)?;
+                Ok((
+                    endpoint,
+                    ReplyRecord {
+                        id: r.get(0)?,
+                        endpoint: ReplyEndpoint::SendMsg,
+                        lane: r.get(2)?,
+                        body: r.get(3)?,
+                        msgid: r.get(4)?,
+                        attempts: r.get(5)?,
+                    },
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (endpoint, mut record) = row?;
+                record.endpoint = ReplyEndpoint::parse(&endpoint).unwrap_or(ReplyEndpoint::SendMsg);
+                out.push(record);
+            }
+            Ok(out)
+        })
+    }
+
+    fn next_reply_due(&self) -> BoxFuture<'_, Result<Option<i64>, Error>> {
+        self.call(|conn| {
+            Ok(conn.query_row(
+                "SELECT MIN(next_attempt_at) FROM replies WHERE state = 'pending'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+    }
+
+    fn finish_replies(
+        &self,
+        outcomes: Vec<ReplyOutcome>,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            for outcome in &outcomes {
+                match outcome {
+                    ReplyOutcome::Sent { id } => {
+                        tx.prepare_cached(
+                            "UPDATE replies SET state = 'sent', attempts = attempts + 1, \
+                             finished_at = ?2, last_error = NULL WHERE id = ?1",
+                        )?
+                        .execute(params![id, now_ms])?;
+                    }
+                    ReplyOutcome::Failed { id, error } => {
+                        tx.prepare_cached(
+                            "UPDATE replies SET state = 'failed', attempts = attempts + 1, \
+                             finished_at = ?2, last_error = ?3 WHERE id = ?1",
+                        )?
+                        .execute(params![id, now_ms, error])?;
+                    }
+                    ReplyOutcome::Retry {
+                        id,
+                        lane,
+                        attempts,
+                        next_attempt_at_ms,
+                        error,
+                    } => {
+                        tx.prepare_cached(
+                            "UPDATE replies SET attempts = ?2, next_attempt_at = ?3, last_error = ?4 \
+                             WHERE id = ?1",
+                        )?
+                        .execute(params![id, attempts, next_attempt_at_ms, error])?;
+                        // Later replies to the same customer wait, so order is kept.
+                        tx.prepare_cached(
+                            "UPDATE replies SET next_attempt_at = MAX(next_attempt_at, ?3) \
+                             WHERE state = 'pending' AND lane = ?2 AND id > ?1",
+                        )?
+                        .execute(params![id, lane, next_attempt_at_ms])?;
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn api_send(&self, key: String, msgid: String) -> BoxFuture<'_, Result<Option<String>, Error>> {
+        self.call(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT response FROM api_sends WHERE key = ?1 AND msgid = ?2")?
+                .query_row(params![key, msgid], |r| r.get(0))
+                .optional()?)
+        })
+    }
+
+    fn record_api_send(
+        &self,
+        key: String,
+        msgid: String,
+        response: String,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        self.call(move |conn| {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO api_sends (key, msgid, response, created_at) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![key, msgid, response, now_ms])?;
+            Ok(())
+        })
+    }
+
+    fn purge(&self, before_ms: i64) -> BoxFuture<'_, Result<u64, Error>> {
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            let mut n = tx.execute(
+                "DELETE FROM messages WHERE seq IN (SELECT seq FROM messages \
+                 WHERE delivered_at IS NOT NULL AND delivered_at < ?1 LIMIT ?2)",
+                params![before_ms, PURGE_CHUNK],
+            )?;
+            n += tx.execute(
+                "DELETE FROM replies WHERE id IN (SELECT id FROM replies \
+                 WHERE state <> 'pending' AND finished_at < ?1 LIMIT ?2)",
+                params![before_ms, PURGE_CHUNK],
+            )?;
+            n += tx.execute(
+                "DELETE FROM api_sends WHERE created_at < ?1",
+                params![before_ms],
+            )?;
+            tx.commit()?;
+            Ok(n as u64)
+        })
+    }
+
+    fn stats(&self) -> BoxFuture<'_, Result<StoreStats, Error>> {
+        self.call(|conn| {
+            let count = |sql: &str| -> Result<u64, Error> {
+                Ok(conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
+            };
+            Ok(StoreStats {
+                messages: count("SELECT COUNT(*) FROM messages")?,
+                pending: count("SELECT COUNT(*) FROM messages WHERE delivered_at IS NULL")?,
+                deliveries: count("SELECT COUNT(*) FROM deliveries")?,
+                replies_pending: count("SELECT COUNT(*) FROM replies WHERE state = 'pending'")?,
+                replies_sent: count("SELECT COUNT(*) FROM replies WHERE state = 'sent'")?,
+                replies_failed: count("SELECT COUNT(*) FROM replies WHERE state = 'failed'")?,
+            })
+        })
+    }
+
+    fn messages(&self, open_kfid: String) -> BoxFuture<'_, Result<Vec<(String, bool)>, Error>> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT msgid, delivered_at IS NOT NULL FROM messages WHERE open_kfid = ?1 ORDER BY seq",
+            )?;
+            let rows = stmt.query_map([open_kfid], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        // Dropping the sender lets the worker drain its queue and stop.
+        drop(self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let worker = self.worker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        Box::pin(async move {
+            if let Some(worker) = worker {
+                let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(msgid: &str, customer: &str) -> NewMessage {
+        let raw = format!(
+            r#"{{"msgid":"{msgid}","open_kfid":"wk1","external_userid":"{customer}","send_time":1,"origin":3,"msgtype":"text","text":{{"content":"x"}}}}"#
+        );
+        NewMessage {
+            msgid: msgid.into(),
+            external_userid: customer.into(),
+            send_time: 1,
+            origin: Some(3),
+            kind: "text".into(),
+            payload: Payload::Raw(Arc::from(raw)),
+            decode_error: None,
+        }
+    }
+
+    fn page(msgids: &[&str], cursor: &str) -> PageWrite {
+        PageWrite {
+            open_kfid: "wk1".into(),
+            messages: msgids.iter().map(|m| message(m, "wm1")).collect(),
+            next_cursor: Some(cursor.into()),
+            now_ms: 1000,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_page_and_its_cursor_commit_together_and_msgids_are_stored_once() {
+        let store = SqliteStore::open(":memory:", Synchronous::Normal).unwrap();
+        let first = store.commit_page(page(&["a", "b"], "c1")).await.unwrap();
+        assert_eq!(first.stored.len(), 2);
+        assert!(first.stored[0].seq < first.stored[1].seq);
+        let again = store.commit_page(page(&["b", "c"], "c2")).await.unwrap();
+        assert_eq!(again.stored.len(), 1);
+        assert_eq!(again.duplicates, 1);
+        assert_eq!(
+            store.accounts().await.unwrap(),
+            vec![("wk1".to_owned(), Some("c2".to_owned()))]
+        );
+        let pending = store.pending_messages(0, 10).await.unwrap();
+        assert_eq!(pending.len(), 3);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn acknowledged_messages_leave_the_pending_set_and_replies_are_queued() {
+        let store = SqliteStore::open(":memory:", Synchronous::Normal).unwrap();
+        let out = store.commit_page(page(&["a", "b"], "c1")).await.unwrap();
+        let seqs: Vec<i64> = out.stored.iter().map(|m| m.seq).collect();
+        let record = DeliveryRecord {
+            id: "d1".into(),
+            seqs: seqs.clone(),
+            attempts: 0,
+            next_attempt_at_ms: 0,
+            last_error: None,
+        };
+        store
+            .begin_deliveries(vec![record.clone()], 1)
+            .await
+            .unwrap();
+        assert_eq!(store.open_deliveries().await.unwrap(), vec![record]);
+        let reply = NewReply {
+            endpoint: ReplyEndpoint::SendMsg,
+            lane: "wk1/wm1".into(),
+            body: "{}".into(),
+            msgid: "r1".into(),
+            delivery_id: Some("d1".into()),
+            error: None,
+        };
+        store
+            .finish_deliveries(FinishDeliveries {
+                now_ms: 2,
+                acks: vec![Ack {
+                    delivery_id: "d1".into(),
+                    seqs,
+                    replies: vec![reply],
+                }],
+                failures: vec![],
+            })
+            .await
+            .unwrap();
+        assert!(store.pending_messages(0, 10).await.unwrap().is_empty());
+        assert!(store.open_deliveries().await.unwrap().is_empty());
+        let due = store.due_replies(10, 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(store.purge(3).await.unwrap(), 2);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_retried_reply_holds_back_later_replies_of_its_lane() {
+        let store = SqliteStore::open(":memory:", Synchronous::Normal).unwrap();
+        let reply = |msgid: &str, lane: &str| NewReply {
+            endpoint: ReplyEndpoint::SendMsg,
+            lane: lane.into(),
+            body: "{}".into(),
+            msgid: msgid.into(),
+            delivery_id: None,
+            error: None,
+        };
+        store
+            .finish_deliveries(FinishDeliveries {
+                now_ms: 0,
+                acks: vec![Ack {
+                    delivery_id: "d".into(),
+                    seqs: vec![],
+                    replies: vec![reply("r1", "a"), reply("r2", "a"), reply("r3", "b")],
+                }],
+                failures: vec![],
+            })
+            .await
+            .unwrap();
+        let due = store.due_replies(0, 10).await.unwrap();
+        assert_eq!(due.len(), 3);
+        store
+            .finish_replies(
+                vec![ReplyOutcome::Retry {
+                    id: due[0].id,
+                    lane: "a".into(),
+                    attempts: 1,
+                    next_attempt_at_ms: 100,
+                    error: "busy".into(),
+                }],
+                0,
+            )
+            .await
+            .unwrap();
+        let due: Vec<String> = store
+            .due_replies(50, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.msgid)
+            .collect();
+        assert_eq!(due, vec!["r3"]);
+        assert_eq!(store.next_reply_due().await.unwrap(), Some(0));
+        store.close().await;
+    }
+
+    #[test]
+    fn migrations_are_idempotent_and_refuse_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let path = path.to_str().unwrap();
+        drop(SqliteStore::open(path, Synchronous::Full).unwrap());
+        drop(SqliteStore::open(path, Synchronous::Normal).unwrap());
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch("PRAGMA user_version = 99").unwrap();
+        drop(conn);
+        let err = SqliteStore::open(path, Synchronous::Normal).unwrap_err();
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+}

@@ -1,0 +1,9 @@
+//! Integration tests of the service, in one binary (one link instead of many).
+
+mod common;
+mod e2e;
+mod faults;
+mod reply_api;
+mod restart;
+mod sandbox;
+mod store;

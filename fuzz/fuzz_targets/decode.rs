@@ -1,7 +1,7 @@
 //! Fuzzes `SyncMsgResponse::from_slice` and `Message::from_json`.
 //!
-//! Invariants: no panic; the fast page decoder agrees with the plain serde path on whether the
-//! body is a response and on how many items it holds; every decoded message re-encodes to the
+//! Invariants: no panic; when both accept the body, the fast page decoder and the plain serde
+//! path produce identical messages and invalid items; every decoded message re-encodes to the
 //! JSON value it came from.
 #![no_main]
 
@@ -12,14 +12,17 @@ fuzz_target!(|data: &[u8]| {
     let fast = SyncMsgResponse::from_slice(data);
     let plain = serde_json::from_slice::<SyncMsgResponse>(data);
     if let (Ok(fast), Ok(plain)) = (&fast, &plain) {
-        assert_eq!(
-            fast.msg_list.len() + fast.invalid.len(),
-            plain.msg_list.len() + plain.invalid.len()
-        );
+        // The fast path (one pass, shared text, the simple-item parser) and the plain serde path
+        // must decode to exactly the same messages and the same invalid items.
+        assert_eq!(fast.msg_list, plain.msg_list);
+        assert_eq!(fast.invalid, plain.invalid);
         for message in &fast.msg_list {
-            let again: serde_json::Value = serde_json::to_value(message).unwrap();
-            let original: serde_json::Value = serde_json::from_str(message.raw()).unwrap();
-            assert_eq!(again, original);
+            // A lone surrogate escape (`\ud83d`) in a field the model ignores is kept verbatim
+            // in raw, but cannot become a `serde_json::Value`; compare when it can.
+            if let Ok(original) = serde_json::from_str::<serde_json::Value>(message.raw()) {
+                let again = serde_json::to_value(message).expect("what parsed once re-encodes");
+                assert_eq!(again, original);
+            }
         }
     }
     if let Ok(text) = std::str::from_utf8(data) {

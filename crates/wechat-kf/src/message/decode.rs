@@ -70,6 +70,16 @@ pub(crate) fn decode_prefix(
     out: &mut Vec<Message>,
 ) -> Prefix {
     let rest = &text[start..];
+    if let Some((len, envelope, content)) = super::fast::item(rest, interner) {
+        out.push(Message::from_decoded(
+            text,
+            start,
+            start + len,
+            envelope,
+            content,
+        ));
+        return Prefix::Decoded { len };
+    }
     let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<Parts<'_>>();
     match stream.next() {
         Some(Ok(parts)) => {

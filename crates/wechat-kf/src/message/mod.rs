@@ -24,6 +24,7 @@
 mod codes;
 mod decode;
 mod event;
+mod fast;
 mod payload;
 
 use std::borrow::Cow;

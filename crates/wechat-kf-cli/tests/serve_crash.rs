@@ -199,7 +199,7 @@ async fn killing_the_service_at_random_moments_loses_nothing_and_stores_nothing_
     let config_file = dir.path().join("serve.toml");
     std::fs::write(
         &config_file,
-        "[pull]\npage_size = 50\nsafety_interval = \"1s\"\n\
+        "[pull]\npage_size = 50\nsafety_interval = \"1s\"\nfirst_start = \"replay\"\n\
          [webhook]\ntimeout = \"2s\"\nmax_batch = 40\nretry_initial = \"20ms\"\nretry_max = \"200ms\"\n",
     )
     .unwrap();

@@ -124,6 +124,8 @@ fn service_config(emu: &RunningEmulator, db: &std::path::Path, webhook: &str) ->
     config.wechat.encoding_aes_key = Some(Secret::new(e.encoding_aes_key.clone()));
     config.wechat.base_url = Some(emu.base_url());
     config.pull.safety_interval = Duration::ZERO;
+    // The messages wait in the emulator before the start: deliver them all.
+    config.pull.first_start = wechat_kf_service::config::FirstStart::Replay;
     config.storage.db = Some(db.to_str().unwrap().to_owned());
     if std::env::var("E2E_SYNCHRONOUS").as_deref() == Ok("full") {
         config.storage.synchronous = wechat_kf_service::config::Synchronous::Full;

@@ -3,7 +3,7 @@
 //! | Route | |
 //! |---|---|
 //! | `GET` / `POST <callback.path>` (default `/callback`) | WeChat callbacks |
-//! | `POST /v1/messages`, `/v1/messages/on_event`, `/v1/service_state/trans` | the reply API (bearer token) |
+//! | `POST /v1/messages`, `/v1/messages/on_event`, `/v1/service_state/trans`, `GET /v1/sessions/{open_kfid}/{external_userid}` | the reply API (bearer token) |
 //! | `GET /healthz` | the process is up |
 //! | `GET /readyz` | the store answers and the service is not stopping |
 //! | `GET /metrics` | Prometheus text format |
@@ -21,9 +21,11 @@ use axum::routing::{get, post};
 use wechat_kf::client::Client;
 use wechat_kf::crypto::CallbackCrypto;
 
+use crate::clock::Clock;
 use crate::config::Secret;
 use crate::metrics::Metrics;
 use crate::puller::Pullers;
+use crate::sending::Gate;
 use crate::store::Store;
 use crate::{callback, reply};
 
@@ -54,6 +56,10 @@ pub(crate) struct Shared {
     pub(crate) client: Option<Client>,
     pub(crate) store: Option<Arc<dyn Store>>,
     pub(crate) api_token: Option<Secret>,
+    /// The send policy (without one, WeChat alone decides).
+    pub(crate) gate: Option<Arc<Gate>>,
+    /// WeChat's clock (callback timestamps, session views).
+    pub(crate) clock: Clock,
     pub(crate) ready: AtomicBool,
     /// Reply-API msgids being sent right now (a concurrent duplicate gets 409).
     pub(crate) in_flight: Mutex<HashSet<String>>,
@@ -71,6 +77,8 @@ pub struct AppStateBuilder {
     client: Option<Client>,
     store: Option<Arc<dyn Store>>,
     api_token: Option<Secret>,
+    gate: Option<Arc<Gate>>,
+    clock: Clock,
 }
 
 impl AppState {
@@ -87,6 +95,8 @@ impl AppState {
             client: None,
             store: None,
             api_token: None,
+            gate: None,
+            clock: Clock::system(),
         }
     }
 
@@ -161,6 +171,19 @@ impl AppStateBuilder {
         self
     }
 
+    /// WeChat's clock, against which callback timestamps are checked (default: the system
+    /// clock).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The send policy every reply-API send passes.
+    pub(crate) fn gate(mut self, gate: Arc<Gate>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
     /// The state (ready).
     pub fn build(self) -> AppState {
         AppState {
@@ -176,6 +199,8 @@ impl AppStateBuilder {
                 client: self.client,
                 store: self.store,
                 api_token: self.api_token,
+                gate: self.gate,
+                clock: self.clock,
                 ready: AtomicBool::new(true),
                 in_flight: Mutex::new(HashSet::new()),
             }),
@@ -195,6 +220,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/messages", post(reply::send_msg))
         .route("/v1/messages/on_event", post(reply::send_msg_on_event))
         .route("/v1/service_state/trans", post(reply::trans))
+        .route(
+            "/v1/sessions/{open_kfid}/{external_userid}",
+            get(reply::session),
+        )
         .layer(DefaultBodyLimit::max(MAX_API_BODY));
     Router::new()
         .merge(callback_routes)

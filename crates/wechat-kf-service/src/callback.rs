@@ -7,7 +7,7 @@
 //! EncodingAESKey are configured.
 
 use std::borrow::Cow;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{RawQuery, State};
@@ -89,10 +89,8 @@ fn stale(state: &AppState, timestamp: &str) -> Option<Response> {
     if window == Duration::ZERO {
         return None;
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    // The timestamp is WeChat's: compare it on WeChat's clock.
+    let now = state.inner.clock.now_u64();
     let secs = window.as_secs();
     match ReplayWindow::new(secs, secs).check(timestamp, now) {
         Ok(()) => None,
@@ -233,6 +231,8 @@ pub(crate) async fn event(
 
 #[cfg(test)]
 mod tests {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
     use axum::body::Body;
     use axum::http::Request;
     use tower::ServiceExt;

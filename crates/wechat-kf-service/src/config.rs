@@ -21,12 +21,15 @@
 //! assert!(!format!("{config:?}").contains("env-secret"));
 //! ```
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 pub use wechat_kf::client::Secret;
+pub use wechat_kf::client::VoiceFormat;
 
 use crate::Error;
 
@@ -50,6 +53,12 @@ pub struct Config {
     pub webhook: WebhookConfig,
     /// The reply API.
     pub api: ApiConfig,
+    /// Automatic handoff to a human (`[handoff]`).
+    pub handoff: HandoffConfig,
+    /// Joining consecutive text replies (`[joiner]`).
+    pub joiner: JoinerConfig,
+    /// Downloading inbound media before delivery (`[media]`).
+    pub media: MediaConfig,
     /// Sandbox mode (embedded emulator).
     pub sandbox: SandboxConfig,
 }
@@ -108,6 +117,244 @@ pub struct PullConfig {
     pub page_size: u32,
     /// Most accounts pulled (callbacks naming more are ignored). Default 5000.
     pub max_accounts: usize,
+    /// What happens to the messages WeChat still holds (up to 3 days) when an account has no
+    /// stored cursor (the first start, a new database) or WeChat rejects the stored one.
+    /// Default [`FirstStart::FromNow`].
+    pub first_start: FirstStart,
+    /// Per-account overrides of [`first_start`](Self::first_start), by open_kfid.
+    pub first_start_accounts: BTreeMap<String, FirstStart>,
+    /// The `voice_format` of `sync_msg`: the format voice media is later downloaded in.
+    /// Default AMR.
+    pub voice_format: VoiceFormat,
+}
+
+impl PullConfig {
+    /// The first-start policy of an account.
+    pub fn first_start_for(&self, open_kfid: &str) -> FirstStart {
+        self.first_start_accounts
+            .get(open_kfid)
+            .copied()
+            .unwrap_or(self.first_start)
+    }
+}
+
+/// What to do with the backlog when an account is pulled without a cursor (`pull.first_start`).
+///
+/// Whatever the policy, every message is stored (msgid de-duplication, session tracking);
+/// the policy only decides which of them are delivered to the bot.
+///
+/// ```
+/// use std::time::Duration;
+/// use wechat_kf_service::config::FirstStart;
+/// assert_eq!("from-now".parse::<FirstStart>().unwrap(), FirstStart::FromNow);
+/// assert_eq!("replay".parse::<FirstStart>().unwrap(), FirstStart::Replay);
+/// let since: FirstStart = "since 2h".parse().unwrap();
+/// assert_eq!(since, FirstStart::Since(Duration::from_secs(7200)));
+/// assert_eq!(since.to_string(), "since 2h");
+/// // Service started at 1000 (unix s); the catch-up begins at 5000.
+/// assert_eq!(FirstStart::FromNow.skip_before(1000, 5000), Some(1000 - 60));
+/// assert_eq!(since.skip_before(1000, 5000), Some(5000 - 7200));
+/// assert_eq!(FirstStart::Replay.skip_before(1000, 5000), None);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FirstStart {
+    /// Page through the backlog to its end and store the cursor, but deliver nothing sent
+    /// before the service started (a minute of tolerance for clock differences); older
+    /// messages are stored as *skipped*. The default: a new bot does not answer three days of
+    /// old messages.
+    #[default]
+    FromNow,
+    /// Deliver everything WeChat still holds.
+    Replay,
+    /// Deliver what was sent within this long before the catch-up began.
+    Since(Duration),
+}
+
+/// How far before the service's start `from-now` still delivers: WeChat's clock and ours may
+/// differ a little, and a message sent just after the start must never be skipped.
+pub const FROM_NOW_TOLERANCE_SECS: i64 = 60;
+
+impl FirstStart {
+    /// The unix second before which messages are skipped (`None`: nothing is), for a service
+    /// started at `started_at` whose catch-up begins at `now` (both on WeChat's clock).
+    pub fn skip_before(self, started_at: i64, now: i64) -> Option<i64> {
+        match self {
+            FirstStart::FromNow => Some(started_at - FROM_NOW_TOLERANCE_SECS),
+            FirstStart::Replay => None,
+            FirstStart::Since(d) => {
+                Some(now.saturating_sub(d.as_secs().min(i64::MAX as u64) as i64))
+            }
+        }
+    }
+
+    /// The policy's name in metrics and logs: `from-now`, `replay` or `since`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FirstStart::FromNow => "from-now",
+            FirstStart::Replay => "replay",
+            FirstStart::Since(_) => "since",
+        }
+    }
+}
+
+impl fmt::Display for FirstStart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FirstStart::Since(d) => write!(f, "since {}", humantime::format_duration(*d)),
+            other => f.write_str(other.name()),
+        }
+    }
+}
+
+impl std::str::FromStr for FirstStart {
+    type Err = Error;
+
+    /// `from-now`, `replay`, or `since <duration>` (also `since:2h`, `since=2h`).
+    fn from_str(value: &str) -> Result<Self, Error> {
+        let v = value.trim();
+        match v.to_ascii_lowercase().as_str() {
+            "from-now" | "from_now" | "fromnow" | "now" => return Ok(FirstStart::FromNow),
+            "replay" | "all" => return Ok(FirstStart::Replay),
+            _ => {}
+        }
+        let rest = v
+            .strip_prefix("since")
+            .map(|r| r.trim_start_matches([' ', ':', '=']).trim())
+            .filter(|r| !r.is_empty())
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "first start policy {value:?}: expected from-now, replay or \"since <duration>\""
+                ))
+            })?;
+        Ok(FirstStart::Since(parse_duration(
+            "first start since",
+            rest,
+        )?))
+    }
+}
+
+/// Automatic handoff to a human servicer (`[handoff]`): a customer text containing one of the
+/// keywords moves the session with `kf/service_state/trans`, before the bot sees the message.
+#[derive(Debug, Clone)]
+pub struct HandoffConfig {
+    /// Substrings of customer texts (menu clicks included) that ask for a human, e.g.
+    /// `["人工", "转人工"]`. Empty (the default): no keyword handoff.
+    pub keywords: Vec<String>,
+    /// The target state: 2 (the queue, the default) or 3 (a servicer, `servicer_userid`).
+    pub service_state: u32,
+    /// The servicer for state 3.
+    pub servicer_userid: Option<String>,
+    /// A text sent with the `msg_code` the transfer returns (`send_msg_on_event`), e.g.
+    /// "正在为您转接人工客服". None: nothing is sent.
+    pub message: Option<String>,
+}
+
+/// Joining consecutive text replies for one customer (`[joiner]`), so that an answer split
+/// into several texts spends one message of WeChat's 5-per-customer-message quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinerConfig {
+    /// Off by default: joined texts arrive as one message with line breaks.
+    pub enabled: bool,
+    /// How long a queued text waits for more texts to the same customer. Zero (the default)
+    /// joins only texts queued together (one webhook response).
+    pub window: Duration,
+}
+
+/// Which inbound media to download (`media.kinds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MediaKind {
+    /// `image`
+    Image,
+    /// `voice`
+    Voice,
+    /// `video`
+    Video,
+    /// `file`
+    File,
+}
+
+impl MediaKind {
+    /// Every kind.
+    pub const ALL: [MediaKind; 4] = [
+        MediaKind::Image,
+        MediaKind::Voice,
+        MediaKind::Video,
+        MediaKind::File,
+    ];
+
+    /// The msgtype.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaKind::Image => "image",
+            MediaKind::Voice => "voice",
+            MediaKind::Video => "video",
+            MediaKind::File => "file",
+        }
+    }
+
+    /// Parses a msgtype.
+    pub fn parse(s: &str) -> Option<MediaKind> {
+        MediaKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// What to convert downloaded voice notes into (`media.voice_convert_to`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VoiceTarget {
+    /// 16 kHz mono 16-bit WAV.
+    Wav,
+    /// Ogg/Opus.
+    Ogg,
+    /// MP3.
+    Mp3,
+}
+
+impl VoiceTarget {
+    /// The library's conversion target.
+    pub fn target(self) -> wechat_kf::voice::Target {
+        match self {
+            VoiceTarget::Wav => wechat_kf::voice::Target::Wav,
+            VoiceTarget::Ogg => wechat_kf::voice::Target::OggOpus,
+            VoiceTarget::Mp3 => wechat_kf::voice::Target::Mp3,
+        }
+    }
+
+    /// `wav`, `ogg` or `mp3`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VoiceTarget::Wav => "wav",
+            VoiceTarget::Ogg => "ogg",
+            VoiceTarget::Mp3 => "mp3",
+        }
+    }
+}
+
+/// Downloading inbound media before delivery (`[media]`), so the bot never races WeChat's
+/// 3-day media expiry.
+#[derive(Debug, Clone)]
+pub struct MediaConfig {
+    /// Where files go (`<dir>/<open_kfid>/<msgid>/<file name>`). `None` (the default): media
+    /// is not downloaded.
+    pub download_dir: Option<PathBuf>,
+    /// Which message types are downloaded. Default all four.
+    pub kinds: Vec<MediaKind>,
+    /// Larger files are deleted again and reported as `too_large`. Default 32 MiB.
+    pub max_bytes: u64,
+    /// Downloads in flight at once. Default 4.
+    pub concurrency: usize,
+    /// Convert voice notes into this format too (needs ffmpeg; SILK needs the `voice-silk`
+    /// build feature). Default none.
+    pub voice_convert_to: Option<VoiceTarget>,
+    /// The ffmpeg program. Default `ffmpeg` on `PATH`.
+    pub ffmpeg: Option<PathBuf>,
+}
+
+impl MediaConfig {
+    /// Whether messages of `msgtype` are downloaded.
+    pub fn wants(&self, msgtype: &str) -> bool {
+        self.download_dir.is_some()
+            && MediaKind::parse(msgtype).is_some_and(|k| self.kinds.contains(&k))
+    }
 }
 
 /// SQLite durability (`[storage] synchronous`).
@@ -192,6 +439,9 @@ impl Default for Config {
                 safety_interval: Duration::from_secs(120),
                 page_size: 1000,
                 max_accounts: 5000,
+                first_start: FirstStart::FromNow,
+                first_start_accounts: BTreeMap::new(),
+                voice_format: VoiceFormat::Amr,
             },
             storage: StorageConfig {
                 db: None,
@@ -209,6 +459,24 @@ impl Default for Config {
                 max_response_bytes: 1024 * 1024,
             },
             api: ApiConfig::default(),
+            handoff: HandoffConfig {
+                keywords: Vec::new(),
+                service_state: 2,
+                servicer_userid: None,
+                message: None,
+            },
+            joiner: JoinerConfig {
+                enabled: false,
+                window: Duration::ZERO,
+            },
+            media: MediaConfig {
+                download_dir: None,
+                kinds: MediaKind::ALL.to_vec(),
+                max_bytes: 32 * 1024 * 1024,
+                concurrency: 4,
+                voice_convert_to: None,
+                ffmpeg: None,
+            },
             sandbox: SandboxConfig {
                 emulator_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                 echo: false,
@@ -234,6 +502,10 @@ pub struct Overrides {
     pub emulator_listen: Option<SocketAddr>,
     /// `--log-format`
     pub log_format: Option<LogFormat>,
+    /// `--first-start`
+    pub first_start: Option<FirstStart>,
+    /// `--media-dir`
+    pub media_dir: Option<PathBuf>,
 }
 
 /// The environment variables read by [`Config::from_sources`], in the order they are applied.
@@ -252,6 +524,8 @@ pub const ENV_VARS: &[&str] = &[
     "WECHAT_KF_API_TOKEN",
     "WECHAT_KF_EMULATOR_LISTEN",
     "WECHAT_KF_ECHO",
+    "WECHAT_KF_FIRST_START",
+    "WECHAT_KF_MEDIA_DIR",
 ];
 
 impl Config {
@@ -339,6 +613,12 @@ impl Config {
         if let Some(v) = get("WECHAT_KF_ECHO") {
             self.sandbox.echo = matches!(v.as_str(), "1" | "true" | "yes" | "on");
         }
+        if let Some(v) = get("WECHAT_KF_FIRST_START") {
+            self.pull.first_start = v.parse()?;
+        }
+        if let Some(v) = get("WECHAT_KF_MEDIA_DIR") {
+            self.media.download_dir = Some(PathBuf::from(v));
+        }
         Ok(())
     }
 
@@ -363,6 +643,12 @@ impl Config {
         }
         if let Some(v) = flags.log_format {
             self.log_format = v;
+        }
+        if let Some(v) = flags.first_start {
+            self.pull.first_start = v;
+        }
+        if let Some(v) = flags.media_dir {
+            self.media.download_dir = Some(v);
         }
     }
 
@@ -393,6 +679,42 @@ impl Config {
         if has_corp != has_secret {
             return Err(Error::Config(
                 "set both wechat.corp_id and wechat.secret (or neither, for the sandbox)".into(),
+            ));
+        }
+        match self.handoff.service_state {
+            2 => {}
+            3 if self
+                .handoff
+                .servicer_userid
+                .as_deref()
+                .is_some_and(|s| !s.is_empty()) => {}
+            3 => {
+                return Err(Error::Config(
+                    "handoff.service_state = 3 needs handoff.servicer_userid".into(),
+                ));
+            }
+            _ => {
+                return Err(Error::Config(
+                    "handoff.service_state must be 2 (queue) or 3 (a servicer)".into(),
+                ));
+            }
+        }
+        if self.handoff.keywords.iter().any(String::is_empty) {
+            return Err(Error::Config(
+                "handoff.keywords must not be empty strings".into(),
+            ));
+        }
+        if self
+            .handoff
+            .message
+            .as_ref()
+            .is_some_and(|m| m.is_empty() || m.len() > 2048)
+        {
+            return Err(Error::Config("handoff.message must be 1-2048 bytes".into()));
+        }
+        if self.media.concurrency == 0 || self.media.max_bytes == 0 {
+            return Err(Error::Config(
+                "media.concurrency and media.max_bytes must be at least 1".into(),
             ));
         }
         Ok(())
@@ -465,6 +787,12 @@ mod file {
         #[serde(default)]
         api: Api,
         #[serde(default)]
+        handoff: Handoff,
+        #[serde(default)]
+        joiner: Joiner,
+        #[serde(default)]
+        media: Media,
+        #[serde(default)]
         sandbox: Sandbox,
     }
 
@@ -495,6 +823,36 @@ mod file {
         safety_interval: Option<String>,
         page_size: Option<u32>,
         max_accounts: Option<usize>,
+        first_start: Option<String>,
+        first_start_accounts: Option<BTreeMap<String, String>>,
+        voice_format: Option<String>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Handoff {
+        keywords: Option<Vec<String>>,
+        service_state: Option<u32>,
+        servicer_userid: Option<String>,
+        message: Option<String>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Joiner {
+        enabled: Option<bool>,
+        window_ms: Option<u64>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Media {
+        download_dir: Option<String>,
+        kinds: Option<Vec<String>>,
+        max_bytes: Option<u64>,
+        concurrency: Option<usize>,
+        voice_convert_to: Option<String>,
+        ffmpeg: Option<String>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -582,6 +940,82 @@ mod file {
             }
             if let Some(v) = p.max_accounts {
                 c.pull.max_accounts = v;
+            }
+            if let Some(v) = p.first_start {
+                c.pull.first_start = v.parse()?;
+            }
+            for (account, policy) in p.first_start_accounts.unwrap_or_default() {
+                let policy = policy.parse().map_err(|e| {
+                    Error::Config(format!("pull.first_start_accounts.{account}: {e}"))
+                })?;
+                c.pull.first_start_accounts.insert(account, policy);
+            }
+            if let Some(v) = p.voice_format {
+                c.pull.voice_format = match v.to_ascii_lowercase().as_str() {
+                    "amr" | "0" => VoiceFormat::Amr,
+                    "silk" | "1" => VoiceFormat::Silk,
+                    other => {
+                        return Err(Error::Config(format!(
+                            "pull.voice_format {other:?}: expected amr or silk"
+                        )));
+                    }
+                };
+            }
+            let h = self.handoff;
+            if let Some(v) = h.keywords {
+                c.handoff.keywords = v;
+            }
+            if let Some(v) = h.service_state {
+                c.handoff.service_state = v;
+            }
+            if let Some(v) = h.servicer_userid {
+                c.handoff.servicer_userid = Some(v).filter(|s| !s.is_empty());
+            }
+            if let Some(v) = h.message {
+                c.handoff.message = Some(v);
+            }
+            if let Some(v) = self.joiner.enabled {
+                c.joiner.enabled = v;
+            }
+            if let Some(v) = self.joiner.window_ms {
+                c.joiner.window = Duration::from_millis(v);
+            }
+            let m = self.media;
+            if let Some(v) = m.download_dir {
+                c.media.download_dir = Some(PathBuf::from(v)).filter(|p| !p.as_os_str().is_empty());
+            }
+            if let Some(v) = m.kinds {
+                let mut kinds = Vec::new();
+                for kind in v {
+                    kinds.push(MediaKind::parse(&kind).ok_or_else(|| {
+                        Error::Config(format!(
+                            "media.kinds: {kind:?} is not image, voice, video or file"
+                        ))
+                    })?);
+                }
+                c.media.kinds = kinds;
+            }
+            if let Some(v) = m.max_bytes {
+                c.media.max_bytes = v;
+            }
+            if let Some(v) = m.concurrency {
+                c.media.concurrency = v;
+            }
+            if let Some(v) = m.voice_convert_to {
+                c.media.voice_convert_to = match v.to_ascii_lowercase().as_str() {
+                    "wav" => Some(VoiceTarget::Wav),
+                    "ogg" | "opus" => Some(VoiceTarget::Ogg),
+                    "mp3" => Some(VoiceTarget::Mp3),
+                    "" | "none" => None,
+                    other => {
+                        return Err(Error::Config(format!(
+                            "media.voice_convert_to {other:?}: expected wav, ogg, mp3 or none"
+                        )));
+                    }
+                };
+            }
+            if let Some(v) = m.ffmpeg {
+                c.media.ffmpeg = Some(PathBuf::from(v)).filter(|p| !p.as_os_str().is_empty());
             }
             let s = self.storage;
             if let Some(v) = s.db {
@@ -706,6 +1140,58 @@ mod tests {
         let config = Config::from_sources(Some(toml), &no_env, Overrides::default()).unwrap();
         let debug = format!("{config:?}");
         assert!(!debug.contains("TOPSECRET"), "{debug}");
+    }
+
+    #[test]
+    fn first_start_policies_parse_per_account_and_from_every_source() {
+        let toml = "[pull]\nfirst_start = \"since 2h\"\nvoice_format = \"silk\"\n\
+                    [pull.first_start_accounts]\nwkA = \"replay\"\n";
+        let config = Config::from_sources(Some(toml), &no_env, Overrides::default()).unwrap();
+        assert_eq!(
+            config.pull.first_start,
+            FirstStart::Since(Duration::from_secs(7200))
+        );
+        assert_eq!(config.pull.first_start_for("wkA"), FirstStart::Replay);
+        assert_eq!(config.pull.voice_format, VoiceFormat::Silk);
+        let env = |k: &str| (k == "WECHAT_KF_FIRST_START").then(|| "replay".to_owned());
+        let config = Config::from_sources(None, &env, Overrides::default()).unwrap();
+        assert_eq!(config.pull.first_start, FirstStart::Replay);
+        let flags = Overrides {
+            first_start: Some(FirstStart::FromNow),
+            ..Overrides::default()
+        };
+        let config = Config::from_sources(None, &env, flags).unwrap();
+        assert_eq!(config.pull.first_start, FirstStart::FromNow);
+        assert_eq!(Config::default().pull.first_start, FirstStart::FromNow);
+        for bad in ["yesterday", "since", "since soon"] {
+            assert!(bad.parse::<FirstStart>().is_err(), "{bad}");
+        }
+        assert_eq!(
+            "since:30m".parse::<FirstStart>().unwrap(),
+            FirstStart::Since(Duration::from_secs(1800))
+        );
+    }
+
+    #[test]
+    fn handoff_joiner_and_media_settings_are_checked() {
+        let toml = "[handoff]\nkeywords = [\"人工\", \"转人工\"]\nservice_state = 3\nservicer_userid = \"zhangsan\"\n\
+                    [joiner]\nenabled = true\nwindow_ms = 250\n\
+                    [media]\ndownload_dir = \"/tmp/m\"\nkinds = [\"voice\"]\nvoice_convert_to = \"wav\"\n";
+        let config = Config::from_sources(Some(toml), &no_env, Overrides::default()).unwrap();
+        assert_eq!(config.handoff.keywords, vec!["人工", "转人工"]);
+        assert_eq!(config.handoff.service_state, 3);
+        assert!(config.joiner.enabled);
+        assert_eq!(config.joiner.window, Duration::from_millis(250));
+        assert!(config.media.wants("voice"));
+        assert!(!config.media.wants("image"));
+        assert_eq!(config.media.voice_convert_to, Some(VoiceTarget::Wav));
+        let bad = |toml: &str| Config::from_sources(Some(toml), &no_env, Overrides::default());
+        assert!(bad("[handoff]\nservice_state = 3\n").is_err());
+        assert!(bad("[handoff]\nservice_state = 1\n").is_err());
+        assert!(bad("[media]\nkinds = [\"sticker\"]\n").is_err());
+        assert!(bad("[media]\nvoice_convert_to = \"flac\"\n").is_err());
+        assert!(!Config::default().media.wants("image"));
+        assert!(!Config::default().joiner.enabled);
     }
 
     #[test]

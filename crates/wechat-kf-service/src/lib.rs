@@ -17,6 +17,14 @@
 //! bot ──POST /v1/messages (bearer)──▶ kf/send_msg (synchronous)
 //! ```
 //!
+//! On top of that, the service handles what bots on WeChat KF run into: a first start (or a lost
+//! cursor) stores the 3-day backlog without delivering it ([`config::FirstStart`]); every send
+//! is checked against the customer's session (`wechat_kf::session`), so a reply WeChat would
+//! refuse — a human servicer holds the session, the 48-hour window closed, the 5-message quota
+//! is spent — is answered with a typed refusal instead of being sent; keyword handoffs and a
+//! joiner for split answers are opt-in; inbound media can be downloaded (and voice notes
+//! converted) before delivery.
+//!
 //! Guarantees: no message is lost and none is stored twice (msgid is unique per account; a page
 //! and its cursor commit together, so a crash at any point resumes from the last committed
 //! cursor). Delivery to the bot is at-least-once on the wire with a stable delivery id
@@ -41,21 +49,26 @@
 
 mod app;
 mod callback;
+mod clock;
 pub mod config;
 mod delivery;
 mod error;
+mod media;
 pub mod metrics;
 mod outbound;
 pub mod puller;
 mod reply;
 pub mod retry;
 pub mod sandbox;
+mod sending;
 mod service;
 pub mod store;
 
 pub use app::{AppState, AppStateBuilder, app};
+pub use clock::Clock;
 pub use delivery::sink::{
     ATTEMPT_HEADER, DELIVERY_HEADER, SIGNATURE_HEADER, signature, verify_signature,
 };
 pub use error::Error;
+pub use sending::reason as refusal_reason;
 pub use service::{RunningService, Service};

@@ -57,6 +57,40 @@ impl CallbackResult {
     }
 }
 
+/// A counter with labels: one value per rendered label set (`reason="queued",source="service"`).
+#[derive(Debug, Default)]
+struct Family(Mutex<BTreeMap<String, u64>>);
+
+impl Family {
+    fn add(&self, labels: &[(&str, &str)], n: u64) {
+        let mut key = String::new();
+        for (i, (name, value)) in labels.iter().enumerate() {
+            if i > 0 {
+                key.push(',');
+            }
+            let _ = write!(key, "{name}=\"{}\"", escape_label(value));
+        }
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *map.entry(key).or_default() += n;
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for (labels, n) in map.iter() {
+            let _ = writeln!(out, "{name}{{{labels}}} {n}");
+        }
+    }
+}
+
+/// A label value as the text format wants it: `\`, `"` and line breaks escaped.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// All service metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -93,6 +127,14 @@ pub struct Metrics {
     pub api_requests_ok: AtomicU64,
     /// Reply API requests that failed (any reason, including auth).
     pub api_requests_failed: AtomicU64,
+    /// Queued text replies merged into another (the joiner).
+    pub replies_joined: AtomicU64,
+    first_starts: Family,
+    first_start_skipped: Family,
+    send_refused: Family,
+    handoffs: Family,
+    media_downloads: Family,
+    voice_conversions: Family,
     lag_buckets: [AtomicU64; LAG_BUCKETS.len()],
     lag_count: AtomicU64,
     lag_sum_micros: AtomicU64,
@@ -150,6 +192,45 @@ impl Metrics {
         }
     }
 
+    /// Counts a catch-up without a cursor: `reason` is `first_start` or `cursor_rejected`,
+    /// `policy` the [`FirstStart`](crate::config::FirstStart) name.
+    pub fn first_start(&self, reason: &str, policy: &str) {
+        self.first_starts
+            .add(&[("reason", reason), ("policy", policy)], 1);
+    }
+
+    /// Counts messages of an account skipped by the first-start policy.
+    pub fn skipped(&self, open_kfid: &str, n: u64) {
+        if n > 0 {
+            self.first_start_skipped.add(&[("open_kfid", open_kfid)], n);
+        }
+    }
+
+    /// Counts a send refused for a session reason; `source` is `service` (predicted, WeChat was
+    /// not called) or `wechat`.
+    pub fn send_refused(&self, reason: &str, source: &str) {
+        self.send_refused
+            .add(&[("reason", reason), ("source", source)], 1);
+    }
+
+    /// Counts a handoff (`trigger`: `keyword` or `bot`; `result`: `ok` or `failed`).
+    pub fn handoff(&self, trigger: &str, result: &str) {
+        self.handoffs
+            .add(&[("trigger", trigger), ("result", result)], 1);
+    }
+
+    /// Counts a media download (`result`: `ok`, `failed` or `too_large`).
+    pub fn media_download(&self, kind: &str, result: &str) {
+        self.media_downloads
+            .add(&[("kind", kind), ("result", result)], 1);
+    }
+
+    /// Counts a voice conversion (`result`: `ok` or the error kind).
+    pub fn voice_conversion(&self, format: &str, result: &str) {
+        self.voice_conversions
+            .add(&[("format", format), ("result", result)], 1);
+    }
+
     /// Adds `n` to a counter (shorthand).
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
@@ -169,7 +250,7 @@ impl Metrics {
                 get(count)
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 15] = [
+        let counters: [(&str, &str, &AtomicU64); 16] = [
             (
                 "wechat_kf_pulls_total",
                 "Pull rounds (until has_more is 0).",
@@ -245,6 +326,11 @@ impl Metrics {
                 "Reply API requests that failed.",
                 &self.api_requests_failed,
             ),
+            (
+                "wechat_kf_replies_joined_total",
+                "Queued text replies merged into another by the joiner.",
+                &self.replies_joined,
+            ),
         ];
         for (name, help, counter) in counters {
             let _ = writeln!(
@@ -279,6 +365,36 @@ impl Metrics {
             get(&self.lag_sum_micros) as f64 / 1e6
         );
         let _ = writeln!(out, "wechat_kf_delivery_lag_seconds_count {count}");
+        self.first_starts.render(
+            &mut out,
+            "wechat_kf_first_starts_total",
+            "Catch-ups without a cursor (first start, rejected cursor), by policy.",
+        );
+        self.first_start_skipped.render(
+            &mut out,
+            "wechat_kf_first_start_skipped_total",
+            "Messages stored but not delivered under the first-start policy.",
+        );
+        self.send_refused.render(
+            &mut out,
+            "wechat_kf_send_refused_total",
+            "Sends refused for a session reason (service: predicted, WeChat not called).",
+        );
+        self.handoffs.render(
+            &mut out,
+            "wechat_kf_handoffs_total",
+            "service_state/trans handoffs by trigger and result.",
+        );
+        self.media_downloads.render(
+            &mut out,
+            "wechat_kf_media_downloads_total",
+            "Inbound media downloads by kind and result.",
+        );
+        self.voice_conversions.render(
+            &mut out,
+            "wechat_kf_voice_conversions_total",
+            "Voice note conversions by target format and result.",
+        );
         out.push_str("# HELP wechat_kf_api_errcodes_total WeChat error codes by endpoint.\n");
         out.push_str("# TYPE wechat_kf_api_errcodes_total counter\n");
         let map = self.errcodes.lock().unwrap_or_else(|e| e.into_inner());
@@ -304,7 +420,17 @@ mod tests {
         m.observe_lag(Duration::from_millis(3));
         m.observe_lag(Duration::from_secs(2));
         m.errcode("kf/send_msg", 95001);
+        m.send_refused("quota_exhausted", "service");
+        m.skipped("wk\"1", 3);
+        m.first_start("first_start", "from-now");
         let text = m.render();
+        assert!(text.contains(
+            "wechat_kf_send_refused_total{reason=\"quota_exhausted\",source=\"service\"} 1"
+        ));
+        assert!(text.contains("wechat_kf_first_start_skipped_total{open_kfid=\"wk\\\"1\"} 3"));
+        assert!(text.contains(
+            "wechat_kf_first_starts_total{reason=\"first_start\",policy=\"from-now\"} 1"
+        ));
         assert!(text.contains("wechat_kf_callbacks_total{result=\"accepted\"} 1"));
         assert!(text.contains("wechat_kf_callbacks_total{result=\"forged\"} 1"));
         assert!(text.contains("wechat_kf_delivery_lag_seconds_bucket{le=\"0.005\"} 1"));

@@ -1,12 +1,10 @@
-//! Reading `send_msg` / `send_msg_on_event` bodies (JSON, as the bot writes them) into the
-//! library's typed requests, and queueing replies.
+//! Reading `send_msg` / `send_msg_on_event` / transfer bodies (JSON, as the bot writes them)
+//! into the library's typed requests, and queueing replies.
 
-use serde_json::{Map, Value};
-use wechat_kf::client::{
-    CaLink, Link, Location, MediaPayload, Miniprogram, MsgMenu, OutboundMessage,
-    SendMsgOnEventRequest, SendMsgRequest, Text, validate_msgid,
-};
+use serde_json::{Map, Value, json};
+use wechat_kf::client::{OutboundMessage, SendMsgOnEventRequest, SendMsgRequest, validate_msgid};
 
+use crate::config::JoinerConfig;
 use crate::store::{NewReply, ReplyEndpoint};
 
 /// A fresh msgid: 32 hex characters, within WeChat's `[0-9a-zA-Z_-]{1,32}`.
@@ -35,29 +33,10 @@ fn msgid_field(obj: &Map<String, Value>) -> Result<(String, bool), String> {
     }
 }
 
-/// The typed message of a body: `{"msgtype": T, T: {...}}`.
+/// The typed message of a body: `{"msgtype": T, T: {...}}` (the library reads it).
 pub(crate) fn outbound_from_json(obj: &Map<String, Value>) -> Result<OutboundMessage, String> {
-    let msgtype = str_field(obj, "msgtype")?;
-    let payload = obj
-        .get(msgtype)
-        .ok_or_else(|| format!("the {msgtype} payload (key {msgtype:?}) is missing"))?;
-    fn typed<T: serde::de::DeserializeOwned>(msgtype: &str, payload: &Value) -> Result<T, String> {
-        serde_json::from_value(payload.clone()).map_err(|e| format!("{msgtype}: {e}"))
-    }
-    Ok(match msgtype {
-        "text" => OutboundMessage::Text(typed::<Text>(msgtype, payload)?),
-        "image" => OutboundMessage::Image(typed::<MediaPayload>(msgtype, payload)?),
-        "voice" => OutboundMessage::Voice(typed::<MediaPayload>(msgtype, payload)?),
-        "video" => OutboundMessage::Video(typed::<MediaPayload>(msgtype, payload)?),
-        "file" => OutboundMessage::File(typed::<MediaPayload>(msgtype, payload)?),
-        "link" => OutboundMessage::Link(typed::<Link>(msgtype, payload)?),
-        "miniprogram" => OutboundMessage::Miniprogram(typed::<Miniprogram>(msgtype, payload)?),
-        "location" => OutboundMessage::Location(typed::<Location>(msgtype, payload)?),
-        "ca_link" => OutboundMessage::CaLink(typed::<CaLink>(msgtype, payload)?),
-        // Unknown item types decode as `MenuItem::Unknown`; the client's validation rejects them.
-        "msgmenu" => OutboundMessage::MsgMenu(typed::<MsgMenu>(msgtype, payload)?),
-        other => return Err(format!("unsupported msgtype {other:?}")),
-    })
+    str_field(obj, "msgtype")?;
+    serde_json::from_value(Value::Object(obj.clone())).map_err(|e| e.to_string())
 }
 
 /// A parsed `send_msg` body.
@@ -113,32 +92,150 @@ pub(crate) fn parse_on_event(value: &Value) -> Result<OnEvent, String> {
     })
 }
 
+/// A transfer asked for by the bot (`{"action":"transfer",…}` in `replies`, or the body of
+/// `POST /v1/service_state/trans`), or by a handoff keyword.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Transfer {
+    pub(crate) open_kfid: String,
+    pub(crate) external_userid: String,
+    pub(crate) service_state: u32,
+    pub(crate) servicer_userid: Option<String>,
+    /// A text sent with the `msg_code` the transfer returns.
+    pub(crate) message: Option<String>,
+}
+
+impl Transfer {
+    /// The body stored in the reply queue.
+    pub(crate) fn to_json(&self) -> Value {
+        let mut body = json!({
+            "action": "transfer",
+            "open_kfid": self.open_kfid,
+            "external_userid": self.external_userid,
+            "service_state": self.service_state,
+        });
+        if let Some(s) = &self.servicer_userid {
+            body["servicer_userid"] = json!(s);
+        }
+        if let Some(m) = &self.message {
+            body["message"] = json!(m);
+        }
+        body
+    }
+
+    /// The ordering lane: the customer's, like their replies.
+    pub(crate) fn lane(&self) -> String {
+        format!("{}/{}", self.open_kfid, self.external_userid)
+    }
+}
+
+/// Reads a transfer body: `open_kfid`, `external_userid`, `service_state` (0-4; 3 needs
+/// `servicer_userid`), optional `message`.
+pub(crate) fn parse_transfer(value: &Value) -> Result<Transfer, String> {
+    let obj = value.as_object().ok_or("the body must be a JSON object")?;
+    let open_kfid = str_field(obj, "open_kfid")?.to_owned();
+    let external_userid = str_field(obj, "external_userid")?.to_owned();
+    let service_state = obj
+        .get("service_state")
+        .and_then(Value::as_u64)
+        .and_then(|s| u32::try_from(s).ok())
+        .filter(|s| *s <= 4)
+        .ok_or("service_state (0-4) is required")?;
+    let servicer_userid = match obj.get("servicer_userid") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err("servicer_userid must be a string".into()),
+    };
+    if service_state == 3 && servicer_userid.is_none() {
+        return Err("servicer_userid is required for service_state 3".into());
+    }
+    let message = match obj.get("message") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 2048 => Some(s.clone()),
+        Some(_) => return Err("message must be a text of 1-2048 bytes".into()),
+    };
+    Ok(Transfer {
+        open_kfid,
+        external_userid,
+        service_state,
+        servicer_userid,
+        message,
+    })
+}
+
+/// Where a queued reply came from: the delivery whose response carried it, and its index in
+/// `replies` (only webhook replies have an index; their results are reported back).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ReplyOrigin<'a> {
+    pub(crate) delivery_id: Option<&'a str>,
+    pub(crate) position: Option<u32>,
+}
+
 /// Turns one entry of a webhook response's `replies` into a queued reply. A body with `code`
-/// goes to `send_msg_on_event`, any other to `send_msg`. A msgid is added when missing, so a
-/// retry can never send the reply twice. Unusable entries are queued as failed, with the
-/// reason.
-pub(crate) fn queue_reply(value: Value, delivery_id: Option<&str>) -> NewReply {
-    let delivery_id = delivery_id.map(str::to_owned);
-    let failed = |error: String| NewReply {
-        endpoint: ReplyEndpoint::SendMsg,
-        lane: String::new(),
-        body: String::new(),
-        msgid: String::new(),
-        delivery_id: delivery_id.clone(),
-        error: Some(error),
+/// goes to `send_msg_on_event`, one with `"action": "transfer"` to `service_state/trans`, any
+/// other to `send_msg`. A msgid is added when missing, so a retry can never send the reply
+/// twice. Texts wait for the joiner's window when it is on. Unusable entries are queued as
+/// failed, with the reason (reported to the bot like any result).
+pub(crate) fn queue_reply(
+    value: Value,
+    origin: ReplyOrigin<'_>,
+    joiner: &JoinerConfig,
+) -> NewReply {
+    let delivery_id = origin.delivery_id.map(str::to_owned);
+    let failed = |error: String, msgid: Option<&str>| {
+        let mut result = result_head(origin, msgid);
+        result.insert("status".into(), json!("failed"));
+        result.insert("error".into(), json!(error));
+        NewReply {
+            endpoint: ReplyEndpoint::SendMsg,
+            lane: String::new(),
+            body: String::new(),
+            msgid: msgid.unwrap_or_default().to_owned(),
+            delivery_id: delivery_id.clone(),
+            position: origin.position,
+            hold_ms: 0,
+            error: Some(error),
+            result: Some(Value::Object(result).to_string()),
+        }
     };
     let Value::Object(mut obj) = value else {
-        return failed("a reply must be a JSON object".into());
+        return failed("a reply must be a JSON object".into(), None);
     };
+    let caller_msgid = obj.get("msgid").and_then(Value::as_str).map(str::to_owned);
+    if obj.get("action").is_some() {
+        if obj.get("action").and_then(Value::as_str) != Some("transfer") {
+            return failed(
+                "unknown action (only \"transfer\" is supported)".into(),
+                caller_msgid.as_deref(),
+            );
+        }
+        return match parse_transfer(&Value::Object(obj)) {
+            Ok(transfer) => NewReply {
+                endpoint: ReplyEndpoint::Trans,
+                lane: transfer.lane(),
+                body: transfer.to_json().to_string(),
+                msgid: caller_msgid.unwrap_or_else(new_msgid),
+                delivery_id,
+                position: origin.position,
+                hold_ms: 0,
+                error: None,
+                result: None,
+            },
+            Err(error) => failed(error, caller_msgid.as_deref()),
+        };
+    }
     let is_event = obj.contains_key("code");
     let parsed = if is_event {
-        parse_on_event(&Value::Object(obj.clone())).map(|p| (p.msgid, format!("code:{}", p.code)))
+        parse_on_event(&Value::Object(obj.clone()))
+            .map(|p| (p.msgid, format!("code:{}", p.code), false))
     } else {
-        parse_send_msg(&Value::Object(obj.clone()))
-            .map(|p| (p.msgid, format!("{}/{}", p.open_kfid, p.touser)))
+        parse_send_msg(&Value::Object(obj.clone())).map(|p| {
+            let text = matches!(p.request.message(), OutboundMessage::Text(_));
+            (p.msgid, format!("{}/{}", p.open_kfid, p.touser), text)
+        })
     };
     match parsed {
-        Ok((msgid, lane)) => {
+        Ok((msgid, lane, text)) => {
             obj.insert("msgid".into(), Value::String(msgid.clone()));
             NewReply {
                 endpoint: if is_event {
@@ -150,11 +247,33 @@ pub(crate) fn queue_reply(value: Value, delivery_id: Option<&str>) -> NewReply {
                 body: Value::Object(obj).to_string(),
                 msgid,
                 delivery_id,
+                position: origin.position,
+                hold_ms: if text && joiner.enabled {
+                    joiner.window.as_millis().min(i64::MAX as u128) as i64
+                } else {
+                    0
+                },
                 error: None,
+                result: None,
             }
         }
-        Err(error) => failed(error),
+        Err(error) => failed(error, caller_msgid.as_deref()),
     }
+}
+
+/// The first fields of a reply result: `msgid`, `delivery`, `index`.
+pub(crate) fn result_head(origin: ReplyOrigin<'_>, msgid: Option<&str>) -> Map<String, Value> {
+    let mut out = Map::new();
+    if let Some(msgid) = msgid.filter(|m| !m.is_empty()) {
+        out.insert("msgid".into(), json!(msgid));
+    }
+    if let Some(delivery) = origin.delivery_id {
+        out.insert("delivery".into(), json!(delivery));
+    }
+    if let Some(index) = origin.position {
+        out.insert("index".into(), json!(index));
+    }
+    out
 }
 
 /// The echo bot's answer to a customer text: `echo: <text>`, cut to WeChat's 2048-byte limit.
@@ -180,6 +299,13 @@ pub(crate) fn echo_reply(open_kfid: &str, touser: &str, content: &str) -> Value 
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn webhook(position: u32) -> ReplyOrigin<'static> {
+        ReplyOrigin {
+            delivery_id: Some("d1"),
+            position: Some(position),
+        }
+    }
 
     #[test]
     fn every_outbound_type_reads_back_into_the_same_json() {
@@ -221,23 +347,71 @@ mod tests {
 
     #[test]
     fn queued_replies_get_a_msgid_and_a_lane() {
+        let off = JoinerConfig {
+            enabled: false,
+            window: std::time::Duration::from_millis(300),
+        };
         let reply = queue_reply(
             json!({"touser":"wm1","open_kfid":"wk1","msgtype":"text","text":{"content":"x"}}),
-            Some("d1"),
+            webhook(0),
+            &off,
         );
         assert!(reply.error.is_none());
         assert_eq!(reply.lane, "wk1/wm1");
         assert_eq!(reply.msgid.len(), 32);
         let body: Value = serde_json::from_str(&reply.body).unwrap();
         assert_eq!(body["msgid"], reply.msgid.as_str());
+        assert_eq!(reply.hold_ms, 0);
         let event = queue_reply(
             json!({"code":"C1","msgid":"m1","msgtype":"text","text":{"content":"x"}}),
-            None,
+            ReplyOrigin::default(),
+            &off,
         );
         assert_eq!(event.endpoint, ReplyEndpoint::SendMsgOnEvent);
         assert_eq!(event.lane, "code:C1");
         assert_eq!(event.msgid, "m1");
-        assert!(queue_reply(json!("hello"), None).error.is_some());
+        let bad = queue_reply(json!("hello"), webhook(3), &off);
+        assert!(bad.error.is_some());
+        let result: Value = serde_json::from_str(bad.result.as_deref().unwrap()).unwrap();
+        assert_eq!(result["status"], "failed");
+        assert_eq!(result["index"], 3);
+        assert_eq!(result["delivery"], "d1");
+    }
+
+    #[test]
+    fn texts_wait_for_the_joiner_and_transfers_queue_in_the_customers_lane() {
+        let on = JoinerConfig {
+            enabled: true,
+            window: std::time::Duration::from_millis(300),
+        };
+        let text = queue_reply(
+            json!({"touser":"wm1","open_kfid":"wk1","msgtype":"text","text":{"content":"x"}}),
+            webhook(0),
+            &on,
+        );
+        assert_eq!(text.hold_ms, 300);
+        let image = queue_reply(
+            json!({"touser":"wm1","open_kfid":"wk1","msgtype":"image","image":{"media_id":"M"}}),
+            webhook(1),
+            &on,
+        );
+        assert_eq!(image.hold_ms, 0);
+        let transfer = queue_reply(
+            json!({"action":"transfer","open_kfid":"wk1","external_userid":"wm1","service_state":3,"servicer_userid":"zhangsan"}),
+            webhook(2),
+            &on,
+        );
+        assert_eq!(transfer.endpoint, ReplyEndpoint::Trans);
+        assert_eq!(transfer.lane, "wk1/wm1");
+        assert!(transfer.error.is_none());
+        let no_servicer = queue_reply(
+            json!({"action":"transfer","open_kfid":"wk1","external_userid":"wm1","service_state":3}),
+            webhook(3),
+            &on,
+        );
+        assert!(no_servicer.error.unwrap().contains("servicer_userid"));
+        let unknown = queue_reply(json!({"action":"dance"}), webhook(4), &on);
+        assert!(unknown.error.unwrap().contains("unknown action"));
     }
 
     #[test]

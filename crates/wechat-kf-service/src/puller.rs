@@ -2,6 +2,15 @@
 //! calls `kf/sync_msg` until `has_more` is 0 and commits each page — messages and the new cursor
 //! in one transaction — before asking for the next.
 //!
+//! An account pulled without a cursor (the first start, a new database, or a cursor WeChat
+//! rejected) goes through a *catch-up*: it pages through everything WeChat still holds and
+//! stores it, but messages older than the first-start policy's threshold
+//! ([`FirstStart::skip_before`]) are stored as skipped instead of delivered. The threshold is
+//! committed with each page's cursor until the backlog's end, so a crash mid-catch-up resumes
+//! skipping. New messages also feed the customers' session views (in the page's transaction),
+//! trigger keyword handoffs, and have their media downloaded before they are handed to the
+//! deliverer.
+//!
 //! Coalescing: a callback stores its Token in the account's slot and calls
 //! [`Notify::notify_one`], which keeps at most one wake-up pending. Any number of callbacks
 //! arriving while a pull runs therefore cause exactly one more pull, and that pull uses the
@@ -16,15 +25,18 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, watch};
 use wechat_kf::client::puller::callback_token_usable;
-use wechat_kf::client::{Client, ErrCode, SyncMsgRequest};
-use wechat_kf::{InvalidItem, Message, SyncMsgResponse};
+use wechat_kf::client::{Client, ErrCode, SyncMsgRequest, VoiceFormat};
+use wechat_kf::{InvalidItem, Message, MessageContent, Origin, SyncMsgResponse};
 
-use crate::config::PullConfig;
+use crate::clock::Clock;
+use crate::config::{FirstStart, HandoffConfig, PullConfig};
 use crate::delivery::DeliveryQueue;
+use crate::media::MediaFetcher;
 use crate::metrics::Metrics;
+use crate::outbound::{Transfer, new_msgid};
 use crate::retry::{backoff, jitter, now_ms};
 use crate::service::stopped;
-use crate::store::{NewMessage, PageWrite, Payload, Store};
+use crate::store::{NewMessage, NewReply, PageWrite, Payload, ReplyEndpoint, Store, is_skipped};
 
 /// An account's wake-up slot.
 #[derive(Debug, Default)]
@@ -75,6 +87,26 @@ pub(crate) struct PullContext {
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) retry_initial: Duration,
     pub(crate) retry_max: Duration,
+    /// WeChat's clock.
+    pub(crate) clock: Clock,
+    /// When the service started, on WeChat's clock (the `from-now` threshold).
+    pub(crate) started_at: i64,
+    pub(crate) handoff: HandoffConfig,
+    pub(crate) media: Option<Arc<MediaFetcher>>,
+    /// Wakes the reply sender (keyword handoffs were queued).
+    pub(crate) replies: Arc<Notify>,
+}
+
+/// A catch-up in progress: pulling without a cursor to the backlog's end.
+#[derive(Debug)]
+struct CatchUp {
+    /// Messages sent before this unix second are stored skipped.
+    skip_before: Option<i64>,
+    /// `first_start`, `cursor_rejected` or `resumed` (after a restart mid-catch-up).
+    reason: &'static str,
+    policy: FirstStart,
+    skipped: u64,
+    delivered: u64,
 }
 
 /// Every account's slot; spawns a puller for an account the first time it is named.
@@ -136,16 +168,21 @@ impl Pullers {
         list
     }
 
-    /// Starts pulling an account (if not yet) from `cursor` and wakes it. Returns `false` when
-    /// the account limit is reached.
-    pub(crate) fn start(&self, open_kfid: &str, cursor: Option<String>) -> bool {
-        self.wake_with(open_kfid, None, cursor)
+    /// Starts pulling an account (if not yet) from `cursor` (continuing an unfinished
+    /// catch-up) and wakes it. Returns `false` when the account limit is reached.
+    pub(crate) fn start(
+        &self,
+        open_kfid: &str,
+        cursor: Option<String>,
+        catch_up_before: Option<i64>,
+    ) -> bool {
+        self.wake_with(open_kfid, None, cursor, catch_up_before)
     }
 
     /// Wakes an account's puller (starting one if needed), remembering the callback `token`.
     /// Returns `false` when the account is new and the account limit is reached.
     pub fn wake(&self, open_kfid: &str, token: Option<String>) -> bool {
-        self.wake_with(open_kfid, token, None)
+        self.wake_with(open_kfid, token, None, None)
     }
 
     /// Wakes every known account (a callback without `OpenKfId`, from before 2023).
@@ -155,7 +192,13 @@ impl Pullers {
         }
     }
 
-    fn wake_with(&self, open_kfid: &str, token: Option<String>, cursor: Option<String>) -> bool {
+    fn wake_with(
+        &self,
+        open_kfid: &str,
+        token: Option<String>,
+        cursor: Option<String>,
+        catch_up_before: Option<i64>,
+    ) -> bool {
         let (slot, created) = {
             let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
             match slots.get(open_kfid) {
@@ -178,7 +221,13 @@ impl Pullers {
         slot.notify.notify_one();
         if created {
             if let Some(context) = &self.context {
-                let task = tokio::spawn(run(context.clone(), open_kfid.to_owned(), slot, cursor));
+                let task = tokio::spawn(run(
+                    context.clone(),
+                    open_kfid.to_owned(),
+                    slot,
+                    cursor,
+                    catch_up_before,
+                ));
                 self.tasks
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -204,6 +253,7 @@ async fn run(
     open_kfid: String,
     slot: Arc<Slot>,
     mut cursor: Option<String>,
+    mut catch_up_before: Option<i64>,
 ) {
     let mut shutdown = ctx.shutdown.clone();
     // Remember the account so a restart pulls it even if no callback comes, and continue from
@@ -215,10 +265,10 @@ async fn run(
             ctx.store.add_account(open_kfid.clone(), now_ms()).await?;
             if cursor.is_none() {
                 let accounts = ctx.store.accounts().await?;
-                cursor = accounts
-                    .into_iter()
-                    .find(|(id, _)| *id == open_kfid)
-                    .and_then(|(_, c)| c);
+                if let Some(row) = accounts.into_iter().find(|a| a.open_kfid == open_kfid) {
+                    cursor = row.cursor;
+                    catch_up_before = catch_up_before.or(row.catch_up_before);
+                }
             }
             Ok::<(), crate::Error>(())
         };
@@ -235,6 +285,18 @@ async fn run(
             }
         }
     }
+    let policy = ctx.config.first_start_for(&open_kfid);
+    let mut catch_up = catch_up_before.map(|before| {
+        tracing::info!(open_kfid, policy = %policy, skip_before = before, "resuming an unfinished first-start catch-up");
+        CatchUp {
+            skip_before: Some(before),
+            reason: "resumed",
+            policy,
+            skipped: 0,
+            delivered: 0,
+        }
+    });
+    let mut announced = false;
     loop {
         let safety = match ctx.config.safety_interval {
             Duration::ZERO => Duration::from_secs(365 * 24 * 3600),
@@ -249,8 +311,121 @@ async fn run(
         if *shutdown.borrow() {
             return;
         }
-        pull_round(&ctx, &open_kfid, &slot, &mut cursor, &mut shutdown).await;
+        if cursor.is_none() && catch_up.is_none() {
+            catch_up = Some(begin_catch_up(
+                &ctx,
+                &open_kfid,
+                policy,
+                "first_start",
+                !announced,
+            ));
+            announced = true;
+        }
+        pull_round(
+            &ctx,
+            &open_kfid,
+            &slot,
+            &mut cursor,
+            &mut catch_up,
+            &mut shutdown,
+        )
+        .await;
     }
+}
+
+/// Starts a catch-up without a cursor under the account's first-start policy; `announce`
+/// logs and counts it (once per reason and process: an account without any message stays
+/// without a cursor and would otherwise announce every pull).
+fn begin_catch_up(
+    ctx: &PullContext,
+    open_kfid: &str,
+    policy: FirstStart,
+    reason: &'static str,
+    announce: bool,
+) -> CatchUp {
+    let skip_before = policy.skip_before(ctx.started_at, ctx.clock.now());
+    if announce {
+        ctx.metrics.first_start(reason, policy.name());
+        tracing::info!(
+            open_kfid,
+            reason,
+            policy = %policy,
+            skip_before,
+            "pulling without a cursor: messages sent before skip_before are stored but not delivered"
+        );
+    }
+    CatchUp {
+        skip_before,
+        reason,
+        policy,
+        skipped: 0,
+        delivered: 0,
+    }
+}
+
+/// The keyword handoffs of a page: one transfer per customer text containing a keyword.
+fn handoffs(
+    handoff: &HandoffConfig,
+    open_kfid: &str,
+    messages: &[NewMessage],
+    skip_before: Option<i64>,
+) -> Vec<(String, NewReply)> {
+    if handoff.keywords.is_empty() {
+        return Vec::new();
+    }
+    let mut out: Vec<(String, NewReply)> = Vec::new();
+    for m in messages {
+        let Payload::Message(message) = &m.payload else {
+            continue;
+        };
+        if message.origin() != Origin::Customer
+            || m.external_userid.is_empty()
+            || is_skipped(m.send_time, skip_before)
+        {
+            continue;
+        }
+        let MessageContent::Text(text) = message.content() else {
+            continue;
+        };
+        if !handoff
+            .keywords
+            .iter()
+            .any(|k| text.content.contains(k.as_str()))
+        {
+            continue;
+        }
+        // One transfer per customer and page is enough.
+        if out
+            .iter()
+            .any(|(_, r)| r.lane.ends_with(&format!("/{}", m.external_userid)))
+        {
+            continue;
+        }
+        let transfer = Transfer {
+            open_kfid: open_kfid.to_owned(),
+            external_userid: m.external_userid.clone(),
+            service_state: handoff.service_state,
+            servicer_userid: handoff.servicer_userid.clone(),
+            message: handoff.message.clone(),
+        };
+        let mut body = transfer.to_json();
+        body["trigger"] = serde_json::json!("keyword");
+        out.push((
+            m.msgid.clone(),
+            NewReply {
+                endpoint: ReplyEndpoint::Trans,
+                lane: transfer.lane(),
+                body: body.to_string(),
+                msgid: new_msgid(),
+                delivery_id: None,
+                position: None,
+                hold_ms: 0,
+                error: None,
+                result: None,
+            },
+        ));
+    }
+    out
 }
 
 /// Pulls until `has_more` is 0, a non-retryable error, or shutdown.
@@ -259,6 +434,7 @@ async fn pull_round(
     open_kfid: &str,
     slot: &Slot,
     cursor: &mut Option<String>,
+    catch_up: &mut Option<CatchUp>,
     shutdown: &mut watch::Receiver<bool>,
 ) {
     Metrics::add(&ctx.metrics.pulls, 1);
@@ -285,6 +461,9 @@ async fn pull_round(
         if let Some(t) = &token {
             request = request.token(t.as_str());
         }
+        if ctx.config.voice_format != VoiceFormat::Amr {
+            request = request.voice_format(ctx.config.voice_format);
+        }
         let result = tokio::select! {
             result = ctx.client.messages().sync(request) => result,
             // Nothing is committed yet: abandoning the call loses nothing.
@@ -307,6 +486,26 @@ async fn pull_round(
                         continue;
                     }
                 }
+                // WeChat does not document what an expired or foreign cursor answers; the
+                // emulator says 40035 (invalid parameter). Either way the cursor is useless:
+                // pull without one, under the first-start policy.
+                if e.errcode() == Some(ErrCode::InvalidParameter) && cursor.is_some() {
+                    let policy = ctx.config.first_start_for(open_kfid);
+                    tracing::warn!(
+                        open_kfid,
+                        errcode = 40035,
+                        "the stored cursor was rejected; pulling from the start of what WeChat holds"
+                    );
+                    *cursor = None;
+                    *catch_up = Some(begin_catch_up(
+                        ctx,
+                        open_kfid,
+                        policy,
+                        "cursor_rejected",
+                        true,
+                    ));
+                    continue;
+                }
                 if e.is_retryable() || e.is_token_invalid() {
                     failures += 1;
                     let delay = backoff(failures, ctx.retry_initial, ctx.retry_max, jitter());
@@ -325,12 +524,19 @@ async fn pull_round(
         let has_more = page.has_more;
         let next_cursor = (!page.next_cursor.is_empty()).then(|| page.next_cursor.clone());
         let items = page.msg_list.len() + page.invalid.len();
+        let skip_before = catch_up.as_ref().and_then(|c| c.skip_before);
+        let messages = page_messages(page);
+        let actions = handoffs(&ctx.handoff, open_kfid, &messages, skip_before);
         let write = PageWrite {
             open_kfid: open_kfid.to_owned(),
-            messages: page_messages(page),
+            messages,
             next_cursor: next_cursor.clone(),
             now_ms: now_ms(),
+            skip_before,
+            catch_up_before: if has_more { skip_before } else { None },
+            actions,
         };
+        let queued_actions = !write.actions.is_empty();
         let invalid = write
             .messages
             .iter()
@@ -351,6 +557,55 @@ async fn pull_round(
         };
         if next_cursor.is_some() {
             *cursor = next_cursor;
+        }
+        if queued_actions {
+            ctx.replies.notify_one();
+        }
+        if let Some(c) = catch_up.as_mut() {
+            c.skipped += outcome.skipped as u64;
+            c.delivered += outcome.stored.len() as u64;
+            ctx.metrics.skipped(open_kfid, outcome.skipped as u64);
+            if !has_more {
+                tracing::info!(
+                    open_kfid,
+                    reason = c.reason,
+                    policy = %c.policy,
+                    skipped = c.skipped,
+                    delivered = c.delivered,
+                    "caught up: the cursor is stored"
+                );
+                *catch_up = None;
+            }
+        }
+        let mut outcome = outcome;
+        if let Some(fetcher) = &ctx.media {
+            let jobs: Vec<(i64, crate::media::Job)> = outcome
+                .stored
+                .iter()
+                .filter_map(|m| match &m.payload {
+                    Some(Payload::Message(message)) => fetcher.job(message).map(|j| (m.seq, j)),
+                    _ => None,
+                })
+                .collect();
+            if !jobs.is_empty() {
+                let records = tokio::select! {
+                    records = fetcher.fetch_all(open_kfid, jobs) => records,
+                    // Committed already: the downloads are redone at the next start.
+                    _ = stopped(shutdown) => return,
+                };
+                if let Err(e) = ctx.store.record_media(records.clone()).await {
+                    tracing::warn!(open_kfid, error = %e, "cannot store media records; delivering them anyway");
+                }
+                let records: HashMap<i64, Arc<str>> = records
+                    .into_iter()
+                    .map(|(seq, json)| (seq, Arc::from(json)))
+                    .collect();
+                for m in outcome.stored.iter_mut() {
+                    if let Some(record) = records.get(&m.seq) {
+                        m.media = Some(record.clone());
+                    }
+                }
+            }
         }
         Metrics::add(&ctx.metrics.pages, 1);
         Metrics::add(&ctx.metrics.messages_stored, outcome.stored.len() as u64);

@@ -13,12 +13,15 @@ use wechat_kf::client::Client;
 use wechat_kf::crypto::CallbackCrypto;
 
 use crate::app::{AppState, app};
+use crate::clock::Clock;
 use crate::config::{Config, Secret};
 use crate::delivery::Deliverer;
+use crate::media::MediaFetcher;
 use crate::metrics::Metrics;
 use crate::puller::{PullContext, Pullers};
 use crate::reply::ReplySender;
 use crate::retry::now_ms;
+use crate::sending::Gate;
 use crate::store::{self, Store};
 use crate::{Error, sandbox};
 
@@ -34,6 +37,7 @@ pub struct RunningService {
     pullers: Arc<Pullers>,
     client: Client,
     sandbox: Option<sandbox::Sandbox>,
+    clock: Clock,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<()>,
     deliverer: JoinHandle<()>,
@@ -63,8 +67,20 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
 }
 
 impl Service {
-    /// Starts everything and returns once the HTTP server listens and the pullers run.
+    /// Starts everything and returns once the HTTP server listens and the pullers run. WeChat's
+    /// clock is the system clock, or in sandbox mode the embedded emulator's.
     pub async fn start(config: Config) -> Result<RunningService, Error> {
+        Service::start_inner(config, None).await
+    }
+
+    /// [`start`](Self::start) with WeChat's clock given: the service compares `send_time`, the
+    /// 48-hour window and its start time with `clock` (tests pass the emulator's clock, e.g.
+    /// `Clock::from_fn(move || emulator.now())`, and move time without sleeping).
+    pub async fn start_with_clock(config: Config, clock: Clock) -> Result<RunningService, Error> {
+        Service::start_inner(config, Some(clock)).await
+    }
+
+    async fn start_inner(config: Config, clock: Option<Clock>) -> Result<RunningService, Error> {
         let mut sandbox = if config.is_sandbox() {
             Some(sandbox::Sandbox::start(&config).await?)
         } else {
@@ -110,18 +126,40 @@ impl Service {
             builder = builder.base_url(url.clone());
         }
         let client = builder.build()?;
+        let clock = match (clock, &sandbox) {
+            (Some(clock), _) => clock,
+            (None, Some(s)) => {
+                let emulator = s.running.emulator().clone();
+                Clock::from_fn(move || emulator.now())
+            }
+            (None, None) => Clock::system(),
+        };
+        let started_at = clock.now();
 
         let location = config.db_location();
         let store = store::open(&location, config.storage.synchronous).await?;
         tracing::info!(backend = store.backend(), "store open");
 
         let metrics = Arc::new(Metrics::new());
+        let media = MediaFetcher::new(client.clone(), &config.media, metrics.clone())
+            .await?
+            .map(Arc::new);
+        if let Some(fetcher) = &media {
+            backfill_media(&store, fetcher).await?;
+        }
+        let gate = Arc::new(Gate::new(
+            client.clone(),
+            store.clone(),
+            clock.clone(),
+            metrics.clone(),
+        ));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let reply_wake = Arc::new(Notify::new());
         let echo = config.sandbox.echo;
         let (deliverer, queue, incoming) = Deliverer::recover(
             store.clone(),
             config.webhook.clone(),
+            config.joiner,
             echo,
             metrics.clone(),
             reply_wake.clone(),
@@ -136,6 +174,11 @@ impl Service {
             shutdown: shutdown_rx.clone(),
             retry_initial: Duration::from_millis(500),
             retry_max: Duration::from_secs(60),
+            clock: clock.clone(),
+            started_at,
+            handoff: config.handoff.clone(),
+            media,
+            replies: reply_wake.clone(),
         }));
         let api_token = match (&config.api.token, &sandbox) {
             (Some(token), _) => Some(token.clone()),
@@ -150,7 +193,9 @@ impl Service {
             .metrics(metrics.clone())
             .client(client.clone())
             .store(store.clone())
-            .api_token(api_token);
+            .api_token(api_token)
+            .clock(clock.clone())
+            .gate(gate.clone());
         if let Some(crypto) = crypto {
             state_builder = state_builder.callback_crypto(crypto);
         }
@@ -179,6 +224,8 @@ impl Service {
                 client: client.clone(),
                 store: store.clone(),
                 metrics: metrics.clone(),
+                gate,
+                joiner: config.joiner,
                 wake: reply_wake,
                 concurrency: config.webhook.concurrency,
                 retry_initial: Duration::from_secs(1),
@@ -195,14 +242,14 @@ impl Service {
 
         // Accounts: those the store knows (with their cursors), configured ones, the sandbox's
         // demo account, and (in the background) those `kf/account/list` returns.
-        for (open_kfid, cursor) in store.accounts().await? {
-            pullers.start(&open_kfid, cursor);
+        for account in store.accounts().await? {
+            pullers.start(&account.open_kfid, account.cursor, account.catch_up_before);
         }
         for open_kfid in &config.wechat.accounts {
-            pullers.start(open_kfid, None);
+            pullers.start(open_kfid, None, None);
         }
         if let Some(s) = &sandbox {
-            pullers.start(&s.open_kfid, None);
+            pullers.start(&s.open_kfid, None, None);
         }
         let mut background = Vec::new();
         if config.wechat.discover_accounts {
@@ -211,7 +258,7 @@ impl Service {
                 match client.accounts().list_all().await {
                     Ok(accounts) => {
                         for account in accounts {
-                            pullers.start(account.open_kfid.as_str(), None);
+                            pullers.start(account.open_kfid.as_str(), None, None);
                         }
                     }
                     Err(e) => tracing::warn!(
@@ -242,6 +289,7 @@ impl Service {
             pullers,
             client,
             sandbox,
+            clock,
             shutdown: shutdown_tx,
             server,
             deliverer,
@@ -259,6 +307,38 @@ impl Service {
         stop.await;
         running.shutdown().await;
         Ok(())
+    }
+}
+
+/// Downloads the media of undelivered messages stored without a media record (the service
+/// stopped between a page's commit and its downloads), before the deliverer sends them.
+async fn backfill_media(store: &Arc<dyn Store>, fetcher: &MediaFetcher) -> Result<(), Error> {
+    const CHUNK: usize = 100;
+    loop {
+        let jobs = store
+            .messages_without_media(fetcher.msgtypes(), CHUNK)
+            .await?;
+        let n = jobs.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let mut records = Vec::with_capacity(n);
+        for job in jobs {
+            let message = wechat_kf::Message::from_json(&job.raw).ok();
+            let record = match message.as_ref().and_then(|m| fetcher.job(m)) {
+                Some(media) => fetcher.fetch(&job.open_kfid, &media).await,
+                None => serde_json::json!({
+                    "msgid": message.as_ref().map(|m| m.msgid().as_str().to_owned()),
+                    "error": {"kind": "no_media_id", "message": "the message names no media to download"},
+                }),
+            };
+            records.push((job.seq, record.to_string()));
+        }
+        store.record_media(records).await?;
+        tracing::info!(messages = n, "downloaded media left over by the last run");
+        if n < CHUNK {
+            return Ok(());
+        }
     }
 }
 
@@ -341,6 +421,11 @@ impl RunningService {
     /// The API client the service uses.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// WeChat's clock as the service reads it.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Sandbox details (emulator URL, demo account, reply-API token), in sandbox mode.

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 use wechat_kf_service::Service;
-use wechat_kf_service::config::{Config, LogFormat, Overrides};
+use wechat_kf_service::config::{Config, FirstStart, LogFormat, Overrides};
 
 /// Options of `wechat-kf serve`.
 #[derive(Debug, Args)]
@@ -46,6 +46,22 @@ pub struct ServeArgs {
     /// (default info).
     #[arg(long, value_enum)]
     log_format: Option<LogFormatArg>,
+    /// What to do with the messages WeChat still holds when an account has no stored cursor:
+    /// `from-now` (store them, deliver nothing sent before the start), `replay` (deliver
+    /// everything) or `since:<duration>` (e.g. `since:2h`) [env: WECHAT_KF_FIRST_START;
+    /// default: from-now].
+    #[arg(long, value_parser = parse_first_start)]
+    first_start: Option<FirstStart>,
+    /// Download inbound image, voice, video and file media into this directory before
+    /// delivery [env: WECHAT_KF_MEDIA_DIR; default: off].
+    #[arg(long)]
+    media_dir: Option<PathBuf>,
+}
+
+fn parse_first_start(value: &str) -> Result<FirstStart, String> {
+    value
+        .parse()
+        .map_err(|e: wechat_kf_service::Error| e.to_string())
 }
 
 /// `--log-format`.
@@ -68,6 +84,8 @@ pub async fn run(args: ServeArgs) -> ExitCode {
             LogFormatArg::Text => LogFormat::Text,
             LogFormatArg::Json => LogFormat::Json,
         }),
+        first_start: args.first_start,
+        media_dir: args.media_dir,
     };
     let config = match Config::load(args.config.as_deref(), overrides) {
         Ok(config) => config,

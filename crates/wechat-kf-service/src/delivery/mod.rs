@@ -13,7 +13,7 @@
 //! repeats the delivery (same id, same msgids) after the restart.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -23,9 +23,9 @@ use tokio::sync::{Notify, mpsc, watch};
 use wechat_kf::{Message, MessageContent, Origin};
 
 use crate::Error;
-use crate::config::WebhookConfig;
+use crate::config::{JoinerConfig, WebhookConfig};
 use crate::metrics::Metrics;
-use crate::outbound::{echo_reply, queue_reply};
+use crate::outbound::{ReplyOrigin, echo_reply, queue_reply};
 use crate::retry::{backoff, jitter, now_ms};
 use crate::service::stopped;
 use crate::store::{
@@ -34,7 +34,10 @@ use crate::store::{
 
 pub mod sink;
 
-use sink::{Outcome, Sink};
+use sink::{BodyItem, Outcome, Sink};
+
+/// Most reply results carried by one delivery.
+const MAX_RESULTS_PER_DELIVERY: usize = 100;
 
 /// Bytes of message JSON kept in memory for pending messages; beyond it, JSON is read back from
 /// the store when its delivery is sent. Pending messages otherwise cost ~50 bytes each.
@@ -50,6 +53,8 @@ struct Entry {
     invalid: bool,
     /// The JSON (a copy: holding the decoded message would keep its whole page alive).
     payload: Option<Arc<str>>,
+    /// The media record, when media was downloaded for it.
+    media: Option<Arc<str>>,
     /// The payload counts against [`PAYLOAD_BUDGET`].
     counted: bool,
 }
@@ -74,6 +79,8 @@ struct Delivery {
     body: Option<Bytes>,
     /// Echo replies, computed with the body.
     echo: Vec<serde_json::Value>,
+    /// Reply results (row ids) the body carries (`reply_results`).
+    results: Vec<i64>,
 }
 
 /// A finished attempt.
@@ -107,6 +114,7 @@ pub(crate) struct Deliverer {
     store: Arc<dyn Store>,
     sink: Arc<Sink>,
     config: WebhookConfig,
+    joiner: JoinerConfig,
     echo: bool,
     metrics: Arc<Metrics>,
     replies: Arc<Notify>,
@@ -119,6 +127,8 @@ pub(crate) struct Deliverer {
     payload_bytes: usize,
     /// The highest seq loaded at recovery; pullers only hand over later ones.
     recovered_max: i64,
+    /// Reply results carried by a delivery in flight (not offered to another one).
+    claimed: HashSet<i64>,
 }
 
 impl Deliverer {
@@ -127,6 +137,7 @@ impl Deliverer {
     pub(crate) async fn recover(
         store: Arc<dyn Store>,
         config: WebhookConfig,
+        joiner: JoinerConfig,
         echo: bool,
         metrics: Arc<Metrics>,
         replies: Arc<Notify>,
@@ -137,6 +148,7 @@ impl Deliverer {
             store,
             sink,
             config,
+            joiner,
             echo,
             metrics,
             replies,
@@ -148,6 +160,7 @@ impl Deliverer {
             sending: 0,
             payload_bytes: 0,
             recovered_max: 0,
+            claimed: HashSet::new(),
         };
         let mut where_is: HashMap<i64, Lane> = HashMap::new();
         let mut pending = 0i64;
@@ -171,6 +184,7 @@ impl Deliverer {
                         stored_at_ms: row.stored_at_ms,
                         invalid: row.invalid,
                         payload: None,
+                        media: None,
                         counted: false,
                     });
             }
@@ -215,6 +229,7 @@ impl Deliverer {
                     recorded: true,
                     body: None,
                     echo: Vec::new(),
+                    results: Vec::new(),
                 },
             );
         }
@@ -225,6 +240,7 @@ impl Deliverer {
                     delivery_id: id,
                     seqs: Vec::new(),
                     replies: Vec::new(),
+                    reported: Vec::new(),
                 })
                 .collect();
             deliverer
@@ -295,6 +311,7 @@ impl Deliverer {
                     stored_at_ms: row.stored_at_ms,
                     invalid: row.invalid,
                     payload,
+                    media: row.media.clone(),
                     counted,
                 });
             self.mark_ready(lane);
@@ -336,6 +353,7 @@ impl Deliverer {
                 recorded: false,
                 body: None,
                 echo: Vec::new(),
+                results: Vec::new(),
             },
         );
         Some(id)
@@ -412,7 +430,8 @@ impl Deliverer {
         }
     }
 
-    /// Builds the body of each delivery that has none, reading missing JSON from the store.
+    /// Builds the body of each delivery that has none, reading missing JSON (and media
+    /// records) from the store; webhook bodies also carry unreported reply results.
     async fn build_bodies(&mut self, ids: &[Arc<str>]) -> Result<(), Error> {
         let missing: Vec<i64> = ids
             .iter()
@@ -422,10 +441,28 @@ impl Deliverer {
             .filter(|(_, e)| e.payload.is_none())
             .map(|(_, e)| e.seq)
             .collect();
-        let mut loaded: HashMap<i64, Arc<str>> = HashMap::new();
+        let mut loaded: HashMap<i64, (Arc<str>, Option<Arc<str>>)> = HashMap::new();
         if !missing.is_empty() {
-            for (seq, raw) in self.store.load_payloads(missing).await? {
-                loaded.insert(seq, Arc::from(raw));
+            for row in self.store.load_payloads(missing).await? {
+                loaded.insert(
+                    row.seq,
+                    (Arc::from(row.raw), row.media.map(|m| Arc::from(m.as_str()))),
+                );
+            }
+        }
+        let wants_results = self.sink.wants_json_body()
+            && ids
+                .iter()
+                .filter_map(|id| self.deliveries.get(id))
+                .any(|d| d.body.is_none());
+        let mut results: VecDeque<(i64, String)> = VecDeque::new();
+        if wants_results {
+            match self.store.reply_results(MAX_RESULTS_PER_DELIVERY * 2).await {
+                Ok(rows) => results.extend(
+                    rows.into_iter()
+                        .filter(|(id, _)| !self.claimed.contains(id)),
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot read reply results; sending without"),
             }
         }
         for id in ids {
@@ -437,18 +474,34 @@ impl Deliverer {
             }
             for (_, entry) in d.entries.iter_mut() {
                 if entry.payload.is_none() {
-                    entry.payload = loaded.get(&entry.seq).cloned();
+                    if let Some((raw, media)) = loaded.get(&entry.seq) {
+                        entry.payload = Some(raw.clone());
+                        if entry.media.is_none() {
+                            entry.media = media.clone();
+                        }
+                    }
                 }
             }
             // A message deleted from under us (manual cleanup) cannot be sent; skip it.
-            let raws = d
-                .entries
-                .iter()
-                .filter_map(|(_, e)| e.payload.as_ref().map(|p| (&**p, e.invalid)));
+            let items = d.entries.iter().filter_map(|(_, e)| {
+                e.payload.as_ref().map(|p| BodyItem {
+                    raw: p,
+                    invalid: e.invalid,
+                    media: e.media.as_deref(),
+                })
+            });
             d.body = Some(if self.sink.wants_json_body() {
-                sink::webhook_body(raws)
+                let take = results.len().min(MAX_RESULTS_PER_DELIVERY);
+                let carried: Vec<(i64, String)> = results.drain(..take).collect();
+                let texts: Vec<String> = carried.iter().map(|(_, r)| r.clone()).collect();
+                let body = sink::webhook_body(items, &texts);
+                for (result_id, _) in &carried {
+                    self.claimed.insert(*result_id);
+                }
+                d.results = carried.into_iter().map(|(id, _)| id).collect();
+                body
             } else {
-                sink::json_lines(raws.map(|(raw, _)| raw))
+                sink::json_lines(items)
             });
             if self.echo {
                 d.echo = d
@@ -459,6 +512,7 @@ impl Deliverer {
             }
             // The body holds the JSON now; drop the per-message copies.
             for (_, entry) in d.entries.iter_mut() {
+                entry.media = None;
                 if let Some(p) = entry.payload.take() {
                     if entry.counted {
                         self.payload_bytes = self.payload_bytes.saturating_sub(p.len());
@@ -491,9 +545,25 @@ impl Deliverer {
                     Metrics::add(&self.metrics.deliveries_ok, 1);
                     let mut queued: Vec<_> = replies
                         .into_iter()
-                        .map(|r| queue_reply(r, Some(&id)))
+                        .enumerate()
+                        .map(|(i, r)| {
+                            let origin = ReplyOrigin {
+                                delivery_id: Some(&id),
+                                position: u32::try_from(i).ok(),
+                            };
+                            queue_reply(r, origin, &self.joiner)
+                        })
                         .collect();
-                    queued.extend(d.echo.iter().cloned().map(|r| queue_reply(r, Some(&id))));
+                    let echo_origin = ReplyOrigin {
+                        delivery_id: Some(&id),
+                        position: None,
+                    };
+                    queued.extend(
+                        d.echo
+                            .iter()
+                            .cloned()
+                            .map(|r| queue_reply(r, echo_origin, &self.joiner)),
+                    );
                     for bad in queued.iter().filter(|r| r.error.is_some()) {
                         tracing::warn!(
                             delivery = &*id,
@@ -505,6 +575,7 @@ impl Deliverer {
                         delivery_id: id.to_string(),
                         seqs: d.entries.iter().map(|(_, e)| e.seq).collect(),
                         replies: queued,
+                        reported: d.results.clone(),
                     });
                     acked.push(id);
                 }
@@ -527,9 +598,16 @@ impl Deliverer {
                         retry_in_ms = at - now,
                         "delivery failed"
                     );
-                    let Some(d) = self.deliveries.remove(&id) else {
+                    let Some(mut d) = self.deliveries.remove(&id) else {
                         continue;
                     };
+                    // Its reply results go to the next delivery instead (rebuilt without them).
+                    if !d.results.is_empty() {
+                        for result_id in d.results.drain(..) {
+                            self.claimed.remove(&result_id);
+                        }
+                        d.body = None;
+                    }
                     let mut lanes: Vec<Lane> = d.entries.iter().map(|(l, _)| l.clone()).collect();
                     lanes.sort();
                     lanes.dedup();
@@ -559,6 +637,7 @@ impl Deliverer {
                                 recorded: true,
                                 body: None,
                                 echo: Vec::new(),
+                                results: Vec::new(),
                             })
                             .collect()
                     };
@@ -598,6 +677,9 @@ impl Deliverer {
         let mut any_replies = false;
         for ack in &finish.acks {
             any_replies |= ack.replies.iter().any(|r| r.error.is_none());
+            for result_id in &ack.reported {
+                self.claimed.remove(result_id);
+            }
         }
         for id in acked {
             let Some(d) = self.deliveries.remove(&id) else {

@@ -50,19 +50,44 @@ pub fn verify_signature(secret: &[u8], body: &[u8], header: &str) -> bool {
     mac.verify_slice(&expected).is_ok()
 }
 
+/// One message of a delivery body: its original JSON, whether the library could not decode it,
+/// and its media record.
+pub(crate) struct BodyItem<'a> {
+    pub(crate) raw: &'a str,
+    pub(crate) invalid: bool,
+    pub(crate) media: Option<&'a str>,
+}
+
+/// The msgid a media record is for.
+fn media_key(media: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(media).ok()?;
+    let msgid = value.get("msgid")?.as_str()?;
+    serde_json::to_string(msgid).ok()
+}
+
 /// The webhook body: `{"messages":[…]}`, each message's original JSON unchanged, plus
-/// `"invalid":[indexes]` naming the items the library could not decode.
-pub(crate) fn webhook_body<'a>(raws: impl Iterator<Item = (&'a str, bool)>) -> Bytes {
+/// `"invalid":[indexes]` naming the items the library could not decode, `"media":{msgid:
+/// record}` for downloaded media and `"reply_results":[…]` for finished replies.
+pub(crate) fn webhook_body<'a>(
+    items: impl Iterator<Item = BodyItem<'a>>,
+    results: &[String],
+) -> Bytes {
     let mut body = String::with_capacity(4096);
     body.push_str("{\"messages\":[");
     let mut invalid = Vec::new();
-    for (index, (raw, is_invalid)) in raws.enumerate() {
+    let mut media = Vec::new();
+    for (index, item) in items.enumerate() {
         if index > 0 {
             body.push(',');
         }
-        body.push_str(raw);
-        if is_invalid {
+        body.push_str(item.raw);
+        if item.invalid {
             invalid.push(index.to_string());
+        }
+        if let Some(record) = item.media {
+            if let Some(key) = media_key(record) {
+                media.push((key, record));
+            }
         }
     }
     body.push(']');
@@ -71,19 +96,53 @@ pub(crate) fn webhook_body<'a>(raws: impl Iterator<Item = (&'a str, bool)>) -> B
         body.push_str(&invalid.join(","));
         body.push(']');
     }
+    if !media.is_empty() {
+        body.push_str(",\"media\":{");
+        for (i, (key, record)) in media.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(key);
+            body.push(':');
+            body.push_str(record);
+        }
+        body.push('}');
+    }
+    if !results.is_empty() {
+        body.push_str(",\"reply_results\":[");
+        body.push_str(&results.join(","));
+        body.push(']');
+    }
     body.push('}');
     Bytes::from(body)
 }
 
 /// JSON Lines: one message per line. A raw line break can only be whitespace between JSON
 /// tokens (inside strings it is escaped), so replacing it with a space keeps the JSON intact.
-pub(crate) fn json_lines<'a>(raws: impl Iterator<Item = &'a str>) -> Bytes {
+/// A media record is added inside the message as `"_wechat_kf":{"media":{…}}`, after the
+/// original fields (which stay byte-identical).
+pub(crate) fn json_lines<'a>(items: impl Iterator<Item = BodyItem<'a>>) -> Bytes {
     let mut out = String::with_capacity(4096);
-    for raw in raws {
-        if raw.contains(['\n', '\r']) {
-            out.push_str(&raw.replace(['\n', '\r'], " "));
+    for item in items {
+        let start = out.len();
+        if item.raw.contains(['\n', '\r']) {
+            out.push_str(&item.raw.replace(['\n', '\r'], " "));
         } else {
-            out.push_str(raw);
+            out.push_str(item.raw);
+        }
+        if let Some(media) = item.media {
+            let trimmed = out[start..].trim_end().len();
+            out.truncate(start + trimmed);
+            if out.ends_with('}') {
+                out.pop();
+                let empty = out[start..].trim_end().ends_with('{');
+                if !empty {
+                    out.push(',');
+                }
+                out.push_str("\"_wechat_kf\":{\"media\":");
+                out.push_str(&media.replace(['\n', '\r'], " "));
+                out.push_str("}}");
+            }
         }
         out.push('\n');
     }
@@ -239,19 +298,72 @@ pub(crate) fn parse_replies(id: &str, body: &[u8]) -> Vec<serde_json::Value> {
 mod tests {
     use super::*;
 
+    fn item<'a>(raw: &'a str, invalid: bool, media: Option<&'a str>) -> BodyItem<'a> {
+        BodyItem {
+            raw,
+            invalid,
+            media,
+        }
+    }
+
     #[test]
     fn the_body_wraps_raw_messages_and_flags_undecodable_ones() {
-        let body = webhook_body([(r#"{"a":1}"#, false), (r#"{"b":2}"#, true)].into_iter());
+        let body = webhook_body(
+            [
+                item(r#"{"a":1}"#, false, None),
+                item(r#"{"b":2}"#, true, None),
+            ]
+            .into_iter(),
+            &[],
+        );
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(value["messages"][1]["b"], 2);
         assert_eq!(value["invalid"], serde_json::json!([1]));
-        let body = webhook_body([(r#"{"a":1}"#, false)].into_iter());
+        let body = webhook_body([item(r#"{"a":1}"#, false, None)].into_iter(), &[]);
         assert_eq!(&body[..], br#"{"messages":[{"a":1}]}"#);
     }
 
     #[test]
+    fn media_and_reply_results_ride_beside_the_untouched_messages() {
+        let raw = r#"{"msgid":"m\"1","msgtype":"voice","voice":{"media_id":"X"}}"#;
+        let media = r#"{"msgid":"m\"1","path":"/tmp/语音.amr"}"#;
+        let body = webhook_body(
+            [item(raw, false, Some(media))].into_iter(),
+            &[r#"{"status":"sent"}"#.to_owned()],
+        );
+        let text = std::str::from_utf8(&body).unwrap();
+        assert!(
+            text.starts_with(&format!("{{\"messages\":[{raw}]")),
+            "{text}"
+        );
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["media"]["m\"1"]["path"], "/tmp/语音.amr");
+        assert_eq!(value["reply_results"][0]["status"], "sent");
+        let lines = json_lines(
+            [
+                item(raw, false, Some(media)),
+                item("{ }", false, Some(media)),
+            ]
+            .into_iter(),
+        );
+        let text = std::str::from_utf8(&lines).unwrap();
+        let first = text.lines().next().unwrap();
+        assert!(first.starts_with(&raw[..raw.len() - 1]), "{first}");
+        let parsed: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(parsed[0]["_wechat_kf"]["media"]["path"], "/tmp/语音.amr");
+        assert_eq!(parsed[1]["_wechat_kf"]["media"]["path"], "/tmp/语音.amr");
+    }
+
+    #[test]
     fn json_lines_put_each_message_on_one_line() {
-        let lines = json_lines(["{\n \"a\": \"x\\ny\"\r\n}", "{}"].into_iter());
+        let lines = json_lines(
+            ["{\n \"a\": \"x\\ny\"\r\n}", "{}"]
+                .into_iter()
+                .map(|raw| item(raw, false, None)),
+        );
         let text = std::str::from_utf8(&lines).unwrap();
         let parsed: Vec<serde_json::Value> = text
             .lines()

@@ -1,6 +1,6 @@
 //! Durable state: messages (unique per account and msgid), cursors, deliveries in flight or
-//! waiting for a retry, replies to send, reply-API idempotency records and per-customer session
-//! facts.
+//! waiting for a retry, replies to send and their results, reply-API idempotency records and one
+//! [`SessionView`] per customer (the send policy of `wechat_kf::session`).
 //!
 //! [`Store`] is object-safe and asynchronous so that backends with different threading models fit
 //! behind it: [`SqliteStore`] runs one connection on a dedicated thread; [`PostgresStore`] uses
@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use wechat_kf::Message;
+use wechat_kf::session::{SendRefusal, ServiceState, SessionView};
 
 use crate::Error;
 
@@ -95,6 +96,22 @@ pub struct PageWrite {
     pub next_cursor: Option<String>,
     /// Now, unix milliseconds.
     pub now_ms: i64,
+    /// Messages sent before this unix second are stored *skipped*: kept (msgid
+    /// de-duplication, session tracking) and marked finished, never delivered. The first-start
+    /// policy; `None` skips nothing.
+    pub skip_before: Option<i64>,
+    /// The catch-up remembered with the cursor: `Some(t)` while a first-start catch-up has
+    /// pages left (a restart goes on skipping before `t`), `None` otherwise.
+    pub catch_up_before: Option<i64>,
+    /// Replies (handoffs) queued only when the message with this msgid is newly stored and not
+    /// skipped.
+    pub actions: Vec<(String, NewReply)>,
+}
+
+/// Whether a message sent at `send_time` is skipped under `skip_before`. A message without a
+/// usable `send_time` (0) is never skipped: what cannot be dated is delivered.
+pub fn is_skipped(send_time: i64, skip_before: Option<i64>) -> bool {
+    skip_before.is_some_and(|before| send_time > 0 && send_time < before)
 }
 
 /// A stored, not yet acknowledged message as the deliverer sees it.
@@ -110,15 +127,69 @@ pub struct StoredMessage {
     pub invalid: bool,
     /// Its JSON, when at hand (read back from the store otherwise).
     pub payload: Option<Payload>,
+    /// What the media download found (`media` of the webhook body), when at hand.
+    pub media: Option<Arc<str>>,
 }
 
 /// What [`Store::commit_page`] did.
 #[derive(Debug, Default)]
 pub struct PageOutcome {
-    /// Newly stored messages, in order.
+    /// Newly stored messages to deliver, in order.
     pub stored: Vec<StoredMessage>,
+    /// Newly stored messages that were skipped (first-start policy).
+    pub skipped: usize,
     /// Items whose msgid was already stored.
     pub duplicates: usize,
+}
+
+/// A message's JSON read back for delivery, with its media record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedPayload {
+    /// Its seq.
+    pub seq: i64,
+    /// The original JSON.
+    pub raw: String,
+    /// The media record, when media was downloaded (or failed to be).
+    pub media: Option<String>,
+}
+
+/// A stored message as tests and diagnostics see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRow {
+    /// The msgid.
+    pub msgid: String,
+    /// Its `send_time`.
+    pub send_time: i64,
+    /// Acknowledged by the bot, or skipped.
+    pub delivered: bool,
+    /// Skipped by the first-start policy (never delivered).
+    pub skipped: bool,
+    /// The media record.
+    pub media: Option<String>,
+}
+
+/// A message whose media still has to be downloaded (after a crash between the page commit and
+/// the download).
+#[derive(Debug, Clone)]
+pub struct MediaJob {
+    /// Its seq.
+    pub seq: i64,
+    /// The account.
+    pub open_kfid: String,
+    /// The original JSON.
+    pub raw: String,
+}
+
+/// An account, its committed cursor and an unfinished first-start catch-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountCursor {
+    /// The account.
+    pub open_kfid: String,
+    /// The committed cursor (`None` before the first page).
+    pub cursor: Option<String>,
+    /// Set while a first-start catch-up is unfinished: messages sent before this unix second
+    /// are skipped.
+    pub catch_up_before: Option<i64>,
 }
 
 /// A delivery: a set of messages sent to the bot together under one stable id.
@@ -143,6 +214,8 @@ pub enum ReplyEndpoint {
     SendMsg,
     /// `kf/send_msg_on_event`.
     SendMsgOnEvent,
+    /// `kf/service_state/trans` (a handoff: keyword, or asked for by the bot).
+    Trans,
 }
 
 impl ReplyEndpoint {
@@ -151,6 +224,7 @@ impl ReplyEndpoint {
         match self {
             ReplyEndpoint::SendMsg => "send_msg",
             ReplyEndpoint::SendMsgOnEvent => "send_msg_on_event",
+            ReplyEndpoint::Trans => "service_state/trans",
         }
     }
 
@@ -159,12 +233,13 @@ impl ReplyEndpoint {
         match s {
             "send_msg" => Some(ReplyEndpoint::SendMsg),
             "send_msg_on_event" => Some(ReplyEndpoint::SendMsgOnEvent),
+            "service_state/trans" => Some(ReplyEndpoint::Trans),
             _ => None,
         }
     }
 }
 
-/// A reply to queue (from a webhook response or the echo bot).
+/// A reply to queue (from a webhook response, the echo bot or a keyword handoff).
 #[derive(Debug, Clone)]
 pub struct NewReply {
     /// The endpoint.
@@ -177,8 +252,15 @@ pub struct NewReply {
     pub msgid: String,
     /// The delivery whose response carried it.
     pub delivery_id: Option<String>,
+    /// Its index in the webhook response's `replies`; only replies with a position have their
+    /// result reported to the bot (`reply_results`).
+    pub position: Option<u32>,
+    /// How long it waits for more texts to join (the joiner's window), milliseconds.
+    pub hold_ms: i64,
     /// Set when the reply is unusable: it is stored as failed right away.
     pub error: Option<String>,
+    /// The result reported to the bot for a reply stored as failed right away.
+    pub result: Option<String>,
 }
 
 /// A queued reply read back for sending.
@@ -196,22 +278,51 @@ pub struct ReplyRecord {
     pub msgid: String,
     /// Attempts so far.
     pub attempts: u32,
+    /// The delivery whose response carried it.
+    pub delivery_id: Option<String>,
+    /// Its index in that response's `replies`.
+    pub position: Option<u32>,
+}
+
+/// How a queued reply ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyState {
+    /// Accepted by WeChat.
+    Sent,
+    /// Rejected for good (WeChat's answer, or an unusable reply).
+    Failed,
+    /// Not sent: the send policy refused it (a human holds the session, the 48-hour window
+    /// closed, the quota is spent), predicted by the service or answered by WeChat.
+    Refused,
+    /// Merged into the reply named by its result's `joined_into` (the joiner).
+    Joined,
+}
+
+impl ReplyState {
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplyState::Sent => "sent",
+            ReplyState::Failed => "failed",
+            ReplyState::Refused => "refused",
+            ReplyState::Joined => "joined",
+        }
+    }
 }
 
 /// The result of sending a queued reply.
 #[derive(Debug, Clone)]
 pub enum ReplyOutcome {
-    /// Accepted by WeChat.
-    Sent {
+    /// Done: sent, failed, refused or joined.
+    Finished {
         /// Row id.
         id: i64,
-    },
-    /// Rejected for good.
-    Failed {
-        /// Row id.
-        id: i64,
-        /// Why (errcode and message; never content).
-        error: String,
+        /// How it ended.
+        state: ReplyState,
+        /// Why it failed or was refused (errcode and message; never content).
+        error: Option<String>,
+        /// The result object reported to the bot (JSON).
+        result: Option<String>,
     },
     /// Try again later; later replies of the same lane wait too.
     Retry {
@@ -225,6 +336,8 @@ pub enum ReplyOutcome {
         next_attempt_at_ms: i64,
         /// Why.
         error: String,
+        /// A new body (texts joined into this reply), if it changed.
+        body: Option<String>,
     },
 }
 
@@ -237,6 +350,90 @@ pub struct Ack {
     pub seqs: Vec<i64>,
     /// Replies carried by the response (and echo replies).
     pub replies: Vec<NewReply>,
+    /// Reply results the delivery carried (`reply_results`): now reported.
+    pub reported: Vec<i64>,
+}
+
+/// A change to a customer's [`SessionView`] that is not a pulled message.
+#[derive(Debug, Clone)]
+pub enum SessionUpdate {
+    /// WeChat accepted a `send_msg` at `at` (unix seconds).
+    Sent {
+        /// When.
+        at: u64,
+    },
+    /// WeChat refused a send with a session errcode (95001, 95002, 95018, 95024).
+    Refused {
+        /// The refusal.
+        refusal: SendRefusal,
+        /// When.
+        at: u64,
+    },
+    /// Our own successful `service_state/trans`.
+    Transferred {
+        /// The new state.
+        state: ServiceState,
+        /// The servicer, for state 3.
+        servicer: Option<String>,
+        /// The code the call returned.
+        msg_code: Option<String>,
+        /// When.
+        at: u64,
+    },
+    /// A `service_state/get` answer (authoritative).
+    State {
+        /// The state.
+        state: ServiceState,
+        /// The servicer, for state 3.
+        servicer: Option<String>,
+        /// When.
+        at: u64,
+    },
+    /// A code was used with `send_msg_on_event`.
+    CodeUsed {
+        /// The code.
+        code: String,
+        /// When.
+        at: u64,
+    },
+}
+
+impl SessionUpdate {
+    /// Applies the update to a view.
+    pub fn apply(&self, view: &mut SessionView) {
+        match self {
+            SessionUpdate::Sent { at } => view.record_send(*at),
+            SessionUpdate::Refused { refusal, at } => view.observe_refusal(refusal, *at),
+            SessionUpdate::Transferred {
+                state,
+                servicer,
+                msg_code,
+                at,
+            } => view.observe_trans(
+                *state,
+                servicer.as_deref().map(Into::into),
+                msg_code.as_deref(),
+                *at,
+            ),
+            SessionUpdate::State {
+                state,
+                servicer,
+                at,
+            } => view.observe_state(*state, servicer.as_deref().map(Into::into), *at),
+            SessionUpdate::CodeUsed { code, at } => view.record_code_used(code, *at),
+        }
+    }
+}
+
+/// Reads a stored view; an unreadable one (a newer version's, damaged) counts as unknown.
+pub(crate) fn parse_view(text: Option<&str>) -> SessionView {
+    text.and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or_default()
+}
+
+/// A view as stored.
+pub(crate) fn encode_view(view: &SessionView) -> String {
+    serde_json::to_string(view).unwrap_or_else(|_| "{}".into())
 }
 
 /// A failed delivery: `old_id` is replaced by `retries` (the same id for a one-customer
@@ -275,10 +472,15 @@ pub struct StoreStats {
     pub replies_sent: u64,
     /// Replies failed for good.
     pub replies_failed: u64,
+    /// Replies refused by the send policy.
+    pub replies_refused: u64,
+    /// Replies joined into another.
+    pub replies_joined: u64,
+    /// Messages skipped by the first-start policy.
+    pub skipped: u64,
+    /// Customers with a session view.
+    pub sessions: u64,
 }
-
-/// An account and its committed cursor (`None` before the first page).
-pub type AccountCursor = (String, Option<String>);
 
 /// The service's durable state. Every method is one transaction.
 pub trait Store: Send + Sync + 'static {
@@ -288,14 +490,16 @@ pub trait Store: Send + Sync + 'static {
     /// Checks that the database answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), Error>>;
 
-    /// Every known account with its committed cursor (`None` before the first page).
+    /// Every known account with its committed cursor (`None` before the first page) and an
+    /// unfinished catch-up.
     fn accounts(&self) -> BoxFuture<'_, Result<Vec<AccountCursor>, Error>>;
 
     /// Remembers an account (so it is pulled after a restart); keeps an existing cursor.
     fn add_account(&self, open_kfid: String, now_ms: i64) -> BoxFuture<'_, Result<(), Error>>;
 
-    /// Stores a page's new messages (msgids already stored are skipped) and its cursor, in one
-    /// transaction.
+    /// Stores a page's new messages (msgids already stored are ignored), feeds them to their
+    /// customers' session views, queues the actions of new messages and stores the cursor, in
+    /// one transaction.
     fn commit_page(&self, page: PageWrite) -> BoxFuture<'_, Result<PageOutcome, Error>>;
 
     /// Stored, unacknowledged messages with `seq > after_seq`, in seq order (no payloads).
@@ -308,8 +512,38 @@ pub trait Store: Send + Sync + 'static {
     /// Deliveries in flight or waiting for a retry when the service stopped.
     fn open_deliveries(&self) -> BoxFuture<'_, Result<Vec<DeliveryRecord>, Error>>;
 
-    /// The JSON of messages by seq (those still stored).
-    fn load_payloads(&self, seqs: Vec<i64>) -> BoxFuture<'_, Result<Vec<(i64, String)>, Error>>;
+    /// The JSON and media record of messages by seq (those still stored).
+    fn load_payloads(&self, seqs: Vec<i64>) -> BoxFuture<'_, Result<Vec<LoadedPayload>, Error>>;
+
+    /// Stores media records (`seq`, JSON).
+    fn record_media(&self, media: Vec<(i64, String)>) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// Undelivered messages of these msgtypes without a media record, in seq order.
+    fn messages_without_media(
+        &self,
+        msgtypes: Vec<String>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<MediaJob>, Error>>;
+
+    /// A customer's session view, if the store has one.
+    fn session(
+        &self,
+        open_kfid: String,
+        external_userid: String,
+    ) -> BoxFuture<'_, Result<Option<SessionView>, Error>>;
+
+    /// Applies `update` to a customer's session view (created when missing) in one transaction;
+    /// returns the new view.
+    fn update_session(
+        &self,
+        open_kfid: String,
+        external_userid: String,
+        update: SessionUpdate,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<SessionView, Error>>;
+
+    /// Results of finished replies not yet reported to the bot, oldest first: (row id, JSON).
+    fn reply_results(&self, limit: usize) -> BoxFuture<'_, Result<Vec<(i64, String)>, Error>>;
 
     /// Records new deliveries before their first attempt, so their ids survive a restart.
     fn begin_deliveries(
@@ -361,6 +595,10 @@ pub trait Store: Send + Sync + 'static {
     /// Every stored msgid of an account with its delivery state, in seq order (tests and
     /// diagnostics).
     fn messages(&self, open_kfid: String) -> BoxFuture<'_, Result<Vec<(String, bool)>, Error>>;
+
+    /// Every stored message of an account with its state, in seq order (tests and
+    /// diagnostics).
+    fn message_rows(&self, open_kfid: String) -> BoxFuture<'_, Result<Vec<MessageRow>, Error>>;
 
     /// Finishes queued work and closes the database.
     fn close(&self) -> BoxFuture<'_, ()>;
@@ -416,5 +654,28 @@ mod tests {
     fn seq_lists_round_trip() {
         assert_eq!(decode_seqs(&encode_seqs(&[1, 22, 333])), vec![1, 22, 333]);
         assert_eq!(decode_seqs(""), Vec::<i64>::new());
+    }
+
+    #[test]
+    fn only_dated_messages_older_than_the_threshold_are_skipped() {
+        assert!(is_skipped(99, Some(100)));
+        assert!(!is_skipped(100, Some(100)));
+        assert!(!is_skipped(0, Some(100)), "undated messages are delivered");
+        assert!(!is_skipped(1, None));
+    }
+
+    #[test]
+    fn unreadable_views_count_as_unknown() {
+        assert_eq!(parse_view(Some("not json")), SessionView::new());
+        assert_eq!(parse_view(None), SessionView::new());
+        let mut view = SessionView::new();
+        SessionUpdate::Transferred {
+            state: ServiceState::Queued,
+            servicer: None,
+            msg_code: Some("C".into()),
+            at: 10,
+        }
+        .apply(&mut view);
+        assert_eq!(parse_view(Some(&encode_view(&view))), view);
     }
 }

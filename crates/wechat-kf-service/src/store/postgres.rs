@@ -4,7 +4,7 @@
 //! SQLite store, transactions are serialized, so `seq` (a `BIGSERIAL`) increases in commit
 //! order, which the deliverer relies on. One service instance per database.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tokio_postgres::{Client, NoTls};
 
@@ -71,6 +71,19 @@ const MIGRATIONS: &[&str] = &[
         last_customer_msg_at BIGINT NOT NULL,
         PRIMARY KEY (open_kfid, external_userid)
     );
+    ",
+    // 2: first-start catch-ups, skipped messages, media records, session views, reply results.
+    "
+    ALTER TABLE cursors ADD COLUMN catch_up_before BIGINT;
+    ALTER TABLE messages ADD COLUMN skipped BOOLEAN NOT NULL DEFAULT FALSE;
+    ALTER TABLE messages ADD COLUMN media TEXT;
+    ALTER TABLE sessions ADD COLUMN view TEXT;
+    ALTER TABLE sessions ADD COLUMN updated_at BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE replies ADD COLUMN position BIGINT;
+    ALTER TABLE replies ADD COLUMN result TEXT;
+    ALTER TABLE replies ADD COLUMN reported BOOLEAN NOT NULL DEFAULT TRUE;
+    CREATE INDEX replies_unreported ON replies(id) WHERE NOT reported;
+    CREATE INDEX replies_lane_pending ON replies(lane, next_attempt_at) WHERE state = 'pending';
     ",
 ];
 
@@ -187,11 +200,18 @@ impl Store for PostgresStore {
             with_client!(self, client, {
                 let rows = client
                     .query(
-                        "SELECT open_kfid, cursor FROM cursors ORDER BY open_kfid",
+                        "SELECT open_kfid, cursor, catch_up_before FROM cursors ORDER BY open_kfid",
                         &[],
                     )
                     .await?;
-                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+                Ok(rows
+                    .iter()
+                    .map(|r| AccountCursor {
+                        open_kfid: r.get(0),
+                        cursor: r.get(1),
+                        catch_up_before: r.get(2),
+                    })
+                    .collect())
             })
         })
     }
@@ -222,6 +242,7 @@ impl Store for PostgresStore {
                 let mut kinds = Vec::with_capacity(n);
                 let mut raws = Vec::with_capacity(n);
                 let mut errors: Vec<Option<String>> = Vec::with_capacity(n);
+                let mut skips: Vec<bool> = Vec::with_capacity(n);
                 for m in &page.messages {
                     msgids.push(m.msgid.as_str());
                     customers.push(m.external_userid.as_str());
@@ -230,15 +251,18 @@ impl Store for PostgresStore {
                     kinds.push(m.kind.as_str());
                     raws.push(m.payload.raw());
                     errors.push(m.decode_error.clone());
+                    skips.push(is_skipped(m.send_time, page.skip_before));
                 }
                 let tx = client.transaction().await?;
                 // One statement for the page; ordinality keeps seq in page order.
                 let rows = tx
                     .query(
                         "INSERT INTO messages (open_kfid, msgid, external_userid, send_time, origin, kind, \
-                         raw, decode_error, stored_at) \
-                         SELECT $1, m, e, t, o, k, r, d, $9 FROM UNNEST($2::text[], $3::text[], $4::bigint[], \
-                         $5::bigint[], $6::text[], $7::text[], $8::text[]) WITH ORDINALITY AS u(m, e, t, o, k, r, d, i) \
+                         raw, decode_error, stored_at, skipped, delivered_at) \
+                         SELECT $1, m, e, t, o, k, r, d, $9::bigint, s, CASE WHEN s THEN $9::bigint END \
+                         FROM UNNEST($2::text[], $3::text[], $4::bigint[], \
+                         $5::bigint[], $6::text[], $7::text[], $8::text[], $10::bool[]) \
+                         WITH ORDINALITY AS u(m, e, t, o, k, r, d, s, i) \
                          ORDER BY i ON CONFLICT (open_kfid, msgid) DO NOTHING RETURNING seq, msgid",
                         &[
                             &page.open_kfid,
@@ -250,6 +274,7 @@ impl Store for PostgresStore {
                             &raws,
                             &errors,
                             &page.now_ms,
+                            &skips,
                         ],
                     )
                     .await?;
@@ -257,30 +282,80 @@ impl Store for PostgresStore {
                     .iter()
                     .map(|r| (r.get::<_, String>(1), r.get::<_, i64>(0)))
                     .collect();
-                let mut sessions: HashMap<&str, i64> = HashMap::new();
-                for m in &page.messages {
-                    if m.origin == Some(3)
-                        && !m.external_userid.is_empty()
-                        && inserted.contains_key(&m.msgid)
-                    {
-                        let at = sessions.entry(m.external_userid.as_str()).or_default();
+                // Each inserted msgid once, in page order (a page may repeat one).
+                let mut first: HashSet<&str> = HashSet::new();
+                let fresh: Vec<bool> = page
+                    .messages
+                    .iter()
+                    .map(|m| inserted.contains_key(&m.msgid) && first.insert(m.msgid.as_str()))
+                    .collect();
+                let mut last_message: HashMap<&str, i64> = HashMap::new();
+                let mut observed: Vec<&str> = Vec::new();
+                for (m, new) in page.messages.iter().zip(&fresh) {
+                    if !*new || m.external_userid.is_empty() {
+                        continue;
+                    }
+                    if m.origin == Some(3) {
+                        let at = last_message.entry(m.external_userid.as_str()).or_default();
                         *at = (*at).max(m.send_time);
                     }
+                    if matches!(m.payload, Payload::Message(_)) {
+                        observed.push(m.external_userid.as_str());
+                    }
                 }
-                for (customer, at) in &sessions {
+                observed.sort_unstable();
+                observed.dedup();
+                let mut views: HashMap<String, SessionView> = HashMap::new();
+                if !observed.is_empty() {
+                    let rows = tx
+                        .query(
+                            "SELECT external_userid, view FROM sessions \
+                             WHERE open_kfid = $1 AND external_userid = ANY($2)",
+                            &[&page.open_kfid, &observed],
+                        )
+                        .await?;
+                    for row in rows {
+                        let view: Option<String> = row.get(1);
+                        views.insert(row.get(0), parse_view(view.as_deref()));
+                    }
+                }
+                for (m, new) in page.messages.iter().zip(&fresh) {
+                    if let (true, Payload::Message(message)) = (*new, &m.payload) {
+                        if !m.external_userid.is_empty() {
+                            views
+                                .entry(m.external_userid.clone())
+                                .or_default()
+                                .observe(message);
+                        }
+                    }
+                }
+                let mut touched: HashSet<&str> = last_message.keys().copied().collect();
+                touched.extend(views.keys().map(String::as_str));
+                for customer in touched {
+                    let at = last_message.get(customer).copied().unwrap_or(0);
+                    let view = views.get(customer).map(encode_view);
                     tx.execute(
-                        "INSERT INTO sessions (open_kfid, external_userid, last_customer_msg_at) \
-                         VALUES ($1, $2, $3) ON CONFLICT (open_kfid, external_userid) DO UPDATE SET \
-                         last_customer_msg_at = GREATEST(sessions.last_customer_msg_at, excluded.last_customer_msg_at)",
-                        &[&page.open_kfid, customer, at],
+                        "INSERT INTO sessions (open_kfid, external_userid, last_customer_msg_at, view, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (open_kfid, external_userid) DO UPDATE SET \
+                         last_customer_msg_at = GREATEST(sessions.last_customer_msg_at, excluded.last_customer_msg_at), \
+                         view = COALESCE(excluded.view, sessions.view), updated_at = excluded.updated_at",
+                        &[&page.open_kfid, &customer, &at, &view, &page.now_ms],
                     )
                     .await?;
                 }
+                for (msgid, action) in &page.actions {
+                    let new_and_kept = page.messages.iter().zip(&fresh).any(|(m, new)| {
+                        *new && m.msgid == *msgid && !is_skipped(m.send_time, page.skip_before)
+                    });
+                    if new_and_kept {
+                        insert_reply(&tx, action, page.now_ms).await?;
+                    }
+                }
                 tx.execute(
-                    "INSERT INTO cursors (open_kfid, cursor, updated_at) VALUES ($1, $2, $3) \
+                    "INSERT INTO cursors (open_kfid, cursor, updated_at, catch_up_before) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (open_kfid) DO UPDATE SET cursor = COALESCE(excluded.cursor, cursors.cursor), \
-                     updated_at = excluded.updated_at",
-                    &[&page.open_kfid, &page.next_cursor, &page.now_ms],
+                     updated_at = excluded.updated_at, catch_up_before = excluded.catch_up_before",
+                    &[&page.open_kfid, &page.next_cursor, &page.now_ms, &page.catch_up_before],
                 )
                 .await?;
                 tx.commit().await?;
@@ -288,9 +363,17 @@ impl Store for PostgresStore {
                 let open_kfid: Arc<str> = Arc::from(page.open_kfid.as_str());
                 let mut outcome = PageOutcome::default();
                 let mut stored = Vec::with_capacity(inserted.len());
-                for m in page.messages {
-                    match inserted.get(&m.msgid) {
-                        Some(seq) => stored.push(StoredMessage {
+                for (m, new) in page.messages.into_iter().zip(fresh) {
+                    if !new {
+                        outcome.duplicates += 1;
+                        continue;
+                    }
+                    if is_skipped(m.send_time, page.skip_before) {
+                        outcome.skipped += 1;
+                        continue;
+                    }
+                    if let Some(seq) = inserted.get(&m.msgid) {
+                        stored.push(StoredMessage {
                             seq: *seq,
                             lane: Lane {
                                 open_kfid: open_kfid.clone(),
@@ -299,14 +382,11 @@ impl Store for PostgresStore {
                             stored_at_ms: page.now_ms,
                             invalid: m.decode_error.is_some(),
                             payload: Some(m.payload),
-                        }),
-                        None => outcome.duplicates += 1,
+                            media: None,
+                        });
                     }
                 }
-                // A page repeating one msgid stores it once; the rest count as duplicates.
                 stored.sort_by_key(|m| m.seq);
-                stored.dedup_by_key(|m| m.seq);
-                outcome.duplicates = n - stored.len();
                 outcome.stored = stored;
                 Ok(outcome)
             })
@@ -335,6 +415,7 @@ impl Store for PostgresStore {
                         stored_at_ms: r.get(3),
                         invalid: r.get(4),
                         payload: None,
+                        media: None,
                     })
                     .collect())
             })
@@ -365,13 +446,129 @@ impl Store for PostgresStore {
         })
     }
 
-    fn load_payloads(&self, seqs: Vec<i64>) -> BoxFuture<'_, Result<Vec<(i64, String)>, Error>> {
+    fn load_payloads(&self, seqs: Vec<i64>) -> BoxFuture<'_, Result<Vec<LoadedPayload>, Error>> {
         Box::pin(async move {
             with_client!(self, client, {
                 let rows = client
                     .query(
-                        "SELECT seq, raw FROM messages WHERE seq = ANY($1)",
+                        "SELECT seq, raw, media FROM messages WHERE seq = ANY($1)",
                         &[&seqs],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| LoadedPayload {
+                        seq: r.get(0),
+                        raw: r.get(1),
+                        media: r.get(2),
+                    })
+                    .collect())
+            })
+        })
+    }
+
+    fn record_media(&self, media: Vec<(i64, String)>) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let (seqs, jsons): (Vec<i64>, Vec<String>) = media.into_iter().unzip();
+                client
+                    .execute(
+                        "UPDATE messages SET media = u.j FROM UNNEST($1::bigint[], $2::text[]) AS u(s, j) \
+                         WHERE messages.seq = u.s",
+                        &[&seqs, &jsons],
+                    )
+                    .await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn messages_without_media(
+        &self,
+        msgtypes: Vec<String>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<MediaJob>, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let rows = client
+                    .query(
+                        "SELECT seq, open_kfid, raw FROM messages WHERE delivered_at IS NULL \
+                         AND media IS NULL AND kind = ANY($1) ORDER BY seq LIMIT $2",
+                        &[&msgtypes, &(limit as i64)],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| MediaJob {
+                        seq: r.get(0),
+                        open_kfid: r.get(1),
+                        raw: r.get(2),
+                    })
+                    .collect())
+            })
+        })
+    }
+
+    fn session(
+        &self,
+        open_kfid: String,
+        external_userid: String,
+    ) -> BoxFuture<'_, Result<Option<SessionView>, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let row = client
+                    .query_opt(
+                        "SELECT view FROM sessions WHERE open_kfid = $1 AND external_userid = $2",
+                        &[&open_kfid, &external_userid],
+                    )
+                    .await?;
+                Ok(row
+                    .and_then(|r| r.get::<_, Option<String>>(0))
+                    .map(|t| parse_view(Some(&t))))
+            })
+        })
+    }
+
+    fn update_session(
+        &self,
+        open_kfid: String,
+        external_userid: String,
+        update: SessionUpdate,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<SessionView, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let tx = client.transaction().await?;
+                let row = tx
+                    .query_opt(
+                        "SELECT view FROM sessions WHERE open_kfid = $1 AND external_userid = $2 FOR UPDATE",
+                        &[&open_kfid, &external_userid],
+                    )
+                    .await?;
+                let text: Option<String> = row.and_then(|r| r.get(0));
+                let mut view = parse_view(text.as_deref());
+                update.apply(&mut view);
+                tx.execute(
+                    "INSERT INTO sessions (open_kfid, external_userid, last_customer_msg_at, view, updated_at) \
+                     VALUES ($1, $2, 0, $3, $4) ON CONFLICT (open_kfid, external_userid) DO UPDATE SET \
+                     view = excluded.view, updated_at = excluded.updated_at",
+                    &[&open_kfid, &external_userid, &encode_view(&view), &now_ms],
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(view)
+            })
+        })
+    }
+
+    fn reply_results(&self, limit: usize) -> BoxFuture<'_, Result<Vec<(i64, String)>, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let rows = client
+                    .query(
+                        "SELECT id, result FROM replies WHERE NOT reported AND result IS NOT NULL \
+                         ORDER BY id LIMIT $1",
+                        &[&(limit as i64)],
                     )
                     .await?;
                 Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
@@ -408,30 +605,15 @@ impl Store for PostgresStore {
                     .await?;
                     tx.execute("DELETE FROM deliveries WHERE id = $1", &[&ack.delivery_id])
                         .await?;
-                    for reply in &ack.replies {
-                        let state = if reply.error.is_some() {
-                            "failed"
-                        } else {
-                            "pending"
-                        };
-                        let finished = reply.error.as_ref().map(|_| finish.now_ms);
+                    if !ack.reported.is_empty() {
                         tx.execute(
-                            "INSERT INTO replies (delivery_id, endpoint, lane, body, msgid, state, attempts, \
-                             next_attempt_at, last_error, created_at, finished_at) \
-                             VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $7, $9)",
-                            &[
-                                &reply.delivery_id,
-                                &reply.endpoint.as_str(),
-                                &reply.lane,
-                                &reply.body,
-                                &reply.msgid,
-                                &state,
-                                &finish.now_ms,
-                                &reply.error,
-                                &finished,
-                            ],
+                            "UPDATE replies SET reported = TRUE WHERE id = ANY($1)",
+                            &[&ack.reported],
                         )
                         .await?;
+                    }
+                    for reply in &ack.replies {
+                        insert_reply(&tx, reply, finish.now_ms).await?;
                     }
                 }
                 for failure in &finish.failures {
@@ -456,7 +638,7 @@ impl Store for PostgresStore {
             with_client!(self, client, {
                 let rows = client
                     .query(
-                        "SELECT id, endpoint, lane, body, msgid, attempts FROM replies \
+                        "SELECT id, endpoint, lane, body, msgid, attempts, delivery_id, position FROM replies \
                          WHERE state = 'pending' AND next_attempt_at <= $1 ORDER BY id LIMIT $2",
                         &[&now_ms, &(limit as i64)],
                     )
@@ -470,6 +652,10 @@ impl Store for PostgresStore {
                         body: r.get(3),
                         msgid: r.get(4),
                         attempts: r.get::<_, i64>(5).clamp(0, u32::MAX as i64) as u32,
+                        delivery_id: r.get(6),
+                        position: r
+                            .get::<_, Option<i64>>(7)
+                            .and_then(|p| u32::try_from(p).ok()),
                     })
                     .collect())
             })
@@ -500,19 +686,17 @@ impl Store for PostgresStore {
                 let tx = client.transaction().await?;
                 for outcome in &outcomes {
                     match outcome {
-                        ReplyOutcome::Sent { id } => {
+                        ReplyOutcome::Finished {
+                            id,
+                            state,
+                            error,
+                            result,
+                        } => {
                             tx.execute(
-                                "UPDATE replies SET state = 'sent', attempts = attempts + 1, \
-                                 finished_at = $2, last_error = NULL WHERE id = $1",
-                                &[id, &now_ms],
-                            )
-                            .await?;
-                        }
-                        ReplyOutcome::Failed { id, error } => {
-                            tx.execute(
-                                "UPDATE replies SET state = 'failed', attempts = attempts + 1, \
-                                 finished_at = $2, last_error = $3 WHERE id = $1",
-                                &[id, &now_ms, error],
+                                "UPDATE replies SET state = $2, attempts = attempts + 1, finished_at = $3, \
+                                 last_error = $4, result = $5, \
+                                 reported = NOT (position IS NOT NULL AND $5::text IS NOT NULL) WHERE id = $1",
+                                &[id, &state.as_str(), &now_ms, error, result],
                             )
                             .await?;
                         }
@@ -522,11 +706,12 @@ impl Store for PostgresStore {
                             attempts,
                             next_attempt_at_ms,
                             error,
+                            body,
                         } => {
                             tx.execute(
-                                "UPDATE replies SET attempts = $2, next_attempt_at = $3, last_error = $4 \
-                                 WHERE id = $1",
-                                &[id, &i64::from(*attempts), next_attempt_at_ms, error],
+                                "UPDATE replies SET attempts = $2, next_attempt_at = $3, last_error = $4, \
+                                 body = COALESCE($5, body) WHERE id = $1",
+                                &[id, &i64::from(*attempts), next_attempt_at_ms, error, body],
                             )
                             .await?;
                             tx.execute(
@@ -600,6 +785,14 @@ impl Store for PostgresStore {
                 n += tx
                     .execute("DELETE FROM api_sends WHERE created_at < $1", &[&before_ms])
                     .await?;
+                n += tx
+                    .execute(
+                        "DELETE FROM sessions WHERE (open_kfid, external_userid) IN \
+                         (SELECT open_kfid, external_userid FROM sessions \
+                         WHERE updated_at < $1 AND last_customer_msg_at * 1000 < $1 LIMIT 5000)",
+                        &[&before_ms],
+                    )
+                    .await?;
                 tx.commit().await?;
                 Ok(n)
             })
@@ -616,7 +809,11 @@ impl Store for PostgresStore {
                          (SELECT COUNT(*) FROM deliveries), \
                          (SELECT COUNT(*) FROM replies WHERE state = 'pending'), \
                          (SELECT COUNT(*) FROM replies WHERE state = 'sent'), \
-                         (SELECT COUNT(*) FROM replies WHERE state = 'failed')",
+                         (SELECT COUNT(*) FROM replies WHERE state = 'failed'), \
+                         (SELECT COUNT(*) FROM replies WHERE state = 'refused'), \
+                         (SELECT COUNT(*) FROM replies WHERE state = 'joined'), \
+                         (SELECT COUNT(*) FROM messages WHERE skipped), \
+                         (SELECT COUNT(*) FROM sessions WHERE view IS NOT NULL)",
                         &[],
                     )
                     .await?;
@@ -628,6 +825,10 @@ impl Store for PostgresStore {
                     replies_pending: n(3),
                     replies_sent: n(4),
                     replies_failed: n(5),
+                    replies_refused: n(6),
+                    replies_joined: n(7),
+                    skipped: n(8),
+                    sessions: n(9),
                 })
             })
         })
@@ -647,12 +848,85 @@ impl Store for PostgresStore {
         })
     }
 
+    fn message_rows(&self, open_kfid: String) -> BoxFuture<'_, Result<Vec<MessageRow>, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let rows = client
+                    .query(
+                        "SELECT msgid, send_time, delivered_at IS NOT NULL, skipped, media FROM messages \
+                         WHERE open_kfid = $1 ORDER BY seq",
+                        &[&open_kfid],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| MessageRow {
+                        msgid: r.get(0),
+                        send_time: r.get(1),
+                        delivered: r.get(2),
+                        skipped: r.get(3),
+                        media: r.get(4),
+                    })
+                    .collect())
+            })
+        })
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             // Waits for the transaction in progress (it holds the lock), then drops the client.
             drop(self.client.lock().await.take());
         })
     }
+}
+
+async fn insert_reply(
+    tx: &tokio_postgres::Transaction<'_>,
+    reply: &NewReply,
+    now_ms: i64,
+) -> Result<(), Error> {
+    let failed = reply.error.is_some();
+    let state = if failed { "failed" } else { "pending" };
+    let finished = failed.then_some(now_ms);
+    let position = reply.position.map(i64::from);
+    // A new reply never overtakes a pending one of its lane (order), and joins the flush of a
+    // held text when there is one (the joiner's window).
+    let next_attempt_at: i64 = if failed {
+        now_ms
+    } else {
+        let row = tx
+            .query_one(
+                "SELECT MAX(next_attempt_at) FROM replies WHERE lane = $1 AND state = 'pending' \
+                 AND next_attempt_at >= $2",
+                &[&reply.lane, &now_ms],
+            )
+            .await?;
+        row.get::<_, Option<i64>>(0)
+            .unwrap_or(now_ms + reply.hold_ms.max(0))
+    };
+    let reported = !(position.is_some() && reply.result.is_some());
+    tx.execute(
+        "INSERT INTO replies (delivery_id, endpoint, lane, body, msgid, state, attempts, \
+         next_attempt_at, last_error, created_at, finished_at, position, result, reported) \
+         VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $9, $10, $11, $12, $13)",
+        &[
+            &reply.delivery_id,
+            &reply.endpoint.as_str(),
+            &reply.lane,
+            &reply.body,
+            &reply.msgid,
+            &state,
+            &next_attempt_at,
+            &reply.error,
+            &now_ms,
+            &finished,
+            &position,
+            &reply.result,
+            &reported,
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 async fn upsert_delivery(

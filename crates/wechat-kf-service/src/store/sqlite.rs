@@ -5,7 +5,7 @@
 //! (backups, inspection) while the service writes. `synchronous=NORMAL` (the default) survives a
 //! killed process but not a power loss; `FULL` survives both.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -75,6 +75,19 @@ const MIGRATIONS: &[&str] = &[
         last_customer_msg_at INTEGER NOT NULL,
         PRIMARY KEY (open_kfid, external_userid)
     ) WITHOUT ROWID;
+    ",
+    // 2: first-start catch-ups, skipped messages, media records, session views, reply results.
+    "
+    ALTER TABLE cursors ADD COLUMN catch_up_before INTEGER;
+    ALTER TABLE messages ADD COLUMN skipped INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN media TEXT;
+    ALTER TABLE sessions ADD COLUMN view TEXT;
+    ALTER TABLE sessions ADD COLUMN updated_at INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE replies ADD COLUMN position INTEGER;
+    ALTER TABLE replies ADD COLUMN result TEXT;
+    ALTER TABLE replies ADD COLUMN reported INTEGER NOT NULL DEFAULT 1;
+    CREATE INDEX replies_unreported ON replies(id) WHERE reported = 0;
+    CREATE INDEX replies_lane_pending ON replies(lane, next_attempt_at) WHERE state = 'pending';
     ",
 ];
 
@@ -179,18 +192,26 @@ fn commit_page(conn: &mut Connection, page: PageWrite) -> Result<PageOutcome, Er
     let tx = conn.transaction()?;
     let mut outcome = PageOutcome {
         stored: Vec::with_capacity(page.messages.len()),
+        skipped: 0,
         duplicates: 0,
     };
     let open_kfid: Arc<str> = Arc::from(page.open_kfid.as_str());
     let mut lanes: HashMap<String, Arc<str>> = HashMap::new();
     let mut customers: HashMap<String, i64> = HashMap::new();
+    let mut views: HashMap<String, SessionView> = HashMap::new();
+    let mut fresh: HashSet<String> = HashSet::new();
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO messages (open_kfid, msgid, external_userid, send_time, origin, kind, raw, \
-             decode_error, stored_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+             decode_error, stored_at, skipped, delivered_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, CASE WHEN ?10 THEN ?9 END) \
              ON CONFLICT (open_kfid, msgid) DO NOTHING",
         )?;
+        let mut load_view = tx.prepare_cached(
+            "SELECT view FROM sessions WHERE open_kfid = ?1 AND external_userid = ?2",
+        )?;
         for m in page.messages {
+            let skipped = is_skipped(m.send_time, page.skip_before);
             let inserted = insert.execute(params![
                 page.open_kfid,
                 m.msgid,
@@ -201,15 +222,37 @@ fn commit_page(conn: &mut Connection, page: PageWrite) -> Result<PageOutcome, Er
                 m.payload.raw(),
                 m.decode_error,
                 page.now_ms,
+                skipped,
             ])?;
             if inserted == 0 {
                 outcome.duplicates += 1;
                 continue;
             }
-            if m.origin == Some(3) && !m.external_userid.is_empty() {
-                let at = customers.entry(m.external_userid.clone()).or_default();
-                *at = (*at).max(m.send_time);
+            if !m.external_userid.is_empty() {
+                if m.origin == Some(3) {
+                    let at = customers.entry(m.external_userid.clone()).or_default();
+                    *at = (*at).max(m.send_time);
+                }
+                if let Payload::Message(message) = &m.payload {
+                    if !views.contains_key(&m.external_userid) {
+                        let text: Option<Option<String>> = load_view
+                            .query_row(params![page.open_kfid, m.external_userid], |r| r.get(0))
+                            .optional()?;
+                        views.insert(
+                            m.external_userid.clone(),
+                            parse_view(text.flatten().as_deref()),
+                        );
+                    }
+                    if let Some(view) = views.get_mut(&m.external_userid) {
+                        view.observe(message);
+                    }
+                }
             }
+            if skipped {
+                outcome.skipped += 1;
+                continue;
+            }
+            fresh.insert(m.msgid.clone());
             let external_userid = lanes
                 .entry(m.external_userid)
                 .or_insert_with_key(|k| Arc::from(k.as_str()))
@@ -223,22 +266,39 @@ fn commit_page(conn: &mut Connection, page: PageWrite) -> Result<PageOutcome, Er
                 stored_at_ms: page.now_ms,
                 invalid: m.decode_error.is_some(),
                 payload: Some(m.payload),
+                media: None,
             });
         }
         let mut session = tx.prepare_cached(
-            "INSERT INTO sessions (open_kfid, external_userid, last_customer_msg_at) VALUES (?1, ?2, ?3) \
+            "INSERT INTO sessions (open_kfid, external_userid, last_customer_msg_at, view, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5) \
              ON CONFLICT (open_kfid, external_userid) DO UPDATE SET last_customer_msg_at = \
-             MAX(last_customer_msg_at, excluded.last_customer_msg_at)",
+             MAX(last_customer_msg_at, excluded.last_customer_msg_at), \
+             view = COALESCE(excluded.view, sessions.view), updated_at = excluded.updated_at",
         )?;
-        for (customer, at) in &customers {
-            session.execute(params![page.open_kfid, customer, at])?;
+        let mut touched: HashSet<&String> = customers.keys().collect();
+        touched.extend(views.keys());
+        for customer in touched {
+            let at = customers.get(customer).copied().unwrap_or(0);
+            let view = views.get(customer).map(encode_view);
+            session.execute(params![page.open_kfid, customer, at, view, page.now_ms])?;
+        }
+        for (msgid, action) in &page.actions {
+            if fresh.contains(msgid) {
+                insert_reply(&tx, action, page.now_ms)?;
+            }
         }
         tx.prepare_cached(
-            "INSERT INTO cursors (open_kfid, cursor, updated_at) VALUES (?1, ?2, ?3) \
+            "INSERT INTO cursors (open_kfid, cursor, updated_at, catch_up_before) VALUES (?1, ?2, ?3, ?4) \
              ON CONFLICT (open_kfid) DO UPDATE SET cursor = COALESCE(excluded.cursor, cursors.cursor), \
-             updated_at = excluded.updated_at",
+             updated_at = excluded.updated_at, catch_up_before = excluded.catch_up_before",
         )?
-        .execute(params![page.open_kfid, page.next_cursor, page.now_ms])?;
+        .execute(params![
+            page.open_kfid,
+            page.next_cursor,
+            page.now_ms,
+            page.catch_up_before
+        ])?;
     }
     tx.commit()?;
     Ok(outcome)
@@ -254,10 +314,16 @@ fn insert_reply(
     } else {
         "pending"
     };
+    // A new reply never overtakes a pending one of its lane (order), and joins the flush of a
+    // held text when there is one (the joiner's window).
     tx.prepare_cached(
         "INSERT INTO replies (delivery_id, endpoint, lane, body, msgid, state, attempts, \
-         next_attempt_at, last_error, created_at, finished_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?7, CASE WHEN ?6 = 'failed' THEN ?7 END)",
+         next_attempt_at, last_error, created_at, finished_at, position, result, reported) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, \
+         CASE WHEN ?6 = 'failed' THEN ?7 ELSE COALESCE((SELECT MAX(next_attempt_at) FROM replies \
+           WHERE lane = ?3 AND state = 'pending' AND next_attempt_at >= ?7), ?7 + ?11) END, \
+         ?8, ?7, CASE WHEN ?6 = 'failed' THEN ?7 END, ?9, ?10, \
+         CASE WHEN ?9 IS NOT NULL AND ?10 IS NOT NULL THEN 0 ELSE 1 END)",
     )?
     .execute(params![
         reply.delivery_id,
@@ -268,6 +334,9 @@ fn insert_reply(
         state,
         now_ms,
         reply.error,
+        reply.position,
+        reply.result,
+        reply.hold_ms.max(0),
     ])?;
     Ok(())
 }
@@ -306,9 +375,16 @@ impl Store for SqliteStore {
 
     fn accounts(&self) -> BoxFuture<'_, Result<Vec<AccountCursor>, Error>> {
         self.call(|conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT open_kfid, cursor FROM cursors ORDER BY open_kfid")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT open_kfid, cursor, catch_up_before FROM cursors ORDER BY open_kfid",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(AccountCursor {
+                    open_kfid: r.get(0)?,
+                    cursor: r.get(1)?,
+                    catch_up_before: r.get(2)?,
+                })
+            })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
@@ -347,6 +423,7 @@ impl Store for SqliteStore {
                     stored_at_ms: r.get(3)?,
                     invalid: r.get(4)?,
                     payload: None,
+                    media: None,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -372,19 +449,125 @@ impl Store for SqliteStore {
         })
     }
 
-    fn load_payloads(&self, seqs: Vec<i64>) -> BoxFuture<'_, Result<Vec<(i64, String)>, Error>> {
+    fn load_payloads(&self, seqs: Vec<i64>) -> BoxFuture<'_, Result<Vec<LoadedPayload>, Error>> {
         self.call(move |conn| {
-            let mut stmt = conn.prepare_cached("SELECT raw FROM messages WHERE seq = ?1")?;
+            let mut stmt = conn.prepare_cached("SELECT raw, media FROM messages WHERE seq = ?1")?;
             let mut out = Vec::with_capacity(seqs.len());
             for seq in seqs {
-                if let Some(raw) = stmt
-                    .query_row([seq], |r| r.get::<_, String>(0))
+                if let Some((raw, media)) = stmt
+                    .query_row([seq], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))
                     .optional()?
                 {
-                    out.push((seq, raw));
+                    out.push(LoadedPayload { seq, raw, media });
                 }
             }
             Ok(out)
+        })
+    }
+
+    fn record_media(&self, media: Vec<(i64, String)>) -> BoxFuture<'_, Result<(), Error>> {
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut update =
+                    tx.prepare_cached("UPDATE messages SET media = ?2 WHERE seq = ?1")?;
+                for (seq, json) in &media {
+                    update.execute(params![seq, json])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn messages_without_media(
+        &self,
+        msgtypes: Vec<String>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<MediaJob>, Error>> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, open_kfid, kind, raw FROM messages \
+                 WHERE delivered_at IS NULL AND media IS NULL ORDER BY seq",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, open_kfid, kind, raw) = row?;
+                if msgtypes.contains(&kind) {
+                    out.push(MediaJob {
+                        seq,
+                        open_kfid,
+                        raw,
+                    });
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn session(
+        &self,
+        open_kfid: String,
+        external_userid: String,
+    ) -> BoxFuture<'_, Result<Option<SessionView>, Error>> {
+        self.call(move |conn| {
+            let text: Option<Option<String>> = conn
+                .prepare_cached(
+                    "SELECT view FROM sessions WHERE open_kfid = ?1 AND external_userid = ?2",
+                )?
+                .query_row(params![open_kfid, external_userid], |r| r.get(0))
+                .optional()?;
+            Ok(text.flatten().map(|t| parse_view(Some(&t))))
+        })
+    }
+
+    fn update_session(
+        &self,
+        open_kfid: String,
+        external_userid: String,
+        update: SessionUpdate,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<SessionView, Error>> {
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            let text: Option<Option<String>> = tx
+                .prepare_cached(
+                    "SELECT view FROM sessions WHERE open_kfid = ?1 AND external_userid = ?2",
+                )?
+                .query_row(params![open_kfid, external_userid], |r| r.get(0))
+                .optional()?;
+            let mut view = parse_view(text.flatten().as_deref());
+            update.apply(&mut view);
+            tx.prepare_cached(
+                "INSERT INTO sessions (open_kfid, external_userid, last_customer_msg_at, view, updated_at) \
+                 VALUES (?1, ?2, 0, ?3, ?4) ON CONFLICT (open_kfid, external_userid) DO UPDATE SET \
+                 view = excluded.view, updated_at = excluded.updated_at",
+            )?
+            .execute(params![open_kfid, external_userid, encode_view(&view), now_ms])?;
+            tx.commit()?;
+            Ok(view)
+        })
+    }
+
+    fn reply_results(&self, limit: usize) -> BoxFuture<'_, Result<Vec<(i64, String)>, Error>> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, result FROM replies WHERE reported = 0 AND result IS NOT NULL \
+                 ORDER BY id LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
 
@@ -411,11 +594,16 @@ impl Store for SqliteStore {
                     "UPDATE messages SET delivered_at = ?1 WHERE seq = ?2 AND delivered_at IS NULL",
                 )?;
                 let mut delete = tx.prepare_cached("DELETE FROM deliveries WHERE id = ?1")?;
+                let mut reported =
+                    tx.prepare_cached("UPDATE replies SET reported = 1 WHERE id = ?1")?;
                 for ack in &finish.acks {
                     for seq in &ack.seqs {
                         delivered.execute(params![finish.now_ms, seq])?;
                     }
                     delete.execute([&ack.delivery_id])?;
+                    for id in &ack.reported {
+                        reported.execute([id])?;
+                    }
                     for reply in &ack.replies {
                         insert_reply(&tx, reply, finish.now_ms)?;
                     }
@@ -439,7 +627,7 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, Result<Vec<ReplyRecord>, Error>> {
         self.call(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT id, endpoint, lane, body, msgid, attempts FROM replies \
+                "SELECT id, endpoint, lane, body, msgid, attempts, delivery_id, position FROM replies \
                  WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![now_ms, limit as i64], |r| {
@@ -453,6 +641,8 @@ impl Store for SqliteStore {
                         body: r.get(3)?,
                         msgid: r.get(4)?,
                         attempts: r.get(5)?,
+                        delivery_id: r.get(6)?,
+                        position: r.get(7)?,
                     },
                 ))
             })?;
@@ -485,19 +675,19 @@ impl Store for SqliteStore {
             let tx = conn.transaction()?;
             for outcome in &outcomes {
                 match outcome {
-                    ReplyOutcome::Sent { id } => {
+                    ReplyOutcome::Finished {
+                        id,
+                        state,
+                        error,
+                        result,
+                    } => {
                         tx.prepare_cached(
-                            "UPDATE replies SET state = 'sent', attempts = attempts + 1, \
-                             finished_at = ?2, last_error = NULL WHERE id = ?1",
+                            "UPDATE replies SET state = ?2, attempts = attempts + 1, finished_at = ?3, \
+                             last_error = ?4, result = ?5, \
+                             reported = CASE WHEN position IS NOT NULL AND ?5 IS NOT NULL THEN 0 ELSE 1 END \
+                             WHERE id = ?1",
                         )?
-                        .execute(params![id, now_ms])?;
-                    }
-                    ReplyOutcome::Failed { id, error } => {
-                        tx.prepare_cached(
-                            "UPDATE replies SET state = 'failed', attempts = attempts + 1, \
-                             finished_at = ?2, last_error = ?3 WHERE id = ?1",
-                        )?
-                        .execute(params![id, now_ms, error])?;
+                        .execute(params![id, state.as_str(), now_ms, error, result])?;
                     }
                     ReplyOutcome::Retry {
                         id,
@@ -505,12 +695,13 @@ impl Store for SqliteStore {
                         attempts,
                         next_attempt_at_ms,
                         error,
+                        body,
                     } => {
                         tx.prepare_cached(
-                            "UPDATE replies SET attempts = ?2, next_attempt_at = ?3, last_error = ?4 \
-                             WHERE id = ?1",
+                            "UPDATE replies SET attempts = ?2, next_attempt_at = ?3, last_error = ?4, \
+                             body = COALESCE(?5, body) WHERE id = ?1",
                         )?
-                        .execute(params![id, attempts, next_attempt_at_ms, error])?;
+                        .execute(params![id, attempts, next_attempt_at_ms, error, body])?;
                         // Later replies to the same customer wait, so order is kept.
                         tx.prepare_cached(
                             "UPDATE replies SET next_attempt_at = MAX(next_attempt_at, ?3) \
@@ -567,6 +758,14 @@ impl Store for SqliteStore {
                 "DELETE FROM api_sends WHERE created_at < ?1",
                 params![before_ms],
             )?;
+            // A view untouched for the whole retention (far past the 48-hour window) holds
+            // nothing a send could use; a customer who writes again starts a new one.
+            n += tx.execute(
+                "DELETE FROM sessions WHERE (open_kfid, external_userid) IN \
+                 (SELECT open_kfid, external_userid FROM sessions \
+                 WHERE updated_at < ?1 AND last_customer_msg_at * 1000 < ?1 LIMIT ?2)",
+                params![before_ms, PURGE_CHUNK],
+            )?;
             tx.commit()?;
             Ok(n as u64)
         })
@@ -584,6 +783,10 @@ impl Store for SqliteStore {
                 replies_pending: count("SELECT COUNT(*) FROM replies WHERE state = 'pending'")?,
                 replies_sent: count("SELECT COUNT(*) FROM replies WHERE state = 'sent'")?,
                 replies_failed: count("SELECT COUNT(*) FROM replies WHERE state = 'failed'")?,
+                replies_refused: count("SELECT COUNT(*) FROM replies WHERE state = 'refused'")?,
+                replies_joined: count("SELECT COUNT(*) FROM replies WHERE state = 'joined'")?,
+                skipped: count("SELECT COUNT(*) FROM messages WHERE skipped <> 0")?,
+                sessions: count("SELECT COUNT(*) FROM sessions WHERE view IS NOT NULL")?,
             })
         })
     }
@@ -594,6 +797,25 @@ impl Store for SqliteStore {
                 "SELECT msgid, delivered_at IS NOT NULL FROM messages WHERE open_kfid = ?1 ORDER BY seq",
             )?;
             let rows = stmt.query_map([open_kfid], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn message_rows(&self, open_kfid: String) -> BoxFuture<'_, Result<Vec<MessageRow>, Error>> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT msgid, send_time, delivered_at IS NOT NULL, skipped <> 0, media FROM messages \
+                 WHERE open_kfid = ?1 ORDER BY seq",
+            )?;
+            let rows = stmt.query_map([open_kfid], |r| {
+                Ok(MessageRow {
+                    msgid: r.get(0)?,
+                    send_time: r.get(1)?,
+                    delivered: r.get(2)?,
+                    skipped: r.get(3)?,
+                    media: r.get(4)?,
+                })
+            })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
@@ -635,6 +857,23 @@ mod tests {
             messages: msgids.iter().map(|m| message(m, "wm1")).collect(),
             next_cursor: Some(cursor.into()),
             now_ms: 1000,
+            skip_before: None,
+            catch_up_before: None,
+            actions: Vec::new(),
+        }
+    }
+
+    fn reply(msgid: &str, lane: &str) -> NewReply {
+        NewReply {
+            endpoint: ReplyEndpoint::SendMsg,
+            lane: lane.into(),
+            body: "{}".into(),
+            msgid: msgid.into(),
+            delivery_id: None,
+            position: None,
+            hold_ms: 0,
+            error: None,
+            result: None,
         }
     }
 
@@ -649,7 +888,11 @@ mod tests {
         assert_eq!(again.duplicates, 1);
         assert_eq!(
             store.accounts().await.unwrap(),
-            vec![("wk1".to_owned(), Some("c2".to_owned()))]
+            vec![AccountCursor {
+                open_kfid: "wk1".to_owned(),
+                cursor: Some("c2".to_owned()),
+                catch_up_before: None,
+            }]
         );
         let pending = store.pending_messages(0, 10).await.unwrap();
         assert_eq!(pending.len(), 3);
@@ -674,12 +917,8 @@ mod tests {
             .unwrap();
         assert_eq!(store.open_deliveries().await.unwrap(), vec![record]);
         let reply = NewReply {
-            endpoint: ReplyEndpoint::SendMsg,
-            lane: "wk1/wm1".into(),
-            body: "{}".into(),
-            msgid: "r1".into(),
             delivery_id: Some("d1".into()),
-            error: None,
+            ..reply("r1", "wk1/wm1")
         };
         store
             .finish_deliveries(FinishDeliveries {
@@ -688,6 +927,7 @@ mod tests {
                     delivery_id: "d1".into(),
                     seqs,
                     replies: vec![reply],
+                    reported: vec![],
                 }],
                 failures: vec![],
             })
@@ -704,14 +944,6 @@ mod tests {
     #[tokio::test]
     async fn a_retried_reply_holds_back_later_replies_of_its_lane() {
         let store = SqliteStore::open(":memory:", Synchronous::Normal).unwrap();
-        let reply = |msgid: &str, lane: &str| NewReply {
-            endpoint: ReplyEndpoint::SendMsg,
-            lane: lane.into(),
-            body: "{}".into(),
-            msgid: msgid.into(),
-            delivery_id: None,
-            error: None,
-        };
         store
             .finish_deliveries(FinishDeliveries {
                 now_ms: 0,
@@ -719,6 +951,7 @@ mod tests {
                     delivery_id: "d".into(),
                     seqs: vec![],
                     replies: vec![reply("r1", "a"), reply("r2", "a"), reply("r3", "b")],
+                    reported: vec![],
                 }],
                 failures: vec![],
             })
@@ -734,6 +967,7 @@ mod tests {
                     attempts: 1,
                     next_attempt_at_ms: 100,
                     error: "busy".into(),
+                    body: None,
                 }],
                 0,
             )
@@ -749,6 +983,108 @@ mod tests {
         assert_eq!(due, vec!["r3"]);
         assert_eq!(store.next_reply_due().await.unwrap(), Some(0));
         store.close().await;
+    }
+
+    #[tokio::test]
+    async fn held_texts_flush_together_and_new_replies_never_overtake_pending_ones() {
+        let store = SqliteStore::open(":memory:", Synchronous::Normal).unwrap();
+        let queue = |now_ms: i64, replies: Vec<NewReply>| {
+            store.finish_deliveries(FinishDeliveries {
+                now_ms,
+                acks: vec![Ack {
+                    delivery_id: format!("d{now_ms}"),
+                    seqs: vec![],
+                    replies,
+                    reported: vec![],
+                }],
+                failures: vec![],
+            })
+        };
+        let held = |msgid: &str| NewReply {
+            hold_ms: 300,
+            ..reply(msgid, "wk/wm")
+        };
+        // A text held 300 ms at t=0; another text 100 ms later joins its flush (t=300).
+        queue(0, vec![held("a")]).await.unwrap();
+        queue(100, vec![held("b")]).await.unwrap();
+        // An image (not held) queued behind them waits for them too.
+        queue(150, vec![reply("c", "wk/wm")]).await.unwrap();
+        // Another customer's reply is not held back.
+        queue(150, vec![reply("x", "wk/other")]).await.unwrap();
+        let due = |at: i64| {
+            let store = &store;
+            async move {
+                store
+                    .due_replies(at, 10)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| r.msgid)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(due(299).await, vec!["x"]);
+        assert_eq!(due(300).await, vec!["a", "b", "c", "x"]);
+        // After the flush, a new text starts a new window.
+        store
+            .finish_replies(
+                ["a", "b", "c", "x"]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, _)| ReplyOutcome::Finished {
+                        id: i as i64 + 1,
+                        state: ReplyState::Sent,
+                        error: None,
+                        result: None,
+                    })
+                    .collect(),
+                301,
+            )
+            .await
+            .unwrap();
+        queue(400, vec![held("d")]).await.unwrap();
+        assert!(due(699).await.is_empty());
+        assert_eq!(due(700).await, vec!["d"]);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_version_1_database_is_migrated_with_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(
+                "PRAGMA user_version = 1; \
+                 INSERT INTO cursors VALUES ('wk1', 'c9', 1); \
+                 INSERT INTO sessions VALUES ('wk1', 'wm1', 1700000000); \
+                 INSERT INTO replies (endpoint, lane, body, msgid, state, next_attempt_at, created_at) \
+                 VALUES ('send_msg', 'wk1/wm1', '{}', 'r1', 'sent', 0, 0);",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(path.to_str().unwrap(), Synchronous::Normal).unwrap();
+        let accounts = store.accounts().await.unwrap();
+        assert_eq!(accounts[0].cursor.as_deref(), Some("c9"));
+        assert_eq!(accounts[0].catch_up_before, None);
+        assert!(
+            store.reply_results(10).await.unwrap().is_empty(),
+            "old replies count as reported"
+        );
+        assert!(
+            store
+                .session("wk1".into(), "wm1".into())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        store.close().await;
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use wechat_kf_emulator::{Emulator, RunningEmulator};
 use wechat_kf_service::config::{Config, Secret};
-use wechat_kf_service::{RunningService, Service};
+use wechat_kf_service::{Clock, RunningService, Service};
 
 pub const HOOK_SECRET: &str = "hook-secret";
 
@@ -67,6 +67,79 @@ pub async fn start(emu: &RunningEmulator, config: Config) -> RunningService {
     running
 }
 
+/// Starts the service on the emulator's clock (so tests move time by advancing it) and points
+/// the emulator's callbacks at it.
+pub async fn start_on_emulator_clock(emu: &RunningEmulator, config: Config) -> RunningService {
+    let emulator = emu.emulator().clone();
+    let running = Service::start_with_clock(config, Clock::from_fn(move || emulator.now()))
+        .await
+        .unwrap();
+    emu.emulator()
+        .set_callback_url(Some(format!("{}/callback", running.base_url())));
+    running
+}
+
+/// POSTs to the emulator's control API; the JSON answer.
+pub async fn control(emu: &RunningEmulator, path: &str, body: Value) -> Value {
+    let response = reqwest::Client::new()
+        .post(format!("{}{path}", emu.base_url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let value: Value = response.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "{path}: {status} {value}");
+    value
+}
+
+/// Calls the reply API through the router; (status, JSON body).
+pub async fn api(
+    running: &RunningService,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    use tower::ServiceExt;
+    let request = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer api-token")
+        .body(axum::body::Body::from(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        ))
+        .unwrap();
+    let response = wechat_kf_service::app(running.state().clone())
+        .oneshot(request)
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// The value of one metric line (`name{labels}`), 0 when absent.
+pub fn metric(running: &RunningService, series: &str) -> u64 {
+    running
+        .metrics()
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A customer text.
+pub fn text(open_kfid: &str, customer: &str, content: &str) -> Value {
+    json!({"open_kfid": open_kfid, "external_userid": customer, "msgtype": "text",
+           "text": {"content": content}})
+}
+
 /// Polls `check` until it is true, panicking with `what` after `timeout`.
 pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where
@@ -105,6 +178,10 @@ pub struct Received {
     pub invalid: Vec<u64>,
     pub signature_ok: bool,
     pub acked: bool,
+    /// `reply_results` of the body.
+    pub reply_results: Vec<Value>,
+    /// `media` of the body (`{msgid: record}`), `Null` when absent.
+    pub media: Value,
 }
 
 impl Received {
@@ -180,6 +257,23 @@ impl Sink {
         self.acked_msgids().len()
     }
 
+    /// Every `reply_results` entry of acknowledged deliveries.
+    pub fn reply_results(&self) -> Vec<Value> {
+        self.received()
+            .iter()
+            .filter(|r| r.acked)
+            .flat_map(|r| r.reply_results.clone())
+            .collect()
+    }
+
+    /// The acknowledged message with this msgid and the media record delivered with it.
+    pub fn delivered(&self, msgid: &str) -> Option<(Value, Value)> {
+        self.received().iter().filter(|r| r.acked).find_map(|r| {
+            let m = r.messages.iter().find(|m| self::msgid(m) == msgid)?;
+            Some((m.clone(), r.media[msgid].clone()))
+        })
+    }
+
     /// Acknowledged messages grouped per customer, in arrival order.
     pub fn acked_per_customer(&self) -> HashMap<(String, String), Vec<String>> {
         let mut map: HashMap<(String, String), Vec<String>> = HashMap::new();
@@ -216,6 +310,11 @@ async fn hook(State(state): State<Arc<SinkState>>, headers: HeaderMap, body: Byt
             .unwrap_or_default(),
         signature_ok,
         acked: false,
+        reply_results: value["reply_results"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default(),
+        media: value["media"].clone(),
     };
     let action = (state.policy.lock().unwrap())(&received);
     match action {

@@ -3,7 +3,11 @@
 mod common;
 mod e2e;
 mod faults;
+mod first_start;
+mod joiner;
+mod media;
 mod reply_api;
 mod restart;
 mod sandbox;
+mod sessions;
 mod store;

@@ -112,12 +112,45 @@ async fn the_reply_api_sends_refuses_wrong_tokens_and_is_idempotent_on_msgid() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["field"], "text.content");
 
-    // WeChat's refusal comes back with its errcode: this customer never wrote (95002 / 95018).
+    // WeChat's other refusals come back with their errcode: an unknown customer (40096).
     let stranger = json!({"touser": "wmNobody", "open_kfid": kf, "msgtype": "text", "text": {"content": "hi"}});
     let (status, body, _) = call(&running, "/v1/messages", Some("api-token"), stranger).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(body["errcode"].as_i64().unwrap() > 0);
     assert_eq!(body["retryable"], false);
+
+    // A visitor who opened the chat but never wrote: the service saw the enter_session event,
+    // so it refuses without asking WeChat (a session not started is state 4).
+    emu.emulator()
+        .enter_session(&kf, "wmVisitor", None, None)
+        .unwrap();
+    let store = running.store().clone();
+    wait_for(
+        "the visitor's view",
+        std::time::Duration::from_secs(10),
+        || {
+            let store = store.clone();
+            let kf = kf.clone();
+            async move {
+                store
+                    .session(kf, "wmVisitor".into())
+                    .await
+                    .unwrap()
+                    .is_some()
+            }
+        },
+    )
+    .await;
+    let sends = calls(&emu, "kf/send_msg");
+    let visitor = json!({"touser": "wmVisitor", "open_kfid": kf, "msgtype": "text", "text": {"content": "hi"}});
+    let (status, body, _) = call(&running, "/v1/messages", Some("api-token"), visitor).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"], "send_refused");
+    assert_eq!(body["reason"], "session_ended");
+    assert_eq!(body["errcode"], 95018);
+    assert_eq!(body["predicted"], true);
+    assert_eq!(body["lifted_by"], "customer_message");
+    assert_eq!(calls(&emu, "kf/send_msg"), sends, "WeChat was not called");
     let metrics = running.metrics().render();
     assert!(
         metrics.contains("wechat_kf_api_errcodes_total{endpoint=\"kf/send_msg\""),

@@ -3,10 +3,14 @@
 
 use std::sync::Arc;
 
+use serde_json::Value;
+use wechat_kf::Message;
+use wechat_kf::session::{SendRefusal, ServiceState};
 use wechat_kf_service::config::Synchronous;
 use wechat_kf_service::store::{
-    Ack, DeliveryRecord, Failure, FinishDeliveries, NewMessage, NewReply, PageWrite, Payload,
-    PostgresStore, ReplyEndpoint, ReplyOutcome, SqliteStore, Store,
+    AccountCursor, Ack, DeliveryRecord, Failure, FinishDeliveries, NewMessage, NewReply, PageWrite,
+    Payload, PostgresStore, ReplyEndpoint, ReplyOutcome, ReplyState, SessionUpdate, SqliteStore,
+    Store,
 };
 
 fn message(msgid: &str, customer: &str, origin: u32) -> NewMessage {
@@ -28,7 +32,265 @@ fn page(open_kfid: &str, msgids: &[&str], cursor: Option<&str>) -> PageWrite {
         messages: msgids.iter().map(|m| message(m, "wm1", 3)).collect(),
         next_cursor: cursor.map(str::to_owned),
         now_ms: 1000,
+        skip_before: None,
+        catch_up_before: None,
+        actions: Vec::new(),
     }
+}
+
+fn reply(msgid: &str, lane: &str) -> NewReply {
+    NewReply {
+        endpoint: ReplyEndpoint::SendMsg,
+        lane: lane.into(),
+        body: "{}".into(),
+        msgid: msgid.into(),
+        delivery_id: None,
+        position: None,
+        hold_ms: 0,
+        error: None,
+        result: None,
+    }
+}
+
+/// A decoded customer text (fed to the session view).
+fn decoded(msgid: &str, customer: &str, send_time: i64) -> NewMessage {
+    let raw = format!(
+        r#"{{"msgid":"{msgid}","open_kfid":"wkS","external_userid":"{customer}","send_time":{send_time},"origin":3,"msgtype":"text","text":{{"content":"x"}}}}"#
+    );
+    NewMessage {
+        msgid: msgid.into(),
+        external_userid: customer.into(),
+        send_time,
+        origin: Some(3),
+        kind: "text".into(),
+        payload: Payload::Message(Message::from_json(&raw).unwrap()),
+        decode_error: None,
+    }
+}
+
+/// First-start skipping, catch-up markers, session views, handoff actions, reply results and
+/// media records (schema version 2).
+async fn conformance_v2(store: &dyn Store) {
+    // A catch-up page: the old message is stored skipped, the marker stays while more pages
+    // follow, and the action of the skipped message is not queued.
+    let mut write = PageWrite {
+        open_kfid: "wkS".into(),
+        messages: vec![decoded("old", "wmS", 100), decoded("new", "wmS", 500)],
+        next_cursor: Some("s1".into()),
+        now_ms: 2000,
+        skip_before: Some(300),
+        catch_up_before: Some(300),
+        actions: vec![
+            ("old".into(), reply("act-old", "wkS/wmS")),
+            ("new".into(), reply("act-new", "wkS/wmS")),
+        ],
+    };
+    let out = store.commit_page(write).await.unwrap();
+    assert_eq!((out.stored.len(), out.skipped, out.duplicates), (1, 1, 0));
+    let account =
+        |accounts: Vec<AccountCursor>| accounts.into_iter().find(|a| a.open_kfid == "wkS").unwrap();
+    assert_eq!(
+        account(store.accounts().await.unwrap()).catch_up_before,
+        Some(300)
+    );
+    let rows = store.message_rows("wkS".into()).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows[0].skipped && rows[0].delivered,
+        "skipped counts as finished"
+    );
+    assert!(!rows[1].skipped && !rows[1].delivered);
+    let due: Vec<String> = store
+        .due_replies(i64::MAX, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.msgid)
+        .collect();
+    assert_eq!(due, vec!["act-new"], "only the delivered message's action");
+    // The last page clears the marker; a repeated msgid is a duplicate and queues nothing.
+    write = PageWrite {
+        open_kfid: "wkS".into(),
+        messages: vec![decoded("new", "wmS", 500)],
+        next_cursor: Some("s2".into()),
+        now_ms: 2001,
+        skip_before: Some(300),
+        catch_up_before: None,
+        actions: vec![("new".into(), reply("act-again", "wkS/wmS"))],
+    };
+    let out = store.commit_page(write).await.unwrap();
+    assert_eq!(out.duplicates, 1);
+    assert_eq!(
+        account(store.accounts().await.unwrap()),
+        AccountCursor {
+            open_kfid: "wkS".into(),
+            cursor: Some("s2".into()),
+            catch_up_before: None
+        }
+    );
+    assert_eq!(store.due_replies(i64::MAX, 10).await.unwrap().len(), 1);
+
+    // Both messages (skipped or not) fed the view; updates apply in one transaction.
+    let view = store
+        .session("wkS".into(), "wmS".into())
+        .await
+        .unwrap()
+        .expect("a view");
+    assert_eq!(view.last_customer_message_at(), Some(500));
+    assert!(view.can_send(600).is_ok());
+    for _ in 0..5 {
+        store
+            .update_session(
+                "wkS".into(),
+                "wmS".into(),
+                SessionUpdate::Sent { at: 600 },
+                1,
+            )
+            .await
+            .unwrap();
+    }
+    let view = store
+        .session("wkS".into(), "wmS".into())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        view.can_send(601),
+        Err(SendRefusal::QuotaExhausted { sent: 5 })
+    );
+    let view = store
+        .update_session(
+            "wkS".into(),
+            "wmT".into(),
+            SessionUpdate::Transferred {
+                state: ServiceState::Human,
+                servicer: Some("zhangsan".into()),
+                msg_code: None,
+                at: 700,
+            },
+            1,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        view.can_send(701),
+        Err(SendRefusal::HumanServicer { .. })
+    ));
+    assert!(
+        store
+            .session("wkS".into(), "wmNone".into())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Reply results: reported once a delivery carrying them is acknowledged.
+    let due = store.due_replies(i64::MAX, 10).await.unwrap();
+    let webhook_reply = NewReply {
+        delivery_id: Some("dS".into()),
+        position: Some(0),
+        ..reply("w1", "wkS/wmS")
+    };
+    store
+        .finish_deliveries(FinishDeliveries {
+            now_ms: 3000,
+            acks: vec![Ack {
+                delivery_id: "dS".into(),
+                seqs: vec![],
+                replies: vec![webhook_reply],
+                reported: vec![],
+            }],
+            failures: vec![],
+        })
+        .await
+        .unwrap();
+    let all = store.due_replies(i64::MAX, 10).await.unwrap();
+    let w1 = all.iter().find(|r| r.msgid == "w1").unwrap();
+    assert_eq!(
+        (w1.delivery_id.as_deref(), w1.position),
+        (Some("dS"), Some(0))
+    );
+    store
+        .finish_replies(
+            vec![
+                ReplyOutcome::Finished {
+                    id: due[0].id,
+                    state: ReplyState::Sent,
+                    error: None,
+                    result: Some(r#"{"status":"sent"}"#.into()),
+                },
+                ReplyOutcome::Finished {
+                    id: w1.id,
+                    state: ReplyState::Refused,
+                    error: Some("quota_exhausted (95001)".into()),
+                    result: Some(r#"{"status":"refused"}"#.into()),
+                },
+            ],
+            3001,
+        )
+        .await
+        .unwrap();
+    let results = store.reply_results(10).await.unwrap();
+    assert_eq!(results.len(), 1, "only webhook replies are reported");
+    assert_eq!(results[0].0, w1.id);
+    let result: Value = serde_json::from_str(&results[0].1).unwrap();
+    assert_eq!(result["status"], "refused");
+    store
+        .finish_deliveries(FinishDeliveries {
+            now_ms: 3002,
+            acks: vec![Ack {
+                delivery_id: "dT".into(),
+                seqs: vec![],
+                replies: vec![],
+                reported: vec![w1.id],
+            }],
+            failures: vec![],
+        })
+        .await
+        .unwrap();
+    assert!(store.reply_results(10).await.unwrap().is_empty());
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.skipped, stats.replies_refused), (1, 1));
+
+    // Media records ride with the payload; undelivered media messages without one are found.
+    let image = NewMessage {
+        kind: "image".into(),
+        ..decoded("img", "wmS", 800)
+    };
+    let out = store
+        .commit_page(PageWrite {
+            open_kfid: "wkS".into(),
+            messages: vec![image],
+            next_cursor: None,
+            now_ms: 4000,
+            skip_before: None,
+            catch_up_before: None,
+            actions: vec![],
+        })
+        .await
+        .unwrap();
+    let seq = out.stored[0].seq;
+    let missing = store
+        .messages_without_media(vec!["image".into()], 10)
+        .await
+        .unwrap();
+    assert_eq!(missing.iter().map(|j| j.seq).collect::<Vec<_>>(), vec![seq]);
+    store
+        .record_media(vec![(seq, r#"{"msgid":"img","path":"/x"}"#.into())])
+        .await
+        .unwrap();
+    let loaded = store.load_payloads(vec![seq]).await.unwrap();
+    assert_eq!(
+        loaded[0].media.as_deref(),
+        Some(r#"{"msgid":"img","path":"/x"}"#)
+    );
+    assert!(
+        store
+            .messages_without_media(vec!["image".into()], 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn conformance(store: Arc<dyn Store>) {
@@ -56,6 +318,10 @@ async fn conformance(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(other.stored.len(), 1);
     let accounts = store.accounts().await.unwrap();
+    let accounts: Vec<(String, Option<String>)> = accounts
+        .into_iter()
+        .map(|a| (a.open_kfid, a.cursor))
+        .collect();
     assert_eq!(
         accounts,
         vec![
@@ -68,7 +334,7 @@ async fn conformance(store: Arc<dyn Store>) {
     let seqs: Vec<i64> = pending.iter().map(|m| m.seq).collect();
     let payloads = store.load_payloads(seqs[..2].to_vec()).await.unwrap();
     assert_eq!(payloads.len(), 2);
-    assert!(payloads[0].1.contains("\"msgid\":\"a1\""));
+    assert!(payloads[0].raw.contains("\"msgid\":\"a1\""));
 
     let record = |id: &str, seqs: &[i64]| DeliveryRecord {
         id: id.into(),
@@ -82,12 +348,8 @@ async fn conformance(store: Arc<dyn Store>) {
         .await
         .unwrap();
     let reply = NewReply {
-        endpoint: ReplyEndpoint::SendMsg,
-        lane: "wkA/wm1".into(),
-        body: "{}".into(),
-        msgid: "r1".into(),
         delivery_id: Some("d1".into()),
-        error: None,
+        ..reply("r1", "wkA/wm1")
     };
     let mut retry = record("d2", &seqs[3..]);
     retry.attempts = 1;
@@ -100,6 +362,7 @@ async fn conformance(store: Arc<dyn Store>) {
                 delivery_id: "d1".into(),
                 seqs: seqs[..3].to_vec(),
                 replies: vec![reply],
+                reported: vec![],
             }],
             failures: vec![Failure {
                 old_id: "d2".into(),
@@ -117,7 +380,15 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(due.len(), 1);
     assert_eq!(store.next_reply_due().await.unwrap(), Some(10));
     store
-        .finish_replies(vec![ReplyOutcome::Sent { id: due[0].id }], 11)
+        .finish_replies(
+            vec![ReplyOutcome::Finished {
+                id: due[0].id,
+                state: ReplyState::Sent,
+                error: None,
+                result: None,
+            }],
+            11,
+        )
         .await
         .unwrap();
     assert!(store.due_replies(100, 10).await.unwrap().is_empty());
@@ -150,6 +421,7 @@ async fn conformance(store: Arc<dyn Store>) {
     let purged = store.purge(20).await.unwrap();
     assert_eq!(purged, 3 + 1 + 1);
     assert_eq!(store.stats().await.unwrap().messages, 2);
+    conformance_v2(&*store).await;
     store.close().await;
     assert!(store.ping().await.is_err(), "a closed store refuses work");
 }

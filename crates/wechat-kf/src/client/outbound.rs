@@ -337,6 +337,58 @@ impl Serialize for OutboundMessage {
     }
 }
 
+impl<'de> Deserialize<'de> for OutboundMessage {
+    /// Reads `{"msgtype": "<type>", "<type>": {…}}`; other keys (`touser`, `open_kfid`,
+    /// `msgid`, `code`) are ignored, so a whole `send_msg` or `send_msg_on_event` body reads
+    /// too. Menu items of an unknown `type` read as [`MenuItem::Unknown`] (which
+    /// [`validate`](Self::validate) then rejects); an unknown `msgtype` is an error.
+    ///
+    /// ```
+    /// use wechat_kf::client::OutboundMessage;
+    /// let body = r#"{"touser":"wm1","open_kfid":"wk1","msgtype":"text","text":{"content":"你好"}}"#;
+    /// let message: OutboundMessage = serde_json::from_str(body).unwrap();
+    /// assert_eq!(message, OutboundMessage::text("你好"));
+    /// ```
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut map = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+        let msgtype = match map.remove("msgtype") {
+            Some(serde_json::Value::String(s)) if !s.is_empty() => s,
+            Some(serde_json::Value::String(_)) => {
+                return Err(D::Error::custom("msgtype must not be empty"));
+            }
+            Some(_) => return Err(D::Error::custom("msgtype must be a string")),
+            None => return Err(D::Error::missing_field("msgtype")),
+        };
+        let payload = map.remove(&msgtype).ok_or_else(|| {
+            D::Error::custom(format!(
+                "the {msgtype} payload (key {msgtype:?}) is missing"
+            ))
+        })?;
+        fn typed<T: serde::de::DeserializeOwned, E: serde::de::Error>(
+            msgtype: &str,
+            payload: serde_json::Value,
+        ) -> Result<T, E> {
+            serde_json::from_value(payload).map_err(|e| E::custom(format!("{msgtype}: {e}")))
+        }
+        Ok(match msgtype.as_str() {
+            "text" => OutboundMessage::Text(typed(&msgtype, payload)?),
+            "image" => OutboundMessage::Image(typed(&msgtype, payload)?),
+            "voice" => OutboundMessage::Voice(typed(&msgtype, payload)?),
+            "video" => OutboundMessage::Video(typed(&msgtype, payload)?),
+            "file" => OutboundMessage::File(typed(&msgtype, payload)?),
+            "link" => OutboundMessage::Link(typed(&msgtype, payload)?),
+            "miniprogram" => OutboundMessage::Miniprogram(typed(&msgtype, payload)?),
+            "msgmenu" => OutboundMessage::MsgMenu(typed(&msgtype, payload)?),
+            "location" => OutboundMessage::Location(typed(&msgtype, payload)?),
+            "ca_link" => OutboundMessage::CaLink(typed(&msgtype, payload)?),
+            other => {
+                return Err(D::Error::custom(format!("unsupported msgtype {other:?}")));
+            }
+        })
+    }
+}
+
 fn validate_menu(menu: &MsgMenu, rules: MenuRules) -> Result<(), ValidationError> {
     if let Some(head) = &menu.head_content {
         bytes_in("msgmenu.head_content", head, 0, 1024)?;
@@ -587,6 +639,47 @@ mod tests {
         assert!(strict(&OutboundMessage::location(Location::new(90.1, 0.0))).is_err());
         assert!(strict(&OutboundMessage::location(Location::new(0.0, 180.5))).is_err());
         assert!(strict(&OutboundMessage::location(Location::new(f64::NAN, 0.0))).is_err());
+    }
+
+    #[test]
+    fn every_outbound_type_reads_back_from_its_own_json() {
+        let bodies = [
+            json!({"msgtype":"text","text":{"content":"hi"}}),
+            json!({"msgtype":"image","image":{"media_id":"M"}}),
+            json!({"msgtype":"voice","voice":{"media_id":"M"}}),
+            json!({"msgtype":"video","video":{"media_id":"M"}}),
+            json!({"msgtype":"file","file":{"media_id":"M"}}),
+            json!({"msgtype":"link","link":{"title":"t","url":"https://x","thumb_media_id":"M"}}),
+            json!({"msgtype":"miniprogram","miniprogram":{"appid":"wx1","thumb_media_id":"M","pagepath":"p.html"}}),
+            json!({"msgtype":"location","location":{"latitude":1.5,"longitude":2.5}}),
+            json!({"msgtype":"ca_link","ca_link":{"link_url":"https://work.weixin.qq.com/ca/x"}}),
+            json!({"msgtype":"msgmenu","msgmenu":{"head_content":"h","list":[
+                {"type":"click","click":{"id":"1","content":"a"}},
+                {"type":"view","view":{"url":"https://x","content":"b"}},
+                {"type":"miniprogram","miniprogram":{"appid":"wx1","pagepath":"p","content":"c"}},
+                {"type":"text","text":{"content":"d","no_newline":1}}],"tail_content":"t"}}),
+        ];
+        for body in bodies {
+            let message: OutboundMessage = serde_json::from_value(body.clone()).unwrap();
+            assert_eq!(serde_json::to_value(&message).unwrap(), body);
+        }
+    }
+
+    #[test]
+    fn reading_a_message_ignores_the_envelope_and_explains_bad_input() {
+        let body = json!({"touser":"wm","open_kfid":"wk","msgid":"m1","msgtype":"text","text":{"content":"x"}});
+        let message: OutboundMessage = serde_json::from_value(body).unwrap();
+        assert_eq!(message, OutboundMessage::text("x"));
+        let err = |v: serde_json::Value| {
+            serde_json::from_value::<OutboundMessage>(v)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(json!({"text":{"content":"x"}})).contains("msgtype"));
+        assert!(err(json!({"msgtype":"text"})).contains("missing"));
+        assert!(err(json!({"msgtype":"news","news":{}})).contains("unsupported"));
+        assert!(err(json!({"msgtype":"text","text":{"content":1}})).contains("text:"));
+        assert!(err(json!([])).contains("map"));
     }
 
     #[test]

@@ -1,0 +1,258 @@
+//! Inbound media downloaded before delivery: Chinese file names, an expired media_id and a
+//! busy one (recorded, never blocking), voice notes converted to WAV, and a missing converter.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use wechat_kf_emulator::RunningEmulator;
+use wechat_kf_service::config::{FirstStart, VoiceTarget};
+
+use crate::common::*;
+
+const VOICE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../wechat-kf/tests/fixtures/voice/sine440-2s.amr"
+);
+
+/// Uploads bytes through the emulator's control API (as if a customer had sent them).
+async fn upload(emu: &RunningEmulator, kind: &str, filename: &str, bytes: Vec<u8>) -> String {
+    let response: Value = reqwest::Client::new()
+        .post(format!("{}/emulator/media", emu.base_url()))
+        .query(&[("type", kind), ("filename", filename)])
+        .body(bytes)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    response["media_id"].as_str().unwrap().to_owned()
+}
+
+fn media_message(kf: &str, customer: &str, kind: &str, media_id: &str) -> Value {
+    json!({"open_kfid": kf, "external_userid": customer, "msgtype": kind, kind: {"media_id": media_id}})
+}
+
+async fn delivered(sink: &Sink, msgid: &str) -> (Value, Value) {
+    wait_for("the media message", Duration::from_secs(20), || async {
+        sink.delivered(msgid).is_some()
+    })
+    .await;
+    sink.delivered(msgid).unwrap()
+}
+
+fn ffmpeg_available() -> bool {
+    let found = std::process::Command::new("ffmpeg")
+        .arg("-version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert_ne!(
+            std::env::var("WECHAT_KF_CI").as_deref(),
+            Ok("1"),
+            "ffmpeg is required under WECHAT_KF_CI=1"
+        );
+        println!("skipped: ffmpeg not found");
+    }
+    found
+}
+
+#[tokio::test]
+async fn media_is_downloaded_before_delivery_under_its_chinese_file_name() {
+    let emu = emulator().await;
+    let sink = Sink::start().await;
+    let kf = emu.emulator().create_account("media");
+    let dir = tempfile::tempdir().unwrap();
+    let media_dir = dir.path().join("媒体");
+    let mut config = config(&emu, &dir.path().join("kf.db"), Some(&sink.url));
+    config.media.download_dir = Some(media_dir.clone());
+    let running = start_on_emulator_clock(&emu, config).await;
+
+    let pdf: Vec<u8> = b"%PDF-1.4 quotation ".repeat(50);
+    let file_id = upload(&emu, "file", "报价单（最终版）.pdf", pdf.clone()).await;
+    let png: Vec<u8> = [b"\x89PNG\r\n\x1a\n".as_slice(), &[7u8; 300]].concat();
+    let image_id = upload(&emu, "image", "截图 2024.png", png.clone()).await;
+    let ids = emu
+        .emulator()
+        .customer_send(json!([
+            media_message(&kf, "wmM", "file", &file_id),
+            media_message(&kf, "wmM", "image", &image_id),
+            text(&kf, "wmM", "请看附件"),
+        ]))
+        .unwrap();
+
+    let (message, record) = delivered(&sink, &ids[0]).await;
+    // The message itself is WeChat's JSON, untouched; the record rides beside it.
+    let keys: Vec<&String> = message.as_object().unwrap().keys().collect();
+    assert!(!keys.iter().any(|k| k.starts_with('_')), "{keys:?}");
+    assert_eq!(message["file"]["media_id"], file_id.as_str());
+    assert_eq!(record["msgid"], ids[0].as_str());
+    assert_eq!(record["msgtype"], "file");
+    assert_eq!(record["file_name"], "报价单（最终版）.pdf");
+    let path = Path::new(record["path"].as_str().unwrap());
+    assert!(path.is_absolute());
+    assert!(path.starts_with(std::fs::canonicalize(&media_dir).unwrap()));
+    assert_eq!(std::fs::read(path).unwrap(), pdf);
+    assert_eq!(record["size"], pdf.len());
+    assert!(record["content_type"].is_string());
+
+    let (_, record) = delivered(&sink, &ids[1]).await;
+    assert_eq!(record["file_name"], "截图 2024.png");
+    assert_eq!(
+        std::fs::read(record["path"].as_str().unwrap()).unwrap(),
+        png
+    );
+    let (_, record) = delivered(&sink, &ids[2]).await;
+    assert!(record.is_null(), "texts have no media record");
+    assert_eq!(
+        metric(
+            &running,
+            "wechat_kf_media_downloads_total{kind=\"file\",result=\"ok\"}"
+        ),
+        1
+    );
+    // The record is stored with the message.
+    let rows = running.store().message_rows(kf.clone()).await.unwrap();
+    assert!(rows[0].media.as_deref().unwrap().contains("报价单"));
+    running.shutdown().await;
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_expired_or_busy_media_id_is_recorded_and_the_message_still_delivered() {
+    let emu = emulator().await;
+    let sink = Sink::start().await;
+    let kf = emu.emulator().create_account("expired");
+    // The file was uploaded two days before the customer sent it; the service starts a day
+    // and a half later: the media_id (3 days) is gone, the message (kept 3 days) is not.
+    let old_id = upload(&emu, "file", "合同.docx", b"old contract bytes".to_vec()).await;
+    emu.emulator().advance_clock(Duration::from_secs(48 * 3600));
+    let expired_msg = emu
+        .emulator()
+        .customer_send(media_message(&kf, "wmE", "file", &old_id))
+        .unwrap()
+        .remove(0);
+    emu.emulator().advance_clock(Duration::from_secs(36 * 3600));
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&emu, &dir.path().join("kf.db"), Some(&sink.url));
+    config.media.download_dir = Some(dir.path().join("media"));
+    config.pull.first_start = FirstStart::Replay;
+    let running = start_on_emulator_clock(&emu, config).await;
+    let (message, record) = delivered(&sink, &expired_msg).await;
+    assert_eq!(message["msgtype"], "file");
+    assert_eq!(record["error"]["kind"], "media_id_invalid");
+    assert_eq!(record["error"]["errcode"], 40007);
+    assert!(record["path"].is_null());
+
+    // A media_id WeChat keeps answering "busy" (45033) beyond the client's retries.
+    let busy_id = upload(&emu, "image", "忙.png", vec![9u8; 64]).await;
+    emu.emulator()
+        .inject_fault(json!({"path": "media/get", "kind": "media_busy", "count": 10}))
+        .unwrap();
+    let busy_msg = emu
+        .emulator()
+        .customer_send(media_message(&kf, "wmE", "image", &busy_id))
+        .unwrap()
+        .remove(0);
+    let (_, record) = delivered(&sink, &busy_msg).await;
+    assert_eq!(record["error"]["kind"], "busy");
+    assert_eq!(record["error"]["errcode"], 45033);
+    emu.emulator().clear_faults();
+    assert_eq!(
+        metric(
+            &running,
+            "wechat_kf_media_downloads_total{kind=\"file\",result=\"failed\"}"
+        ),
+        1
+    );
+    assert_eq!(running.store().stats().await.unwrap().pending, 0);
+    running.shutdown().await;
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_voice_note_is_downloaded_and_converted_to_wav() {
+    if !ffmpeg_available() {
+        return;
+    }
+    let emu = emulator().await;
+    let sink = Sink::start().await;
+    let kf = emu.emulator().create_account("voice");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&emu, &dir.path().join("kf.db"), Some(&sink.url));
+    config.media.download_dir = Some(dir.path().join("media"));
+    config.media.voice_convert_to = Some(VoiceTarget::Wav);
+    let running = start_on_emulator_clock(&emu, config).await;
+    let amr = std::fs::read(VOICE).unwrap();
+    let voice_id = upload(&emu, "voice", "语音留言.amr", amr.clone()).await;
+    let msgid = emu
+        .emulator()
+        .customer_send(media_message(&kf, "wmV", "voice", &voice_id))
+        .unwrap()
+        .remove(0);
+    let (_, record) = delivered(&sink, &msgid).await;
+    assert_eq!(record["file_name"], "语音留言.amr");
+    assert_eq!(
+        std::fs::read(record["path"].as_str().unwrap()).unwrap(),
+        amr
+    );
+    let converted = &record["converted"];
+    assert_eq!(converted["format"], "wav", "{record}");
+    assert_eq!(converted["content_type"], "audio/wav");
+    assert_eq!(converted["file_name"], "语音留言.wav");
+    let wav = std::fs::read(converted["path"].as_str().unwrap()).unwrap();
+    let info = wechat_kf::voice::WavInfo::parse(&wav).expect("a WAV file");
+    assert_eq!(info.channels, 1);
+    assert!(
+        (info.duration_secs() - 2.0).abs() < 0.1,
+        "{}",
+        info.duration_secs()
+    );
+    assert_eq!(
+        metric(
+            &running,
+            "wechat_kf_voice_conversions_total{format=\"wav\",result=\"ok\"}"
+        ),
+        1
+    );
+    running.shutdown().await;
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_a_converter_the_voice_note_is_delivered_with_the_error_recorded() {
+    let emu = emulator().await;
+    let sink = Sink::start().await;
+    let kf = emu.emulator().create_account("no-ffmpeg");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&emu, &dir.path().join("kf.db"), Some(&sink.url));
+    config.media.download_dir = Some(dir.path().join("media"));
+    config.media.voice_convert_to = Some(VoiceTarget::Mp3);
+    config.media.ffmpeg = Some(dir.path().join("no-such-ffmpeg"));
+    let running = start_on_emulator_clock(&emu, config).await;
+    let voice_id = upload(&emu, "voice", "语音.amr", std::fs::read(VOICE).unwrap()).await;
+    let msgid = emu
+        .emulator()
+        .customer_send(media_message(&kf, "wmV", "voice", &voice_id))
+        .unwrap()
+        .remove(0);
+    let (message, record) = delivered(&sink, &msgid).await;
+    assert_eq!(message["msgtype"], "voice");
+    assert!(Path::new(record["path"].as_str().unwrap()).exists());
+    assert_eq!(record["converted"]["format"], "mp3");
+    assert_eq!(
+        record["converted"]["error"]["kind"], "converter_unavailable",
+        "{record}"
+    );
+    assert!(
+        record["converted"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ffmpeg")
+    );
+    running.shutdown().await;
+    emu.shutdown().await;
+}

@@ -124,6 +124,24 @@ pub(crate) fn safe_error(error: &wechat_kf::client::Error) -> String {
     }
 }
 
+/// Checks the bearer token, counting a refusal in the metrics.
+fn authorize_counted(state: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    authorize(state, headers).inspect_err(|_| {
+        Metrics::add(&state.inner.metrics.api_requests_failed, 1);
+    })
+}
+
+/// What every body-carrying `/v1` handler does first: authorize, find the client, parse JSON.
+fn accept(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(Client, Value), Box<Response>> {
+    authorize_counted(state, headers)?;
+    let client = client(state)?.clone();
+    Ok((client, parse_body(body)?))
+}
+
 fn parse_body(body: &Bytes) -> Result<Value, Box<Response>> {
     serde_json::from_slice(body)
         .map_err(|e| Box::new(bad_request(format!("the body is not JSON: {e}"))))
@@ -293,16 +311,8 @@ pub(crate) async fn send_msg(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        Metrics::add(&state.inner.metrics.api_requests_failed, 1);
-        return *r;
-    }
-    let client = match client(&state) {
-        Ok(c) => c.clone(),
-        Err(r) => return *r,
-    };
-    let value = match parse_body(&body) {
-        Ok(v) => v,
+    let (client, value) = match accept(&state, &headers, &body) {
+        Ok(accepted) => accepted,
         Err(r) => return *r,
     };
     let parsed = match parse_send_msg(&value) {
@@ -339,16 +349,8 @@ pub(crate) async fn send_msg_on_event(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        Metrics::add(&state.inner.metrics.api_requests_failed, 1);
-        return *r;
-    }
-    let client = match client(&state) {
-        Ok(c) => c.clone(),
-        Err(r) => return *r,
-    };
-    let value = match parse_body(&body) {
-        Ok(v) => v,
+    let (client, value) = match accept(&state, &headers, &body) {
+        Ok(accepted) => accepted,
         Err(r) => return *r,
     };
     let parsed = match parse_on_event(&value) {
@@ -383,16 +385,8 @@ pub(crate) async fn trans(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        Metrics::add(&state.inner.metrics.api_requests_failed, 1);
-        return *r;
-    }
-    let client = match client(&state) {
-        Ok(c) => c.clone(),
-        Err(r) => return *r,
-    };
-    let value = match parse_body(&body) {
-        Ok(v) => v,
+    let (client, value) = match accept(&state, &headers, &body) {
+        Ok(accepted) => accepted,
         Err(r) => return *r,
     };
     let transfer = match parse_transfer(&value) {
@@ -434,8 +428,7 @@ pub(crate) async fn session(
     Path((open_kfid, external_userid)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        Metrics::add(&state.inner.metrics.api_requests_failed, 1);
+    if let Err(r) = authorize_counted(&state, &headers) {
         return *r;
     }
     let Some(gate) = &state.inner.gate else {

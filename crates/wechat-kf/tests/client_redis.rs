@@ -42,13 +42,19 @@ fn rand_u64() -> u64 {
 
 /// A server that counts `gettoken` calls and accepts any token it issued.
 async fn token_server() -> (Arc<AtomicUsize>, String) {
+    slow_token_server(Duration::ZERO).await
+}
+
+/// The same, taking `delay` to answer `gettoken` (so concurrent refreshes overlap).
+async fn slow_token_server(delay: Duration) -> (Arc<AtomicUsize>, String) {
     let count = Arc::new(AtomicUsize::new(0));
     async fn handle(
-        State(count): State<Arc<AtomicUsize>>,
+        State((count, delay)): State<(Arc<AtomicUsize>, Duration)>,
         uri: axum::http::Uri,
         RawQuery(query): RawQuery,
     ) -> axum::Json<serde_json::Value> {
         if uri.path().ends_with("/gettoken") {
+            tokio::time::sleep(delay).await;
             let n = count.fetch_add(1, Ordering::SeqCst) + 1;
             return axum::Json(
                 json!({"errcode":0,"errmsg":"ok","access_token":format!("shared-{n}"),"expires_in":7200}),
@@ -61,7 +67,9 @@ async fn token_server() -> (Arc<AtomicUsize>, String) {
             json!({"errcode":40014,"errmsg":"invalid access_token"})
         })
     }
-    let app = Router::new().fallback(handle).with_state(count.clone());
+    let app = Router::new()
+        .fallback(handle)
+        .with_state((count.clone(), delay));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -139,4 +147,93 @@ async fn an_unreachable_redis_degrades_to_fetching_tokens_directly() {
         1,
         "the token is cached in process"
     );
+}
+
+/// `n` clients, each with its own connection to the same Redis keys (as `n` processes would).
+fn clients_sharing(url: &str, base: &str, prefix: &str, n: usize) -> Vec<Client> {
+    (0..n)
+        .map(|_| {
+            let store: Arc<dyn TokenStore> =
+                Arc::new(RedisTokenStore::new(url).unwrap().prefix(prefix));
+            Client::builder("wwcorp", "secret")
+                .base_url(base)
+                .token_store(store)
+                .build()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn eight_processes_starting_together_call_gettoken_once() {
+    let Some(url) = redis_url() else { return };
+    let (count, base) = slow_token_server(Duration::from_millis(300)).await;
+    let clients = clients_sharing(&url, &base, &unique_prefix(), 8);
+    let tokens = futures::future::join_all(clients.iter().map(|c| c.token())).await;
+    let tokens: Vec<String> = tokens
+        .into_iter()
+        .map(|t| t.unwrap().secret().expose().to_owned())
+        .collect();
+    assert_eq!(count.load(Ordering::SeqCst), 1, "one gettoken for all");
+    assert!(tokens.iter().all(|t| t == "shared-1"), "{tokens:?}");
+}
+
+#[tokio::test]
+async fn while_one_process_refreshes_a_due_token_the_others_keep_using_it() {
+    let Some(url) = redis_url() else { return };
+    let (count, base) = slow_token_server(Duration::from_millis(300)).await;
+    let prefix = unique_prefix();
+    let clients = clients_sharing(&url, &base, &prefix, 8);
+    // A token inside the 5-minute refresh margin: valid, but due.
+    let now = SystemTime::now();
+    let due = AccessToken::from_parts(
+        "shared-0",
+        now - Duration::from_secs(7000),
+        now + Duration::from_secs(200),
+    );
+    let store = RedisTokenStore::new(&url).unwrap().prefix(&prefix);
+    store
+        .save(
+            &wechat_kf::client::token_key("wwcorp", &"secret".into()),
+            &due,
+        )
+        .await
+        .unwrap();
+    let calls = futures::future::join_all(clients.iter().map(|c| c.servicers().list("wk1"))).await;
+    assert!(calls.iter().all(Result::is_ok));
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        1,
+        "only the lease holder refreshed"
+    );
+    // Once the holder has stored the new token, everyone uses it.
+    for client in &clients {
+        assert_eq!(client.token().await.unwrap().secret().expose(), "shared-1");
+    }
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_lease_left_by_a_dead_process_delays_a_refresh_by_at_most_the_lease_time() {
+    let Some(url) = redis_url() else { return };
+    let (count, base) = token_server().await;
+    let prefix = unique_prefix();
+    let key = wechat_kf::client::token_key("wwcorp", &"secret".into());
+    let store = RedisTokenStore::new(&url).unwrap().prefix(&prefix);
+    // The "dead process" takes the lease for a minute and never releases it.
+    let lease = store
+        .acquire_refresh(&key, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(matches!(lease, wechat_kf::client::RefreshLease::Granted(_)));
+    let client = Client::builder("wwcorp", "secret")
+        .base_url(&base)
+        .token_store(Arc::new(store))
+        .token_refresh_lease(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    client.servicers().list("wk1").await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(count.load(Ordering::SeqCst), 1);
 }

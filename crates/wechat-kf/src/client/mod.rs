@@ -97,7 +97,9 @@ pub use statistics::{
     CorpStatistic, CorpStatisticEntry, CorpStatisticResponse, ServicerStatistic,
     ServicerStatisticEntry, ServicerStatisticResponse, Statistics, StatisticsRequest,
 };
-pub use token::{AccessToken, BoxFuture, Freshness, MemoryTokenStore, TokenStore, token_key};
+pub use token::{
+    AccessToken, BoxFuture, Freshness, MemoryTokenStore, RefreshLease, TokenStore, token_key,
+};
 pub use upgrade::{
     GroupchatRange, MemberRange, UpgradeService, UpgradeServiceConfig, UpgradeServiceRequest,
 };
@@ -279,6 +281,7 @@ pub struct ClientBuilder {
     retry: RetryPolicy,
     token_store: Option<Arc<dyn TokenStore>>,
     refresh_margin: Duration,
+    refresh_lease: Duration,
     user_agent: String,
     http: Option<reqwest::Client>,
     clock: Clock,
@@ -309,6 +312,7 @@ impl ClientBuilder {
             retry: RetryPolicy::default(),
             token_store: None,
             refresh_margin: Duration::from_secs(300),
+            refresh_lease: token::DEFAULT_REFRESH_LEASE,
             user_agent: concat!("wechat-kf/", env!("CARGO_PKG_VERSION")).to_owned(),
             http: None,
             clock: Arc::new(SystemTime::now),
@@ -364,6 +368,13 @@ impl ClientBuilder {
     /// token's lifetime).
     pub fn token_refresh_margin(mut self, margin: Duration) -> Self {
         self.refresh_margin = margin;
+        self
+    }
+
+    /// How long one process may hold a shared token store's refresh lease (default 15 s).
+    /// Other processes wait at most this long for its new token before fetching their own.
+    pub fn token_refresh_lease(mut self, lease: Duration) -> Self {
+        self.refresh_lease = lease;
         self
     }
 
@@ -431,7 +442,7 @@ impl ClientBuilder {
                 corp_id: self.corp_id,
                 secret: self.secret,
                 retry: self.retry,
-                tokens: TokenManager::new(key, store, self.refresh_margin),
+                tokens: TokenManager::new(key, store, self.refresh_margin, self.refresh_lease),
                 clock: self.clock,
                 menu_rules: self.menu_rules,
                 media_timeout: self.media_timeout,

@@ -3,12 +3,14 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rand::RngCore;
+
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 
 use super::token::BoxFuture;
-use super::{AccessToken, Error, TokenStore};
+use super::{AccessToken, Error, RefreshLease, TokenStore};
 
 /// Deletes the key only if it still holds the given token value (compare-and-delete, so a
 /// process never removes the newer token another process just stored).
@@ -23,12 +25,22 @@ end
 return 0
 "#;
 
+/// Deletes the lease key only if this holder still owns it.
+const RELEASE_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
 /// Stores tokens in Redis under `<prefix><key>` (default prefix `wechat-kf:token:`), as JSON
 /// with the token's remaining lifetime as the key's expiry.
 ///
-/// Processes sharing a store share the token; each process still refreshes single-flight on its
-/// own, so N processes can cause up to N `gettoken` calls when the token expires (WeCom keeps
-/// older tokens valid until they expire, so this is harmless).
+/// Processes sharing a store share the token and one refresh: the refresh lease is a
+/// `SET NX PX` key beside the token (`<prefix><key>:refresh`), so when the token is due only the
+/// lease holder calls `gettoken` while the others keep using the current token, or wait for the
+/// new one to appear. A holder that dies lets its lease lapse after the client's
+/// `token_refresh_lease` time.
 pub struct RedisTokenStore {
     client: redis::Client,
     prefix: String,
@@ -171,6 +183,55 @@ impl TokenStore for RedisTokenStore {
                 redis::Script::new(INVALIDATE_SCRIPT)
                     .key(full)
                     .arg(value)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+                    .map(drop)
+            })
+            .await
+        })
+    }
+
+    fn acquire_refresh<'a>(
+        &'a self,
+        key: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<RefreshLease, Error>> {
+        Box::pin(async move {
+            let full = format!("{}{key}:refresh", self.prefix);
+            let holder = format!("{:016x}", rand::rng().next_u64());
+            let ttl = (ttl.as_millis() as u64).max(1);
+            let value = holder.clone();
+            let taken: Option<String> = self
+                .run("Redis lease failed", |mut c| async move {
+                    redis::cmd("SET")
+                        .arg(&full)
+                        .arg(value)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ttl)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            Ok(match taken {
+                Some(_) => RefreshLease::Granted(holder),
+                None => RefreshLease::Busy,
+            })
+        })
+    }
+
+    fn release_refresh<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let full = format!("{}{key}:refresh", self.prefix);
+            let holder = holder.to_owned();
+            self.run("Redis lease release failed", |mut c| async move {
+                redis::Script::new(RELEASE_SCRIPT)
+                    .key(full)
+                    .arg(holder)
                     .invoke_async::<i64>(&mut c)
                     .await
                     .map(drop)

@@ -142,6 +142,44 @@ pub trait TokenStore: Send + Sync + 'static {
         key: &'a str,
         token: &'a AccessToken,
     ) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// Asks for the right to refresh the token under `key` for at most `ttl`, so that of several
+    /// processes sharing the store only one calls `gettoken` at a time.
+    ///
+    /// The default grants every request: a store private to one process needs no coordination
+    /// (the client already refreshes single-flight inside a process). Shared stores return
+    /// [`RefreshLease::Busy`] while another holder's lease is alive; the lease must lapse on its
+    /// own after `ttl`, so a holder that dies never blocks the others for longer.
+    fn acquire_refresh<'a>(
+        &'a self,
+        key: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<RefreshLease, Error>> {
+        let _ = (key, ttl);
+        Box::pin(async { Ok(RefreshLease::Granted(String::new())) })
+    }
+
+    /// Gives back a lease from [`acquire_refresh`](Self::acquire_refresh) (`holder` is the id
+    /// in [`RefreshLease::Granted`]); a lease that has already lapsed or passed to another
+    /// holder is left alone.
+    fn release_refresh<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        let _ = (key, holder);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// The answer of [`TokenStore::acquire_refresh`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RefreshLease {
+    /// Refresh now, then release with this holder id.
+    Granted(String),
+    /// Another holder is refreshing: wait for the token it stores.
+    Busy,
 }
 
 /// An in-process [`TokenStore`] (the default).
@@ -200,21 +238,36 @@ pub fn token_key(corp_id: &str, secret: &Secret) -> String {
     format!("{corp_id}:{}", hex::encode(&digest[..8]))
 }
 
-/// Caches the token, refreshes it single-flight and invalidates it on rejection.
+/// How long a process may hold the cross-process refresh lease by default (one `gettoken` with
+/// its retries fits well inside).
+pub(crate) const DEFAULT_REFRESH_LEASE: Duration = Duration::from_secs(15);
+
+/// How often a process waiting for another's refresh looks into the store.
+const LEASE_POLL: Duration = Duration::from_millis(50);
+
+/// Caches the token, refreshes it single-flight (in the process, and across processes when the
+/// store coordinates) and invalidates it on rejection.
 pub(crate) struct TokenManager {
     key: String,
     store: Arc<dyn TokenStore>,
     margin: Duration,
+    lease: Duration,
     cached: Mutex<Option<AccessToken>>,
     refresh: tokio::sync::Mutex<()>,
 }
 
 impl TokenManager {
-    pub(crate) fn new(key: String, store: Arc<dyn TokenStore>, margin: Duration) -> Self {
+    pub(crate) fn new(
+        key: String,
+        store: Arc<dyn TokenStore>,
+        margin: Duration,
+        lease: Duration,
+    ) -> Self {
         Self {
             key,
             store,
             margin,
+            lease,
             cached: Mutex::new(None),
             refresh: tokio::sync::Mutex::new(()),
         }
@@ -257,21 +310,14 @@ impl TokenManager {
                 Freshness::Expired => {}
             }
         }
-        match self.store.load(&self.key).await {
-            Ok(Some(token)) => match token.freshness(now(), self.margin) {
-                Freshness::Fresh => {
-                    self.set_cached(Some(token.clone()));
-                    return Ok(token);
-                }
-                Freshness::RefreshDue => usable = usable.or(Some(token)),
-                Freshness::Expired => {}
-            },
-            Ok(None) => {}
-            Err(error) => {
-                tracing::warn!(%error, "token store load failed; fetching a new token");
-            }
+        if let Some(token) = self.fresh_from_store(now, &mut usable).await {
+            return Ok(token);
         }
-        match fetch().await {
+        let holder = match self.wait_for_lease(now, &mut usable).await {
+            LeaseWait::Refresh(holder) => holder,
+            LeaseWait::Done(token) => return Ok(token),
+        };
+        let result = match fetch().await {
             Ok(token) => {
                 if let Err(error) = self.store.save(&self.key, &token).await {
                     tracing::warn!(%error, "token store save failed");
@@ -288,6 +334,83 @@ impl TokenManager {
                 }
                 _ => Err(error),
             },
+        };
+        if let Some(holder) = holder {
+            if let Err(error) = self.store.release_refresh(&self.key, &holder).await {
+                tracing::warn!(%error, "token store lease release failed");
+            }
+        }
+        result
+    }
+
+    /// A fresh token from the store (cached on the way), or `None`; a token that is due for
+    /// refresh but still valid is offered through `usable`.
+    async fn fresh_from_store(
+        &self,
+        now: &(dyn Fn() -> SystemTime + Send + Sync),
+        usable: &mut Option<AccessToken>,
+    ) -> Option<AccessToken> {
+        match self.store.load(&self.key).await {
+            Ok(Some(token)) => match token.freshness(now(), self.margin) {
+                Freshness::Fresh => {
+                    self.set_cached(Some(token.clone()));
+                    return Some(token);
+                }
+                Freshness::RefreshDue => {
+                    if usable.is_none() {
+                        *usable = Some(token);
+                    }
+                }
+                Freshness::Expired => {}
+            },
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, "token store load failed; fetching a new token");
+            }
+        }
+        None
+    }
+
+    /// Takes the store's refresh lease. While another process holds it, a still-valid token is
+    /// used as is, and otherwise the store is watched for the token that process will save; if
+    /// none comes within the lease time (or the store fails), this process refreshes anyway.
+    async fn wait_for_lease(
+        &self,
+        now: &(dyn Fn() -> SystemTime + Send + Sync),
+        usable: &mut Option<AccessToken>,
+    ) -> LeaseWait {
+        let deadline = tokio::time::Instant::now() + self.lease;
+        loop {
+            match self.store.acquire_refresh(&self.key, self.lease).await {
+                Ok(RefreshLease::Granted(holder)) => {
+                    // The previous holder may have saved its token just before we got the lease.
+                    if let Some(token) = self.fresh_from_store(now, usable).await {
+                        if let Err(error) = self.store.release_refresh(&self.key, &holder).await {
+                            tracing::warn!(%error, "token store lease release failed");
+                        }
+                        return LeaseWait::Done(token);
+                    }
+                    return LeaseWait::Refresh(Some(holder));
+                }
+                Ok(RefreshLease::Busy) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "token store lease failed; refreshing without it");
+                    return LeaseWait::Refresh(None);
+                }
+            }
+            if let Some(token) = usable.as_ref() {
+                if token.freshness(now(), self.margin) != Freshness::Expired {
+                    return LeaseWait::Done(token.clone());
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("another process held the token refresh lease too long; refreshing");
+                return LeaseWait::Refresh(None);
+            }
+            tokio::time::sleep(LEASE_POLL).await;
+            if let Some(token) = self.fresh_from_store(now, usable).await {
+                return LeaseWait::Done(token);
+            }
         }
     }
 
@@ -303,6 +426,14 @@ impl TokenManager {
             tracing::warn!(%error, "token store invalidate failed");
         }
     }
+}
+
+/// What [`TokenManager::wait_for_lease`] decided.
+enum LeaseWait {
+    /// Call `gettoken`, holding the lease with this id (or without a lease).
+    Refresh(Option<String>),
+    /// Another process's token (or the still-valid current one) is good to use.
+    Done(AccessToken),
 }
 
 #[cfg(test)]
@@ -356,6 +487,7 @@ mod tests {
             "k".into(),
             Arc::new(MemoryTokenStore::new()),
             Duration::from_secs(300),
+            DEFAULT_REFRESH_LEASE,
         );
         let fetches = AtomicUsize::new(0);
         let now = || at(0);

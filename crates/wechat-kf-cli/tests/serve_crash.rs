@@ -43,7 +43,11 @@ fn serve_available() -> bool {
         if std::env::var("WECHAT_KF_CI").as_deref() == Ok("1") {
             panic!("`wechat-kf serve` is not available in this build");
         }
-        println!("skipped: `wechat-kf serve` is not wired into this build of wechat-kf");
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: `wechat-kf serve` is not wired into this build of wechat-kf"
+        );
     }
     available
 }

@@ -93,6 +93,10 @@ pub struct WechatConfig {
     pub discover_accounts: bool,
     /// Time allowed for one API request. Default 30 s.
     pub timeout: Duration,
+    /// Where access tokens are kept: `None` in the process (the default), or a
+    /// `redis://`/`rediss://` URL shared by every instance (and any other program using the same
+    /// corp id and secret), so that they share one token and one refresh. May hold a password.
+    pub token_store: Option<Secret>,
 }
 
 /// The callback endpoint (`[callback]`).
@@ -506,6 +510,8 @@ pub struct Overrides {
     pub first_start: Option<FirstStart>,
     /// `--media-dir`
     pub media_dir: Option<PathBuf>,
+    /// `--token-store`
+    pub token_store: Option<String>,
 }
 
 /// The environment variables read by [`Config::from_sources`], in the order they are applied.
@@ -526,6 +532,7 @@ pub const ENV_VARS: &[&str] = &[
     "WECHAT_KF_ECHO",
     "WECHAT_KF_FIRST_START",
     "WECHAT_KF_MEDIA_DIR",
+    "WECHAT_KF_TOKEN_STORE",
 ];
 
 impl Config {
@@ -619,6 +626,9 @@ impl Config {
         if let Some(v) = get("WECHAT_KF_MEDIA_DIR") {
             self.media.download_dir = Some(PathBuf::from(v));
         }
+        if let Some(v) = get("WECHAT_KF_TOKEN_STORE") {
+            self.wechat.token_store = Some(Secret::new(v));
+        }
         Ok(())
     }
 
@@ -650,6 +660,9 @@ impl Config {
         if let Some(v) = flags.media_dir {
             self.media.download_dir = Some(v);
         }
+        if let Some(v) = flags.token_store {
+            self.wechat.token_store = Some(Secret::new(v));
+        }
     }
 
     fn validate(&self) -> Result<(), Error> {
@@ -672,6 +685,15 @@ impl Config {
         if let Some(url) = &self.webhook.url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(Error::Config("webhook.url must be an http(s) URL".into()));
+            }
+        }
+        if let Some(store) = &self.wechat.token_store {
+            let url = store.expose();
+            if !(url.is_empty() || url.starts_with("redis://") || url.starts_with("rediss://")) {
+                // Not the value itself: it may carry a password.
+                return Err(Error::Config(
+                    "wechat.token_store must be a redis:// or rediss:// URL".into(),
+                ));
             }
         }
         let has_corp = !self.wechat.corp_id.is_empty();
@@ -807,6 +829,7 @@ mod file {
         accounts: Option<Vec<String>>,
         discover_accounts: Option<bool>,
         timeout: Option<String>,
+        token_store: Option<String>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -921,6 +944,7 @@ mod file {
             if let Some(v) = w.timeout {
                 c.wechat.timeout = parse_duration("wechat.timeout", &v)?;
             }
+            c.wechat.token_store = secret(w.token_store).or(c.wechat.token_store.take());
             let cb = self.callback;
             if let Some(v) = cb.path {
                 c.callback.path = v;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
-use wechat_kf::client::Client;
+use wechat_kf::client::{Client, RedisTokenStore};
 use wechat_kf::crypto::CallbackCrypto;
 
 use crate::app::{AppState, app};
@@ -124,6 +124,17 @@ impl Service {
             .user_agent(concat!("wechat-kf-serve/", env!("CARGO_PKG_VERSION")));
         if let Some(url) = &base_url {
             builder = builder.base_url(url.clone());
+        }
+        if let Some(url) = config
+            .wechat
+            .token_store
+            .as_ref()
+            .filter(|url| !url.is_empty())
+        {
+            let store = RedisTokenStore::new(url.expose())
+                .map_err(|e| Error::Config(format!("wechat.token_store: {e}")))?;
+            builder = builder.token_store(Arc::new(store));
+            tracing::info!("access tokens shared through Redis");
         }
         let client = builder.build()?;
         let clock = match (clock, &sandbox) {

@@ -41,7 +41,11 @@ fn node_available() -> bool {
         !ci,
         "WECHAT_KF_CI=1 but {why}: run `npm ci --prefix interop`"
     );
-    println!("skipped: {why}; run `npm ci` in interop/");
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: {why}; run `npm ci` in interop/"
+    );
     false
 }
 

@@ -56,6 +56,10 @@ pub struct ServeArgs {
     /// delivery [env: WECHAT_KF_MEDIA_DIR; default: off].
     #[arg(long)]
     media_dir: Option<PathBuf>,
+    /// Share access tokens (and their refresh) between instances through Redis, e.g.
+    /// `redis://127.0.0.1:6379/0` [env: WECHAT_KF_TOKEN_STORE; default: in the process].
+    #[arg(long)]
+    token_store: Option<String>,
 }
 
 fn parse_first_start(value: &str) -> Result<FirstStart, String> {
@@ -86,6 +90,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         }),
         first_start: args.first_start,
         media_dir: args.media_dir,
+        token_store: args.token_store,
     };
     let config = match Config::load(args.config.as_deref(), overrides) {
         Ok(config) => config,

@@ -20,6 +20,25 @@ use wechat_kf_service::{Clock, RunningService, Service};
 
 pub const HOOK_SECRET: &str = "hook-secret";
 
+/// The value of the environment variable `var` naming an external service, or `None` after
+/// saying plainly (on the real stderr, past the harness's capture) that the test is skipped.
+/// Under `WECHAT_KF_CI=1` a missing variable fails the test instead: CI must never skip.
+pub fn service_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert_ne!(
+                std::env::var("WECHAT_KF_CI").as_deref(),
+                Ok("1"),
+                "{var} not set (required under WECHAT_KF_CI=1)"
+            );
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "skipped: {var} not set");
+            None
+        }
+    }
+}
+
 /// Starts an emulator with rate limits off and quick callback retries.
 pub async fn emulator() -> RunningEmulator {
     let mut config = wechat_kf_emulator::Config::generated();

@@ -11,3 +11,4 @@ mod restart;
 mod sandbox;
 mod sessions;
 mod store;
+mod tokens;

@@ -384,6 +384,9 @@ pub struct StorageConfig {
     /// forever. Default 7 days; keep it above WeChat's 3-day retention so that msgid
     /// de-duplication covers every message WeChat could return again.
     pub retention: Duration,
+    /// With PostgreSQL, how often a standby instance tries to take over from the leader
+    /// (see [`leader`](crate::leader)). Default 2 s.
+    pub standby_poll: Duration,
 }
 
 /// Delivery to the bot (`[webhook]`).
@@ -451,6 +454,7 @@ impl Default for Config {
                 db: None,
                 synchronous: Synchronous::Normal,
                 retention: Duration::from_secs(7 * 24 * 3600),
+                standby_poll: Duration::from_secs(2),
             },
             webhook: WebhookConfig {
                 url: None,
@@ -687,6 +691,11 @@ impl Config {
                 return Err(Error::Config("webhook.url must be an http(s) URL".into()));
             }
         }
+        if self.storage.standby_poll.is_zero() {
+            return Err(Error::Config(
+                "storage.standby_poll must be positive".into(),
+            ));
+        }
         if let Some(store) = &self.wechat.token_store {
             let url = store.expose();
             if !(url.is_empty() || url.starts_with("redis://") || url.starts_with("rediss://")) {
@@ -884,6 +893,7 @@ mod file {
         db: Option<String>,
         synchronous: Option<String>,
         retention: Option<String>,
+        standby_poll: Option<String>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -1058,6 +1068,9 @@ mod file {
             }
             if let Some(v) = s.retention {
                 c.storage.retention = parse_duration("storage.retention", &v)?;
+            }
+            if let Some(v) = s.standby_poll {
+                c.storage.standby_poll = parse_duration("storage.standby_poll", &v)?;
             }
             let h = self.webhook;
             if let Some(v) = h.url {

@@ -30,6 +30,10 @@ pub enum Error {
     /// A request to the service was invalid (reply API input, a reply body from the bot).
     #[error("invalid request: {0}")]
     BadRequest(String),
+    /// This instance led its PostgreSQL database and lost the lock (the connection holding it
+    /// died); it stopped so that a standby can take over.
+    #[error("lost the database leader lock")]
+    LeadershipLost,
 }
 
 impl Error {

@@ -53,6 +53,7 @@ mod clock;
 pub mod config;
 mod delivery;
 mod error;
+pub mod leader;
 mod media;
 pub mod metrics;
 mod outbound;

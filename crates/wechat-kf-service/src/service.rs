@@ -16,6 +16,7 @@ use crate::app::{AppState, app};
 use crate::clock::Clock;
 use crate::config::{Config, Secret};
 use crate::delivery::Deliverer;
+use crate::leader::{self, LeaderLock};
 use crate::media::MediaFetcher;
 use crate::metrics::Metrics;
 use crate::puller::{PullContext, Pullers};
@@ -43,6 +44,7 @@ pub struct RunningService {
     deliverer: JoinHandle<()>,
     replies: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
+    leader: Option<LeaderLock>,
 }
 
 impl std::fmt::Debug for RunningService {
@@ -69,6 +71,9 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
 impl Service {
     /// Starts everything and returns once the HTTP server listens and the pullers run. WeChat's
     /// clock is the system clock, or in sandbox mode the embedded emulator's.
+    ///
+    /// With PostgreSQL, while another instance leads the database this waits as a standby
+    /// (see [`leader`](crate::leader)); dropping the future stops waiting.
     pub async fn start(config: Config) -> Result<RunningService, Error> {
         Service::start_inner(config, None).await
     }
@@ -150,6 +155,8 @@ impl Service {
         let location = config.db_location();
         let store = store::open(&location, config.storage.synchronous).await?;
         tracing::info!(backend = store.backend(), "store open");
+        // Nothing below writes to the store before this instance leads it.
+        let leader = leader::lead(&location, config.listen, config.storage.standby_poll).await?;
 
         let metrics = Arc::new(Metrics::new());
         let media = MediaFetcher::new(client.clone(), &config.media, metrics.clone())
@@ -306,17 +313,36 @@ impl Service {
             deliverer,
             replies,
             background,
+            leader,
         })
     }
 
-    /// Starts the service, runs until `stop` completes, then shuts down gracefully.
+    /// Starts the service, runs until `stop` completes, then shuts down gracefully. Returns
+    /// [`Error::LeadershipLost`] (after shutting down) if a PostgreSQL leader loses its lock,
+    /// so that a supervisor restarts it as a standby.
     pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), Error> {
-        let running = Service::start(config).await?;
+        tokio::pin!(stop);
+        let running = tokio::select! {
+            running = Service::start(config) => running?,
+            () = &mut stop => return Ok(()),
+        };
+        eprintln!("wechat-kf serve: listening on {}", running.base_url());
         if let Some(info) = running.sandbox() {
             eprintln!("{}", info.instructions());
         }
-        stop.await;
+        let lost = tokio::select! {
+            () = &mut stop => false,
+            () = running.leadership_lost() => true,
+        };
+        if lost {
+            tracing::error!(
+                "lost the database leader lock; stopping so that a standby can take over"
+            );
+        }
         running.shutdown().await;
+        if lost {
+            return Err(Error::LeadershipLost);
+        }
         Ok(())
     }
 }
@@ -439,6 +465,22 @@ impl RunningService {
         &self.clock
     }
 
+    /// This instance's leadership of its PostgreSQL database (`None` with SQLite).
+    pub fn leader(&self) -> Option<&LeaderLock> {
+        self.leader.as_ref()
+    }
+
+    /// Resolves if this instance loses its PostgreSQL leader lock; never with SQLite.
+    pub fn leadership_lost(&self) -> impl Future<Output = ()> + Send + 'static {
+        let lost = self.leader.as_ref().map(LeaderLock::lost);
+        async move {
+            match lost {
+                Some(lost) => lost.await,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
     /// Sandbox details (emulator URL, demo account, reply-API token), in sandbox mode.
     pub fn sandbox(&self) -> Option<&sandbox::SandboxInfo> {
         self.sandbox.as_ref().map(|s| &s.info)
@@ -464,6 +506,8 @@ impl RunningService {
             task.abort();
         }
         self.store.close().await;
+        // Released only now: a standby must not start while this instance still writes.
+        drop(self.leader);
         if let Some(sandbox) = self.sandbox {
             sandbox.running.shutdown().await;
         }

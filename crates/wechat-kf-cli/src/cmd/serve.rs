@@ -100,20 +100,14 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         }
     };
     init_logging(config.log_format);
-    let running = match Service::start(config).await {
-        Ok(running) => running,
+    match Service::run(config, wait_for_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // LeadershipLost also exits 1, so a supervisor restarts the instance as a standby.
             super::fail(format!("serve: {e}"));
-            return ExitCode::from(if e.is_config() { 2 } else { 1 });
+            ExitCode::from(if e.is_config() { 2 } else { 1 })
         }
-    };
-    eprintln!("wechat-kf serve: listening on {}", running.base_url());
-    if let Some(info) = running.sandbox() {
-        eprintln!("{}", info.instructions());
     }
-    wait_for_signal().await;
-    running.shutdown().await;
-    ExitCode::SUCCESS
 }
 
 fn init_logging(format: LogFormat) {

@@ -2,7 +2,8 @@
 //!
 //! One connection, used by one transaction at a time (a mutex around the client): like the
 //! SQLite store, transactions are serialized, so `seq` (a `BIGSERIAL`) increases in commit
-//! order, which the deliverer relies on. One service instance per database.
+//! order, which the deliverer relies on. Of several instances sharing a database only the
+//! leader writes (see [`leader`](crate::leader)).
 
 use std::collections::{HashMap, HashSet};
 

@@ -39,6 +39,51 @@ pub fn service_url(var: &str) -> Option<String> {
     }
 }
 
+/// A throwaway PostgreSQL schema, selected through the URL's `search_path` option, so that
+/// tests sharing the database never see each other's rows.
+pub struct PgSchema {
+    /// The database URL with this schema selected.
+    pub url: String,
+    /// A connection for the test's own queries.
+    pub admin: tokio_postgres::Client,
+    name: String,
+}
+
+impl PgSchema {
+    /// Creates a schema in the database at `url`.
+    pub async fn create(url: &str) -> PgSchema {
+        let name = format!("wk_test_{}", uuid::Uuid::new_v4().simple());
+        let (admin, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        admin
+            .batch_execute(&format!("CREATE SCHEMA {name}"))
+            .await
+            .unwrap();
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let url = format!("{url}{sep}options=-c%20search_path%3D{name}");
+        PgSchema { url, admin, name }
+    }
+
+    /// Drops the schema and everything in it.
+    pub async fn drop(self) {
+        self.admin
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.name))
+            .await
+            .unwrap();
+    }
+}
+
+/// A TCP port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Starts an emulator with rate limits off and quick callback retries.
 pub async fn emulator() -> RunningEmulator {
     let mut config = wechat_kf_emulator::Config::generated();

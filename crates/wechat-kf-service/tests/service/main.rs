@@ -5,6 +5,7 @@ mod e2e;
 mod faults;
 mod first_start;
 mod joiner;
+mod leader;
 mod media;
 mod reply_api;
 mod restart;

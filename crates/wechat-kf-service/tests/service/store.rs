@@ -463,18 +463,8 @@ async fn the_service_runs_end_to_end_on_postgres_and_survives_a_restart() {
     let Some(url) = crate::common::service_url("DATABASE_URL") else {
         return;
     };
-    // A throwaway schema, selected for the service's connection through the URL.
-    let schema = format!("wk_e2e_{}", uuid::Uuid::new_v4().simple());
-    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    admin
-        .batch_execute(&format!("CREATE SCHEMA {schema}"))
-        .await
-        .unwrap();
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let db = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+    let schema = PgSchema::create(&url).await;
+    let db = schema.url.clone();
 
     let emu = emulator().await;
     let sink = Sink::start().await;
@@ -507,8 +497,5 @@ async fn the_service_runs_end_to_end_on_postgres_and_survives_a_restart() {
     );
     second.shutdown().await;
     emu.shutdown().await;
-    admin
-        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await
-        .unwrap();
+    schema.drop().await;
 }

@@ -106,9 +106,7 @@ async fn hook(State(state): State<Arc<SinkState>>, body: Bytes) -> StatusCode {
 
 async fn emulator() -> RunningEmulator {
     let mut config = wechat_kf_emulator::Config::generated();
-    config.sync_without_token_per_minute = 0;
-    config.api_calls_per_minute = 0;
-    config.api_calls_per_hour = 0;
+    config.disable_rate_limits();
     config.callback_retries = 1;
     config.callback_retry_delay = Duration::from_millis(50);
     config.callback_timeout = Duration::from_secs(1);

@@ -37,6 +37,16 @@ pub struct Config {
     pub api_calls_per_minute: u32,
     /// Calls per hour per API (default 150,000). 0 = unlimited.
     pub api_calls_per_hour: u32,
+    /// Calls per minute per API from one client IP (default 20,000). 0 = unlimited.
+    pub api_calls_per_ip_per_minute: u32,
+    /// Calls per hour per API from one client IP (default 600,000). 0 = unlimited.
+    pub api_calls_per_ip_per_hour: u32,
+    /// `media/uploadimg` uploads per day for the corp (default 1,000); above → 45009.
+    /// 0 = unlimited.
+    pub uploadimg_per_day: u32,
+    /// `media/uploadimg` uploads per 30 days for the corp (default 3,000, "per month").
+    /// 0 = unlimited.
+    pub uploadimg_per_month: u32,
     /// How long to wait for the callback receiver (default 5 s, like WeChat).
     pub callback_timeout: Duration,
     /// Retries after a failed callback attempt (default 3, i.e. up to 4 attempts).
@@ -158,6 +168,10 @@ impl Config {
             sync_without_token_per_minute: 300,
             api_calls_per_minute: 10_000,
             api_calls_per_hour: 150_000,
+            api_calls_per_ip_per_minute: 20_000,
+            api_calls_per_ip_per_hour: 600_000,
+            uploadimg_per_day: 1_000,
+            uploadimg_per_month: 3_000,
             callback_timeout: Duration::from_secs(5),
             callback_retries: 3,
             callback_retry_delay: Duration::from_secs(1),
@@ -171,6 +185,17 @@ impl Config {
             media_get_concurrency_per_id: 2,
             require_active_customer_message: true,
         }
+    }
+
+    /// Turns every call-rate limit off (per API and corp, per client IP, `sync_msg` without a
+    /// callback token, `gettoken`), for load tests; quotas and all other rules stay.
+    pub fn disable_rate_limits(&mut self) {
+        self.sync_without_token_per_minute = 0;
+        self.api_calls_per_minute = 0;
+        self.api_calls_per_hour = 0;
+        self.api_calls_per_ip_per_minute = 0;
+        self.api_calls_per_ip_per_hour = 0;
+        self.gettoken_per_minute = 0;
     }
 
     /// Generated defaults, with the seed (and any credentials it names) read from TOML.

@@ -86,9 +86,7 @@ async fn start_sink() -> (String, Arc<Sink>) {
 
 async fn emulator() -> RunningEmulator {
     let mut config = wechat_kf_emulator::Config::generated();
-    config.sync_without_token_per_minute = 0;
-    config.api_calls_per_minute = 0;
-    config.api_calls_per_hour = 0;
+    config.disable_rate_limits();
     config.max_outbox = 1000;
     Emulator::start(config, "127.0.0.1:0".parse().unwrap())
         .await

@@ -85,9 +85,7 @@ struct Setup {
 
 async fn setup(messages: usize) -> Setup {
     let mut config = Config::generated();
-    config.sync_without_token_per_minute = 0;
-    config.api_calls_per_minute = 0;
-    config.api_calls_per_hour = 0;
+    config.disable_rate_limits();
     let corp_id = config.corp_id.clone();
     let secret = config.secret.clone();
     let running = Emulator::start(config, "127.0.0.1:0".parse().unwrap())

@@ -14,6 +14,7 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::json;
 
 use crate::Emulator;
+use crate::clock::DAY;
 use crate::errors::{self, ApiError, ApiResult, ok};
 use crate::ids;
 use crate::state::media::{self, Media, MediaType};
@@ -122,6 +123,28 @@ pub(super) async fn upload(
         check_format(kind, &upload.data)?;
     }
     if permanent_image {
+        let (per_day, per_month) = (
+            emu.config().uploadimg_per_day,
+            emu.config().uploadimg_per_month,
+        );
+        let within_quota = emu.with_state(|s, now| {
+            let (day, month) = &mut s.uploadimg_quota;
+            // Checked on a copy first, so that a refusal by one window does not use the other.
+            let (mut d, mut m) = (day.clone(), month.clone());
+            let ok = d.take(now, DAY, per_day) && m.take(now, 30 * DAY, per_month);
+            if ok {
+                (*day, *month) = (d, m);
+            }
+            ok
+        });
+        if !within_quota {
+            // The documents give the quota but not its errcode; the frequency code is the
+            // nearest documented one (docs/vendor-notes.md).
+            return Err(ApiError::new(
+                errors::FREQUENCY_LIMITED,
+                "uploadimg quota exceeded (1000 per day, 3000 per month)",
+            ));
+        }
         let url = format!(
             "http://p.qpic.cn/pic_wework/{}/{}/0",
             ids::digits(10),

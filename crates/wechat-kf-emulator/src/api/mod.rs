@@ -236,15 +236,15 @@ pub(crate) async fn dispatch(State(emu): State<Emulator>, req: Request) -> Respo
         )));
     }
     let query = parse_query(req.uri().query());
-    if let Err(e) = admit(&emu, path, &query) {
-        return into_response(Err(e));
-    }
-    let empty_page = req.extensions().get::<EmptyPageFault>().is_some();
     let conn = req
         .extensions()
         .get::<ConnectInfo<ConnHandle>>()
         .map(|c| &c.0);
     let client_ip = client_ip(req.headers(), conn);
+    if let Err(e) = admit(&emu, path, &query, client_ip) {
+        return into_response(Err(e));
+    }
+    let empty_page = req.extensions().get::<EmptyPageFault>().is_some();
     let Some(handler) = handler else {
         return match path {
             "media/upload" => into_response(media::upload(&emu, &query, req, false).await),
@@ -271,18 +271,37 @@ pub(crate) async fn dispatch(State(emu): State<Emulator>, req: Request) -> Respo
     into_response(handler(&emu, &call))
 }
 
-/// Rate limit (45009), access_token (41001 / 40014 / 42001) and, for `kf/` calls, credential
-/// mode (95011 / 95012) and API switch (95017) checks.
-fn admit(emu: &Emulator, path: &'static str, query: &HashMap<String, String>) -> ApiResult<()> {
-    let per_minute = emu.config().api_calls_per_minute;
-    let per_hour = emu.config().api_calls_per_hour;
+/// Most per-IP rate entries kept before idle ones are forgotten (bounded memory).
+const MAX_IP_RATE_ENTRIES: usize = 10_000;
+
+/// Rate limits per corp and per client IP (45009), access_token (41001 / 40014 / 42001) and, for
+/// `kf/` calls, credential mode (95011 / 95012) and API switch (95017) checks.
+fn admit(
+    emu: &Emulator,
+    path: &'static str,
+    query: &HashMap<String, String>,
+    ip: IpAddr,
+) -> ApiResult<()> {
+    let config = emu.config();
+    let (per_minute, per_hour) = (config.api_calls_per_minute, config.api_calls_per_hour);
+    let (ip_per_minute, ip_per_hour) = (
+        config.api_calls_per_ip_per_minute,
+        config.api_calls_per_ip_per_hour,
+    );
     emu.with_state(|s, now| {
+        let limited = || ApiError::new(errors::FREQUENCY_LIMITED, "api freq out of limit");
         let (minute, hour) = s.rate.entry(path.to_string()).or_default();
         if !minute.hit(now, MINUTE, per_minute) || !hour.hit(now, HOUR, per_hour) {
-            return Err(ApiError::new(
-                errors::FREQUENCY_LIMITED,
-                "api freq out of limit",
-            ));
+            return Err(limited());
+        }
+        if ip_per_minute > 0 || ip_per_hour > 0 {
+            if s.ip_rate.len() >= MAX_IP_RATE_ENTRIES {
+                s.ip_rate.retain(|_, (_, hour)| !hour.is_idle(now, HOUR));
+            }
+            let (minute, hour) = s.ip_rate.entry((ip, path.to_string())).or_default();
+            if !minute.hit(now, MINUTE, ip_per_minute) || !hour.hit(now, HOUR, ip_per_hour) {
+                return Err(limited());
+            }
         }
         if path != "gettoken" {
             let kind = s

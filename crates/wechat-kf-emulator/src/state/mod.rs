@@ -300,6 +300,10 @@ pub struct State {
     pub stats: stats::Stats,
     /// Per-API rate windows (minute, hour).
     pub rate: HashMap<String, (Window, Window)>,
+    /// Per client IP and API rate windows (minute, hour); pruned to the IPs of the last hour.
+    pub ip_rate: HashMap<(std::net::IpAddr, String), (Window, Window)>,
+    /// `media/uploadimg` quota windows (day, 30 days).
+    pub uploadimg_quota: (Window, Window),
     /// gettoken calls per minute (corp-wide).
     pub gettoken_rate: Window,
     /// Wrong gettoken secrets per client IP, and blocked IPs.
@@ -348,6 +352,8 @@ impl State {
             knowledge: knowledge::Knowledge::new(),
             stats: stats::Stats::default(),
             rate: HashMap::new(),
+            ip_rate: HashMap::new(),
+            uploadimg_quota: (Window::default(), Window::default()),
             gettoken_rate: Window::default(),
             wrong_secrets: WrongSecrets::default(),
             media_downloads: HashMap::new(),

@@ -137,6 +137,29 @@ pub struct Window {
 }
 
 impl Window {
+    /// Counts one event against a quota: false (and not counted) once `limit` events happened in
+    /// the current `window`; unlike [`hit`](Self::hit) the excess does not extend the block, the
+    /// quota simply renews with the next window (0 = unlimited).
+    pub fn take(&mut self, now: Millis, window: Millis, limit: u32) -> bool {
+        if limit == 0 {
+            return true;
+        }
+        if now - self.start >= window || now < self.start {
+            self.start = now - now.rem_euclid(window);
+            self.count = 0;
+        }
+        if self.count >= limit {
+            return false;
+        }
+        self.count += 1;
+        true
+    }
+
+    /// Whether nothing was counted in the `window` before `now` (the entry can be forgotten).
+    pub fn is_idle(&self, now: Millis, window: Millis) -> bool {
+        now.saturating_sub(self.start) >= 2 * window && now >= self.blocked_until
+    }
+
     /// Counts one event; false if the limit is exceeded (0 = unlimited).
     pub fn hit(&mut self, now: Millis, window: Millis, limit: u32) -> bool {
         if limit == 0 {

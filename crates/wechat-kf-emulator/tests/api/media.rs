@@ -207,9 +207,8 @@ async fn format_checks_can_be_switched_off() {
     );
 }
 
-#[tokio::test]
-async fn uploadimg_returns_a_permanent_url() {
-    let app = App::new().await;
+/// POSTs a small JPEG to `media/uploadimg`.
+async fn uploadimg(app: &App) -> serde_json::Value {
     let boundary = "B";
     let mut body = format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"media\"; filename=\"a.jpg\"\r\n\r\n"
@@ -218,15 +217,52 @@ async fn uploadimg_returns_a_permanent_url() {
     body.extend_from_slice(b"\xFF\xD8\xFF\xE0jpeg data");
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     let ct = format!("multipart/form-data; boundary={boundary}");
-    let v = app
-        .send(
-            "POST",
-            &format!("/cgi-bin/media/uploadimg?access_token={}", app.token),
-            Some(body),
-            &[("content-type", &ct)],
-        )
-        .await
-        .json();
+    app.send(
+        "POST",
+        &format!("/cgi-bin/media/uploadimg?access_token={}", app.token),
+        Some(body),
+        &[("content-type", &ct)],
+    )
+    .await
+    .json()
+}
+
+#[tokio::test]
+async fn uploadimg_is_limited_per_day_and_per_month() {
+    let mut config = Config::generated();
+    config.access_token_ttl = Duration::from_secs(400 * 86_400);
+    config.uploadimg_per_day = 2;
+    config.uploadimg_per_month = 3;
+    let app = App::with_config(config).await;
+    // Start at the beginning of a (fixed) 30-day window, which is also a day's beginning.
+    const DAY_MS: u64 = 86_400_000;
+    let (_, clock) = app
+        .control("GET", "/emulator/clock", serde_json::json!({}))
+        .await;
+    let into_month = clock["now_ms"].as_u64().unwrap() % (30 * DAY_MS);
+    app.emu
+        .advance_clock(Duration::from_millis(30 * DAY_MS - into_month + 100));
+    let day = Duration::from_millis(DAY_MS);
+    assert_eq!(code(&uploadimg(&app).await), 0);
+    assert_eq!(code(&uploadimg(&app).await), 0);
+    assert_eq!(code(&uploadimg(&app).await), 45009, "the day's quota");
+    app.emu.advance_clock(day);
+    assert_eq!(code(&uploadimg(&app).await), 0, "a new day");
+    assert_eq!(code(&uploadimg(&app).await), 45009, "the month's quota");
+    app.emu.advance_clock(day);
+    assert_eq!(
+        code(&uploadimg(&app).await),
+        45009,
+        "still the month's quota"
+    );
+    app.emu.advance_clock(28 * day);
+    assert_eq!(code(&uploadimg(&app).await), 0, "a new month");
+}
+
+#[tokio::test]
+async fn uploadimg_returns_a_permanent_url() {
+    let app = App::new().await;
+    let v = uploadimg(&app).await;
     assert!(
         v["url"].as_str().unwrap().starts_with("http://p.qpic.cn/"),
         "{v}"

@@ -126,10 +126,7 @@ async fn gettoken_called_too_often_is_45009_for_a_minute() {
     config.gettoken_per_minute = 3;
     let app = App::with_config(config).await;
     // Start at the beginning of a (fixed) minute window, so that the calls below share one.
-    let (_, clock) = app.control("GET", "/emulator/clock", json!({})).await;
-    let into_minute = clock["now_ms"].as_u64().unwrap() % 60_000;
-    app.emu
-        .advance_clock(Duration::from_millis(60_000 - into_minute + 100));
+    start_of_a_minute(&app).await;
     let secret = app.emu.config().secret.clone();
     for _ in 0..3 {
         assert_eq!(code(&gettoken_from(&app, "10.0.0.1", &secret).await), 0);
@@ -320,4 +317,53 @@ async fn the_api_switch_and_kf_mode_can_be_seeded() {
     let standalone = gettoken_from(&app, "10.0.0.1", "kf-secret").await;
     let standalone = standalone["access_token"].as_str().unwrap().to_string();
     assert_eq!(code(&list_with(&app, &standalone).await), 95011);
+}
+
+/// GETs `kf/account/list` as if from `ip`.
+async fn list_from(app: &App, ip: &str) -> serde_json::Value {
+    let uri = format!("/cgi-bin/kf/account/list?access_token={}", app.token);
+    app.send("GET", &uri, None, &[("x-forwarded-for", ip)])
+        .await
+        .json()
+}
+
+/// Moves the emulator clock to just after the start of a fixed minute window.
+async fn start_of_a_minute(app: &App) {
+    let (_, clock) = app.control("GET", "/emulator/clock", json!({})).await;
+    let into_minute = clock["now_ms"].as_u64().unwrap() % 60_000;
+    app.emu
+        .advance_clock(Duration::from_millis(60_000 - into_minute + 100));
+}
+
+#[tokio::test]
+async fn an_api_called_too_often_by_the_corp_is_45009_and_other_apis_are_not() {
+    let mut config = wechat_kf_emulator::Config::generated();
+    config.api_calls_per_minute = 3;
+    let app = App::with_config(config).await;
+    start_of_a_minute(&app).await;
+    for ip in ["10.0.0.1", "10.0.0.2", "10.0.0.3"] {
+        assert_eq!(code(&list_from(&app, ip).await), 0);
+    }
+    assert_eq!(code(&list_from(&app, "10.0.0.4").await), 45009, "per corp");
+    assert_ne!(
+        code(&app.api_get("kf/servicer/list?open_kfid=x").await),
+        45009,
+        "other APIs have their own count"
+    );
+    app.emu.advance_clock(Duration::from_secs(61));
+    assert_eq!(code(&list_from(&app, "10.0.0.1").await), 0);
+}
+
+#[tokio::test]
+async fn an_api_called_too_often_from_one_ip_is_45009_for_that_ip_only() {
+    let mut config = wechat_kf_emulator::Config::generated();
+    config.api_calls_per_ip_per_minute = 2;
+    let app = App::with_config(config).await;
+    start_of_a_minute(&app).await;
+    assert_eq!(code(&list_from(&app, "10.0.0.1").await), 0);
+    assert_eq!(code(&list_from(&app, "10.0.0.1").await), 0);
+    assert_eq!(code(&list_from(&app, "10.0.0.1").await), 45009);
+    assert_eq!(code(&list_from(&app, "10.0.0.2").await), 0, "another IP");
+    app.emu.advance_clock(Duration::from_secs(61));
+    assert_eq!(code(&list_from(&app, "10.0.0.1").await), 0);
 }

@@ -87,9 +87,7 @@ pub fn free_port() -> u16 {
 /// Starts an emulator with rate limits off and quick callback retries.
 pub async fn emulator() -> RunningEmulator {
     let mut config = wechat_kf_emulator::Config::generated();
-    config.sync_without_token_per_minute = 0;
-    config.api_calls_per_minute = 0;
-    config.api_calls_per_hour = 0;
+    config.disable_rate_limits();
     config.callback_retry_delay = Duration::from_millis(100);
     config.callback_timeout = Duration::from_secs(2);
     Emulator::start(config, "127.0.0.1:0".parse().unwrap())
@@ -141,6 +139,18 @@ pub async fn start_on_emulator_clock(emu: &RunningEmulator, config: Config) -> R
     emu.emulator()
         .set_callback_url(Some(format!("{}/callback", running.base_url())));
     running
+}
+
+/// Waits until the store has recorded every acknowledgement: the bot's 2xx is recorded just
+/// after the sink has seen the delivery, so asserting right after the sink would race it.
+pub async fn wait_until_acks_recorded(running: &RunningService) {
+    let store = running.store();
+    wait_for(
+        "every acknowledged delivery recorded",
+        Duration::from_secs(10),
+        || async { store.stats().await.unwrap().pending == 0 },
+    )
+    .await;
 }
 
 /// POSTs to the emulator's control API; the JSON answer.

@@ -143,6 +143,7 @@ async fn every_message_of_many_customers_reaches_the_bot_once_in_order_and_repli
             .starts_with("re: ")
     }));
 
+    wait_until_acks_recorded(&running).await;
     let stats = running.store().stats().await.unwrap();
     assert_eq!(stats.messages as usize, total);
     assert_eq!(stats.pending, 0);

@@ -88,8 +88,7 @@ async fn first_start_under(policy: FirstStart) -> (Vec<String>, Vec<(String, f64
     for id in &skipped {
         assert!(!delivered.contains(id), "skipped {id} was delivered");
     }
-    let stats = running.store().stats().await.unwrap();
-    assert_eq!(stats.pending, 0);
+    wait_until_acks_recorded(&running).await;
     running.shutdown().await;
     emu.shutdown().await;
     (delivered, history, fresh)

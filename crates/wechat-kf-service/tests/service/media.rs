@@ -168,7 +168,7 @@ async fn an_expired_or_busy_media_id_is_recorded_and_the_message_still_delivered
         ),
         1
     );
-    assert_eq!(running.store().stats().await.unwrap().pending, 0);
+    wait_until_acks_recorded(&running).await;
     running.shutdown().await;
     emu.shutdown().await;
 }

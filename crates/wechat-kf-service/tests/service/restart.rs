@@ -81,15 +81,8 @@ async fn a_restart_resumes_from_the_committed_cursor_and_redelivers_under_the_sa
         "{text}"
     );
     assert!(calls(&emu, "kf/sync_msg") > syncs_before);
-    // The bot's 2xx is recorded just after the sink sees the delivery: wait for the store.
-    let store = second.store();
-    wait_for(
-        "every acknowledged delivery recorded",
-        Duration::from_secs(10),
-        || async { store.stats().await.unwrap().pending == 0 },
-    )
-    .await;
-    let stats = store.stats().await.unwrap();
+    wait_until_acks_recorded(&second).await;
+    let stats = second.store().stats().await.unwrap();
     assert_eq!(stats.messages as usize, expected.len());
     second.shutdown().await;
     emu.shutdown().await;

@@ -91,7 +91,7 @@ async fn wait_for(mut done: impl FnMut() -> bool) {
 
 fn say(emu: &Emulator, kf: &str, n: usize) {
     let batch: Vec<Value> = (0..n)
-        .map(|i| json!({"open_kfid": kf, "external_userid": "wmC", "msgtype": "text", "text": {"content": format!("m{i}")}}))
+        .map(|i| json!({"open_kfid": kf, "external_userid": "wmC", "msgtype": "text", "text": {"content": format!("消息{i}")}}))
         .collect();
     emu.customer_send(Value::from(batch)).unwrap();
 }
@@ -152,7 +152,8 @@ async fn a_callback_is_signed_and_encrypted_like_wechat_and_its_token_opens_sync
     );
     let sync_token = crypto::xml_field(&plain, "Token").unwrap();
     assert!(
-        !plain.contains("m0"),
+        // (Chinese text: the random ids and tokens in the XML are ASCII and cannot contain it.)
+        !plain.contains("消息0"),
         "a callback carries no message content"
     );
     let client = reqwest::Client::new();
@@ -169,7 +170,7 @@ async fn a_callback_is_signed_and_encrypted_like_wechat_and_its_token_opens_sync
         .json()
         .await
         .unwrap();
-    assert_eq!(v["msg_list"][0]["text"]["content"], "m0");
+    assert_eq!(v["msg_list"][0]["text"]["content"], "消息0");
     running.shutdown().await;
 }
 

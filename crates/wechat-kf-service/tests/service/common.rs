@@ -153,6 +153,22 @@ pub async fn wait_until_acks_recorded(running: &RunningService) {
     .await;
 }
 
+/// The end of a run: the sink acknowledged `expected` exactly once in per-customer order, and the
+/// store holds exactly those messages, none pending.
+pub async fn assert_all_delivered_once(
+    running: &RunningService,
+    sink: &Sink,
+    expected: &[(String, String, String)],
+) {
+    assert_exactly_once_in_order(sink, expected);
+    wait_until_acks_recorded(running).await;
+    let stats = running.store().stats().await.unwrap();
+    assert_eq!(
+        (stats.messages as usize, stats.pending),
+        (expected.len(), 0)
+    );
+}
+
 /// POSTs to the emulator's control API; the JSON answer.
 pub async fn control(emu: &RunningEmulator, path: &str, body: Value) -> Value {
     let response = reqwest::Client::new()

@@ -120,6 +120,27 @@ impl RedisTokenStore {
     }
 }
 
+impl RedisTokenStore {
+    /// Runs one of the compare-and-delete scripts on `key` with `value`.
+    async fn run_script(
+        &self,
+        what: &'static str,
+        script: &'static str,
+        key: String,
+        value: String,
+    ) -> Result<(), Error> {
+        self.run(what, |mut c| async move {
+            redis::Script::new(script)
+                .key(key)
+                .arg(value)
+                .invoke_async::<i64>(&mut c)
+                .await
+                .map(drop)
+        })
+        .await
+    }
+}
+
 impl TokenStore for RedisTokenStore {
     fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<AccessToken>, Error>> {
         Box::pin(async move {
@@ -179,15 +200,8 @@ impl TokenStore for RedisTokenStore {
         Box::pin(async move {
             let full = format!("{}{key}", self.prefix);
             let value = token.secret().expose().to_owned();
-            self.run("Redis invalidate failed", |mut c| async move {
-                redis::Script::new(INVALIDATE_SCRIPT)
-                    .key(full)
-                    .arg(value)
-                    .invoke_async::<i64>(&mut c)
-                    .await
-                    .map(drop)
-            })
-            .await
+            self.run_script("Redis invalidate failed", INVALIDATE_SCRIPT, full, value)
+                .await
         })
     }
 
@@ -227,15 +241,12 @@ impl TokenStore for RedisTokenStore {
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
             let full = format!("{}{key}:refresh", self.prefix);
-            let holder = holder.to_owned();
-            self.run("Redis lease release failed", |mut c| async move {
-                redis::Script::new(RELEASE_SCRIPT)
-                    .key(full)
-                    .arg(holder)
-                    .invoke_async::<i64>(&mut c)
-                    .await
-                    .map(drop)
-            })
+            self.run_script(
+                "Redis lease release failed",
+                RELEASE_SCRIPT,
+                full,
+                holder.to_owned(),
+            )
             .await
         })
     }

@@ -336,11 +336,16 @@ impl TokenManager {
             },
         };
         if let Some(holder) = holder {
-            if let Err(error) = self.store.release_refresh(&self.key, &holder).await {
-                tracing::warn!(%error, "token store lease release failed");
-            }
+            self.release(&holder).await;
         }
         result
+    }
+
+    /// Gives the refresh lease back (a failure only delays other processes by the lease time).
+    async fn release(&self, holder: &str) {
+        if let Err(error) = self.store.release_refresh(&self.key, holder).await {
+            tracing::warn!(%error, "token store lease release failed");
+        }
     }
 
     /// A fresh token from the store (cached on the way), or `None`; a token that is due for
@@ -385,9 +390,7 @@ impl TokenManager {
                 Ok(RefreshLease::Granted(holder)) => {
                     // The previous holder may have saved its token just before we got the lease.
                     if let Some(token) = self.fresh_from_store(now, usable).await {
-                        if let Err(error) = self.store.release_refresh(&self.key, &holder).await {
-                            tracing::warn!(%error, "token store lease release failed");
-                        }
+                        self.release(&holder).await;
                         return LeaseWait::Done(token);
                     }
                     return LeaseWait::Refresh(Some(holder));

@@ -56,6 +56,25 @@ async fn on_get(State(r): State<Receiver>, Query(q): Query<HashMap<String, Strin
         .unwrap_or_default()
 }
 
+/// Verifies and decrypts a callback POST the receiver got, as the company's server would.
+fn decrypt_post(config: &Config, query: &HashMap<String, String>, body: &str) -> String {
+    let crypt = MsgCrypt::new(
+        &config.callback_token,
+        &config.encoding_aes_key,
+        &config.corp_id,
+    )
+    .unwrap();
+    let encrypted = crypto::xml_field(body, "Encrypt").unwrap();
+    crypt
+        .verify_and_decrypt(
+            &query["msg_signature"],
+            &query["timestamp"],
+            &query["nonce"],
+            &encrypted,
+        )
+        .unwrap()
+}
+
 async fn receiver() -> (Receiver, String) {
     let r = Receiver::default();
     let app = Router::new()
@@ -119,21 +138,7 @@ async fn a_callback_is_signed_and_encrypted_like_wechat_and_its_token_opens_sync
         crypto::xml_field(&body, "ToUserName").as_deref(),
         Some(config.corp_id.as_str())
     );
-    let encrypted = crypto::xml_field(&body, "Encrypt").unwrap();
-    let crypt = MsgCrypt::new(
-        &config.callback_token,
-        &config.encoding_aes_key,
-        &config.corp_id,
-    )
-    .unwrap();
-    let plain = crypt
-        .verify_and_decrypt(
-            &query["msg_signature"],
-            &query["timestamp"],
-            &query["nonce"],
-            &encrypted,
-        )
-        .unwrap();
+    let plain = decrypt_post(&config, &query, &body);
     assert_eq!(
         crypto::xml_field(&plain, "Event").as_deref(),
         Some("kf_msg_or_event")
@@ -450,21 +455,7 @@ async fn an_auth_change_callback_carries_repeated_add_and_del_elements() {
         (Some(true), Some(1))
     );
     let (query, body) = r.posts.lock().unwrap()[0].clone();
-    let crypt = MsgCrypt::new(
-        &config.callback_token,
-        &config.encoding_aes_key,
-        &config.corp_id,
-    )
-    .unwrap();
-    let encrypted = crypto::xml_field(&body, "Encrypt").unwrap();
-    let plain = crypt
-        .verify_and_decrypt(
-            &query["msg_signature"],
-            &query["timestamp"],
-            &query["nonce"],
-            &encrypted,
-        )
-        .unwrap();
+    let plain = decrypt_post(&config, &query, &body);
     assert_eq!(
         crypto::xml_field(&plain, "Event").as_deref(),
         Some("kf_account_auth_change")

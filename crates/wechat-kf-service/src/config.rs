@@ -264,43 +264,8 @@ pub struct JoinerConfig {
     pub window: Duration,
 }
 
-/// Which inbound media to download (`media.kinds`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum MediaKind {
-    /// `image`
-    Image,
-    /// `voice`
-    Voice,
-    /// `video`
-    Video,
-    /// `file`
-    File,
-}
-
-impl MediaKind {
-    /// Every kind.
-    pub const ALL: [MediaKind; 4] = [
-        MediaKind::Image,
-        MediaKind::Voice,
-        MediaKind::Video,
-        MediaKind::File,
-    ];
-
-    /// The msgtype.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MediaKind::Image => "image",
-            MediaKind::Voice => "voice",
-            MediaKind::Video => "video",
-            MediaKind::File => "file",
-        }
-    }
-
-    /// Parses a msgtype.
-    pub fn parse(s: &str) -> Option<MediaKind> {
-        MediaKind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-}
+/// Which inbound media to download (`media.kinds`): the library's media kinds, named by msgtype.
+pub use wechat_kf::client::MediaKind;
 
 /// What to convert downloaded voice notes into (`media.voice_convert_to`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -357,7 +322,9 @@ impl MediaConfig {
     /// Whether messages of `msgtype` are downloaded.
     pub fn wants(&self, msgtype: &str) -> bool {
         self.download_dir.is_some()
-            && MediaKind::parse(msgtype).is_some_and(|k| self.kinds.contains(&k))
+            && msgtype
+                .parse::<MediaKind>()
+                .is_ok_and(|k| self.kinds.contains(&k))
     }
 }
 
@@ -1021,7 +988,7 @@ mod file {
             if let Some(v) = m.kinds {
                 let mut kinds = Vec::new();
                 for kind in v {
-                    kinds.push(MediaKind::parse(&kind).ok_or_else(|| {
+                    kinds.push(kind.parse::<MediaKind>().map_err(|_| {
                         Error::Config(format!(
                             "media.kinds: {kind:?} is not image, voice, video or file"
                         ))

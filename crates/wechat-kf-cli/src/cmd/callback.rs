@@ -38,11 +38,9 @@ pub struct Credentials {
     corp_id: String,
 }
 
-/// Arguments of `callback verify-url`.
+/// The query parameters WeChat signs a callback with.
 #[derive(Debug, Args)]
-pub struct VerifyUrlArgs {
-    #[command(flatten)]
-    credentials: Credentials,
+struct SignedQuery {
     /// The `msg_signature` query parameter.
     #[arg(long = "msg-signature")]
     msg_signature: String,
@@ -52,6 +50,15 @@ pub struct VerifyUrlArgs {
     /// The `nonce` query parameter.
     #[arg(long)]
     nonce: String,
+}
+
+/// Arguments of `callback verify-url`.
+#[derive(Debug, Args)]
+pub struct VerifyUrlArgs {
+    #[command(flatten)]
+    credentials: Credentials,
+    #[command(flatten)]
+    signed: SignedQuery,
     /// The `echostr` query parameter, decoded or as sent: it is URL-decoded only if it contains
     /// `%` (a `+` is kept as `+`).
     #[arg(long)]
@@ -63,15 +70,8 @@ pub struct VerifyUrlArgs {
 pub struct DecryptArgs {
     #[command(flatten)]
     credentials: Credentials,
-    /// The `msg_signature` query parameter.
-    #[arg(long = "msg-signature")]
-    msg_signature: String,
-    /// The `timestamp` query parameter.
-    #[arg(long)]
-    timestamp: String,
-    /// The `nonce` query parameter.
-    #[arg(long)]
-    nonce: String,
+    #[command(flatten)]
+    signed: SignedQuery,
     /// Print the parsed callback event as JSON instead of the inner XML.
     #[arg(long)]
     event: bool,
@@ -137,22 +137,24 @@ fn verify_url(args: VerifyUrlArgs) -> Result<String, String> {
     let crypto = crypto(&args.credentials)?;
     // WeCom sends echostr percent-encoded; a value pasted from a decoded log has no `%`.
     let echostr = url_decode(&args.echostr);
+    let q = &args.signed;
     crypto
-        .verify_url(&args.msg_signature, &args.timestamp, &args.nonce, &echostr)
+        .verify_url(&q.msg_signature, &q.timestamp, &q.nonce, &echostr)
         .map_err(crypto_failure)
 }
 
 fn decrypt(args: DecryptArgs) -> Result<String, String> {
     let crypto = crypto(&args.credentials)?;
     let body = read_input(args.body.as_ref())?;
+    let q = &args.signed;
     if args.event {
         let event = crypto
-            .decrypt_event(&args.msg_signature, &args.timestamp, &args.nonce, &body)
+            .decrypt_event(&q.msg_signature, &q.timestamp, &q.nonce, &body)
             .map_err(crypto_failure)?;
         serde_json::to_string_pretty(&event).map_err(|e| format!("cannot print the event: {e}"))
     } else {
         crypto
-            .decrypt_message(&args.msg_signature, &args.timestamp, &args.nonce, &body)
+            .decrypt_message(&q.msg_signature, &q.timestamp, &q.nonce, &body)
             .map_err(crypto_failure)
     }
 }

@@ -44,7 +44,15 @@ pub enum MediaKind {
 }
 
 impl MediaKind {
-    /// The `type` query value.
+    /// Every kind.
+    pub const ALL: [MediaKind; 4] = [
+        MediaKind::Image,
+        MediaKind::Voice,
+        MediaKind::Video,
+        MediaKind::File,
+    ];
+
+    /// The `type` query value (also the msgtype of such a message).
     pub fn as_str(self) -> &'static str {
         match self {
             MediaKind::Image => "image",

@@ -32,6 +32,26 @@ fn ffmpeg_available() -> bool {
     found
 }
 
+/// Writes an executable stand-in for ffmpeg. A child `sh` writes it, so this process never holds
+/// a writable descriptor to it: written here, a test running in parallel could fork with that
+/// descriptor inherited, and executing the script would then fail with ETXTBSY ("Text file busy").
+#[cfg(unix)]
+fn fake_ffmpeg(dir: &std::path::Path, script: &str) -> std::path::PathBuf {
+    let path = dir.join("ffmpeg");
+    let status = std::process::Command::new("sh")
+        .args([
+            "-c",
+            r#"printf '%s' "$1" > "$2" && chmod 755 "$2""#,
+            "sh",
+            script,
+        ])
+        .arg(&path)
+        .status()
+        .expect("sh runs");
+    assert!(status.success(), "writing the fake ffmpeg failed");
+    path
+}
+
 fn samples(wav: &[u8]) -> (WavInfo, Vec<i16>) {
     let info = WavInfo::parse(wav).expect("a WAV header");
     let data = &wav[info.data_offset..info.data_offset + info.data_len];
@@ -168,11 +188,8 @@ async fn silk_without_the_voice_silk_feature_says_how_to_get_it() {
 #[cfg(unix)]
 #[tokio::test]
 async fn a_converter_that_hangs_is_stopped_at_the_timeout() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let fake = dir.path().join("ffmpeg");
-    std::fs::write(&fake, "#!/bin/sh\nexec sleep 30\n").unwrap();
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let fake = fake_ffmpeg(dir.path(), "#!/bin/sh\nexec sleep 30\n");
     let converter = Converter::new()
         .ffmpeg(&fake)
         .timeout(Duration::from_millis(300));
@@ -183,15 +200,11 @@ async fn a_converter_that_hangs_is_stopped_at_the_timeout() {
 #[cfg(unix)]
 #[tokio::test]
 async fn a_converter_that_fails_reports_its_error_output() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let fake = dir.path().join("ffmpeg");
-    std::fs::write(
-        &fake,
+    let fake = fake_ffmpeg(
+        dir.path(),
         "#!/bin/sh\necho 'Unknown encoder libopus' >&2\nexit 1\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     let error = Converter::new()
         .ffmpeg(&fake)
         .convert(AMR, Target::OggOpus)

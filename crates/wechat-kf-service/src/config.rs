@@ -316,12 +316,21 @@ pub struct MediaConfig {
     pub voice_convert_to: Option<VoiceTarget>,
     /// The ffmpeg program. Default `ffmpeg` on `PATH`.
     pub ffmpeg: Option<PathBuf>,
+    /// An S3-compatible bucket the files are uploaded to: `s3://<bucket>[/<prefix>]`, objects
+    /// named `<prefix>/<open_kfid>/<msgid>/<file name>` (AWS S3, Tencent COS, Alibaba OSS,
+    /// Cloudflare R2, MinIO). Without a `download_dir` the files are staged in a temporary
+    /// directory and removed once uploaded. Default none.
+    pub object_store: Option<String>,
+    /// Options of the S3 client by their `object_store` crate names (`endpoint`, `region`,
+    /// `access_key_id`, `secret_access_key`, `allow_http`, ...): `[media.object_store_options]`.
+    /// The standard `AWS_*` environment variables are read too; these win.
+    pub object_store_options: BTreeMap<String, Secret>,
 }
 
 impl MediaConfig {
     /// Whether messages of `msgtype` are downloaded.
     pub fn wants(&self, msgtype: &str) -> bool {
-        self.download_dir.is_some()
+        (self.download_dir.is_some() || self.object_store.is_some())
             && msgtype
                 .parse::<MediaKind>()
                 .is_ok_and(|k| self.kinds.contains(&k))
@@ -451,6 +460,8 @@ impl Default for Config {
                 concurrency: 4,
                 voice_convert_to: None,
                 ffmpeg: None,
+                object_store: None,
+                object_store_options: BTreeMap::new(),
             },
             sandbox: SandboxConfig {
                 emulator_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -481,6 +492,8 @@ pub struct Overrides {
     pub first_start: Option<FirstStart>,
     /// `--media-dir`
     pub media_dir: Option<PathBuf>,
+    /// `--media-object-store`
+    pub media_object_store: Option<String>,
     /// `--token-store`
     pub token_store: Option<String>,
 }
@@ -503,6 +516,7 @@ pub const ENV_VARS: &[&str] = &[
     "WECHAT_KF_ECHO",
     "WECHAT_KF_FIRST_START",
     "WECHAT_KF_MEDIA_DIR",
+    "WECHAT_KF_MEDIA_OBJECT_STORE",
     "WECHAT_KF_TOKEN_STORE",
 ];
 
@@ -597,6 +611,9 @@ impl Config {
         if let Some(v) = get("WECHAT_KF_MEDIA_DIR") {
             self.media.download_dir = Some(PathBuf::from(v));
         }
+        if let Some(v) = get("WECHAT_KF_MEDIA_OBJECT_STORE") {
+            self.media.object_store = Some(v).filter(|v| !v.is_empty());
+        }
         if let Some(v) = get("WECHAT_KF_TOKEN_STORE") {
             self.wechat.token_store = Some(Secret::new(v));
         }
@@ -630,6 +647,9 @@ impl Config {
         }
         if let Some(v) = flags.media_dir {
             self.media.download_dir = Some(v);
+        }
+        if let Some(v) = flags.media_object_store {
+            self.media.object_store = Some(v).filter(|v| !v.is_empty());
         }
         if let Some(v) = flags.token_store {
             self.wechat.token_store = Some(Secret::new(v));
@@ -714,6 +734,9 @@ impl Config {
             return Err(Error::Config(
                 "media.concurrency and media.max_bytes must be at least 1".into(),
             ));
+        }
+        if let Some(url) = &self.media.object_store {
+            crate::media::Bucket::open(url, &self.media.object_store_options)?;
         }
         Ok(())
     }
@@ -852,6 +875,8 @@ mod file {
         concurrency: Option<usize>,
         voice_convert_to: Option<String>,
         ffmpeg: Option<String>,
+        object_store: Option<String>,
+        object_store_options: Option<BTreeMap<String, String>>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -1017,6 +1042,15 @@ mod file {
             }
             if let Some(v) = m.ffmpeg {
                 c.media.ffmpeg = Some(PathBuf::from(v)).filter(|p| !p.as_os_str().is_empty());
+            }
+            if let Some(v) = m.object_store {
+                c.media.object_store = Some(v).filter(|v| !v.is_empty());
+            }
+            if let Some(options) = m.object_store_options {
+                c.media.object_store_options = options
+                    .into_iter()
+                    .map(|(k, v)| (k, Secret::new(v)))
+                    .collect();
             }
             let s = self.storage;
             if let Some(v) = s.db {
@@ -1196,6 +1230,37 @@ mod tests {
         assert!(bad("[media]\nvoice_convert_to = \"flac\"\n").is_err());
         assert!(!Config::default().media.wants("image"));
         assert!(!Config::default().joiner.enabled);
+    }
+
+    #[test]
+    fn an_object_store_alone_turns_media_on_and_its_keys_never_print() {
+        let toml = "[media]\nobject_store = \"s3://kf-media/inbound\"\n\
+                    [media.object_store_options]\nregion = \"ap-guangzhou\"\n\
+                    access_key_id = \"AKID\"\nsecret_access_key = \"s3-secret-value\"\n";
+        let config = Config::from_sources(Some(toml), &no_env, Overrides::default()).unwrap();
+        assert!(config.media.wants("file"));
+        assert_eq!(
+            config.media.object_store.as_deref(),
+            Some("s3://kf-media/inbound")
+        );
+        assert!(!format!("{config:?}").contains("s3-secret-value"));
+        let env =
+            |name: &str| (name == "WECHAT_KF_MEDIA_OBJECT_STORE").then(|| "s3://other".to_owned());
+        let config = Config::from_sources(Some(toml), &env, Overrides::default()).unwrap();
+        assert_eq!(config.media.object_store.as_deref(), Some("s3://other"));
+        assert_eq!(config.media.object_store_options.len(), 3);
+        let bad = |toml: &str| {
+            Config::from_sources(Some(toml), &no_env, Overrides::default())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad("[media]\nobject_store = \"gs://b\"\n").contains("s3://<bucket>"));
+        assert!(
+            bad(
+                "[media]\nobject_store = \"s3://b\"\n[media.object_store_options]\ncolour = \"x\"\n"
+            )
+            .contains("colour")
+        );
     }
 
     #[test]

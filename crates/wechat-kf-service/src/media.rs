@@ -2,22 +2,34 @@
 //! 3-day media expiry, and optionally converting voice notes into a playable format.
 //!
 //! Files go to `<download_dir>/<open_kfid>/<msgid>/<server file name>` through the client's
-//! `download_to_dir` (temporary file, renamed when complete; an error body is never saved). The
-//! outcome — path, content type, or the error — is a JSON *media record* stored with the
-//! message and delivered beside it (`media` in the webhook body). A failed download or
-//! conversion is recorded, never fatal: the message is delivered anyway.
+//! `download_to_dir` (temporary file, renamed when complete; an error body is never saved), and
+//! with `media.object_store` also to `s3://<bucket>/<prefix>/<open_kfid>/<msgid>/<file name>`
+//! (without a `download_dir`, the local copy is staged in a temporary directory and removed).
+//! The outcome — path, object URL, content type, or the error — is a JSON *media record* stored
+//! with the message and delivered beside it (`media` in the webhook body). A failed download,
+//! upload or conversion is recorded, never fatal: the message is delivered anyway.
 //!
 //! ```json
 //! {"msgid":"…","msgtype":"voice","media_id":"…","path":"/srv/media/wk…/…/语音.amr",
 //!  "file_name":"语音.amr","content_type":"audio/amr","size":3206,
 //!  "converted":{"format":"wav","path":"/srv/media/wk…/…/语音.wav","content_type":"audio/wav","size":64044}}
+//! {"msgid":"…","msgtype":"file","media_id":"…","url":"s3://kf-media/wk…/…/报价单.pdf",
+//!  "key":"wk…/…/报价单.pdf","file_name":"报价单.pdf","content_type":"application/pdf","size":950}
 //! {"msgid":"…","msgtype":"image","media_id":"…","error":{"kind":"media_id_invalid","errcode":40007,"message":"…"}}
 //! ```
+//!
+//! An upload failure (after the S3 client's own retries) is `error` of kind `upload_failed`
+//! when no local copy is kept, and `upload_error` beside `path` when one is.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::path::{Path as ObjectPath, PathPart};
+use object_store::{Attribute, Attributes, ObjectStore, PutOptions, PutPayload, RetryConfig};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use wechat_kf::client::{Client, ErrCode};
@@ -25,7 +37,7 @@ use wechat_kf::voice::{Converter, VoiceError};
 use wechat_kf::{Message, MessageContent};
 
 use crate::Error;
-use crate::config::{MediaConfig, VoiceTarget};
+use crate::config::{MediaConfig, Secret, VoiceTarget};
 use crate::metrics::Metrics;
 use crate::reply::safe_error;
 
@@ -49,11 +61,120 @@ pub(crate) fn media_of(message: &Message) -> Option<(&'static str, String)> {
     Some((msgtype, id.as_str().to_owned()))
 }
 
-/// Downloads media into the configured directory.
+/// An S3-compatible bucket that downloaded media is uploaded to (`media.object_store`).
+pub(crate) struct Bucket {
+    store: Box<dyn ObjectStore>,
+    name: String,
+    prefix: Vec<String>,
+}
+
+impl Bucket {
+    /// The bucket of `s3://<bucket>[/<prefix>]` with the client `options` (and the `AWS_*`
+    /// environment). Connects to nothing: a wrong setting is reported by the first upload.
+    pub(crate) fn open(url: &str, options: &BTreeMap<String, Secret>) -> Result<Bucket, Error> {
+        let config = |message: String| Error::Config(format!("media.object_store: {message}"));
+        let rest = url
+            .strip_prefix("s3://")
+            .or_else(|| url.strip_prefix("s3a://"))
+            .ok_or_else(|| {
+                config(format!(
+                    "{url:?} is not s3://<bucket>[/<prefix>] (S3 or an S3-compatible store, \
+                     whose endpoint goes in [media.object_store_options])"
+                ))
+            })?;
+        let (name, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let valid_name = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        if !valid_name {
+            return Err(config(format!("{name:?} is not a bucket name")));
+        }
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(name)
+            // A stalled store delays the account's delivery, so give up sooner than the
+            // default (10 retries over 3 minutes); the media stays fetchable from WeChat.
+            .with_retry(RetryConfig {
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(30),
+                ..RetryConfig::default()
+            });
+        for (key, value) in options {
+            let key: AmazonS3ConfigKey = key.parse().map_err(|_| {
+                config(format!(
+                    "[media.object_store_options] {key:?} is not an S3 option (endpoint, \
+                     region, access_key_id, secret_access_key, allow_http, ...)"
+                ))
+            })?;
+            builder = builder.with_config(key, value.expose());
+        }
+        // The builder's error text names the setting, never a credential's value.
+        let store = builder.build().map_err(|e| config(e.to_string()))?;
+        let prefix = prefix
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                PathPart::parse(p)
+                    .map(|p| p.as_ref().to_owned())
+                    .map_err(|_| config(format!("the prefix part {p:?} is not a key segment")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Bucket {
+            store: Box::new(store),
+            name: name.to_owned(),
+            prefix,
+        })
+    }
+
+    /// Uploads a local file under `<prefix>/<open_kfid>/<msgid>/<file name>`; `(url, key)`.
+    async fn upload(
+        &self,
+        open_kfid: &str,
+        msgid: &str,
+        file: &Path,
+        content_type: Option<&str>,
+    ) -> Result<(String, String), String> {
+        let parts: Vec<String> = self
+            .prefix
+            .iter()
+            .cloned()
+            .chain([
+                path_component(open_kfid),
+                path_component(msgid),
+                key_segment(file.file_name().map(|n| n.to_string_lossy())),
+            ])
+            .collect();
+        // Every part is a valid segment (checked or made so), so parsing keeps them as they
+        // are; building from parts would percent-encode every non-ASCII character.
+        let key = ObjectPath::parse(parts.join("/")).map_err(|e| e.to_string())?;
+        // Files are at most media.max_bytes (32 MiB by default): one PUT, no multipart.
+        let bytes = tokio::fs::read(file).await.map_err(|e| e.to_string())?;
+        let mut attributes = Attributes::new();
+        if let Some(content_type) = content_type {
+            attributes.insert(Attribute::ContentType, content_type.to_owned().into());
+        }
+        let options = PutOptions {
+            attributes,
+            ..PutOptions::default()
+        };
+        self.store
+            .put_opts(&key, PutPayload::from(bytes), options)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((format!("s3://{}/{key}", self.name), key.to_string()))
+    }
+}
+
+/// Downloads media into the configured directory and bucket.
 pub(crate) struct MediaFetcher {
     client: Client,
     config: MediaConfig,
     dir: PathBuf,
+    /// Whether files stay in `dir` (`media.download_dir`) or are only staged there.
+    keep_local: bool,
+    bucket: Option<Bucket>,
+    /// The staging directory, removed when the fetcher is dropped.
+    _staging: Option<tempfile::TempDir>,
     metrics: Arc<Metrics>,
 }
 
@@ -61,6 +182,7 @@ impl std::fmt::Debug for MediaFetcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MediaFetcher")
             .field("dir", &self.dir)
+            .field("bucket", &self.bucket.as_ref().map(|b| &b.name))
             .finish_non_exhaustive()
     }
 }
@@ -72,20 +194,37 @@ impl MediaFetcher {
         config: &MediaConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Option<MediaFetcher>, Error> {
-        let Some(dir) = &config.download_dir else {
-            return Ok(None);
+        let bucket = match &config.object_store {
+            Some(url) => Some(Bucket::open(url, &config.object_store_options)?),
+            None => None,
         };
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(|e| Error::io(format!("media.download_dir {}", dir.display()), e))?;
+        let (dir, staging) = match (&config.download_dir, &bucket) {
+            (Some(dir), _) => {
+                tokio::fs::create_dir_all(dir)
+                    .await
+                    .map_err(|e| Error::io(format!("media.download_dir {}", dir.display()), e))?;
+                (dir.clone(), None)
+            }
+            (None, Some(_)) => {
+                let staging = tempfile::Builder::new()
+                    .prefix("wechat-kf-media-")
+                    .tempdir()
+                    .map_err(|e| Error::io("a staging directory for media uploads", e))?;
+                (staging.path().to_owned(), Some(staging))
+            }
+            (None, None) => return Ok(None),
+        };
         // Paths handed to the bot are absolute.
-        let dir = tokio::fs::canonicalize(dir)
+        let dir = tokio::fs::canonicalize(&dir)
             .await
             .map_err(|e| Error::io(format!("media.download_dir {}", dir.display()), e))?;
         Ok(Some(MediaFetcher {
             client,
             config: config.clone(),
             dir,
+            keep_local: staging.is_none(),
+            bucket,
+            _staging: staging,
             metrics,
         }))
     }
@@ -206,7 +345,71 @@ impl MediaFetcher {
                 record.insert("converted".into(), converted);
             }
         }
+        if let Some(bucket) = &self.bucket {
+            self.upload_all(bucket, open_kfid, job, &mut record).await;
+        }
+        if !self.keep_local {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+        }
         Value::Object(record)
+    }
+
+    /// Uploads the downloaded file and its conversion, adding `url` and `key` to their records
+    /// (and dropping `path` when the local copy is not kept).
+    async fn upload_all(
+        &self,
+        bucket: &Bucket,
+        open_kfid: &str,
+        job: &Job,
+        record: &mut Map<String, Value>,
+    ) {
+        let mut failure = self.upload_one(bucket, open_kfid, job, record).await;
+        if let Some(Value::Object(converted)) = record.get_mut("converted") {
+            let converted_failure = self.upload_one(bucket, open_kfid, job, converted).await;
+            failure = failure.or(converted_failure);
+        }
+        let Some(message) = failure else {
+            self.metrics.media_upload(job.msgtype, "ok");
+            return;
+        };
+        self.metrics.media_upload(job.msgtype, "failed");
+        tracing::warn!(
+            open_kfid,
+            bucket = %bucket.name,
+            "media upload failed; delivering without it"
+        );
+        let error = error_json("upload_failed", None, &message);
+        if self.keep_local {
+            record.insert("upload_error".into(), error);
+        } else {
+            record.insert("error".into(), error);
+        }
+    }
+
+    /// Uploads the file at a record's `path` (if any); the error text when that fails.
+    async fn upload_one(
+        &self,
+        bucket: &Bucket,
+        open_kfid: &str,
+        job: &Job,
+        record: &mut Map<String, Value>,
+    ) -> Option<String> {
+        let path = PathBuf::from(record.get("path")?.as_str()?);
+        let content_type = record.get("content_type").and_then(Value::as_str);
+        let uploaded = bucket
+            .upload(open_kfid, &job.msgid, &path, content_type)
+            .await;
+        if !self.keep_local {
+            record.remove("path");
+        }
+        match uploaded {
+            Ok((url, key)) => {
+                record.insert("url".into(), json!(url));
+                record.insert("key".into(), json!(key));
+                None
+            }
+            Err(message) => Some(message),
+        }
     }
 
     /// Converts a downloaded voice note next to it; the `converted` record.
@@ -288,6 +491,20 @@ fn error_json(kind: &str, errcode: Option<i64>, message: &str) -> Value {
     Value::Object(out)
 }
 
+/// A file name as one object key segment, readable as it is (Chinese stays Chinese): only a
+/// control character or a slash is replaced, and an empty or dot name becomes `media`.
+fn key_segment(name: Option<std::borrow::Cow<'_, str>>) -> String {
+    let name: String = name
+        .unwrap_or_default()
+        .chars()
+        .map(|c| if c.is_control() || c == '/' { '_' } else { c })
+        .collect();
+    match name.as_str() {
+        "" | "." | ".." => "media".into(),
+        _ => name,
+    }
+}
+
 /// An id as one directory name: `[0-9A-Za-z_-]`, at most 64 bytes; anything else (or nothing)
 /// becomes a hash, so two ids never share a directory and none escapes the media directory.
 pub(crate) fn path_component(id: &str) -> String {
@@ -318,6 +535,40 @@ mod tests {
             );
         }
         assert_ne!(path_component("a/b"), path_component("a\\b"));
+    }
+
+    #[test]
+    fn file_names_become_readable_object_key_segments() {
+        for (name, segment) in [
+            ("报价单（最终版）.pdf", "报价单（最终版）.pdf"),
+            ("a b#{c}.txt", "a b#{c}.txt"),
+            ("line\nbreak/slash", "line_break_slash"),
+            ("..", "media"),
+            ("", "media"),
+        ] {
+            let segment_made = key_segment(Some(name.into()));
+            assert_eq!(segment_made, segment);
+            assert!(PathPart::parse(&segment_made).is_ok(), "{segment_made}");
+        }
+    }
+
+    #[test]
+    fn the_object_store_url_is_checked_when_the_config_is() {
+        let none = BTreeMap::new();
+        let bucket = Bucket::open("s3://kf-media/a/b/", &none).unwrap();
+        assert_eq!((bucket.name.as_str(), bucket.prefix.len()), ("kf-media", 2));
+        for (url, says) in [
+            ("gs://kf-media", "s3://<bucket>"),
+            ("s3://", "not a bucket name"),
+            ("s3://a b", "not a bucket name"),
+            ("s3://kf/../x", "not a key segment"),
+        ] {
+            let error = Bucket::open(url, &none).err().unwrap().to_string();
+            assert!(error.contains(says), "{url}: {error}");
+        }
+        let options = BTreeMap::from([("colour".to_owned(), Secret::new("blue"))]);
+        let error = Bucket::open("s3://kf", &options).err().unwrap().to_string();
+        assert!(error.contains("\"colour\" is not an S3 option"), "{error}");
     }
 
     #[test]

@@ -134,6 +134,7 @@ pub struct Metrics {
     send_refused: Family,
     handoffs: Family,
     media_downloads: Family,
+    media_uploads: Family,
     voice_conversions: Family,
     lag_buckets: [AtomicU64; LAG_BUCKETS.len()],
     lag_count: AtomicU64,
@@ -222,6 +223,12 @@ impl Metrics {
     /// Counts a media download (`result`: `ok`, `failed` or `too_large`).
     pub fn media_download(&self, kind: &str, result: &str) {
         self.media_downloads
+            .add(&[("kind", kind), ("result", result)], 1);
+    }
+
+    /// Counts a media upload to the object store (`result`: `ok` or `failed`).
+    pub fn media_upload(&self, kind: &str, result: &str) {
+        self.media_uploads
             .add(&[("kind", kind), ("result", result)], 1);
     }
 
@@ -389,6 +396,11 @@ impl Metrics {
             &mut out,
             "wechat_kf_media_downloads_total",
             "Inbound media downloads by kind and result.",
+        );
+        self.media_uploads.render(
+            &mut out,
+            "wechat_kf_media_uploads_total",
+            "Media uploads to media.object_store by kind and result.",
         );
         self.voice_conversions.render(
             &mut out,

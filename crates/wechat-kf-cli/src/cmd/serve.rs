@@ -56,6 +56,11 @@ pub struct ServeArgs {
     /// delivery [env: WECHAT_KF_MEDIA_DIR; default: off].
     #[arg(long)]
     media_dir: Option<PathBuf>,
+    /// Upload downloaded media to an S3-compatible bucket, `s3://<bucket>[/<prefix>]`; its
+    /// endpoint and keys come from `[media.object_store_options]` or the `AWS_*` variables
+    /// [env: WECHAT_KF_MEDIA_OBJECT_STORE; default: off].
+    #[arg(long)]
+    media_object_store: Option<String>,
     /// Share access tokens (and their refresh) between instances through Redis, e.g.
     /// `redis://127.0.0.1:6379/0` [env: WECHAT_KF_TOKEN_STORE; default: in the process].
     #[arg(long)]
@@ -90,6 +95,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         }),
         first_start: args.first_start,
         media_dir: args.media_dir,
+        media_object_store: args.media_object_store,
         token_store: args.token_store,
     };
     let config = match Config::load(args.config.as_deref(), overrides) {

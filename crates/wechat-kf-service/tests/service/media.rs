@@ -1,12 +1,14 @@
 //! Inbound media downloaded before delivery: Chinese file names, an expired media_id and a
-//! busy one (recorded, never blocking), voice notes converted to WAV, and a missing converter.
+//! busy one (recorded, never blocking), voice notes converted to WAV, a missing converter, and
+//! uploads to an S3-compatible object store (`WECHAT_KF_S3_ENDPOINT`: CI runs moto's server).
 
 use std::path::Path;
 use std::time::Duration;
 
+use object_store::{Attribute, ObjectStore};
 use serde_json::{Value, json};
 use wechat_kf_emulator::RunningEmulator;
-use wechat_kf_service::config::{FirstStart, VoiceTarget};
+use wechat_kf_service::config::{FirstStart, Secret, VoiceTarget};
 
 use crate::common::*;
 
@@ -253,6 +255,222 @@ async fn without_a_converter_the_voice_note_is_delivered_with_the_error_recorded
             .unwrap()
             .contains("ffmpeg")
     );
+    running.shutdown().await;
+    emu.shutdown().await;
+}
+
+/// `media.object_store_options` for an S3-compatible test server (which ignores the keys).
+fn s3_options(endpoint: &str) -> std::collections::BTreeMap<String, Secret> {
+    [
+        ("endpoint", endpoint),
+        ("allow_http", "true"),
+        ("region", "us-east-1"),
+        ("access_key_id", "test-key"),
+        ("secret_access_key", "test-secret"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), Secret::new(v)))
+    .collect()
+}
+
+/// A fresh bucket on the S3-compatible server at `WECHAT_KF_S3_ENDPOINT`, with a client of its
+/// own to read objects back.
+struct TestBucket {
+    endpoint: String,
+    name: String,
+    reader: object_store::aws::AmazonS3,
+}
+
+impl TestBucket {
+    /// `None` (the test is skipped) without `WECHAT_KF_S3_ENDPOINT`.
+    async fn create() -> Option<TestBucket> {
+        let endpoint = service_url("WECHAT_KF_S3_ENDPOINT")?
+            .trim_end_matches('/')
+            .to_owned();
+        let name = format!("kf-media-{}", free_port());
+        let created = reqwest::Client::new()
+            .put(format!("{endpoint}/{name}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(created.status().is_success(), "{}", created.status());
+        let reader = object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(&endpoint)
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_access_key_id("test-key")
+            .with_secret_access_key("test-secret")
+            .with_bucket_name(&name)
+            .build()
+            .unwrap();
+        Some(TestBucket {
+            endpoint,
+            name,
+            reader,
+        })
+    }
+
+    /// Points the service's media uploads at this bucket under `prefix`.
+    fn configure(&self, config: &mut wechat_kf_service::config::Config, prefix: &str) {
+        config.media.object_store = Some(format!("s3://{}/{prefix}", self.name));
+        config.media.object_store_options = s3_options(&self.endpoint);
+    }
+
+    /// Asserts that a media record names an object of this bucket holding `bytes` with the
+    /// record's content type; returns the key.
+    async fn assert_holds(&self, record: &Value, bytes: &[u8]) -> String {
+        let key = record["key"].as_str().unwrap_or_else(|| panic!("{record}"));
+        assert_eq!(record["url"], format!("s3://{}/{key}", self.name));
+        let object = self
+            .reader
+            .get(&object_store::path::Path::parse(key).unwrap())
+            .await
+            .unwrap();
+        let content_type = object.attributes.get(&Attribute::ContentType).cloned();
+        assert_eq!(
+            content_type.as_deref(),
+            record["content_type"].as_str(),
+            "{record}"
+        );
+        assert_eq!(&object.bytes().await.unwrap()[..], bytes);
+        key.to_owned()
+    }
+}
+
+#[tokio::test]
+async fn media_is_uploaded_to_an_s3_bucket_and_no_local_copy_is_kept() {
+    let Some(bucket) = TestBucket::create().await else {
+        return;
+    };
+    let emu = emulator().await;
+    let sink = Sink::start().await;
+    let kf = emu.emulator().create_account("s3");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&emu, &dir.path().join("kf.db"), Some(&sink.url));
+    bucket.configure(&mut config, "inbound/");
+    let running = start_on_emulator_clock(&emu, config).await;
+
+    let pdf: Vec<u8> = b"%PDF-1.4 quotation ".repeat(50);
+    let file_id = upload(&emu, "file", "报价单（最终版）.pdf", pdf.clone()).await;
+    let png: Vec<u8> = [b"\x89PNG\r\n\x1a\n".as_slice(), &[7u8; 300]].concat();
+    let image_id = upload(&emu, "image", "截图 2024.png", png.clone()).await;
+    let ids = emu
+        .emulator()
+        .customer_send(json!([
+            media_message(&kf, "wmS", "file", &file_id),
+            media_message(&kf, "wmS", "image", &image_id),
+        ]))
+        .unwrap();
+
+    for (msgid, name, bytes) in [
+        (&ids[0], "报价单（最终版）.pdf", &pdf),
+        (&ids[1], "截图 2024.png", &png),
+    ] {
+        let (_, record) = delivered(&sink, msgid).await;
+        assert!(record["error"].is_null(), "{record}");
+        assert!(record["path"].is_null(), "no local copy kept: {record}");
+        let key = bucket.assert_holds(&record, bytes).await;
+        // The key keeps the file name readable: not percent-encoded.
+        assert_eq!(key, format!("inbound/{kf}/{msgid}/{name}"));
+    }
+    assert_eq!(
+        metric(
+            &running,
+            "wechat_kf_media_uploads_total{kind=\"image\",result=\"ok\"}"
+        ),
+        1
+    );
+    wait_until_acks_recorded(&running).await;
+    running.shutdown().await;
+    // The staging directory went with the service.
+    let staged: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("wechat-kf-media-")
+        })
+        .map(|e| e.path())
+        .collect();
+    assert!(staged.iter().all(|p| !p.join(&kf).exists()), "{staged:?}");
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_converted_voice_note_is_uploaded_beside_the_original() {
+    if !ffmpeg_available() {
+        return;
+    }
+    let Some(bucket) = TestBucket::create().await else {
+        return;
+    };
+    let emu = emulator().await;
+    let sink = Sink::start().await;
+    let kf = emu.emulator().create_account("s3-voice");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&emu, &dir.path().join("kf.db"), Some(&sink.url));
+    config.media.download_dir = Some(dir.path().join("media"));
+    config.media.voice_convert_to = Some(VoiceTarget::Wav);
+    bucket.configure(&mut config, "");
+    let running = start_on_emulator_clock(&emu, config).await;
+    let amr = std::fs::read(VOICE).unwrap();
+    let voice_id = upload(&emu, "voice", "语音留言.amr", amr.clone()).await;
+    let msgid = emu
+        .emulator()
+        .customer_send(media_message(&kf, "wmV", "voice", &voice_id))
+        .unwrap()
+        .remove(0);
+    let (_, record) = delivered(&sink, &msgid).await;
+    // Kept locally (download_dir) and uploaded: both the path and the key.
+    assert_eq!(
+        std::fs::read(record["path"].as_str().unwrap()).unwrap(),
+        amr
+    );
+    let key = bucket.assert_holds(&record, &amr).await;
+    assert_eq!(key, format!("{kf}/{msgid}/语音留言.amr"));
+    let converted = &record["converted"];
+    let wav = std::fs::read(converted["path"].as_str().unwrap()).unwrap();
+    let key = bucket.assert_holds(converted, &wav).await;
+    assert_eq!(key, format!("{kf}/{msgid}/语音留言.wav"));
+    running.shutdown().await;
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_object_store_is_recorded_and_the_local_copy_still_delivered() {
+    let emu = emulator().await;
+    let sink = Sink::start().await;
+    let kf = emu.emulator().create_account("s3-down");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&emu, &dir.path().join("kf.db"), Some(&sink.url));
+    config.media.download_dir = Some(dir.path().join("media"));
+    config.media.object_store = Some("s3://kf-media".into());
+    // Nothing listens there: connections are refused.
+    config.media.object_store_options = s3_options(&format!("http://127.0.0.1:{}", free_port()));
+    let running = start_on_emulator_clock(&emu, config).await;
+
+    let id = upload(&emu, "file", "说明.txt", b"manual".to_vec()).await;
+    let msgid = emu
+        .emulator()
+        .customer_send(media_message(&kf, "wmD", "file", &id))
+        .unwrap()
+        .remove(0);
+    let (_, record) = delivered(&sink, &msgid).await;
+    assert_eq!(record["upload_error"]["kind"], "upload_failed");
+    assert!(record["url"].is_null());
+    assert_eq!(
+        std::fs::read(record["path"].as_str().unwrap()).unwrap(),
+        b"manual"
+    );
+    assert_eq!(
+        metric(
+            &running,
+            "wechat_kf_media_uploads_total{kind=\"file\",result=\"failed\"}"
+        ),
+        1
+    );
+    wait_until_acks_recorded(&running).await;
     running.shutdown().await;
     emu.shutdown().await;
 }

@@ -36,6 +36,43 @@ fn media_message(kf: &str, customer: &str, kind: &str, media_id: &str) -> Value 
     json!({"open_kfid": kf, "external_userid": customer, "msgtype": kind, kind: {"media_id": media_id}})
 }
 
+/// The customer sends one media file; its msgid.
+async fn send_media(
+    emu: &RunningEmulator,
+    kf: &str,
+    customer: &str,
+    kind: &str,
+    filename: &str,
+    bytes: Vec<u8>,
+) -> String {
+    let media_id = upload(emu, kind, filename, bytes).await;
+    emu.emulator()
+        .customer_send(media_message(kf, customer, kind, &media_id))
+        .unwrap()
+        .remove(0)
+}
+
+/// The customer sends "报价单（最终版）.pdf" and "截图 2024.png" (and a text); the msgids and the
+/// two files' bytes.
+async fn send_pdf_and_png(
+    emu: &RunningEmulator,
+    kf: &str,
+    customer: &str,
+    and_text: Option<&str>,
+) -> (Vec<String>, Vec<u8>, Vec<u8>) {
+    let pdf: Vec<u8> = b"%PDF-1.4 quotation ".repeat(50);
+    let file_id = upload(emu, "file", "报价单（最终版）.pdf", pdf.clone()).await;
+    let png: Vec<u8> = [b"\x89PNG\r\n\x1a\n".as_slice(), &[7u8; 300]].concat();
+    let image_id = upload(emu, "image", "截图 2024.png", png.clone()).await;
+    let mut messages = vec![
+        media_message(kf, customer, "file", &file_id),
+        media_message(kf, customer, "image", &image_id),
+    ];
+    messages.extend(and_text.map(|t| text(kf, customer, t)));
+    let ids = emu.emulator().customer_send(json!(messages)).unwrap();
+    (ids, pdf, png)
+}
+
 async fn delivered(sink: &Sink, msgid: &str) -> (Value, Value) {
     wait_for("the media message", Duration::from_secs(20), || async {
         sink.delivered(msgid).is_some()
@@ -73,24 +110,13 @@ async fn media_is_downloaded_before_delivery_under_its_chinese_file_name() {
     config.media.download_dir = Some(media_dir.clone());
     let running = start_on_emulator_clock(&emu, config).await;
 
-    let pdf: Vec<u8> = b"%PDF-1.4 quotation ".repeat(50);
-    let file_id = upload(&emu, "file", "报价单（最终版）.pdf", pdf.clone()).await;
-    let png: Vec<u8> = [b"\x89PNG\r\n\x1a\n".as_slice(), &[7u8; 300]].concat();
-    let image_id = upload(&emu, "image", "截图 2024.png", png.clone()).await;
-    let ids = emu
-        .emulator()
-        .customer_send(json!([
-            media_message(&kf, "wmM", "file", &file_id),
-            media_message(&kf, "wmM", "image", &image_id),
-            text(&kf, "wmM", "请看附件"),
-        ]))
-        .unwrap();
+    let (ids, pdf, png) = send_pdf_and_png(&emu, &kf, "wmM", Some("请看附件")).await;
 
     let (message, record) = delivered(&sink, &ids[0]).await;
     // The message itself is WeChat's JSON, untouched; the record rides beside it.
     let keys: Vec<&String> = message.as_object().unwrap().keys().collect();
     assert!(!keys.iter().any(|k| k.starts_with('_')), "{keys:?}");
-    assert_eq!(message["file"]["media_id"], file_id.as_str());
+    assert_eq!(message["file"]["media_id"], record["media_id"]);
     assert_eq!(record["msgid"], ids[0].as_str());
     assert_eq!(record["msgtype"], "file");
     assert_eq!(record["file_name"], "报价单（最终版）.pdf");
@@ -189,12 +215,7 @@ async fn a_voice_note_is_downloaded_and_converted_to_wav() {
     config.media.voice_convert_to = Some(VoiceTarget::Wav);
     let running = start_on_emulator_clock(&emu, config).await;
     let amr = std::fs::read(VOICE).unwrap();
-    let voice_id = upload(&emu, "voice", "语音留言.amr", amr.clone()).await;
-    let msgid = emu
-        .emulator()
-        .customer_send(media_message(&kf, "wmV", "voice", &voice_id))
-        .unwrap()
-        .remove(0);
+    let msgid = send_media(&emu, &kf, "wmV", "voice", "语音留言.amr", amr.clone()).await;
     let (_, record) = delivered(&sink, &msgid).await;
     assert_eq!(record["file_name"], "语音留言.amr");
     assert_eq!(
@@ -235,12 +256,15 @@ async fn without_a_converter_the_voice_note_is_delivered_with_the_error_recorded
     config.media.voice_convert_to = Some(VoiceTarget::Mp3);
     config.media.ffmpeg = Some(dir.path().join("no-such-ffmpeg"));
     let running = start_on_emulator_clock(&emu, config).await;
-    let voice_id = upload(&emu, "voice", "语音.amr", std::fs::read(VOICE).unwrap()).await;
-    let msgid = emu
-        .emulator()
-        .customer_send(media_message(&kf, "wmV", "voice", &voice_id))
-        .unwrap()
-        .remove(0);
+    let msgid = send_media(
+        &emu,
+        &kf,
+        "wmV",
+        "voice",
+        "语音.amr",
+        std::fs::read(VOICE).unwrap(),
+    )
+    .await;
     let (message, record) = delivered(&sink, &msgid).await;
     assert_eq!(message["msgtype"], "voice");
     assert!(Path::new(record["path"].as_str().unwrap()).exists());
@@ -350,17 +374,7 @@ async fn media_is_uploaded_to_an_s3_bucket_and_no_local_copy_is_kept() {
     bucket.configure(&mut config, "inbound/");
     let running = start_on_emulator_clock(&emu, config).await;
 
-    let pdf: Vec<u8> = b"%PDF-1.4 quotation ".repeat(50);
-    let file_id = upload(&emu, "file", "报价单（最终版）.pdf", pdf.clone()).await;
-    let png: Vec<u8> = [b"\x89PNG\r\n\x1a\n".as_slice(), &[7u8; 300]].concat();
-    let image_id = upload(&emu, "image", "截图 2024.png", png.clone()).await;
-    let ids = emu
-        .emulator()
-        .customer_send(json!([
-            media_message(&kf, "wmS", "file", &file_id),
-            media_message(&kf, "wmS", "image", &image_id),
-        ]))
-        .unwrap();
+    let (ids, pdf, png) = send_pdf_and_png(&emu, &kf, "wmS", None).await;
 
     for (msgid, name, bytes) in [
         (&ids[0], "报价单（最终版）.pdf", &pdf),
@@ -415,12 +429,7 @@ async fn a_converted_voice_note_is_uploaded_beside_the_original() {
     bucket.configure(&mut config, "");
     let running = start_on_emulator_clock(&emu, config).await;
     let amr = std::fs::read(VOICE).unwrap();
-    let voice_id = upload(&emu, "voice", "语音留言.amr", amr.clone()).await;
-    let msgid = emu
-        .emulator()
-        .customer_send(media_message(&kf, "wmV", "voice", &voice_id))
-        .unwrap()
-        .remove(0);
+    let msgid = send_media(&emu, &kf, "wmV", "voice", "语音留言.amr", amr.clone()).await;
     let (_, record) = delivered(&sink, &msgid).await;
     // Kept locally (download_dir) and uploaded: both the path and the key.
     assert_eq!(
@@ -450,12 +459,7 @@ async fn an_unreachable_object_store_is_recorded_and_the_local_copy_still_delive
     config.media.object_store_options = s3_options(&format!("http://127.0.0.1:{}", free_port()));
     let running = start_on_emulator_clock(&emu, config).await;
 
-    let id = upload(&emu, "file", "说明.txt", b"manual".to_vec()).await;
-    let msgid = emu
-        .emulator()
-        .customer_send(media_message(&kf, "wmD", "file", &id))
-        .unwrap()
-        .remove(0);
+    let msgid = send_media(&emu, &kf, "wmD", "file", "说明.txt", b"manual".to_vec()).await;
     let (_, record) = delivered(&sink, &msgid).await;
     assert_eq!(record["upload_error"]["kind"], "upload_failed");
     assert!(record["url"].is_null());

@@ -187,6 +187,13 @@ impl Config {
         }
     }
 
+    /// Applies the per-IP limits of a third-party service provider's servers (40,000/min and
+    /// 1,200,000/h per API, `limits.md`) instead of a company's own (20,000/min, 600,000/h).
+    pub fn third_party_provider(&mut self) {
+        self.api_calls_per_ip_per_minute = 40_000;
+        self.api_calls_per_ip_per_hour = 1_200_000;
+    }
+
     /// Turns every call-rate limit off (per API and corp, per client IP, `sync_msg` without a
     /// callback token, `gettoken`), for load tests; quotas and all other rules stay.
     pub fn disable_rate_limits(&mut self) {
@@ -383,6 +390,30 @@ pub struct SeedUpgradeService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_third_party_provider_gets_twice_the_per_ip_limits() {
+        let mut config = Config::generated();
+        assert_eq!(
+            (
+                config.api_calls_per_ip_per_minute,
+                config.api_calls_per_ip_per_hour
+            ),
+            (20_000, 600_000)
+        );
+        config.third_party_provider();
+        assert_eq!(
+            (
+                config.api_calls_per_ip_per_minute,
+                config.api_calls_per_ip_per_hour
+            ),
+            (40_000, 1_200_000)
+        );
+        assert_eq!(
+            config.api_calls_per_minute, 10_000,
+            "per-corp limits unchanged"
+        );
+    }
 
     #[test]
     fn the_seed_example_of_the_readme_parses() {

@@ -43,6 +43,13 @@ pub struct EmulatorArgs {
     /// sync_msg calls per minute and account allowed without a callback token (0 = unlimited).
     #[arg(long = "sync-without-token-per-minute", default_value_t = 300)]
     sync_without_token_per_minute: u32,
+    /// Per-IP API limits of a third-party service provider (40,000/min, 1,200,000/h) instead of
+    /// a company's own (20,000/min, 600,000/h).
+    #[arg(long = "third-party-provider")]
+    third_party_provider: bool,
+    /// Turn every call-rate limit off (for load tests); quotas and other rules stay.
+    #[arg(long = "no-rate-limits", conflicts_with = "third_party_provider")]
+    no_rate_limits: bool,
 }
 
 fn build_config(args: EmulatorArgs) -> Result<Config, String> {
@@ -80,6 +87,12 @@ fn build_config(args: EmulatorArgs) -> Result<Config, String> {
     }
     config.access_token_ttl = Duration::from_secs(args.token_ttl.max(1));
     config.sync_without_token_per_minute = args.sync_without_token_per_minute;
+    if args.third_party_provider {
+        config.third_party_provider();
+    }
+    if args.no_rate_limits {
+        config.disable_rate_limits();
+    }
     Ok(config)
 }
 
@@ -178,4 +191,38 @@ pub async fn run(args: EmulatorArgs) -> ExitCode {
     running.shutdown().await;
     say("# emulator stopped");
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: EmulatorArgs,
+    }
+
+    fn config(flags: &[&str]) -> Config {
+        let cli =
+            Cli::try_parse_from(std::iter::once("emulator").chain(flags.iter().copied())).unwrap();
+        build_config(cli.args).unwrap()
+    }
+
+    #[test]
+    fn rate_limit_flags_choose_the_per_ip_limits() {
+        assert_eq!(config(&[]).api_calls_per_ip_per_minute, 20_000);
+        let provider = config(&["--third-party-provider"]);
+        assert_eq!(provider.api_calls_per_ip_per_minute, 40_000);
+        assert_eq!(provider.api_calls_per_ip_per_hour, 1_200_000);
+        let unlimited = config(&["--no-rate-limits"]);
+        assert_eq!(unlimited.api_calls_per_ip_per_minute, 0);
+        assert_eq!(unlimited.api_calls_per_minute, 0);
+        assert!(
+            Cli::try_parse_from(["emulator", "--third-party-provider", "--no-rate-limits"])
+                .is_err()
+        );
+    }
 }

@@ -360,8 +360,8 @@ pub struct StorageConfig {
     /// forever. Default 7 days; keep it above WeChat's 3-day retention so that msgid
     /// de-duplication covers every message WeChat could return again.
     pub retention: Duration,
-    /// With PostgreSQL, how often a standby instance tries to take over from the leader
-    /// (see [`leader`](crate::leader)). Default 2 s.
+    /// How often a standby instance (a second one on the same store) tries to take over from
+    /// the leader (see [`leader`](crate::leader)). Default 2 s.
     pub standby_poll: Duration,
 }
 

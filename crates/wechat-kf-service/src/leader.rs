@@ -1,17 +1,19 @@
-//! Several instances on one PostgreSQL database: one leads, the others stand by.
+//! Several instances on one store: one leads, the others stand by.
 //!
 //! The pipeline (pullers, deliverer, reply sender) relies on being the only writer of its store:
 //! `seq` must grow in commit order and a message must have one deliverer. So of the instances
-//! sharing a database (and schema), exactly one runs it: the holder of a session-level advisory
-//! lock on a connection of its own. The others answer `/healthz` with 200 and everything else,
-//! `/readyz` included, with 503 (so a load balancer sends callbacks and reply-API calls to the
-//! leader), and try the lock again every `storage.standby_poll`. When the leader stops, or its
-//! lock connection dies, PostgreSQL releases the lock and a standby takes over, resuming from the
-//! committed cursors and deliveries exactly as a restart would.
-//!
-//! SQLite needs none of this: its file belongs to one process.
+//! sharing a database, exactly one runs it: the holder of its lock — on PostgreSQL a
+//! session-level advisory lock (per schema) on a connection of its own, on SQLite an exclusive
+//! `flock` on `<file>.lock` beside the database. The others answer `/healthz` with 200 and
+//! everything else, `/readyz` included, with 503 (so a load balancer sends callbacks and
+//! reply-API calls to the leader), and try the lock again every `storage.standby_poll`. When the
+//! leader stops or dies (or its PostgreSQL lock connection does), the lock is released and a
+//! standby takes over, resuming from the committed cursors and deliveries exactly as a restart
+//! would. An in-memory SQLite database (`:memory:`) belongs to its process and needs no lock.
 
+use std::io::{Read, Seek, Write};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,29 +33,80 @@ const LOCK_CLASS: i32 = 7_428_102;
 /// How often the leader checks that its lock connection is alive.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
-/// This instance's leadership of a PostgreSQL database: dropping it releases the lock.
+/// This instance's leadership of its store: dropping it releases the lock.
 pub struct LeaderLock {
-    client: Arc<Client>,
-    pid: i32,
-    lost: watch::Receiver<bool>,
-    heartbeat: tokio::task::JoinHandle<()>,
+    held: Held,
+}
+
+enum Held {
+    Postgres {
+        client: Arc<Client>,
+        pid: i32,
+        lost: watch::Receiver<bool>,
+        heartbeat: tokio::task::JoinHandle<()>,
+    },
+    /// Released by the kernel when the file is closed, at the latest when the process ends.
+    File { _file: std::fs::File, path: PathBuf },
 }
 
 impl std::fmt::Debug for LeaderLock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeaderLock")
-            .field("pid", &self.pid)
-            .finish_non_exhaustive()
+        match &self.held {
+            Held::Postgres { pid, .. } => f
+                .debug_struct("LeaderLock")
+                .field("backend_pid", pid)
+                .finish_non_exhaustive(),
+            Held::File { path, .. } => f
+                .debug_struct("LeaderLock")
+                .field("lock_file", path)
+                .finish_non_exhaustive(),
+        }
     }
 }
 
 impl Drop for LeaderLock {
     fn drop(&mut self) {
-        self.heartbeat.abort();
+        if let Held::Postgres { heartbeat, .. } = &self.held {
+            heartbeat.abort();
+        }
     }
 }
 
 impl LeaderLock {
+    /// Takes the lock of the SQLite database at `path` (an exclusive `flock` on `<path>.lock`,
+    /// into which this process then writes its id) if no other process holds it.
+    pub fn try_acquire_file(path: &str) -> Result<Option<LeaderLock>, Error> {
+        let lock_path = PathBuf::from(format!("{path}.lock"));
+        let cannot = |e| Error::io(format!("lock file {}", lock_path.display()), e);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(cannot)?;
+        // Fully qualified: std's inherent `File::try_lock` is newer than the MSRV.
+        match fs4::FileExt::try_lock(&file) {
+            Ok(()) => {}
+            Err(fs4::TryLockError::WouldBlock) => return Ok(None),
+            Err(fs4::TryLockError::Error(e)) => return Err(cannot(e)),
+        }
+        // Names the leader for whoever finds the file (and the standby's log line).
+        let named = file
+            .set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| writeln!(file, "{}", std::process::id()));
+        if let Err(e) = named {
+            tracing::warn!(error = %e, "cannot write this process's id into the lock file");
+        }
+        Ok(Some(LeaderLock {
+            held: Held::File {
+                _file: file,
+                path: lock_path,
+            },
+        }))
+    }
+
     /// Takes the lock for the database (and `search_path` schema) of `url` if no other
     /// instance holds it.
     pub async fn try_acquire(url: &str) -> Result<Option<LeaderLock>, Error> {
@@ -94,31 +147,59 @@ impl LeaderLock {
             }
         });
         Ok(Some(LeaderLock {
-            client,
-            pid,
-            lost,
-            heartbeat,
+            held: Held::Postgres {
+                client,
+                pid,
+                lost,
+                heartbeat,
+            },
         }))
     }
 
     /// The PostgreSQL backend process holding the lock (`pg_terminate_backend(pid)` hands the
-    /// leadership to a standby).
-    pub fn backend_pid(&self) -> i32 {
-        self.pid
-    }
-
-    /// Resolves when the lock is lost (its connection closed or stopped answering).
-    pub fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut lost = self.lost.clone();
-        async move {
-            let _ = lost.wait_for(|lost| *lost).await;
+    /// leadership to a standby); `None` for a SQLite lock file.
+    pub fn backend_pid(&self) -> Option<i32> {
+        match &self.held {
+            Held::Postgres { pid, .. } => Some(*pid),
+            Held::File { .. } => None,
         }
     }
 
-    /// Whether the lock's connection is still open.
-    pub fn is_held(&self) -> bool {
-        !*self.lost.borrow() && !self.client.is_closed()
+    /// Resolves when the lock is lost (its PostgreSQL connection closed or stopped answering);
+    /// a lock file is never lost while this process lives.
+    pub fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let lost = match &self.held {
+            Held::Postgres { lost, .. } => Some(lost.clone()),
+            Held::File { .. } => None,
+        };
+        async move {
+            match lost {
+                Some(mut lost) => {
+                    let _ = lost.wait_for(|lost| *lost).await;
+                }
+                None => std::future::pending().await,
+            }
+        }
     }
+
+    /// Whether the lock is still held (for PostgreSQL: its connection is still open).
+    pub fn is_held(&self) -> bool {
+        match &self.held {
+            Held::Postgres { client, lost, .. } => !*lost.borrow() && !client.is_closed(),
+            Held::File { .. } => true,
+        }
+    }
+}
+
+/// The process id written into the lock file of the SQLite database at `path` by its leader,
+/// if it can be read.
+pub fn lock_file_owner(path: &str) -> Option<u32> {
+    let mut text = String::new();
+    std::fs::File::open(format!("{path}.lock"))
+        .ok()?
+        .read_to_string(&mut text)
+        .ok()?;
+    text.trim().parse().ok()
 }
 
 /// Whether a database location is a PostgreSQL URL.
@@ -126,21 +207,35 @@ pub(crate) fn is_postgres(location: &str) -> bool {
     location.starts_with("postgres://") || location.starts_with("postgresql://")
 }
 
-/// Waits until this instance leads the PostgreSQL database at `location` (immediately for
-/// SQLite, which returns `None`). While another instance leads, answers on `listen` as a
-/// standby.
+/// Takes the lock of the store at `location` if it is free.
+async fn try_acquire(location: &str) -> Result<Option<LeaderLock>, Error> {
+    if is_postgres(location) {
+        LeaderLock::try_acquire(location).await
+    } else {
+        LeaderLock::try_acquire_file(location)
+    }
+}
+
+/// Waits until this instance leads the store at `location` (`None` at once for an in-memory
+/// SQLite database). While another instance leads, answers on `listen` as a standby.
 pub(crate) async fn lead(
     location: &str,
     listen: SocketAddr,
     poll: Duration,
 ) -> Result<Option<LeaderLock>, Error> {
-    if !is_postgres(location) {
+    if location == ":memory:" {
         return Ok(None);
     }
-    if let Some(lock) = LeaderLock::try_acquire(location).await? {
+    if let Some(lock) = try_acquire(location).await? {
         return Ok(Some(lock));
     }
-    tracing::info!("standby: another instance leads this database; waiting for its lock");
+    match (is_postgres(location), lock_file_owner(location)) {
+        (false, Some(pid)) => tracing::info!(
+            leader_pid = pid,
+            "standby: another process leads this SQLite database; waiting for its lock"
+        ),
+        _ => tracing::info!("standby: another instance leads this database; waiting for its lock"),
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| Error::io(format!("cannot listen on {listen}"), e))?;
@@ -156,7 +251,7 @@ pub(crate) async fn lead(
     });
     let lock = loop {
         tokio::time::sleep(poll).await;
-        match LeaderLock::try_acquire(location).await {
+        match try_acquire(location).await {
             Ok(Some(lock)) => break lock,
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "standby: cannot try the leader lock"),

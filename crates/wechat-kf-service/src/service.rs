@@ -72,8 +72,8 @@ impl Service {
     /// Starts everything and returns once the HTTP server listens and the pullers run. WeChat's
     /// clock is the system clock, or in sandbox mode the embedded emulator's.
     ///
-    /// With PostgreSQL, while another instance leads the database this waits as a standby
-    /// (see [`leader`](crate::leader)); dropping the future stops waiting.
+    /// While another instance leads the database (PostgreSQL, or the same SQLite file) this
+    /// waits as a standby (see [`leader`](crate::leader)); dropping the future stops waiting.
     pub async fn start(config: Config) -> Result<RunningService, Error> {
         Service::start_inner(config, None).await
     }
@@ -465,7 +465,7 @@ impl RunningService {
         &self.clock
     }
 
-    /// This instance's leadership of its PostgreSQL database (`None` with SQLite).
+    /// This instance's leadership of its store (`None` for an in-memory SQLite database).
     pub fn leader(&self) -> Option<&LeaderLock> {
         self.leader.as_ref()
     }

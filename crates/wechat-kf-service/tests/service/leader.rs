@@ -1,5 +1,6 @@
-//! Several instances on one PostgreSQL database: one leads, the others stand by and take over
-//! (needs `DATABASE_URL`; skipped without it, failing under `WECHAT_KF_CI=1`).
+//! Several instances on one store: one leads, the others stand by and take over. PostgreSQL
+//! tests need `DATABASE_URL` (skipped without it, failing under `WECHAT_KF_CI=1`); SQLite ones
+//! run everywhere.
 
 use std::time::Duration;
 
@@ -13,12 +14,26 @@ async fn a_second_instance_stands_by_and_takes_over_when_the_leader_stops() {
         return;
     };
     let schema = PgSchema::create(&url).await;
+    standby_takes_over(Some(&schema.url)).await;
+    schema.drop().await;
+}
+
+#[tokio::test]
+async fn a_second_instance_on_the_same_sqlite_file_stands_by_and_takes_over() {
+    standby_takes_over(None).await;
+}
+
+/// Two instances on one store (PostgreSQL at `db`, else a SQLite file): the second stands by
+/// while the first delivers, takes over when it stops, and every message arrives once.
+async fn standby_takes_over(db: Option<&str>) {
     let emu = emulator().await;
     let sink = Sink::start().await;
     let kf = emu.emulator().create_account("leader");
     let dir = tempfile::tempdir().unwrap();
-    let mut config = config(&emu, &dir.path().join("unused.db"), Some(&sink.url));
-    config.storage.db = Some(schema.url.clone());
+    let mut config = config(&emu, &dir.path().join("kf.db"), Some(&sink.url));
+    if let Some(db) = db {
+        config.storage.db = Some(db.to_owned());
+    }
     config.storage.standby_poll = Duration::from_millis(100);
     config.wechat.accounts = vec![kf.clone()];
 
@@ -86,7 +101,6 @@ async fn a_second_instance_stands_by_and_takes_over_when_the_leader_stops() {
     assert_all_delivered_once(&second, &sink, &expected).await;
     second.shutdown().await;
     emu.shutdown().await;
-    schema.drop().await;
 }
 
 #[tokio::test]
@@ -102,7 +116,7 @@ async fn a_leader_whose_lock_connection_dies_notices_and_hands_over() {
     config.storage.standby_poll = Duration::from_millis(100);
 
     let first = start(&emu, config.clone()).await;
-    let pid = first.leader().unwrap().backend_pid();
+    let pid = first.leader().unwrap().backend_pid().unwrap();
     let lost = first.leadership_lost();
     schema
         .admin
@@ -126,11 +140,24 @@ async fn a_leader_whose_lock_connection_dies_notices_and_hands_over() {
 }
 
 #[tokio::test]
-async fn a_sqlite_service_leads_without_a_lock() {
+async fn a_sqlite_leader_names_itself_in_its_lock_file_and_never_loses_the_lock() {
     let emu = emulator().await;
     let dir = tempfile::tempdir().unwrap();
-    let running = start(&emu, config(&emu, &dir.path().join("s.db"), None)).await;
-    assert!(running.leader().is_none());
+    let db = dir.path().join("s.db");
+    let running = start(&emu, config(&emu, &db, None)).await;
+    let lock = running.leader().expect("a SQLite file is led");
+    assert!(lock.is_held());
+    assert_eq!(lock.backend_pid(), None);
+    assert_eq!(
+        wechat_kf_service::leader::lock_file_owner(db.to_str().unwrap()),
+        Some(std::process::id())
+    );
+    // Another process (here: another open file) cannot take it while this one leads.
+    assert!(
+        wechat_kf_service::leader::LeaderLock::try_acquire_file(db.to_str().unwrap())
+            .unwrap()
+            .is_none()
+    );
     let lost = running.leadership_lost();
     assert!(
         tokio::time::timeout(Duration::from_millis(100), lost)
@@ -139,5 +166,11 @@ async fn a_sqlite_service_leads_without_a_lock() {
         "never resolves"
     );
     running.shutdown().await;
+    assert!(
+        wechat_kf_service::leader::LeaderLock::try_acquire_file(db.to_str().unwrap())
+            .unwrap()
+            .is_some(),
+        "released at shutdown"
+    );
     emu.shutdown().await;
 }

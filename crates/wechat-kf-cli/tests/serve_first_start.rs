@@ -104,10 +104,10 @@ async fn the_first_start_and_media_flags_reach_the_service() {
         .env("WECHAT_KF_CALLBACK_TOKEN", &e.callback_token)
         .env("WECHAT_KF_ENCODING_AES_KEY", &e.encoding_aes_key)
         .env("WECHAT_KF_BASE_URL", emu.base_url())
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -143,5 +143,20 @@ async fn the_first_start_and_media_flags_reach_the_service() {
     assert_eq!(record["file_name"], "照片.png", "{body}");
     let path = record["path"].as_str().unwrap();
     assert_eq!(std::fs::read(path).unwrap(), vec![5u8; 100]);
+    // The choice and the number of skipped messages are logged; the messages themselves not.
+    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(log.contains("pulling without a cursor"), "{log}");
+    let caught_up = log
+        .lines()
+        .find(|l| l.contains("caught up"))
+        .unwrap_or_else(|| panic!("no caught-up line: {log}"));
+    assert!(
+        caught_up.contains("skipped=1") && caught_up.contains("delivered=1"),
+        "{caught_up}"
+    );
+    assert!(
+        !log.contains("两小时前"),
+        "message content in the log: {log}"
+    );
     emu.shutdown().await;
 }

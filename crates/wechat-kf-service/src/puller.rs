@@ -107,7 +107,13 @@ struct CatchUp {
     policy: FirstStart,
     skipped: u64,
     delivered: u64,
+    pages: u64,
+    /// When the last progress line was logged (a 3-day backlog can take many pages).
+    logged_at: std::time::Instant,
 }
+
+/// How often a long catch-up logs its progress.
+const CATCH_UP_PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Every account's slot; spawns a puller for an account the first time it is named.
 pub struct Pullers {
@@ -294,6 +300,8 @@ async fn run(
             policy,
             skipped: 0,
             delivered: 0,
+            pages: 0,
+            logged_at: std::time::Instant::now(),
         }
     });
     let mut announced = false;
@@ -360,6 +368,8 @@ fn begin_catch_up(
         policy,
         skipped: 0,
         delivered: 0,
+        pages: 0,
+        logged_at: std::time::Instant::now(),
     }
 }
 
@@ -564,12 +574,24 @@ async fn pull_round(
         if let Some(c) = catch_up.as_mut() {
             c.skipped += outcome.skipped as u64;
             c.delivered += outcome.stored.len() as u64;
+            c.pages += 1;
             ctx.metrics.skipped(open_kfid, outcome.skipped as u64);
+            if has_more && c.logged_at.elapsed() >= CATCH_UP_PROGRESS_EVERY {
+                c.logged_at = std::time::Instant::now();
+                tracing::info!(
+                    open_kfid,
+                    pages = c.pages,
+                    skipped = c.skipped,
+                    delivered = c.delivered,
+                    "catching up: still paging through the backlog"
+                );
+            }
             if !has_more {
                 tracing::info!(
                     open_kfid,
                     reason = c.reason,
                     policy = %c.policy,
+                    pages = c.pages,
                     skipped = c.skipped,
                     delivered = c.delivered,
                     "caught up: the cursor is stored"

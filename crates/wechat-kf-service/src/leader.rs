@@ -33,6 +33,9 @@ const LOCK_CLASS: i32 = 7_428_102;
 /// How often the leader checks that its lock connection is alive.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
+/// How long a standby's attempt to take the lock may take.
+const POLL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// This instance's leadership of its store: dropping it releases the lock.
 pub struct LeaderLock {
     held: Held,
@@ -128,8 +131,17 @@ impl LeaderLock {
                 &[&LOCK_CLASS],
             )
             .await?;
-        if !row.get::<_, bool>(0) {
-            return Ok(None);
+        // NULL when no schema of the search_path exists (current_schema() is NULL).
+        match row.try_get::<_, Option<bool>>(0)? {
+            Some(true) => {}
+            Some(false) => return Ok(None),
+            None => {
+                return Err(Error::Config(
+                    "PostgreSQL: no schema of the connection's search_path exists; create it \
+                     or fix the URL's search_path option"
+                        .into(),
+                ));
+            }
         }
         let pid: i32 = row.get(1);
         // A half-open connection (network partition) would not end the connection task for a
@@ -251,10 +263,12 @@ pub(crate) async fn lead(
     });
     let lock = loop {
         tokio::time::sleep(poll).await;
-        match try_acquire(location).await {
-            Ok(Some(lock)) => break lock,
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "standby: cannot try the leader lock"),
+        // Bounded: an unreachable database must not stall the polling.
+        match tokio::time::timeout(POLL_TIMEOUT, try_acquire(location)).await {
+            Ok(Ok(Some(lock))) => break lock,
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "standby: cannot try the leader lock"),
+            Err(_) => tracing::warn!("standby: trying the leader lock timed out"),
         }
     };
     let _ = stop.send(());

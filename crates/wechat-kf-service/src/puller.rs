@@ -251,6 +251,18 @@ impl Pullers {
             let _ = task.await;
         }
     }
+
+    /// Stops every puller at once, a page commit in progress included (a PostgreSQL
+    /// transaction that has not committed rolls back).
+    pub(crate) async fn abort(&self) {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
 }
 
 /// An account's puller task.

@@ -153,10 +153,11 @@ impl Service {
         let started_at = clock.now();
 
         let location = config.db_location();
+        // Lead first, then open: a standby holds no store connection that could die while it
+        // waits, and a newer version waiting as standby does not migrate under the leader.
+        let leader = leader::lead(&location, config.listen, config.storage.standby_poll).await?;
         let store = store::open(&location, config.storage.synchronous).await?;
         tracing::info!(backend = store.backend(), "store open");
-        // Nothing below writes to the store before this instance leads it.
-        let leader = leader::lead(&location, config.listen, config.storage.standby_poll).await?;
 
         let metrics = Arc::new(Metrics::new());
         let media = MediaFetcher::new(client.clone(), &config.media, metrics.clone())
@@ -318,8 +319,8 @@ impl Service {
     }
 
     /// Starts the service, runs until `stop` completes, then shuts down gracefully. Returns
-    /// [`Error::LeadershipLost`] (after shutting down) if a PostgreSQL leader loses its lock,
-    /// so that a supervisor restarts it as a standby.
+    /// [`Error::LeadershipLost`] if a PostgreSQL leader loses its lock (after stopping at once,
+    /// see [`RunningService::abandon`]), so that a supervisor restarts it as a standby.
     pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), Error> {
         tokio::pin!(stop);
         let running = tokio::select! {
@@ -336,13 +337,12 @@ impl Service {
         };
         if lost {
             tracing::error!(
-                "lost the database leader lock; stopping so that a standby can take over"
+                "lost the database leader lock; stopping at once, a standby may already lead"
             );
-        }
-        running.shutdown().await;
-        if lost {
+            running.abandon().await;
             return Err(Error::LeadershipLost);
         }
+        running.shutdown().await;
         Ok(())
     }
 }
@@ -507,6 +507,31 @@ impl RunningService {
         }
         self.store.close().await;
         // Released only now: a standby must not start while this instance still writes.
+        drop(self.leader);
+        if let Some(sandbox) = self.sandbox {
+            sandbox.running.shutdown().await;
+        }
+        tracing::info!("stopped");
+    }
+
+    /// Stops at once, finishing nothing: for a leader that lost its lock, whose successor may
+    /// already be running. Every task is aborted (an uncommitted PostgreSQL transaction rolls
+    /// back) and the store closed, so this instance writes nothing more; a delivery or reply
+    /// in flight whose outcome was not recorded is repeated by the successor, as after a crash.
+    pub async fn abandon(self) {
+        self.state.set_ready(false);
+        let _ = self.shutdown.send(true);
+        self.server.abort();
+        self.deliverer.abort();
+        self.replies.abort();
+        for task in &self.background {
+            task.abort();
+        }
+        self.pullers.abort().await;
+        let _ = self.deliverer.await;
+        let _ = self.replies.await;
+        let _ = self.server.await;
+        self.store.close().await;
         drop(self.leader);
         if let Some(sandbox) = self.sandbox {
             sandbox.running.shutdown().await;

@@ -66,6 +66,11 @@ impl PgSchema {
         PgSchema { url, admin, name }
     }
 
+    /// The schema's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Drops the schema and everything in it.
     pub async fn drop(self) {
         self.admin

@@ -133,8 +133,56 @@ async fn a_leader_whose_lock_connection_dies_notices_and_hands_over() {
         .expect("a new leader")
         .unwrap();
     assert!(second.leader().is_some());
-    first.shutdown().await;
+    tokio::time::timeout(Duration::from_secs(5), first.abandon())
+        .await
+        .expect("abandoning finishes nothing, so it is quick");
     second.shutdown().await;
+    emu.shutdown().await;
+    schema.drop().await;
+}
+
+#[tokio::test]
+async fn a_running_service_that_loses_its_lock_returns_leadership_lost() {
+    let Some(url) = service_url("DATABASE_URL") else {
+        return;
+    };
+    let schema = PgSchema::create(&url).await;
+    let emu = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&emu, &dir.path().join("unused.db"), None);
+    config.storage.db = Some(schema.url.clone());
+    let run = tokio::spawn(Service::run(config, std::future::pending()));
+    // The holder of this schema's leader lock, as PostgreSQL sees it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let holder: i32 = loop {
+        let row = schema
+            .admin
+            .query_opt(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                 AND classid = 7428102 AND objid = hashtext($1)::oid",
+                &[&schema.name()],
+            )
+            .await
+            .unwrap();
+        if let Some(row) = row {
+            break row.get(0);
+        }
+        assert!(std::time::Instant::now() < deadline, "no leader lock");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    schema
+        .admin
+        .execute("SELECT pg_terminate_backend($1)", &[&holder])
+        .await
+        .unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(15), run)
+        .await
+        .expect("run returned")
+        .unwrap();
+    assert!(
+        matches!(result, Err(wechat_kf_service::Error::LeadershipLost)),
+        "{result:?}"
+    );
     emu.shutdown().await;
     schema.drop().await;
 }
@@ -172,5 +220,23 @@ async fn a_sqlite_leader_names_itself_in_its_lock_file_and_never_loses_the_lock(
             .is_some(),
         "released at shutdown"
     );
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_search_path_naming_no_existing_schema_is_a_clear_error() {
+    let Some(url) = service_url("DATABASE_URL") else {
+        return;
+    };
+    let emu = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&emu, &dir.path().join("unused.db"), None);
+    let sep = if url.contains('?') { '&' } else { '?' };
+    config.storage.db = Some(format!(
+        "{url}{sep}options=-c%20search_path%3Dwk_no_such_schema_{}",
+        free_port()
+    ));
+    let error = Service::start(config).await.unwrap_err();
+    assert!(error.to_string().contains("search_path"), "{error}");
     emu.shutdown().await;
 }

@@ -19,7 +19,8 @@
 //! ```
 //!
 //! An upload failure (after the S3 client's own retries) is `error` of kind `upload_failed`
-//! when no local copy is kept, and `upload_error` beside `path` when one is.
+//! when no local copy is kept, and `upload_error` beside `path` when one is — in the record of
+//! the file concerned: the original's, or its conversion's (`converted`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -355,7 +356,8 @@ impl MediaFetcher {
     }
 
     /// Uploads the downloaded file and its conversion, adding `url` and `key` to their records
-    /// (and dropping `path` when the local copy is not kept).
+    /// (and dropping `path` when the local copy is not kept). A failure is recorded in the
+    /// record it concerns: the original's, or `converted`.
     async fn upload_all(
         &self,
         bucket: &Bucket,
@@ -363,27 +365,43 @@ impl MediaFetcher {
         job: &Job,
         record: &mut Map<String, Value>,
     ) {
-        let mut failure = self.upload_one(bucket, open_kfid, job, record).await;
+        let mut ok = self.upload_recorded(bucket, open_kfid, job, record).await;
         if let Some(Value::Object(converted)) = record.get_mut("converted") {
-            let converted_failure = self.upload_one(bucket, open_kfid, job, converted).await;
-            failure = failure.or(converted_failure);
+            ok &= self
+                .upload_recorded(bucket, open_kfid, job, converted)
+                .await;
         }
-        let Some(message) = failure else {
-            self.metrics.media_upload(job.msgtype, "ok");
-            return;
+        self.metrics
+            .media_upload(job.msgtype, if ok { "ok" } else { "failed" });
+        if !ok {
+            tracing::warn!(
+                open_kfid,
+                bucket = %bucket.name,
+                "media upload failed; delivering without it"
+            );
+        }
+    }
+
+    /// Uploads one record's file and records a failure in it (`error` when no local copy is
+    /// kept, else `upload_error`); whether it did not fail.
+    async fn upload_recorded(
+        &self,
+        bucket: &Bucket,
+        open_kfid: &str,
+        job: &Job,
+        record: &mut Map<String, Value>,
+    ) -> bool {
+        let Some(message) = self.upload_one(bucket, open_kfid, job, record).await else {
+            return true;
         };
-        self.metrics.media_upload(job.msgtype, "failed");
-        tracing::warn!(
-            open_kfid,
-            bucket = %bucket.name,
-            "media upload failed; delivering without it"
-        );
         let error = error_json("upload_failed", None, &message);
-        if self.keep_local {
-            record.insert("upload_error".into(), error);
+        let field = if self.keep_local {
+            "upload_error"
         } else {
-            record.insert("error".into(), error);
-        }
+            "error"
+        };
+        record.insert(field.into(), error);
+        false
     }
 
     /// Uploads the file at a record's `path` (if any); the error text when that fails.

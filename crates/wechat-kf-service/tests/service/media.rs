@@ -311,7 +311,7 @@ impl TestBucket {
         let endpoint = service_url("WECHAT_KF_S3_ENDPOINT")?
             .trim_end_matches('/')
             .to_owned();
-        let name = format!("kf-media-{}", free_port());
+        let name = format!("kf-media-{}", uuid::Uuid::new_v4().simple());
         let created = reqwest::Client::new()
             .put(format!("{endpoint}/{name}"))
             .send()

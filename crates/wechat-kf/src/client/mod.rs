@@ -371,8 +371,9 @@ impl ClientBuilder {
         self
     }
 
-    /// How long one process may hold a shared token store's refresh lease (default 15 s).
-    /// Other processes wait at most this long for its new token before fetching their own.
+    /// How long one process may hold a shared token store's refresh lease (default 30 s, one
+    /// request timeout). A holder slower than this loses the lease to one waiting process; a
+    /// process waits at most twice this long before fetching a token without the lease.
     pub fn token_refresh_lease(mut self, lease: Duration) -> Self {
         self.refresh_lease = lease;
         self

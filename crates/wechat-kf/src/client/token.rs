@@ -238,9 +238,14 @@ pub fn token_key(corp_id: &str, secret: &Secret) -> String {
     format!("{corp_id}:{}", hex::encode(&digest[..8]))
 }
 
-/// How long a process may hold the cross-process refresh lease by default (one `gettoken` with
-/// its retries fits well inside).
-pub(crate) const DEFAULT_REFRESH_LEASE: Duration = Duration::from_secs(15);
+/// How long a process may hold the cross-process refresh lease by default: one `gettoken`
+/// attempt at the default request timeout (30 s). A slower holder's lease lapses and one
+/// waiter takes it over; the others keep waiting.
+pub(crate) const DEFAULT_REFRESH_LEASE: Duration = Duration::from_secs(30);
+
+/// How many lease times a process waits for others' refreshes before fetching without the
+/// lease (a valve for a store that keeps granting leases to holders that never finish).
+const LEASE_WAIT_LEASES: u32 = 2;
 
 /// How often a process waiting for another's refresh looks into the store.
 const LEASE_POLL: Duration = Duration::from_millis(50);
@@ -377,14 +382,16 @@ impl TokenManager {
     }
 
     /// Takes the store's refresh lease. While another process holds it, a still-valid token is
-    /// used as is, and otherwise the store is watched for the token that process will save; if
-    /// none comes within the lease time (or the store fails), this process refreshes anyway.
+    /// used as is, and otherwise the store is watched for the token that process will save. A
+    /// holder slower than the lease loses it to one waiter (leases lapse), not to all of them;
+    /// only a failing store, or no token within two lease times, makes this process refresh
+    /// without the lease.
     async fn wait_for_lease(
         &self,
         now: &(dyn Fn() -> SystemTime + Send + Sync),
         usable: &mut Option<AccessToken>,
     ) -> LeaseWait {
-        let deadline = tokio::time::Instant::now() + self.lease;
+        let deadline = tokio::time::Instant::now() + self.lease * LEASE_WAIT_LEASES;
         loop {
             match self.store.acquire_refresh(&self.key, self.lease).await {
                 Ok(RefreshLease::Granted(holder)) => {
@@ -407,7 +414,7 @@ impl TokenManager {
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                tracing::warn!("another process held the token refresh lease too long; refreshing");
+                tracing::warn!("other processes held the token refresh lease too long; refreshing");
                 return LeaseWait::Refresh(None);
             }
             tokio::time::sleep(LEASE_POLL).await;

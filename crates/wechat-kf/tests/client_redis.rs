@@ -263,3 +263,20 @@ async fn a_holder_slower_than_the_lease_hands_over_to_one_waiter_not_to_all() {
     let calls = count.load(Ordering::SeqCst);
     assert!((1..=3).contains(&calls), "{calls} gettoken calls");
 }
+
+#[tokio::test]
+async fn a_rediss_url_speaks_tls_and_a_server_that_never_answers_times_out() {
+    let Some(url) = redis_url() else { return };
+    // The same server, addressed with TLS: the store is built (TLS support is compiled in),
+    // and the handshake a plain-text server never answers fails at the store's timeout
+    // instead of hanging the client.
+    let tls_url = url.replacen("redis://", "rediss://", 1);
+    let store = RedisTokenStore::new(&tls_url)
+        .expect("rediss:// is supported")
+        .timeout(Duration::from_millis(500));
+    let key = wechat_kf::client::token_key("wwcorp", &"secret".into());
+    let loaded = tokio::time::timeout(Duration::from_secs(10), store.load(&key))
+        .await
+        .expect("the store's timeout applies");
+    assert!(loaded.is_err(), "{loaded:?}");
+}

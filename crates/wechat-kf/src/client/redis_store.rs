@@ -44,6 +44,7 @@ return 0
 pub struct RedisTokenStore {
     client: redis::Client,
     prefix: String,
+    timeout: std::time::Duration,
     connection: tokio::sync::Mutex<Option<MultiplexedConnection>>,
 }
 
@@ -67,14 +68,23 @@ fn unix(time: SystemTime) -> u64 {
 }
 
 impl RedisTokenStore {
-    /// A store for the Redis server at `url` (e.g. `redis://127.0.0.1:6379/0`). Connects lazily.
+    /// A store for the Redis server at `url` (e.g. `redis://127.0.0.1:6379/0`, or `rediss://`
+    /// for TLS). Connects lazily.
     pub fn new(url: &str) -> Result<Self, Error> {
         let client = redis::Client::open(url).map_err(|e| Error::store("invalid Redis URL", e))?;
         Ok(Self {
             client,
             prefix: "wechat-kf:token:".to_owned(),
+            timeout: std::time::Duration::from_secs(5),
             connection: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// How long connecting, and each command, may take (default 5 s). A store that does not
+    /// answer in time counts as failing: the client then fetches tokens itself.
+    pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// Changes the key prefix.
@@ -88,9 +98,12 @@ impl RedisTokenStore {
         if let Some(connection) = slot.as_ref() {
             return Ok(connection.clone());
         }
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(self.timeout)
+            .set_response_timeout(self.timeout);
         let connection = self
             .client
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|e| Error::store("cannot connect to Redis", e))?;
         *slot = Some(connection.clone());
@@ -111,7 +124,7 @@ impl RedisTokenStore {
         match op(connection).await {
             Ok(value) => Ok(value),
             Err(error) => {
-                if error.is_io_error() || error.is_connection_dropped() {
+                if error.is_io_error() || error.is_connection_dropped() || error.is_timeout() {
                     self.reset().await;
                 }
                 Err(Error::store(what, error))

@@ -297,6 +297,11 @@ fn admit(
         if ip_per_minute > 0 || ip_per_hour > 0 {
             if s.ip_rate.len() >= MAX_IP_RATE_ENTRIES {
                 s.ip_rate.retain(|_, (_, hour)| !hour.is_idle(now, HOUR));
+                // Still full of active (or spoofed X-Forwarded-For) addresses: start the
+                // windows afresh rather than grow without bound or scan on every call.
+                if s.ip_rate.len() >= MAX_IP_RATE_ENTRIES {
+                    s.ip_rate.clear();
+                }
             }
             let (minute, hour) = s.ip_rate.entry((ip, path.to_string())).or_default();
             if !minute.hit(now, MINUTE, ip_per_minute) || !hour.hit(now, HOUR, ip_per_hour) {

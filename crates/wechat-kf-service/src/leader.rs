@@ -219,12 +219,24 @@ pub(crate) fn is_postgres(location: &str) -> bool {
     location.starts_with("postgres://") || location.starts_with("postgresql://")
 }
 
+/// The file a SQLite location's lock goes beside: the path itself, or a `file:` URI's path;
+/// `None` for an in-memory database, which belongs to its process.
+fn sqlite_file(location: &str) -> Option<&str> {
+    let (path, query) = match location.strip_prefix("file:") {
+        Some(uri) => uri.split_once('?').unwrap_or((uri, "")),
+        None => (location, ""),
+    };
+    let in_memory =
+        path.is_empty() || path == ":memory:" || query.split('&').any(|p| p == "mode=memory");
+    (!in_memory).then_some(path)
+}
+
 /// Takes the lock of the store at `location` if it is free.
 async fn try_acquire(location: &str) -> Result<Option<LeaderLock>, Error> {
-    if is_postgres(location) {
-        LeaderLock::try_acquire(location).await
-    } else {
-        LeaderLock::try_acquire_file(location)
+    match sqlite_file(location) {
+        _ if is_postgres(location) => LeaderLock::try_acquire(location).await,
+        Some(path) => LeaderLock::try_acquire_file(path),
+        None => Ok(None),
     }
 }
 
@@ -235,14 +247,17 @@ pub(crate) async fn lead(
     listen: SocketAddr,
     poll: Duration,
 ) -> Result<Option<LeaderLock>, Error> {
-    if location == ":memory:" {
+    if !is_postgres(location) && sqlite_file(location).is_none() {
         return Ok(None);
     }
     if let Some(lock) = try_acquire(location).await? {
         return Ok(Some(lock));
     }
-    match (is_postgres(location), lock_file_owner(location)) {
-        (false, Some(pid)) => tracing::info!(
+    match sqlite_file(location)
+        .filter(|_| !is_postgres(location))
+        .and_then(lock_file_owner)
+    {
+        Some(pid) => tracing::info!(
             leader_pid = pid,
             "standby: another process leads this SQLite database; waiting for its lock"
         ),
@@ -275,6 +290,26 @@ pub(crate) async fn lead(
     let _ = server.await;
     tracing::info!("this instance now leads the database");
     Ok(Some(lock))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_locations_name_their_file_unless_in_memory() {
+        assert_eq!(sqlite_file("kf.db"), Some("kf.db"));
+        assert_eq!(sqlite_file("/var/lib/kf.db"), Some("/var/lib/kf.db"));
+        assert_eq!(sqlite_file("file:kf.db?cache=shared"), Some("kf.db"));
+        for memory in [
+            ":memory:",
+            "file::memory:",
+            "file:x?mode=memory&cache=shared",
+            "",
+        ] {
+            assert_eq!(sqlite_file(memory), None, "{memory}");
+        }
+    }
 }
 
 /// What a standby answers: alive, not ready, nothing else.

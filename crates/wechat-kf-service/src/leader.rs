@@ -292,6 +292,14 @@ pub(crate) async fn lead(
     Ok(Some(lock))
 }
 
+/// What a standby answers: alive, not ready, nothing else.
+fn standby_router() -> Router {
+    const STANDBY: &str = "standby: another instance leads this database\n";
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|| async { (StatusCode::SERVICE_UNAVAILABLE, STANDBY).into_response() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,12 +318,4 @@ mod tests {
             assert_eq!(sqlite_file(memory), None, "{memory}");
         }
     }
-}
-
-/// What a standby answers: alive, not ready, nothing else.
-fn standby_router() -> Router {
-    const STANDBY: &str = "standby: another instance leads this database\n";
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .fallback(|| async { (StatusCode::SERVICE_UNAVAILABLE, STANDBY).into_response() })
 }

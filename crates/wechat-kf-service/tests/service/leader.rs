@@ -103,16 +103,28 @@ async fn standby_takes_over(db: Option<&str>) {
     emu.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_leader_whose_lock_connection_dies_notices_and_hands_over() {
-    let Some(url) = service_url("DATABASE_URL") else {
-        return;
-    };
+/// A throwaway schema, an emulator, and a service config on that schema (without a webhook);
+/// `None` (the test is skipped) without `DATABASE_URL`.
+async fn on_postgres() -> Option<(
+    PgSchema,
+    wechat_kf_emulator::RunningEmulator,
+    tempfile::TempDir,
+    wechat_kf_service::config::Config,
+)> {
+    let url = service_url("DATABASE_URL")?;
     let schema = PgSchema::create(&url).await;
     let emu = emulator().await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(&emu, &dir.path().join("unused.db"), None);
     config.storage.db = Some(schema.url.clone());
+    Some((schema, emu, dir, config))
+}
+
+#[tokio::test]
+async fn a_leader_whose_lock_connection_dies_notices_and_hands_over() {
+    let Some((schema, emu, _dir, mut config)) = on_postgres().await else {
+        return;
+    };
     config.storage.standby_poll = Duration::from_millis(100);
 
     let first = start(&emu, config.clone()).await;
@@ -143,14 +155,9 @@ async fn a_leader_whose_lock_connection_dies_notices_and_hands_over() {
 
 #[tokio::test]
 async fn a_running_service_that_loses_its_lock_returns_leadership_lost() {
-    let Some(url) = service_url("DATABASE_URL") else {
+    let Some((schema, emu, _dir, config)) = on_postgres().await else {
         return;
     };
-    let schema = PgSchema::create(&url).await;
-    let emu = emulator().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = config(&emu, &dir.path().join("unused.db"), None);
-    config.storage.db = Some(schema.url.clone());
     let run = tokio::spawn(Service::run(config, std::future::pending()));
     // The holder of this schema's leader lock, as PostgreSQL sees it.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);

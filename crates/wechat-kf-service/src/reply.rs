@@ -113,6 +113,20 @@ pub(crate) fn api_error_response(error: &wechat_kf::client::Error) -> Response {
     }
 }
 
+/// Whether a failed retry means an earlier attempt went out: it may have reached WeChat
+/// before we lost the answer (or crashed), and WeChat rejects the repeated msgid (or the
+/// already used code) with 40035.
+fn sent_by_an_earlier_attempt(error: &wechat_kf::client::Error, attempts: u32) -> bool {
+    attempts > 0
+        && matches!(
+            error,
+            wechat_kf::client::Error::Api {
+                code: ErrCode::InvalidParameter,
+                ..
+            }
+        )
+}
+
 /// An error's text without anything that could echo message content (a decode error's serde
 /// message may quote a value).
 pub(crate) fn safe_error(error: &wechat_kf::client::Error) -> String {
@@ -793,12 +807,7 @@ impl ReplySender {
                     })
                     .collect()
             }
-            // An earlier attempt may have reached WeChat before we lost the answer (or
-            // crashed): WeChat then rejects the repeated msgid, which means the reply went out.
-            SendOutcome::Failed(wechat_kf::client::Error::Api {
-                code: ErrCode::InvalidParameter,
-                ..
-            }) if first_record.attempts > 0 => {
+            SendOutcome::Failed(e) if sent_by_an_earlier_attempt(&e, first_record.attempts) => {
                 if self.gate.view(&open_kfid, &touser).await.is_some() {
                     let at = self.gate.clock.now_u64();
                     self.gate
@@ -861,32 +870,19 @@ impl ReplySender {
             Some(&event.msgid),
         );
         match result {
-            Ok(_) => {
-                Metrics::add(&self.metrics.replies_sent, 1);
-                r.insert("status".into(), json!("sent"));
-                ReplyOutcome::Finished {
-                    id: record.id,
-                    state: ReplyState::Sent,
-                    error: None,
-                    result: Some(Value::Object(r).to_string()),
-                }
-            }
-            Err(wechat_kf::client::Error::Api {
-                code: ErrCode::InvalidParameter,
-                ..
-            }) if record.attempts > 0 => {
-                Metrics::add(&self.metrics.replies_sent, 1);
-                r.insert("status".into(), json!("sent"));
-                ReplyOutcome::Finished {
-                    id: record.id,
-                    state: ReplyState::Sent,
-                    error: None,
-                    result: Some(Value::Object(r).to_string()),
-                }
-            }
-            Err(e) => {
+            Err(e) if !sent_by_an_earlier_attempt(&e, record.attempts) => {
                 self.metrics.api_error("kf/send_msg_on_event", &e);
                 self.retry_or_fail(record, e, r)
+            }
+            _ => {
+                Metrics::add(&self.metrics.replies_sent, 1);
+                r.insert("status".into(), json!("sent"));
+                ReplyOutcome::Finished {
+                    id: record.id,
+                    state: ReplyState::Sent,
+                    error: None,
+                    result: Some(Value::Object(r).to_string()),
+                }
             }
         }
     }

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
 
 use crate::Error;
+use crate::store::is_postgres;
 
 /// The advisory lock's first key (the second is the schema's hash, so that schemas of one
 /// database are led separately).
@@ -214,29 +215,41 @@ pub fn lock_file_owner(path: &str) -> Option<u32> {
     text.trim().parse().ok()
 }
 
-/// Whether a database location is a PostgreSQL URL.
-pub(crate) fn is_postgres(location: &str) -> bool {
-    location.starts_with("postgres://") || location.starts_with("postgresql://")
+/// What leadership of a store location is held by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lock<'a> {
+    /// A PostgreSQL advisory lock (the location is the URL).
+    Advisory,
+    /// A `flock` beside this SQLite file (a path, or a `file:` URI's path).
+    File(&'a str),
+    /// Nothing: an in-memory SQLite database belongs to its process.
+    None,
 }
 
-/// The file a SQLite location's lock goes beside: the path itself, or a `file:` URI's path;
-/// `None` for an in-memory database, which belongs to its process.
-fn sqlite_file(location: &str) -> Option<&str> {
+/// The lock a store location is led by.
+fn lock_of(location: &str) -> Lock<'_> {
+    if is_postgres(location) {
+        return Lock::Advisory;
+    }
     let (path, query) = match location.strip_prefix("file:") {
         Some(uri) => uri.split_once('?').unwrap_or((uri, "")),
         None => (location, ""),
     };
     let in_memory =
         path.is_empty() || path == ":memory:" || query.split('&').any(|p| p == "mode=memory");
-    (!in_memory).then_some(path)
+    if in_memory {
+        Lock::None
+    } else {
+        Lock::File(path)
+    }
 }
 
 /// Takes the lock of the store at `location` if it is free.
-async fn try_acquire(location: &str) -> Result<Option<LeaderLock>, Error> {
-    match sqlite_file(location) {
-        _ if is_postgres(location) => LeaderLock::try_acquire(location).await,
-        Some(path) => LeaderLock::try_acquire_file(path),
-        None => Ok(None),
+async fn try_acquire(location: &str, lock: Lock<'_>) -> Result<Option<LeaderLock>, Error> {
+    match lock {
+        Lock::Advisory => LeaderLock::try_acquire(location).await,
+        Lock::File(path) => LeaderLock::try_acquire_file(path),
+        Lock::None => Ok(None),
     }
 }
 
@@ -247,16 +260,18 @@ pub(crate) async fn lead(
     listen: SocketAddr,
     poll: Duration,
 ) -> Result<Option<LeaderLock>, Error> {
-    if !is_postgres(location) && sqlite_file(location).is_none() {
+    let kind = lock_of(location);
+    if kind == Lock::None {
         return Ok(None);
     }
-    if let Some(lock) = try_acquire(location).await? {
+    if let Some(lock) = try_acquire(location, kind).await? {
         return Ok(Some(lock));
     }
-    match sqlite_file(location)
-        .filter(|_| !is_postgres(location))
-        .and_then(lock_file_owner)
-    {
+    let owner = match kind {
+        Lock::File(path) => lock_file_owner(path),
+        _ => None,
+    };
+    match owner {
         Some(pid) => tracing::info!(
             leader_pid = pid,
             "standby: another process leads this SQLite database; waiting for its lock"
@@ -279,7 +294,7 @@ pub(crate) async fn lead(
     let lock = loop {
         tokio::time::sleep(poll).await;
         // Bounded: an unreachable database must not stall the polling.
-        match tokio::time::timeout(POLL_TIMEOUT, try_acquire(location)).await {
+        match tokio::time::timeout(POLL_TIMEOUT, try_acquire(location, kind)).await {
             Ok(Ok(Some(lock))) => break lock,
             Ok(Ok(None)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "standby: cannot try the leader lock"),
@@ -306,16 +321,17 @@ mod tests {
 
     #[test]
     fn sqlite_locations_name_their_file_unless_in_memory() {
-        assert_eq!(sqlite_file("kf.db"), Some("kf.db"));
-        assert_eq!(sqlite_file("/var/lib/kf.db"), Some("/var/lib/kf.db"));
-        assert_eq!(sqlite_file("file:kf.db?cache=shared"), Some("kf.db"));
+        assert_eq!(lock_of("kf.db"), Lock::File("kf.db"));
+        assert_eq!(lock_of("/var/lib/kf.db"), Lock::File("/var/lib/kf.db"));
+        assert_eq!(lock_of("file:kf.db?cache=shared"), Lock::File("kf.db"));
+        assert_eq!(lock_of("postgres://u@h/db"), Lock::Advisory);
         for memory in [
             ":memory:",
             "file::memory:",
             "file:x?mode=memory&cache=shared",
             "",
         ] {
-            assert_eq!(sqlite_file(memory), None, "{memory}");
+            assert_eq!(lock_of(memory), Lock::None, "{memory}");
         }
     }
 }

@@ -610,13 +610,18 @@ impl std::fmt::Debug for dyn Store {
     }
 }
 
+/// Whether a database location is a PostgreSQL URL (anything else is SQLite).
+pub(crate) fn is_postgres(location: &str) -> bool {
+    location.starts_with("postgres://") || location.starts_with("postgresql://")
+}
+
 /// Opens the store named by `location`: a `postgres://` / `postgresql://` URL, `:memory:`, or a
 /// SQLite file path; runs the migrations.
 pub async fn open(
     location: &str,
     synchronous: crate::config::Synchronous,
 ) -> Result<Arc<dyn Store>, Error> {
-    if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+    if is_postgres(location) {
         Ok(Arc::new(PostgresStore::connect(location).await?))
     } else {
         let location = location.to_owned();

@@ -110,6 +110,16 @@ impl RedisTokenStore {
         Ok(connection)
     }
 
+    /// The Redis key of a token: `<prefix><key>`.
+    fn token_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// The Redis key of a token's refresh lease: `<prefix><key>:refresh`.
+    fn lease_key(&self, key: &str) -> String {
+        format!("{}{key}:refresh", self.prefix)
+    }
+
     /// Forgets a broken connection so the next call reconnects.
     async fn reset(&self) {
         *self.connection.lock().await = None;
@@ -157,7 +167,7 @@ impl RedisTokenStore {
 impl TokenStore for RedisTokenStore {
     fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<AccessToken>, Error>> {
         Box::pin(async move {
-            let full = format!("{}{key}", self.prefix);
+            let full = self.token_key(key);
             let value: Option<String> = self
                 .run(
                     "Redis GET failed",
@@ -185,7 +195,7 @@ impl TokenStore for RedisTokenStore {
         token: &'a AccessToken,
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            let full = format!("{}{key}", self.prefix);
+            let full = self.token_key(key);
             let ttl = token
                 .expires_at()
                 .duration_since(SystemTime::now())
@@ -211,7 +221,7 @@ impl TokenStore for RedisTokenStore {
         token: &'a AccessToken,
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            let full = format!("{}{key}", self.prefix);
+            let full = self.token_key(key);
             let value = token.secret().expose().to_owned();
             self.run_script("Redis invalidate failed", INVALIDATE_SCRIPT, full, value)
                 .await
@@ -224,7 +234,7 @@ impl TokenStore for RedisTokenStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<RefreshLease, Error>> {
         Box::pin(async move {
-            let full = format!("{}{key}:refresh", self.prefix);
+            let full = self.lease_key(key);
             let holder = format!("{:016x}", rand::rng().next_u64());
             let ttl = (ttl.as_millis() as u64).max(1);
             let value = holder.clone();
@@ -253,7 +263,7 @@ impl TokenStore for RedisTokenStore {
         holder: &'a str,
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            let full = format!("{}{key}:refresh", self.prefix);
+            let full = self.lease_key(key);
             self.run_script(
                 "Redis lease release failed",
                 RELEASE_SCRIPT,

@@ -6,7 +6,6 @@
 //! `WECHAT_KF_SERVE_BIN` may name another build of the binary.
 
 use std::collections::{HashMap, HashSet};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,15 +20,13 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use wechat_kf_emulator::{Emulator, RunningEmulator};
 
+mod common;
+use common::{binary, free_port};
+
 const KILLS: usize = 22;
 const ACCOUNTS: usize = 3;
 const CUSTOMERS: usize = 40;
 const MESSAGES: usize = 12_000;
-
-fn binary() -> String {
-    std::env::var("WECHAT_KF_SERVE_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_wechat-kf").to_owned())
-}
 
 /// Whether `serve` exists in this build (it is wired into main.rs separately).
 fn serve_available() -> bool {
@@ -50,14 +47,6 @@ fn serve_available() -> bool {
         );
     }
     available
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A tiny deterministic generator (no dependency, reproducible with the printed seed).
@@ -192,9 +181,7 @@ async fn killing_the_service_at_random_moments_loses_nothing_and_stores_nothing_
     let app = Router::new()
         .route("/hook", post(hook))
         .with_state(sink.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let webhook = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let webhook = common::serve(app, "/hook").await;
 
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("crash.db");

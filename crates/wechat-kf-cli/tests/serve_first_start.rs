@@ -2,7 +2,6 @@
 //! waits in the emulator; with `since:1h` only the recent message is delivered, with its media
 //! downloaded into the directory. A bad policy is refused with exit code 2.
 
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,18 +13,8 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use wechat_kf_emulator::Emulator;
 
-fn binary() -> String {
-    std::env::var("WECHAT_KF_SERVE_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_wechat-kf").to_owned())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+use common::{binary, free_port};
 
 #[test]
 fn an_unknown_first_start_policy_is_refused_with_exit_code_2() {
@@ -83,9 +72,7 @@ async fn the_first_start_and_media_flags_reach_the_service() {
     let app = Router::new()
         .route("/hook", post(hook))
         .with_state(bodies.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let webhook = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let webhook = common::serve(app, "/hook").await;
 
     let dir = tempfile::tempdir().unwrap();
     let media_dir = dir.path().join("media");

@@ -3,25 +3,14 @@
 //! message appears on stdout as a JSON line, and SIGTERM stops the service cleanly.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-fn binary() -> String {
-    std::env::var("WECHAT_KF_SERVE_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_wechat-kf").to_owned())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+use common::{binary, free_port};
 
 #[tokio::test]
 async fn the_sandbox_answers_a_customer_with_an_echo_in_one_command() {

@@ -146,6 +146,18 @@ pub async fn start_on_emulator_clock(emu: &RunningEmulator, config: Config) -> R
     running
 }
 
+/// A service on the emulator's clock, storing in a fresh directory and delivering to `sink`;
+/// the directory must live as long as the service.
+pub async fn start_delivering_to(
+    emu: &RunningEmulator,
+    sink: &Sink,
+) -> (RunningService, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let running =
+        start_on_emulator_clock(emu, config(emu, &dir.path().join("kf.db"), Some(&sink.url))).await;
+    (running, dir)
+}
+
 /// Waits until the store has recorded every acknowledgement: the bot's 2xx is recorded just
 /// after the sink has seen the delivery, so asserting right after the sink would race it.
 pub async fn wait_until_acks_recorded(running: &RunningService) {

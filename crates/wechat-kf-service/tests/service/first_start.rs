@@ -267,12 +267,7 @@ async fn skipped_messages_still_teach_the_session_view() {
     )
     .await;
     emu.emulator().advance_clock(Duration::from_secs(2 * HOUR));
-    let dir = tempfile::tempdir().unwrap();
-    let running = start_on_emulator_clock(
-        &emu,
-        config(&emu, &dir.path().join("kf.db"), Some(&sink.url)),
-    )
-    .await;
+    let (running, _dir) = start_delivering_to(&emu, &sink).await;
     let store = running.store().clone();
     let kf2 = kf.clone();
     wait_for("the held session's view", Duration::from_secs(15), || {

@@ -150,12 +150,7 @@ async fn six_reply_api_calls_in_a_row_answer_quota_exhausted_for_the_sixth() {
     let emu = emulator().await;
     let sink = Sink::start().await;
     let kf = emu.emulator().create_account("api-quota");
-    let dir = tempfile::tempdir().unwrap();
-    let running = start_on_emulator_clock(
-        &emu,
-        config(&emu, &dir.path().join("kf.db"), Some(&sink.url)),
-    )
-    .await;
+    let (running, _dir) = start_delivering_to(&emu, &sink).await;
     let asked = emu
         .emulator()
         .customer_send(text(&kf, "wmQ", "问题"))

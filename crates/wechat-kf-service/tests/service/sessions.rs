@@ -74,12 +74,7 @@ async fn a_servicer_taking_the_session_gets_the_bots_replies_refused_with_the_se
     let kf = emu.emulator().create_account("handoff");
     add_servicer(&emu, &kf, "zhangsan").await;
     answering_bot(&sink, &kf, "wmH");
-    let dir = tempfile::tempdir().unwrap();
-    let running = start_on_emulator_clock(
-        &emu,
-        config(&emu, &dir.path().join("kf.db"), Some(&sink.url)),
-    )
-    .await;
+    let (running, _dir) = start_delivering_to(&emu, &sink).await;
 
     emu.emulator()
         .customer_send(text(&kf, "wmH", "你好"))
@@ -188,12 +183,7 @@ async fn a_refusal_wechat_answers_is_learnt_and_explained_with_the_servicer() {
     let sink = Sink::start().await;
     let kf = emu.emulator().create_account("surprise");
     add_servicer(&emu, &kf, "lisi").await;
-    let dir = tempfile::tempdir().unwrap();
-    let running = start_on_emulator_clock(
-        &emu,
-        config(&emu, &dir.path().join("kf.db"), Some(&sink.url)),
-    )
-    .await;
+    let (running, _dir) = start_delivering_to(&emu, &sink).await;
     let hello = emu
         .emulator()
         .customer_send(text(&kf, "wmS", "你好"))
@@ -317,12 +307,7 @@ async fn the_bot_can_hand_the_session_to_a_servicer_in_its_webhook_reply() {
             reply_text(&kf2, "wmT", "还有别的问题吗？"),
         ]}))
     });
-    let dir = tempfile::tempdir().unwrap();
-    let running = start_on_emulator_clock(
-        &emu,
-        config(&emu, &dir.path().join("kf.db"), Some(&sink.url)),
-    )
-    .await;
+    let (running, _dir) = start_delivering_to(&emu, &sink).await;
     emu.emulator()
         .customer_send(text(&kf, "wmT", "找个真人"))
         .unwrap();

@@ -23,7 +23,8 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use wechat_kf::client::puller::callback_token_usable;
 use wechat_kf::client::{Client, ErrCode, SyncMsgRequest, VoiceFormat};
 use wechat_kf::{InvalidItem, Message, MessageContent, Origin, SyncMsgResponse};
@@ -35,7 +36,6 @@ use crate::media::MediaFetcher;
 use crate::metrics::Metrics;
 use crate::outbound::{Transfer, new_msgid};
 use crate::retry::{backoff, jitter, now_ms};
-use crate::service::stopped;
 use crate::store::{NewMessage, NewReply, PageWrite, Payload, ReplyEndpoint, Store, is_skipped};
 
 /// An account's wake-up slot.
@@ -84,7 +84,7 @@ pub(crate) struct PullContext {
     pub(crate) deliveries: DeliveryQueue,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) config: PullConfig,
-    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) shutdown: CancellationToken,
     pub(crate) retry_initial: Duration,
     pub(crate) retry_max: Duration,
     /// WeChat's clock.
@@ -273,7 +273,7 @@ async fn run(
     mut cursor: Option<String>,
     mut catch_up_before: Option<i64>,
 ) {
-    let mut shutdown = ctx.shutdown.clone();
+    let shutdown = ctx.shutdown.clone();
     // Remember the account so a restart pulls it even if no callback comes, and continue from
     // its committed cursor when it was known already (e.g. named by a callback that arrived
     // before the stored accounts were started).
@@ -298,7 +298,7 @@ async fn run(
                 let delay = backoff(failures, ctx.retry_initial, ctx.retry_max, jitter());
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = stopped(&mut shutdown) => return,
+                    _ = shutdown.cancelled() => return,
                 }
             }
         }
@@ -326,9 +326,9 @@ async fn run(
         tokio::select! {
             _ = slot.notify.notified() => {}
             _ = tokio::time::sleep(safety) => {}
-            _ = stopped(&mut shutdown) => return,
+            _ = shutdown.cancelled() => return,
         }
-        if *shutdown.borrow() {
+        if shutdown.is_cancelled() {
             return;
         }
         if cursor.is_none() && catch_up.is_none() {
@@ -347,7 +347,7 @@ async fn run(
             &slot,
             &mut cursor,
             &mut catch_up,
-            &mut shutdown,
+            &shutdown,
         )
         .await;
     }
@@ -457,7 +457,7 @@ async fn pull_round(
     slot: &Slot,
     cursor: &mut Option<String>,
     catch_up: &mut Option<CatchUp>,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &CancellationToken,
 ) {
     Metrics::add(&ctx.metrics.pulls, 1);
     let mut failures = 0u32;
@@ -468,7 +468,7 @@ async fn pull_round(
     // otherwise cost one rejected call each).
     let mut use_tokens = true;
     loop {
-        if *shutdown.borrow() {
+        if shutdown.is_cancelled() {
             return;
         }
         let token = if use_tokens {
@@ -489,7 +489,7 @@ async fn pull_round(
         let result = tokio::select! {
             result = ctx.client.messages().sync(request) => result,
             // Nothing is committed yet: abandoning the call loses nothing.
-            _ = stopped(shutdown) => return,
+            _ = shutdown.cancelled() => return,
         };
         let page = match result {
             Ok(page) => page,
@@ -534,7 +534,7 @@ async fn pull_round(
                     tracing::warn!(open_kfid, error = %e, retry_in_ms = delay.as_millis() as u64, "sync_msg failed");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => continue,
-                        _ = stopped(shutdown) => return,
+                        _ = shutdown.cancelled() => return,
                     }
                 }
                 tracing::error!(open_kfid, error = %e, "sync_msg failed; waiting for the next callback");
@@ -573,7 +573,7 @@ async fn pull_round(
                 tracing::error!(open_kfid, error = %e, "cannot store a page; pulling it again");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => continue,
-                    _ = stopped(shutdown) => return,
+                    _ = shutdown.cancelled() => return,
                 }
             }
         };
@@ -625,7 +625,7 @@ async fn pull_round(
                 let records = tokio::select! {
                     records = fetcher.fetch_all(open_kfid, jobs) => records,
                     // Committed already: the downloads are redone at the next start.
-                    _ = stopped(shutdown) => return,
+                    _ = shutdown.cancelled() => return,
                 };
                 if let Err(e) = ctx.store.record_media(records.clone()).await {
                     tracing::warn!(open_kfid, error = %e, "cannot store media records; delivering them anyway");
@@ -656,7 +656,7 @@ async fn pull_round(
         tokio::select! {
             _ = ctx.deliveries.push(outcome.stored) => {}
             // Committed already: the deliverer finds these rows in the store at the next start.
-            _ = stopped(shutdown) => return,
+            _ = shutdown.cancelled() => return,
         }
         if !has_more {
             tracing::debug!(open_kfid, pages, stored = stored_total, "pull finished");
@@ -670,7 +670,7 @@ async fn pull_round(
                     Duration::from_millis(50 * u64::from(empty_pages)).min(Duration::from_secs(2));
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = stopped(shutdown) => return,
+                    _ = shutdown.cancelled() => return,
                 }
             }
         } else {

@@ -24,7 +24,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use wechat_kf::client::{
     Client, ErrCode, OutboundMessage, SendMsgOnEventRequest, SendMsgRequest, ServiceState,
     TransServiceStateRequest,
@@ -39,7 +40,6 @@ use crate::outbound::{
 };
 use crate::retry::{backoff, jitter, now_ms};
 use crate::sending::{Gate, SendOutcome, refusal_json, view_json};
-use crate::service::stopped;
 use crate::store::{ReplyEndpoint, ReplyOutcome, ReplyRecord, ReplyState, SessionUpdate, Store};
 
 /// Longest text WeChat accepts (bytes); the joiner never merges beyond it.
@@ -606,9 +606,9 @@ fn text_of(send: &SendMsg) -> Option<&str> {
 
 impl ReplySender {
     /// Runs until shutdown; a round in progress finishes first.
-    pub(crate) async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_cancelled() {
                 return;
             }
             let worked = match self.round().await {
@@ -633,7 +633,7 @@ impl ReplySender {
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
-                _ = stopped(&mut shutdown) => return,
+                _ = shutdown.cancelled() => return,
             }
         }
     }

@@ -7,8 +7,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use wechat_kf::client::{Client, RedisTokenStore};
 use wechat_kf::crypto::CallbackCrypto;
 
@@ -39,7 +40,8 @@ pub struct RunningService {
     client: Client,
     sandbox: Option<sandbox::Sandbox>,
     clock: Clock,
-    shutdown: watch::Sender<bool>,
+    /// Cancelled to stop every task; each holds a clone.
+    shutdown: CancellationToken,
     server: JoinHandle<()>,
     deliverer: JoinHandle<()>,
     replies: JoinHandle<()>,
@@ -172,7 +174,7 @@ impl Service {
             clock.clone(),
             metrics.clone(),
         ));
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let shutdown = CancellationToken::new();
         let reply_wake = Arc::new(Notify::new());
         let echo = config.sandbox.echo;
         let (deliverer, queue, incoming) = Deliverer::recover(
@@ -190,7 +192,7 @@ impl Service {
             deliveries: queue,
             metrics: metrics.clone(),
             config: config.pull.clone(),
-            shutdown: shutdown_rx.clone(),
+            shutdown: shutdown.clone(),
             retry_initial: Duration::from_millis(500),
             retry_max: Duration::from_secs(60),
             clock: clock.clone(),
@@ -228,16 +230,15 @@ impl Service {
             .local_addr()
             .map_err(|e| Error::io("cannot read the listening address", e))?;
         let router = app(state.clone());
-        let mut server_shutdown = shutdown_rx.clone();
+        let server_shutdown = shutdown.clone();
         let server = tokio::spawn(async move {
-            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-                let _ = server_shutdown.wait_for(|stop| *stop).await;
-            });
+            let serve = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { server_shutdown.cancelled().await });
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "HTTP server stopped");
             }
         });
-        let deliverer = tokio::spawn(deliverer.run(incoming, shutdown_rx.clone()));
+        let deliverer = tokio::spawn(deliverer.run(incoming, shutdown.clone()));
         let replies = tokio::spawn(
             ReplySender {
                 client: client.clone(),
@@ -250,7 +251,7 @@ impl Service {
                 retry_initial: Duration::from_secs(1),
                 retry_max: Duration::from_secs(300),
             }
-            .run(shutdown_rx.clone()),
+            .run(shutdown.clone()),
         );
 
         if let Some(s) = &mut sandbox {
@@ -291,7 +292,7 @@ impl Service {
             background.push(tokio::spawn(purge_loop(
                 store.clone(),
                 config.storage.retention,
-                shutdown_rx.clone(),
+                shutdown.clone(),
             )));
         }
         state.set_ready(true);
@@ -309,7 +310,7 @@ impl Service {
             client,
             sandbox,
             clock,
-            shutdown: shutdown_tx,
+            shutdown,
             server,
             deliverer,
             replies,
@@ -379,17 +380,11 @@ async fn backfill_media(store: &Arc<dyn Store>, fetcher: &MediaFetcher) -> Resul
     }
 }
 
-/// Resolves once shutdown has been signalled, including when it was signalled before (a plain
-/// `changed()` would wait for a *further* change once this receiver has seen the first).
-pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
-}
-
 /// Deletes delivered messages older than the retention, a chunk at a time, every 10 minutes.
 async fn purge_loop(
     store: Arc<dyn Store>,
     retention: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let mut first = true;
     loop {
@@ -401,7 +396,7 @@ async fn purge_loop(
         first = false;
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = stopped(&mut shutdown) => return,
+            () = shutdown.cancelled() => return,
         }
         let before = now_ms() - retention.as_millis().min(i64::MAX as u128) as i64;
         let mut total = 0;
@@ -414,7 +409,7 @@ async fn purge_loop(
                     break;
                 }
             }
-            if *shutdown.borrow() {
+            if shutdown.is_cancelled() {
                 return;
             }
         }
@@ -497,7 +492,7 @@ impl RunningService {
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
         self.state.set_ready(false);
-        let _ = self.shutdown.send(true);
+        self.shutdown.cancel();
         let _ = self.server.await;
         self.pullers.join().await;
         let _ = self.deliverer.await;
@@ -520,7 +515,7 @@ impl RunningService {
     /// in flight whose outcome was not recorded is repeated by the successor, as after a crash.
     pub async fn abandon(self) {
         self.state.set_ready(false);
-        let _ = self.shutdown.send(true);
+        self.shutdown.cancel();
         self.server.abort();
         self.deliverer.abort();
         self.replies.abort();

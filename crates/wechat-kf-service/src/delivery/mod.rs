@@ -19,7 +19,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
 use wechat_kf::{Message, MessageContent, Origin};
 
 use crate::Error;
@@ -27,7 +28,6 @@ use crate::config::{JoinerConfig, WebhookConfig};
 use crate::metrics::Metrics;
 use crate::outbound::{ReplyOrigin, echo_reply, queue_reply};
 use crate::retry::{backoff, jitter, now_ms};
-use crate::service::stopped;
 use crate::store::{
     Ack, DeliveryRecord, Failure, FinishDeliveries, Lane, Payload, Store, StoredMessage,
 };
@@ -525,7 +525,7 @@ impl Deliverer {
     }
 
     /// Records finished attempts: acknowledgements and retries in one transaction.
-    async fn finish(&mut self, done: Vec<Done>, shutdown: &watch::Receiver<bool>) {
+    async fn finish(&mut self, done: Vec<Done>, shutdown: &CancellationToken) {
         let now = now_ms();
         let mut finish = FinishDeliveries {
             now_ms: now,
@@ -666,7 +666,7 @@ impl Deliverer {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot record delivery results; retrying");
-                    if *shutdown.borrow() {
+                    if shutdown.is_cancelled() {
                         return;
                     }
                     tokio::time::sleep(wait).await;
@@ -750,12 +750,12 @@ impl Deliverer {
     pub(crate) async fn run(
         mut self,
         mut incoming: mpsc::Receiver<Vec<StoredMessage>>,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: CancellationToken,
     ) {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let mut incoming_open = true;
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_cancelled() {
                 break;
             }
             self.fire_timers();
@@ -767,7 +767,7 @@ impl Deliverer {
                 .unwrap_or(60_000)
                 .min(60_000);
             tokio::select! {
-                _ = stopped(&mut shutdown) => break,
+                _ = shutdown.cancelled() => break,
                 Some(first) = done_rx.recv() => {
                     let mut done = vec![first];
                     while let Ok(more) = done_rx.try_recv() {

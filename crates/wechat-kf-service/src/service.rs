@@ -17,6 +17,7 @@ use crate::app::{AppState, app};
 use crate::clock::Clock;
 use crate::config::{Config, Secret};
 use crate::delivery::Deliverer;
+use crate::delivery::sink::Sink;
 use crate::leader::{self, LeaderLock};
 use crate::media::MediaFetcher;
 use crate::metrics::Metrics;
@@ -176,12 +177,12 @@ impl Service {
         ));
         let shutdown = CancellationToken::new();
         let reply_wake = Arc::new(Notify::new());
-        let echo = config.sandbox.echo;
+        let target = Sink::new(&config.webhook, config.sandbox.echo)?;
         let (deliverer, queue, incoming) = Deliverer::recover(
             store.clone(),
             config.webhook.clone(),
+            target,
             config.joiner,
-            echo,
             metrics.clone(),
             reply_wake.clone(),
         )

@@ -21,12 +21,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
-use wechat_kf::{Message, MessageContent, Origin};
 
 use crate::Error;
 use crate::config::{JoinerConfig, WebhookConfig};
 use crate::metrics::Metrics;
-use crate::outbound::{ReplyOrigin, echo_reply, queue_reply};
+use crate::outbound::{ReplyOrigin, queue_reply};
 use crate::retry::{backoff, jitter, now_ms};
 use crate::store::{
     Ack, DeliveryRecord, Failure, FinishDeliveries, Lane, Payload, Store, StoredMessage,
@@ -77,8 +76,6 @@ struct Delivery {
     recorded: bool,
     /// The body, built on the first attempt.
     body: Option<Bytes>,
-    /// Echo replies, computed with the body.
-    echo: Vec<serde_json::Value>,
     /// Reply results (row ids) the body carries (`reply_results`).
     results: Vec<i64>,
 }
@@ -115,7 +112,6 @@ pub(crate) struct Deliverer {
     sink: Arc<Sink>,
     config: WebhookConfig,
     joiner: JoinerConfig,
-    echo: bool,
     metrics: Arc<Metrics>,
     replies: Arc<Notify>,
     lanes: HashMap<Lane, LaneState>,
@@ -137,19 +133,18 @@ impl Deliverer {
     pub(crate) async fn recover(
         store: Arc<dyn Store>,
         config: WebhookConfig,
+        sink: Sink,
         joiner: JoinerConfig,
-        echo: bool,
         metrics: Arc<Metrics>,
         replies: Arc<Notify>,
     ) -> Result<(Deliverer, DeliveryQueue, mpsc::Receiver<Vec<StoredMessage>>), Error> {
-        let sink = Arc::new(Sink::new(&config)?);
+        let sink = Arc::new(sink);
         let (tx, rx) = mpsc::channel(QUEUE_PAGES);
         let mut deliverer = Deliverer {
             store,
             sink,
             config,
             joiner,
-            echo,
             metrics,
             replies,
             lanes: HashMap::new(),
@@ -228,7 +223,6 @@ impl Deliverer {
                     next_attempt_at_ms: record.next_attempt_at_ms,
                     recorded: true,
                     body: None,
-                    echo: Vec::new(),
                     results: Vec::new(),
                 },
             );
@@ -352,7 +346,6 @@ impl Deliverer {
                 next_attempt_at_ms: 0,
                 recorded: false,
                 body: None,
-                echo: Vec::new(),
                 results: Vec::new(),
             },
         );
@@ -503,13 +496,6 @@ impl Deliverer {
             } else {
                 sink::json_lines(items)
             });
-            if self.echo {
-                d.echo = d
-                    .entries
-                    .iter()
-                    .filter_map(|(lane, e)| echo_for(lane, e.payload.as_ref()?))
-                    .collect();
-            }
             // The body holds the JSON now; drop the per-message copies.
             for (_, entry) in d.entries.iter_mut() {
                 entry.media = None;
@@ -543,7 +529,7 @@ impl Deliverer {
             match outcome {
                 Outcome::Acked(replies) => {
                     Metrics::add(&self.metrics.deliveries_ok, 1);
-                    let mut queued: Vec<_> = replies
+                    let queued: Vec<_> = replies
                         .into_iter()
                         .enumerate()
                         .map(|(i, r)| {
@@ -554,16 +540,6 @@ impl Deliverer {
                             queue_reply(r, origin, &self.joiner)
                         })
                         .collect();
-                    let echo_origin = ReplyOrigin {
-                        delivery_id: Some(&id),
-                        position: None,
-                    };
-                    queued.extend(
-                        d.echo
-                            .iter()
-                            .cloned()
-                            .map(|r| queue_reply(r, echo_origin, &self.joiner)),
-                    );
                     for bad in queued.iter().filter(|r| r.error.is_some()) {
                         tracing::warn!(
                             delivery = &*id,
@@ -636,8 +612,7 @@ impl Deliverer {
                                 next_attempt_at_ms: at,
                                 recorded: true,
                                 body: None,
-                                echo: Vec::new(),
-                                results: Vec::new(),
+                                            results: Vec::new(),
                             })
                             .collect()
                     };
@@ -801,21 +776,5 @@ impl Deliverer {
                 _ => break,
             }
         }
-    }
-}
-
-/// The echo bot: customer texts get `echo: <text>`.
-fn echo_for(lane: &Lane, raw: &str) -> Option<serde_json::Value> {
-    let message = Message::from_json(raw).ok()?;
-    if message.origin() != Origin::Customer || lane.external_userid.is_empty() {
-        return None;
-    }
-    match message.content() {
-        MessageContent::Text(text) => Some(echo_reply(
-            &lane.open_kfid,
-            &lane.external_userid,
-            &text.content,
-        )),
-        _ => None,
     }
 }

@@ -1,4 +1,5 @@
-//! Where deliveries go: the bot's webhook (signed JSON) or stdout (JSON Lines).
+//! Where deliveries go — the delivery targets: the bot's webhook (signed JSON), stdout (JSON
+//! Lines), or the sandbox's echo bot (JSON Lines, and every customer text answered).
 
 use std::time::Duration;
 
@@ -6,8 +7,10 @@ use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::io::AsyncWriteExt;
+use wechat_kf::{Message, MessageContent, Origin};
 
 use crate::config::{Secret, WebhookConfig};
+use crate::outbound::echo_reply;
 
 /// The header carrying the body's HMAC-SHA256: `sha256=<hex>`.
 pub const SIGNATURE_HEADER: &str = "X-Wechat-Kf-Signature";
@@ -169,12 +172,21 @@ pub(crate) enum Sink {
     },
     /// JSON Lines on stdout.
     Stdout(tokio::sync::Mutex<tokio::io::Stdout>),
+    /// The sandbox's echo bot: JSON Lines on stdout, and each customer text acknowledged with the
+    /// reply `echo: <text>`, as a bot's webhook response would carry it.
+    Echo(tokio::sync::Mutex<tokio::io::Stdout>),
 }
 
 impl Sink {
-    /// The sink for a configuration.
-    pub(crate) fn new(config: &WebhookConfig) -> Result<Sink, crate::Error> {
+    /// The target for a configuration: the webhook when `url` is set, else the echo bot when
+    /// `echo` is, else stdout. The echo bot answers in the bot's place, so both at once is a
+    /// configuration error.
+    pub(crate) fn new(config: &WebhookConfig, echo: bool) -> Result<Sink, crate::Error> {
         match &config.url {
+            Some(_) if echo => Err(crate::Error::Config(
+                "--echo (sandbox.echo) answers in the bot's place; it cannot be combined with webhook.url"
+                    .into(),
+            )),
             Some(url) => {
                 let http = reqwest::Client::builder()
                     .timeout(config.timeout)
@@ -193,6 +205,7 @@ impl Sink {
                     max_response_bytes: config.max_response_bytes,
                 })
             }
+            None if echo => Ok(Sink::Echo(tokio::sync::Mutex::new(tokio::io::stdout()))),
             None => Ok(Sink::Stdout(tokio::sync::Mutex::new(tokio::io::stdout()))),
         }
     }
@@ -205,16 +218,14 @@ impl Sink {
     /// One delivery attempt.
     pub(crate) async fn deliver(&self, id: &str, attempt: u32, body: Bytes) -> Outcome {
         match self {
-            Sink::Stdout(out) => {
-                let mut out = out.lock().await;
-                match out.write_all(&body).await {
-                    Ok(()) => match out.flush().await {
-                        Ok(()) => Outcome::Acked(Vec::new()),
-                        Err(e) => Outcome::Failed(format!("stdout: {e}")),
-                    },
-                    Err(e) => Outcome::Failed(format!("stdout: {e}")),
-                }
-            }
+            Sink::Stdout(out) => match write_lines(out, &body).await {
+                Ok(()) => Outcome::Acked(Vec::new()),
+                Err(e) => Outcome::Failed(format!("stdout: {e}")),
+            },
+            Sink::Echo(out) => match write_lines(out, &body).await {
+                Ok(()) => Outcome::Acked(echo_replies(&body)),
+                Err(e) => Outcome::Failed(format!("stdout: {e}")),
+            },
             Sink::Webhook {
                 http,
                 url,
@@ -272,6 +283,37 @@ impl Sink {
     }
 }
 
+async fn write_lines(
+    out: &tokio::sync::Mutex<tokio::io::Stdout>,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut out = out.lock().await;
+    out.write_all(body).await?;
+    out.flush().await
+}
+
+/// The echo bot's replies to a JSON Lines body: `echo: <text>` for each customer text.
+fn echo_replies(body: &[u8]) -> Vec<serde_json::Value> {
+    body.split(|&b| b == b'\n')
+        .filter_map(|line| {
+            let message = Message::from_json(std::str::from_utf8(line).ok()?).ok()?;
+            let customer = message.external_userid()?;
+            let open_kfid = message.open_kfid()?;
+            if message.origin() != Origin::Customer || customer.as_str().is_empty() {
+                return None;
+            }
+            match message.content() {
+                MessageContent::Text(text) => Some(echo_reply(
+                    open_kfid.as_str(),
+                    customer.as_str(),
+                    &text.content,
+                )),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 /// The `replies` array of a webhook response body, if it has one.
 pub(crate) fn parse_replies(id: &str, body: &[u8]) -> Vec<serde_json::Value> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -304,6 +346,37 @@ mod tests {
             invalid,
             media,
         }
+    }
+
+    #[test]
+    fn the_echo_target_answers_customer_texts_only() {
+        let customer = r#"{"msgid":"m1","open_kfid":"wk1","external_userid":"wm1","send_time":1,"origin":3,"msgtype":"text","text":{"content":"hi"}}"#;
+        let servicer = r#"{"msgid":"m2","open_kfid":"wk1","external_userid":"wm1","send_time":1,"origin":5,"servicer_userid":"zs","msgtype":"text","text":{"content":"human"}}"#;
+        let image = r#"{"msgid":"m3","open_kfid":"wk1","external_userid":"wm1","send_time":1,"origin":3,"msgtype":"image","image":{"media_id":"X"}}"#;
+        let body = json_lines(
+            [customer, servicer, image, "not json"]
+                .into_iter()
+                .map(|raw| item(raw, false, None)),
+        );
+        let replies = echo_replies(&body);
+        assert_eq!(replies.len(), 1, "{replies:?}");
+        assert_eq!(replies[0]["touser"], "wm1");
+        assert_eq!(replies[0]["open_kfid"], "wk1");
+        assert_eq!(replies[0]["text"]["content"], "echo: hi");
+    }
+
+    #[test]
+    fn the_echo_bot_and_a_webhook_are_refused_together_at_start() {
+        let config = WebhookConfig {
+            url: Some("http://127.0.0.1:9/hook".into()),
+            ..crate::config::Config::default().webhook
+        };
+        let error = Sink::new(&config, true).err().unwrap();
+        assert!(error.to_string().contains("webhook.url"), "{error}");
+        assert!(matches!(Sink::new(&config, false), Ok(Sink::Webhook { .. })));
+        let stdout = crate::config::Config::default().webhook;
+        assert!(matches!(Sink::new(&stdout, true), Ok(Sink::Echo(_))));
+        assert!(matches!(Sink::new(&stdout, false), Ok(Sink::Stdout(_))));
     }
 
     #[test]

@@ -17,9 +17,11 @@ use wechat_kf::session::{SendRefusal, ServiceState, SessionView};
 
 use crate::Error;
 
+mod policy;
 mod postgres;
 mod sqlite;
 
+pub use policy::is_skipped;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -106,12 +108,6 @@ pub struct PageWrite {
     /// Replies (handoffs) queued only when the message with this msgid is newly stored and not
     /// skipped.
     pub actions: Vec<(String, NewReply)>,
-}
-
-/// Whether a message sent at `send_time` is skipped under `skip_before`. A message without a
-/// usable `send_time` (0) is never skipped: what cannot be dated is delivered.
-pub fn is_skipped(send_time: i64, skip_before: Option<i64>) -> bool {
-    skip_before.is_some_and(|before| send_time > 0 && send_time < before)
 }
 
 /// A stored, not yet acknowledged message as the deliverer sees it.
@@ -499,7 +495,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores a page's new messages (msgids already stored are ignored), feeds them to their
     /// customers' session views, queues the actions of new messages and stores the cursor, in
-    /// one transaction.
+    /// one transaction. What it writes is decided by one pure function both backends call (the
+    /// page-commit policy, `store/policy.rs`); the backends only read and write.
     fn commit_page(&self, page: PageWrite) -> BoxFuture<'_, Result<PageOutcome, Error>>;
 
     /// Stored, unacknowledged messages with `seq > after_seq`, in seq order (no payloads).
@@ -659,14 +656,6 @@ mod tests {
     fn seq_lists_round_trip() {
         assert_eq!(decode_seqs(&encode_seqs(&[1, 22, 333])), vec![1, 22, 333]);
         assert_eq!(decode_seqs(""), Vec::<i64>::new());
-    }
-
-    #[test]
-    fn only_dated_messages_older_than_the_threshold_are_skipped() {
-        assert!(is_skipped(99, Some(100)));
-        assert!(!is_skipped(100, Some(100)));
-        assert!(!is_skipped(0, Some(100)), "undated messages are delivered");
-        assert!(!is_skipped(1, None));
     }
 
     #[test]

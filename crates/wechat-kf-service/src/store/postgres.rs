@@ -235,27 +235,59 @@ impl Store for PostgresStore {
     fn commit_page(&self, page: PageWrite) -> BoxFuture<'_, Result<PageOutcome, Error>> {
         Box::pin(async move {
             with_client!(self, client, {
-                let n = page.messages.len();
+                let tx = client.transaction().await?;
+                // Read what the page-commit policy needs, ask it for the plan, write the plan
+                // (see [`policy::plan_page`]).
+                let already_stored: HashSet<String> = tx
+                    .query(
+                        "SELECT msgid FROM messages WHERE open_kfid = $1 AND msgid = ANY($2)",
+                        &[&page.open_kfid, &policy::msgids(&page)],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                let customers = policy::customers_to_observe(&page, &already_stored);
+                let mut views = HashMap::with_capacity(customers.len());
+                if !customers.is_empty() {
+                    let rows = tx
+                        .query(
+                            "SELECT external_userid, view FROM sessions \
+                             WHERE open_kfid = $1 AND external_userid = ANY($2)",
+                            &[&page.open_kfid, &customers],
+                        )
+                        .await?;
+                    for row in rows {
+                        let view: Option<String> = row.get(1);
+                        views.insert(row.get::<_, String>(0), parse_view(view.as_deref()));
+                    }
+                }
+                let plan = policy::plan_page(page, &already_stored, views);
+
+                let n = plan.rows.len();
                 let mut msgids = Vec::with_capacity(n);
                 let mut customers = Vec::with_capacity(n);
                 let mut send_times = Vec::with_capacity(n);
                 let mut origins: Vec<Option<i64>> = Vec::with_capacity(n);
                 let mut kinds = Vec::with_capacity(n);
                 let mut raws = Vec::with_capacity(n);
-                let mut errors: Vec<Option<String>> = Vec::with_capacity(n);
+                let mut errors: Vec<Option<&str>> = Vec::with_capacity(n);
                 let mut skips: Vec<bool> = Vec::with_capacity(n);
-                for m in &page.messages {
+                for row in &plan.rows {
+                    let m = &row.message;
                     msgids.push(m.msgid.as_str());
                     customers.push(m.external_userid.as_str());
                     send_times.push(m.send_time);
                     origins.push(m.origin.map(i64::from));
                     kinds.push(m.kind.as_str());
                     raws.push(m.payload.raw());
-                    errors.push(m.decode_error.clone());
-                    skips.push(is_skipped(m.send_time, page.skip_before));
+                    errors.push(m.decode_error.as_deref());
+                    skips.push(row.skipped);
                 }
-                let tx = client.transaction().await?;
-                // One statement for the page; ordinality keeps seq in page order.
+                // One statement for the page; ordinality keeps seq in page order. No
+                // `ON CONFLICT`: the plan only holds msgids the store does not have, so a
+                // conflict means the read above is stale, and failing the transaction (the
+                // page is pulled again) is better than committing a plan built on it.
                 let rows = tx
                     .query(
                         "INSERT INTO messages (open_kfid, msgid, external_userid, send_time, origin, kind, \
@@ -264,9 +296,9 @@ impl Store for PostgresStore {
                          FROM UNNEST($2::text[], $3::text[], $4::bigint[], \
                          $5::bigint[], $6::text[], $7::text[], $8::text[], $10::bool[]) \
                          WITH ORDINALITY AS u(m, e, t, o, k, r, d, s, i) \
-                         ORDER BY i ON CONFLICT (open_kfid, msgid) DO NOTHING RETURNING seq, msgid",
+                         ORDER BY i RETURNING seq, msgid",
                         &[
-                            &page.open_kfid,
+                            &plan.open_kfid,
                             &msgids,
                             &customers,
                             &send_times,
@@ -274,7 +306,7 @@ impl Store for PostgresStore {
                             &kinds,
                             &raws,
                             &errors,
-                            &page.now_ms,
+                            &plan.now_ms,
                             &skips,
                         ],
                     )
@@ -283,113 +315,55 @@ impl Store for PostgresStore {
                     .iter()
                     .map(|r| (r.get::<_, String>(1), r.get::<_, i64>(0)))
                     .collect();
-                // Each inserted msgid once, in page order (a page may repeat one).
-                let mut first: HashSet<&str> = HashSet::new();
-                let fresh: Vec<bool> = page
-                    .messages
+                let seqs = msgids
                     .iter()
-                    .map(|m| inserted.contains_key(&m.msgid) && first.insert(m.msgid.as_str()))
-                    .collect();
-                let mut last_message: HashMap<&str, i64> = HashMap::new();
-                let mut observed: Vec<&str> = Vec::new();
-                for (m, new) in page.messages.iter().zip(&fresh) {
-                    if !*new || m.external_userid.is_empty() {
-                        continue;
-                    }
-                    if m.origin == Some(3) {
-                        let at = last_message.entry(m.external_userid.as_str()).or_default();
-                        *at = (*at).max(m.send_time);
-                    }
-                    if matches!(m.payload, Payload::Message(_)) {
-                        observed.push(m.external_userid.as_str());
-                    }
-                }
-                observed.sort_unstable();
-                observed.dedup();
-                let mut views: HashMap<String, SessionView> = HashMap::new();
-                if !observed.is_empty() {
-                    let rows = tx
-                        .query(
-                            "SELECT external_userid, view FROM sessions \
-                             WHERE open_kfid = $1 AND external_userid = ANY($2)",
-                            &[&page.open_kfid, &observed],
-                        )
-                        .await?;
-                    for row in rows {
-                        let view: Option<String> = row.get(1);
-                        views.insert(row.get(0), parse_view(view.as_deref()));
-                    }
-                }
-                for (m, new) in page.messages.iter().zip(&fresh) {
-                    if let (true, Payload::Message(message)) = (*new, &m.payload) {
-                        if !m.external_userid.is_empty() {
-                            views
-                                .entry(m.external_userid.clone())
-                                .or_default()
-                                .observe(message);
-                        }
-                    }
-                }
-                let mut touched: HashSet<&str> = last_message.keys().copied().collect();
-                touched.extend(views.keys().map(String::as_str));
-                for customer in touched {
-                    let at = last_message.get(customer).copied().unwrap_or(0);
-                    let view = views.get(customer).map(encode_view);
+                    .map(|msgid| {
+                        inserted.get(*msgid).copied().ok_or_else(|| {
+                            Error::Store(
+                                "PostgreSQL did not return the seq of a stored message".into(),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<i64>, Error>>()?;
+                if !plan.sessions.is_empty() {
+                    let customers: Vec<&str> = plan
+                        .sessions
+                        .iter()
+                        .map(|s| s.external_userid.as_str())
+                        .collect();
+                    let times: Vec<i64> = plan
+                        .sessions
+                        .iter()
+                        .map(|s| s.last_customer_msg_at.unwrap_or(0))
+                        .collect();
+                    let views: Vec<Option<String>> = plan
+                        .sessions
+                        .iter()
+                        .map(|s| s.view.as_ref().map(encode_view))
+                        .collect();
+                    // One statement for the page's customers (each once in the plan).
                     tx.execute(
                         "INSERT INTO sessions (open_kfid, external_userid, last_customer_msg_at, view, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (open_kfid, external_userid) DO UPDATE SET \
+                         SELECT $1, e, t, v, $5 FROM UNNEST($2::text[], $3::bigint[], $4::text[]) AS u(e, t, v) \
+                         ON CONFLICT (open_kfid, external_userid) DO UPDATE SET \
                          last_customer_msg_at = GREATEST(sessions.last_customer_msg_at, excluded.last_customer_msg_at), \
                          view = COALESCE(excluded.view, sessions.view), updated_at = excluded.updated_at",
-                        &[&page.open_kfid, &customer, &at, &view, &page.now_ms],
+                        &[&plan.open_kfid, &customers, &times, &views, &plan.now_ms],
                     )
                     .await?;
                 }
-                for (msgid, action) in &page.actions {
-                    let new_and_kept = page.messages.iter().zip(&fresh).any(|(m, new)| {
-                        *new && m.msgid == *msgid && !is_skipped(m.send_time, page.skip_before)
-                    });
-                    if new_and_kept {
-                        insert_reply(&tx, action, page.now_ms).await?;
-                    }
+                for reply in &plan.replies {
+                    insert_reply(&tx, reply, plan.now_ms).await?;
                 }
                 tx.execute(
                     "INSERT INTO cursors (open_kfid, cursor, updated_at, catch_up_before) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (open_kfid) DO UPDATE SET cursor = COALESCE(excluded.cursor, cursors.cursor), \
                      updated_at = excluded.updated_at, catch_up_before = excluded.catch_up_before",
-                    &[&page.open_kfid, &page.next_cursor, &page.now_ms, &page.catch_up_before],
+                    &[&plan.open_kfid, &plan.next_cursor, &plan.now_ms, &plan.catch_up_before],
                 )
                 .await?;
                 tx.commit().await?;
-                drop((msgids, customers, kinds, raws));
-                let open_kfid: Arc<str> = Arc::from(page.open_kfid.as_str());
-                let mut outcome = PageOutcome::default();
-                let mut stored = Vec::with_capacity(inserted.len());
-                for (m, new) in page.messages.into_iter().zip(fresh) {
-                    if !new {
-                        outcome.duplicates += 1;
-                        continue;
-                    }
-                    if is_skipped(m.send_time, page.skip_before) {
-                        outcome.skipped += 1;
-                        continue;
-                    }
-                    if let Some(seq) = inserted.get(&m.msgid) {
-                        stored.push(StoredMessage {
-                            seq: *seq,
-                            lane: Lane {
-                                open_kfid: open_kfid.clone(),
-                                external_userid: Arc::from(m.external_userid.as_str()),
-                            },
-                            stored_at_ms: page.now_ms,
-                            invalid: m.decode_error.is_some(),
-                            payload: Some(m.payload),
-                            media: None,
-                        });
-                    }
-                }
-                stored.sort_by_key(|m| m.seq);
-                outcome.stored = stored;
-                Ok(outcome)
+                Ok(plan.into_outcome(&seqs))
             })
         })
     }

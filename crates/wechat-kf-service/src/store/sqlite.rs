@@ -188,32 +188,46 @@ fn migrate(conn: &mut Connection) -> Result<(), Error> {
     Ok(())
 }
 
+/// Reads what the page-commit policy needs, asks it for the plan and writes the plan, in one
+/// transaction (see [`policy::plan_page`]).
 fn commit_page(conn: &mut Connection, page: PageWrite) -> Result<PageOutcome, Error> {
     let tx = conn.transaction()?;
-    let mut outcome = PageOutcome {
-        stored: Vec::with_capacity(page.messages.len()),
-        skipped: 0,
-        duplicates: 0,
-    };
-    let open_kfid: Arc<str> = Arc::from(page.open_kfid.as_str());
-    let mut lanes: HashMap<String, Arc<str>> = HashMap::new();
-    let mut customers: HashMap<String, i64> = HashMap::new();
-    let mut views: HashMap<String, SessionView> = HashMap::new();
-    let mut fresh: HashSet<String> = HashSet::new();
-    {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO messages (open_kfid, msgid, external_userid, send_time, origin, kind, raw, \
-             decode_error, stored_at, skipped, delivered_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, CASE WHEN ?10 THEN ?9 END) \
-             ON CONFLICT (open_kfid, msgid) DO NOTHING",
+    let plan = {
+        let mut exists = tx.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM messages WHERE open_kfid = ?1 AND msgid = ?2)",
         )?;
+        let mut already_stored = HashSet::new();
+        for msgid in policy::msgids(&page) {
+            if exists.query_row(params![page.open_kfid, msgid], |r| r.get::<_, bool>(0))? {
+                already_stored.insert(msgid.to_owned());
+            }
+        }
         let mut load_view = tx.prepare_cached(
             "SELECT view FROM sessions WHERE open_kfid = ?1 AND external_userid = ?2",
         )?;
-        for m in page.messages {
-            let skipped = is_skipped(m.send_time, page.skip_before);
-            let inserted = insert.execute(params![
-                page.open_kfid,
+        let mut views = HashMap::new();
+        for customer in policy::customers_to_observe(&page, &already_stored) {
+            let text: Option<Option<String>> = load_view
+                .query_row(params![page.open_kfid, customer], |r| r.get(0))
+                .optional()?;
+            views.insert(customer.to_owned(), parse_view(text.flatten().as_deref()));
+        }
+        policy::plan_page(page, &already_stored, views)
+    };
+    let mut seqs = Vec::with_capacity(plan.rows.len());
+    {
+        // No `ON CONFLICT`: the plan only holds msgids the store does not have, so a conflict
+        // means the read above is stale, and failing the transaction (the page is pulled
+        // again) is better than committing a plan built on it.
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO messages (open_kfid, msgid, external_userid, send_time, origin, kind, raw, \
+             decode_error, stored_at, skipped, delivered_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, CASE WHEN ?10 THEN ?9 END)",
+        )?;
+        for row in &plan.rows {
+            let m = &row.message;
+            insert.execute(params![
+                plan.open_kfid,
                 m.msgid,
                 m.external_userid,
                 m.send_time,
@@ -221,53 +235,10 @@ fn commit_page(conn: &mut Connection, page: PageWrite) -> Result<PageOutcome, Er
                 m.kind,
                 m.payload.raw(),
                 m.decode_error,
-                page.now_ms,
-                skipped,
+                plan.now_ms,
+                row.skipped,
             ])?;
-            if inserted == 0 {
-                outcome.duplicates += 1;
-                continue;
-            }
-            if !m.external_userid.is_empty() {
-                if m.origin == Some(3) {
-                    let at = customers.entry(m.external_userid.clone()).or_default();
-                    *at = (*at).max(m.send_time);
-                }
-                if let Payload::Message(message) = &m.payload {
-                    if !views.contains_key(&m.external_userid) {
-                        let text: Option<Option<String>> = load_view
-                            .query_row(params![page.open_kfid, m.external_userid], |r| r.get(0))
-                            .optional()?;
-                        views.insert(
-                            m.external_userid.clone(),
-                            parse_view(text.flatten().as_deref()),
-                        );
-                    }
-                    if let Some(view) = views.get_mut(&m.external_userid) {
-                        view.observe(message);
-                    }
-                }
-            }
-            if skipped {
-                outcome.skipped += 1;
-                continue;
-            }
-            fresh.insert(m.msgid.clone());
-            let external_userid = lanes
-                .entry(m.external_userid)
-                .or_insert_with_key(|k| Arc::from(k.as_str()))
-                .clone();
-            outcome.stored.push(StoredMessage {
-                seq: tx.last_insert_rowid(),
-                lane: Lane {
-                    open_kfid: open_kfid.clone(),
-                    external_userid,
-                },
-                stored_at_ms: page.now_ms,
-                invalid: m.decode_error.is_some(),
-                payload: Some(m.payload),
-                media: None,
-            });
+            seqs.push(tx.last_insert_rowid());
         }
         let mut session = tx.prepare_cached(
             "INSERT INTO sessions (open_kfid, external_userid, last_customer_msg_at, view, updated_at) \
@@ -276,17 +247,17 @@ fn commit_page(conn: &mut Connection, page: PageWrite) -> Result<PageOutcome, Er
              MAX(last_customer_msg_at, excluded.last_customer_msg_at), \
              view = COALESCE(excluded.view, sessions.view), updated_at = excluded.updated_at",
         )?;
-        let mut touched: HashSet<&String> = customers.keys().collect();
-        touched.extend(views.keys());
-        for customer in touched {
-            let at = customers.get(customer).copied().unwrap_or(0);
-            let view = views.get(customer).map(encode_view);
-            session.execute(params![page.open_kfid, customer, at, view, page.now_ms])?;
+        for write in &plan.sessions {
+            session.execute(params![
+                plan.open_kfid,
+                write.external_userid,
+                write.last_customer_msg_at.unwrap_or(0),
+                write.view.as_ref().map(encode_view),
+                plan.now_ms
+            ])?;
         }
-        for (msgid, action) in &page.actions {
-            if fresh.contains(msgid) {
-                insert_reply(&tx, action, page.now_ms)?;
-            }
+        for reply in &plan.replies {
+            insert_reply(&tx, reply, plan.now_ms)?;
         }
         tx.prepare_cached(
             "INSERT INTO cursors (open_kfid, cursor, updated_at, catch_up_before) VALUES (?1, ?2, ?3, ?4) \
@@ -294,14 +265,14 @@ fn commit_page(conn: &mut Connection, page: PageWrite) -> Result<PageOutcome, Er
              updated_at = excluded.updated_at, catch_up_before = excluded.catch_up_before",
         )?
         .execute(params![
-            page.open_kfid,
-            page.next_cursor,
-            page.now_ms,
-            page.catch_up_before
+            plan.open_kfid,
+            plan.next_cursor,
+            plan.now_ms,
+            plan.catch_up_before
         ])?;
     }
     tx.commit()?;
-    Ok(outcome)
+    Ok(plan.into_outcome(&seqs))
 }
 
 fn insert_reply(

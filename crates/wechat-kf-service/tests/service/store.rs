@@ -293,6 +293,178 @@ async fn conformance_v2(store: &dyn Store) {
     );
 }
 
+/// A decoded text of account `wkP` with `origin` (3 customer, 5 servicer `zhangsan`).
+fn decoded_p(msgid: &str, customer: &str, send_time: i64, origin: u32) -> NewMessage {
+    let servicer = if origin == 5 {
+        r#","servicer_userid":"zhangsan""#
+    } else {
+        ""
+    };
+    let raw = format!(
+        r#"{{"msgid":"{msgid}","open_kfid":"wkP","external_userid":"{customer}","send_time":{send_time},"origin":{origin}{servicer},"msgtype":"text","text":{{"content":"x"}}}}"#
+    );
+    NewMessage {
+        msgid: msgid.into(),
+        external_userid: customer.into(),
+        send_time,
+        origin: Some(origin),
+        kind: "text".into(),
+        payload: Payload::Message(Message::from_json(&raw).unwrap()),
+        decode_error: None,
+    }
+}
+
+/// A handoff queued for `msgid`, itself identified as `handoff-<msgid>`.
+fn handoff(msgid: &str, customer: &str) -> (String, NewReply) {
+    let reply = NewReply {
+        endpoint: ReplyEndpoint::Trans,
+        ..reply(&format!("handoff-{msgid}"), &format!("wkP/{customer}"))
+    };
+    (msgid.to_owned(), reply)
+}
+
+/// The page-commit policy (one pure function both backends call): cases where two backends
+/// applying it differently would disagree.
+async fn conformance_policy(store: &dyn Store) {
+    let write = |messages: Vec<NewMessage>, actions: Vec<(String, NewReply)>| PageWrite {
+        open_kfid: "wkP".into(),
+        messages,
+        next_cursor: None,
+        now_ms: 5000,
+        skip_before: Some(1000),
+        catch_up_before: None,
+        actions,
+    };
+    let handoffs = || async {
+        let mut queued: Vec<String> = store
+            .due_replies(i64::MAX, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.lane.starts_with("wkP/"))
+            .map(|r| r.msgid)
+            .collect();
+        queued.sort();
+        queued
+    };
+    let view = |customer: &'static str| async move {
+        store.session("wkP".into(), customer.into()).await.unwrap()
+    };
+
+    // A page mixing customers, a skipped servicer message, a msgid repeated within the page,
+    // an undecodable customer message and an item without a customer.
+    let mut undecodable = message("p-raw", "wmZ", 3);
+    undecodable.payload = Payload::Raw(Arc::from(r#"{"msgid":"p-raw","msgtype":"text"}"#));
+    undecodable.decode_error = Some("text.content: missing".into());
+    undecodable.send_time = 2000;
+    let out = store
+        .commit_page(write(
+            vec![
+                decoded_p("p-old", "wmX", 500, 5),
+                decoded_p("p-x1", "wmX", 2000, 3),
+                decoded_p("p-y1", "wmY", 2100, 3),
+                decoded_p("p-y1", "wmY", 2100, 3),
+                undecodable,
+                decoded_p("p-x2", "wmX", 2200, 3),
+                decoded_p("p-sys", "", 2300, 4),
+            ],
+            vec![
+                handoff("p-y1", "wmY"),
+                handoff("p-old", "wmX"),
+                handoff("p-x2", "wmX"),
+            ],
+        ))
+        .await
+        .unwrap();
+    assert_eq!((out.skipped, out.duplicates), (1, 1));
+    let stored: Vec<(i64, String)> = out
+        .stored
+        .iter()
+        .map(|m| (m.seq, m.lane.external_userid.to_string()))
+        .collect();
+    assert_eq!(
+        stored.iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>(),
+        vec!["wmX", "wmY", "wmZ", "wmX", ""],
+        "delivered in page order, each on its customer's lane"
+    );
+    assert!(stored.windows(2).all(|w| w[0].0 < w[1].0));
+    assert!(out.stored[2].invalid);
+    let rows = store.message_rows("wkP".into()).await.unwrap();
+    let rows: Vec<(&str, bool)> = rows.iter().map(|r| (r.msgid.as_str(), r.skipped)).collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("p-old", true),
+            ("p-x1", false),
+            ("p-y1", false),
+            ("p-raw", false),
+            ("p-x2", false),
+            ("p-sys", false)
+        ]
+    );
+    // The skipped servicer message was observed: a human holds wmX's session.
+    let x = view("wmX").await.expect("wmX has a view");
+    assert_eq!(x.state(), Some(ServiceState::Human));
+    assert_eq!(x.last_customer_message_at(), Some(2200));
+    assert_eq!(
+        view("wmY").await.unwrap().last_customer_message_at(),
+        Some(2100)
+    );
+    assert!(
+        view("wmZ").await.is_none(),
+        "an undecodable message feeds no view"
+    );
+    assert!(view("").await.is_none(), "no view without a customer");
+    // Only the handoffs of new, delivered messages, each once.
+    assert_eq!(handoffs().await, vec!["handoff-p-x2", "handoff-p-y1"]);
+
+    // Duplicates across pages change no view and queue nothing: `p-y1` comes back claiming a
+    // later send_time (a view fed with it would move), `p-old` comes back from a servicer of
+    // wmY; only `p-y2` is new.
+    let out = store
+        .commit_page(write(
+            vec![
+                decoded_p("p-y1", "wmY", 9000, 3),
+                decoded_p("p-old", "wmY", 9000, 5),
+                decoded_p("p-y2", "wmY", 3000, 3),
+            ],
+            vec![handoff("p-y1", "wmY"), handoff("p-y2", "wmY")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!((out.stored.len(), out.skipped, out.duplicates), (1, 0, 2));
+    let y = view("wmY").await.unwrap();
+    assert_eq!(y.last_customer_message_at(), Some(3000));
+    assert_ne!(
+        y.state(),
+        Some(ServiceState::Human),
+        "a duplicate never moves a view"
+    );
+    assert_eq!(
+        handoffs().await,
+        vec!["handoff-p-x2", "handoff-p-y1", "handoff-p-y2"]
+    );
+
+    // A page of nothing but duplicates still moves the cursor.
+    let mut only_duplicates = write(vec![decoded_p("p-x1", "wmX", 2000, 3)], vec![]);
+    only_duplicates.next_cursor = Some("p2".into());
+    let out = store.commit_page(only_duplicates).await.unwrap();
+    assert_eq!((out.stored.len(), out.duplicates), (0, 1));
+    let account = store
+        .accounts()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|a| a.open_kfid == "wkP")
+        .unwrap();
+    assert_eq!(account.cursor.as_deref(), Some("p2"));
+    assert_eq!(
+        view("wmX").await.unwrap(),
+        x,
+        "untouched by the repeated page"
+    );
+}
+
 async fn conformance(store: Arc<dyn Store>) {
     store.ping().await.unwrap();
     store.add_account("wkB".into(), 1).await.unwrap();
@@ -422,6 +594,7 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(purged, 3 + 1 + 1);
     assert_eq!(store.stats().await.unwrap().messages, 2);
     conformance_v2(&*store).await;
+    conformance_policy(&*store).await;
     store.close().await;
     assert!(store.ping().await.is_err(), "a closed store refuses work");
 }

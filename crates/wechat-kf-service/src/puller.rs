@@ -15,6 +15,14 @@
 //! [`Notify::notify_one`], which keeps at most one wake-up pending. Any number of callbacks
 //! arriving while a pull runs therefore cause exactly one more pull, and that pull uses the
 //! newest Token.
+//!
+//! The paging itself is the library's [`Puller`]: the service hands it the slot's newest Token
+//! before each page (the library decides whether it is still fresh, and pulls again without it
+//! after a 95007), takes each page whole ([`Puller::fetch_page`]: the store de-duplicates by
+//! msgid) and commits it with [`Page::commit_with`](wechat_kf::client::puller::Page::commit_with),
+//! whose closure is the store's page transaction, so the library's cursor moves only after the
+//! messages and the cursor are committed together. The service keeps its own policies: the
+//! first-start catch-up (also after WeChat rejects a cursor), retries with backoff, metrics.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,9 +33,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use wechat_kf::client::puller::callback_token_usable;
-use wechat_kf::client::{Client, ErrCode, SyncMsgRequest, VoiceFormat};
-use wechat_kf::{InvalidItem, Message, MessageContent, Origin, SyncMsgResponse};
+use wechat_kf::client::puller::empty_page_pause;
+use wechat_kf::client::{Client, ErrCode, Puller, VoiceFormat};
+use wechat_kf::{InvalidItem, Message, MessageContent, Origin};
 
 use crate::clock::Clock;
 use crate::config::{FirstStart, HandoffConfig, PullConfig};
@@ -61,12 +69,10 @@ impl Slot {
             .map(|(t, _)| t.clone())
     }
 
-    fn usable_token(&self) -> Option<String> {
-        let guard = self.token.lock().unwrap_or_else(|e| e.into_inner());
-        guard
-            .as_ref()
-            .filter(|(_, at)| callback_token_usable(*at, SystemTime::now()))
-            .map(|(t, _)| t.clone())
+    /// The newest callback Token and when it arrived; whether it is still usable is the
+    /// library puller's decision.
+    fn latest_token(&self) -> Option<(String, SystemTime)> {
+        self.token.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn forget_token(&self, token: &str) {
@@ -303,6 +309,14 @@ async fn run(
             }
         }
     }
+    let mut puller = Puller::new(ctx.client.clone(), open_kfid.as_str())
+        .start_cursor(cursor.unwrap_or_default())
+        .page_limit(ctx.config.page_size)
+        // The store de-duplicates by msgid (pages bypass the library's window anyway).
+        .dedup_window(0);
+    if ctx.config.voice_format != VoiceFormat::Amr {
+        puller = puller.voice_format(ctx.config.voice_format);
+    }
     let policy = ctx.config.first_start_for(&open_kfid);
     let mut catch_up = catch_up_before.map(|before| {
         tracing::info!(open_kfid, policy = %policy, skip_before = before, "resuming an unfinished first-start catch-up");
@@ -331,7 +345,7 @@ async fn run(
         if shutdown.is_cancelled() {
             return;
         }
-        if cursor.is_none() && catch_up.is_none() {
+        if puller.committed_cursor().is_none() && catch_up.is_none() {
             catch_up = Some(begin_catch_up(
                 &ctx,
                 &open_kfid,
@@ -345,7 +359,7 @@ async fn run(
             &ctx,
             &open_kfid,
             &slot,
-            &mut cursor,
+            &mut puller,
             &mut catch_up,
             &shutdown,
         )
@@ -455,7 +469,7 @@ async fn pull_round(
     ctx: &PullContext,
     open_kfid: &str,
     slot: &Slot,
-    cursor: &mut Option<String>,
+    puller: &mut Puller,
     catch_up: &mut Option<CatchUp>,
     shutdown: &CancellationToken,
 ) {
@@ -471,54 +485,49 @@ async fn pull_round(
         if shutdown.is_cancelled() {
             return;
         }
+        // The newest token of the slot (callbacks keep arriving during a pull); the library
+        // decides whether it is still fresh.
         let token = if use_tokens {
-            slot.usable_token()
+            slot.latest_token()
         } else {
             None
         };
-        let mut request = SyncMsgRequest::new(open_kfid).limit(ctx.config.page_size);
-        if let Some(c) = cursor.as_deref() {
-            request = request.cursor(c);
-        }
-        if let Some(t) = &token {
-            request = request.token(t.as_str());
-        }
-        if ctx.config.voice_format != VoiceFormat::Amr {
-            request = request.voice_format(ctx.config.voice_format);
+        if let Some((t, received_at)) = &token {
+            puller.set_callback_token(t.as_str(), *received_at);
         }
         let result = tokio::select! {
-            result = ctx.client.messages().sync(request) => result,
+            result = puller.fetch_page() => result,
             // Nothing is committed yet: abandoning the call loses nothing.
             _ = shutdown.cancelled() => return,
         };
-        let page = match result {
-            Ok(page) => page,
+        let mut page = match result {
+            Ok(page) => {
+                if let Some(rejection) = page.callback_token_rejection() {
+                    token_rejected(ctx, open_kfid, slot, token.as_ref(), rejection);
+                    use_tokens = false;
+                }
+                page
+            }
             Err(e) => {
+                if let Some(rejection) = puller.callback_token_rejection() {
+                    token_rejected(ctx, open_kfid, slot, token.as_ref(), rejection);
+                    use_tokens = false;
+                }
                 Metrics::add(&ctx.metrics.pull_errors, 1);
                 ctx.metrics.api_error("kf/sync_msg", &e);
-                if e.errcode() == Some(ErrCode::InvalidMsgToken) {
-                    if let Some(t) = &token {
-                        // The token expired or was never valid: continue without it.
-                        slot.forget_token(t);
-                        use_tokens = false;
-                        tracing::info!(
-                            open_kfid,
-                            "callback token rejected (95007); pulling without it"
-                        );
-                        continue;
-                    }
-                }
                 // WeChat does not document what an expired or foreign cursor answers; the
                 // emulator says 40035 (invalid parameter). Either way the cursor is useless:
                 // pull without one, under the first-start policy.
-                if e.errcode() == Some(ErrCode::InvalidParameter) && cursor.is_some() {
+                if e.errcode() == Some(ErrCode::InvalidParameter)
+                    && puller.committed_cursor().is_some()
+                {
                     let policy = ctx.config.first_start_for(open_kfid);
                     tracing::warn!(
                         open_kfid,
                         errcode = 40035,
                         "the stored cursor was rejected; pulling from the start of what WeChat holds"
                     );
-                    *cursor = None;
+                    puller.set_cursor(None);
                     *catch_up = Some(begin_catch_up(
                         ctx,
                         open_kfid,
@@ -543,29 +552,34 @@ async fn pull_round(
         };
         failures = 0;
         pages += 1;
-        let has_more = page.has_more;
-        let next_cursor = (!page.next_cursor.is_empty()).then(|| page.next_cursor.clone());
-        let items = page.msg_list.len() + page.invalid.len();
+        let has_more = page.has_more();
+        let items = page.messages.len() + page.invalid.len();
         let skip_before = catch_up.as_ref().and_then(|c| c.skip_before);
-        let messages = page_messages(page);
+        let messages = page_messages(
+            std::mem::take(&mut page.messages),
+            std::mem::take(&mut page.invalid),
+        );
         let actions = handoffs(&ctx.handoff, open_kfid, &messages, skip_before);
-        let write = PageWrite {
-            open_kfid: open_kfid.to_owned(),
-            messages,
-            next_cursor: next_cursor.clone(),
-            now_ms: now_ms(),
-            skip_before,
-            catch_up_before: if has_more { skip_before } else { None },
-            actions,
-        };
-        let queued_actions = !write.actions.is_empty();
-        let invalid = write
-            .messages
-            .iter()
-            .filter(|m| m.decode_error.is_some())
-            .count();
-        // Not raced against shutdown: a commit in progress always finishes.
-        let outcome = match ctx.store.commit_page(write).await {
+        let queued_actions = !actions.is_empty();
+        let invalid = messages.iter().filter(|m| m.decode_error.is_some()).count();
+        // The page's messages and its cursor in the store's one transaction; the library's
+        // cursor moves only once it committed. Not raced against shutdown: a commit in progress
+        // always finishes.
+        let committed = page
+            .commit_with(|next_cursor| {
+                let write = PageWrite {
+                    open_kfid: open_kfid.to_owned(),
+                    messages,
+                    next_cursor,
+                    now_ms: now_ms(),
+                    skip_before,
+                    catch_up_before: if has_more { skip_before } else { None },
+                    actions,
+                };
+                ctx.store.commit_page(write)
+            })
+            .await;
+        let outcome = match committed {
             Ok(outcome) => outcome,
             Err(e) => {
                 failures += 1;
@@ -577,9 +591,6 @@ async fn pull_round(
                 }
             }
         };
-        if next_cursor.is_some() {
-            *cursor = next_cursor;
-        }
         if queued_actions {
             ctx.replies.notify_one();
         }
@@ -665,11 +676,10 @@ async fn pull_round(
         if items == 0 {
             // has_more with an empty page is legal; do not spin if the server keeps doing it.
             empty_pages += 1;
-            if empty_pages >= 3 {
-                let delay =
-                    Duration::from_millis(50 * u64::from(empty_pages)).min(Duration::from_secs(2));
+            let pause = empty_page_pause(empty_pages);
+            if !pause.is_zero() {
                 tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
+                    _ = tokio::time::sleep(pause) => {}
                     _ = shutdown.cancelled() => return,
                 }
             }
@@ -679,13 +689,33 @@ async fn pull_round(
     }
 }
 
+/// The server rejected the callback token (95007): the library forgot it and pulled again
+/// without it; the slot forgets it too, unless a newer one arrived meanwhile.
+fn token_rejected(
+    ctx: &PullContext,
+    open_kfid: &str,
+    slot: &Slot,
+    token: Option<&(String, SystemTime)>,
+    rejection: &wechat_kf::client::Error,
+) {
+    Metrics::add(&ctx.metrics.pull_errors, 1);
+    ctx.metrics.api_error("kf/sync_msg", rejection);
+    if let Some((t, _)) = token {
+        slot.forget_token(t);
+    }
+    tracing::info!(
+        open_kfid,
+        "callback token rejected (95007); pulling without it"
+    );
+}
+
 /// A page's items in server order: decoded messages and undecodable items interleaved as the
 /// server sent them.
-pub(crate) fn page_messages(page: SyncMsgResponse) -> Vec<NewMessage> {
-    let total = page.msg_list.len() + page.invalid.len();
+pub(crate) fn page_messages(messages: Vec<Message>, invalid: Vec<InvalidItem>) -> Vec<NewMessage> {
+    let total = messages.len() + invalid.len();
     let mut out = Vec::with_capacity(total);
-    let mut good = page.msg_list.into_iter();
-    let mut bad = page.invalid.into_iter().peekable();
+    let mut good = messages.into_iter();
+    let mut bad = invalid.into_iter().peekable();
     for index in 0..total {
         let take_bad = bad.peek().is_some_and(|item| item.index == index);
         let next = if take_bad {
@@ -748,6 +778,7 @@ fn from_invalid(item: InvalidItem) -> NewMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wechat_kf::SyncMsgResponse;
 
     #[test]
     fn undecodable_items_keep_their_place_and_get_a_stable_msgid() {
@@ -756,7 +787,7 @@ mod tests {
           {"external_userid":"wm2","send_time":2,"origin":3,"msgtype":"location","location":{"latitude":"north"}},
           {"msgid":"m3","send_time":3,"origin":4,"msgtype":"event","event":{"event_type":"enter_session","open_kfid":"wk","external_userid":"wm3"}}]}"#;
         let page = SyncMsgResponse::from_slice(body.as_bytes()).unwrap();
-        let items = page_messages(page);
+        let items = page_messages(page.msg_list, page.invalid);
         assert_eq!(items.len(), 3);
         assert_eq!(items[0].msgid, "m1");
         assert!(items[1].msgid.starts_with("invalid:"));
@@ -765,7 +796,8 @@ mod tests {
         assert!(items[1].decode_error.is_some());
         assert_eq!(items[2].external_userid, "wm3");
         assert_eq!(items[2].kind, "event:enter_session");
-        let again = page_messages(SyncMsgResponse::from_slice(body.as_bytes()).unwrap());
+        let again = SyncMsgResponse::from_slice(body.as_bytes()).unwrap();
+        let again = page_messages(again.msg_list, again.invalid);
         assert_eq!(again[1].msgid, items[1].msgid);
     }
 

@@ -382,11 +382,7 @@ async fn backfill_media(store: &Arc<dyn Store>, fetcher: &MediaFetcher) -> Resul
 }
 
 /// Deletes delivered messages older than the retention, a chunk at a time, every 10 minutes.
-async fn purge_loop(
-    store: Arc<dyn Store>,
-    retention: Duration,
-    shutdown: CancellationToken,
-) {
+async fn purge_loop(store: Arc<dyn Store>, retention: Duration, shutdown: CancellationToken) {
     let mut first = true;
     loop {
         let wait = if first {

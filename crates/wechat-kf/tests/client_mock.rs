@@ -895,3 +895,156 @@ async fn the_stream_surfaces_malformed_items_and_still_moves_the_cursor() {
     assert_eq!(invalid, 1);
     assert_eq!(store.get(&"wk1".into()).as_deref(), Some("c1"));
 }
+
+#[tokio::test]
+async fn a_page_comes_whole_and_its_cursor_moves_only_when_the_commit_hook_succeeds() {
+    let (mock, base) = start().await;
+    let client = client(&base);
+    let bad = json!({"msgid":"bad","open_kfid":"wk1","external_userid":"wm1","send_time":1,"origin":3,"msgtype":"location","location":{"latitude":"north"}});
+    let page = sync_page(json!([text_item("m1"), bad, text_item("m1")]), "c1", 1);
+    mock.script(
+        "kf/sync_msg",
+        [
+            Reply::Json(page.clone()),
+            Reply::Json(page),
+            Reply::Json(sync_page(json!([text_item("m1")]), "", 0)),
+        ],
+    );
+    let store = Arc::new(wechat_kf::client::MemoryCursorStore::new());
+    // The default de-duplication window is on: pages bypass it all the same.
+    let mut puller = wechat_kf::client::Puller::new(client, "wk1").cursor_store(store.clone());
+
+    let mut page = puller.fetch_page().await.unwrap();
+    assert_eq!(page.messages.len(), 2, "repeats are kept");
+    assert_eq!(page.invalid.len(), 1);
+    assert_eq!(page.next_cursor(), Some("c1"));
+    assert!(page.has_more());
+    assert!(page.callback_token_rejection().is_none());
+    let taken = std::mem::take(&mut page.messages);
+    let failed: Result<(), &str> = page
+        .commit_with(|cursor| async move {
+            assert_eq!(cursor.as_deref(), Some("c1"));
+            drop(taken);
+            Err("the transaction rolled back")
+        })
+        .await;
+    assert_eq!(failed, Err("the transaction rolled back"));
+    assert_eq!(
+        puller.committed_cursor(),
+        None,
+        "a failed hook leaves the cursor"
+    );
+
+    let page = puller.fetch_page().await.unwrap();
+    assert_eq!(page.messages.len(), 2, "the same page again");
+    let stored = page
+        .commit_with(|cursor| async move { Ok::<_, ()>(cursor) })
+        .await
+        .unwrap();
+    assert_eq!(stored.as_deref(), Some("c1"));
+    assert_eq!(puller.committed_cursor(), Some("c1"));
+
+    // A page without next_cursor keeps the cursor; the hook is still called for its items.
+    let page = puller.fetch_page().await.unwrap();
+    assert_eq!(page.messages.len(), 1, "m1 again: nothing remembered");
+    assert_eq!(page.next_cursor(), None);
+    let cursor = page
+        .commit_with(|cursor| async move { Ok::<_, ()>(cursor) })
+        .await
+        .unwrap();
+    assert_eq!(cursor, None);
+    assert_eq!(puller.committed_cursor(), Some("c1"));
+
+    assert!(store.history().is_empty(), "the hook is the persistence");
+    let cursors: Vec<Value> = sync_bodies(&mock)
+        .iter()
+        .map(|b| b["cursor"].clone())
+        .collect();
+    assert_eq!(cursors, [Value::Null, Value::Null, json!("c1")]);
+}
+
+#[tokio::test]
+async fn a_page_committed_without_a_hook_saves_its_cursor_to_the_cursor_store() {
+    let (mock, base) = start().await;
+    let client = client(&base);
+    mock.script(
+        "kf/sync_msg",
+        [Reply::Json(sync_page(json!([text_item("m1")]), "c1", 0))],
+    );
+    let store = Arc::new(wechat_kf::client::MemoryCursorStore::new());
+    let mut puller = wechat_kf::client::Puller::new(client, "wk1").cursor_store(store.clone());
+    puller.fetch_page().await.unwrap().commit().await.unwrap();
+    assert_eq!(store.get(&"wk1".into()).as_deref(), Some("c1"));
+    assert_eq!(puller.committed_cursor(), Some("c1"));
+}
+
+#[tokio::test]
+async fn a_rejected_callback_token_is_retried_without_the_token_once_and_reported() {
+    let (mock, base) = start().await;
+    let client = client(&base);
+    mock.script(
+        "kf/sync_msg",
+        [
+            Reply::Json(json!({"errcode":95007,"errmsg":"invalid msg token"})),
+            Reply::Json(sync_page(json!([text_item("m1")]), "c1", 1)),
+            Reply::Json(sync_page(json!([]), "c2", 1)),
+            Reply::Json(sync_page(json!([]), "c3", 0)),
+        ],
+    );
+    let mut puller = wechat_kf::client::Puller::new(client, "wk1").dedup_window(0);
+    puller.set_callback_token("CB-OLD", SystemTime::now());
+    let page = puller.fetch_page().await.unwrap();
+    assert_eq!(page.messages.len(), 1);
+    let rejection = page.callback_token_rejection().expect("reported");
+    assert_eq!(rejection.errcode(), Some(ErrCode::InvalidMsgToken));
+    page.commit_with(|_| async { Ok::<_, ()>(()) })
+        .await
+        .unwrap();
+    // Forgotten: the next page goes without it, and nothing is reported any more.
+    let page = puller.fetch_page().await.unwrap();
+    assert!(page.callback_token_rejection().is_none());
+    page.commit_with(|_| async { Ok::<_, ()>(()) })
+        .await
+        .unwrap();
+    // A newer token from a later callback is used again.
+    puller.set_callback_token("CB-NEW", SystemTime::now());
+    puller.fetch_page().await.unwrap().commit().await.unwrap();
+    let tokens: Vec<Value> = sync_bodies(&mock)
+        .iter()
+        .map(|b| b["token"].clone())
+        .collect();
+    assert_eq!(
+        tokens,
+        [json!("CB-OLD"), Value::Null, Value::Null, json!("CB-NEW")]
+    );
+}
+
+#[tokio::test]
+async fn a_failure_after_a_token_rejection_is_returned_and_the_rejection_still_reported() {
+    let (mock, base) = start().await;
+    let client = client(&base);
+    mock.script(
+        "kf/sync_msg",
+        [
+            Reply::Json(json!({"errcode":95007,"errmsg":"invalid msg token"})),
+            Reply::Json(json!({"errcode":40035,"errmsg":"invalid parameter"})),
+            Reply::Json(sync_page(json!([]), "c1", 0)),
+        ],
+    );
+    let mut puller = wechat_kf::client::Puller::new(client, "wk1");
+    puller.set_callback_token("CB", SystemTime::now());
+    let error = puller.fetch_page().await.unwrap_err();
+    assert_eq!(error.errcode(), Some(ErrCode::InvalidParameter));
+    assert_eq!(
+        puller.callback_token_rejection().and_then(Error::errcode),
+        Some(ErrCode::InvalidMsgToken)
+    );
+    assert_eq!(sync_bodies(&mock).len(), 2, "one retry without the token");
+    let page = puller.fetch_page().await.unwrap();
+    assert!(page.callback_token_rejection().is_none());
+    let tokens: Vec<Value> = sync_bodies(&mock)
+        .iter()
+        .map(|b| b["token"].clone())
+        .collect();
+    assert_eq!(tokens, [json!("CB"), Value::Null, Value::Null]);
+}

@@ -612,7 +612,7 @@ impl Deliverer {
                                 next_attempt_at_ms: at,
                                 recorded: true,
                                 body: None,
-                                            results: Vec::new(),
+                                results: Vec::new(),
                             })
                             .collect()
                     };

@@ -373,7 +373,10 @@ mod tests {
         };
         let error = Sink::new(&config, true).err().unwrap();
         assert!(error.to_string().contains("webhook.url"), "{error}");
-        assert!(matches!(Sink::new(&config, false), Ok(Sink::Webhook { .. })));
+        assert!(matches!(
+            Sink::new(&config, false),
+            Ok(Sink::Webhook { .. })
+        ));
         let stdout = crate::config::Config::default().webhook;
         assert!(matches!(Sink::new(&stdout, true), Ok(Sink::Echo(_))));
         assert!(matches!(Sink::new(&stdout, false), Ok(Sink::Stdout(_))));

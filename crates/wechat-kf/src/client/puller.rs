@@ -28,8 +28,58 @@
 //! by the next [`Puller::fetch`]. Message ids of committed batches are remembered in a window
 //! (default 10,000 ids) and repeats are dropped, which absorbs the duplicates that callbacks and
 //! restarts cause.
+//!
+//! # Pages and your own transaction
+//!
+//! A caller that stores messages durably and de-duplicates them itself (by msgid, in its
+//! database) takes whole pages with [`Puller::fetch_page`]: the page exactly as the server sent
+//! it, repeats included, nothing remembered. [`Page::commit_with`] hands the cursor to a closure
+//! that stores the page's items *and* that cursor in one transaction; the puller moves its
+//! cursor only when the closure succeeds, so a crash or a failed transaction pulls the same page
+//! again and nothing is lost or stored twice. The [`CursorStore`] is not written on this path:
+//! the closure is the persistence.
+//!
+//! Callback tokens arrive while a pull runs: hand the newest one to
+//! [`Puller::set_callback_token`] before each page. A token the server rejects (95007) is
+//! forgotten and the page pulled again without it, once; [`Page::callback_token_rejection`]
+//! (or [`Puller::callback_token_rejection`] when the retry failed too) reports it so the caller
+//! can forget its own copy.
+//!
+//! ```no_run
+//! # async fn demo(client: wechat_kf::client::Client) -> Result<(), wechat_kf::client::Error> {
+//! use std::time::SystemTime;
+//! use wechat_kf::client::Puller;
+//!
+//! # async fn store_in_one_transaction(
+//! #     _: Vec<wechat_kf::Message>, _: Vec<wechat_kf::InvalidItem>, _: Option<String>,
+//! # ) -> Result<usize, wechat_kf::client::Error> { Ok(0) }
+//! let stored_cursor: Option<String> = None; // read from your database
+//! let mut puller = Puller::new(client, "wkACCOUNT")
+//!     .start_cursor(stored_cursor.unwrap_or_default())
+//!     .dedup_window(0); // your database de-duplicates by msgid
+//! loop {
+//!     puller.set_callback_token("TOKEN-OF-THE-LATEST-CALLBACK", SystemTime::now());
+//!     let mut page = puller.fetch_page().await?;
+//!     if page.callback_token_rejection().is_some() {
+//!         // Forget your copy of the token; the page was pulled without it.
+//!     }
+//!     let more = page.has_more();
+//!     let messages = std::mem::take(&mut page.messages);
+//!     let invalid = std::mem::take(&mut page.invalid);
+//!     // Messages and cursor commit together; the puller's cursor moves only on Ok.
+//!     let stored = page
+//!         .commit_with(|cursor| store_in_one_transaction(messages, invalid, cursor))
+//!         .await?;
+//!     println!("{stored} new");
+//!     if !more {
+//!         break;
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -61,6 +111,24 @@ pub fn callback_token_usable(received_at: SystemTime, now: SystemTime) -> bool {
         // The clock went backwards a little: the token is fresh.
         Err(_) => true,
     }
+}
+
+/// How long to pause before asking again after `consecutive` empty pages in a row that all said
+/// `has_more` (legal, but a server that keeps doing it must not be asked in a tight loop): no
+/// pause for the first two, then 50 ms per empty page, at most 2 s. Pure.
+///
+/// ```
+/// use std::time::Duration;
+/// use wechat_kf::client::puller::empty_page_pause;
+/// assert_eq!(empty_page_pause(2), Duration::ZERO);
+/// assert_eq!(empty_page_pause(3), Duration::from_millis(150));
+/// assert_eq!(empty_page_pause(1000), Duration::from_secs(2));
+/// ```
+pub fn empty_page_pause(consecutive: u32) -> Duration {
+    if consecutive < 3 {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(50 * u64::from(consecutive)).min(Duration::from_secs(2))
 }
 
 /// Where the puller keeps `next_cursor` per account. Object-safe; implement it for durable
@@ -171,6 +239,8 @@ pub struct Puller {
     committed: Option<String>,
     loaded: bool,
     callback_token: Option<(String, SystemTime)>,
+    /// The server's 95007 for the callback token during the latest fetch, if any.
+    token_rejection: Option<Error>,
     limit: Option<u32>,
     voice_format: Option<VoiceFormat>,
     dedup: DedupWindow,
@@ -254,12 +324,98 @@ impl Batch<'_> {
     }
 }
 
+/// One page exactly as the server sent it: no de-duplication, nothing remembered. Commit it with
+/// [`commit_with`](Self::commit_with) (your transaction stores the items and the cursor) or
+/// [`commit`](Self::commit) (the puller's [`CursorStore`]); dropping it instead makes the next
+/// fetch pull it again.
+///
+/// The item vectors are public so that they can be moved out (`std::mem::take`) into the
+/// transaction before committing.
+#[must_use = "the cursor only moves when the page is committed"]
+pub struct Page<'p> {
+    puller: &'p mut Puller,
+    /// The items that decoded, in server order, repeats included.
+    pub messages: Vec<Message>,
+    /// The items that did not decode, with their raw JSON and their index in the page.
+    pub invalid: Vec<InvalidItem>,
+    next_cursor: String,
+    has_more: bool,
+}
+
+impl std::fmt::Debug for Page<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Page")
+            .field("messages", &self.messages.len())
+            .field("invalid", &self.invalid.len())
+            .field("next_cursor", &self.next_cursor)
+            .field("has_more", &self.has_more)
+            .field(
+                "callback_token_rejected",
+                &self.puller.token_rejection.is_some(),
+            )
+            .finish()
+    }
+}
+
+impl Page<'_> {
+    /// Whether the server has more right now (keep fetching, even after an empty page).
+    pub fn has_more(&self) -> bool {
+        self.has_more
+    }
+
+    /// The cursor a commit moves to; `None` when the server sent none (the old one is kept).
+    pub fn next_cursor(&self) -> Option<&str> {
+        (!self.next_cursor.is_empty()).then_some(self.next_cursor.as_str())
+    }
+
+    /// Whether the page has no items (left in [`messages`](Self::messages) and
+    /// [`invalid`](Self::invalid)).
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.invalid.is_empty()
+    }
+
+    /// The server's rejection (95007) of the callback token sent for this page, if it rejected
+    /// it. The puller has forgotten the token and pulled this page without it; forget your copy.
+    pub fn callback_token_rejection(&self) -> Option<&Error> {
+        self.puller.token_rejection.as_ref()
+    }
+
+    /// Commits the page through your own persistence: `persist` receives the cursor to store
+    /// with the page's items (`None`: keep the stored one) and should write both in one
+    /// transaction. The puller's cursor moves only if it returns `Ok`; after an `Err` the next
+    /// fetch pulls the same page again. Its result is returned as it is. The puller's
+    /// [`CursorStore`] is not written.
+    pub async fn commit_with<F, Fut, T, E>(self, persist: F) -> Result<T, E>
+    where
+        F: FnOnce(Option<String>) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let cursor = (!self.next_cursor.is_empty()).then_some(self.next_cursor);
+        let value = persist(cursor.clone()).await?;
+        if cursor.is_some() {
+            self.puller.committed = cursor;
+        }
+        Ok(value)
+    }
+
+    /// Commits the page's cursor to the puller's [`CursorStore`] (for callers without a
+    /// transaction of their own).
+    pub async fn commit(self) -> Result<(), Error> {
+        let commit = PendingCommit {
+            next_cursor: self.next_cursor,
+            msgids: Vec::new(),
+        };
+        self.puller.apply_commit(commit).await
+    }
+}
+
 struct PendingCommit {
     next_cursor: String,
     msgids: Vec<MsgId>,
 }
 
-struct Page {
+/// A page after de-duplication.
+struct Deduped {
     messages: Vec<Message>,
     invalid: Vec<InvalidItem>,
     duplicates: usize,
@@ -279,6 +435,7 @@ impl Puller {
             committed: None,
             loaded: false,
             callback_token: None,
+            token_rejection: None,
             limit: None,
             voice_format: None,
             dedup: DedupWindow::new(10_000),
@@ -309,13 +466,25 @@ impl Puller {
 
     /// Uses the `Token` of a newer callback. It is sent with every page while it is younger
     /// than 10 minutes; afterwards, or after the server rejects it (95007), pages are pulled
-    /// without a token (allowed, but rate limited more strictly).
+    /// without a token (allowed, but rate limited more strictly). A caller that receives
+    /// callbacks while it pulls calls this before each page with the newest token. A rejected
+    /// token is forgotten, the page pulled again without it (once), and the rejection reported
+    /// by [`callback_token_rejection`](Self::callback_token_rejection).
     pub fn set_callback_token(&mut self, token: impl Into<String>, received_at: SystemTime) {
         let token = token.into();
         self.callback_token = (!token.is_empty()).then_some((token, received_at));
     }
 
-    /// How many recently committed msgids are remembered to drop repeats (0 disables).
+    /// Continues from `cursor` instead of the committed one (`None`: from the start of what the
+    /// server still holds), e.g. after the server rejected the committed cursor. Nothing is
+    /// written until the next commit.
+    pub fn set_cursor(&mut self, cursor: Option<String>) {
+        self.committed = cursor.filter(|c| !c.is_empty());
+        self.loaded = true;
+    }
+
+    /// How many recently committed msgids are remembered to drop repeats (0 disables). Pages
+    /// from [`fetch_page`](Self::fetch_page) bypass it.
     pub fn dedup_window(mut self, capacity: usize) -> Self {
         self.dedup = DedupWindow::new(capacity);
         self
@@ -343,9 +512,28 @@ impl Puller {
         self.committed.as_deref()
     }
 
+    /// The server's rejection (95007) of the callback token during the latest fetch, if any —
+    /// also when pulling again without the token failed. The token is forgotten already.
+    pub fn callback_token_rejection(&self) -> Option<&Error> {
+        self.token_rejection.as_ref()
+    }
+
+    /// Fetches the next page after the committed cursor, whole: no de-duplication (see the
+    /// [module docs](self#pages-and-your-own-transaction)).
+    pub async fn fetch_page(&mut self) -> Result<Page<'_>, Error> {
+        let response = self.sync().await?;
+        Ok(Page {
+            puller: self,
+            messages: response.msg_list,
+            invalid: response.invalid,
+            next_cursor: response.next_cursor,
+            has_more: response.has_more,
+        })
+    }
+
     /// Fetches the next page after the committed cursor.
     pub async fn fetch(&mut self) -> Result<Batch<'_>, Error> {
-        let page = self.fetch_page().await?;
+        let page = self.fetch_deduped().await?;
         Ok(Batch {
             puller: self,
             messages: page.messages,
@@ -376,7 +564,7 @@ impl Puller {
                 loop {
                     state = match state {
                         State::Done => return None,
-                        State::Fetch => match puller.fetch_page().await {
+                        State::Fetch => match puller.fetch_deduped().await {
                             Ok(page) => {
                                 if page.messages.is_empty()
                                     && page.invalid.is_empty()
@@ -385,10 +573,9 @@ impl Puller {
                                     // An empty page with has_more=1 is legal; keep going, but
                                     // slow down if it repeats.
                                     empty_pages += 1;
-                                    if empty_pages > 3 {
-                                        let policy = &puller.client.inner.retry;
-                                        let delay = policy.delay(empty_pages - 4, rand::random());
-                                        tokio::time::sleep(delay).await;
+                                    let pause = empty_page_pause(empty_pages);
+                                    if !pause.is_zero() {
+                                        tokio::time::sleep(pause).await;
                                     }
                                 } else {
                                     empty_pages = 0;
@@ -433,7 +620,15 @@ impl Puller {
         )
     }
 
-    async fn fetch_page(&mut self) -> Result<Page, Error> {
+    async fn fetch_deduped(&mut self) -> Result<Deduped, Error> {
+        let response = self.sync().await?;
+        Ok(self.dedup_page(response))
+    }
+
+    /// One `sync_msg` call after the committed cursor, with the callback token while it is
+    /// usable; after a 95007 the token is forgotten and the call repeated once without it.
+    async fn sync(&mut self) -> Result<SyncMsgResponse, Error> {
+        self.token_rejection = None;
         if !self.loaded {
             self.committed = self.store.load(&self.open_kfid).await?;
             self.loaded = true;
@@ -456,25 +651,27 @@ impl Puller {
                 self.callback_token = None;
             }
         }
-        let response = match self.client.messages().sync(request.clone()).await {
-            Err(Error::Api {
-                code: ErrCode::InvalidMsgToken,
-                ..
-            }) if request.has_token() => {
+        match self.client.messages().sync(request.clone()).await {
+            Err(
+                rejection @ Error::Api {
+                    code: ErrCode::InvalidMsgToken,
+                    ..
+                },
+            ) if request.has_token() => {
                 // The token expired or was never ours: carry on without it.
                 tracing::debug!(open_kfid = %self.open_kfid, "callback token rejected (95007); pulling without it");
                 self.callback_token = None;
-                self.client.messages().sync(request.without_token()).await?
+                self.token_rejection = Some(rejection);
+                self.client.messages().sync(request.without_token()).await
             }
-            other => other?,
-        };
-        Ok(self.dedup_page(response))
+            other => other,
+        }
     }
 
-    fn dedup_page(&self, response: SyncMsgResponse) -> Page {
+    fn dedup_page(&self, response: SyncMsgResponse) -> Deduped {
         if self.dedup.capacity == 0 {
             // De-duplication switched off: nothing to hash or remember.
-            return Page {
+            return Deduped {
                 messages: response.msg_list,
                 invalid: response.invalid,
                 duplicates: 0,
@@ -510,7 +707,7 @@ impl Puller {
         if duplicates > 0 {
             tracing::debug!(open_kfid = %self.open_kfid, duplicates, "dropped repeated msgids");
         }
-        Page {
+        Deduped {
             messages,
             invalid,
             duplicates,
@@ -547,6 +744,16 @@ mod tests {
         assert!(callback_token_usable(t0, t0 + Duration::from_secs(569)));
         assert!(!callback_token_usable(t0, t0 + Duration::from_secs(570)));
         assert!(callback_token_usable(t0, t0 - Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn empty_pages_pause_from_the_third_in_a_row_and_never_longer_than_two_seconds() {
+        assert_eq!(empty_page_pause(0), Duration::ZERO);
+        assert_eq!(empty_page_pause(2), Duration::ZERO);
+        assert_eq!(empty_page_pause(3), Duration::from_millis(150));
+        assert_eq!(empty_page_pause(4), Duration::from_millis(200));
+        assert_eq!(empty_page_pause(40), Duration::from_secs(2));
+        assert_eq!(empty_page_pause(u32::MAX), Duration::from_secs(2));
     }
 
     #[test]

@@ -113,14 +113,15 @@ async fn token_prints_the_expiry_and_shows_the_token_only_when_asked() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn credentials_can_come_from_a_config_file_and_their_absence_is_one_line() {
+async fn credentials_can_come_from_the_serve_config_file_and_their_absence_is_one_line() {
     let env = start().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kf.toml");
+    // The file `serve` reads: the operator commands take its [wechat] section.
     std::fs::write(
         &path,
         format!(
-            "corp_id = \"{}\"\nsecret = \"{}\"\nbase_url = \"{}\"\n",
+            "listen = \"127.0.0.1:0\"\n[wechat]\ncorp_id = \"{}\"\nsecret = \"{}\"\nbase_url = \"{}\"\n[webhook]\nurl = \"http://127.0.0.1:1/hook\"\n",
             env.corp_id,
             env.secret,
             env.running.base_url()
@@ -161,6 +162,13 @@ async fn credentials_can_come_from_a_config_file_and_their_absence_is_one_line()
         .run(&["accounts", "list", "--config", path.to_str().unwrap()])
         .await;
     assert_one_line_error(&out);
+    // The old flat file is refused with where its keys go now, and where they were.
+    assert!(
+        out.stderr.contains("kf.toml:1:1: corp_id"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("[wechat]"), "{}", out.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -22,9 +22,12 @@ const V6_PLAIN: &str = "<xml><ToUserName><![CDATA[wx5823bf96d3bd56c7]]></ToUserN
 fn wechat_kf() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wechat-kf"));
     for var in [
+        "WECHAT_KF_CALLBACK_TOKEN",
+        "WECHAT_KF_ENCODING_AES_KEY",
         "WECHAT_KF_TOKEN",
         "WECHAT_KF_AES_KEY",
         "WECHAT_KF_CORP_ID",
+        "WECHAT_KF_CONFIG",
         "RUST_BACKTRACE",
     ] {
         cmd.env_remove(var);
@@ -180,8 +183,64 @@ fn decrypt_with_event_prints_the_parsed_event_as_json() {
     );
 }
 
+/// `callback decrypt` of the V6 body with the given command (configured elsewhere).
+fn decrypt_v6_configured(cmd: &mut Command) -> Output {
+    run(
+        cmd.args([
+            "callback",
+            "decrypt",
+            "--msg-signature",
+            V6_SIG,
+            "--timestamp",
+            "1700000000",
+            "--nonce",
+            "1234567890",
+        ]),
+        V6_BODY,
+    )
+}
+
 #[test]
-fn decrypt_takes_the_configuration_from_the_environment() {
+fn decrypt_takes_the_configuration_from_the_variables_serve_reads() {
+    let out = decrypt_v6_configured(
+        wechat_kf()
+            .env("WECHAT_KF_CALLBACK_TOKEN", "QDG6eK")
+            .env(
+                "WECHAT_KF_ENCODING_AES_KEY",
+                "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C",
+            )
+            .env("WECHAT_KF_CORP_ID", "wx5823bf96d3bd56c7"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), format!("{V6_PLAIN}\n"));
+}
+
+#[test]
+fn decrypt_takes_the_configuration_from_the_serve_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kf.toml");
+    std::fs::write(
+        &path,
+        "[wechat]\ncorp_id = \"wx5823bf96d3bd56c7\"\nsecret = \"s\"\ncallback_token = \"QDG6eK\"\n\
+         encoding_aes_key = \"jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C\"\n",
+    )
+    .unwrap();
+    let out = decrypt_v6_configured(wechat_kf().env("WECHAT_KF_CONFIG", &path));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), format!("{V6_PLAIN}\n"));
+    // A missing setting is one line naming where it may come from, exit code 2.
+    std::fs::write(&path, "[wechat]\ncorp_id = \"wx5823bf96d3bd56c7\"\n").unwrap();
+    let out = decrypt_v6_configured(wechat_kf().env("WECHAT_KF_CONFIG", &path));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        "wechat-kf: no callback token: use --token, WECHAT_KF_CALLBACK_TOKEN or \
+         wechat.callback_token in --config\n"
+    );
+}
+
+#[test]
+fn decrypt_still_reads_the_deprecated_variable_names() {
     let out = run(
         wechat_kf()
             .env("WECHAT_KF_TOKEN", "QDG6eK")

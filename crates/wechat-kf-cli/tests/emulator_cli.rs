@@ -76,8 +76,8 @@ fn it_prints_usable_credentials_and_serves_gettoken() {
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");
     assert_eq!(var(&lines, "WECHAT_KF_CORP_ID"), "wwclitest");
     assert_eq!(var(&lines, "WECHAT_KF_SECRET"), "s3cret");
-    assert_eq!(var(&lines, "WECHAT_KF_AES_KEY").len(), 43);
-    assert!(!var(&lines, "WECHAT_KF_TOKEN").is_empty());
+    assert_eq!(var(&lines, "WECHAT_KF_ENCODING_AES_KEY").len(), 43);
+    assert!(!var(&lines, "WECHAT_KF_CALLBACK_TOKEN").is_empty());
     let response = http_get(
         &base,
         "/cgi-bin/gettoken?corpid=wwclitest&corpsecret=s3cret",

@@ -126,7 +126,7 @@ fn service_config(emu: &RunningEmulator, db: &std::path::Path, webhook: &str) ->
     config.pull.first_start = wechat_kf_service::config::FirstStart::Replay;
     config.storage.db = Some(db.to_str().unwrap().to_owned());
     if std::env::var("E2E_SYNCHRONOUS").as_deref() == Ok("full") {
-        config.storage.synchronous = wechat_kf_service::config::Synchronous::Full;
+        config.storage.synchronous = wechat_kf_service::store::Synchronous::Full;
     }
     config.webhook.url = Some(webhook.to_owned());
     config.webhook.secret = Some(Secret::new("bench"));

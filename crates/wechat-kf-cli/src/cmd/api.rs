@@ -3,8 +3,8 @@
 //! `media`.
 //!
 //! Credentials come from flags, then the environment (`WECHAT_KF_CORP_ID`, `WECHAT_KF_SECRET`,
-//! `WECHAT_KF_BASE_URL`), then a TOML file given with `--config` (keys `corp_id`, `secret`,
-//! `base_url`). Results go to stdout (JSON, one object per line, or a single value); progress and
+//! `WECHAT_KF_BASE_URL`), then the `[wechat]` section of the file `serve` reads (`--config` or
+//! `WECHAT_KF_CONFIG`). Results go to stdout (JSON, one object per line, or a single value); progress and
 //! errors go to stderr. Any failure prints one line and exits 1.
 
 use std::io::Write;

@@ -1,8 +1,10 @@
 //! `wechat-kf callback`: verify-url, decrypt and encrypt for people debugging their callback setup.
 //!
-//! Every subcommand takes the callback configuration as `--token`, `--aes-key` and `--corp-id`
-//! (or `WECHAT_KF_TOKEN`, `WECHAT_KF_AES_KEY`, `WECHAT_KF_CORP_ID`). A crypto failure exits with
-//! status 1 and one line naming the failed check and its official code, e.g.
+//! Every subcommand takes the callback configuration as `--token`, `--aes-key` and `--corp-id`,
+//! or the variables `serve` reads (`WECHAT_KF_CALLBACK_TOKEN`, `WECHAT_KF_ENCODING_AES_KEY`,
+//! `WECHAT_KF_CORP_ID`; the deprecated `WECHAT_KF_TOKEN` and `WECHAT_KF_AES_KEY` still work), or
+//! the `[wechat]` section of its file (`--config`). A missing setting exits with status 2, a
+//! crypto failure with status 1 and one line naming the failed check and its official code, e.g.
 //! `wechat-kf: signature mismatch (-40001)`.
 
 use std::io::Read as _;
@@ -12,6 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
 use wechat_kf::crypto::{CallbackCrypto, CryptoError, random_nonce, url_decode};
+use wechat_kf_service::config::{Overrides, WechatConfig};
 
 /// Callback debugging subcommands.
 #[derive(Debug, Subcommand)]
@@ -24,18 +27,78 @@ pub enum CallbackCommand {
     Encrypt(EncryptArgs),
 }
 
-/// The callback configuration of the KF admin console.
+/// The callback configuration of the KF admin console: flags, then the environment, then the
+/// `[wechat]` section of `--config`.
 #[derive(Debug, Args)]
 pub struct Credentials {
-    /// Callback Token.
-    #[arg(long, env = "WECHAT_KF_TOKEN", hide_env_values = true)]
-    token: String,
-    /// EncodingAESKey (43 characters).
-    #[arg(long = "aes-key", env = "WECHAT_KF_AES_KEY", hide_env_values = true)]
-    aes_key: String,
-    /// CorpID, the receive_id checked after decryption.
-    #[arg(long = "corp-id", env = "WECHAT_KF_CORP_ID")]
-    corp_id: String,
+    /// Callback Token [env: WECHAT_KF_CALLBACK_TOKEN].
+    #[arg(long)]
+    token: Option<String>,
+    /// EncodingAESKey, 43 characters [env: WECHAT_KF_ENCODING_AES_KEY].
+    #[arg(long = "aes-key")]
+    aes_key: Option<String>,
+    /// CorpID, the receive_id checked after decryption [env: WECHAT_KF_CORP_ID].
+    #[arg(long = "corp-id")]
+    corp_id: Option<String>,
+    /// The TOML file `serve` reads [env: WECHAT_KF_CONFIG].
+    #[arg(long, env = "WECHAT_KF_CONFIG", hide_env = true)]
+    config: Option<PathBuf>,
+}
+
+/// A failure: the line printed and the exit code (2: a setting is missing or unreadable, 1:
+/// anything else).
+struct Failure(u8, String);
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure(1, message)
+    }
+}
+
+impl Credentials {
+    /// The crypto of the layered settings.
+    fn crypto(&self) -> Result<CallbackCrypto, Failure> {
+        let flags = Overrides {
+            callback_token: self.token.clone(),
+            encoding_aes_key: self.aes_key.clone(),
+            corp_id: self.corp_id.clone(),
+            ..Overrides::default()
+        };
+        let setting = |message: String| Failure(2, message);
+        let wechat = WechatConfig::load(self.config.as_deref(), flags)
+            .map_err(|e| setting(e.to_string()))?;
+        let missing = |what: &str, flag: &str, var: &str, key: &str| {
+            setting(format!(
+                "no {what}: use {flag}, {var} or wechat.{key} in --config"
+            ))
+        };
+        let token = wechat.callback_token.ok_or_else(|| {
+            missing(
+                "callback token",
+                "--token",
+                "WECHAT_KF_CALLBACK_TOKEN",
+                "callback_token",
+            )
+        })?;
+        let aes_key = wechat.encoding_aes_key.ok_or_else(|| {
+            missing(
+                "EncodingAESKey",
+                "--aes-key",
+                "WECHAT_KF_ENCODING_AES_KEY",
+                "encoding_aes_key",
+            )
+        })?;
+        if wechat.corp_id.is_empty() {
+            return Err(missing(
+                "corp id",
+                "--corp-id",
+                "WECHAT_KF_CORP_ID",
+                "corp_id",
+            ));
+        }
+        CallbackCrypto::new(token.expose(), aes_key.expose(), &wechat.corp_id)
+            .map_err(crypto_failure)
+    }
 }
 
 /// The query parameters WeChat signs a callback with.
@@ -112,29 +175,20 @@ pub fn run(command: CallbackCommand) -> ExitCode {
             println!("{output}");
             ExitCode::SUCCESS
         }
-        Err(message) => {
+        Err(Failure(code, message)) => {
             super::fail(message);
-            ExitCode::from(1)
+            ExitCode::from(code)
         }
     }
 }
 
 /// A failure as the one line printed: the failed check and, for crypto, its official code.
-fn crypto_failure(e: CryptoError) -> String {
-    format!("{e} ({})", e.code())
+fn crypto_failure(e: CryptoError) -> Failure {
+    Failure(1, format!("{e} ({})", e.code()))
 }
 
-fn crypto(credentials: &Credentials) -> Result<CallbackCrypto, String> {
-    CallbackCrypto::new(
-        &credentials.token,
-        &credentials.aes_key,
-        &credentials.corp_id,
-    )
-    .map_err(crypto_failure)
-}
-
-fn verify_url(args: VerifyUrlArgs) -> Result<String, String> {
-    let crypto = crypto(&args.credentials)?;
+fn verify_url(args: VerifyUrlArgs) -> Result<String, Failure> {
+    let crypto = args.credentials.crypto()?;
     // WeCom sends echostr percent-encoded; a value pasted from a decoded log has no `%`.
     let echostr = url_decode(&args.echostr);
     let q = &args.signed;
@@ -143,15 +197,16 @@ fn verify_url(args: VerifyUrlArgs) -> Result<String, String> {
         .map_err(crypto_failure)
 }
 
-fn decrypt(args: DecryptArgs) -> Result<String, String> {
-    let crypto = crypto(&args.credentials)?;
+fn decrypt(args: DecryptArgs) -> Result<String, Failure> {
+    let crypto = args.credentials.crypto()?;
     let body = read_input(args.body.as_ref())?;
     let q = &args.signed;
     if args.event {
         let event = crypto
             .decrypt_event(&q.msg_signature, &q.timestamp, &q.nonce, &body)
             .map_err(crypto_failure)?;
-        serde_json::to_string_pretty(&event).map_err(|e| format!("cannot print the event: {e}"))
+        serde_json::to_string_pretty(&event)
+            .map_err(|e| Failure::from(format!("cannot print the event: {e}")))
     } else {
         crypto
             .decrypt_message(&q.msg_signature, &q.timestamp, &q.nonce, &body)
@@ -159,8 +214,8 @@ fn decrypt(args: DecryptArgs) -> Result<String, String> {
     }
 }
 
-fn encrypt(args: EncryptArgs) -> Result<String, String> {
-    let crypto = crypto(&args.credentials)?;
+fn encrypt(args: EncryptArgs) -> Result<String, Failure> {
+    let crypto = args.credentials.crypto()?;
     let plaintext = match args.message {
         Some(message) => message,
         None => read_input(args.input.as_ref())?,

@@ -1,7 +1,8 @@
 //! `wechat-kf emulator`: runs the local WeChat KF emulator until Ctrl-C.
 //!
 //! Every credential has a generated default; the values in use are printed at start as
-//! `export WECHAT_KF_…=` lines so that another shell (or the service) can point at the emulator.
+//! `export WECHAT_KF_…=` lines, under the names `serve`, `callback` and the operator commands
+//! read, so that another shell (or the service) can point at the emulator by pasting them.
 //! A `--seed` TOML file may also carry `corp_id`, `secret`, `token`, `aes_key` and `callback_url`;
 //! flags win over the file.
 
@@ -168,8 +169,14 @@ pub async fn run(args: EmulatorArgs) -> ExitCode {
     say(format!("export WECHAT_KF_BASE_URL={}", running.base_url()));
     say(format!("export WECHAT_KF_CORP_ID={}", c.corp_id));
     say(format!("export WECHAT_KF_SECRET={}", c.secret));
-    say(format!("export WECHAT_KF_TOKEN={}", c.callback_token));
-    say(format!("export WECHAT_KF_AES_KEY={}", c.encoding_aes_key));
+    say(format!(
+        "export WECHAT_KF_CALLBACK_TOKEN={}",
+        c.callback_token
+    ));
+    say(format!(
+        "export WECHAT_KF_ENCODING_AES_KEY={}",
+        c.encoding_aes_key
+    ));
     match &c.callback_url {
         Some(url) => say(format!("# callbacks go to {url}")),
         None => say("# no callback URL (set one with PUT /emulator/callback/url)"),

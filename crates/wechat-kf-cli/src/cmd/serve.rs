@@ -2,7 +2,7 @@
 //! out. Without WeChat credentials it runs the sandbox (an embedded emulator).
 //!
 //! Settings come from a TOML file (`--config`), then `WECHAT_KF_*` environment variables, then
-//! these flags; see `docs/service.md`. Logs go to stderr (no secrets, no message content);
+//! these flags (layered by the service's `config` module); see `docs/service.md`. Logs go to stderr (no secrets, no message content);
 //! without a webhook, messages go to stdout as JSON Lines.
 
 use std::net::SocketAddr;
@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 use wechat_kf_service::Service;
-use wechat_kf_service::config::{Config, FirstStart, LogFormat, Overrides};
+use wechat_kf_service::config::{Config, ENV, FirstStart, LogFormat, Overrides};
 
 /// Options of `wechat-kf serve`.
 #[derive(Debug, Args)]
@@ -68,9 +68,10 @@ pub struct ServeArgs {
 }
 
 fn parse_first_start(value: &str) -> Result<FirstStart, String> {
-    value
-        .parse()
-        .map_err(|e: wechat_kf_service::Error| e.to_string())
+    value.parse().map_err(|e| match e {
+        wechat_kf_service::Error::Config(message) => message,
+        other => other.to_string(),
+    })
 }
 
 /// `--log-format`.
@@ -97,6 +98,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         media_dir: args.media_dir,
         media_object_store: args.media_object_store,
         token_store: args.token_store,
+        ..Overrides::default()
     };
     let config = match Config::load(args.config.as_deref(), overrides) {
         Ok(config) => config,
@@ -106,12 +108,24 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         }
     };
     init_logging(config.log_format);
+    warn_of_deprecated_variables();
     match Service::run(config, wait_for_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // LeadershipLost also exits 1, so a supervisor restarts the instance as a standby.
             super::fail(format!("serve: {e}"));
             ExitCode::from(if e.is_config() { 2 } else { 1 })
+        }
+    }
+}
+
+/// The old names still work (the emulator printed them), but say which name replaces each.
+fn warn_of_deprecated_variables() {
+    for var in ENV {
+        for old in var.deprecated {
+            if std::env::var_os(old).is_some_and(|v| !v.is_empty()) {
+                tracing::warn!("{old} is deprecated: use {}", var.name);
+            }
         }
     }
 }

@@ -612,12 +612,20 @@ pub(crate) fn is_postgres(location: &str) -> bool {
     location.starts_with("postgres://") || location.starts_with("postgresql://")
 }
 
+/// SQLite durability (`[storage] synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// `synchronous=NORMAL` with WAL: survives process crashes (kill -9), may lose the last
+    /// transactions on power loss.
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: also survives power loss, slower.
+    Full,
+}
+
 /// Opens the store named by `location`: a `postgres://` / `postgresql://` URL, `:memory:`, or a
 /// SQLite file path; runs the migrations.
-pub async fn open(
-    location: &str,
-    synchronous: crate::config::Synchronous,
-) -> Result<Arc<dyn Store>, Error> {
+pub async fn open(location: &str, synchronous: Synchronous) -> Result<Arc<dyn Store>, Error> {
     if is_postgres(location) {
         Ok(Arc::new(PostgresStore::connect(location).await?))
     } else {

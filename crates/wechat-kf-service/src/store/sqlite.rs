@@ -13,7 +13,6 @@ use std::thread::JoinHandle;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::*;
-use crate::config::Synchronous;
 
 /// Versioned schema migrations; `PRAGMA user_version` is the number applied.
 const MIGRATIONS: &[&str] = &[

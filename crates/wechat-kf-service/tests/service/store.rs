@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use wechat_kf::Message;
 use wechat_kf::session::{SendRefusal, ServiceState};
-use wechat_kf_service::config::Synchronous;
+use wechat_kf_service::store::Synchronous;
 use wechat_kf_service::store::{
     AccountCursor, Ack, DeliveryRecord, Failure, FinishDeliveries, NewMessage, NewReply, PageWrite,
     Payload, PostgresStore, ReplyEndpoint, ReplyOutcome, ReplyState, SessionUpdate, SqliteStore,

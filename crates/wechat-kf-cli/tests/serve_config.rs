@@ -1,0 +1,224 @@
+//! `wechat-kf serve`'s configuration as a user meets it: the `export` lines the emulator prints,
+//! pasted into `serve`'s environment, make it accept the emulator's callbacks; a wrong setting
+//! stops the start with one line saying where it is.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::post;
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+mod common;
+use common::{binary, free_port};
+
+/// `serve` (or any command) without the test machine's own `WECHAT_KF_*` settings.
+fn clean_command() -> Command {
+    let mut command = Command::new(binary());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("WECHAT_KF_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// Starts `wechat-kf emulator` and returns it with the variables of its `export` lines.
+fn emulator(args: &[&str]) -> (Child, BTreeMap<String, String>) {
+    let mut child = Command::new(binary())
+        .arg("emulator")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut exports = BTreeMap::new();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    for line in stdout.lines().map_while(Result::ok) {
+        if let Some((name, value)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
+            exports.insert(name.to_owned(), value.to_owned());
+        }
+        if line.starts_with("# control API") {
+            break;
+        }
+    }
+    (child, exports)
+}
+
+type Bodies = Arc<Mutex<Vec<Value>>>;
+
+async fn hook(State(bodies): State<Bodies>, body: Bytes) -> &'static str {
+    if let Ok(value) = serde_json::from_slice(&body) {
+        bodies.lock().unwrap().push(value);
+    }
+    "{}"
+}
+
+fn stop(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+#[tokio::test]
+async fn the_emulators_export_lines_pasted_into_serve_make_it_accept_the_callbacks() {
+    let port = free_port();
+    let callback_url = format!("http://127.0.0.1:{port}/callback");
+    let (mut emu, exports) =
+        emulator(&["--listen", "127.0.0.1:0", "--callback-url", &callback_url]);
+    for name in [
+        "WECHAT_KF_BASE_URL",
+        "WECHAT_KF_CORP_ID",
+        "WECHAT_KF_SECRET",
+        "WECHAT_KF_CALLBACK_TOKEN",
+        "WECHAT_KF_ENCODING_AES_KEY",
+    ] {
+        assert!(
+            exports.contains_key(name),
+            "{name} not printed: {exports:?}"
+        );
+    }
+    let base = exports["WECHAT_KF_BASE_URL"].clone();
+    let http = reqwest::Client::new();
+    let account: Value = http
+        .post(format!("{base}/emulator/accounts"))
+        .json(&json!({"name": "pasted"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let open_kfid = account["open_kfid"].as_str().unwrap().to_owned();
+
+    let bodies: Bodies = Arc::default();
+    let app = Router::new()
+        .route("/hook", post(hook))
+        .with_state(bodies.clone());
+    let webhook = common::serve(app, "/hook").await;
+    let dir = tempfile::tempdir().unwrap();
+    // Only the pasted variables configure WeChat: no file, no credential flag.
+    let mut serve = clean_command()
+        .arg("serve")
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--db", ":memory:", "--webhook", &webhook])
+        .envs(&exports)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = http
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if ready {
+            break;
+        }
+        if let Ok(Some(status)) = serve.try_wait() {
+            panic!("serve exited ({status}): {}", log());
+        }
+        assert!(Instant::now() < deadline, "serve never ready: {}", log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let sent: Value = http
+        .post(format!("{base}/emulator/customer/send"))
+        .json(
+            &json!({"open_kfid": open_kfid, "external_userid": "wmPasted", "msgtype": "text",
+                      "text": {"content": "hello from the emulator"}}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let msgid = sent["msgids"][0].as_str().unwrap().to_owned();
+    // The safety pull runs every 2 minutes: a delivery within seconds came from the callback.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let delivered = bodies.lock().unwrap().iter().any(|b| {
+            b["messages"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m["msgid"] == msgid.as_str()))
+        });
+        if delivered {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not delivered: {}", log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let callbacks: Value = http
+        .get(format!("{base}/emulator/callbacks"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let attempts = callbacks["attempts"].as_array().unwrap();
+    assert!(
+        attempts
+            .iter()
+            .any(|a| a["open_kfid"] == open_kfid.as_str()),
+        "{callbacks}"
+    );
+    assert!(
+        attempts.iter().all(|a| a["status"] == 200),
+        "serve refused a callback: {callbacks}"
+    );
+    stop(&mut serve);
+    stop(&mut emu);
+}
+
+/// Runs `serve` with a config file until it exits; (exit code, stderr).
+fn serve_with_config(toml: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kf.toml");
+    std::fs::write(&path, toml).unwrap();
+    let output = clean_command()
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code(), stderr)
+}
+
+#[test]
+fn a_wrong_setting_stops_serve_at_start_with_one_line_saying_where() {
+    let (code, stderr) =
+        serve_with_config("[pull]\npage_size = 100\n\nfirst_start = \"yesterday\"\n");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("kf.toml:4:1: pull.first_start: \"yesterday\" is not from-now"),
+        "{stderr}"
+    );
+    // An option the S3 client does not know is found when the media fetcher builds the client
+    // at start (the configuration imports nothing of the media module).
+    let (code, stderr) = serve_with_config(
+        "[media]\nobject_store = \"s3://kf-media\"\n[media.object_store_options]\ncolour = \"blue\"\n",
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("\"colour\" is not an S3 option"),
+        "{stderr}"
+    );
+}

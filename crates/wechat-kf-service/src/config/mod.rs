@@ -1,0 +1,576 @@
+//! Configuration: a TOML file, then environment variables, then command-line flags (each later
+//! source wins). Each section is a `Deserialize` struct whose defaults sit beside its fields;
+//! [`Overrides`] and [`ENV`] say which flags and variables set which key, and figment layers
+//! them. Durations, secrets and words have one deserializer each. Secrets are [`Secret`]s:
+//! their `Debug` is redacted, so printing a [`Config`] never leaks one.
+//!
+//! ```
+//! use wechat_kf_service::config::{Config, Overrides};
+//!
+//! let toml = r#"
+//!     listen = "127.0.0.1:9000"
+//!     [webhook]
+//!     url = "http://127.0.0.1:7000/hook"
+//!     secret = "file-secret"
+//! "#;
+//! let env = |key: &str| (key == "WECHAT_KF_WEBHOOK_SECRET").then(|| "env-secret".to_owned());
+//! let flags = Overrides { echo: true, ..Overrides::default() };
+//! let config = Config::from_sources(Some(toml), &env, flags).unwrap();
+//! assert_eq!(config.listen.port(), 9000);
+//! assert_eq!(config.webhook.secret.as_ref().unwrap().expose(), "env-secret");
+//! assert!(config.sandbox.echo);
+//! assert!(config.is_sandbox()); // no WeChat credentials
+//! assert!(!format!("{config:?}").contains("env-secret"));
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use smart_default::SmartDefault;
+pub use wechat_kf::client::{MediaKind, Secret, VoiceFormat};
+
+use crate::Error;
+use crate::store::Synchronous;
+
+mod de;
+mod sources;
+#[cfg(test)]
+mod tests;
+
+pub use sources::{ENV, EnvVar, Overrides};
+
+/// The whole service configuration. [`Config::default`] is the sandbox with the defaults below.
+#[derive(Debug, Clone, SmartDefault, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the HTTP server listens (callbacks, reply API, health, metrics).
+    #[default(SocketAddr::from(([127, 0, 0, 1], 8080)))]
+    #[serde(deserialize_with = "de::addr")]
+    pub listen: SocketAddr,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// WeChat credentials; without `corp_id` and `secret` the service runs in sandbox mode.
+    pub wechat: WechatConfig,
+    /// The callback endpoint.
+    pub callback: CallbackConfig,
+    /// Pulling.
+    pub pull: PullConfig,
+    /// Storage.
+    pub storage: StorageConfig,
+    /// Delivery to the bot.
+    pub webhook: WebhookConfig,
+    /// The reply API.
+    pub api: ApiConfig,
+    /// Automatic handoff to a human (`[handoff]`).
+    pub handoff: HandoffConfig,
+    /// Joining consecutive text replies (`[joiner]`).
+    pub joiner: JoinerConfig,
+    /// Downloading inbound media before delivery (`[media]`).
+    pub media: MediaConfig,
+    /// Sandbox mode (embedded emulator).
+    pub sandbox: SandboxConfig,
+}
+
+/// Log line format (`text` or `json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// WeChat credentials and endpoint (`[wechat]`).
+#[derive(Debug, Clone, SmartDefault, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WechatConfig {
+    /// The corp id (`ww…`).
+    pub corp_id: String,
+    /// The KF (or self-built app) secret.
+    #[serde(deserialize_with = "de::secret")]
+    pub secret: Option<Secret>,
+    /// The callback Token (signature key).
+    #[serde(deserialize_with = "de::secret")]
+    pub callback_token: Option<Secret>,
+    /// The 43-character EncodingAESKey.
+    #[serde(deserialize_with = "de::secret")]
+    pub encoding_aes_key: Option<Secret>,
+    /// The API origin (default `https://qyapi.weixin.qq.com`).
+    #[serde(deserialize_with = "de::non_empty")]
+    pub base_url: Option<String>,
+    /// Accounts pulled from the start; others are learned from callbacks and `kf/account/list`.
+    pub accounts: Vec<String>,
+    /// Whether to list the corp's accounts at start (`kf/account/list`) and pull each.
+    #[default(true)]
+    pub discover_accounts: bool,
+    /// Time allowed for one API request.
+    #[default(Duration::from_secs(30))]
+    #[serde(deserialize_with = "de::duration")]
+    pub timeout: Duration,
+    /// Where access tokens are kept: `None` in the process (the default), or a
+    /// `redis://`/`rediss://` URL shared by every instance (and any other program using the same
+    /// corp id and secret), so that they share one token and one refresh. May hold a password.
+    #[serde(deserialize_with = "de::secret")]
+    pub token_store: Option<Secret>,
+}
+
+/// The callback endpoint (`[callback]`).
+#[derive(Debug, Clone, SmartDefault, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallbackConfig {
+    /// Path of the callback URL.
+    #[default("/callback".into())]
+    pub path: String,
+    /// Largest accepted POST body; larger ones get 413. Default 64 KiB.
+    #[default(64 * 1024)]
+    pub max_body_bytes: usize,
+    /// Callbacks whose `timestamp` is further than this from now are rejected (replays). Zero
+    /// disables the check.
+    #[default(Duration::from_secs(300))]
+    #[serde(deserialize_with = "de::duration")]
+    pub timestamp_window: Duration,
+}
+
+/// Pulling (`[pull]`).
+#[derive(Debug, Clone, SmartDefault, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PullConfig {
+    /// A pull of every account this often even without a callback (callbacks get lost). Zero
+    /// disables it.
+    #[default(Duration::from_secs(120))]
+    #[serde(deserialize_with = "de::duration")]
+    pub safety_interval: Duration,
+    /// `sync_msg` page size, 1–1000.
+    #[default(1000)]
+    pub page_size: u32,
+    /// Most accounts pulled (callbacks naming more are ignored).
+    #[default(5000)]
+    pub max_accounts: usize,
+    /// What happens to the messages WeChat still holds (up to 3 days) when an account has no
+    /// stored cursor (the first start, a new database) or WeChat rejects the stored one.
+    pub first_start: FirstStart,
+    /// Per-account overrides of [`first_start`](Self::first_start), by open_kfid.
+    pub first_start_accounts: BTreeMap<String, FirstStart>,
+    /// The `voice_format` of `sync_msg` (`amr` or `silk`): the format voice media is later
+    /// downloaded in.
+    #[default(VoiceFormat::Amr)]
+    #[serde(deserialize_with = "de::voice_format")]
+    pub voice_format: VoiceFormat,
+}
+
+impl PullConfig {
+    /// The first-start policy of an account.
+    pub fn first_start_for(&self, open_kfid: &str) -> FirstStart {
+        self.first_start_accounts
+            .get(open_kfid)
+            .copied()
+            .unwrap_or(self.first_start)
+    }
+}
+
+/// What to do with the backlog when an account is pulled without a cursor (`pull.first_start`).
+///
+/// Whatever the policy, every message is stored (msgid de-duplication, session tracking);
+/// the policy only decides which of them are delivered to the bot.
+///
+/// ```
+/// use std::time::Duration;
+/// use wechat_kf_service::config::FirstStart;
+/// assert_eq!("from-now".parse::<FirstStart>().unwrap(), FirstStart::FromNow);
+/// assert_eq!("replay".parse::<FirstStart>().unwrap(), FirstStart::Replay);
+/// let since: FirstStart = "since 2h".parse().unwrap();
+/// assert_eq!(since, FirstStart::Since(Duration::from_secs(7200)));
+/// assert_eq!(since.to_string(), "since 2h");
+/// // Service started at 1000 (unix s); the catch-up begins at 5000.
+/// assert_eq!(FirstStart::FromNow.skip_before(1000, 5000), Some(1000 - 60));
+/// assert_eq!(since.skip_before(1000, 5000), Some(5000 - 7200));
+/// assert_eq!(FirstStart::Replay.skip_before(1000, 5000), None);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FirstStart {
+    /// Page through the backlog to its end and store the cursor, but deliver nothing sent
+    /// before the service started (a minute of tolerance for clock differences); older
+    /// messages are stored as *skipped*. The default: a new bot does not answer three days of
+    /// old messages.
+    #[default]
+    FromNow,
+    /// Deliver everything WeChat still holds.
+    Replay,
+    /// Deliver what was sent within this long before the catch-up began.
+    Since(Duration),
+}
+
+/// How far before the service's start `from-now` still delivers: WeChat's clock and ours may
+/// differ a little, and a message sent just after the start must never be skipped.
+pub const FROM_NOW_TOLERANCE_SECS: i64 = 60;
+
+impl FirstStart {
+    /// The unix second before which messages are skipped (`None`: nothing is), for a service
+    /// started at `started_at` whose catch-up begins at `now` (both on WeChat's clock).
+    pub fn skip_before(self, started_at: i64, now: i64) -> Option<i64> {
+        match self {
+            FirstStart::FromNow => Some(started_at - FROM_NOW_TOLERANCE_SECS),
+            FirstStart::Replay => None,
+            FirstStart::Since(d) => {
+                Some(now.saturating_sub(d.as_secs().min(i64::MAX as u64) as i64))
+            }
+        }
+    }
+
+    /// The policy's name in metrics and logs: `from-now`, `replay` or `since`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FirstStart::FromNow => "from-now",
+            FirstStart::Replay => "replay",
+            FirstStart::Since(_) => "since",
+        }
+    }
+
+    /// `from-now`, `replay`, or `since <duration>` (also `since:2h`, `since=2h`).
+    fn parse(value: &str) -> Result<FirstStart, String> {
+        let v = value.trim();
+        match v.to_ascii_lowercase().as_str() {
+            "from-now" | "from_now" | "fromnow" | "now" => return Ok(FirstStart::FromNow),
+            "replay" | "all" => return Ok(FirstStart::Replay),
+            _ => {}
+        }
+        let rest = v
+            .strip_prefix("since")
+            .map(|r| r.trim_start_matches([' ', ':', '=']).trim())
+            .filter(|r| !r.is_empty())
+            .ok_or_else(|| format!("{value:?} is not from-now, replay or \"since <duration>\""))?;
+        de::parse_duration(rest).map(FirstStart::Since)
+    }
+}
+
+impl fmt::Display for FirstStart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FirstStart::Since(d) => write!(f, "since {}", humantime::format_duration(*d)),
+            other => f.write_str(other.name()),
+        }
+    }
+}
+
+impl std::str::FromStr for FirstStart {
+    type Err = Error;
+
+    /// `from-now`, `replay`, or `since <duration>` (also `since:2h`, `since=2h`); the error
+    /// names the setting, `pull.first_start`.
+    fn from_str(value: &str) -> Result<Self, Error> {
+        FirstStart::parse(value).map_err(|e| Error::Config(format!("pull.first_start: {e}")))
+    }
+}
+
+/// Automatic handoff to a human servicer (`[handoff]`): a customer text containing one of the
+/// keywords moves the session with `kf/service_state/trans`, before the bot sees the message.
+#[derive(Debug, Clone, SmartDefault, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HandoffConfig {
+    /// Substrings of customer texts (menu clicks included) that ask for a human, e.g.
+    /// `["人工", "转人工"]`. Empty (the default): no keyword handoff.
+    pub keywords: Vec<String>,
+    /// The target state: 2 (the queue, the default) or 3 (a servicer, `servicer_userid`).
+    #[default(2)]
+    pub service_state: u32,
+    /// The servicer for state 3.
+    #[serde(deserialize_with = "de::non_empty")]
+    pub servicer_userid: Option<String>,
+    /// A text sent with the `msg_code` the transfer returns (`send_msg_on_event`), e.g.
+    /// "正在为您转接人工客服". None: nothing is sent.
+    pub message: Option<String>,
+}
+
+/// Joining consecutive text replies for one customer (`[joiner]`), so that an answer split
+/// into several texts spends one message of WeChat's 5-per-customer-message quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JoinerConfig {
+    /// Off by default: joined texts arrive as one message with line breaks.
+    pub enabled: bool,
+    /// How long a queued text waits for more texts to the same customer (`window_ms`, in
+    /// milliseconds). Zero (the default) joins only texts queued together (one response).
+    #[serde(rename = "window_ms", deserialize_with = "de::millis")]
+    pub window: Duration,
+}
+
+/// What to convert downloaded voice notes into (`media.voice_convert_to`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VoiceTarget {
+    /// 16 kHz mono 16-bit WAV.
+    Wav,
+    /// Ogg/Opus.
+    Ogg,
+    /// MP3.
+    Mp3,
+}
+
+impl VoiceTarget {
+    /// The library's conversion target.
+    pub fn target(self) -> wechat_kf::voice::Target {
+        match self {
+            VoiceTarget::Wav => wechat_kf::voice::Target::Wav,
+            VoiceTarget::Ogg => wechat_kf::voice::Target::OggOpus,
+            VoiceTarget::Mp3 => wechat_kf::voice::Target::Mp3,
+        }
+    }
+
+    /// `wav`, `ogg` or `mp3`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VoiceTarget::Wav => "wav",
+            VoiceTarget::Ogg => "ogg",
+            VoiceTarget::Mp3 => "mp3",
+        }
+    }
+}
+
+/// Downloading inbound media before delivery (`[media]`), so the bot never races WeChat's
+/// 3-day media expiry.
+#[derive(Debug, Clone, SmartDefault, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Where files go (`<dir>/<open_kfid>/<msgid>/<file name>`). `None` (the default): media
+    /// is not downloaded.
+    #[serde(deserialize_with = "de::non_empty")]
+    pub download_dir: Option<PathBuf>,
+    /// Which message types are downloaded (`image`, `voice`, `video`, `file`). Default all.
+    #[default(MediaKind::ALL.to_vec())]
+    #[serde(deserialize_with = "de::media_kinds")]
+    pub kinds: Vec<MediaKind>,
+    /// Larger files are deleted again and reported as `too_large`. Default 32 MiB.
+    #[default(32 * 1024 * 1024)]
+    pub max_bytes: u64,
+    /// Downloads in flight at once.
+    #[default(4)]
+    pub concurrency: usize,
+    /// Convert voice notes into this format too (`wav`, `ogg`, `mp3`; needs ffmpeg; SILK needs
+    /// the `voice-silk` build feature). Default none.
+    #[serde(deserialize_with = "de::voice_target")]
+    pub voice_convert_to: Option<VoiceTarget>,
+    /// The ffmpeg program. Default `ffmpeg` on `PATH`.
+    #[serde(deserialize_with = "de::non_empty")]
+    pub ffmpeg: Option<PathBuf>,
+    /// An S3-compatible bucket the files are uploaded to: `s3://<bucket>[/<prefix>]`, objects
+    /// named `<prefix>/<open_kfid>/<msgid>/<file name>` (AWS S3, Tencent COS, Alibaba OSS,
+    /// Cloudflare R2, MinIO). Without a `download_dir` the files are staged in a temporary
+    /// directory and removed once uploaded. Default none.
+    #[serde(deserialize_with = "de::non_empty")]
+    pub object_store: Option<String>,
+    /// Options of the S3 client by their `object_store` crate names (`endpoint`, `region`,
+    /// `access_key_id`, `secret_access_key`, `allow_http`, ...): `[media.object_store_options]`.
+    /// The standard `AWS_*` environment variables are read too; these win. The media fetcher
+    /// checks the names when the service starts.
+    #[serde(deserialize_with = "de::secrets")]
+    pub object_store_options: BTreeMap<String, Secret>,
+}
+
+impl MediaConfig {
+    /// Whether messages of `msgtype` are downloaded.
+    pub fn wants(&self, msgtype: &str) -> bool {
+        (self.download_dir.is_some() || self.object_store.is_some())
+            && msgtype
+                .parse::<MediaKind>()
+                .is_ok_and(|k| self.kinds.contains(&k))
+    }
+}
+
+/// Storage (`[storage]`).
+#[derive(Debug, Clone, SmartDefault, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// A SQLite file path, `:memory:`, or a `postgres://` URL. `None` = `wechat-kf.db`, or
+    /// `:memory:` in sandbox mode.
+    #[serde(deserialize_with = "de::non_empty")]
+    pub db: Option<String>,
+    /// SQLite durability (`normal` or `full`).
+    #[serde(deserialize_with = "de::synchronous")]
+    pub synchronous: Synchronous,
+    /// Delivered messages (and finished replies) are deleted after this long. Zero keeps them
+    /// forever. Default 7 days; keep it above WeChat's 3-day retention so that msgid
+    /// de-duplication covers every message WeChat could return again.
+    #[default(Duration::from_secs(7 * 24 * 3600))]
+    #[serde(deserialize_with = "de::duration")]
+    pub retention: Duration,
+    /// How often a standby instance (a second one on the same store) tries to take over from
+    /// the leader (see [`leader`](crate::leader)).
+    #[default(Duration::from_secs(2))]
+    #[serde(deserialize_with = "de::duration")]
+    pub standby_poll: Duration,
+}
+
+/// Delivery to the bot (`[webhook]`).
+#[derive(Debug, Clone, SmartDefault, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// The bot's URL. `None` = write messages as JSON Lines to stdout.
+    #[serde(deserialize_with = "de::non_empty")]
+    pub url: Option<String>,
+    /// Key of the `X-Wechat-Kf-Signature` HMAC. Without it the header is not sent.
+    #[serde(deserialize_with = "de::secret")]
+    pub secret: Option<Secret>,
+    /// Time allowed for one delivery.
+    #[default(Duration::from_secs(10))]
+    #[serde(deserialize_with = "de::duration")]
+    pub timeout: Duration,
+    /// Most messages per delivery.
+    #[default(100)]
+    pub max_batch: usize,
+    /// Most deliveries in flight at once.
+    #[default(16)]
+    pub concurrency: usize,
+    /// First retry delay.
+    #[default(Duration::from_secs(1))]
+    #[serde(deserialize_with = "de::duration")]
+    pub retry_initial: Duration,
+    /// Longest retry delay.
+    #[default(Duration::from_secs(600))]
+    #[serde(deserialize_with = "de::duration")]
+    pub retry_max: Duration,
+    /// Largest response body read (for replies). Default 1 MiB.
+    #[default(1024 * 1024)]
+    pub max_response_bytes: usize,
+}
+
+/// The reply API (`[api]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// The bearer token protecting `/v1/*`. Without one the reply API is disabled (in sandbox
+    /// mode a random token is generated and printed).
+    #[serde(deserialize_with = "de::secret")]
+    pub token: Option<Secret>,
+}
+
+/// Sandbox mode (`[sandbox]`).
+#[derive(Debug, Clone, SmartDefault, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// Where the embedded emulator listens. Default `127.0.0.1:0` (a free port).
+    #[default(SocketAddr::from(([127, 0, 0, 1], 0)))]
+    #[serde(deserialize_with = "de::addr")]
+    pub emulator_listen: SocketAddr,
+    /// Answer every customer text with an echo.
+    pub echo: bool,
+}
+
+impl Config {
+    /// What one setting's type cannot check (ranges, settings that go together): the first
+    /// key that is wrong, and why.
+    fn invalid(&self) -> Option<(&'static str, String)> {
+        let (wechat, webhook, handoff, media) =
+            (&self.wechat, &self.webhook, &self.handoff, &self.media);
+        let wrong = |key, message: &str| Some((key, message.to_owned()));
+        if !self.callback.path.starts_with('/') {
+            return wrong("callback.path", "must start with '/'");
+        }
+        if !(1..=1000).contains(&self.pull.page_size) {
+            return wrong("pull.page_size", "must be 1..=1000");
+        }
+        let durations = [
+            ("wechat.timeout", wechat.timeout),
+            ("webhook.timeout", webhook.timeout),
+            ("storage.standby_poll", self.storage.standby_poll),
+        ];
+        if let Some((key, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
+            return wrong(key, "must be positive");
+        }
+        let counts = [
+            ("webhook.max_batch", webhook.max_batch as u64),
+            ("webhook.concurrency", webhook.concurrency as u64),
+            ("media.concurrency", media.concurrency as u64),
+            ("media.max_bytes", media.max_bytes),
+        ];
+        if let Some((key, _)) = counts.iter().find(|(_, n)| *n == 0) {
+            return wrong(key, "must be at least 1");
+        }
+        let http = |url: &str| url.starts_with("http://") || url.starts_with("https://");
+        if !webhook.url.as_deref().is_none_or(http) {
+            return wrong("webhook.url", "must be an http(s) URL");
+        }
+        let redis = |url: &Secret| {
+            url.expose().starts_with("redis://") || url.expose().starts_with("rediss://")
+        };
+        if !wechat.token_store.as_ref().is_none_or(redis) {
+            // Not the value itself: it may carry a password.
+            return wrong("wechat.token_store", "must be a redis:// or rediss:// URL");
+        }
+        if wechat.corp_id.is_empty() == wechat.secret.is_some() {
+            let key = if wechat.secret.is_some() {
+                "wechat.corp_id"
+            } else {
+                "wechat.secret"
+            };
+            return wrong(
+                key,
+                "set both wechat.corp_id and wechat.secret (or neither, for the sandbox)",
+            );
+        }
+        match (handoff.service_state, &handoff.servicer_userid) {
+            (2, _) | (3, Some(_)) => {}
+            (3, None) => return wrong("handoff.service_state", "3 needs handoff.servicer_userid"),
+            _ => {
+                return wrong(
+                    "handoff.service_state",
+                    "must be 2 (queue) or 3 (a servicer)",
+                );
+            }
+        }
+        if handoff.keywords.iter().any(String::is_empty) {
+            return wrong("handoff.keywords", "must not be empty strings");
+        }
+        if handoff
+            .message
+            .as_ref()
+            .is_some_and(|m| m.is_empty() || m.len() > 2048)
+        {
+            return wrong("handoff.message", "must be 1-2048 bytes");
+        }
+        // The URL's shape only: the media fetcher builds the S3 client (checking its options)
+        // when the service starts, so a wrong option fails the start just the same.
+        let url = media.object_store.as_deref()?;
+        let Some(rest) = url
+            .strip_prefix("s3://")
+            .or_else(|| url.strip_prefix("s3a://"))
+        else {
+            return Some((
+                "media.object_store",
+                format!(
+                    "{url:?} is not s3://<bucket>[/<prefix>] (S3 or an S3-compatible store, \
+                     whose endpoint goes in [media.object_store_options])"
+                ),
+            ));
+        };
+        let bucket = rest.split('/').next().unwrap_or_default();
+        let valid = !bucket.is_empty()
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        (!valid).then(|| {
+            (
+                "media.object_store",
+                format!("{bucket:?} is not a bucket name"),
+            )
+        })
+    }
+
+    /// Whether no WeChat credentials are configured: the service then runs the embedded
+    /// emulator and talks to it.
+    pub fn is_sandbox(&self) -> bool {
+        self.wechat.corp_id.is_empty()
+    }
+
+    /// The database to open: the configured one, or the mode's default.
+    pub fn db_location(&self) -> String {
+        match &self.storage.db {
+            Some(db) => db.clone(),
+            None if self.is_sandbox() => ":memory:".into(),
+            None => "wechat-kf.db".into(),
+        }
+    }
+}

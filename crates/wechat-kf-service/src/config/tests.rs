@@ -1,0 +1,267 @@
+use super::*;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn load(toml: &str) -> Result<Config, Error> {
+    Config::from_sources(Some(toml), &no_env, Overrides::default())
+}
+
+fn error(toml: &str) -> String {
+    load(toml).unwrap_err().to_string()
+}
+
+#[test]
+fn flags_win_over_the_environment_which_wins_over_the_file() {
+    let toml = "listen = \"127.0.0.1:1\"\n[storage]\ndb = \"file.db\"\n";
+    let env = |k: &str| match k {
+        "WECHAT_KF_LISTEN" => Some("127.0.0.1:2".to_owned()),
+        "WECHAT_KF_DB" => Some("env.db".to_owned()),
+        _ => None,
+    };
+    let config = Config::from_sources(Some(toml), &env, Overrides::default()).unwrap();
+    assert_eq!(config.listen.port(), 2);
+    assert_eq!(config.db_location(), "env.db");
+    let flags = Overrides {
+        db: Some("flag.db".into()),
+        ..Overrides::default()
+    };
+    let config = Config::from_sources(Some(toml), &env, flags).unwrap();
+    assert_eq!(config.db_location(), "flag.db");
+}
+
+#[test]
+fn unknown_keys_and_bad_values_are_one_line_errors() {
+    let err = load("[webhook]\nurll = \"x\"\n").unwrap_err();
+    assert!(err.is_config());
+    assert!(!err.to_string().contains('\n'), "{err}");
+    let err = error("[pull]\nsafety_interval = \"soon\"\n");
+    assert!(err.contains("pull.safety_interval"), "{err}");
+}
+
+#[test]
+fn file_errors_name_the_file_the_key_the_line_and_the_column() {
+    let err = error("[webhook]\nurll = \"x\"\n");
+    assert!(
+        err.contains("config file:2:1: webhook.urll: unknown key"),
+        "{err}"
+    );
+    let err = error("[pull]\n\nsafety_interval = \"soon\"\n");
+    assert!(
+        err.contains("config file:3:1: pull.safety_interval: \"soon\" is not a duration"),
+        "{err}"
+    );
+    // A setting that contradicts another points at where it is written.
+    let err = error("[handoff]\nservice_state = 3\n");
+    assert!(
+        err.contains("config file:2:1: handoff.service_state: 3 needs"),
+        "{err}"
+    );
+    // Broken TOML: toml's multi-line diagnostic becomes one line.
+    let err = error("[pull]\npage_size = = 3\n");
+    assert!(err.starts_with("configuration: config file:2:"), "{err}");
+    assert!(!err.contains('\n'), "{err}");
+    // The old flat file of the operator commands says where credentials go now.
+    let err = error("corp_id = \"ww1\"\n");
+    assert!(
+        err.contains("config file:1:1: corp_id: unknown key"),
+        "{err}"
+    );
+    assert!(err.contains("[wechat]"), "{err}");
+}
+
+#[test]
+fn bad_environment_values_and_flags_name_the_variable_or_the_flag() {
+    let env = |k: &str| (k == "WECHAT_KF_LISTEN").then(|| "everywhere".to_owned());
+    let err = Config::from_sources(None, &env, Overrides::default()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("WECHAT_KF_LISTEN (listen): \"everywhere\" is not an address"),
+        "{err}"
+    );
+    let env = |k: &str| (k == "WECHAT_KF_ECHO").then(|| "maybe".to_owned());
+    let err = Config::from_sources(None, &env, Overrides::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("WECHAT_KF_ECHO (sandbox.echo)"),
+        "{err}"
+    );
+    let flags = Overrides {
+        webhook: Some("ftp://bot".into()),
+        ..Overrides::default()
+    };
+    let err = Config::from_sources(Some("[webhook]\nurl = \"http://x\"\n"), &no_env, flags);
+    let err = err.unwrap_err().to_string();
+    assert!(
+        err.contains("--webhook (webhook.url): must be an http(s) URL"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_old_variable_names_still_work_but_the_new_ones_win() {
+    let old = |k: &str| match k {
+        "WECHAT_KF_TOKEN" => Some("old-token".to_owned()),
+        "WECHAT_KF_AES_KEY" => Some("old-key".to_owned()),
+        _ => None,
+    };
+    let config = Config::from_sources(None, &old, Overrides::default()).unwrap();
+    assert_eq!(config.wechat.callback_token.unwrap().expose(), "old-token");
+    assert_eq!(config.wechat.encoding_aes_key.unwrap().expose(), "old-key");
+    let both = |k: &str| match k {
+        "WECHAT_KF_CALLBACK_TOKEN" => Some("new-token".to_owned()),
+        other => old(other),
+    };
+    let config = Config::from_sources(None, &both, Overrides::default()).unwrap();
+    assert_eq!(config.wechat.callback_token.unwrap().expose(), "new-token");
+}
+
+#[test]
+fn credentials_switch_off_the_sandbox_and_must_come_in_pairs() {
+    let config = load("[wechat]\ncorp_id = \"ww1\"\nsecret = \"s\"\n").unwrap();
+    assert!(!config.is_sandbox());
+    assert_eq!(config.db_location(), "wechat-kf.db");
+    assert!(load("[wechat]\ncorp_id = \"ww1\"\n").is_err());
+    let sandbox = Config::from_sources(None, &no_env, Overrides::default()).unwrap();
+    assert!(sandbox.is_sandbox());
+    assert_eq!(sandbox.db_location(), ":memory:");
+}
+
+#[test]
+fn secrets_never_show_in_debug_output_or_errors() {
+    let toml = "[wechat]\ncorp_id = \"ww1\"\nsecret = \"TOPSECRET1\"\ncallback_token = \"TOPSECRET2\"\n\
+                encoding_aes_key = \"TOPSECRET3\"\n[webhook]\nsecret = \"TOPSECRET4\"\n[api]\ntoken = \"TOPSECRET5\"\n";
+    let debug = format!("{:?}", load(toml).unwrap());
+    assert!(!debug.contains("TOPSECRET"), "{debug}");
+    let err = error("[wechat]\nsecret = 12345678\n");
+    assert!(
+        err.contains("wechat.secret: expected a string, found an integer"),
+        "{err}"
+    );
+    assert!(!err.contains("12345678"), "{err}");
+}
+
+#[test]
+fn first_start_policies_parse_per_account_and_from_every_source() {
+    let toml = "[pull]\nfirst_start = \"since 2h\"\nvoice_format = \"silk\"\n\
+                [pull.first_start_accounts]\nwkA = \"replay\"\n";
+    let config = load(toml).unwrap();
+    assert_eq!(
+        config.pull.first_start,
+        FirstStart::Since(Duration::from_secs(7200))
+    );
+    assert_eq!(config.pull.first_start_for("wkA"), FirstStart::Replay);
+    assert_eq!(config.pull.voice_format, VoiceFormat::Silk);
+    let env = |k: &str| (k == "WECHAT_KF_FIRST_START").then(|| "replay".to_owned());
+    let config = Config::from_sources(None, &env, Overrides::default()).unwrap();
+    assert_eq!(config.pull.first_start, FirstStart::Replay);
+    let flags = Overrides {
+        first_start: Some(FirstStart::FromNow),
+        ..Overrides::default()
+    };
+    let config = Config::from_sources(None, &env, flags).unwrap();
+    assert_eq!(config.pull.first_start, FirstStart::FromNow);
+    assert_eq!(Config::default().pull.first_start, FirstStart::FromNow);
+    for bad in ["yesterday", "since", "since soon"] {
+        let err = bad.parse::<FirstStart>().unwrap_err().to_string();
+        assert!(err.contains("pull.first_start"), "{err}");
+    }
+    assert_eq!(
+        "since:30m".parse::<FirstStart>().unwrap(),
+        FirstStart::Since(Duration::from_secs(1800))
+    );
+    // Every source names the key.
+    let err = error("[pull]\nfirst_start = \"yesterday\"\n");
+    assert!(
+        err.contains("config file:2:1: pull.first_start: \"yesterday\" is not"),
+        "{err}"
+    );
+    let err = error("[pull.first_start_accounts]\nwkA = \"later\"\n");
+    assert!(err.contains("pull.first_start_accounts.wkA"), "{err}");
+    let env = |k: &str| (k == "WECHAT_KF_FIRST_START").then(|| "soon".to_owned());
+    let err = Config::from_sources(None, &env, Overrides::default()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("WECHAT_KF_FIRST_START (pull.first_start)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn handoff_joiner_and_media_settings_are_checked() {
+    let toml = "[handoff]\nkeywords = [\"人工\", \"转人工\"]\nservice_state = 3\nservicer_userid = \"zhangsan\"\n\
+                [joiner]\nenabled = true\nwindow_ms = 250\n\
+                [media]\ndownload_dir = \"/tmp/m\"\nkinds = [\"voice\"]\nvoice_convert_to = \"wav\"\n";
+    let config = load(toml).unwrap();
+    assert_eq!(config.handoff.keywords, vec!["人工", "转人工"]);
+    assert_eq!(config.handoff.service_state, 3);
+    assert!(config.joiner.enabled);
+    assert_eq!(config.joiner.window, Duration::from_millis(250));
+    assert!(config.media.wants("voice"));
+    assert!(!config.media.wants("image"));
+    assert_eq!(config.media.voice_convert_to, Some(VoiceTarget::Wav));
+    assert!(load("[handoff]\nservice_state = 3\n").is_err());
+    assert!(load("[handoff]\nservice_state = 1\n").is_err());
+    assert!(error("[media]\nkinds = [\"sticker\"]\n").contains("media.kinds: \"sticker\""));
+    assert!(load("[media]\nvoice_convert_to = \"flac\"\n").is_err());
+    assert!(!Config::default().media.wants("image"));
+    assert!(!Config::default().joiner.enabled);
+}
+
+#[test]
+fn an_object_store_alone_turns_media_on_and_its_keys_never_print() {
+    let toml = "[media]\nobject_store = \"s3://kf-media/inbound\"\n\
+                [media.object_store_options]\nregion = \"ap-guangzhou\"\n\
+                access_key_id = \"AKID\"\nsecret_access_key = \"s3-secret-value\"\n";
+    let config = load(toml).unwrap();
+    assert!(config.media.wants("file"));
+    assert_eq!(
+        config.media.object_store.as_deref(),
+        Some("s3://kf-media/inbound")
+    );
+    assert!(!format!("{config:?}").contains("s3-secret-value"));
+    let env =
+        |name: &str| (name == "WECHAT_KF_MEDIA_OBJECT_STORE").then(|| "s3://other".to_owned());
+    let config = Config::from_sources(Some(toml), &env, Overrides::default()).unwrap();
+    assert_eq!(config.media.object_store.as_deref(), Some("s3://other"));
+    assert_eq!(config.media.object_store_options.len(), 3);
+    assert!(error("[media]\nobject_store = \"gs://b\"\n").contains("s3://<bucket>"));
+    assert!(error("[media]\nobject_store = \"s3://a b\"\n").contains("not a bucket name"));
+    // An unknown S3 option is refused when the service starts (the media fetcher builds the
+    // client): `wechat-kf serve` exits 2 naming it (CLI test serve_config).
+}
+
+#[test]
+fn zero_durations_disable_and_humantime_durations_parse() {
+    let config =
+        load("[pull]\nsafety_interval = \"0\"\n[storage]\nretention = \"3days\"\n").unwrap();
+    assert_eq!(config.pull.safety_interval, Duration::ZERO);
+    assert_eq!(config.storage.retention, Duration::from_secs(3 * 86400));
+    let config = load("[storage]\nsynchronous = \"FULL\"\n").unwrap();
+    assert_eq!(config.storage.synchronous, Synchronous::Full);
+}
+
+#[test]
+fn the_reference_in_docs_lists_every_variable_and_its_example_file_loads() {
+    let docs = include_str!("../../../../docs/service.md");
+    for var in ENV {
+        for name in std::iter::once(&var.name).chain(var.deprecated) {
+            assert!(
+                docs.contains(&format!("`{name}`")),
+                "{name} missing in docs/service.md"
+            );
+        }
+        assert!(
+            docs.contains(&format!("`{}`", var.key)),
+            "{} missing",
+            var.key
+        );
+    }
+    let example = docs
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a toml example in docs/service.md");
+    let config = load(example).unwrap_or_else(|e| panic!("the documented example: {e}"));
+    assert!(!config.is_sandbox());
+}

@@ -70,6 +70,17 @@ impl Error {
     }
 }
 
+/// An API error's text without anything that could echo message content (a decode error's serde
+/// message may quote a value). For logs, stored results and HTTP answers.
+pub(crate) fn safe_error(error: &wechat_kf::client::Error) -> String {
+    match error {
+        wechat_kf::client::Error::Decode { endpoint, .. } => {
+            format!("{endpoint}: cannot decode the response")
+        }
+        other => other.to_string(),
+    }
+}
+
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
         Error::Store(e.to_string())

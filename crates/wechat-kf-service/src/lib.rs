@@ -47,12 +47,11 @@
 //!
 //! See `docs/service.md` for the configuration reference, the webhook contract and operations.
 
-mod app;
-mod callback;
 mod clock;
 pub mod config;
 mod delivery;
 mod error;
+mod http;
 pub mod leader;
 mod media;
 pub mod metrics;
@@ -65,11 +64,12 @@ mod sending;
 mod service;
 pub mod store;
 
-pub use app::{AppState, AppStateBuilder, app};
 pub use clock::Clock;
 pub use delivery::sink::{
     ATTEMPT_HEADER, DELIVERY_HEADER, SIGNATURE_HEADER, signature, verify_signature,
 };
 pub use error::Error;
+pub use http::openapi::{document as openapi_document, document_json as openapi_json};
+pub use http::{AppState, router};
 pub use sending::reason as refusal_reason;
 pub use service::{RunningService, Service};

@@ -39,8 +39,8 @@ use wechat_kf::{Message, MessageContent};
 
 use crate::Error;
 use crate::config::{MediaConfig, Secret, VoiceTarget};
+use crate::error::safe_error;
 use crate::metrics::Metrics;
-use crate::reply::safe_error;
 
 /// A media message to download.
 #[derive(Debug, Clone, PartialEq, Eq)]

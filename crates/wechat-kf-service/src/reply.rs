@@ -1,29 +1,19 @@
-//! Replies: the reply API (`/v1/*`, bearer token, synchronous: WeChat's answer or a clear error)
-//! and the sender of queued replies (from webhook responses and the echo bot), which retries
-//! transient failures with backoff and keeps each customer's replies in order.
+//! Replies: the sender of queued replies (from webhook responses, the echo bot and handoffs),
+//! which retries transient failures with backoff and keeps each customer's replies in order,
+//! and [`transfer_and_greet`], the one way a session is transferred (the reply API's
+//! `/v1/service_state/trans` uses it too).
 //!
 //! Every `send_msg` goes through the [`Gate`]: a send the customer's session view refuses (a
 //! human servicer holds the session, the 48-hour window closed, the 5-message quota is spent) is
-//! not made. The reply API then answers 409 `{"error":"send_refused","reason",…}`; a webhook
-//! reply gets a `refused` result, reported in the next webhook body (`reply_results`).
-//!
-//! Reply-API errors are JSON: `{"error": "...", "retryable": bool}` plus `errcode`/`errmsg` when
-//! WeChat answered. Status: 400 invalid request, 401 missing or wrong token, 403 reply API
-//! disabled, 409 `send_refused` (or the same msgid is being sent right now), 422 WeChat refused
-//! for another reason, 502 WeChat unreachable or answering garbage, 503 WeChat busy (-1, 45009,
-//! 45033; retry later).
+//! not made; a webhook reply then gets a `refused` result, reported in the next webhook body
+//! (`reply_results`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use wechat_kf::client::{
@@ -31,15 +21,15 @@ use wechat_kf::client::{
     TransServiceStateRequest,
 };
 
-use crate::app::AppState;
 use crate::config::JoinerConfig;
+use crate::error::safe_error;
 use crate::metrics::Metrics;
 use crate::outbound::{
     OnEvent, ReplyOrigin, SendMsg, Transfer, parse_on_event, parse_send_msg, parse_transfer,
     result_head,
 };
 use crate::retry::{backoff, jitter, now_ms};
-use crate::sending::{Gate, SendOutcome, refusal_json, view_json};
+use crate::sending::{Gate, SendOutcome, refusal_json};
 use crate::store::{ReplyEndpoint, ReplyOutcome, ReplyRecord, ReplyState, SessionUpdate, Store};
 
 /// Longest text WeChat accepts (bytes); the joiner never merges beyond it.
@@ -47,71 +37,6 @@ const MAX_TEXT_BYTES: usize = 2048;
 
 /// Attempts after which a queued reply is given up (WeChat's 48-hour window closes anyway).
 const MAX_REPLY_ATTEMPTS: u32 = 12;
-
-fn error_json(status: StatusCode, body: Value) -> Response {
-    (status, axum::Json(body)).into_response()
-}
-
-fn bad_request(message: impl Into<String>) -> Response {
-    error_json(
-        StatusCode::BAD_REQUEST,
-        json!({"error": message.into(), "retryable": false}),
-    )
-}
-
-/// Checks `Authorization: Bearer <token>` in constant time.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
-    let Some(expected) = &state.inner.api_token else {
-        return Err(Box::new(error_json(
-            StatusCode::FORBIDDEN,
-            json!({"error": "the reply API is disabled: set api.token (or WECHAT_KF_API_TOKEN)", "retryable": false}),
-        )));
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes())) && !given.is_empty() {
-        return Ok(());
-    }
-    let mut response = error_json(
-        StatusCode::UNAUTHORIZED,
-        json!({"error": "missing or wrong bearer token", "retryable": false}),
-    );
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    Err(Box::new(response))
-}
-
-/// The response for a failed API call.
-pub(crate) fn api_error_response(error: &wechat_kf::client::Error) -> Response {
-    use wechat_kf::client::Error as E;
-    let retryable = error.is_retryable();
-    match error {
-        E::Validation(v) => error_json(
-            StatusCode::BAD_REQUEST,
-            json!({"error": error.to_string(), "field": v.field, "retryable": false}),
-        ),
-        E::Api { code, errmsg, .. } => error_json(
-            if retryable {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
-                StatusCode::UNPROCESSABLE_ENTITY
-            },
-            json!({"errcode": code.code(), "errmsg": errmsg, "error": error.to_string(), "retryable": retryable}),
-        ),
-        _ => error_json(
-            if retryable {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
-                StatusCode::BAD_GATEWAY
-            },
-            json!({"error": safe_error(error), "retryable": retryable}),
-        ),
-    }
-}
 
 /// Whether a failed retry means an earlier attempt went out: it may have reached WeChat
 /// before we lost the answer (or crashed), and WeChat rejects the repeated msgid (or the
@@ -125,338 +50,6 @@ fn sent_by_an_earlier_attempt(error: &wechat_kf::client::Error, attempts: u32) -
                 ..
             }
         )
-}
-
-/// An error's text without anything that could echo message content (a decode error's serde
-/// message may quote a value).
-pub(crate) fn safe_error(error: &wechat_kf::client::Error) -> String {
-    match error {
-        wechat_kf::client::Error::Decode { endpoint, .. } => {
-            format!("{endpoint}: cannot decode the response")
-        }
-        other => other.to_string(),
-    }
-}
-
-/// Checks the bearer token, counting a refusal in the metrics.
-fn authorize_counted(state: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
-    authorize(state, headers).inspect_err(|_| {
-        Metrics::add(&state.inner.metrics.api_requests_failed, 1);
-    })
-}
-
-/// What every body-carrying `/v1` handler does first: authorize, find the client, parse JSON.
-fn accept(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Result<(Client, Value), Box<Response>> {
-    authorize_counted(state, headers)?;
-    let client = client(state)?.clone();
-    Ok((client, parse_body(body)?))
-}
-
-fn parse_body(body: &Bytes) -> Result<Value, Box<Response>> {
-    serde_json::from_slice(body)
-        .map_err(|e| Box::new(bad_request(format!("the body is not JSON: {e}"))))
-}
-
-fn client(state: &AppState) -> Result<&Client, Box<Response>> {
-    state.inner.client.as_ref().ok_or_else(|| {
-        Box::new(error_json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"error": "no API client configured", "retryable": false}),
-        ))
-    })
-}
-
-/// Claims a msgid for one request at a time; released on drop.
-struct InFlight<'a> {
-    state: &'a AppState,
-    key: String,
-}
-
-impl<'a> InFlight<'a> {
-    fn claim(state: &'a AppState, key: String) -> Option<Self> {
-        let mut set = state
-            .inner
-            .in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        set.insert(key.clone()).then_some(InFlight { state, key })
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.state
-            .inner
-            .in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.key);
-    }
-}
-
-/// The 409 answer for a refused send.
-fn refused_response(
-    refusal: &wechat_kf::session::SendRefusal,
-    predicted: bool,
-    errmsg: Option<&str>,
-) -> Response {
-    error_json(
-        StatusCode::CONFLICT,
-        Value::Object(refusal_json(refusal, predicted, errmsg)),
-    )
-}
-
-/// Sends through `send` with idempotency on `(key, msgid)` when the caller chose the msgid: a
-/// repeat of a successful request gets the stored answer (header `Idempotent-Replay: true`)
-/// instead of a second message.
-async fn idempotent_send<F, Fut>(
-    state: &AppState,
-    endpoint: &'static str,
-    key: String,
-    msgid: Option<String>,
-    send: F,
-) -> Response
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = SendOutcome>,
-{
-    let metrics = &state.inner.metrics;
-    let store = match &msgid {
-        Some(_) => state.inner.store.clone(),
-        None => None,
-    };
-    let msgid = msgid.unwrap_or_default();
-    if let Some(store) = &store {
-        match store.api_send(key.clone(), msgid.clone()).await {
-            Ok(Some(stored)) => {
-                Metrics::add(&metrics.api_requests_ok, 1);
-                let mut response = (
-                    StatusCode::OK,
-                    [(header::CONTENT_TYPE, "application/json")],
-                    stored,
-                )
-                    .into_response();
-                response
-                    .headers_mut()
-                    .insert("idempotent-replay", HeaderValue::from_static("true"));
-                return response;
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "idempotency lookup failed; sending anyway"),
-        }
-    }
-    let claim = match &store {
-        Some(_) => InFlight::claim(state, format!("{key}\u{0}{msgid}")).map(Some),
-        None => Some(None),
-    };
-    let Some(_claim) = claim else {
-        Metrics::add(&metrics.api_requests_failed, 1);
-        return error_json(
-            StatusCode::CONFLICT,
-            json!({"error": "a request with this msgid is in progress", "retryable": true}),
-        );
-    };
-    match send().await {
-        SendOutcome::Sent(sent) => {
-            Metrics::add(&metrics.api_requests_ok, 1);
-            let body =
-                json!({"errcode": 0, "errmsg": "ok", "msgid": sent.msgid.as_str()}).to_string();
-            if let Some(store) = &store {
-                if let Err(e) = store
-                    .record_api_send(key, msgid, body.clone(), now_ms())
-                    .await
-                {
-                    tracing::warn!(error = %e, "cannot record the send for idempotency");
-                }
-            }
-            (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/json")],
-                body,
-            )
-                .into_response()
-        }
-        SendOutcome::Refused {
-            refusal,
-            predicted,
-            errmsg,
-        } => {
-            Metrics::add(&metrics.api_requests_failed, 1);
-            tracing::info!(
-                endpoint,
-                reason = crate::sending::reason(&refusal),
-                predicted,
-                "reply API send refused"
-            );
-            refused_response(&refusal, predicted, errmsg.as_deref())
-        }
-        SendOutcome::Failed(e) => {
-            // Its errcode was counted where WeChat answered (the gate, or `ungated`).
-            Metrics::add(&metrics.api_requests_failed, 1);
-            tracing::info!(endpoint, error = %safe_error(&e), "reply API send failed");
-            api_error_response(&e)
-        }
-    }
-}
-
-/// A send without the gate (`send_msg_on_event`, or an [`AppState`] built without one):
-/// WeChat decides alone.
-fn ungated(
-    metrics: &Metrics,
-    endpoint: &'static str,
-    result: Result<wechat_kf::client::SendMsgResponse, wechat_kf::client::Error>,
-) -> SendOutcome {
-    match result {
-        Ok(sent) => SendOutcome::Sent(sent),
-        Err(e) => {
-            metrics.api_error(endpoint, &e);
-            SendOutcome::Failed(e)
-        }
-    }
-}
-
-/// `POST /v1/messages`: a `send_msg` body.
-pub(crate) async fn send_msg(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let (client, value) = match accept(&state, &headers, &body) {
-        Ok(accepted) => accepted,
-        Err(r) => return *r,
-    };
-    let parsed = match parse_send_msg(&value) {
-        Ok(p) => p,
-        Err(e) => return bad_request(e),
-    };
-    let key = format!("send_msg:{}", parsed.open_kfid);
-    let SendMsg {
-        request,
-        open_kfid,
-        touser,
-        msgid,
-        caller_msgid,
-    } = parsed;
-    let msgid = caller_msgid.then_some(msgid);
-    let gate = state.inner.gate.clone();
-    let metrics = state.inner.metrics.clone();
-    idempotent_send(&state, "kf/send_msg", key, msgid, move || async move {
-        match gate {
-            Some(gate) => gate.send(&open_kfid, &touser, request).await,
-            None => ungated(
-                &metrics,
-                "kf/send_msg",
-                client.messages().send(request).await,
-            ),
-        }
-    })
-    .await
-}
-
-/// `POST /v1/messages/on_event`: a `send_msg_on_event` body.
-pub(crate) async fn send_msg_on_event(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let (client, value) = match accept(&state, &headers, &body) {
-        Ok(accepted) => accepted,
-        Err(r) => return *r,
-    };
-    let parsed = match parse_on_event(&value) {
-        Ok(p) => p,
-        Err(e) => return bad_request(e),
-    };
-    let key = format!("on_event:{}", parsed.code);
-    let request = parsed.request;
-    let msgid = parsed.caller_msgid.then_some(parsed.msgid);
-    let metrics = state.inner.metrics.clone();
-    idempotent_send(
-        &state,
-        "kf/send_msg_on_event",
-        key,
-        msgid,
-        move || async move {
-            ungated(
-                &metrics,
-                "kf/send_msg_on_event",
-                client.messages().send_on_event(request).await,
-            )
-        },
-    )
-    .await
-}
-
-/// `POST /v1/service_state/trans`: `{"open_kfid","external_userid","service_state","servicer_userid"?,
-/// "message"?}` (a `{"action":"transfer",…}` body works too). The customer's session view
-/// learns the new state, so later bot replies are refused while a human holds the session.
-pub(crate) async fn trans(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let (client, value) = match accept(&state, &headers, &body) {
-        Ok(accepted) => accepted,
-        Err(r) => return *r,
-    };
-    let transfer = match parse_transfer(&value) {
-        Ok(t) => t,
-        Err(e) => return bad_request(e),
-    };
-    let metrics = &state.inner.metrics;
-    match transfer_and_greet(
-        &client,
-        state.inner.gate.as_deref(),
-        metrics,
-        &transfer,
-        "bot",
-    )
-    .await
-    {
-        Ok(done) => {
-            Metrics::add(&metrics.api_requests_ok, 1);
-            let mut body = json!({"errcode": 0, "errmsg": "ok"});
-            if let Some(code) = done.msg_code {
-                body["msg_code"] = Value::String(code);
-            }
-            if transfer.message.is_some() {
-                body["message_sent"] = Value::Bool(done.message_sent);
-            }
-            (StatusCode::OK, axum::Json(body)).into_response()
-        }
-        Err(e) => {
-            Metrics::add(&metrics.api_requests_failed, 1);
-            api_error_response(&e)
-        }
-    }
-}
-
-/// `GET /v1/sessions/{open_kfid}/{external_userid}`: what the service knows about a customer's
-/// session and whether a send would be allowed now (`can_send`, `remaining`, or `refusal`).
-pub(crate) async fn session(
-    State(state): State<AppState>,
-    Path((open_kfid, external_userid)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = authorize_counted(&state, &headers) {
-        return *r;
-    }
-    let Some(gate) = &state.inner.gate else {
-        return error_json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"error": "no session tracking configured", "retryable": false}),
-        );
-    };
-    let view = gate.view(&open_kfid, &external_userid).await;
-    let mut body = view_json(view.as_ref(), gate.clock.now_u64());
-    body["open_kfid"] = json!(open_kfid);
-    body["external_userid"] = json!(external_userid);
-    Metrics::add(&state.inner.metrics.api_requests_ok, 1);
-    (StatusCode::OK, axum::Json(body)).into_response()
 }
 
 /// What a transfer did.

@@ -11,7 +11,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
 use wechat_kf::client::{Client, SendMsgRequest, SendMsgResponse};
 use wechat_kf::session::{
     SendAllowance, SendRefusal, ServiceState, SessionView, refusal_for_error,
@@ -306,113 +308,177 @@ impl Gate {
 
 /// The stable name of a refusal (`reason` in JSON, the metric label).
 pub fn reason(refusal: &SendRefusal) -> &'static str {
-    match refusal {
-        SendRefusal::HumanServicer { .. } => "human_servicer",
-        SendRefusal::Queued => "queued",
-        SendRefusal::Ended => "session_ended",
-        SendRefusal::StateForbidsSending { .. } => "state_forbids_sending",
-        SendRefusal::NoCustomerMessage => "no_customer_message",
-        SendRefusal::WindowExpired { .. } => "window_expired",
-        SendRefusal::OnlyMenuClicks { .. } => "only_menu_clicks",
-        SendRefusal::QuotaExhausted { .. } => "quota_exhausted",
-        _ => "refused",
+    RefusalReason::of(refusal).as_str()
+}
+
+/// Why a send was refused, as `reason` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RefusalReason {
+    /// A human servicer holds the session (95018).
+    HumanServicer,
+    /// The session waits for a servicer (95018).
+    Queued,
+    /// The session ended or never started (95018).
+    SessionEnded,
+    /// A session state that forbids sending (95018).
+    StateForbidsSending,
+    /// The customer has not written (95002).
+    NoCustomerMessage,
+    /// The customer's last message is older than 48 hours (95002).
+    WindowExpired,
+    /// The customer only tapped menu items lately (95024).
+    OnlyMenuClicks,
+    /// The 5 messages per customer message are spent (95001).
+    QuotaExhausted,
+    /// A refusal of a kind this version does not name.
+    Refused,
+}
+
+impl RefusalReason {
+    fn of(refusal: &SendRefusal) -> Self {
+        match refusal {
+            SendRefusal::HumanServicer { .. } => RefusalReason::HumanServicer,
+            SendRefusal::Queued => RefusalReason::Queued,
+            SendRefusal::Ended => RefusalReason::SessionEnded,
+            SendRefusal::StateForbidsSending { .. } => RefusalReason::StateForbidsSending,
+            SendRefusal::NoCustomerMessage => RefusalReason::NoCustomerMessage,
+            SendRefusal::WindowExpired { .. } => RefusalReason::WindowExpired,
+            SendRefusal::OnlyMenuClicks { .. } => RefusalReason::OnlyMenuClicks,
+            SendRefusal::QuotaExhausted { .. } => RefusalReason::QuotaExhausted,
+            _ => RefusalReason::Refused,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::HumanServicer => "human_servicer",
+            RefusalReason::Queued => "queued",
+            RefusalReason::SessionEnded => "session_ended",
+            RefusalReason::StateForbidsSending => "state_forbids_sending",
+            RefusalReason::NoCustomerMessage => "no_customer_message",
+            RefusalReason::WindowExpired => "window_expired",
+            RefusalReason::OnlyMenuClicks => "only_menu_clicks",
+            RefusalReason::QuotaExhausted => "quota_exhausted",
+            RefusalReason::Refused => "refused",
+        }
     }
 }
 
-/// The refusal as the reply API answers it (HTTP 409) and as a refused webhook reply reports
-/// it: `{"error":"send_refused","reason","errcode","message","lifted_by","handoff","predicted",
-/// …details}`. `errmsg` is WeChat's text when WeChat answered.
+/// What lifts a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum LiftedBy {
+    /// The customer's next message.
+    CustomerMessage,
+    /// A change of the session (a transfer back to the bot, a new session).
+    SessionChange,
+}
+
+/// `send_refused`, the only value of a refusal's `error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum SendRefusedTag {
+    /// The send policy refused.
+    SendRefused,
+}
+
+/// A refused send, as the reply API answers it (HTTP 409) and as a refused webhook reply
+/// reports it (merged into its result).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Refusal {
+    /// Always `send_refused`.
+    pub(crate) error: SendRefusedTag,
+    /// Why.
+    pub(crate) reason: RefusalReason,
+    /// The errcode WeChat answers (or would answer): 95001, 95002, 95018 or 95024.
+    pub(crate) errcode: i64,
+    /// What happened and what unblocks it, in words.
+    pub(crate) message: String,
+    /// What lifts the refusal.
+    pub(crate) lifted_by: LiftedBy,
+    /// Whether a human took over the session.
+    pub(crate) handoff: bool,
+    /// `true`: the service refused without calling WeChat; `false`: WeChat refused.
+    pub(crate) predicted: bool,
+    /// Always `false`: repeating the same send does not help.
+    pub(crate) retryable: bool,
+    /// The human servicer holding the session, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) servicer_userid: Option<String>,
+    /// The session state (0-4), for `state_forbids_sending`, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) service_state: Option<u32>,
+    /// When the customer last wrote (unix seconds), for `window_expired`, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) last_customer_message_at: Option<u64>,
+    /// When the customer last wrote something other than a menu click, for
+    /// `only_menu_clicks`, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) last_active_message_at: Option<u64>,
+    /// Messages sent since the customer's last message, for `quota_exhausted`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) sent: Option<u32>,
+    /// WeChat's errmsg, when WeChat answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) errmsg: Option<String>,
+}
+
+impl Refusal {
+    /// The refusal's answer; `errmsg` is WeChat's text when WeChat answered.
+    pub(crate) fn new(refusal: &SendRefusal, predicted: bool, errmsg: Option<&str>) -> Self {
+        let mut out = Refusal {
+            error: SendRefusedTag::SendRefused,
+            reason: RefusalReason::of(refusal),
+            errcode: refusal.errcode(),
+            message: refusal.to_string(),
+            lifted_by: if refusal.lifted_by_customer_message() {
+                LiftedBy::CustomerMessage
+            } else {
+                LiftedBy::SessionChange
+            },
+            handoff: refusal.is_human_handoff(),
+            predicted,
+            retryable: false,
+            servicer_userid: None,
+            service_state: None,
+            last_customer_message_at: None,
+            last_active_message_at: None,
+            sent: None,
+            errmsg: errmsg.map(str::to_owned),
+        };
+        match refusal {
+            SendRefusal::HumanServicer {
+                servicer: Some(servicer),
+            } => out.servicer_userid = Some(servicer.as_str().to_owned()),
+            SendRefusal::StateForbidsSending { state: Some(state) } => {
+                out.service_state = Some(state.code());
+            }
+            SendRefusal::WindowExpired {
+                last_customer_message_at: Some(at),
+            } => out.last_customer_message_at = Some(*at),
+            SendRefusal::OnlyMenuClicks {
+                last_active_message_at: Some(at),
+            } => out.last_active_message_at = Some(*at),
+            SendRefusal::QuotaExhausted { sent } => out.sent = Some(*sent),
+            _ => {}
+        }
+        out
+    }
+}
+
+/// The refusal's fields as a JSON object, to merge into a refused webhook reply's result.
 pub(crate) fn refusal_json(
     refusal: &SendRefusal,
     predicted: bool,
     errmsg: Option<&str>,
 ) -> Map<String, Value> {
-    let mut out = Map::new();
-    out.insert("error".into(), json!("send_refused"));
-    out.insert("reason".into(), json!(reason(refusal)));
-    out.insert("errcode".into(), json!(refusal.errcode()));
-    out.insert("message".into(), json!(refusal.to_string()));
-    out.insert(
-        "lifted_by".into(),
-        json!(if refusal.lifted_by_customer_message() {
-            "customer_message"
-        } else {
-            "session_change"
-        }),
-    );
-    out.insert("handoff".into(), json!(refusal.is_human_handoff()));
-    out.insert("predicted".into(), json!(predicted));
-    out.insert("retryable".into(), json!(false));
-    match refusal {
-        SendRefusal::HumanServicer {
-            servicer: Some(servicer),
-        } => {
-            out.insert("servicer_userid".into(), json!(servicer.as_str()));
-        }
-        SendRefusal::StateForbidsSending { state: Some(state) } => {
-            out.insert("service_state".into(), json!(state.code()));
-        }
-        SendRefusal::WindowExpired {
-            last_customer_message_at: Some(at),
-        } => {
-            out.insert("last_customer_message_at".into(), json!(at));
-        }
-        SendRefusal::OnlyMenuClicks {
-            last_active_message_at: Some(at),
-        } => {
-            out.insert("last_active_message_at".into(), json!(at));
-        }
-        SendRefusal::QuotaExhausted { sent } => {
-            out.insert("sent".into(), json!(sent));
-        }
-        _ => {}
+    match serde_json::to_value(Refusal::new(refusal, predicted, errmsg)) {
+        Ok(Value::Object(map)) => map,
+        // A struct of strings, numbers and enums always serializes to an object.
+        _ => Map::new(),
     }
-    if let Some(errmsg) = errmsg {
-        out.insert("errmsg".into(), json!(errmsg));
-    }
-    out
-}
-
-/// A view as `GET /v1/sessions/{open_kfid}/{external_userid}` shows it.
-pub(crate) fn view_json(view: Option<&SessionView>, now: u64) -> Value {
-    let mut out = Map::new();
-    match view {
-        None => {
-            out.insert("known".into(), json!(false));
-            out.insert("can_send".into(), json!(true));
-        }
-        Some(view) => {
-            out.insert("known".into(), json!(true));
-            match view.can_send(now) {
-                Ok(allowance) => {
-                    out.insert("can_send".into(), json!(true));
-                    out.insert("remaining".into(), json!(allowance.remaining));
-                    out.insert("window_closes_at".into(), json!(allowance.window_closes_at));
-                }
-                Err(refusal) => {
-                    out.insert("can_send".into(), json!(false));
-                    out.insert(
-                        "refusal".into(),
-                        Value::Object(refusal_json(&refusal, true, None)),
-                    );
-                }
-            }
-            if let Some(state) = view.state() {
-                out.insert("service_state".into(), json!(state.code()));
-            }
-            if let Some(servicer) = view.servicer() {
-                out.insert("servicer_userid".into(), json!(servicer.as_str()));
-            }
-            if let Some(at) = view.last_customer_message_at() {
-                out.insert("last_customer_message_at".into(), json!(at));
-            }
-            out.insert(
-                "sent_since_customer_message".into(),
-                json!(view.sent_since_customer_message()),
-            );
-        }
-    }
-    Value::Object(out)
 }
 
 #[cfg(test)]
@@ -464,22 +530,5 @@ mod tests {
         ] {
             assert_eq!(reason(&refusal), name);
         }
-    }
-
-    #[test]
-    fn an_unknown_customer_may_be_written_to_and_a_known_one_is_explained() {
-        let unknown = view_json(None, 100);
-        assert_eq!(unknown["known"], false);
-        assert_eq!(unknown["can_send"], true);
-        let mut view = SessionView::new();
-        view.observe_customer_message(100, None, false);
-        let open = view_json(Some(&view), 110);
-        assert_eq!(open["can_send"], true);
-        assert_eq!(open["remaining"], 5);
-        view.observe_trans(ServiceState::Queued, None, None, 120);
-        let queued = view_json(Some(&view), 130);
-        assert_eq!(queued["can_send"], false);
-        assert_eq!(queued["refusal"]["reason"], "queued");
-        assert_eq!(queued["service_state"], 2);
     }
 }

@@ -13,11 +13,11 @@ use tokio_util::sync::CancellationToken;
 use wechat_kf::client::{Client, RedisTokenStore};
 use wechat_kf::crypto::CallbackCrypto;
 
-use crate::app::{AppState, app};
 use crate::clock::Clock;
 use crate::config::{Config, Secret};
 use crate::delivery::Deliverer;
 use crate::delivery::sink::Sink;
+use crate::http::{AppParts, AppState, CallbackSettings, router};
 use crate::leader::{self, LeaderLock};
 use crate::media::MediaFetcher;
 use crate::metrics::Metrics;
@@ -121,7 +121,9 @@ impl Service {
             ),
             _ => {
                 tracing::warn!(
-                    "no callback_token/encoding_aes_key: callbacks are refused, only the safety pull runs"
+                    path = config.callback.path,
+                    "callbacks are off (no wechat.callback_token and wechat.encoding_aes_key): \
+                     the callback path is not served, only the safety pull runs"
                 );
                 None
             }
@@ -207,21 +209,24 @@ impl Service {
             (None, Some(s)) => Some(Secret::new(s.api_token.clone())),
             (None, None) => None,
         };
-        let mut state_builder = AppState::builder()
-            .timestamp_window(config.callback.timestamp_window)
-            .callback_path(config.callback.path.clone())
-            .max_callback_body(config.callback.max_body_bytes)
-            .pullers(pullers.clone())
-            .metrics(metrics.clone())
-            .client(client.clone())
-            .store(store.clone())
-            .api_token(api_token)
-            .clock(clock.clone())
-            .gate(gate.clone());
-        if let Some(crypto) = crypto {
-            state_builder = state_builder.callback_crypto(crypto);
+        if api_token.is_none() {
+            tracing::info!("the reply API is off (no api.token): /v1/* answers 403");
         }
-        let state = state_builder.build();
+        let state = AppState::new(AppParts {
+            client: client.clone(),
+            store: store.clone(),
+            gate: gate.clone(),
+            metrics: metrics.clone(),
+            pullers: pullers.clone(),
+            clock: clock.clone(),
+            callback: crypto.map(|crypto| CallbackSettings {
+                crypto,
+                path: config.callback.path.clone(),
+                timestamp_window: config.callback.timestamp_window,
+                max_body: config.callback.max_body_bytes,
+            }),
+            api_token,
+        });
         state.set_ready(false);
 
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -230,7 +235,7 @@ impl Service {
         let local_addr = listener
             .local_addr()
             .map_err(|e| Error::io("cannot read the listening address", e))?;
-        let router = app(state.clone());
+        let router = router(state.clone());
         let server_shutdown = shutdown.clone();
         let server = tokio::spawn(async move {
             let serve = axum::serve(listener, router)
@@ -283,7 +288,7 @@ impl Service {
                         }
                     }
                     Err(e) => tracing::warn!(
-                        error = %crate::reply::safe_error(&e),
+                        error = %crate::error::safe_error(&e),
                         "cannot list accounts (kf/account/list); relying on callbacks"
                     ),
                 }
@@ -427,7 +432,7 @@ impl RunningService {
         format!("http://{}", loopback(self.local_addr))
     }
 
-    /// The handlers' state (use with [`app`] and `tower::ServiceExt::oneshot`).
+    /// The handlers' state (use with [`router`](crate::router) and `tower::ServiceExt::oneshot`).
     pub fn state(&self) -> &AppState {
         &self.state
     }

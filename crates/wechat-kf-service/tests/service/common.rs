@@ -217,7 +217,7 @@ pub async fn api(
             body.map(|b| b.to_string()).unwrap_or_default(),
         ))
         .unwrap();
-    let response = wechat_kf_service::app(running.state().clone())
+    let response = wechat_kf_service::router(running.state().clone())
         .oneshot(request)
         .await
         .unwrap();

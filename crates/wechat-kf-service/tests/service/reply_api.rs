@@ -1,10 +1,10 @@
-//! The reply API through the router (`app(state)` + `oneshot`) against the emulator.
+//! The reply API through the router (`router(state)` + `oneshot`) against the emulator.
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{Value, json};
 use tower::ServiceExt;
-use wechat_kf_service::app;
+use wechat_kf_service::router;
 
 use crate::common::*;
 
@@ -18,7 +18,7 @@ async fn call(
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
     }
-    let response = app(running.state().clone())
+    let response = router(running.state().clone())
         .oneshot(request.body(Body::from(body.to_string())).unwrap())
         .await
         .unwrap();
@@ -221,6 +221,51 @@ async fn without_a_configured_token_the_reply_api_is_disabled() {
     let (status, body, _) = call(&running, "/v1/messages", Some("anything"), json!({})).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(body["error"].as_str().unwrap().contains("disabled"));
+    running.shutdown().await;
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_callback_keys_the_callback_path_is_not_served() {
+    // Known at start (and logged once): the callback routes are not mounted, so a callback
+    // is a plain 404, while the rest of the service runs.
+    let emu = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&emu, &dir.path().join("kf.db"), None);
+    config.wechat.callback_token = None;
+    config.wechat.encoding_aes_key = None;
+    let running = start(&emu, config).await;
+    let response = router(running.state().clone())
+        .oneshot(
+            Request::post("/callback?msg_signature=a&timestamp=1&nonce=1")
+                .body(Body::from("x"))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let (status, _, _) = call(&running, "/v1/messages", Some("wrong"), json!({})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the reply API still runs");
+    running.shutdown().await;
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_served() {
+    let emu = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(&emu, config(&emu, &dir.path().join("kf.db"), None)).await;
+    let response = router(running.state().clone())
+        .oneshot(Request::get("/openapi.json").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let served: Value = serde_json::from_slice(&bytes).unwrap();
+    let written: Value = serde_json::from_str(&wechat_kf_service::openapi_json()).unwrap();
+    assert_eq!(served, written);
     running.shutdown().await;
     emu.shutdown().await;
 }

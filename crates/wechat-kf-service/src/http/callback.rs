@@ -3,22 +3,79 @@
 //! A POST is verified (signature, then timestamp window), decrypted and answered `200 success`
 //! at once; the only work done is waking the account's puller. Answers: 401 for a forged
 //! signature or a timestamp outside the window, 403 for a callback meant for another corp, 413
-//! for a body over the limit, 400 for anything unreadable, 503 when no callback Token and
-//! EncodingAESKey are configured.
+//! for a body over the limit, 400 for anything unreadable. Without a callback Token and
+//! EncodingAESKey these routes are not mounted at all (the service says so at start).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{RawQuery, State};
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use bytes::Bytes;
 use wechat_kf::callback::CallbackEvent;
-use wechat_kf::crypto::{CryptoError, ReplayWindow, url_decode};
+use wechat_kf::crypto::{CallbackCrypto, CryptoError, ReplayWindow, url_decode};
 
-use crate::app::AppState;
-use crate::metrics::CallbackResult;
+use crate::clock::Clock;
+use crate::metrics::{CallbackResult, Metrics};
+use crate::puller::Pullers;
+
+/// The callback endpoint's configuration.
+pub(crate) struct CallbackSettings {
+    /// Verifies and decrypts callbacks.
+    pub(crate) crypto: CallbackCrypto,
+    /// The path (default `/callback`).
+    pub(crate) path: String,
+    /// The accepted distance between a callback's timestamp and now (zero: no check).
+    pub(crate) timestamp_window: Duration,
+    /// The largest body.
+    pub(crate) max_body: usize,
+}
+
+/// What the callback handlers use. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct CallbackState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: CallbackSettings,
+    pullers: Arc<Pullers>,
+    metrics: Arc<Metrics>,
+    /// WeChat's clock, against which callback timestamps are checked.
+    clock: Clock,
+}
+
+impl CallbackState {
+    pub(crate) fn new(
+        settings: CallbackSettings,
+        pullers: Arc<Pullers>,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+    ) -> Self {
+        CallbackState {
+            inner: Arc::new(Inner {
+                settings,
+                pullers,
+                metrics,
+                clock,
+            }),
+        }
+    }
+}
+
+/// `GET` and `POST <path>`, with the body limit.
+pub(crate) fn routes(state: CallbackState) -> Router {
+    let settings = &state.inner.settings;
+    Router::new()
+        .route(&settings.path, get(verify_url).post(event))
+        .layer(DefaultBodyLimit::max(settings.max_body))
+        .with_state(state)
+}
 
 /// The four query parameters, URL-decoded.
 #[derive(Default)]
@@ -49,7 +106,7 @@ fn params(query: Option<&str>) -> Params<'_> {
 }
 
 fn reject(
-    state: &AppState,
+    state: &CallbackState,
     result: CallbackResult,
     status: StatusCode,
     text: &'static str,
@@ -58,7 +115,7 @@ fn reject(
     (status, text).into_response()
 }
 
-fn crypto_rejection(state: &AppState, error: CryptoError) -> Response {
+fn crypto_rejection(state: &CallbackState, error: CryptoError) -> Response {
     if error.is_signature_mismatch() {
         reject(
             state,
@@ -84,8 +141,8 @@ fn crypto_rejection(state: &AppState, error: CryptoError) -> Response {
 }
 
 /// Checks the signed timestamp against the window; `None` when acceptable.
-fn stale(state: &AppState, timestamp: &str) -> Option<Response> {
-    let window = state.inner.timestamp_window;
+fn stale(state: &CallbackState, timestamp: &str) -> Option<Response> {
+    let window = state.inner.settings.timestamp_window;
     if window == Duration::ZERO {
         return None;
     }
@@ -105,17 +162,10 @@ fn stale(state: &AppState, timestamp: &str) -> Option<Response> {
 
 /// `GET <callback path>`: answers the decrypted `echostr`, exactly.
 pub(crate) async fn verify_url(
-    State(state): State<AppState>,
+    State(state): State<CallbackState>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let Some(crypto) = &state.inner.crypto else {
-        return reject(
-            &state,
-            CallbackResult::Disabled,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "callbacks are not configured\n",
-        );
-    };
+    let crypto = &state.inner.settings.crypto;
     let p = params(query.as_deref());
     let (Some(sig), Some(ts), Some(nonce), Some(echostr)) =
         (p.msg_signature, p.timestamp, p.nonce, p.echostr)
@@ -134,7 +184,7 @@ pub(crate) async fn verify_url(
             }
             state.inner.metrics.callback(CallbackResult::Verified);
             tracing::info!("callback URL verified");
-            // Exactly the plaintext: no quotes, no newline (callbacks.md §5.2).
+            // Exactly the plaintext: no quotes, no BOM, no newline (official doc 96238).
             ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], plain).into_response()
         }
         Err(e) => crypto_rejection(&state, e),
@@ -143,7 +193,7 @@ pub(crate) async fn verify_url(
 
 /// `POST <callback path>`: verifies, decrypts, wakes the account's puller, answers at once.
 pub(crate) async fn event(
-    State(state): State<AppState>,
+    State(state): State<CallbackState>,
     RawQuery(query): RawQuery,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -166,14 +216,7 @@ pub(crate) async fn event(
             );
         }
     };
-    let Some(crypto) = &state.inner.crypto else {
-        return reject(
-            &state,
-            CallbackResult::Disabled,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "callbacks are not configured\n",
-        );
-    };
+    let crypto = &state.inner.settings.crypto;
     let p = params(query.as_deref());
     let (Some(sig), Some(ts), Some(nonce)) = (p.msg_signature, p.timestamp, p.nonce) else {
         return reject(
@@ -239,7 +282,6 @@ mod tests {
     use wechat_kf::crypto::CallbackCrypto;
 
     use super::*;
-    use crate::app::app;
 
     const TOKEN: &str = "QDG6eK";
     const KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
@@ -249,11 +291,28 @@ mod tests {
         CallbackCrypto::new(TOKEN, KEY, CORP).unwrap()
     }
 
-    fn state() -> AppState {
-        AppState::builder()
-            .callback_crypto(crypto())
-            .max_callback_body(4096)
-            .build()
+    fn state() -> CallbackState {
+        CallbackState::new(
+            CallbackSettings {
+                crypto: crypto(),
+                path: "/callback".into(),
+                timestamp_window: Duration::from_secs(300),
+                max_body: 4096,
+            },
+            Arc::new(Pullers::detached(5000)),
+            Arc::default(),
+            Clock::system(),
+        )
+    }
+
+    impl CallbackState {
+        fn pullers(&self) -> &Pullers {
+            &self.inner.pullers
+        }
+
+        fn metrics(&self) -> &Metrics {
+            &self.inner.metrics
+        }
     }
 
     fn now() -> u64 {
@@ -285,8 +344,12 @@ mod tests {
         )
     }
 
-    async fn post(state: &AppState, query: &str, body: impl Into<Body>) -> (StatusCode, String) {
-        let response = app(state.clone())
+    async fn post(
+        state: &CallbackState,
+        query: &str,
+        body: impl Into<Body>,
+    ) -> (StatusCode, String) {
+        let response = routes(state.clone())
             .oneshot(
                 Request::post(format!("/callback?{query}"))
                     .body(body.into())
@@ -311,7 +374,7 @@ mod tests {
         let ts = now().to_string();
         let sig = crypto.sign(&ts, "263014780", &echo);
         let encoded: String = percent(&echo);
-        let response = app(state.clone())
+        let response = routes(state.clone())
             .oneshot(
                 Request::get(format!(
                     "/callback?msg_signature={sig}&timestamp={ts}&nonce=263014780&echostr={encoded}"
@@ -449,12 +512,5 @@ mod tests {
         let slot = state.pullers().slot("wkA").unwrap();
         assert_eq!(slot.wakes(), 50);
         assert_eq!(state.pullers().accounts().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn without_callback_keys_the_endpoint_answers_503() {
-        let state = AppState::builder().build();
-        let (status, _) = post(&state, "msg_signature=a&timestamp=1&nonce=1", "x").await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     }
 }

@@ -1,0 +1,167 @@
+//! [`ApiError`]: every failure the reply API answers, with its status and JSON body.
+//!
+//! Bodies: `{"error": "…", "retryable": bool}` plus `field` for a limit violation and
+//! `errcode`/`errmsg` when WeChat answered; a refused send answers the refusal object
+//! ([`Refusal`]).
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::error::safe_error;
+use crate::sending::Refusal;
+
+/// The body of every reply-API error except a refused send.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ErrorBody {
+    /// What went wrong, in words (never message content).
+    pub(crate) error: String,
+    /// Whether the same request may succeed later.
+    pub(crate) retryable: bool,
+    /// The offending field of a limit violation (e.g. `text.content`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) field: Option<String>,
+    /// WeChat's errcode, when WeChat answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) errcode: Option<i64>,
+    /// WeChat's errmsg, when WeChat answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) errmsg: Option<String>,
+}
+
+impl ErrorBody {
+    fn new(error: impl Into<String>, retryable: bool) -> Self {
+        ErrorBody {
+            error: error.into(),
+            retryable,
+            field: None,
+            errcode: None,
+            errmsg: None,
+        }
+    }
+}
+
+/// A 409: the send policy refused, or the same msgid is being sent right now.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(untagged)]
+pub(crate) enum ConflictBody {
+    /// The send policy (or WeChat, for a reason of the session) refused the send.
+    Refused(Refusal),
+    /// A request with the same msgid is in progress (`retryable: true`).
+    InProgress(ErrorBody),
+}
+
+/// Why a reply-API request failed.
+#[derive(Debug)]
+pub(crate) enum ApiError {
+    /// 400: the body or a parameter is invalid.
+    BadRequest(String),
+    /// 401: missing or wrong bearer token.
+    Unauthorized,
+    /// 403: no reply-API token is configured.
+    Disabled,
+    /// 409: the send was refused for a reason of the customer's session.
+    Refused(Box<Refusal>),
+    /// 409: a request with the same msgid is in progress.
+    InProgress,
+    /// 413: the body is over the limit.
+    TooLarge,
+    /// 400 (validation), 422 (WeChat refused), 502 (unreachable, garbage) or 503 (busy).
+    Api(wechat_kf::client::Error),
+}
+
+impl From<wechat_kf::client::Error> for ApiError {
+    fn from(error: wechat_kf::client::Error) -> Self {
+        ApiError::Api(error)
+    }
+}
+
+impl ApiError {
+    /// The answer's status and error body (a refusal has its own body).
+    fn status_and_body(&self) -> (StatusCode, ErrorBody) {
+        use wechat_kf::client::Error as E;
+        match self {
+            ApiError::BadRequest(message) => (
+                StatusCode::BAD_REQUEST,
+                ErrorBody::new(message.clone(), false),
+            ),
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                ErrorBody::new("missing or wrong bearer token", false),
+            ),
+            ApiError::Disabled => (
+                StatusCode::FORBIDDEN,
+                ErrorBody::new(
+                    "the reply API is disabled: set api.token (or WECHAT_KF_API_TOKEN)",
+                    false,
+                ),
+            ),
+            ApiError::Refused(refusal) => (
+                StatusCode::CONFLICT,
+                ErrorBody::new("send_refused", refusal.retryable),
+            ),
+            ApiError::InProgress => (
+                StatusCode::CONFLICT,
+                ErrorBody::new("a request with this msgid is in progress", true),
+            ),
+            ApiError::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorBody::new("the body is too large", false),
+            ),
+            ApiError::Api(error) => {
+                let retryable = error.is_retryable();
+                match error {
+                    E::Validation(v) => (
+                        StatusCode::BAD_REQUEST,
+                        ErrorBody {
+                            field: Some(v.field.clone()),
+                            ..ErrorBody::new(error.to_string(), false)
+                        },
+                    ),
+                    E::Api { code, errmsg, .. } => (
+                        if retryable {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        } else {
+                            StatusCode::UNPROCESSABLE_ENTITY
+                        },
+                        ErrorBody {
+                            errcode: Some(code.code()),
+                            errmsg: Some(errmsg.clone()),
+                            ..ErrorBody::new(error.to_string(), retryable)
+                        },
+                    ),
+                    _ => (
+                        if retryable {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        } else {
+                            StatusCode::BAD_GATEWAY
+                        },
+                        ErrorBody::new(safe_error(error), retryable),
+                    ),
+                }
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.status_and_body();
+        match self {
+            ApiError::Refused(refusal) => {
+                (status, Json(ConflictBody::Refused(*refusal))).into_response()
+            }
+            ApiError::InProgress => (status, Json(ConflictBody::InProgress(body))).into_response(),
+            ApiError::Unauthorized => (
+                status,
+                [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
+                Json(body),
+            )
+                .into_response(),
+            _ => (status, Json(body)).into_response(),
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The HTTP surface: [`router`] builds the service's routes from an [`AppState`].
+//!
+//! | Route | |
+//! |---|---|
+//! | `GET` / `POST <callback.path>` (default `/callback`) | WeChat callbacks; mounted only when the callback Token and EncodingAESKey are configured |
+//! | `POST /v1/messages`, `/v1/messages/on_event`, `/v1/service_state/trans`, `GET /v1/sessions/{open_kfid}/{external_userid}` | the reply API (bearer token; 403 when no token is configured) |
+//! | `GET /healthz` | the process is up |
+//! | `GET /readyz` | the store answers and the service is not stopping |
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /openapi.json` | the OpenAPI 3.1 document of these routes ([`openapi`]) |
+//!
+//! Each route set gets the state it needs: the callback routes a [`CallbackState`] with its
+//! crypto, the reply API a [`ReplyApiState`] with its token; what is not configured is known
+//! at start, never discovered by a request.
+
+pub(crate) mod auth;
+pub(crate) mod bodies;
+pub(crate) mod callback;
+pub(crate) mod error;
+pub(crate) mod health;
+pub mod openapi;
+pub(crate) mod reply_api;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::routing::get;
+use wechat_kf::client::Client;
+
+use crate::clock::Clock;
+use crate::config::Secret;
+use crate::metrics::Metrics;
+use crate::puller::Pullers;
+use crate::sending::Gate;
+use crate::store::Store;
+
+pub(crate) use callback::{CallbackSettings, CallbackState};
+pub(crate) use health::HealthState;
+pub(crate) use reply_api::ReplyApiState;
+
+/// Everything the routes share: one state per route set, built once at start. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    health: HealthState,
+    /// `None`: no callback Token and EncodingAESKey, the callback routes are not mounted.
+    callback: Option<CallbackState>,
+    /// `None`: no reply-API token, the reply API answers 403.
+    reply_api: Option<ReplyApiState>,
+    pullers: Arc<Pullers>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("callbacks", &self.callback.is_some())
+            .field("reply_api", &self.reply_api.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`AppState::new`] is built from.
+pub(crate) struct AppParts {
+    pub(crate) client: Client,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) gate: Arc<Gate>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) pullers: Arc<Pullers>,
+    /// WeChat's clock (callback timestamps).
+    pub(crate) clock: Clock,
+    /// The callback endpoint, when callbacks are configured.
+    pub(crate) callback: Option<CallbackSettings>,
+    /// The reply API's bearer token, when the reply API is on.
+    pub(crate) api_token: Option<Secret>,
+}
+
+impl AppState {
+    /// The state of every route set (ready).
+    pub(crate) fn new(parts: AppParts) -> AppState {
+        let AppParts {
+            client,
+            store,
+            gate,
+            metrics,
+            pullers,
+            clock,
+            callback,
+            api_token,
+        } = parts;
+        AppState {
+            health: HealthState {
+                store: store.clone(),
+                metrics: metrics.clone(),
+                ready: Arc::new(AtomicBool::new(true)),
+            },
+            callback: callback.map(|settings| {
+                CallbackState::new(settings, pullers.clone(), metrics.clone(), clock)
+            }),
+            reply_api: api_token
+                .map(|token| ReplyApiState::new(token, client, store, gate, metrics.clone())),
+            pullers,
+        }
+    }
+
+    /// The account slots callbacks wake.
+    pub fn pullers(&self) -> &Arc<Pullers> {
+        &self.pullers
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.health.metrics
+    }
+
+    /// Marks the service ready (or not: `/readyz` then answers 503).
+    pub fn set_ready(&self, ready: bool) {
+        self.health.ready.store(ready, Ordering::Relaxed);
+    }
+}
+
+/// The service's router: the callback routes (when configured), the reply API (or its 403
+/// answer), health, metrics and `/openapi.json`.
+pub fn router(state: AppState) -> Router {
+    let reply_api = match state.reply_api {
+        Some(api) => reply_api::routes(api),
+        None => reply_api::disabled_routes(state.health.metrics.clone()),
+    };
+    let mut router = Router::new()
+        .merge(reply_api)
+        .merge(health::routes(state.health))
+        .route("/openapi.json", get(openapi::serve));
+    if let Some(callback) = state.callback {
+        router = router.merge(callback::routes(callback));
+    }
+    router
+}

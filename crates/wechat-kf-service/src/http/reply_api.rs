@@ -1,0 +1,428 @@
+//! The reply API (`/v1/*`): the bot's synchronous way to send, answered with WeChat's result
+//! or a clear error ([`ApiError`]).
+//!
+//! Every `send_msg` goes through the [`Gate`]: a send the customer's session view refuses (a
+//! human servicer holds the session, the 48-hour window closed, the 5-message quota is spent) is
+//! not made and the answer is 409 with the refusal. Status: 400 invalid request, 401 missing or
+//! wrong token, 403 reply API disabled, 409 `send_refused` (or the same msgid is being sent
+//! right now), 413 body too large, 422 WeChat refused for another reason, 502 WeChat
+//! unreachable or answering garbage, 503 WeChat busy (-1, 45009, 45033; retry later).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use wechat_kf::client::Client;
+
+use super::auth::Authorized;
+use super::bodies::{
+    JsonBody, OnEventBody, SendMsgBody, SentBody, SessionBody, TransBody, TransDone,
+};
+use super::error::{ApiError, ConflictBody, ErrorBody};
+use crate::config::Secret;
+use crate::error::safe_error;
+use crate::metrics::Metrics;
+use crate::outbound::SendMsg;
+use crate::reply::transfer_and_greet;
+use crate::retry::now_ms;
+use crate::sending::{Gate, Refusal, SendOutcome};
+use crate::store::Store;
+
+/// Largest reply-API request body.
+const MAX_API_BODY: usize = 1024 * 1024;
+
+/// The header marking an answer replayed from the record of an earlier request.
+const REPLAY_HEADER: &str = "idempotent-replay";
+
+/// What the reply-API handlers use: its token is configured. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct ReplyApiState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    token: Secret,
+    client: Client,
+    store: Arc<dyn Store>,
+    gate: Arc<Gate>,
+    metrics: Arc<Metrics>,
+    /// Msgids being sent right now (a concurrent duplicate gets 409).
+    in_flight: Mutex<HashSet<String>>,
+}
+
+impl ReplyApiState {
+    pub(crate) fn new(
+        token: Secret,
+        client: Client,
+        store: Arc<dyn Store>,
+        gate: Arc<Gate>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        ReplyApiState {
+            inner: Arc::new(Inner {
+                token,
+                client,
+                store,
+                gate,
+                metrics,
+                in_flight: Mutex::new(HashSet::new()),
+            }),
+        }
+    }
+
+    pub(crate) fn token(&self) -> &Secret {
+        &self.inner.token
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+}
+
+/// The reply API's routes.
+pub(crate) fn routes(state: ReplyApiState) -> Router {
+    Router::new()
+        .route("/v1/messages", post(send_msg))
+        .route("/v1/messages/on_event", post(send_msg_on_event))
+        .route("/v1/service_state/trans", post(trans))
+        .route("/v1/sessions/{open_kfid}/{external_userid}", get(session))
+        .layer(DefaultBodyLimit::max(MAX_API_BODY))
+        .with_state(state)
+}
+
+/// The same routes when no token is configured: every request is answered 403 (and counted
+/// as failed), so a bot sees why rather than a 404.
+pub(crate) fn disabled_routes(metrics: Arc<Metrics>) -> Router {
+    async fn disabled(State(metrics): State<Arc<Metrics>>) -> ApiError {
+        Metrics::add(&metrics.api_requests_failed, 1);
+        ApiError::Disabled
+    }
+    Router::new()
+        .route("/v1/messages", post(disabled))
+        .route("/v1/messages/on_event", post(disabled))
+        .route("/v1/service_state/trans", post(disabled))
+        .route("/v1/sessions/{open_kfid}/{external_userid}", get(disabled))
+        .with_state(metrics)
+}
+
+/// Claims a msgid for one request at a time; released on drop.
+struct InFlight<'a> {
+    state: &'a ReplyApiState,
+    key: String,
+}
+
+impl<'a> InFlight<'a> {
+    fn claim(state: &'a ReplyApiState, key: String) -> Option<Self> {
+        let mut set = state
+            .inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        set.insert(key.clone()).then_some(InFlight { state, key })
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.state
+            .inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
+}
+
+/// A send's answer: WeChat accepted it now, or earlier (the stored answer of a request with
+/// the same msgid, header `Idempotent-Replay: true`).
+#[derive(Debug)]
+pub(crate) enum Sent {
+    /// Sent by this request.
+    Now(SentBody),
+    /// Sent by an earlier request: its stored answer, as it was.
+    Replayed(String),
+}
+
+impl IntoResponse for Sent {
+    fn into_response(self) -> Response {
+        match self {
+            Sent::Now(body) => (StatusCode::OK, Json(body)).into_response(),
+            Sent::Replayed(stored) => (
+                StatusCode::OK,
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    ),
+                    (
+                        header::HeaderName::from_static(REPLAY_HEADER),
+                        HeaderValue::from_static("true"),
+                    ),
+                ],
+                stored,
+            )
+                .into_response(),
+        }
+    }
+}
+
+/// Sends through `send` with idempotency on `(key, msgid)` when the caller chose the msgid: a
+/// repeat of a successful request gets the stored answer instead of a second message.
+async fn idempotent_send<F, Fut>(
+    state: &ReplyApiState,
+    endpoint: &'static str,
+    key: String,
+    msgid: Option<String>,
+    send: F,
+) -> Result<Sent, ApiError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = SendOutcome>,
+{
+    let metrics = &state.inner.metrics;
+    let store = &state.inner.store;
+    let _claim = match &msgid {
+        Some(msgid) => {
+            match store.api_send(key.clone(), msgid.clone()).await {
+                Ok(Some(stored)) => {
+                    Metrics::add(&metrics.api_requests_ok, 1);
+                    return Ok(Sent::Replayed(stored));
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "idempotency lookup failed; sending anyway"),
+            }
+            let Some(claim) = InFlight::claim(state, format!("{key}\u{0}{msgid}")) else {
+                Metrics::add(&metrics.api_requests_failed, 1);
+                return Err(ApiError::InProgress);
+            };
+            Some(claim)
+        }
+        None => None,
+    };
+    match send().await {
+        SendOutcome::Sent(sent) => {
+            Metrics::add(&metrics.api_requests_ok, 1);
+            let body = SentBody::new(sent.msgid.as_str());
+            if let Some(msgid) = msgid {
+                match serde_json::to_string(&body) {
+                    Ok(record) => {
+                        if let Err(e) = store.record_api_send(key, msgid, record, now_ms()).await {
+                            tracing::warn!(error = %e, "cannot record the send for idempotency");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot record the send for idempotency"),
+                }
+            }
+            Ok(Sent::Now(body))
+        }
+        SendOutcome::Refused {
+            refusal,
+            predicted,
+            errmsg,
+        } => {
+            Metrics::add(&metrics.api_requests_failed, 1);
+            tracing::info!(
+                endpoint,
+                reason = crate::sending::reason(&refusal),
+                predicted,
+                "reply API send refused"
+            );
+            Err(ApiError::Refused(Box::new(Refusal::new(
+                &refusal,
+                predicted,
+                errmsg.as_deref(),
+            ))))
+        }
+        SendOutcome::Failed(e) => {
+            // Its errcode was counted where WeChat answered (the gate, or `send_msg_on_event`).
+            Metrics::add(&metrics.api_requests_failed, 1);
+            tracing::info!(endpoint, error = %safe_error(&e), "reply API send failed");
+            Err(ApiError::Api(e))
+        }
+    }
+}
+
+/// Sends a `kf/send_msg` body (through the send policy).
+#[utoipa::path(
+    post,
+    path = "/v1/messages",
+    tag = "reply API",
+    request_body(content = SendMsgBody, description = "A `kf/send_msg` body."),
+    responses(
+        (status = 200, description = "WeChat accepted the message (or accepted it earlier: the stored answer of a request with the same msgid).", body = SentBody,
+            headers(("Idempotent-Replay" = String, description = "`true` when the answer is the stored one of an earlier request with the same msgid."))),
+        (status = 400, description = "Invalid body (`field` names the offending field for limit violations).", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 403, description = "The reply API is disabled (no token configured).", body = ErrorBody),
+        (status = 409, description = "The send policy refused (nothing was sent), or a request with the same msgid is in progress.", body = ConflictBody),
+        (status = 413, description = "The body is over 1 MiB.", body = ErrorBody),
+        (status = 422, description = "WeChat refused for another reason (e.g. 40096 unknown customer).", body = ErrorBody),
+        (status = 502, description = "WeChat unreachable or answering garbage.", body = ErrorBody),
+        (status = 503, description = "WeChat busy (-1, 45009, 45033): retry later.", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn send_msg(
+    State(state): State<ReplyApiState>,
+    _: Authorized,
+    JsonBody(SendMsgBody(parsed)): JsonBody<SendMsgBody>,
+) -> Result<Sent, ApiError> {
+    let key = format!("send_msg:{}", parsed.open_kfid);
+    let SendMsg {
+        request,
+        open_kfid,
+        touser,
+        msgid,
+        caller_msgid,
+    } = parsed;
+    let gate = state.inner.gate.clone();
+    idempotent_send(
+        &state,
+        "kf/send_msg",
+        key,
+        caller_msgid.then_some(msgid),
+        move || async move { gate.send(&open_kfid, &touser, request).await },
+    )
+    .await
+}
+
+/// Sends a `kf/send_msg_on_event` body (WeChat decides alone: the code is the permission).
+#[utoipa::path(
+    post,
+    path = "/v1/messages/on_event",
+    tag = "reply API",
+    request_body(content = OnEventBody, description = "A `kf/send_msg_on_event` body."),
+    responses(
+        (status = 200, description = "WeChat accepted the message (or accepted it earlier).", body = SentBody,
+            headers(("Idempotent-Replay" = String, description = "`true` when the answer is the stored one of an earlier request with the same msgid."))),
+        (status = 400, description = "Invalid body.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 403, description = "The reply API is disabled.", body = ErrorBody),
+        (status = 409, description = "A request with the same msgid is in progress.", body = ErrorBody),
+        (status = 413, description = "The body is over 1 MiB.", body = ErrorBody),
+        (status = 422, description = "WeChat refused (e.g. a code already used or expired).", body = ErrorBody),
+        (status = 502, description = "WeChat unreachable or answering garbage.", body = ErrorBody),
+        (status = 503, description = "WeChat busy: retry later.", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn send_msg_on_event(
+    State(state): State<ReplyApiState>,
+    _: Authorized,
+    JsonBody(OnEventBody(parsed)): JsonBody<OnEventBody>,
+) -> Result<Sent, ApiError> {
+    let key = format!("on_event:{}", parsed.code);
+    let request = parsed.request;
+    let client = state.inner.client.clone();
+    let metrics = state.inner.metrics.clone();
+    idempotent_send(
+        &state,
+        "kf/send_msg_on_event",
+        key,
+        parsed.caller_msgid.then_some(parsed.msgid),
+        move || async move {
+            match client.messages().send_on_event(request).await {
+                Ok(sent) => SendOutcome::Sent(sent),
+                Err(e) => {
+                    metrics.api_error("kf/send_msg_on_event", &e);
+                    SendOutcome::Failed(e)
+                }
+            }
+        },
+    )
+    .await
+}
+
+/// Changes a session's state (`kf/service_state/trans`). The customer's session view learns
+/// the new state, so later bot replies are refused while a human holds the session; with
+/// `message`, the text goes out with the returned `msg_code`.
+#[utoipa::path(
+    post,
+    path = "/v1/service_state/trans",
+    tag = "reply API",
+    request_body(content = TransBody, description = "The transfer."),
+    responses(
+        (status = 200, description = "WeChat changed the state.", body = TransDone),
+        (status = 400, description = "Invalid body.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 403, description = "The reply API is disabled.", body = ErrorBody),
+        (status = 413, description = "The body is over 1 MiB.", body = ErrorBody),
+        (status = 422, description = "WeChat refused (e.g. 95016 transition not allowed).", body = ErrorBody),
+        (status = 502, description = "WeChat unreachable or answering garbage.", body = ErrorBody),
+        (status = 503, description = "WeChat busy: retry later.", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn trans(
+    State(state): State<ReplyApiState>,
+    _: Authorized,
+    JsonBody(TransBody(transfer)): JsonBody<TransBody>,
+) -> Result<Json<TransDone>, ApiError> {
+    let inner = &state.inner;
+    match transfer_and_greet(
+        &inner.client,
+        Some(&inner.gate),
+        &inner.metrics,
+        &transfer,
+        "bot",
+    )
+    .await
+    {
+        Ok(done) => {
+            Metrics::add(&inner.metrics.api_requests_ok, 1);
+            Ok(Json(TransDone {
+                errcode: 0,
+                errmsg: "ok".into(),
+                msg_code: done.msg_code,
+                message_sent: transfer.message.is_some().then_some(done.message_sent),
+            }))
+        }
+        Err(e) => {
+            Metrics::add(&inner.metrics.api_requests_failed, 1);
+            Err(ApiError::Api(e))
+        }
+    }
+}
+
+/// What the service knows about a customer's session and whether a send would be allowed now
+/// (`can_send`, `remaining`, or `refusal`).
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{open_kfid}/{external_userid}",
+    tag = "reply API",
+    params(
+        ("open_kfid" = String, Path, description = "The account."),
+        ("external_userid" = String, Path, description = "The customer."),
+    ),
+    responses(
+        (status = 200, description = "The session as the service sees it.", body = SessionBody),
+        (status = 400, description = "Unreadable path parameters.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 403, description = "The reply API is disabled.", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn session(
+    State(state): State<ReplyApiState>,
+    _: Authorized,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<SessionBody>, ApiError> {
+    let Path((open_kfid, external_userid)) =
+        path.map_err(|e| ApiError::BadRequest(format!("invalid path: {}", e.body_text())))?;
+    let gate = &state.inner.gate;
+    let view = gate.view(&open_kfid, &external_userid).await;
+    let body = SessionBody::new(
+        open_kfid,
+        external_userid,
+        view.as_ref(),
+        gate.clock.now_u64(),
+    );
+    Metrics::add(&state.inner.metrics.api_requests_ok, 1);
+    Ok(Json(body))
+}

@@ -156,7 +156,7 @@ impl Emulator {
             .merge(control::router())
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
-                faults::middleware,
+                api::fault_layer::middleware,
             ))
             .with_state(self.clone())
     }

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 pub use wechat_kf::client::Secret;
-pub use wechat_kf::client::VoiceFormat;
+pub use wechat_kf::client::messages::VoiceFormat;
 
 use crate::Error;
 
@@ -265,7 +265,7 @@ pub struct JoinerConfig {
 }
 
 /// Which inbound media to download (`media.kinds`): the library's media kinds, named by msgtype.
-pub use wechat_kf::client::MediaKind;
+pub use wechat_kf::client::media::MediaKind;
 
 /// What to convert downloaded voice notes into (`media.voice_convert_to`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,9 +24,10 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, watch};
+use wechat_kf::client::messages::{SyncMsgRequest, VoiceFormat};
 use wechat_kf::client::puller::callback_token_usable;
-use wechat_kf::client::{Client, ErrCode, SyncMsgRequest, VoiceFormat};
-use wechat_kf::{InvalidItem, Message, MessageContent, Origin, SyncMsgResponse};
+use wechat_kf::client::{Client, ErrCode};
+use wechat_kf::message::{InvalidItem, Message, MessageContent, Origin, SyncMsgResponse};
 
 use crate::clock::Clock;
 use crate::config::{FirstStart, HandoffConfig, PullConfig};

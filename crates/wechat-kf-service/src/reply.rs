@@ -25,10 +25,11 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 use tokio::sync::{Notify, watch};
-use wechat_kf::client::{
-    Client, ErrCode, OutboundMessage, SendMsgOnEventRequest, SendMsgRequest, ServiceState,
-    TransServiceStateRequest,
-};
+use wechat_kf::client::messages::{SendMsgOnEventRequest, SendMsgRequest};
+use wechat_kf::client::outbound::OutboundMessage;
+use wechat_kf::client::service_state::TransServiceStateRequest;
+use wechat_kf::client::{Client, ErrCode};
+use wechat_kf::session::ServiceState;
 
 use crate::app::AppState;
 use crate::config::JoinerConfig;
@@ -308,7 +309,7 @@ where
 fn ungated(
     metrics: &Metrics,
     endpoint: &'static str,
-    result: Result<wechat_kf::client::SendMsgResponse, wechat_kf::client::Error>,
+    result: Result<wechat_kf::client::messages::SendMsgResponse, wechat_kf::client::Error>,
 ) -> SendOutcome {
     match result {
         Ok(sent) => SendOutcome::Sent(sent),

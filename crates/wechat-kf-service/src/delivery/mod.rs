@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, watch};
-use wechat_kf::{Message, MessageContent, Origin};
+use wechat_kf::message::{Message, MessageContent, Origin};
 
 use crate::Error;
 use crate::config::{JoinerConfig, WebhookConfig};

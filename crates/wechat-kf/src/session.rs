@@ -918,8 +918,8 @@ impl SessionView {
 /// [`SessionView`]s of many customers on many accounts, fed with whole pages of messages.
 ///
 /// ```
-/// use wechat_kf::session::{SendRefusal, SessionTracker};
 /// use wechat_kf::message::SyncMsgResponse;
+/// use wechat_kf::session::{SendRefusal, SessionTracker};
 ///
 /// let page: SyncMsgResponse = serde_json::from_str(r#"{"errcode":0,"next_cursor":"c",
 ///   "has_more":0,"msg_list":[

@@ -10,8 +10,7 @@ use wechat_kf::client::messages::{SendMsgOnEventRequest, SendMsgRequest, SyncMsg
 use wechat_kf::client::outbound::OutboundMessage;
 use wechat_kf::client::service_state::TransServiceStateRequest;
 use wechat_kf::client::{Client, RetryPolicy};
-use wechat_kf::session::ServiceState;
-use wechat_kf::session::SessionTracker;
+use wechat_kf::session::{ServiceState, SessionTracker};
 use wechat_kf::{ExternalUserId, OpenKfId};
 use wechat_kf_emulator::{Config, Emulator, RunningEmulator, Seed, SeedAccount, SeedServicer};
 

@@ -3,8 +3,7 @@
 use clap::{Args, Subcommand};
 use wechat_kf::client::messages::{SendMsgOnEventRequest, SendMsgRequest, SendMsgResponse};
 use wechat_kf::client::outbound::{Link, MiniProgram, OutboundMessage};
-use wechat_kf::message::MenuClick;
-use wechat_kf::message::{Location, MenuItem, MsgMenu};
+use wechat_kf::message::{Location, MenuClick, MenuItem, MsgMenu};
 
 use super::{CliError, CliResult, ConnArgs, out};
 

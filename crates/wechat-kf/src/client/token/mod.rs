@@ -1,6 +1,6 @@
 //! Access tokens: the token value with its lifetime, a pure freshness rule, the [`TokenStore`]
-//! trait (in-memory store here, Redis in `redis_store`), and the single-flight manager the client
-//! uses so that many concurrent calls at expiry cause one `gettoken`.
+//! trait (in-memory store here, Redis in the `redis_store` child module), and the single-flight
+//! manager the client uses so that many concurrent calls at expiry cause one `gettoken`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -14,9 +14,9 @@ use sha1::{Digest, Sha1};
 use super::{Error, Secret};
 
 #[cfg(feature = "redis")]
-mod redis;
+mod redis_store;
 #[cfg(feature = "redis")]
-pub use redis::RedisTokenStore;
+pub use redis_store::RedisTokenStore;
 
 /// An access token with the time it was obtained and the time it expires.
 ///

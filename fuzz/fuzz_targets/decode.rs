@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wechat_kf::{Message, SyncMsgResponse};
+use wechat_kf::message::{Message, SyncMsgResponse};
 
 fuzz_target!(|data: &[u8]| {
     let fast = SyncMsgResponse::from_slice(data);

@@ -185,7 +185,7 @@ async fn post_encrypted(
     }
 }
 
-/// Sends one `kf_account_auth_change` callback (callbacks.md §5.3) to the current callback URL
+/// Sends one `kf_account_auth_change` callback (official doc 97712) to the current callback URL
 /// and waits for the outcome (retries included). `None` without a callback URL.
 pub(crate) async fn auth_change(emu: &Emulator, add: &[String], del: &[String]) -> Option<Outcome> {
     let url = emu.callback_url()?;

@@ -78,7 +78,7 @@ pub struct Config {
 }
 
 /// The corp's customer-service mode, and the kind of secret a token came from
-/// (endpoints.md §1.0: mixing the two answers 95011 / 95012).
+/// (official doc 90313: mixing the two answers 95011 / 95012).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KfMode {
@@ -188,7 +188,7 @@ impl Config {
     }
 
     /// Applies the per-IP limits of a third-party service provider's servers (40,000/min and
-    /// 1,200,000/h per API, `limits.md`) instead of a company's own (20,000/min, 600,000/h).
+    /// 1,200,000/h per API, official doc 90454) instead of a company's own (20,000/min, 600,000/h).
     pub fn third_party_provider(&mut self) {
         self.api_calls_per_ip_per_minute = 40_000;
         self.api_calls_per_ip_per_hour = 1_200_000;
@@ -372,7 +372,7 @@ pub struct SeedServicer {
     pub activated: bool,
 }
 
-/// The admin's upgrade-service configuration (endpoints.md §1.10.1).
+/// The admin's upgrade-service configuration (official doc 94674).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SeedUpgradeService {

@@ -1,5 +1,5 @@
-//! The emulator's own WXBizMsgCrypt (crypto.md §6), independent of the `wechat-kf` library so that
-//! each can catch the other's mistakes. Checked against crypto.md V6 (the golden file for exactly the
+//! The emulator's own WXBizMsgCrypt (official docs 90968, 90307), independent of the `wechat-kf` library so that
+//! each can catch the other's mistakes. Checked against vector V6 of `crates/wechat-kf/tests/crypto_vectors.rs` (the golden file for exactly the
 //! callback the emulator sends) and V1/V2.
 
 use aes::Aes256;
@@ -50,7 +50,7 @@ impl std::fmt::Debug for MsgCrypt {
     }
 }
 
-/// Decodes a 43-character EncodingAESKey into the 32-byte AES key (crypto.md §6.1).
+/// Decodes a 43-character EncodingAESKey into the 32-byte AES key (official doc 90968).
 pub fn decode_aes_key(encoding_aes_key: &str) -> Result<[u8; 32], CryptoError> {
     if encoding_aes_key.len() != 43 {
         return Err(CryptoError::Key);
@@ -66,7 +66,7 @@ pub fn decode_aes_key(encoding_aes_key: &str) -> Result<[u8; 32], CryptoError> {
     bytes.try_into().map_err(|_| CryptoError::Key)
 }
 
-/// `hex(sha1(sorted(token, timestamp, nonce, encrypted)))` (crypto.md §6.2).
+/// `hex(sha1(sorted(token, timestamp, nonce, encrypted)))` (official doc 90968).
 pub fn signature(token: &str, timestamp: &str, nonce: &str, encrypted: &str) -> String {
     let mut parts = [token, timestamp, nonce, encrypted];
     parts.sort_unstable();
@@ -118,7 +118,7 @@ impl MsgCrypt {
         STANDARD.encode(encrypted)
     }
 
-    /// Decrypts an `Encrypt` / `echostr` value and checks the receive_id (crypto.md §6.4).
+    /// Decrypts an `Encrypt` / `echostr` value and checks the receive_id (official doc 90968).
     pub fn decrypt(&self, encrypted: &str) -> Result<String, CryptoError> {
         let data = STANDARD
             .decode(encrypted)
@@ -179,7 +179,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The decrypted `kf_msg_or_event` XML, byte for byte as in crypto.md V6.
+/// The decrypted `kf_msg_or_event` XML, byte for byte as in vector V6 (see the module docs).
 pub fn kf_event_plaintext(corp_id: &str, create_time: i64, token: &str, open_kfid: &str) -> String {
     format!(
         "<xml><ToUserName><![CDATA[{corp_id}]]></ToUserName><CreateTime>{create_time}</CreateTime>\
@@ -188,7 +188,7 @@ pub fn kf_event_plaintext(corp_id: &str, create_time: i64, token: &str, open_kfi
     )
 }
 
-/// The decrypted `kf_account_auth_change` XML (callbacks.md §5.3), with one repeated
+/// The decrypted `kf_account_auth_change` XML (official doc 97712), with one repeated
 /// `AuthAddOpenKfId` / `AuthDelOpenKfId` element per id, in the order given. The ids must not
 /// contain `]]>` (the control API only accepts `[0-9a-zA-Z_-]`).
 pub fn auth_change_plaintext(
@@ -216,7 +216,7 @@ pub fn auth_change_plaintext(
     xml
 }
 
-/// The encrypted POST envelope (callbacks.md §5.3); `AgentID` is sent empty.
+/// The encrypted POST envelope (official doc 90968); `AgentID` is sent empty.
 pub fn envelope_xml(corp_id: &str, encrypted: &str) -> String {
     format!(
         "<xml><ToUserName><![CDATA[{corp_id}]]></ToUserName><Encrypt><![CDATA[{encrypted}]]></Encrypt><AgentID><![CDATA[]]></AgentID></xml>"

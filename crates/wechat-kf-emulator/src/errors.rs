@@ -1,7 +1,7 @@
 //! Error codes the emulator answers with, and the JSON envelope they travel in.
 //!
-//! The real server answers business errors with HTTP 200 and `{"errcode","errmsg"}` (endpoints.md
-//! §1.0). Error texts imitate the real ones (`…, hint: […], more info at …?e=CODE`) so that clients
+//! The real server answers business errors with HTTP 200 and `{"errcode","errmsg"}` (official doc
+//! 90313). Error texts imitate the real ones (`…, hint: […], more info at …?e=CODE`) so that clients
 //! learn to branch on `errcode` only.
 
 use std::borrow::Cow;
@@ -104,7 +104,7 @@ pub const STATE_FORBIDS_SENDING: i64 = 95018;
 pub const SERVICER_NOT_RECEIVING: i64 = 95019;
 /// userid / chat_id not in the upgrade-service configuration.
 pub const NOT_IN_UPGRADE_CONFIG: i64 = 95021;
-/// The customer has not actively sent a message within 48 h (menu clicks do not count) [1].
+/// The customer has not actively sent a message within 48 h (menu clicks do not count; single source).
 pub const NO_ACTIVE_CUSTOMER_MESSAGE: i64 = 95024;
 /// Unverified corp: at most 10 accounts.
 pub const UNVERIFIED_ACCOUNT_LIMIT: i64 = 95027;
@@ -194,7 +194,8 @@ pub fn ok(fields: Value) -> Response {
     json_response(StatusCode::OK, Value::Object(map).to_string(), None)
 }
 
-/// A JSON response with the `Error-Code` / `Error-Msg` headers real responses carry [1].
+/// A JSON response with the `Error-Code` / `Error-Msg` headers real responses carry (seen in one
+/// captured response).
 pub fn json_response(status: StatusCode, body: String, err: Option<&ApiError>) -> Response {
     let mut response = (status, body).into_response();
     let headers = response.headers_mut();

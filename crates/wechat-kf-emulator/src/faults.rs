@@ -1,16 +1,12 @@
 //! Fault injection: make the next N calls (or the calls during a time window) of one API path,
 //! or of every path, fail in a chosen way.
+//!
+//! This module is the model (which faults exist, which one applies to a call); the state holds the
+//! list and `api::fault_layer` applies them to requests, so it depends on neither.
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::StatusCode;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::Emulator;
 use crate::clock::{Millis, SECOND};
-use crate::errors::ApiError;
-use crate::server::ConnHandle;
 
 /// What happens to a faulted call.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,10 +42,6 @@ pub struct Fault {
     /// End of the time window (emulator clock), if timed.
     pub until: Option<Millis>,
 }
-
-/// Marker put into a request's extensions when an `empty_page` fault applies.
-#[derive(Debug, Clone, Copy)]
-pub struct EmptyPageFault;
 
 /// `"/cgi-bin/kf/sync_msg"`, `"kf/sync_msg"` → `Some("kf/sync_msg")`; `"*"`, `"all"`, `""` → `None`.
 pub fn normalize_path(path: &str) -> Option<String> {
@@ -161,64 +153,6 @@ pub fn take(faults: &mut Vec<Fault>, path: &str, now: Millis) -> Option<FaultKin
         }
     }
     Some(kind)
-}
-
-/// Middleware on /cgi-bin/: counts calls and applies faults before the API sees the request.
-pub(crate) async fn middleware(
-    State(emu): State<Emulator>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let Some(path) = req
-        .uri()
-        .path()
-        .strip_prefix("/cgi-bin/")
-        .map(str::to_string)
-    else {
-        return next.run(req).await;
-    };
-    let counted = crate::api::known_path(&path).unwrap_or("(unknown)");
-    let fault = emu.with_state(|s, now| {
-        *s.counters.calls.entry(counted.to_string()).or_default() += 1;
-        take(&mut s.faults, &path, now)
-    });
-    match fault {
-        None => next.run(req).await,
-        Some(FaultKind::Delay(ms)) => {
-            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-            next.run(req).await
-        }
-        Some(FaultKind::HttpStatus(status)) => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-            (status, "emulated fault").into_response()
-        }
-        Some(FaultKind::Errcode(code, msg)) => {
-            let msg = msg.unwrap_or_else(|| "emulated fault".to_string());
-            ApiError::new(code, msg).into_response()
-        }
-        Some(FaultKind::Drop) => match req.extensions().get::<ConnectInfo<ConnHandle>>() {
-            Some(ConnectInfo(handle)) => {
-                handle.kill();
-                // The write of this response fails, so the client sees a closed connection.
-                StatusCode::INTERNAL_SERVER_ERROR.into_response()
-            }
-            // In-process (`router().oneshot`) there is no connection to drop.
-            None => (StatusCode::BAD_GATEWAY, "emulated connection drop").into_response(),
-        },
-        Some(FaultKind::EmptyPage) => {
-            req.extensions_mut().insert(EmptyPageFault);
-            next.run(req).await
-        }
-        Some(FaultKind::InvalidateTokens) => {
-            emu.with_state(|s, _| s.access_tokens.revoke(None));
-            next.run(req).await
-        }
-        Some(FaultKind::MediaBusy) => ApiError::new(
-            crate::errors::CONCURRENCY_LIMITED,
-            "api concurrent out of limit: the same media_id is being downloaded",
-        )
-        .into_response(),
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! A faithful local stand-in for the WeChat Customer Service (微信客服) server, written from the
-//! specification in `shared/spec/` and independent of the `wechat-kf` library.
+//! official WeCom documentation (page numbers cited per endpoint) and independent of the
+//! `wechat-kf` library.
 //!
 //! It serves the real API under `/cgi-bin/` (same paths, methods, JSON and error codes), sends
 //! encrypted `kf_msg_or_event` callbacks, and offers a control API under `/emulator/` through which
@@ -156,7 +157,7 @@ impl Emulator {
             .merge(control::router())
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
-                faults::middleware,
+                api::fault_layer::middleware,
             ))
             .with_state(self.clone())
     }

@@ -34,8 +34,8 @@ use object_store::{Attribute, Attributes, ObjectStore, PutOptions, PutPayload, R
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use wechat_kf::client::{Client, ErrCode};
+use wechat_kf::message::{Message, MessageContent};
 use wechat_kf::voice::{Converter, VoiceError};
-use wechat_kf::{Message, MessageContent};
 
 use crate::Error;
 use crate::config::{MediaConfig, Secret, VoiceTarget};

@@ -2,7 +2,8 @@
 //! into the library's typed requests, and queueing replies.
 
 use serde_json::{Map, Value, json};
-use wechat_kf::client::{OutboundMessage, SendMsgOnEventRequest, SendMsgRequest, validate_msgid};
+use wechat_kf::client::messages::{SendMsgOnEventRequest, SendMsgRequest};
+use wechat_kf::client::outbound::{OutboundMessage, validate_msgid};
 
 use crate::config::JoinerConfig;
 use crate::store::{NewReply, ReplyEndpoint};

@@ -33,9 +33,10 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use wechat_kf::client::puller::empty_page_pause;
-use wechat_kf::client::{Client, ErrCode, Puller, VoiceFormat};
-use wechat_kf::{InvalidItem, Message, MessageContent, Origin};
+use wechat_kf::client::messages::VoiceFormat;
+use wechat_kf::client::puller::{Puller, empty_page_pause};
+use wechat_kf::client::{Client, ErrCode};
+use wechat_kf::message::{InvalidItem, Message, MessageContent, Origin};
 
 use crate::clock::Clock;
 use crate::config::{FirstStart, HandoffConfig, PullConfig};
@@ -778,7 +779,7 @@ fn from_invalid(item: InvalidItem) -> NewMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wechat_kf::SyncMsgResponse;
+    use wechat_kf::message::SyncMsgResponse;
 
     #[test]
     fn undecodable_items_keep_their_place_and_get_a_stable_msgid() {

@@ -16,10 +16,11 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use wechat_kf::client::{
-    Client, ErrCode, OutboundMessage, SendMsgOnEventRequest, SendMsgRequest, ServiceState,
-    TransServiceStateRequest,
-};
+use wechat_kf::client::messages::{SendMsgOnEventRequest, SendMsgRequest};
+use wechat_kf::client::outbound::OutboundMessage;
+use wechat_kf::client::service_state::TransServiceStateRequest;
+use wechat_kf::client::{Client, ErrCode};
+use wechat_kf::session::ServiceState;
 
 use crate::config::JoinerConfig;
 use crate::error::safe_error;

@@ -14,10 +14,9 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
-use wechat_kf::client::{Client, SendMsgRequest, SendMsgResponse};
-use wechat_kf::session::{
-    SendAllowance, SendRefusal, ServiceState, SessionView, refusal_for_error,
-};
+use wechat_kf::client::Client;
+use wechat_kf::client::messages::{SendMsgRequest, SendMsgResponse};
+use wechat_kf::session::{SendAllowance, SendRefusal, ServiceState, SessionView};
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
@@ -190,7 +189,7 @@ impl Gate {
             }
             Err(error) => {
                 self.metrics.api_error("kf/send_msg", &error);
-                match refusal_for_error(&error) {
+                match error.send_refusal() {
                     Some(refusal) => {
                         let refusal = self
                             .learn_refusal(open_kfid, external_userid, refusal, now)

@@ -10,7 +10,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use wechat_kf::client::{Client, RedisTokenStore};
+use wechat_kf::client::Client;
+use wechat_kf::client::token::RedisTokenStore;
 use wechat_kf::crypto::CallbackCrypto;
 
 use crate::clock::Clock;
@@ -368,7 +369,7 @@ async fn backfill_media(store: &Arc<dyn Store>, fetcher: &MediaFetcher) -> Resul
         }
         let mut records = Vec::with_capacity(n);
         for job in jobs {
-            let message = wechat_kf::Message::from_json(&job.raw).ok();
+            let message = wechat_kf::message::Message::from_json(&job.raw).ok();
             let record = match message.as_ref().and_then(|m| fetcher.job(m)) {
                 Some(media) => fetcher.fetch(&job.open_kfid, &media).await,
                 None => serde_json::json!({

@@ -1,5 +1,5 @@
 //! Callback crypto throughput: verify + decrypt + parse one realistic `kf_msg_or_event` callback
-//! (spec vector V6, a 352-byte ciphertext), measured in one run against
+//! (vector V6 of `tests/crypto_vectors.rs`, a 352-byte ciphertext), measured in one run against
 //!
 //! * the floor: SHA-1 of the same signature input + base64 decode + AES-256-CBC decrypt of the
 //!   same bytes with the same primitive crates (what no implementation can avoid), and
@@ -294,7 +294,7 @@ fn main() {
     section.push_str(&format!(
         "Command: `cargo bench -p wechat-kf --bench callback_crypto` (the npm column needs \
          `npm ci --prefix interop`).\n\n\
-         Job: verify `msg_signature`, decrypt and parse one `kf_msg_or_event` callback (spec vector \
+         Job: verify `msg_signature`, decrypt and parse one `kf_msg_or_event` callback (vector \
          V6: {ct_len}-byte ciphertext, {}-byte inner XML, {}-byte POST body). The floor runs only \
          the primitives every implementation needs on the same bytes, with the same crates: SHA-1 \
          of the signature input, base64 decode, AES-256-CBC decrypt. The npm figure is the \

@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::{Value, json};
-use wechat_kf::SyncMsgResponse;
-use wechat_kf::client::{Client, Puller};
+use wechat_kf::client::Client;
+use wechat_kf::client::puller::Puller;
+use wechat_kf::message::SyncMsgResponse;
 use wechat_kf_emulator::{Config, Emulator, RunningEmulator};
 
 const PAGE: u32 = 1000;
@@ -130,7 +131,7 @@ async fn pull_client_sync(s: &Setup, client: &Client) -> usize {
         let page = client
             .messages()
             .sync(
-                wechat_kf::client::SyncMsgRequest::new(s.open_kfid.clone())
+                wechat_kf::client::messages::SyncMsgRequest::new(s.open_kfid.clone())
                     .cursor(cursor.clone())
                     .limit(PAGE),
             )

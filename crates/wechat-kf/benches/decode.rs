@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
-use wechat_kf::SyncMsgResponse;
+use wechat_kf::message::SyncMsgResponse;
 
 /// A 1000-message page shaped like real traffic: mostly Chinese text, some media, menus,
 /// locations and events, with the envelope WeChat sends.

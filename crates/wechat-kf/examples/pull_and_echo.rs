@@ -8,7 +8,10 @@
 use std::error::Error;
 
 use futures::StreamExt;
-use wechat_kf::client::{Client, OutboundMessage, PullItem, Puller, SendMsgRequest};
+use wechat_kf::client::Client;
+use wechat_kf::client::messages::SendMsgRequest;
+use wechat_kf::client::outbound::OutboundMessage;
+use wechat_kf::client::puller::{PullItem, Puller};
 
 /// A send_msg msgid derived from the incoming msgid, so a re-run after a crash cannot echo the
 /// same message twice: the server rejects the duplicate and the client reports it as sent.

@@ -4,7 +4,11 @@
 
 use std::error::Error;
 
-use wechat_kf::client::{Client, MenuItem, MsgMenu, OutboundMessage, Puller, SendMsgRequest};
+use wechat_kf::client::Client;
+use wechat_kf::client::messages::SendMsgRequest;
+use wechat_kf::client::outbound::OutboundMessage;
+use wechat_kf::client::puller::Puller;
+use wechat_kf::message::{MenuItem, MsgMenu};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {

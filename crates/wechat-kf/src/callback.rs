@@ -1,4 +1,4 @@
-//! The events inside a decrypted callback (spec callbacks.md §5.3).
+//! The events inside a decrypted callback (official doc 94670; `kf_account_auth_change`: official doc 97712).
 //!
 //! A KF callback never carries message content: `kf_msg_or_event` only says "account X has new
 //! data, pull it with this token" (pass [`KfMsgOrEvent::token`] and [`KfMsgOrEvent::open_kfid`]
@@ -22,8 +22,8 @@ use std::borrow::Cow;
 use serde::Serialize;
 
 use crate::OpenKfId;
-use crate::crypto::CryptoError;
 use crate::crypto::xml;
+use crate::crypto::{CallbackCrypto, CryptoError};
 
 /// A decrypted callback, parsed. Serializes to JSON with a `type` tag (`kf_msg_or_event`,
 /// `kf_account_auth_change`, `unknown`).
@@ -186,6 +186,29 @@ impl Fields<'_> {
                 raw: raw.to_owned(),
             })),
         }
+    }
+}
+
+// The event parser lives here, so the crypto module never needs to know about events.
+impl CallbackCrypto {
+    /// Verifies, decrypts and parses a POST body into a [`CallbackEvent`].
+    ///
+    /// Faster than [`decrypt_message`](Self::decrypt_message) followed by
+    /// [`CallbackEvent::from_xml`]: the inner XML is parsed where it was decrypted.
+    pub fn decrypt_event(
+        &self,
+        msg_signature: &str,
+        timestamp: &str,
+        nonce: &str,
+        body_xml: &str,
+    ) -> Result<CallbackEvent, CryptoError> {
+        self.decrypt_message_with(
+            msg_signature,
+            timestamp,
+            nonce,
+            body_xml,
+            CallbackEvent::from_xml,
+        )?
     }
 }
 

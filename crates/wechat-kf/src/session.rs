@@ -1,9 +1,10 @@
 //! The send policy: may the API send to this customer now, and if not, why not
-//! (sending.md §4.1, §4.2; endpoints.md §1.5; emulator.md §9.2).
+//! (official docs 94677, 95122 and 94669;
+//! choices where they are silent: `docs/vendor-notes.md`).
 //!
 //! WeChat refuses a `send_msg` when the session is not handled by the API (95018: a human
 //! servicer took it, it is queued or it ended), when the customer's last message is more than
-//! 48 hours old (95002), when the only recent customer messages are menu clicks (95024, [1]) and
+//! 48 hours old (95002), when the only recent customer messages are menu clicks (95024, single source) and
 //! after 5 messages per customer message (95001). A bot that learns this from the server has
 //! already burnt a call and, worse, often a message the customer never sees. This module predicts
 //! those answers from what the bot has seen:
@@ -25,8 +26,8 @@
 //! prints message content.
 //!
 //! ```
-//! use wechat_kf::Message;
-//! use wechat_kf::session::{SendRefusal, SessionView, SEND_QUOTA};
+//! use wechat_kf::message::Message;
+//! use wechat_kf::session::{SEND_QUOTA, SendRefusal, SessionView};
 //!
 //! let hello = Message::from_json(r#"{"msgid":"m1","open_kfid":"wk1","external_userid":"wm1",
 //!   "send_time":1700000000,"origin":3,"msgtype":"text","text":{"content":"你好"}}"#).unwrap();
@@ -66,7 +67,7 @@ pub const LONG_CODE_LIFETIME_SECS: u64 = 48 * 60 * 60;
 /// How many send times a [`SessionView`] keeps (a few quotas' worth; only the count matters).
 const MAX_SEND_TIMES: usize = 4 * SEND_QUOTA as usize;
 
-/// A session state (`service_state`, endpoints.md §1.5).
+/// A session state (`service_state`, official doc 94669).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ServiceState {
     /// 0 未处理: new, unhandled.
@@ -182,7 +183,7 @@ pub enum SendRefusal {
         last_customer_message_at: Option<u64>,
     },
     /// The customer only tapped menu items in the last 48 hours, which does not count as
-    /// writing ([1]). 95024.
+    /// writing (single source). 95024.
     OnlyMenuClicks {
         /// When the customer last wrote something that was not a menu click, when known.
         last_active_message_at: Option<u64>,
@@ -299,7 +300,7 @@ impl std::error::Error for SendRefusal {}
 /// ([`SessionView::observe_refusal`]) so it stops predicting an allowance.
 ///
 /// ```
-/// use wechat_kf::session::{refusal_for_errcode, SendRefusal};
+/// use wechat_kf::session::{SendRefusal, refusal_for_errcode};
 /// assert_eq!(refusal_for_errcode(95001), Some(SendRefusal::QuotaExhausted { sent: 5 }));
 /// assert_eq!(refusal_for_errcode(45009), None);
 /// ```
@@ -317,20 +318,7 @@ pub fn refusal_for_errcode(code: impl Into<i64>) -> Option<SendRefusal> {
     }
 }
 
-/// The refusal behind a failed API call, when it was one of the send refusals.
-#[cfg(feature = "client")]
-pub fn refusal_for_error(error: &crate::client::Error) -> Option<SendRefusal> {
-    error.errcode().and_then(refusal_for_errcode)
-}
-
-#[cfg(feature = "client")]
-impl From<crate::client::ErrCode> for i64 {
-    fn from(code: crate::client::ErrCode) -> i64 {
-        code.code()
-    }
-}
-
-/// The kind of a single-use `send_msg_on_event` code (sending.md §4.2).
+/// The kind of a single-use `send_msg_on_event` code (official doc 95122).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CodeKind {
@@ -930,8 +918,8 @@ impl SessionView {
 /// [`SessionView`]s of many customers on many accounts, fed with whole pages of messages.
 ///
 /// ```
+/// use wechat_kf::message::SyncMsgResponse;
 /// use wechat_kf::session::{SendRefusal, SessionTracker};
-/// use wechat_kf::SyncMsgResponse;
 ///
 /// let page: SyncMsgResponse = serde_json::from_str(r#"{"errcode":0,"next_cursor":"c",
 ///   "has_more":0,"msg_list":[

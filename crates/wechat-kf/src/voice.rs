@@ -22,7 +22,7 @@
 //!
 //! ```no_run
 //! # async fn demo(bytes: Vec<u8>) -> Result<(), wechat_kf::voice::VoiceError> {
-//! use wechat_kf::voice::{convert, detect_format, Target, WavInfo};
+//! use wechat_kf::voice::{Target, WavInfo, convert, detect_format};
 //!
 //! println!("{:?}", detect_format(&bytes)); // Some(AmrNb)
 //! let wav = convert(&bytes, Target::Wav).await?;
@@ -69,7 +69,7 @@ impl VoiceFormat {
 /// Recognises a voice note by its first bytes; `None` for anything else.
 ///
 /// ```
-/// use wechat_kf::voice::{detect_format, VoiceFormat};
+/// use wechat_kf::voice::{VoiceFormat, detect_format};
 /// assert_eq!(detect_format(b"#!AMR\n\x3c..."), Some(VoiceFormat::AmrNb));
 /// assert_eq!(detect_format(b"\x02#!SILK_V3\x0c\x00"), Some(VoiceFormat::Silk));
 /// assert_eq!(detect_format(b"{\"errcode\":40007}"), None);

@@ -5,14 +5,23 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use wechat_kf::client::{
-    AddAccountRequest, AddContactWayRequest, AddIntentRequest, Answer, Attachment,
-    BatchGetCustomersRequest, Client, ErrCode, Error, Link, ListGroupsRequest, ListIntentsRequest,
-    Location, MediaKind, MediaUpload, MenuItem, Miniprogram, ModIntentRequest, MsgMenu,
-    OutboundMessage, RecallMsgRequest, RetryPolicy, SendMsgOnEventRequest, SendMsgRequest,
-    ServiceState, ServicerRequest, StatisticsRequest, SyncMsgRequest, TransServiceStateRequest,
-    UpdateAccountRequest, UpgradeServiceRequest,
+use wechat_kf::client::accounts::{AddAccountRequest, AddContactWayRequest, UpdateAccountRequest};
+use wechat_kf::client::customers::BatchGetCustomersRequest;
+use wechat_kf::client::knowledge::{
+    AddIntentRequest, Answer, Attachment, ListGroupsRequest, ListIntentsRequest, ModIntentRequest,
 };
+use wechat_kf::client::media::{MediaKind, MediaUpload};
+use wechat_kf::client::messages::{
+    RecallMsgRequest, SendMsgOnEventRequest, SendMsgRequest, SyncMsgRequest,
+};
+use wechat_kf::client::outbound::{Link, MiniProgram, OutboundMessage};
+use wechat_kf::client::service_state::TransServiceStateRequest;
+use wechat_kf::client::servicers::ServicerRequest;
+use wechat_kf::client::statistics::StatisticsRequest;
+use wechat_kf::client::upgrade_service::UpgradeServiceRequest;
+use wechat_kf::client::{Client, ErrCode, Error, RetryPolicy};
+use wechat_kf::message::{Location, MenuItem, MsgMenu};
+use wechat_kf::session::ServiceState;
 use wechat_kf_emulator::{Config, Emulator, RunningEmulator, Seed, SeedAccount, SeedServicer};
 
 const PNG: &[u8] =
@@ -398,7 +407,7 @@ async fn every_outbound_message_type_is_accepted_and_lands_in_the_outbox() {
             Link::new("退货说明", "https://example.com/r", image.clone()).desc("七天"),
         ),
         OutboundMessage::miniprogram(
-            Miniprogram::new("wx0123456789abcdef", image.clone(), "pages/index.html").title("报名"),
+            MiniProgram::new("wx0123456789abcdef", image.clone(), "pages/index.html").title("报名"),
         ),
         OutboundMessage::msgmenu(
             MsgMenu::new()
@@ -811,7 +820,7 @@ async fn the_knowledge_base_supports_groups_and_intents() {
                 group.clone(),
                 "怎么退货",
                 Answer::new("在订单页点击申请退货").attachment(Attachment::link(
-                    wechat_kf::client::LinkAttachment {
+                    wechat_kf::client::knowledge::LinkAttachment {
                         title: "退货说明".into(),
                         desc: Some("七天无理由".into()),
                         url: "https://example.com/return".into(),

@@ -13,10 +13,11 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use wechat_kf::client::{
-    Client, ErrCode, Error, MediaKind, MediaUpload, MenuItem, MsgMenu, OutboundMessage,
-    RetryPolicy, SendMsgRequest, SyncMsgRequest,
-};
+use wechat_kf::client::media::{MediaKind, MediaUpload};
+use wechat_kf::client::messages::{SendMsgRequest, SyncMsgRequest};
+use wechat_kf::client::outbound::OutboundMessage;
+use wechat_kf::client::{Client, ErrCode, Error, RetryPolicy};
+use wechat_kf::message::{MenuItem, MsgMenu};
 
 /// A scripted reply for one call of an endpoint.
 #[derive(Clone)]
@@ -500,7 +501,7 @@ async fn sync_keeps_malformed_items_aside_and_sends_open_kfid_and_voice_format()
         .messages()
         .sync(
             SyncMsgRequest::new("wk1")
-                .voice_format(wechat_kf::client::VoiceFormat::Silk)
+                .voice_format(wechat_kf::client::messages::VoiceFormat::Silk)
                 .limit(3),
         )
         .await
@@ -559,7 +560,7 @@ async fn service_state_reads_servicer_userid_and_department_ids_are_numbers() {
         [Reply::Json(json!({"errcode":0,"member_range":{"userid_list":["a"],"department_id_list":[2,3]},"groupchat_range":{"chat_id_list":["c"]}}))],
     );
     let state = client.service_state().get("wk1", "wm1").await.unwrap();
-    assert_eq!(state.service_state, wechat_kf::client::ServiceState::Human);
+    assert_eq!(state.service_state, wechat_kf::session::ServiceState::Human);
     assert_eq!(state.servicer_userid.unwrap(), "zhangsan");
     let config = client.upgrade_service().config().await.unwrap();
     assert_eq!(config.member_range.department_id_list, [2, 3]);
@@ -753,14 +754,15 @@ async fn the_puller_continues_through_empty_pages_until_has_more_is_zero() {
             Reply::Json(sync_page(json!([text_item("m2")]), "c4", 0)),
         ],
     );
-    let store = Arc::new(wechat_kf::client::MemoryCursorStore::new());
-    let mut puller = wechat_kf::client::Puller::new(client, "wk1").cursor_store(store.clone());
+    let store = Arc::new(wechat_kf::client::puller::MemoryCursorStore::new());
+    let mut puller =
+        wechat_kf::client::puller::Puller::new(client, "wk1").cursor_store(store.clone());
     let items: Vec<_> = puller.stream().collect().await;
     let ids: Vec<String> = items
         .into_iter()
         .map(|item| match item.unwrap() {
-            wechat_kf::client::PullItem::Message(m) => m.msgid().to_string(),
-            wechat_kf::client::PullItem::Invalid(i) => panic!("{i:?}"),
+            wechat_kf::client::puller::PullItem::Message(m) => m.msgid().to_string(),
+            wechat_kf::client::puller::PullItem::Invalid(i) => panic!("{i:?}"),
         })
         .collect();
     assert_eq!(ids, ["m1", "m2"]);
@@ -792,8 +794,9 @@ async fn an_uncommitted_batch_is_delivered_again_and_the_cursor_only_moves_on_co
             )),
         ],
     );
-    let store = Arc::new(wechat_kf::client::MemoryCursorStore::new());
-    let mut puller = wechat_kf::client::Puller::new(client, "wk1").cursor_store(store.clone());
+    let store = Arc::new(wechat_kf::client::puller::MemoryCursorStore::new());
+    let mut puller =
+        wechat_kf::client::puller::Puller::new(client, "wk1").cursor_store(store.clone());
     {
         let batch = puller.fetch().await.unwrap();
         assert_eq!(batch.messages.len(), 1);
@@ -832,8 +835,8 @@ async fn a_rejected_callback_token_is_dropped_and_the_page_pulled_without_it() {
             Reply::Json(sync_page(json!([]), "c2", 0)),
         ],
     );
-    let mut puller =
-        wechat_kf::client::Puller::new(client, "wk1").callback_token("CB-TOKEN", SystemTime::now());
+    let mut puller = wechat_kf::client::puller::Puller::new(client, "wk1")
+        .callback_token("CB-TOKEN", SystemTime::now());
     let batch = puller.fetch().await.unwrap();
     assert_eq!(batch.messages.len(), 1);
     batch.commit().await.unwrap();
@@ -857,8 +860,8 @@ async fn a_callback_token_is_sent_with_every_page_while_valid_and_not_after() {
             Reply::Json(sync_page(json!([]), "c3", 0)),
         ],
     );
-    let mut puller =
-        wechat_kf::client::Puller::new(client, "wk1").callback_token("FRESH", SystemTime::now());
+    let mut puller = wechat_kf::client::puller::Puller::new(client, "wk1")
+        .callback_token("FRESH", SystemTime::now());
     puller.fetch().await.unwrap().commit().await.unwrap();
     puller.fetch().await.unwrap().commit().await.unwrap();
     puller.set_callback_token("OLD", SystemTime::now() - Duration::from_secs(11 * 60));
@@ -884,13 +887,14 @@ async fn the_stream_surfaces_malformed_items_and_still_moves_the_cursor() {
             0,
         ))],
     );
-    let store = Arc::new(wechat_kf::client::MemoryCursorStore::new());
-    let mut puller = wechat_kf::client::Puller::new(client, "wk1").cursor_store(store.clone());
+    let store = Arc::new(wechat_kf::client::puller::MemoryCursorStore::new());
+    let mut puller =
+        wechat_kf::client::puller::Puller::new(client, "wk1").cursor_store(store.clone());
     let items: Vec<_> = puller.stream().map(Result::unwrap).collect().await;
     assert_eq!(items.len(), 3);
     let invalid = items
         .iter()
-        .filter(|i| matches!(i, wechat_kf::client::PullItem::Invalid(_)))
+        .filter(|i| matches!(i, wechat_kf::client::puller::PullItem::Invalid(_)))
         .count();
     assert_eq!(invalid, 1);
     assert_eq!(store.get(&"wk1".into()).as_deref(), Some("c1"));
@@ -910,9 +914,10 @@ async fn a_page_comes_whole_and_its_cursor_moves_only_when_the_commit_hook_succe
             Reply::Json(sync_page(json!([text_item("m1")]), "", 0)),
         ],
     );
-    let store = Arc::new(wechat_kf::client::MemoryCursorStore::new());
+    let store = Arc::new(wechat_kf::client::puller::MemoryCursorStore::new());
     // The default de-duplication window is on: pages bypass it all the same.
-    let mut puller = wechat_kf::client::Puller::new(client, "wk1").cursor_store(store.clone());
+    let mut puller =
+        wechat_kf::client::puller::Puller::new(client, "wk1").cursor_store(store.clone());
 
     let mut page = puller.fetch_page().await.unwrap();
     assert_eq!(page.messages.len(), 2, "repeats are kept");
@@ -971,8 +976,9 @@ async fn a_page_committed_without_a_hook_saves_its_cursor_to_the_cursor_store() 
         "kf/sync_msg",
         [Reply::Json(sync_page(json!([text_item("m1")]), "c1", 0))],
     );
-    let store = Arc::new(wechat_kf::client::MemoryCursorStore::new());
-    let mut puller = wechat_kf::client::Puller::new(client, "wk1").cursor_store(store.clone());
+    let store = Arc::new(wechat_kf::client::puller::MemoryCursorStore::new());
+    let mut puller =
+        wechat_kf::client::puller::Puller::new(client, "wk1").cursor_store(store.clone());
     puller.fetch_page().await.unwrap().commit().await.unwrap();
     assert_eq!(store.get(&"wk1".into()).as_deref(), Some("c1"));
     assert_eq!(puller.committed_cursor(), Some("c1"));
@@ -991,7 +997,7 @@ async fn a_rejected_callback_token_is_retried_without_the_token_once_and_reporte
             Reply::Json(sync_page(json!([]), "c3", 0)),
         ],
     );
-    let mut puller = wechat_kf::client::Puller::new(client, "wk1").dedup_window(0);
+    let mut puller = wechat_kf::client::puller::Puller::new(client, "wk1").dedup_window(0);
     puller.set_callback_token("CB-OLD", SystemTime::now());
     let page = puller.fetch_page().await.unwrap();
     assert_eq!(page.messages.len(), 1);
@@ -1031,7 +1037,7 @@ async fn a_failure_after_a_token_rejection_is_returned_and_the_rejection_still_r
             Reply::Json(sync_page(json!([]), "c1", 0)),
         ],
     );
-    let mut puller = wechat_kf::client::Puller::new(client, "wk1");
+    let mut puller = wechat_kf::client::puller::Puller::new(client, "wk1");
     puller.set_callback_token("CB", SystemTime::now());
     let error = puller.fetch_page().await.unwrap_err();
     assert_eq!(error.errcode(), Some(ErrCode::InvalidParameter));

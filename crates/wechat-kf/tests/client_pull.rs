@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use wechat_kf::OpenKfId;
-use wechat_kf::client::{Client, MemoryCursorStore, PullItem, Puller, RetryPolicy};
+use wechat_kf::client::puller::{MemoryCursorStore, PullItem, Puller};
+use wechat_kf::client::{Client, RetryPolicy};
 use wechat_kf_emulator::{Config, Emulator, RunningEmulator};
 
 async fn start() -> (RunningEmulator, Client, String) {

@@ -4,14 +4,16 @@
 //! `WECHAT_KF_CI=1`, where a missing Redis is a failure.
 #![cfg(feature = "redis")]
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::extract::{RawQuery, State};
+use futures::future::BoxFuture;
 use serde_json::json;
-use wechat_kf::client::{AccessToken, Client, RedisTokenStore, TokenStore};
+use wechat_kf::client::token::{AccessToken, RedisTokenStore, TokenStore};
+use wechat_kf::client::{Client, Error};
 
 fn redis_url() -> Option<String> {
     match std::env::var("REDIS_URL") {
@@ -26,6 +28,40 @@ fn redis_url() -> Option<String> {
             None
         }
     }
+}
+
+/// The key a client keeps its token under. How it is made is the library's business, so learn
+/// it the way any store does: from the client's first lookup (answered with a valid token, so
+/// nothing goes to the network).
+async fn store_key(corp_id: &str, secret: &str) -> String {
+    #[derive(Default)]
+    struct Spy(Mutex<Option<String>>);
+    impl TokenStore for Spy {
+        fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<AccessToken>, Error>> {
+            *self.0.lock().unwrap() = Some(key.to_owned());
+            let token = AccessToken::new("spy", SystemTime::now(), Duration::from_secs(7200));
+            Box::pin(async move { Ok(Some(token)) })
+        }
+        fn save<'a>(&'a self, _: &'a str, _: &'a AccessToken) -> BoxFuture<'a, Result<(), Error>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn invalidate<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a AccessToken,
+        ) -> BoxFuture<'a, Result<(), Error>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+    let spy = Arc::new(Spy::default());
+    let client = Client::builder(corp_id, secret)
+        .base_url("http://127.0.0.1:9")
+        .token_store(spy.clone())
+        .build()
+        .unwrap();
+    client.token().await.unwrap();
+    let key = spy.0.lock().unwrap().take();
+    key.expect("the client looked its token up")
 }
 
 fn unique_prefix() -> String {
@@ -193,10 +229,7 @@ async fn while_one_process_refreshes_a_due_token_the_others_keep_using_it() {
     );
     let store = RedisTokenStore::new(&url).unwrap().prefix(&prefix);
     store
-        .save(
-            &wechat_kf::client::token_key("wwcorp", &"secret".into()),
-            &due,
-        )
+        .save(&store_key("wwcorp", "secret").await, &due)
         .await
         .unwrap();
     let calls = futures::future::join_all(clients.iter().map(|c| c.servicers().list("wk1"))).await;
@@ -218,14 +251,17 @@ async fn a_lease_left_by_a_dead_process_delays_a_refresh_by_at_most_two_lease_ti
     let Some(url) = redis_url() else { return };
     let (count, base) = token_server().await;
     let prefix = unique_prefix();
-    let key = wechat_kf::client::token_key("wwcorp", &"secret".into());
+    let key = store_key("wwcorp", "secret").await;
     let store = RedisTokenStore::new(&url).unwrap().prefix(&prefix);
     // The "dead process" takes the lease for a minute and never releases it.
     let lease = store
         .acquire_refresh(&key, Duration::from_secs(60))
         .await
         .unwrap();
-    assert!(matches!(lease, wechat_kf::client::RefreshLease::Granted(_)));
+    assert!(matches!(
+        lease,
+        wechat_kf::client::token::RefreshLease::Granted(_)
+    ));
     let client = Client::builder("wwcorp", "secret")
         .base_url(&base)
         .token_store(Arc::new(store))
@@ -274,7 +310,7 @@ async fn a_rediss_url_speaks_tls_and_a_server_that_never_answers_times_out() {
     let store = RedisTokenStore::new(&tls_url)
         .expect("rediss:// is supported")
         .timeout(Duration::from_millis(500));
-    let key = wechat_kf::client::token_key("wwcorp", &"secret".into());
+    let key = store_key("wwcorp", "secret").await;
     let loaded = tokio::time::timeout(Duration::from_secs(10), store.load(&key))
         .await
         .expect("the store's timeout applies");

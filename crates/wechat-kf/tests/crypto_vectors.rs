@@ -1,4 +1,6 @@
-//! Known-answer tests: every vector of spec crypto.md §6.6, in both directions.
+//! Known-answer tests: the official samples (official doc 90968), wechatpy's and
+//! go-workwx's vectors, and a KF-shaped vector (V6) made with the official
+//! sample's keys, in both directions.
 
 use wechat_kf::callback::CallbackEvent;
 use wechat_kf::crypto::{CallbackCrypto, CryptoError, signature, url_decode};

@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use wechat_kf::{
+use wechat_kf::message::{
     ChangeType, Event, FailType, MenuItem, Message, MessageContent, Origin, RejectSwitch,
     ServicerStatus, StopType, SyncMsgResponse,
 };

@@ -2,6 +2,7 @@
 //! no input at all makes the decoder panic.
 
 use proptest::prelude::*;
+use wechat_kf::message::*;
 use wechat_kf::*;
 
 fn text() -> impl Strategy<Value = String> {

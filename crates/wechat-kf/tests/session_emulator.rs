@@ -1,16 +1,16 @@
 //! The send policy's predictions against the emulator's answers: a bot that feeds every pulled
 //! message, every `trans` and every send into a `SessionTracker` predicts exactly what
-//! `send_msg` answers, through the session lifecycle of emulator.md §9.2.
+//! `send_msg` answers, through the session lifecycle (official doc 94669).
 #![cfg(feature = "client")]
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use wechat_kf::client::{
-    Client, OutboundMessage, RetryPolicy, SendMsgOnEventRequest, SendMsgRequest, ServiceState,
-    SyncMsgRequest, TransServiceStateRequest,
-};
-use wechat_kf::session::{SessionTracker, refusal_for_error};
+use wechat_kf::client::messages::{SendMsgOnEventRequest, SendMsgRequest, SyncMsgRequest};
+use wechat_kf::client::outbound::OutboundMessage;
+use wechat_kf::client::service_state::TransServiceStateRequest;
+use wechat_kf::client::{Client, RetryPolicy};
+use wechat_kf::session::{ServiceState, SessionTracker};
 use wechat_kf::{ExternalUserId, OpenKfId};
 use wechat_kf_emulator::{Config, Emulator, RunningEmulator, Seed, SeedAccount, SeedServicer};
 
@@ -137,7 +137,8 @@ impl Bot {
                 0
             }
             Err(error) => {
-                let refusal = refusal_for_error(&error)
+                let refusal = error
+                    .send_refusal()
                     .unwrap_or_else(|| panic!("{step}: not a send refusal: {error}"));
                 self.sessions
                     .session_mut(&kf, &customer)
@@ -292,7 +293,7 @@ async fn an_unpredicted_refusal_is_remembered_until_the_state_is_asked_again() {
     assert!(bot.sessions.can_send(KF, CUSTOMER, now).is_ok());
     let request = SendMsgRequest::new(CUSTOMER, KF, OutboundMessage::text("hi"));
     let error = bot.client.messages().send(request).await.unwrap_err();
-    let refusal = refusal_for_error(&error).unwrap();
+    let refusal = error.send_refusal().unwrap();
     assert_eq!(refusal.errcode(), 95018);
     let (kf, customer) = (OpenKfId::new(KF), ExternalUserId::new(CUSTOMER));
     let view = bot.sessions.session_mut(&kf, &customer);

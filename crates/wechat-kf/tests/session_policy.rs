@@ -1,14 +1,15 @@
 //! The send policy of `wechat_kf::session`, rule by rule, with an explicit clock: the 48-hour
-//! window, the 5-message quota, menu clicks (95024), and every transition of emulator.md §9.2
+//! window, the 5-message quota, menu clicks (95024), and every session-state transition (official doc 94669)
 //! that changes whether the API may send.
 
 use serde_json::json;
+use wechat_kf::message::{FailType, Message};
 use wechat_kf::session::{
     CodeKind, CodeRefusal, IssuedCode, LONG_CODE_LIFETIME_SECS, SEND_QUOTA, SEND_WINDOW_SECS,
     SHORT_CODE_LIFETIME_SECS, SendAllowance, SendRefusal, ServiceState, SessionTracker,
     SessionView, refusal_for_errcode,
 };
-use wechat_kf::{FailType, Message, MsgId, UserId};
+use wechat_kf::{MsgId, UserId};
 
 const T0: u64 = 1_700_000_000;
 const HOUR: u64 = 3600;
@@ -309,7 +310,7 @@ fn a_welcome_code_is_used_once() {
     );
 }
 
-// ---- §9.2 transitions -------------------------------------------------------------------------
+// ---- state transitions -------------------------------------------------------------------------
 
 #[test]
 fn the_first_send_in_state_new_moves_the_session_to_the_bot() {
@@ -702,7 +703,7 @@ fn refusal_for_errcode_maps_the_four_send_codes_and_nothing_else() {
 
 #[cfg(feature = "client")]
 #[test]
-fn refusal_for_errcode_accepts_the_clients_errcode_and_errors() {
+fn the_clients_errcodes_and_errors_map_to_send_refusals() {
     use wechat_kf::client::{ErrCode, Error};
     assert_eq!(
         refusal_for_errcode(ErrCode::SendQuotaExhausted),
@@ -714,7 +715,7 @@ fn refusal_for_errcode_accepts_the_clients_errcode_and_errors() {
         errmsg: String::new(),
     };
     assert_eq!(
-        wechat_kf::session::refusal_for_error(&error),
+        error.send_refusal(),
         Some(SendRefusal::StateForbidsSending { state: None })
     );
     let busy = Error::Api {
@@ -722,7 +723,7 @@ fn refusal_for_errcode_accepts_the_clients_errcode_and_errors() {
         code: ErrCode::SystemBusy,
         errmsg: String::new(),
     };
-    assert_eq!(wechat_kf::session::refusal_for_error(&busy), None);
+    assert_eq!(busy.send_refusal(), None);
 }
 
 #[test]

@@ -13,11 +13,13 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, Subcommand};
-use wechat_kf::client::{
-    AddAccountRequest, AddContactWayRequest, BatchGetCustomersRequest, MediaKind, MediaUpload,
-    RecallMsgRequest, ServiceState, ServicerRequest, TransServiceStateRequest,
-    UpdateAccountRequest,
-};
+use wechat_kf::client::accounts::{AddAccountRequest, AddContactWayRequest, UpdateAccountRequest};
+use wechat_kf::client::customers::BatchGetCustomersRequest;
+use wechat_kf::client::media::{MediaKind, MediaUpload};
+use wechat_kf::client::messages::RecallMsgRequest;
+use wechat_kf::client::service_state::TransServiceStateRequest;
+use wechat_kf::client::servicers::ServicerRequest;
+use wechat_kf::session::ServiceState;
 
 mod config;
 mod send;

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use serde_json::value::RawValue;
-use wechat_kf::{InvalidItem, Message, SyncMsgResponse};
+use wechat_kf::message::{InvalidItem, Message, SyncMsgResponse};
 
 /// Arguments of `wechat-kf decode`.
 #[derive(Debug, Args)]

@@ -1,4 +1,4 @@
-//! Accounts and contact links (endpoints.md §1.3).
+//! Accounts and contact links (official docs 94661–94665).
 
 use axum::http::Method;
 use axum::response::Response;
@@ -74,7 +74,7 @@ pub(super) fn update(emu: &Emulator, call: &Call) -> ApiResult<Response> {
 }
 
 pub(super) fn list(emu: &Emulator, call: &Call) -> ApiResult<Response> {
-    // Old SDKs call this with GET and no body: the full list (README.md §0.3 item 6).
+    // Old SDKs call this with GET and no body: the full list (see `docs/vendor-notes.md`).
     let (offset, limit) = if call.method == Method::GET {
         (0, usize::MAX)
     } else {

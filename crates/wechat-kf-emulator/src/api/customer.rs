@@ -1,4 +1,4 @@
-//! `customer/batchget` and the upgrade service (endpoints.md §1.9, §1.10).
+//! `customer/batchget` and the upgrade service (official docs 95159, 94674).
 
 use axum::response::Response;
 use serde_json::{Value, json};

@@ -1,4 +1,4 @@
-//! Knowledge base groups and intents (endpoints.md §1.13).
+//! Knowledge base groups and intents (official docs 95971, 95972).
 
 use axum::response::Response;
 use base64::Engine;

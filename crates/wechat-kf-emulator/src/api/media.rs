@@ -1,4 +1,4 @@
-//! `media/upload`, `media/uploadimg` and `media/get` (endpoints.md §1.14).
+//! `media/upload`, `media/uploadimg` and `media/get` (official docs 90253, 90256, 90254).
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -3,6 +3,7 @@
 
 mod account;
 mod customer;
+pub(crate) mod fault_layer;
 mod knowledge;
 mod media;
 mod misc;
@@ -23,8 +24,8 @@ use bytes::Bytes;
 use crate::Emulator;
 use crate::clock::{HOUR, MINUTE};
 use crate::errors::{self, ApiError, ApiResult, json_response};
-use crate::faults::EmptyPageFault;
 use crate::server::ConnHandle;
+use fault_layer::EmptyPageFault;
 
 /// Largest JSON body accepted by the API (the real limit is unpublished).
 const MAX_JSON_BODY: usize = 2 * 1024 * 1024;

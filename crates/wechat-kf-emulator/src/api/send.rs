@@ -1,4 +1,4 @@
-//! `send_msg`, `send_msg_on_event` and `recall_msg` (sending.md §4).
+//! `send_msg`, `send_msg_on_event` and `recall_msg` (official docs 94677, 95122; `recall_msg`: see `docs/vendor-notes.md`).
 
 use axum::response::Response;
 use serde_json::{Value, json};
@@ -12,10 +12,10 @@ use crate::json::{Fields, is_id_charset, parse_object};
 use crate::state::outbound::{self, Context};
 use crate::state::{CodeKind, OutboxEntry, State};
 
-/// recall_msg window [1].
+/// recall_msg window (single source; see `docs/vendor-notes.md`).
 const RECALL_WINDOW: i64 = 2 * MINUTE;
 
-/// The caller's msgid: omitted is fine, empty is rejected (pitfalls.md #2).
+/// The caller's msgid: omitted is fine, empty is rejected (official doc 94677).
 fn caller_msgid<'a>(f: &Fields<'a>) -> ApiResult<Option<&'a str>> {
     let Some(msgid) = f.str_opt("msgid")? else {
         return Ok(None);
@@ -182,7 +182,7 @@ pub(super) fn recall_msg(emu: &Emulator, call: &Call) -> ApiResult<Response> {
                 "more than 2 minutes since sending",
             ));
         }
-        // It still counts toward the 5-message quota [1]: nothing is given back.
+        // It still counts toward the 5-message quota (single source): nothing is given back.
         sent.recalled = true;
         if let Some(entry) = s
             .outbox

@@ -1,4 +1,4 @@
-//! Servicers (endpoints.md §1.4).
+//! Servicers (official docs 94646, 94647, 94645).
 
 use axum::response::Response;
 use serde_json::{Value, json};

@@ -1,4 +1,4 @@
-//! `service_state/get` and `service_state/trans` (endpoints.md §1.5).
+//! `service_state/get` and `service_state/trans` (official doc 94669).
 
 use axum::response::Response;
 use serde_json::{Value, json};

@@ -1,4 +1,4 @@
-//! `kf/sync_msg` (endpoints.md §2): pages of the pre-serialized log.
+//! `kf/sync_msg` (official doc 94670): pages of the pre-serialized log.
 
 use axum::http::StatusCode;
 use axum::response::Response;

@@ -1,4 +1,4 @@
-//! `GET gettoken` (endpoints.md §1.2).
+//! `GET gettoken` (official doc 91039).
 
 use axum::response::Response;
 use serde_json::json;

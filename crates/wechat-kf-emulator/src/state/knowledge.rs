@@ -1,4 +1,4 @@
-//! Knowledge base: groups and intents (endpoints.md §1.13).
+//! Knowledge base: groups and intents (official docs 95971, 95972).
 //!
 //! The spec names no error codes for broken constraints (duplicate names, unknown ids, quotas);
 //! the emulator answers 40035 with a clear errmsg.

@@ -1,4 +1,4 @@
-//! The per-account append-only message log and its opaque cursors (endpoints.md §2).
+//! The per-account append-only message log and its opaque cursors (official doc 94670).
 //!
 //! Each item is stored pre-serialized, so a `sync_msg` page is a concatenation of strings. Items
 //! carry a per-account sequence number; a cursor is that number masked with a per-account key plus

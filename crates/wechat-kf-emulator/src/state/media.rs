@@ -136,7 +136,7 @@ impl MediaStore {
 
 const MB: usize = 1024 * 1024;
 
-/// Largest media of a type that `sync_msg` delivers (endpoints.md §2.1); larger media arrive as
+/// Largest media of a type that `sync_msg` delivers (official doc 94670); larger media arrive as
 /// [`oversize_notice`].
 pub fn sync_limit(kind: MediaType) -> usize {
     match kind {

@@ -121,7 +121,7 @@ pub struct Customer {
     pub last_enter: Option<EnterContext>,
 }
 
-/// The kind of a single-use code (sending.md §4.2).
+/// The kind of a single-use code (official doc 95122).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CodeKind {
     /// `enter_session.welcome_code`: 20 s, text or msgmenu.

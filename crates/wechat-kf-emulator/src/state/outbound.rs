@@ -1,4 +1,4 @@
-//! Validation of outbound messages (`send_msg`, `send_msg_on_event`), sending.md §4.1.
+//! Validation of outbound messages (`send_msg`, `send_msg_on_event`), official doc 94677.
 //!
 //! Pure: it reads the media store and the linked mini programs but changes nothing.
 
@@ -7,7 +7,7 @@ use crate::errors::{self, ApiError, ApiResult};
 use crate::json::Fields;
 use crate::state::media::{MediaStore, MediaType};
 
-/// The outbound types of the current official list (README.md §0.3 item 8: no `business_card`).
+/// The outbound types of the current official list (official doc 94677: no `business_card`).
 pub const OUTBOUND_TYPES: &[&str] = &[
     "text",
     "image",
@@ -21,7 +21,7 @@ pub const OUTBOUND_TYPES: &[&str] = &[
     "ca_link",
 ];
 
-/// Most menu items in total (newest rule; README.md §0.3 item 9).
+/// Most menu items in total (newest rule; see `docs/vendor-notes.md`).
 pub const MENU_MAX_ITEMS: usize = 50;
 /// Most interactive (click / view / miniprogram) menu items.
 pub const MENU_MAX_INTERACTIVE: usize = 10;

@@ -1,4 +1,4 @@
-//! Sessions and their state machine (emulator.md §9.2), the send window, and the WeCom-client
+//! Sessions and their state machine (official doc 94669), the send window, and the WeCom-client
 //! hooks that produce `session_status_change` and friends.
 
 use serde_json::{Map, Value, json};
@@ -81,7 +81,7 @@ impl Session {
 }
 
 /// Whether `service_state/trans` may go from `from` to `to` (4 is handled before: 95013).
-/// 0/1/2 → 4 is allowed: the doc is silent (README.md §0.3 item 3) and it is the only way for an
+/// 0/1/2 → 4 is allowed: the doc is silent (see `docs/vendor-notes.md`) and it is the only way for an
 /// API-handled session to end.
 pub fn transition_allowed(from: u8, to: u8) -> bool {
     matches!(
@@ -430,7 +430,7 @@ impl State {
                 .as_ref()
                 .and_then(|p| p.get("menu_id"))
                 .is_some_and(|m| !m.is_null() && m.as_str() != Some(""));
-        // Media above the sync_msg delivery limits arrives as a text notice (endpoints.md §2.1).
+        // Media above the sync_msg delivery limits arrives as a text notice (official doc 94670).
         let oversized = MediaType::parse(msgtype).filter(|&kind| {
             payload
                 .as_ref()
@@ -532,7 +532,7 @@ impl State {
         event.insert("event_type".into(), "enter_session".into());
         event.insert("open_kfid".into(), open_kfid.into());
         event.insert("external_userid".into(), external_userid.into());
-        // Optional fields are omitted rather than sent empty (emulator.md §9.3).
+        // Optional fields are omitted rather than sent empty.
         if let Some(s) = &scene {
             event.insert("scene".into(), s.as_str().into());
         }
@@ -727,7 +727,7 @@ impl State {
                 "{userid} is not a servicer of {open_kfid}"
             )));
         };
-        // servicer/list uses 0/1 where the event uses 1/2 (messages.md §3.4.3).
+        // servicer/list uses 0/1 where the event uses 1/2 (official docs 94645, 94670).
         s.status = if status == 1 { 0 } else { 1 };
         s.stop_type = if status == 2 { stop_type as u8 } else { 0 };
         let mut event = json!({"event_type":"servicer_status_change","open_kfid":open_kfid,"servicer_userid":userid,"status":status});
@@ -738,7 +738,7 @@ impl State {
     }
 }
 
-/// Inbound types of messages.md §3.2 whose payload must be an object.
+/// Inbound types (official doc 94670) whose payload must be an object.
 fn is_known_inbound(msgtype: &str) -> bool {
     matches!(
         msgtype,

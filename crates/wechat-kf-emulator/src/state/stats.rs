@@ -1,4 +1,4 @@
-//! Daily counters behind `get_corp_statistic` / `get_servicer_statistic` (endpoints.md §1.12).
+//! Daily counters behind `get_corp_statistic` / `get_servicer_statistic` (official docs 95489, 95490).
 //!
 //! Days are natural days in China time (UTC+8), identified by the timestamp of their 00:00.
 

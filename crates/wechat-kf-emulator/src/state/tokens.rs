@@ -195,7 +195,7 @@ struct Strikes {
 }
 
 /// Wrong `gettoken` secrets per client IP: after `limit` of them within an hour the IP is
-/// blocked for [`WRONG_SECRET_BLOCK`] (endpoints.md §1.2).
+/// blocked for [`WRONG_SECRET_BLOCK`] (official doc 91039).
 #[derive(Debug, Default)]
 pub struct WrongSecrets {
     ips: HashMap<IpAddr, Strikes>,

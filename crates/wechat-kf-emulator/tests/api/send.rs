@@ -1,4 +1,4 @@
-//! send_msg, send_msg_on_event and recall_msg (sending.md §4).
+//! send_msg, send_msg_on_event and recall_msg (official docs 94677, 95122).
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! service_state/get and service_state/trans (emulator.md §9.2).
+//! service_state/get and service_state/trans (official doc 94669).
 
 use serde_json::json;
 

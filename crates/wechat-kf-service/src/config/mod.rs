@@ -31,7 +31,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use smart_default::SmartDefault;
-pub use wechat_kf::client::{MediaKind, Secret, VoiceFormat};
+pub use wechat_kf::client::Secret;
+pub use wechat_kf::client::media::MediaKind;
+pub use wechat_kf::client::messages::VoiceFormat;
 
 use crate::Error;
 use crate::store::Synchronous;

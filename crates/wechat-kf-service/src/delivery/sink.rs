@@ -7,7 +7,7 @@ use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::io::AsyncWriteExt;
-use wechat_kf::{Message, MessageContent, Origin};
+use wechat_kf::message::{Message, MessageContent, Origin};
 
 use crate::config::{Secret, WebhookConfig};
 use crate::outbound::echo_reply;

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use wechat_kf::Message;
+use wechat_kf::message::Message;
 use wechat_kf::session::{SendRefusal, ServiceState, SessionView};
 
 use crate::Error;

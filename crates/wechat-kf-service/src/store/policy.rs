@@ -239,7 +239,7 @@ pub(crate) fn plan_page(
 
 #[cfg(test)]
 mod tests {
-    use wechat_kf::Message;
+    use wechat_kf::message::Message;
     use wechat_kf::session::{SendRefusal, ServiceState};
 
     use super::*;

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use serde_json::json;
-use wechat_kf::client::{Client, SyncMsgRequest};
+use wechat_kf::client::Client;
+use wechat_kf::client::messages::SyncMsgRequest;
 use wechat_kf_emulator::RunningEmulator;
 use wechat_kf_service::config::FirstStart;
 use wechat_kf_service::store::{PageWrite, SqliteStore, Store};

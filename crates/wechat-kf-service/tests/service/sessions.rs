@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use wechat_kf::client::{Client, ServiceState, ServicerRequest, TransServiceStateRequest};
+use wechat_kf::client::Client;
+use wechat_kf::client::service_state::TransServiceStateRequest;
+use wechat_kf::client::servicers::ServicerRequest;
+use wechat_kf::session::ServiceState;
 use wechat_kf_emulator::RunningEmulator;
 
 use crate::common::*;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use wechat_kf::Message;
+use wechat_kf::message::Message;
 use wechat_kf::session::{SendRefusal, ServiceState};
 use wechat_kf_service::store::Synchronous;
 use wechat_kf_service::store::{

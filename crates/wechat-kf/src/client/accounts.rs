@@ -1,4 +1,4 @@
-//! `kf/account/*` and `kf/add_contact_way` (endpoints.md §1.3).
+//! `kf/account/*` and `kf/add_contact_way` (official docs 94661–94665).
 
 use serde::{Deserialize, Serialize};
 
@@ -259,7 +259,7 @@ impl<'c> Accounts<'c> {
     }
 
     /// `POST kf/account/list`: one page of accounts (POST with `offset`/`limit`, the current
-    /// method; pitfalls.md #3).
+    /// method; official doc 94661).
     pub async fn list(self, request: ListAccountsRequest) -> Result<ListAccountsResponse, Error> {
         if !(1..=100).contains(&request.limit) {
             return Err(Error::validation("limit", "must be 1..=100"));

@@ -1,4 +1,4 @@
-//! `kf/customer/batchget` (endpoints.md §1.9).
+//! `kf/customer/batchget` (official doc 95159).
 
 use serde::{Deserialize, Serialize};
 

@@ -1,10 +1,12 @@
 //! The crate's error type for API calls: transport, HTTP, decoding, server error codes and local
-//! validation, plus the [`ErrCode`] enumeration of every code in the spec (errors.md §7).
+//! validation, plus the [`ErrCode`] enumeration of every documented code (official doc 90313 and the kf pages).
 //!
 //! No variant ever carries an access token or a secret: reqwest errors are stored without their
 //! URL (tokens travel in the query string) and `gettoken` bodies are never kept.
 
 use std::fmt;
+
+use crate::session::{SendRefusal, refusal_for_errcode};
 
 /// Maximum number of body bytes kept in [`Error::Decode`] and [`Error::HttpStatus`].
 pub(crate) const BODY_EXCERPT_LIMIT: usize = 512;
@@ -126,6 +128,12 @@ impl Error {
         }
     }
 
+    /// The send refusal behind this error, when it is one of the send refusals (95001, 95002,
+    /// 95018, 95024); see [`refusal_for_errcode`].
+    pub fn send_refusal(&self) -> Option<SendRefusal> {
+        self.errcode().and_then(refusal_for_errcode)
+    }
+
     /// Whether the request provably never reached the server's business logic, so even a
     /// non-idempotent call may be repeated: the connection could not be established, or the
     /// server refused the call for a frequency/concurrency limit or a bad token.
@@ -154,7 +162,7 @@ impl Error {
     }
 
     /// A [`Error::Store`] wrapping `source`, for implementations of
-    /// [`TokenStore`](super::TokenStore) and [`CursorStore`](super::CursorStore).
+    /// [`TokenStore`](super::token::TokenStore) and [`CursorStore`](super::puller::CursorStore).
     pub fn store(
         message: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
@@ -170,6 +178,12 @@ impl Error {
             context: context.into(),
             source,
         }
+    }
+}
+
+impl From<ErrCode> for i64 {
+    fn from(code: ErrCode) -> i64 {
+        code.code()
     }
 }
 
@@ -225,7 +239,7 @@ pub(crate) fn excerpt(body: &[u8]) -> String {
 
 macro_rules! errcodes {
     ($( $(#[$doc:meta])* $name:ident = $code:literal, )*) => {
-        /// A server error code (errors.md §7). Codes not listed in the spec are kept as
+        /// A server error code (official doc 90313). Codes not listed in the spec are kept as
         /// [`Other`](ErrCode::Other).
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         #[non_exhaustive]

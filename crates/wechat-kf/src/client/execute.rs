@@ -10,8 +10,9 @@ use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
 use super::error::excerpt;
-use super::media::MultipartBody;
-use super::{AccessToken, Client, ErrCode, Error, Idempotency};
+use super::multipart::MultipartBody;
+use super::token::AccessToken;
+use super::{Client, ErrCode, Error, Idempotency};
 
 /// Largest JSON response body the client accepts (a full sync_msg page is ~1 MB).
 const MAX_JSON_BODY: usize = 64 * 1024 * 1024;
@@ -609,7 +610,7 @@ mod tests {
         let ok = decode_with_envelope(
             "kf/sync_msg",
             json(r#"{"errcode":0,"errmsg":"ok","next_cursor":"c","has_more":0,"msg_list":[]}"#),
-            crate::SyncMsgResponse::from_slice,
+            crate::message::SyncMsgResponse::from_slice,
             |r| (r.errcode, std::mem::take(&mut r.errmsg)),
         )
         .unwrap();
@@ -617,7 +618,7 @@ mod tests {
         let err = decode_with_envelope(
             "kf/sync_msg",
             json(r#"{"errcode":95007,"errmsg":"invalid msg token"}"#),
-            crate::SyncMsgResponse::from_slice,
+            crate::message::SyncMsgResponse::from_slice,
             |r| (r.errcode, std::mem::take(&mut r.errmsg)),
         )
         .unwrap_err();

@@ -1,4 +1,4 @@
-//! The knowledge base: `kf/knowledge/*` (endpoints.md §1.13).
+//! The knowledge base: `kf/knowledge/*` (official docs 95971, 95972).
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -93,7 +93,7 @@ pub struct Attachment {
     pub link: Option<LinkAttachment>,
     /// For `miniprogram`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub miniprogram: Option<MiniprogramAttachment>,
+    pub miniprogram: Option<MiniProgramAttachment>,
 }
 
 impl Attachment {
@@ -125,7 +125,7 @@ impl Attachment {
     }
 
     /// A mini-program attachment.
-    pub fn miniprogram(miniprogram: MiniprogramAttachment) -> Self {
+    pub fn miniprogram(miniprogram: MiniProgramAttachment) -> Self {
         Self {
             msgtype: "miniprogram".into(),
             miniprogram: Some(miniprogram),
@@ -174,7 +174,7 @@ pub struct LinkAttachment {
 
 /// A mini-program attachment.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
-pub struct MiniprogramAttachment {
+pub struct MiniProgramAttachment {
     /// Title.
     #[serde(default)]
     pub title: String,

@@ -1,14 +1,15 @@
-//! `kf/sync_msg`, `kf/send_msg`, `kf/send_msg_on_event`, `kf/recall_msg` (endpoints.md §2,
-//! sending.md §4).
+//! `kf/sync_msg`, `kf/send_msg`, `kf/send_msg_on_event`, `kf/recall_msg` (official docs
+//! 94670, 94677, 95122; `recall_msg` has no official page: see `docs/vendor-notes.md`).
 
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
 use super::accounts::validate_open_kfid;
 use super::execute::{Call, Expect, decode_with_envelope};
-use super::outbound::validate_msgid;
-use super::{Client, ErrCode, Error, OutboundMessage};
-use crate::{ExternalUserId, MsgId, OpenKfId, SyncMsgResponse};
+use super::outbound::{OutboundMessage, validate_msgid};
+use super::{Client, ErrCode, Error};
+use crate::message::SyncMsgResponse;
+use crate::{ExternalUserId, MsgId, OpenKfId};
 
 /// Message endpoints; see [`Client::messages`].
 #[derive(Debug, Clone, Copy)]
@@ -35,7 +36,7 @@ impl Serialize for VoiceFormat {
     }
 }
 
-/// `POST kf/sync_msg`. `open_kfid` is always sent (required by the current doc; pitfalls.md #6).
+/// `POST kf/sync_msg`. `open_kfid` is always sent (required by official doc 94670).
 #[derive(Debug, Clone, Serialize)]
 pub struct SyncMsgRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -163,7 +164,7 @@ impl Serialize for SendMsgRequest {
         let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("touser", &self.touser)?;
         map.serialize_entry("open_kfid", &self.open_kfid)?;
-        // Never `"msgid": ""`: the server rejects it (pitfalls.md #2).
+        // Never `"msgid": ""`: the server rejects it (official doc 94677; silenceper/wechat#563).
         if let Some(msgid) = &self.msgid {
             map.serialize_entry("msgid", msgid)?;
         }
@@ -223,7 +224,7 @@ pub struct SendMsgResponse {
     pub duplicate_on_retry: bool,
 }
 
-/// `POST kf/recall_msg` [1]: withdraws an API-sent message within 2 minutes.
+/// `POST kf/recall_msg` (single source, see `docs/vendor-notes.md`): withdraws an API-sent message within 2 minutes.
 #[derive(Debug, Clone, Serialize)]
 pub struct RecallMsgRequest {
     open_kfid: OpenKfId,
@@ -258,7 +259,7 @@ impl<'c> Messages<'c> {
     /// `POST kf/sync_msg`: one page. Malformed items land in
     /// [`SyncMsgResponse::invalid`] and never fail the call. Keep calling with `next_cursor`
     /// while `has_more` is true, even through empty pages (or use a
-    /// [`Puller`](super::Puller)).
+    /// [`Puller`](super::puller::Puller)).
     pub async fn sync(self, request: SyncMsgRequest) -> Result<SyncMsgResponse, Error> {
         request.validate()?;
         let call = Call::post("kf/sync_msg", &request)?;
@@ -275,7 +276,7 @@ impl<'c> Messages<'c> {
     }
 
     /// `POST kf/send_msg`. The message is validated first ([`OutboundMessage::validate`] with
-    /// the client's [`MenuRules`](super::MenuRules)); an invalid one is rejected without a
+    /// the client's [`MenuRules`](super::outbound::MenuRules)); an invalid one is rejected without a
     /// request.
     ///
     /// Retries: without a msgid only failures that prove the message was not processed
@@ -361,7 +362,7 @@ impl<'c> Messages<'c> {
         }
     }
 
-    /// `POST kf/recall_msg` [1]: recalls an API-sent message (within 2 minutes; 95028 unknown
+    /// `POST kf/recall_msg` (single source, see `docs/vendor-notes.md`): recalls an API-sent message (within 2 minutes; 95028 unknown
     /// msgid, 95029 too late).
     pub async fn recall(self, request: RecallMsgRequest) -> Result<(), Error> {
         validate_open_kfid(&request.open_kfid)?;

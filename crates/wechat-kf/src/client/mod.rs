@@ -2,7 +2,9 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), wechat_kf::client::Error> {
-//! use wechat_kf::client::{Client, OutboundMessage, SendMsgRequest, SyncMsgRequest};
+//! use wechat_kf::client::Client;
+//! use wechat_kf::client::messages::{SendMsgRequest, SyncMsgRequest};
+//! use wechat_kf::client::outbound::OutboundMessage;
 //!
 //! let client = Client::builder("wwCORPID", "KF_SECRET").build()?;
 //! let page = client
@@ -27,6 +29,12 @@
 //! [`Client::upgrade_service`], [`Client::statistics`], [`Client::knowledge`], [`Client::media`],
 //! plus [`Client::get_corp_qualification`] and [`Client::convert_open_kfids`].
 //!
+//! Each group's handle and its request and response types live in the module named after that
+//! method ([`messages::SyncMsgRequest`], [`accounts::AddAccountRequest`], …); what you send is in
+//! [`outbound`], token storage in [`token`], the cursor puller in [`puller`]. This module itself
+//! holds only what every group shares: [`Client`], [`ClientBuilder`], [`Error`], [`ErrCode`],
+//! [`ValidationError`], [`RetryPolicy`], [`Idempotency`] and [`Secret`].
+//!
 //! Every call goes through one path that owns the access token (fetched on first use, refreshed
 //! before expiry, single-flight, invalidated and retried once on 40001/40014/42001), the
 //! `errcode`/`errmsg` envelope, errcode mapping ([`ErrCode`]) and retries ([`RetryPolicy`]).
@@ -38,74 +46,40 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-mod accounts;
-mod customers;
+pub mod accounts;
+pub mod customers;
 mod error;
 mod execute;
-mod knowledge;
-mod media;
-mod messages;
-mod outbound;
+pub mod knowledge;
+pub mod media;
+pub mod messages;
+mod multipart;
+pub mod outbound;
 pub mod puller;
-#[cfg(feature = "redis")]
-mod redis_store;
 mod retry;
 mod secret;
-mod service_state;
-mod servicers;
-mod statistics;
-mod token;
-mod upgrade;
+pub mod service_state;
+pub mod servicers;
+pub mod statistics;
+pub mod token;
+pub mod upgrade_service;
 
-pub use accounts::{
-    Account, Accounts, AddAccountRequest, AddAccountResponse, AddContactWayRequest,
-    AddContactWayResponse, ListAccountsRequest, ListAccountsResponse, UpdateAccountRequest,
-};
-pub use customers::{
-    BatchGetCustomersRequest, BatchGetCustomersResponse, Customer, Customers, EnterSessionContext,
-    WechatChannelsContext,
-};
 pub use error::{ErrCode, Error, ValidationError};
-pub use knowledge::{
-    AddIntentRequest, Answer, Attachment, Intent, Knowledge, KnowledgeGroup, LinkAttachment,
-    ListGroupsRequest, ListGroupsResponse, ListIntentsRequest, ListIntentsResponse,
-    MediaAttachment, MiniprogramAttachment, ModIntentRequest, Question, SimilarQuestions,
-    TextContent,
-};
-pub use media::{
-    DownloadedMedia, Media, MediaDownload, MediaInfo, MediaKind, MediaUpload, UploadedMedia,
-};
-pub use messages::{
-    Messages, RecallMsgRequest, SendMsgOnEventRequest, SendMsgRequest, SendMsgResponse,
-    SyncMsgRequest, VoiceFormat,
-};
-pub use outbound::{
-    CaLink, Link, Location, MediaPayload, MenuItem, MenuRules, Miniprogram, MsgMenu,
-    OutboundMessage, Text, validate_msgid,
-};
-pub use puller::{Batch, CursorStore, MemoryCursorStore, PullItem, Puller};
-#[cfg(feature = "redis")]
-pub use redis_store::RedisTokenStore;
 pub use retry::{Idempotency, RetryPolicy};
 pub use secret::Secret;
-pub use service_state::{ServiceState, ServiceStateInfo, ServiceStates, TransServiceStateRequest};
-pub use servicers::{
-    ServicerEntry, ServicerRequest, ServicerResult, ServicerResultList, Servicers,
-    ServicersResponse,
-};
-pub use statistics::{
-    CorpStatistic, CorpStatisticEntry, CorpStatisticResponse, ServicerStatistic,
-    ServicerStatisticEntry, ServicerStatisticResponse, Statistics, StatisticsRequest,
-};
-pub use token::{
-    AccessToken, BoxFuture, Freshness, MemoryTokenStore, RefreshLease, TokenStore, token_key,
-};
-pub use upgrade::{
-    GroupchatRange, MemberRange, UpgradeService, UpgradeServiceConfig, UpgradeServiceRequest,
-};
 
+use accounts::Accounts;
+use customers::Customers;
 use execute::Call;
-use token::TokenManager;
+use knowledge::Knowledge;
+use media::Media;
+use messages::Messages;
+use outbound::MenuRules;
+use service_state::ServiceStates;
+use servicers::Servicers;
+use statistics::Statistics;
+use token::{AccessToken, MemoryTokenStore, TokenManager, TokenStore, token_key};
+use upgrade_service::UpgradeService;
 
 /// The production API origin.
 pub const DEFAULT_BASE_URL: &str = "https://qyapi.weixin.qq.com";

@@ -1,4 +1,5 @@
-//! Outbound message payloads for `kf/send_msg` and `kf/send_msg_on_event` (sending.md §4.1), with
+//! Outbound message payloads for `kf/send_msg` and `kf/send_msg_on_event` (official docs 94677
+//! and 95122), with
 //! local validation against the documented limits.
 //!
 //! Validation is deliberately strict: a field the server would silently truncate (link title and
@@ -12,10 +13,11 @@ use serde::{Deserialize, Serialize};
 
 use super::ValidationError;
 use crate::MediaId;
-// Menus and locations have one shape both ways; the received types are the sent types.
-pub use crate::message::{Location, MenuItem, MsgMenu};
+// Menus and locations have one shape both ways; the received types are the sent types, and
+// they have one path: `crate::message`.
+use crate::message::{Location, MenuItem, MsgMenu};
 
-/// Which msgmenu limits to enforce (README.md §0.3 item 9).
+/// Which msgmenu limits to enforce (sources disagree; see `docs/vendor-notes.md`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum MenuRules {
     /// The older, documented rule: at most 10 items in total; `click.id` ≤ 64 bytes.
@@ -63,7 +65,7 @@ pub enum OutboundMessage {
     /// `link` (图文链接).
     Link(Link),
     /// `miniprogram`.
-    Miniprogram(Miniprogram),
+    MiniProgram(MiniProgram),
     /// `msgmenu`.
     MsgMenu(MsgMenu),
     /// `location`.
@@ -124,7 +126,7 @@ impl Link {
 
 /// `miniprogram` payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Miniprogram {
+pub struct MiniProgram {
     /// The mini program's appid (linked to the corp).
     pub appid: String,
     /// Title, ≤ 64 bytes.
@@ -136,7 +138,7 @@ pub struct Miniprogram {
     pub pagepath: String,
 }
 
-impl Miniprogram {
+impl MiniProgram {
     /// A mini-program card with its required fields.
     pub fn new(
         appid: impl Into<String>,
@@ -207,8 +209,8 @@ impl OutboundMessage {
     }
 
     /// A mini-program card.
-    pub fn miniprogram(miniprogram: Miniprogram) -> Self {
-        OutboundMessage::Miniprogram(miniprogram)
+    pub fn miniprogram(miniprogram: MiniProgram) -> Self {
+        OutboundMessage::MiniProgram(miniprogram)
     }
 
     /// A menu message.
@@ -237,7 +239,7 @@ impl OutboundMessage {
             OutboundMessage::Video(_) => "video",
             OutboundMessage::File(_) => "file",
             OutboundMessage::Link(_) => "link",
-            OutboundMessage::Miniprogram(_) => "miniprogram",
+            OutboundMessage::MiniProgram(_) => "miniprogram",
             OutboundMessage::MsgMenu(_) => "msgmenu",
             OutboundMessage::Location(_) => "location",
             OutboundMessage::CaLink(_) => "ca_link",
@@ -255,17 +257,17 @@ impl OutboundMessage {
             | OutboundMessage::Video(p)
             | OutboundMessage::File(p) => map.serialize_entry(msgtype, p),
             OutboundMessage::Link(p) => map.serialize_entry(msgtype, p),
-            OutboundMessage::Miniprogram(p) => map.serialize_entry(msgtype, p),
+            OutboundMessage::MiniProgram(p) => map.serialize_entry(msgtype, p),
             OutboundMessage::MsgMenu(p) => map.serialize_entry(msgtype, p),
             OutboundMessage::Location(p) => map.serialize_entry(msgtype, p),
             OutboundMessage::CaLink(p) => map.serialize_entry(msgtype, p),
         }
     }
 
-    /// Checks the message against the documented limits (sending.md §4.1).
+    /// Checks the message against the documented limits (official doc 94677).
     ///
     /// ```
-    /// use wechat_kf::client::{MenuRules, OutboundMessage};
+    /// use wechat_kf::client::outbound::{MenuRules, OutboundMessage};
     /// assert!(OutboundMessage::text("hi").validate(MenuRules::Strict).is_ok());
     /// let err = OutboundMessage::text("").validate(MenuRules::Strict).unwrap_err();
     /// assert_eq!(err.field, "text.content");
@@ -289,7 +291,7 @@ impl OutboundMessage {
                 http_url("link.url", &link.url)?;
                 bytes_in("link.thumb_media_id", link.thumb_media_id.as_str(), 1, 256)
             }
-            OutboundMessage::Miniprogram(mp) => {
+            OutboundMessage::MiniProgram(mp) => {
                 bytes_in("miniprogram.appid", &mp.appid, 1, 64)?;
                 if let Some(title) = &mp.title {
                     bytes_in("miniprogram.title", title, 0, 64)?;
@@ -344,7 +346,7 @@ impl<'de> Deserialize<'de> for OutboundMessage {
     /// [`validate`](Self::validate) then rejects); an unknown `msgtype` is an error.
     ///
     /// ```
-    /// use wechat_kf::client::OutboundMessage;
+    /// use wechat_kf::client::outbound::OutboundMessage;
     /// let body = r#"{"touser":"wm1","open_kfid":"wk1","msgtype":"text","text":{"content":"你好"}}"#;
     /// let message: OutboundMessage = serde_json::from_str(body).unwrap();
     /// assert_eq!(message, OutboundMessage::text("你好"));
@@ -378,7 +380,7 @@ impl<'de> Deserialize<'de> for OutboundMessage {
             "video" => OutboundMessage::Video(typed(&msgtype, payload)?),
             "file" => OutboundMessage::File(typed(&msgtype, payload)?),
             "link" => OutboundMessage::Link(typed(&msgtype, payload)?),
-            "miniprogram" => OutboundMessage::Miniprogram(typed(&msgtype, payload)?),
+            "miniprogram" => OutboundMessage::MiniProgram(typed(&msgtype, payload)?),
             "msgmenu" => OutboundMessage::MsgMenu(typed(&msgtype, payload)?),
             "location" => OutboundMessage::Location(typed(&msgtype, payload)?),
             "ca_link" => OutboundMessage::CaLink(typed(&msgtype, payload)?),
@@ -488,7 +490,7 @@ fn http_url(field: &str, url: &str) -> Result<(), ValidationError> {
 /// the server; omit it instead).
 ///
 /// ```
-/// use wechat_kf::client::validate_msgid;
+/// use wechat_kf::client::outbound::validate_msgid;
 /// assert!(validate_msgid("order-42_a").is_ok());
 /// assert!(validate_msgid("").is_err());
 /// assert!(validate_msgid("has space").is_err());
@@ -538,7 +540,7 @@ mod tests {
             serde_json::to_value(&location).unwrap(),
             json!({"msgtype":"location","location":{"name":"门店","latitude":23.1,"longitude":113.2}})
         );
-        let mp = OutboundMessage::miniprogram(Miniprogram::new("wx1", "m", "p.html").title("t"));
+        let mp = OutboundMessage::miniprogram(MiniProgram::new("wx1", "m", "p.html").title("t"));
         assert_eq!(
             serde_json::to_value(&mp).unwrap()["miniprogram"]["pagepath"],
             "p.html"

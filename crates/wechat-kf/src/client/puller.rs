@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! # async fn demo(client: wechat_kf::client::Client) -> Result<(), wechat_kf::client::Error> {
-//! use wechat_kf::client::Puller;
+//! use wechat_kf::client::puller::Puller;
 //!
 //! let mut puller = Puller::new(client, "wkACCOUNT");
 //! loop {
@@ -85,9 +85,12 @@ use std::time::{Duration, SystemTime};
 
 use futures::Stream;
 
-use super::token::BoxFuture;
-use super::{Client, ErrCode, Error, SyncMsgRequest, VoiceFormat};
-use crate::{InvalidItem, Message, MsgId, OpenKfId, SyncMsgResponse};
+use futures::future::BoxFuture;
+
+use super::messages::{SyncMsgRequest, VoiceFormat};
+use super::{Client, ErrCode, Error};
+use crate::message::{InvalidItem, Message, SyncMsgResponse};
+use crate::{MsgId, OpenKfId};
 
 /// How long a callback `Token` may be used for `sync_msg` (10 minutes).
 pub const CALLBACK_TOKEN_TTL: Duration = Duration::from_secs(600);

@@ -18,14 +18,14 @@ pub enum Idempotency {
 }
 
 /// Exponential backoff with jitter for transient failures (-1, 45009, 45033, HTTP 5xx, connection
-/// errors and timeouts; errors.md §7.3).
+/// errors and timeouts; official doc 90313).
 ///
 /// Token rejections (40014/42001) are not governed by this policy: they cause one token refresh
 /// and one immediate retry, whatever `max_retries` says.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
     /// Retries after the first attempt (0 disables retries). Default 2, i.e. at most 3 tries as
-    /// errors.md recommends for -1.
+    /// official doc 90313 recommends for -1 (system busy).
     pub max_retries: u32,
     /// Delay before the first retry. Default 200 ms.
     pub initial_delay: Duration,

@@ -1,15 +1,12 @@
-//! `kf/service_state/get` and `kf/service_state/trans` (endpoints.md §1.5).
+//! `kf/service_state/get` and `kf/service_state/trans` (official doc 94669).
 
 use serde::{Deserialize, Serialize};
 
 use super::accounts::validate_open_kfid;
 use super::execute::Call;
 use super::{Client, Error};
+use crate::session::ServiceState;
 use crate::{ExternalUserId, OpenKfId, UserId};
-
-/// The session state lives in the core module [`crate::session`] (it needs no client); this
-/// re-export keeps `wechat_kf::client::ServiceState` working.
-pub use crate::session::ServiceState;
 
 /// Session state endpoints; see [`Client::service_state`].
 #[derive(Debug, Clone, Copy)]
@@ -22,7 +19,7 @@ pub struct ServiceStates<'c> {
 pub struct ServiceStateInfo {
     /// The session state.
     pub service_state: ServiceState,
-    /// The servicer (meaningful in state 3). The field is `servicer_userid` (pitfalls.md #1).
+    /// The servicer (meaningful in state 3). The field is `servicer_userid` (official doc 94669), not `service_userid` as some SDKs read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub servicer_userid: Option<UserId>,
 }

@@ -1,4 +1,4 @@
-//! `kf/servicer/*` (endpoints.md §1.4).
+//! `kf/servicer/*` (official docs 94646, 94647, 94645).
 
 use serde::{Deserialize, Serialize};
 

@@ -1,4 +1,4 @@
-//! `kf/get_corp_statistic` and `kf/get_servicer_statistic` (endpoints.md §1.12).
+//! `kf/get_corp_statistic` and `kf/get_servicer_statistic` (official docs 95489, 95490).
 
 use serde::{Deserialize, Serialize};
 

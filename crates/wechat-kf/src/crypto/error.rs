@@ -3,7 +3,7 @@
 /// Why a callback could not be verified, decrypted, parsed or encrypted.
 ///
 /// Each variant names exactly one failed check and maps to one official WXBizMsgCrypt return
-/// code ([`code`](Self::code), spec crypto.md §6.5). The error text never contains the token, the
+/// code ([`code`](Self::code), official doc 90968). The error text never contains the token, the
 /// key or any decrypted content.
 ///
 /// For an HTTP receiver: [`is_signature_mismatch`](Self::is_signature_mismatch) → 401,

@@ -1,4 +1,4 @@
-//! Callback crypto (WXBizMsgCrypt), both directions (spec crypto.md §6).
+//! Callback crypto (WXBizMsgCrypt), both directions (official docs 90968 and 90307).
 //!
 //! [`CallbackCrypto`] holds the callback Token, the EncodingAESKey (as a precomputed AES-256 key
 //! schedule) and the receive_id (the CorpID for KF callbacks). It verifies and decrypts the GET
@@ -11,7 +11,7 @@
 //! ```
 //! use wechat_kf::crypto::CallbackCrypto;
 //!
-//! // Vector V1a of the spec (official WeCom sample): the GET URL verification.
+//! // The official WeCom sample (official doc 90968): the GET URL verification.
 //! let crypto = CallbackCrypto::new(
 //!     "QDG6eK",
 //!     "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C",
@@ -49,8 +49,6 @@ use base64::Engine as _;
 use base64::alphabet;
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
-
-use crate::callback::CallbackEvent;
 
 mod error;
 mod replay;
@@ -174,26 +172,6 @@ impl CallbackCrypto {
         body_xml: &str,
     ) -> Result<String, CryptoError> {
         self.decrypt_message_with(msg_signature, timestamp, nonce, body_xml, str::to_owned)
-    }
-
-    /// Verifies, decrypts and parses a POST body into a [`CallbackEvent`].
-    ///
-    /// Faster than [`decrypt_message`](Self::decrypt_message) followed by
-    /// [`CallbackEvent::from_xml`]: the inner XML is parsed where it was decrypted.
-    pub fn decrypt_event(
-        &self,
-        msg_signature: &str,
-        timestamp: &str,
-        nonce: &str,
-        body_xml: &str,
-    ) -> Result<CallbackEvent, CryptoError> {
-        self.decrypt_message_with(
-            msg_signature,
-            timestamp,
-            nonce,
-            body_xml,
-            CallbackEvent::from_xml,
-        )?
     }
 
     /// Verifies and decrypts a POST body and hands the inner XML, borrowed from a scratch buffer,

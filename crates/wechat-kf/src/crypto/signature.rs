@@ -1,4 +1,4 @@
-//! `msg_signature`: lower-case hex SHA-1 over the four sorted strings (spec crypto.md §6.2).
+//! `msg_signature`: lower-case hex SHA-1 over the four sorted strings (official doc 90968).
 
 use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
@@ -8,7 +8,7 @@ use subtle::ConstantTimeEq;
 /// The four strings are sorted by their bytes and hashed with no separator.
 ///
 /// ```
-/// // Vector V1a of the spec (official WeCom sample).
+/// // The official WeCom sample (official doc 90968).
 /// let sig = wechat_kf::crypto::signature(
 ///     "QDG6eK",
 ///     "1409659589",

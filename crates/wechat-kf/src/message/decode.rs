@@ -18,9 +18,9 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{Envelope, Event, Message, MessageContent, RawContent, RawPayload};
+use super::{Envelope, Event, Message, MessageContent, Origin, RawContent, RawPayload};
 use crate::ids::Interner;
-use crate::{ExternalUserId, MsgId, OpenKfId, Origin, UserId};
+use crate::{ExternalUserId, MsgId, OpenKfId, UserId};
 
 /// Why one `msg_list` item could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

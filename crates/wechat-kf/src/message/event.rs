@@ -12,7 +12,7 @@ use crate::{ExternalUserId, MsgId, OpenKfId, UserId};
 
 /// A system event. `match` on it; new event types arrive as [`Event::Unknown`].
 ///
-/// Payloads are boxed so that a [`Message`](crate::Message) stays small whatever it carries;
+/// Payloads are boxed so that a [`Message`](super::Message) stays small whatever it carries;
 /// fields read through the box as usual (`e.welcome_code`).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]

@@ -13,9 +13,10 @@
 
 use std::sync::Arc;
 
+use super::Origin;
 use super::{Envelope, File, Image, MessageContent, Text, Video, Voice};
 use crate::ids::Interner;
-use crate::{ExternalUserId, MediaId, MsgId, OpenKfId, Origin, UserId};
+use crate::{ExternalUserId, MediaId, MsgId, OpenKfId, UserId};
 
 /// Decodes the item at the start of `text`; returns its length, envelope and content, or `None`
 /// when the item is not of the simple shape.

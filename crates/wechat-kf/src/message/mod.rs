@@ -7,7 +7,7 @@
 //! writes that JSON back unchanged.
 //!
 //! ```
-//! use wechat_kf::{Message, MessageContent, Event};
+//! use wechat_kf::message::{Event, Message, MessageContent};
 //!
 //! let msg: Message = serde_json::from_str(r#"{"msgid":"m1","send_time":1700000000,"origin":4,
 //!   "msgtype":"event","event":{"event_type":"enter_session","open_kfid":"wk1",
@@ -26,6 +26,7 @@ mod decode;
 mod event;
 mod fast;
 mod payload;
+mod sync;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -48,6 +49,7 @@ pub use payload::{
     MenuClick, MenuItem, MenuMiniProgram, MenuText, MenuView, MergedItem, MergedMsg, MiniProgram,
     MsgMenu, RawPayload, Text, Video, Voice,
 };
+pub use sync::{InvalidItem, SyncMsgResponse};
 
 use crate::ids::Interner;
 use crate::{ExternalUserId, MsgId, OpenKfId, UserId};
@@ -55,7 +57,7 @@ use crate::{ExternalUserId, MsgId, OpenKfId, UserId};
 /// One item of `msg_list`: a customer or servicer message, or a system event.
 ///
 /// Construct one by decoding JSON (`serde_json::from_str`, or as part of a
-/// [`SyncMsgResponse`](crate::SyncMsgResponse)) or in code with [`Message::new`]. Fields are
+/// [`SyncMsgResponse`]) or in code with [`Message::new`]. Fields are
 /// read through accessors so the typed view and [`Message::raw`] can never disagree.
 #[derive(Clone)]
 pub struct Message {

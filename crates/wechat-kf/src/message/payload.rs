@@ -2,7 +2,7 @@
 //!
 //! Fields the spec documents as always present are plain values; everything else is an
 //! `Option` and is left out when re-encoded. Unknown extra fields are tolerated here and kept in
-//! the message's raw JSON ([`crate::Message::raw`]).
+//! the message's raw JSON ([`Message::raw`](super::Message::raw)).
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -134,7 +134,7 @@ pub struct MiniProgram {
 /// `send_msg` / `send_msg_on_event` (the client validates it against the documented limits).
 ///
 /// ```
-/// use wechat_kf::{MenuItem, MsgMenu};
+/// use wechat_kf::message::{MenuItem, MsgMenu};
 ///
 /// let menu = MsgMenu::new()
 ///     .head("请选择：")

@@ -1,11 +1,9 @@
 //! `send <type>` and `send-on-event`: one subcommand per outbound message type.
 
 use clap::{Args, Subcommand};
-use wechat_kf::MenuClick;
-use wechat_kf::client::{
-    Link, Location, MenuItem, Miniprogram, MsgMenu, OutboundMessage, SendMsgOnEventRequest,
-    SendMsgRequest, SendMsgResponse,
-};
+use wechat_kf::client::messages::{SendMsgOnEventRequest, SendMsgRequest, SendMsgResponse};
+use wechat_kf::client::outbound::{Link, MiniProgram, OutboundMessage};
+use wechat_kf::message::{Location, MenuClick, MenuItem, MsgMenu};
 
 use super::{CliError, CliResult, ConnArgs, out};
 
@@ -117,7 +115,7 @@ enum MessageCommand {
         /// Text after the items.
         #[arg(long)]
         tail: Option<String>,
-        /// The msgmenu object as JSON (sending.md §4.1.8) instead of the flags above.
+        /// The msgmenu object as JSON (official doc 94677) instead of the flags above.
         #[arg(long, conflicts_with_all = ["head", "items", "tail"])]
         json: Option<String>,
     },
@@ -212,7 +210,7 @@ fn build_message(command: MessageCommand) -> Result<OutboundMessage, CliError> {
             pagepath,
             title,
         } => {
-            let mut card = Miniprogram::new(appid, thumb_media_id, pagepath);
+            let mut card = MiniProgram::new(appid, thumb_media_id, pagepath);
             if let Some(title) = title {
                 card = card.title(title);
             }

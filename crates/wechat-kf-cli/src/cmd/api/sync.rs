@@ -4,7 +4,8 @@ use std::io::{BufWriter, Write};
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, ValueEnum};
-use wechat_kf::client::{Puller, VoiceFormat};
+use wechat_kf::client::messages::VoiceFormat;
+use wechat_kf::client::puller::Puller;
 
 use super::{CliError, CliResult, ConnArgs, DEFAULT_FOLLOW_INTERVAL};
 

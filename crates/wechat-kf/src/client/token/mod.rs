@@ -1,20 +1,22 @@
 //! Access tokens: the token value with its lifetime, a pure freshness rule, the [`TokenStore`]
-//! trait (in-memory store here, Redis in `redis_store`), and the single-flight manager the client
-//! uses so that many concurrent calls at expiry cause one `gettoken`.
+//! trait (in-memory store here, Redis in the `redis_store` child module), and the single-flight
+//! manager the client uses so that many concurrent calls at expiry cause one `gettoken`.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use futures::future::BoxFuture;
 use sha1::{Digest, Sha1};
 
 use super::{Error, Secret};
 
-/// A boxed, `Send` future, as returned by the object-safe store traits.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+#[cfg(feature = "redis")]
+mod redis_store;
+#[cfg(feature = "redis")]
+pub use redis_store::RedisTokenStore;
 
 /// An access token with the time it was obtained and the time it expires.
 ///
@@ -84,7 +86,7 @@ impl AccessToken {
     ///
     /// ```
     /// use std::time::{Duration, UNIX_EPOCH};
-    /// use wechat_kf::client::{AccessToken, Freshness};
+    /// use wechat_kf::client::token::{AccessToken, Freshness};
     /// let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     /// let token = AccessToken::new("tok", t0, Duration::from_secs(7200));
     /// let margin = Duration::from_secs(300);
@@ -125,8 +127,8 @@ impl fmt::Debug for AccessToken {
 /// Where access tokens are kept between calls. Implement it to share tokens between processes
 /// (see `RedisTokenStore` behind the `redis` feature) or to persist them elsewhere.
 ///
-/// The trait is object-safe (methods return boxed futures), so a client holds an
-/// `Arc<dyn TokenStore>`. Keys identify a (corp id, secret) pair; they never contain the secret.
+/// The trait is object-safe (methods return boxed futures: `futures::future::BoxFuture`, that is
+/// `Pin<Box<dyn Future<Output = T> + Send + 'a>>`), so a client holds an `Arc<dyn TokenStore>`. Keys identify a (corp id, secret) pair; they never contain the secret.
 pub trait TokenStore: Send + Sync + 'static {
     /// The stored token for `key`, if any (it may be expired; the client checks).
     fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<AccessToken>, Error>>;
@@ -230,7 +232,7 @@ impl TokenStore for MemoryTokenStore {
 
 /// The store key for a (corp id, secret) pair: the corp id plus a fingerprint of the secret, so
 /// rotating the secret starts a new token and the key never reveals it.
-pub fn token_key(corp_id: &str, secret: &Secret) -> String {
+pub(crate) fn token_key(corp_id: &str, secret: &Secret) -> String {
     let digest = Sha1::new()
         .chain_update(b"wechat-kf token key\0")
         .chain_update(secret.expose().as_bytes())

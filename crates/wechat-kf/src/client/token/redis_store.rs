@@ -9,8 +9,10 @@ use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 
-use super::token::BoxFuture;
-use super::{AccessToken, Error, RefreshLease, TokenStore};
+use futures::future::BoxFuture;
+
+use super::{AccessToken, RefreshLease, TokenStore};
+use crate::client::Error;
 
 /// Deletes the key only if it still holds the given token value (compare-and-delete, so a
 /// process never removes the newer token another process just stored).

@@ -7,9 +7,9 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::{DecodeError, Message, Prefix, decode_prefix};
 use crate::ids::Interner;
-use crate::message::{Prefix, decode_prefix};
-use crate::{DecodeError, Message, MsgId, scan};
+use crate::{MsgId, scan};
 
 /// A decoded `kf/sync_msg` response.
 ///
@@ -23,7 +23,7 @@ use crate::{DecodeError, Message, MsgId, scan};
 ///   {"msgid":"m1","send_time":1,"origin":3,"msgtype":"text","text":{"content":"hi"}},
 ///   {"msgid":"m2","send_time":2,"origin":3,"msgtype":"location","location":{"latitude":"north"}}
 /// ]}"#;
-/// let page: wechat_kf::SyncMsgResponse = serde_json::from_str(body).unwrap();
+/// let page: wechat_kf::message::SyncMsgResponse = serde_json::from_str(body).unwrap();
 /// assert_eq!(page.msg_list.len(), 1);
 /// assert_eq!(page.invalid[0].msgid.as_ref().unwrap(), "m2");
 /// assert_eq!(page.invalid[0].error.path, "location.latitude");

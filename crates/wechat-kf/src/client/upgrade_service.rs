@@ -1,5 +1,5 @@
 //! "Upgrade service" (升级服务): `kf/customer/get_upgrade_service_config`,
-//! `kf/customer/upgrade_service`, `kf/customer/cancel_upgrade_service` (endpoints.md §1.10).
+//! `kf/customer/upgrade_service`, `kf/customer/cancel_upgrade_service` (official doc 94674).
 
 use serde::{Deserialize, Serialize};
 
@@ -31,7 +31,7 @@ pub struct MemberRange {
     /// Members.
     #[serde(default)]
     pub userid_list: Vec<UserId>,
-    /// Departments (numbers on the wire; pitfalls.md #4).
+    /// Departments (numbers on the wire, official doc 94674; some SDKs read strings).
     #[serde(default)]
     pub department_id_list: Vec<u64>,
 }

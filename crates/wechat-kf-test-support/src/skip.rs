@@ -2,7 +2,6 @@
 
 use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 /// Whether this run must not skip anything (`WECHAT_KF_CI=1`, set by `.ci/run`).
 pub fn ci() -> bool {
@@ -50,17 +49,30 @@ pub fn require_env(var: &str) -> Option<String> {
     require(value.is_some(), &format!("{var} not set")).then(|| value.unwrap_or_default())
 }
 
-/// Whether `program` runs (`<program> --version` succeeds), after saying `skipped: <program>
-/// not found` if not; a missing program under `WECHAT_KF_CI=1` panics.
+/// Whether `program` is installed (an executable file of that name on `PATH`, where
+/// `Command::new(program)` looks), after saying `skipped: <program> not found` if not; a
+/// missing program under `WECHAT_KF_CI=1` panics. Found on `PATH` rather than run with a
+/// version flag: programs disagree on the flag (`ffmpeg --version` fails, `-version` works).
 pub fn require_command(program: &str) -> bool {
-    let runs = Command::new(program)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    require(runs, &format!("{program} not found"))
+    let found = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            let candidate = dir.join(program);
+            is_executable(&candidate) || is_executable(&candidate.with_extension("exe"))
+        })
+    });
+    require(found, &format!("{program} not found"))
+}
+
+#[cfg(unix)]
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(not(unix))]
+fn is_executable(path: &Path) -> bool {
+    path.is_file()
 }
 
 /// Whether `path` exists, after saying `skipped: <path> is missing; <hint>` if not (`hint` says
@@ -79,6 +91,8 @@ mod tests {
     #[test]
     fn what_is_there_is_required_without_a_word() {
         assert!(require(true, "never said"));
+        #[cfg(unix)]
+        assert!(require_command("sh"));
         assert!(require_path(
             Path::new(env!("CARGO_MANIFEST_DIR")),
             "never said"

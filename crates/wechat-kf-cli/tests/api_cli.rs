@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
-use wechat_kf_emulator::{Config, Emulator, RunningEmulator, Seed, SeedAccount, SeedServicer};
+use wechat_kf_emulator::{Config, RunningEmulator, Seed, SeedAccount, SeedServicer};
 
 const PNG: &[u8] =
     b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89";
@@ -38,9 +38,9 @@ async fn start() -> Env {
     });
     let corp_id = config.corp_id.clone();
     let secret = config.secret.clone();
-    let running = Emulator::start(config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let running = wechat_kf_test_support::TestEmulator::with_config(config)
+        .start()
+        .await;
     Env {
         running,
         corp_id,

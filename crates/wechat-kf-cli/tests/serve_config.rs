@@ -15,7 +15,8 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 mod common;
-use common::{binary, free_port};
+use common::{binary, serve_url};
+use wechat_kf_test_support::Spawned;
 
 /// `serve` (or any command) without the test machine's own `WECHAT_KF_*` settings.
 fn clean_command() -> Command {
@@ -69,10 +70,7 @@ fn stop(child: &mut Child) {
 
 #[tokio::test]
 async fn the_emulators_export_lines_pasted_into_serve_make_it_accept_the_callbacks() {
-    let port = free_port();
-    let callback_url = format!("http://127.0.0.1:{port}/callback");
-    let (mut emu, exports) =
-        emulator(&["--listen", "127.0.0.1:0", "--callback-url", &callback_url]);
+    let (mut emu, exports) = emulator(&["--listen", "127.0.0.1:0"]);
     for name in [
         "WECHAT_KF_BASE_URL",
         "WECHAT_KF_CORP_ID",
@@ -102,37 +100,26 @@ async fn the_emulators_export_lines_pasted_into_serve_make_it_accept_the_callbac
     let app = Router::new()
         .route("/hook", post(hook))
         .with_state(bodies.clone());
-    let webhook = common::serve(app, "/hook").await;
-    let dir = tempfile::tempdir().unwrap();
+    let webhook = wechat_kf_test_support::serve(app, "/hook").await;
     // Only the pasted variables configure WeChat: no file, no credential flag.
-    let mut serve = clean_command()
-        .arg("serve")
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--db", ":memory:", "--webhook", &webhook])
-        .envs(&exports)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
-        .spawn()
+    let mut serve = Spawned::spawn(
+        clean_command()
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--db", ":memory:", "--webhook", &webhook])
+            .envs(&exports)
+            .env("RUST_LOG", "info"),
+    );
+    let url = serve_url(&mut serve).await;
+    // The emulator learns where serve listens, as an operator enters the URL in WeCom.
+    let set: reqwest::Response = http
+        .put(format!("{base}/emulator/callback/url"))
+        .json(&json!({"url": format!("{url}/callback")}))
+        .send()
+        .await
         .unwrap();
-    let log = || std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = http
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200);
-        if ready {
-            break;
-        }
-        if let Ok(Some(status)) = serve.try_wait() {
-            panic!("serve exited ({status}): {}", log());
-        }
-        assert!(Instant::now() < deadline, "serve never ready: {}", log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_eq!(set.status(), 200);
+    let log = || serve.transcript();
 
     let sent: Value = http
         .post(format!("{base}/emulator/customer/send"))
@@ -180,7 +167,7 @@ async fn the_emulators_export_lines_pasted_into_serve_make_it_accept_the_callbac
         attempts.iter().all(|a| a["status"] == 200),
         "serve refused a callback: {callbacks}"
     );
-    stop(&mut serve);
+    drop(serve);
     stop(&mut emu);
 }
 

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,36 +18,16 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use bytes::Bytes;
 use serde_json::{Value, json};
-use wechat_kf_emulator::{Emulator, RunningEmulator};
+use wechat_kf_emulator::RunningEmulator;
+use wechat_kf_test_support::Spawned;
 
 mod common;
-use common::{binary, free_port};
+use common::{binary, serve_available};
 
 const KILLS: usize = 22;
 const ACCOUNTS: usize = 3;
 const CUSTOMERS: usize = 40;
 const MESSAGES: usize = 12_000;
-
-/// Whether `serve` exists in this build (it is wired into main.rs separately).
-fn serve_available() -> bool {
-    let available = Command::new(binary())
-        .args(["serve", "--help"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !available {
-        if std::env::var("WECHAT_KF_CI").as_deref() == Ok("1") {
-            panic!("`wechat-kf serve` is not available in this build");
-        }
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipped: `wechat-kf serve` is not wired into this build of wechat-kf"
-        );
-    }
-    available
-}
 
 /// A tiny deterministic generator (no dependency, reproducible with the printed seed).
 struct Rng(u64);
@@ -94,28 +74,26 @@ async fn hook(State(state): State<Arc<SinkState>>, body: Bytes) -> StatusCode {
 }
 
 async fn emulator() -> RunningEmulator {
-    let mut config = wechat_kf_emulator::Config::generated();
-    config.disable_rate_limits();
-    config.callback_retries = 1;
-    config.callback_retry_delay = Duration::from_millis(50);
-    config.callback_timeout = Duration::from_secs(1);
-    Emulator::start(config, "127.0.0.1:0".parse().unwrap())
+    wechat_kf_test_support::TestEmulator::new()
+        .unlimited()
+        .configure(|config| {
+            config.callback_retries = 1;
+            config.callback_retry_delay = Duration::from_millis(50);
+            config.callback_timeout = Duration::from_secs(1);
+        })
+        .start()
         .await
-        .unwrap()
 }
 
-fn spawn_service(
-    emu: &RunningEmulator,
-    port: u16,
-    db: &Path,
-    webhook: &str,
-    config_file: &Path,
-) -> Child {
+/// Starts the service on a port of its own (each run's differs; `wait_ready` points the
+/// emulator's callbacks at it).
+fn spawn_service(emu: &RunningEmulator, db: &Path, webhook: &str, config_file: &Path) -> Spawned {
     let e = emu.emulator().config();
-    Command::new(binary())
+    let mut command = Command::new(binary());
+    command
         .arg("serve")
         .args(["--config", config_file.to_str().unwrap()])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--listen", "127.0.0.1:0"])
         .args(["--db", db.to_str().unwrap()])
         .args(["--webhook", webhook])
         .env("WECHAT_KF_CORP_ID", &e.corp_id)
@@ -125,34 +103,16 @@ fn spawn_service(
         .env("WECHAT_KF_BASE_URL", emu.base_url())
         .env("WECHAT_KF_WEBHOOK_SECRET", "crash-secret")
         .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the wechat-kf binary starts")
+        .stdin(Stdio::null());
+    Spawned::spawn(&mut command)
 }
 
-async fn wait_ready(http: &reqwest::Client, port: u16, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(r) = http
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-        {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("the service exited early: {status}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the service did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+/// Waits until the service has started (it prints its address once ready; exiting first
+/// fails the test with its output) and points the emulator's callbacks at it.
+async fn wait_ready(emu: &RunningEmulator, child: &mut Spawned) {
+    let url = common::serve_url(child).await;
+    emu.emulator()
+        .set_callback_url(Some(format!("{url}/callback")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,7 +141,7 @@ async fn killing_the_service_at_random_moments_loses_nothing_and_stores_nothing_
     let app = Router::new()
         .route("/hook", post(hook))
         .with_state(sink.clone());
-    let webhook = common::serve(app, "/hook").await;
+    let webhook = wechat_kf_test_support::serve(app, "/hook").await;
 
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("crash.db");
@@ -192,9 +152,6 @@ async fn killing_the_service_at_random_moments_loses_nothing_and_stores_nothing_
          [webhook]\ntimeout = \"2s\"\nmax_batch = 40\nretry_initial = \"20ms\"\nretry_max = \"200ms\"\n",
     )
     .unwrap();
-    let port = free_port();
-    emu.emulator()
-        .set_callback_url(Some(format!("http://127.0.0.1:{port}/callback")));
 
     // Half the messages wait before the first start (a long pull of many pages); the customers
     // keep writing the other half while the service is killed and restarted.
@@ -240,15 +197,11 @@ async fn killing_the_service_at_random_moments_loses_nothing_and_stores_nothing_
         task
     };
 
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
     for kill in 0..KILLS {
-        let mut child = spawn_service(&emu, port, &db, &webhook, &config_file);
+        let mut child = spawn_service(&emu, &db, &webhook, &config_file);
         // Sometimes kill during start-up and recovery, mostly while pulling and delivering.
         if rng.below(5) > 0 {
-            wait_ready(&http, port, &mut child).await;
+            wait_ready(&emu, &mut child).await;
         }
         tokio::time::sleep(Duration::from_millis(20 + rng.below(400))).await;
         child.kill().expect("SIGKILL");
@@ -263,8 +216,8 @@ async fn killing_the_service_at_random_moments_loses_nothing_and_stores_nothing_
     let sent = producer.await.unwrap();
 
     // The last run is left alone until everything is through.
-    let mut child = spawn_service(&emu, port, &db, &webhook, &config_file);
-    wait_ready(&http, port, &mut child).await;
+    let mut child = spawn_service(&emu, &db, &webhook, &config_file);
+    wait_ready(&emu, &mut child).await;
     let expected: HashSet<&String> = sent.iter().map(|(_, id)| id).collect();
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {

@@ -11,10 +11,9 @@ use axum::extract::State;
 use axum::routing::post;
 use bytes::Bytes;
 use serde_json::{Value, json};
-use wechat_kf_emulator::Emulator;
 
 mod common;
-use common::{binary, free_port};
+use common::binary;
 
 #[test]
 fn an_unknown_first_start_policy_is_refused_with_exit_code_2() {
@@ -41,11 +40,10 @@ async fn hook(State(bodies): State<Bodies>, body: Bytes) -> &'static str {
 
 #[tokio::test]
 async fn the_first_start_and_media_flags_reach_the_service() {
-    let mut config = wechat_kf_emulator::Config::generated();
-    config.sync_without_token_per_minute = 0;
-    let emu = Emulator::start(config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let emu = wechat_kf_test_support::TestEmulator::new()
+        .unlimited_sync()
+        .start()
+        .await;
     let kf = emu.emulator().create_account("flags");
     let now = emu.emulator().now();
     let image_id: Value = reqwest::Client::new()
@@ -72,15 +70,14 @@ async fn the_first_start_and_media_flags_reach_the_service() {
     let app = Router::new()
         .route("/hook", post(hook))
         .with_state(bodies.clone());
-    let webhook = common::serve(app, "/hook").await;
+    let webhook = wechat_kf_test_support::serve(app, "/hook").await;
 
     let dir = tempfile::tempdir().unwrap();
     let media_dir = dir.path().join("media");
     let e = emu.emulator().config();
-    let port = free_port();
     let mut child = Command::new(binary())
         .arg("serve")
-        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--listen", "127.0.0.1:0"])
         .args(["--db", dir.path().join("kf.db").to_str().unwrap()])
         .args(["--webhook", &webhook])
         .args(["--first-start", "since:1h"])

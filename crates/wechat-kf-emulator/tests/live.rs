@@ -80,10 +80,7 @@ async fn receiver() -> (Receiver, String) {
     let app = Router::new()
         .route("/cb", get(on_get).post(on_post))
         .with_state(r.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/cb", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (r, url)
+    (r, wechat_kf_test_support::serve(app, "/cb").await)
 }
 
 async fn start(config: Config) -> RunningEmulator {

@@ -12,7 +12,7 @@
 //! would. An in-memory SQLite database (`:memory:`) belongs to its process and needs no lock.
 
 use std::io::{Read, Seek, Write};
-use std::net::SocketAddr;
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -254,10 +254,11 @@ async fn try_acquire(location: &str, lock: Lock<'_>) -> Result<Option<LeaderLock
 }
 
 /// Waits until this instance leads the store at `location` (`None` at once for an in-memory
-/// SQLite database). While another instance leads, answers on `listen` as a standby.
+/// SQLite database). While another instance leads, answers as a standby on `listener` (the
+/// service's own socket, which it serves on once it leads).
 pub(crate) async fn lead(
     location: &str,
-    listen: SocketAddr,
+    listener: &TcpListener,
     poll: Duration,
 ) -> Result<Option<LeaderLock>, Error> {
     let kind = lock_of(location);
@@ -278,9 +279,10 @@ pub(crate) async fn lead(
         ),
         _ => tracing::info!("standby: another instance leads this database; waiting for its lock"),
     }
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| Error::io(format!("cannot listen on {listen}"), e))?;
+    let listener = listener
+        .try_clone()
+        .and_then(tokio::net::TcpListener::from_std)
+        .map_err(|e| Error::io("cannot answer as a standby on the listening socket", e))?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let serve = axum::serve(listener, standby_router()).with_graceful_shutdown(async move {

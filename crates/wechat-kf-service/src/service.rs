@@ -79,17 +79,32 @@ impl Service {
     /// While another instance leads the database (PostgreSQL, or the same SQLite file) this
     /// waits as a standby (see [`leader`](crate::leader)); dropping the future stops waiting.
     pub async fn start(config: Config) -> Result<RunningService, Error> {
-        Service::start_inner(config, None).await
+        Service::start_inner(config, None, None).await
+    }
+
+    /// [`start`](Self::start) on a socket the caller bound instead of `config.listen`: a test
+    /// binds `127.0.0.1:0` and knows the port before the service (or its standby) answers,
+    /// where "bind, read the port, close it, pass the number" could lose the port to another
+    /// test in between.
+    pub async fn start_on(
+        config: Config,
+        listener: std::net::TcpListener,
+    ) -> Result<RunningService, Error> {
+        Service::start_inner(config, None, Some(listener)).await
     }
 
     /// [`start`](Self::start) with WeChat's clock given: the service compares `send_time`, the
     /// 48-hour window and its start time with `clock` (tests pass the emulator's clock, e.g.
     /// `Clock::from_fn(move || emulator.now())`, and move time without sleeping).
     pub async fn start_with_clock(config: Config, clock: Clock) -> Result<RunningService, Error> {
-        Service::start_inner(config, Some(clock)).await
+        Service::start_inner(config, Some(clock), None).await
     }
 
-    async fn start_inner(config: Config, clock: Option<Clock>) -> Result<RunningService, Error> {
+    async fn start_inner(
+        config: Config,
+        clock: Option<Clock>,
+        listener: Option<std::net::TcpListener>,
+    ) -> Result<RunningService, Error> {
         let mut sandbox = if config.is_sandbox() {
             Some(sandbox::Sandbox::start(&config).await?)
         } else {
@@ -159,9 +174,19 @@ impl Service {
         let started_at = clock.now();
 
         let location = config.db_location();
+        // Bound before the election: a standby answers on the socket the leader will serve
+        // on, so taking over leaves no moment without a listener and keeps an OS-chosen port.
+        let listener = match listener {
+            Some(listener) => listener,
+            None => std::net::TcpListener::bind(config.listen)
+                .map_err(|e| Error::io(format!("cannot listen on {}", config.listen), e))?,
+        };
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("cannot set the listening socket non-blocking", e))?;
         // Lead first, then open: a standby holds no store connection that could die while it
         // waits, and a newer version waiting as standby does not migrate under the leader.
-        let leader = leader::lead(&location, config.listen, config.storage.standby_poll).await?;
+        let leader = leader::lead(&location, &listener, config.storage.standby_poll).await?;
         let store = store::open(&location, config.storage.synchronous).await?;
         tracing::info!(backend = store.backend(), "store open");
 
@@ -230,9 +255,8 @@ impl Service {
         });
         state.set_ready(false);
 
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| Error::io(format!("cannot listen on {}", config.listen), e))?;
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|e| Error::io("cannot serve on the listening socket", e))?;
         let local_addr = listener
             .local_addr()
             .map_err(|e| Error::io("cannot read the listening address", e))?;

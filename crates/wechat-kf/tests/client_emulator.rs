@@ -22,7 +22,7 @@ use wechat_kf::client::upgrade_service::UpgradeServiceRequest;
 use wechat_kf::client::{Client, ErrCode, Error, RetryPolicy};
 use wechat_kf::message::{Location, MenuItem, MsgMenu};
 use wechat_kf::session::ServiceState;
-use wechat_kf_emulator::{Config, Emulator, RunningEmulator, Seed, SeedAccount, SeedServicer};
+use wechat_kf_emulator::{Config, RunningEmulator, Seed, SeedAccount, SeedServicer};
 
 const PNG: &[u8] =
     b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89";
@@ -64,9 +64,9 @@ fn config() -> Config {
 async fn start_with(config: Config) -> (RunningEmulator, Client) {
     let corp_id = config.corp_id.clone();
     let secret = config.secret.clone();
-    let running = Emulator::start(config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let running = wechat_kf_test_support::TestEmulator::with_config(config)
+        .start()
+        .await;
     let client = Client::builder(corp_id, secret)
         .base_url(running.base_url())
         .retry_policy(RetryPolicy {

@@ -137,12 +137,7 @@ async fn handle(
 async fn start() -> (Arc<Mock>, String) {
     let mock = Arc::new(Mock::default());
     let app = Router::new().fallback(handle).with_state(mock.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
-    (mock, format!("http://{addr}"))
+    (mock, wechat_kf_test_support::serve(app, "").await)
 }
 
 fn fast_retries() -> RetryPolicy {
@@ -463,10 +458,9 @@ async fn the_access_token_never_appears_in_errors() {
         .unwrap_err();
     assert!(!format!("{err} {err:?}").contains(&value));
 
-    // A transport error: nothing listens on this port any more.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead = format!("http://{}", listener.local_addr().unwrap());
-    drop(listener);
+    // A transport error: nothing listens on this port.
+    let closed = wechat_kf_test_support::ClosedPort::new();
+    let dead = closed.url();
     let dead_client = Client::builder("wwcorp", "secret")
         .base_url(&dead)
         .retry_policy(RetryPolicy::none())

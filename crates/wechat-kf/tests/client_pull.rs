@@ -12,16 +12,16 @@ use serde_json::{Value, json};
 use wechat_kf::OpenKfId;
 use wechat_kf::client::puller::{MemoryCursorStore, PullItem, Puller};
 use wechat_kf::client::{Client, RetryPolicy};
-use wechat_kf_emulator::{Config, Emulator, RunningEmulator};
+use wechat_kf_emulator::{Config, RunningEmulator};
 
 async fn start() -> (RunningEmulator, Client, String) {
     let mut config = Config::generated();
     config.sync_without_token_per_minute = 0;
     let corp_id = config.corp_id.clone();
     let secret = config.secret.clone();
-    let running = Emulator::start(config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let running = wechat_kf_test_support::TestEmulator::with_config(config)
+        .start()
+        .await;
     let client = Client::builder(corp_id, secret)
         .base_url(running.base_url())
         .retry_policy(RetryPolicy {

@@ -16,18 +16,7 @@ use wechat_kf::client::token::{AccessToken, RedisTokenStore, TokenStore};
 use wechat_kf::client::{Client, Error};
 
 fn redis_url() -> Option<String> {
-    match std::env::var("REDIS_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            if std::env::var("WECHAT_KF_CI").as_deref() == Ok("1") {
-                panic!("REDIS_URL not set, and WECHAT_KF_CI=1 requires the Redis tests to run");
-            }
-            // Written to the real stderr, past the test harness's capture, so it is seen.
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "skipped: REDIS_URL not set");
-            None
-        }
-    }
+    wechat_kf_test_support::require_env("REDIS_URL")
 }
 
 /// The key a client keeps its token under. How it is made is the library's business, so learn
@@ -106,10 +95,7 @@ async fn slow_token_server(delay: Duration) -> (Arc<AtomicUsize>, String) {
     let app = Router::new()
         .fallback(handle)
         .with_state((count.clone(), delay));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (count, format!("http://{addr}"))
+    (count, wechat_kf_test_support::serve(app, "").await)
 }
 
 #[tokio::test]

@@ -23,30 +23,11 @@ fn interop_dir() -> PathBuf {
 
 /// Returns false (after saying why) when the test must be skipped.
 fn node_available() -> bool {
-    let ci = std::env::var("WECHAT_KF_CI").is_ok_and(|v| v == "1");
-    let installed = interop_dir().join("node_modules/@wecom/crypto").is_dir();
-    let node = Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if installed && node {
-        return true;
-    }
-    let why = if node {
-        "interop/node_modules is missing"
-    } else {
-        "node is not installed"
-    };
-    assert!(
-        !ci,
-        "WECHAT_KF_CI=1 but {why}: run `npm ci --prefix interop`"
-    );
-    use std::io::Write as _;
-    let _ = writeln!(
-        std::io::stderr(),
-        "skipped: {why}; run `npm ci` in interop/"
-    );
-    false
+    wechat_kf_test_support::require_command("node")
+        && wechat_kf_test_support::require_path(
+            &interop_dir().join("node_modules/@wecom/crypto"),
+            "run `npm ci --prefix interop`",
+        )
 }
 
 /// Sends every job to node and returns the answers, in order.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use wechat_kf::client::{Client, ErrCode, Error, RetryPolicy};
-use wechat_kf_emulator::{Config, Emulator, RunningEmulator};
+use wechat_kf_emulator::{Config, RunningEmulator};
 
 /// Bytes that start like an AMR-NB file; the control API does not check formats.
 const AMR: &[u8] =
@@ -16,9 +16,9 @@ const AMR: &[u8] =
 async fn start() -> (RunningEmulator, Client) {
     let config = Config::generated();
     let (corp_id, secret) = (config.corp_id.clone(), config.secret.clone());
-    let running = Emulator::start(config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let running = wechat_kf_test_support::TestEmulator::with_config(config)
+        .start()
+        .await;
     let client = Client::builder(corp_id, secret)
         .base_url(running.base_url())
         .retry_policy(RetryPolicy {
@@ -300,12 +300,7 @@ async fn truncating_server() -> String {
                     .unwrap()
             }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    format!("http://{addr}")
+    wechat_kf_test_support::serve(app, "").await
 }
 
 #[tokio::test]

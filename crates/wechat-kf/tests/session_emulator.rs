@@ -12,7 +12,7 @@ use wechat_kf::client::service_state::TransServiceStateRequest;
 use wechat_kf::client::{Client, RetryPolicy};
 use wechat_kf::session::{ServiceState, SessionTracker};
 use wechat_kf::{ExternalUserId, OpenKfId};
-use wechat_kf_emulator::{Config, Emulator, RunningEmulator, Seed, SeedAccount, SeedServicer};
+use wechat_kf_emulator::{Config, RunningEmulator, Seed, SeedAccount, SeedServicer};
 
 const KF: &str = "wkPolicy";
 const CUSTOMER: &str = "wmPolicy";
@@ -46,9 +46,9 @@ impl Bot {
             ..Seed::default()
         });
         let (corp_id, secret) = (config.corp_id.clone(), config.secret.clone());
-        let running = Emulator::start(config, "127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
+        let running = wechat_kf_test_support::TestEmulator::with_config(config)
+            .start()
+            .await;
         let client = Client::builder(corp_id, secret)
             .base_url(running.base_url())
             .retry_policy(RetryPolicy::none())

@@ -16,20 +16,7 @@ use wechat_kf::voice::{
 const AMR: &[u8] = include_bytes!("fixtures/voice/sine440-2s.amr");
 
 fn ffmpeg_available() -> bool {
-    let found = std::process::Command::new("ffmpeg")
-        .arg("-version")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        if std::env::var("WECHAT_KF_CI").as_deref() == Ok("1") {
-            panic!("ffmpeg not found, and WECHAT_KF_CI=1 requires the voice tests to run");
-        }
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "skipped: ffmpeg not found");
-    }
-    found
+    wechat_kf_test_support::require_command("ffmpeg")
 }
 
 /// Writes an executable stand-in for ffmpeg. A child `sh` writes it, so this process never holds

@@ -1,5 +1,6 @@
 //! Test fixtures: an emulator with limits off, a webhook sink that records what it receives and
-//! answers by a policy, and a service wired to both.
+//! answers by a policy, and a service wired to both. What other crates' tests share too
+//! (skipping without a service, starting the emulator, ports) is in `wechat-kf-test-support`.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -14,30 +15,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
 use serde_json::{Value, json};
-use wechat_kf_emulator::{Emulator, RunningEmulator};
+use wechat_kf_emulator::RunningEmulator;
 use wechat_kf_service::config::{Config, Secret};
 use wechat_kf_service::{Clock, RunningService, Service};
+use wechat_kf_test_support::TestEmulator;
+pub use wechat_kf_test_support::require_env;
 
 pub const HOOK_SECRET: &str = "hook-secret";
-
-/// The value of the environment variable `var` naming an external service, or `None` after
-/// saying plainly (on the real stderr, past the harness's capture) that the test is skipped.
-/// Under `WECHAT_KF_CI=1` a missing variable fails the test instead: CI must never skip.
-pub fn service_url(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert_ne!(
-                std::env::var("WECHAT_KF_CI").as_deref(),
-                Ok("1"),
-                "{var} not set (required under WECHAT_KF_CI=1)"
-            );
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "skipped: {var} not set");
-            None
-        }
-    }
-}
 
 /// A throwaway PostgreSQL schema, selected through the URL's `search_path` option, so that
 /// tests sharing the database never see each other's rows.
@@ -80,24 +64,13 @@ impl PgSchema {
     }
 }
 
-/// A TCP port free right now on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts an emulator with rate limits off and quick callback retries.
 pub async fn emulator() -> RunningEmulator {
-    let mut config = wechat_kf_emulator::Config::generated();
-    config.disable_rate_limits();
-    config.callback_retry_delay = Duration::from_millis(100);
-    config.callback_timeout = Duration::from_secs(2);
-    Emulator::start(config, "127.0.0.1:0".parse().unwrap())
+    TestEmulator::new()
+        .unlimited()
+        .quick_callbacks()
+        .start()
         .await
-        .unwrap()
 }
 
 /// A service configuration talking to `emu`, storing in `db`, delivering to `webhook`.
@@ -335,11 +308,7 @@ impl Sink {
         let app = Router::new()
             .route("/hook", post(hook))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let url = wechat_kf_test_support::serve(app, "/hook").await;
         Sink { url, state }
     }
 

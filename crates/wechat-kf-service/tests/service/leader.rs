@@ -10,7 +10,7 @@ use crate::common::*;
 
 #[tokio::test]
 async fn a_second_instance_stands_by_and_takes_over_when_the_leader_stops() {
-    let Some(url) = service_url("DATABASE_URL") else {
+    let Some(url) = require_env("DATABASE_URL") else {
         return;
     };
     let schema = PgSchema::create(&url).await;
@@ -47,12 +47,10 @@ async fn standby_takes_over(db: Option<&str>) {
     )
     .await;
 
-    let port = free_port();
-    let mut standby_config = config.clone();
-    standby_config.listen = format!("127.0.0.1:{port}").parse().unwrap();
-    let second = tokio::spawn(Service::start(standby_config));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let second = tokio::spawn(Service::start_on(config.clone(), listener));
     let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
     wait_for("the standby answers", Duration::from_secs(10), || async {
         http.get(format!("{base}/healthz"))
             .send()
@@ -111,7 +109,7 @@ async fn on_postgres() -> Option<(
     tempfile::TempDir,
     wechat_kf_service::config::Config,
 )> {
-    let url = service_url("DATABASE_URL")?;
+    let url = require_env("DATABASE_URL")?;
     let schema = PgSchema::create(&url).await;
     let emu = emulator().await;
     let dir = tempfile::tempdir().unwrap();
@@ -232,7 +230,7 @@ async fn a_sqlite_leader_names_itself_in_its_lock_file_and_never_loses_the_lock(
 
 #[tokio::test]
 async fn a_search_path_naming_no_existing_schema_is_a_clear_error() {
-    let Some(url) = service_url("DATABASE_URL") else {
+    let Some(url) = require_env("DATABASE_URL") else {
         return;
     };
     let emu = emulator().await;
@@ -241,7 +239,7 @@ async fn a_search_path_naming_no_existing_schema_is_a_clear_error() {
     let sep = if url.contains('?') { '&' } else { '?' };
     config.storage.db = Some(format!(
         "{url}{sep}options=-c%20search_path%3Dwk_no_such_schema_{}",
-        free_port()
+        uuid::Uuid::new_v4().simple()
     ));
     let error = Service::start(config).await.unwrap_err();
     assert!(error.to_string().contains("search_path"), "{error}");

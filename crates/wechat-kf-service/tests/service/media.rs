@@ -82,21 +82,7 @@ async fn delivered(sink: &Sink, msgid: &str) -> (Value, Value) {
 }
 
 fn ffmpeg_available() -> bool {
-    let found = std::process::Command::new("ffmpeg")
-        .arg("-version")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert_ne!(
-            std::env::var("WECHAT_KF_CI").as_deref(),
-            Ok("1"),
-            "ffmpeg is required under WECHAT_KF_CI=1"
-        );
-        println!("skipped: ffmpeg not found");
-    }
-    found
+    wechat_kf_test_support::require_command("ffmpeg")
 }
 
 #[tokio::test]
@@ -308,7 +294,7 @@ struct TestBucket {
 impl TestBucket {
     /// `None` (the test is skipped) without `WECHAT_KF_S3_ENDPOINT`.
     async fn create() -> Option<TestBucket> {
-        let endpoint = service_url("WECHAT_KF_S3_ENDPOINT")?
+        let endpoint = require_env("WECHAT_KF_S3_ENDPOINT")?
             .trim_end_matches('/')
             .to_owned();
         let name = format!("kf-media-{}", uuid::Uuid::new_v4().simple());
@@ -456,7 +442,8 @@ async fn an_unreachable_object_store_is_recorded_and_the_local_copy_still_delive
     config.media.download_dir = Some(dir.path().join("media"));
     config.media.object_store = Some("s3://kf-media".into());
     // Nothing listens there: connections are refused.
-    config.media.object_store_options = s3_options(&format!("http://127.0.0.1:{}", free_port()));
+    let closed = wechat_kf_test_support::ClosedPort::new();
+    config.media.object_store_options = s3_options(&closed.url());
     let running = start_on_emulator_clock(&emu, config).await;
 
     let msgid = send_media(&emu, &kf, "wmD", "file", "说明.txt", b"manual".to_vec()).await;

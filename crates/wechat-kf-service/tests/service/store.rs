@@ -609,7 +609,7 @@ async fn the_sqlite_store_keeps_its_promises() {
 
 #[tokio::test]
 async fn the_postgres_store_keeps_its_promises() {
-    let Some(url) = crate::common::service_url("DATABASE_URL") else {
+    let Some(url) = crate::common::require_env("DATABASE_URL") else {
         return;
     };
     let schema = format!("wk_test_{}", uuid::Uuid::new_v4().simple());
@@ -633,7 +633,7 @@ async fn the_service_runs_end_to_end_on_postgres_and_survives_a_restart() {
 
     use crate::common::*;
 
-    let Some(url) = crate::common::service_url("DATABASE_URL") else {
+    let Some(url) = crate::common::require_env("DATABASE_URL") else {
         return;
     };
     let schema = PgSchema::create(&url).await;

@@ -9,7 +9,7 @@ use crate::common::*;
 
 #[tokio::test]
 async fn two_instances_sharing_a_redis_token_store_call_gettoken_once() {
-    let Some(redis) = service_url("REDIS_URL") else {
+    let Some(redis) = require_env("REDIS_URL") else {
         return;
     };
     let emu = emulator().await;

@@ -48,10 +48,10 @@
 //! ```no_run
 //! # async fn demo(client: wechat_kf::client::Client) -> Result<(), wechat_kf::client::Error> {
 //! use std::time::SystemTime;
-//! use wechat_kf::client::Puller;
+//! use wechat_kf::client::puller::Puller;
 //!
 //! # async fn store_in_one_transaction(
-//! #     _: Vec<wechat_kf::Message>, _: Vec<wechat_kf::InvalidItem>, _: Option<String>,
+//! #     _: Vec<wechat_kf::message::Message>, _: Vec<wechat_kf::message::InvalidItem>, _: Option<String>,
 //! # ) -> Result<usize, wechat_kf::client::Error> { Ok(0) }
 //! let stored_cursor: Option<String> = None; // read from your database
 //! let mut puller = Puller::new(client, "wkACCOUNT")

@@ -55,12 +55,12 @@ mod http;
 pub mod leader;
 mod media;
 pub mod metrics;
-mod outbound;
 pub mod puller;
-mod reply;
+mod replies;
 pub mod retry;
 pub mod sandbox;
-mod sending;
+mod send_policy;
+mod sender;
 mod service;
 pub mod store;
 
@@ -71,5 +71,5 @@ pub use delivery::sink::{
 pub use error::Error;
 pub use http::openapi::{document as openapi_document, document_json as openapi_json};
 pub use http::{AppState, router};
-pub use sending::reason as refusal_reason;
+pub use send_policy::reason as refusal_reason;
 pub use service::{RunningService, Service};

@@ -43,7 +43,7 @@ use crate::config::{FirstStart, HandoffConfig, PullConfig};
 use crate::delivery::DeliveryQueue;
 use crate::media::MediaFetcher;
 use crate::metrics::Metrics;
-use crate::outbound::{Transfer, new_msgid};
+use crate::replies::{Transfer, new_msgid};
 use crate::retry::{backoff, jitter, now_ms};
 use crate::store::{NewMessage, NewReply, PageWrite, Payload, ReplyEndpoint, Store, is_skipped};
 

@@ -23,9 +23,9 @@ use crate::leader::{self, LeaderLock};
 use crate::media::MediaFetcher;
 use crate::metrics::Metrics;
 use crate::puller::{PullContext, Pullers};
-use crate::reply::ReplySender;
 use crate::retry::now_ms;
-use crate::sending::Gate;
+use crate::send_policy::Gate;
+use crate::sender::ReplySender;
 use crate::store::{self, Store};
 use crate::{Error, sandbox};
 

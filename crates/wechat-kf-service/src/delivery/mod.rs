@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Error;
 use crate::config::{JoinerConfig, WebhookConfig};
 use crate::metrics::Metrics;
-use crate::outbound::{ReplyOrigin, queue_reply};
+use crate::replies::{ReplyOrigin, queue_reply};
 use crate::retry::{backoff, jitter, now_ms};
 use crate::store::{
     Ack, DeliveryRecord, Failure, FinishDeliveries, Lane, Payload, Store, StoredMessage,

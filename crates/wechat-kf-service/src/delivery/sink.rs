@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 use wechat_kf::message::{Message, MessageContent, Origin};
 
 use crate::config::{Secret, WebhookConfig};
-use crate::outbound::echo_reply;
+use crate::replies::echo_reply;
 
 /// The header carrying the body's HMAC-SHA256: `sha256=<hex>`.
 pub const SIGNATURE_HEADER: &str = "X-Wechat-Kf-Signature";

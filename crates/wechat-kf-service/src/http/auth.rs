@@ -7,31 +7,37 @@ use axum::http::request::Parts;
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
-use super::reply_api::ReplyApiState;
+use crate::config::Secret;
 use crate::metrics::Metrics;
+
+/// What the extractor needs of a router's state: the token to compare with and the metrics to
+/// count a refusal in. A trait, so that this module depends on no handler module.
+pub(crate) trait BearerToken {
+    /// The configured token.
+    fn bearer_token(&self) -> &Secret;
+    /// Where a refusal is counted.
+    fn auth_metrics(&self) -> &Metrics;
+}
 
 /// Proof that the request carried the reply API's token. A refusal (401) is counted in
 /// `wechat_kf_api_requests_failed_total`.
 #[derive(Debug)]
 pub(crate) struct Authorized;
 
-impl FromRequestParts<ReplyApiState> for Authorized {
+impl<S: BearerToken + Send + Sync> FromRequestParts<S> for Authorized {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &ReplyApiState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let given = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if token_matches(given, state.token().expose()) {
+        if token_matches(given, state.bearer_token().expose()) {
             Ok(Authorized)
         } else {
-            Metrics::add(&state.metrics().api_requests_failed, 1);
+            Metrics::add(&state.auth_metrics().api_requests_failed, 1);
             Err(ApiError::Unauthorized)
         }
     }

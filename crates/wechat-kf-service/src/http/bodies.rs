@@ -18,8 +18,8 @@ use utoipa::{PartialSchema, ToSchema};
 use wechat_kf::session::SessionView;
 
 use super::error::ApiError;
-use crate::outbound::{OnEvent, SendMsg, Transfer, parse_on_event, parse_send_msg, parse_transfer};
-use crate::sending::Refusal;
+use crate::replies::{OnEvent, SendMsg, Transfer, parse_on_event, parse_send_msg, parse_transfer};
+use crate::send_policy::Refusal;
 
 /// A JSON request body read into `T`. Any content type is accepted (bots post with whatever
 /// their HTTP library sets); an unreadable body is a 400, one over the limit a 413, both with

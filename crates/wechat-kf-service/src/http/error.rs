@@ -11,7 +11,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::error::safe_error;
-use crate::sending::Refusal;
+use crate::send_policy::Refusal;
 
 /// The body of every reply-API error except a refused send.
 #[derive(Debug, Clone, Serialize, ToSchema)]

@@ -32,7 +32,7 @@ use crate::clock::Clock;
 use crate::config::Secret;
 use crate::metrics::Metrics;
 use crate::puller::Pullers;
-use crate::sending::Gate;
+use crate::send_policy::Gate;
 use crate::store::Store;
 
 pub(crate) use callback::{CallbackSettings, CallbackState};

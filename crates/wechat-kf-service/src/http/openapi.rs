@@ -220,8 +220,8 @@ mod tests {
     use super::*;
     use crate::config::JoinerConfig;
     use crate::delivery::sink::{BodyItem, webhook_body};
-    use crate::outbound::{ReplyOrigin, queue_reply, result_head};
-    use crate::sending::refusal_json;
+    use crate::replies::{ReplyOrigin, queue_reply, result_head};
+    use crate::send_policy::refusal_json;
 
     /// `docs/openapi.json`, from the crate's directory.
     fn committed_path() -> std::path::PathBuf {

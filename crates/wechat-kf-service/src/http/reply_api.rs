@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use wechat_kf::client::Client;
 
-use super::auth::Authorized;
+use super::auth::{Authorized, BearerToken};
 use super::bodies::{
     JsonBody, OnEventBody, SendMsgBody, SentBody, SessionBody, TransBody, TransDone,
 };
@@ -28,10 +28,10 @@ use super::error::{ApiError, ConflictBody, ErrorBody};
 use crate::config::Secret;
 use crate::error::safe_error;
 use crate::metrics::Metrics;
-use crate::outbound::SendMsg;
-use crate::reply::transfer_and_greet;
+use crate::replies::SendMsg;
 use crate::retry::now_ms;
-use crate::sending::{Gate, Refusal, SendOutcome};
+use crate::send_policy::{Gate, Refusal, SendOutcome};
+use crate::sender::transfer_and_greet;
 use crate::store::Store;
 
 /// Largest reply-API request body.
@@ -56,6 +56,16 @@ struct Inner {
     in_flight: Mutex<HashSet<String>>,
 }
 
+impl BearerToken for ReplyApiState {
+    fn bearer_token(&self) -> &Secret {
+        &self.inner.token
+    }
+
+    fn auth_metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+}
+
 impl ReplyApiState {
     pub(crate) fn new(
         token: Secret,
@@ -74,14 +84,6 @@ impl ReplyApiState {
                 in_flight: Mutex::new(HashSet::new()),
             }),
         }
-    }
-
-    pub(crate) fn token(&self) -> &Secret {
-        &self.inner.token
-    }
-
-    pub(crate) fn metrics(&self) -> &Metrics {
-        &self.inner.metrics
     }
 }
 
@@ -229,7 +231,7 @@ where
             Metrics::add(&metrics.api_requests_failed, 1);
             tracing::info!(
                 endpoint,
-                reason = crate::sending::reason(&refusal),
+                reason = crate::send_policy::reason(&refusal),
                 predicted,
                 "reply API send refused"
             );

@@ -1,5 +1,8 @@
-//! Reading `send_msg` / `send_msg_on_event` / transfer bodies (JSON, as the bot writes them)
-//! into the library's typed requests, and queueing replies.
+//! What the bot asks to send: `send_msg` / `send_msg_on_event` / transfer bodies (JSON, as the
+//! bot writes them in a webhook response or to the reply API) read into the library's typed
+//! requests, and queued as store records ([`NewReply`]). The deliverer and the puller (keyword
+//! handoffs) queue through here and the sender reads the queue from the store, so neither of
+//! them depends on the sender.
 
 use serde_json::{Map, Value, json};
 use wechat_kf::client::messages::{SendMsgOnEventRequest, SendMsgRequest};

@@ -1,4 +1,4 @@
-//! Replies: the sender of queued replies (from webhook responses, the echo bot and handoffs),
+//! The sender: sends the queued replies (from webhook responses, the echo bot and handoffs),
 //! which retries transient failures with backoff and keeps each customer's replies in order,
 //! and [`transfer_and_greet`], the one way a session is transferred (the reply API's
 //! `/v1/service_state/trans` uses it too).
@@ -25,12 +25,12 @@ use wechat_kf::session::ServiceState;
 use crate::config::JoinerConfig;
 use crate::error::safe_error;
 use crate::metrics::Metrics;
-use crate::outbound::{
+use crate::replies::{
     OnEvent, ReplyOrigin, SendMsg, Transfer, parse_on_event, parse_send_msg, parse_transfer,
     result_head,
 };
 use crate::retry::{backoff, jitter, now_ms};
-use crate::sending::{Gate, SendOutcome, refusal_json};
+use crate::send_policy::{Gate, SendOutcome, refusal_json};
 use crate::store::{ReplyEndpoint, ReplyOutcome, ReplyRecord, ReplyState, SessionUpdate, Store};
 
 /// Longest text WeChat accepts (bytes); the joiner never merges beyond it.
@@ -380,14 +380,14 @@ impl ReplySender {
                 tracing::info!(
                     reply = first_record.id,
                     replies = group.len(),
-                    reason = crate::sending::reason(&refusal),
+                    reason = crate::send_policy::reason(&refusal),
                     predicted,
                     "reply refused by the send policy"
                 );
                 let details = refusal_json(&refusal, predicted, errmsg.as_deref());
                 let error = format!(
                     "{} ({})",
-                    crate::sending::reason(&refusal),
+                    crate::send_policy::reason(&refusal),
                     refusal.errcode()
                 );
                 group

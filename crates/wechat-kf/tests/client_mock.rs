@@ -734,6 +734,14 @@ fn sync_bodies(mock: &Mock) -> Vec<Value> {
         .collect()
 }
 
+/// The `cursor` of every `sync_msg` request, in order (`null` when none was sent).
+fn sent_cursors(mock: &Mock) -> Vec<Value> {
+    sync_bodies(mock)
+        .iter()
+        .map(|b| b["cursor"].clone())
+        .collect()
+}
+
 #[tokio::test]
 async fn the_puller_continues_through_empty_pages_until_has_more_is_zero() {
     use futures::StreamExt;
@@ -762,10 +770,7 @@ async fn the_puller_continues_through_empty_pages_until_has_more_is_zero() {
     assert_eq!(ids, ["m1", "m2"]);
     let history: Vec<String> = store.history().into_iter().map(|(_, c)| c).collect();
     assert_eq!(history, ["c1", "c2", "c3", "c4"]);
-    let cursors: Vec<Value> = sync_bodies(&mock)
-        .iter()
-        .map(|b| b["cursor"].clone())
-        .collect();
+    let cursors = sent_cursors(&mock);
     assert_eq!(
         cursors,
         [Value::Null, json!("c1"), json!("c2"), json!("c3")]
@@ -810,10 +815,7 @@ async fn an_uncommitted_batch_is_delivered_again_and_the_cursor_only_moves_on_co
     assert_eq!(ids, ["m2"], "m1 was committed already");
     assert_eq!(batch.duplicates(), 1);
     batch.commit().await.unwrap();
-    let cursors: Vec<Value> = sync_bodies(&mock)
-        .iter()
-        .map(|b| b["cursor"].clone())
-        .collect();
+    let cursors = sent_cursors(&mock);
     assert_eq!(cursors, [Value::Null, Value::Null, json!("c1")]);
 }
 
@@ -955,10 +957,7 @@ async fn a_page_comes_whole_and_its_cursor_moves_only_when_the_commit_hook_succe
     assert_eq!(puller.committed_cursor(), Some("c1"));
 
     assert!(store.history().is_empty(), "the hook is the persistence");
-    let cursors: Vec<Value> = sync_bodies(&mock)
-        .iter()
-        .map(|b| b["cursor"].clone())
-        .collect();
+    let cursors = sent_cursors(&mock);
     assert_eq!(cursors, [Value::Null, Value::Null, json!("c1")]);
 }
 

@@ -72,12 +72,12 @@ pub(crate) async fn transfer_and_greet(
 ) -> Result<Transferred, wechat_kf::client::Error> {
     let target = ServiceState::from_code(transfer.service_state);
     let mut request = TransServiceStateRequest::new(
-        transfer.open_kfid.as_str(),
-        transfer.external_userid.as_str(),
+        transfer.open_kfid.clone(),
+        transfer.external_userid.clone(),
         target,
     );
     if let Some(servicer) = &transfer.servicer_userid {
-        request = request.servicer_userid(servicer.as_str());
+        request = request.servicer_userid(servicer.clone());
     }
     let code = match client.service_state().trans(request).await {
         Ok(code) => code,
@@ -89,7 +89,7 @@ pub(crate) async fn transfer_and_greet(
     };
     metrics.handoff(trigger, "ok");
     tracing::info!(
-        open_kfid = transfer.open_kfid,
+        open_kfid = transfer.open_kfid.as_str(),
         service_state = transfer.service_state,
         trigger,
         "session transferred"
@@ -320,11 +320,11 @@ impl ReplySender {
             let body = json!({"touser": touser, "open_kfid": open_kfid, "msgid": first.msgid,
                               "msgtype": "text", "text": {"content": content}});
             let request = SendMsgRequest::new(
-                touser.as_str(),
-                open_kfid.as_str(),
+                touser.clone(),
+                open_kfid.clone(),
                 OutboundMessage::text(content),
             )
-            .msgid(first.msgid.as_str());
+            .msgid(first.msgid.clone());
             (request, Some(body.to_string()))
         };
         let outcome = self.gate.send(&open_kfid, &touser, request).await;
@@ -335,7 +335,7 @@ impl ReplySender {
                     delivery_id: record.delivery_id.as_deref(),
                     position: record.position,
                 },
-                Some(&send.msgid),
+                Some(send.msgid.as_str()),
             );
             r.insert("open_kfid".into(), json!(send.open_kfid));
             r.insert("touser".into(), json!(send.touser));
@@ -461,7 +461,7 @@ impl ReplySender {
                 delivery_id: record.delivery_id.as_deref(),
                 position: record.position,
             },
-            Some(&event.msgid),
+            Some(event.msgid.as_str()),
         );
         match result {
             Err(e) if !sent_by_an_earlier_attempt(&e, record.attempts) => {
@@ -567,7 +567,7 @@ impl ReplySender {
                     delivery_id: record.delivery_id.as_deref(),
                     position: record.position,
                 },
-                Some(&record.msgid),
+                Some(record.msgid.as_str()),
             )
         });
         r.insert("status".into(), json!("failed"));

@@ -309,7 +309,7 @@ impl Service {
                 match client.accounts().list_all().await {
                     Ok(accounts) => {
                         for account in accounts {
-                            pullers.start(account.open_kfid.as_str(), None, None);
+                            pullers.start(&account.open_kfid, None, None);
                         }
                     }
                     Err(e) => tracing::warn!(

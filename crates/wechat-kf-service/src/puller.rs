@@ -45,7 +45,7 @@ use crate::delivery::DeliveryQueue;
 use crate::media::MediaFetcher;
 use crate::metrics::Metrics;
 use crate::replies::{Transfer, new_msgid};
-use crate::retry::{backoff, jitter, now_ms};
+use crate::retry::{backoff, jitter};
 use crate::store::{NewMessage, NewReply, PageWrite, Payload, ReplyEndpoint, Store, is_skipped};
 
 /// An account's wake-up slot.
@@ -95,7 +95,7 @@ pub(crate) struct PullContext {
     pub(crate) shutdown: CancellationToken,
     pub(crate) retry_initial: Duration,
     pub(crate) retry_max: Duration,
-    /// WeChat's clock.
+    /// WeChat's clock (the first-start threshold) and the service's own (`stored_at`).
     pub(crate) clock: Clock,
     /// When the service started, on WeChat's clock (the `from-now` threshold).
     pub(crate) started_at: i64,
@@ -129,6 +129,9 @@ pub struct Pullers {
     context: Option<Arc<PullContext>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     max_accounts: usize,
+    /// Stamps when a callback Token arrived (the service's own clock, which the API client's
+    /// freshness check reads too).
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Pullers {
@@ -147,16 +150,19 @@ impl Pullers {
             context: None,
             tasks: Mutex::new(Vec::new()),
             max_accounts,
+            clock: Clock::system(),
         }
     }
 
     pub(crate) fn new(context: PullContext) -> Pullers {
         let max_accounts = context.config.max_accounts;
+        let clock = context.clock.clone();
         Pullers {
             slots: Mutex::new(HashMap::new()),
             context: Some(Arc::new(context)),
             tasks: Mutex::new(Vec::new()),
             max_accounts,
+            clock,
         }
     }
 
@@ -228,8 +234,8 @@ impl Pullers {
             }
         };
         if let Some(token) = token {
-            *slot.token.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some((token, SystemTime::now()));
+            let received_at = self.clock.local_time();
+            *slot.token.lock().unwrap_or_else(|e| e.into_inner()) = Some((token, received_at));
         }
         slot.wakes.fetch_add(1, Ordering::Relaxed);
         slot.notify.notify_one();
@@ -288,7 +294,9 @@ async fn run(
     let mut failures = 0;
     loop {
         let known = async {
-            ctx.store.add_account(open_kfid.clone(), now_ms()).await?;
+            ctx.store
+                .add_account(open_kfid.clone(), ctx.clock.local_ms())
+                .await?;
             if cursor.is_none() {
                 let accounts = ctx.store.accounts().await?;
                 if let Some(row) = accounts.into_iter().find(|a| a.open_kfid == open_kfid) {
@@ -573,7 +581,7 @@ async fn pull_round(
                     open_kfid: open_kfid.clone(),
                     messages,
                     next_cursor,
-                    now_ms: now_ms(),
+                    now_ms: ctx.clock.local_ms(),
                     skip_before,
                     catch_up_before: if has_more { skip_before } else { None },
                     actions,
@@ -822,5 +830,16 @@ mod tests {
         assert!(second.is_err());
         assert!(pullers.wake(&account("wkB"), None));
         assert!(!pullers.wake(&account("wkC"), None), "account limit");
+    }
+
+    #[test]
+    fn a_callback_token_is_stamped_on_the_services_own_clock() {
+        let arrived = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut pullers = Pullers::detached(1);
+        // WeChat's clock (the emulator's, in tests) says otherwise: the stamp ignores it.
+        pullers.clock = Clock::from_fn(|| 5).with_local_time(move || arrived);
+        pullers.wake(&"wkA".into(), Some("T".into()));
+        let slot = pullers.slot("wkA").unwrap();
+        assert_eq!(slot.latest_token(), Some(("T".to_owned(), arrived)));
     }
 }

@@ -21,7 +21,6 @@ use wechat_kf::{ExternalUserId, OpenKfId, UserId};
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
-use crate::retry::now_ms;
 use crate::store::{SessionUpdate, Store};
 
 /// What a gated send came to.
@@ -300,7 +299,12 @@ impl Gate {
     ) -> Option<SessionView> {
         match self
             .store
-            .update_session(open_kfid.clone(), external_userid.clone(), update, now_ms())
+            .update_session(
+                open_kfid.clone(),
+                external_userid.clone(),
+                update,
+                self.clock.local_ms(),
+            )
             .await
         {
             Ok(view) => Some(view),

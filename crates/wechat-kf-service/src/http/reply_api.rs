@@ -30,7 +30,6 @@ use crate::config::Secret;
 use crate::error::safe_error;
 use crate::metrics::Metrics;
 use crate::replies::SendMsg;
-use crate::retry::now_ms;
 use crate::send_policy::{Gate, Refusal, SendOutcome};
 use crate::sender::transfer_and_greet;
 use crate::store::Store;
@@ -215,7 +214,8 @@ where
             if let Some(msgid) = msgid {
                 match serde_json::to_string(&body) {
                     Ok(record) => {
-                        if let Err(e) = store.record_api_send(key, msgid, record, now_ms()).await {
+                        let now_ms = state.inner.gate.clock.local_ms();
+                        if let Err(e) = store.record_api_send(key, msgid, record, now_ms).await {
                             tracing::warn!(error = %e, "cannot record the send for idempotency");
                         }
                     }

@@ -254,7 +254,7 @@ async fn killing_the_service_at_random_moments_loses_nothing_and_stores_nothing_
     assert_eq!(stats.pending, 0);
     let mut stored = HashSet::new();
     for kf in &accounts {
-        for (msgid, delivered) in store.messages(kf.clone()).await.unwrap() {
+        for (msgid, delivered) in store.messages(kf.clone().into()).await.unwrap() {
             assert!(delivered, "{msgid} not marked delivered");
             assert!(stored.insert(msgid.clone()), "{msgid} stored twice");
         }

@@ -36,6 +36,7 @@ use sha2::{Digest, Sha256};
 use wechat_kf::client::{Client, ErrCode};
 use wechat_kf::message::{Message, MessageContent};
 use wechat_kf::voice::{Converter, VoiceError};
+use wechat_kf::{MsgId, OpenKfId};
 
 use crate::Error;
 use crate::config::{MediaConfig, Secret, VoiceTarget};
@@ -45,7 +46,7 @@ use crate::metrics::Metrics;
 /// A media message to download.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Job {
-    pub(crate) msgid: String,
+    pub(crate) msgid: MsgId,
     pub(crate) msgtype: &'static str,
     pub(crate) media_id: String,
 }
@@ -130,8 +131,8 @@ impl Bucket {
     /// Uploads a local file under `<prefix>/<open_kfid>/<msgid>/<file name>`; `(url, key)`.
     async fn upload(
         &self,
-        open_kfid: &str,
-        msgid: &str,
+        open_kfid: &OpenKfId,
+        msgid: &MsgId,
         file: &Path,
         content_type: Option<&str>,
     ) -> Result<(String, String), String> {
@@ -140,8 +141,8 @@ impl Bucket {
             .iter()
             .cloned()
             .chain([
-                path_component(open_kfid),
-                path_component(msgid),
+                path_component(open_kfid.as_str()),
+                path_component(msgid.as_str()),
                 key_segment(file.file_name().map(|n| n.to_string_lossy())),
             ])
             .collect();
@@ -246,7 +247,7 @@ impl MediaFetcher {
             return None;
         }
         Some(Job {
-            msgid: message.msgid().as_str().to_owned(),
+            msgid: message.msgid().clone(),
             msgtype,
             media_id,
         })
@@ -255,7 +256,7 @@ impl MediaFetcher {
     /// Downloads several media files (bounded concurrency); returns `(seq, record JSON)`.
     pub(crate) async fn fetch_all(
         &self,
-        open_kfid: &str,
+        open_kfid: &OpenKfId,
         jobs: Vec<(i64, Job)>,
     ) -> Vec<(i64, String)> {
         futures::stream::iter(jobs)
@@ -266,15 +267,15 @@ impl MediaFetcher {
     }
 
     /// Downloads one file (and converts a voice note); the media record.
-    pub(crate) async fn fetch(&self, open_kfid: &str, job: &Job) -> Value {
+    pub(crate) async fn fetch(&self, open_kfid: &OpenKfId, job: &Job) -> Value {
         let mut record = Map::new();
         record.insert("msgid".into(), json!(job.msgid));
         record.insert("msgtype".into(), json!(job.msgtype));
         record.insert("media_id".into(), json!(job.media_id));
         let dir = self
             .dir
-            .join(path_component(open_kfid))
-            .join(path_component(&job.msgid));
+            .join(path_component(open_kfid.as_str()))
+            .join(path_component(job.msgid.as_str()));
         // Leftovers of an interrupted attempt (this directory belongs to this message only).
         let _ = tokio::fs::remove_dir_all(&dir).await;
         if let Err(e) = tokio::fs::create_dir_all(&dir).await {
@@ -299,7 +300,7 @@ impl MediaFetcher {
                     None => ("network", None),
                 };
                 tracing::warn!(
-                    open_kfid,
+                    open_kfid = open_kfid.as_str(),
                     kind,
                     errcode,
                     "media download failed; delivering without the file"
@@ -361,7 +362,7 @@ impl MediaFetcher {
     async fn upload_all(
         &self,
         bucket: &Bucket,
-        open_kfid: &str,
+        open_kfid: &OpenKfId,
         job: &Job,
         record: &mut Map<String, Value>,
     ) {
@@ -375,7 +376,7 @@ impl MediaFetcher {
             .media_upload(job.msgtype, if ok { "ok" } else { "failed" });
         if !ok {
             tracing::warn!(
-                open_kfid,
+                open_kfid = open_kfid.as_str(),
                 bucket = %bucket.name,
                 "media upload failed; delivering without it"
             );
@@ -387,7 +388,7 @@ impl MediaFetcher {
     async fn upload_recorded(
         &self,
         bucket: &Bucket,
-        open_kfid: &str,
+        open_kfid: &OpenKfId,
         job: &Job,
         record: &mut Map<String, Value>,
     ) -> bool {
@@ -408,7 +409,7 @@ impl MediaFetcher {
     async fn upload_one(
         &self,
         bucket: &Bucket,
-        open_kfid: &str,
+        open_kfid: &OpenKfId,
         job: &Job,
         record: &mut Map<String, Value>,
     ) -> Option<String> {

@@ -9,6 +9,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use wechat_kf::OpenKfId;
+
 /// Upper bounds (seconds) of the delivery-lag histogram buckets.
 const LAG_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 300.0, 3600.0,
@@ -201,9 +203,10 @@ impl Metrics {
     }
 
     /// Counts messages of an account skipped by the first-start policy.
-    pub fn skipped(&self, open_kfid: &str, n: u64) {
+    pub fn skipped(&self, open_kfid: &OpenKfId, n: u64) {
         if n > 0 {
-            self.first_start_skipped.add(&[("open_kfid", open_kfid)], n);
+            self.first_start_skipped
+                .add(&[("open_kfid", open_kfid.as_str())], n);
         }
     }
 
@@ -433,7 +436,7 @@ mod tests {
         m.observe_lag(Duration::from_secs(2));
         m.errcode("kf/send_msg", 95001);
         m.send_refused("quota_exhausted", "service");
-        m.skipped("wk\"1", 3);
+        m.skipped(&"wk\"1".into(), 3);
         m.first_start("first_start", "from-now");
         let text = m.render();
         assert!(text.contains(

@@ -37,6 +37,7 @@ use wechat_kf::client::messages::VoiceFormat;
 use wechat_kf::client::puller::{Puller, empty_page_pause};
 use wechat_kf::client::{Client, ErrCode};
 use wechat_kf::message::{InvalidItem, Message, MessageContent, Origin};
+use wechat_kf::{MsgId, OpenKfId};
 
 use crate::clock::Clock;
 use crate::config::{FirstStart, HandoffConfig, PullConfig};
@@ -44,7 +45,7 @@ use crate::delivery::DeliveryQueue;
 use crate::media::MediaFetcher;
 use crate::metrics::Metrics;
 use crate::replies::{Transfer, new_msgid};
-use crate::retry::{backoff, jitter, now_ms};
+use crate::retry::{backoff, jitter};
 use crate::store::{NewMessage, NewReply, PageWrite, Payload, ReplyEndpoint, Store, is_skipped};
 
 /// An account's wake-up slot.
@@ -94,7 +95,7 @@ pub(crate) struct PullContext {
     pub(crate) shutdown: CancellationToken,
     pub(crate) retry_initial: Duration,
     pub(crate) retry_max: Duration,
-    /// WeChat's clock.
+    /// WeChat's clock (the first-start threshold) and the service's own (`stored_at`).
     pub(crate) clock: Clock,
     /// When the service started, on WeChat's clock (the `from-now` threshold).
     pub(crate) started_at: i64,
@@ -124,10 +125,13 @@ const CATCH_UP_PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Every account's slot; spawns a puller for an account the first time it is named.
 pub struct Pullers {
-    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    slots: Mutex<HashMap<OpenKfId, Arc<Slot>>>,
     context: Option<Arc<PullContext>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     max_accounts: usize,
+    /// Stamps when a callback Token arrived (the service's own clock, which the API client's
+    /// freshness check reads too).
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Pullers {
@@ -146,16 +150,19 @@ impl Pullers {
             context: None,
             tasks: Mutex::new(Vec::new()),
             max_accounts,
+            clock: Clock::system(),
         }
     }
 
     pub(crate) fn new(context: PullContext) -> Pullers {
         let max_accounts = context.config.max_accounts;
+        let clock = context.clock.clone();
         Pullers {
             slots: Mutex::new(HashMap::new()),
             context: Some(Arc::new(context)),
             tasks: Mutex::new(Vec::new()),
             max_accounts,
+            clock,
         }
     }
 
@@ -169,8 +176,8 @@ impl Pullers {
     }
 
     /// The accounts with a slot.
-    pub fn accounts(&self) -> Vec<String> {
-        let mut list: Vec<String> = self
+    pub fn accounts(&self) -> Vec<OpenKfId> {
+        let mut list: Vec<OpenKfId> = self
             .slots
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -185,7 +192,7 @@ impl Pullers {
     /// catch-up) and wakes it. Returns `false` when the account limit is reached.
     pub(crate) fn start(
         &self,
-        open_kfid: &str,
+        open_kfid: &OpenKfId,
         cursor: Option<String>,
         catch_up_before: Option<i64>,
     ) -> bool {
@@ -194,7 +201,7 @@ impl Pullers {
 
     /// Wakes an account's puller (starting one if needed), remembering the callback `token`.
     /// Returns `false` when the account is new and the account limit is reached.
-    pub fn wake(&self, open_kfid: &str, token: Option<String>) -> bool {
+    pub fn wake(&self, open_kfid: &OpenKfId, token: Option<String>) -> bool {
         self.wake_with(open_kfid, token, None, None)
     }
 
@@ -207,7 +214,7 @@ impl Pullers {
 
     fn wake_with(
         &self,
-        open_kfid: &str,
+        open_kfid: &OpenKfId,
         token: Option<String>,
         cursor: Option<String>,
         catch_up_before: Option<i64>,
@@ -221,14 +228,14 @@ impl Pullers {
                         return false;
                     }
                     let slot = Arc::new(Slot::default());
-                    slots.insert(open_kfid.to_owned(), slot.clone());
+                    slots.insert(open_kfid.clone(), slot.clone());
                     (slot, true)
                 }
             }
         };
         if let Some(token) = token {
-            *slot.token.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some((token, SystemTime::now()));
+            let received_at = self.clock.local_time();
+            *slot.token.lock().unwrap_or_else(|e| e.into_inner()) = Some((token, received_at));
         }
         slot.wakes.fetch_add(1, Ordering::Relaxed);
         slot.notify.notify_one();
@@ -236,7 +243,7 @@ impl Pullers {
             if let Some(context) = &self.context {
                 let task = tokio::spawn(run(
                     context.clone(),
-                    open_kfid.to_owned(),
+                    open_kfid.clone(),
                     slot,
                     cursor,
                     catch_up_before,
@@ -275,7 +282,7 @@ impl Pullers {
 /// An account's puller task.
 async fn run(
     ctx: Arc<PullContext>,
-    open_kfid: String,
+    open_kfid: OpenKfId,
     slot: Arc<Slot>,
     mut cursor: Option<String>,
     mut catch_up_before: Option<i64>,
@@ -287,7 +294,9 @@ async fn run(
     let mut failures = 0;
     loop {
         let known = async {
-            ctx.store.add_account(open_kfid.clone(), now_ms()).await?;
+            ctx.store
+                .add_account(open_kfid.clone(), ctx.clock.local_ms())
+                .await?;
             if cursor.is_none() {
                 let accounts = ctx.store.accounts().await?;
                 if let Some(row) = accounts.into_iter().find(|a| a.open_kfid == open_kfid) {
@@ -301,7 +310,7 @@ async fn run(
             Ok(()) => break,
             Err(e) => {
                 failures += 1;
-                tracing::error!(open_kfid, error = %e, "cannot record the account");
+                tracing::error!(open_kfid = open_kfid.as_str(), error = %e, "cannot record the account");
                 let delay = backoff(failures, ctx.retry_initial, ctx.retry_max, jitter());
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -310,7 +319,7 @@ async fn run(
             }
         }
     }
-    let mut puller = Puller::new(ctx.client.clone(), open_kfid.as_str())
+    let mut puller = Puller::new(ctx.client.clone(), open_kfid.clone())
         .start_cursor(cursor.unwrap_or_default())
         .page_limit(ctx.config.page_size)
         // The store de-duplicates by msgid (pages bypass the library's window anyway).
@@ -320,7 +329,7 @@ async fn run(
     }
     let policy = ctx.config.first_start_for(&open_kfid);
     let mut catch_up = catch_up_before.map(|before| {
-        tracing::info!(open_kfid, policy = %policy, skip_before = before, "resuming an unfinished first-start catch-up");
+        tracing::info!(open_kfid = open_kfid.as_str(), policy = %policy, skip_before = before, "resuming an unfinished first-start catch-up");
         CatchUp {
             skip_before: Some(before),
             reason: "resumed",
@@ -373,7 +382,7 @@ async fn run(
 /// without a cursor and would otherwise announce every pull).
 fn begin_catch_up(
     ctx: &PullContext,
-    open_kfid: &str,
+    open_kfid: &OpenKfId,
     policy: FirstStart,
     reason: &'static str,
     announce: bool,
@@ -382,7 +391,7 @@ fn begin_catch_up(
     if announce {
         ctx.metrics.first_start(reason, policy.name());
         tracing::info!(
-            open_kfid,
+            open_kfid = open_kfid.as_str(),
             reason,
             policy = %policy,
             skip_before,
@@ -403,20 +412,20 @@ fn begin_catch_up(
 /// The keyword handoffs of a page: one transfer per customer text containing a keyword.
 fn handoffs(
     handoff: &HandoffConfig,
-    open_kfid: &str,
+    open_kfid: &OpenKfId,
     messages: &[NewMessage],
     skip_before: Option<i64>,
-) -> Vec<(String, NewReply)> {
+) -> Vec<(MsgId, NewReply)> {
     if handoff.keywords.is_empty() {
         return Vec::new();
     }
-    let mut out: Vec<(String, NewReply)> = Vec::new();
+    let mut out: Vec<(MsgId, NewReply)> = Vec::new();
     for m in messages {
         let Payload::Message(message) = &m.payload else {
             continue;
         };
         if message.origin() != Origin::Customer
-            || m.external_userid.is_empty()
+            || m.external_userid.as_str().is_empty()
             || is_skipped(m.send_time, skip_before)
         {
             continue;
@@ -439,7 +448,7 @@ fn handoffs(
             continue;
         }
         let transfer = Transfer {
-            open_kfid: open_kfid.to_owned(),
+            open_kfid: open_kfid.clone(),
             external_userid: m.external_userid.clone(),
             service_state: handoff.service_state,
             servicer_userid: handoff.servicer_userid.clone(),
@@ -468,7 +477,7 @@ fn handoffs(
 /// Pulls until `has_more` is 0, a non-retryable error, or shutdown.
 async fn pull_round(
     ctx: &PullContext,
-    open_kfid: &str,
+    open_kfid: &OpenKfId,
     slot: &Slot,
     puller: &mut Puller,
     catch_up: &mut Option<CatchUp>,
@@ -524,7 +533,7 @@ async fn pull_round(
                 {
                     let policy = ctx.config.first_start_for(open_kfid);
                     tracing::warn!(
-                        open_kfid,
+                        open_kfid = open_kfid.as_str(),
                         errcode = 40035,
                         "the stored cursor was rejected; pulling from the start of what WeChat holds"
                     );
@@ -541,13 +550,13 @@ async fn pull_round(
                 if e.is_retryable() || e.is_token_invalid() {
                     failures += 1;
                     let delay = backoff(failures, ctx.retry_initial, ctx.retry_max, jitter());
-                    tracing::warn!(open_kfid, error = %e, retry_in_ms = delay.as_millis() as u64, "sync_msg failed");
+                    tracing::warn!(open_kfid = open_kfid.as_str(), error = %e, retry_in_ms = delay.as_millis() as u64, "sync_msg failed");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => continue,
                         _ = shutdown.cancelled() => return,
                     }
                 }
-                tracing::error!(open_kfid, error = %e, "sync_msg failed; waiting for the next callback");
+                tracing::error!(open_kfid = open_kfid.as_str(), error = %e, "sync_msg failed; waiting for the next callback");
                 return;
             }
         };
@@ -569,10 +578,10 @@ async fn pull_round(
         let committed = page
             .commit_with(|next_cursor| {
                 let write = PageWrite {
-                    open_kfid: open_kfid.to_owned(),
+                    open_kfid: open_kfid.clone(),
                     messages,
                     next_cursor,
-                    now_ms: now_ms(),
+                    now_ms: ctx.clock.local_ms(),
                     skip_before,
                     catch_up_before: if has_more { skip_before } else { None },
                     actions,
@@ -585,7 +594,7 @@ async fn pull_round(
             Err(e) => {
                 failures += 1;
                 let delay = backoff(failures, ctx.retry_initial, ctx.retry_max, jitter());
-                tracing::error!(open_kfid, error = %e, "cannot store a page; pulling it again");
+                tracing::error!(open_kfid = open_kfid.as_str(), error = %e, "cannot store a page; pulling it again");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => continue,
                     _ = shutdown.cancelled() => return,
@@ -603,7 +612,7 @@ async fn pull_round(
             if has_more && c.logged_at.elapsed() >= CATCH_UP_PROGRESS_EVERY {
                 c.logged_at = std::time::Instant::now();
                 tracing::info!(
-                    open_kfid,
+                    open_kfid = open_kfid.as_str(),
                     pages = c.pages,
                     skipped = c.skipped,
                     delivered = c.delivered,
@@ -612,7 +621,7 @@ async fn pull_round(
             }
             if !has_more {
                 tracing::info!(
-                    open_kfid,
+                    open_kfid = open_kfid.as_str(),
                     reason = c.reason,
                     policy = %c.policy,
                     pages = c.pages,
@@ -640,7 +649,7 @@ async fn pull_round(
                     _ = shutdown.cancelled() => return,
                 };
                 if let Err(e) = ctx.store.record_media(records.clone()).await {
-                    tracing::warn!(open_kfid, error = %e, "cannot store media records; delivering them anyway");
+                    tracing::warn!(open_kfid = open_kfid.as_str(), error = %e, "cannot store media records; delivering them anyway");
                 }
                 let records: HashMap<i64, Arc<str>> = records
                     .into_iter()
@@ -659,7 +668,7 @@ async fn pull_round(
         Metrics::add(&ctx.metrics.messages_invalid, invalid as u64);
         if invalid > 0 {
             tracing::warn!(
-                open_kfid,
+                open_kfid = open_kfid.as_str(),
                 invalid,
                 "stored items the library could not decode"
             );
@@ -671,7 +680,12 @@ async fn pull_round(
             _ = shutdown.cancelled() => return,
         }
         if !has_more {
-            tracing::debug!(open_kfid, pages, stored = stored_total, "pull finished");
+            tracing::debug!(
+                open_kfid = open_kfid.as_str(),
+                pages,
+                stored = stored_total,
+                "pull finished"
+            );
             return;
         }
         if items == 0 {
@@ -694,7 +708,7 @@ async fn pull_round(
 /// without it; the slot forgets it too, unless a newer one arrived meanwhile.
 fn token_rejected(
     ctx: &PullContext,
-    open_kfid: &str,
+    open_kfid: &OpenKfId,
     slot: &Slot,
     token: Option<&(String, SystemTime)>,
     rejection: &wechat_kf::client::Error,
@@ -705,7 +719,7 @@ fn token_rejected(
         slot.forget_token(t);
     }
     tracing::info!(
-        open_kfid,
+        open_kfid = open_kfid.as_str(),
         "callback token rejected (95007); pulling without it"
     );
 }
@@ -734,11 +748,8 @@ pub(crate) fn page_messages(messages: Vec<Message>, invalid: Vec<InvalidItem>) -
 
 fn from_message(m: Message) -> NewMessage {
     NewMessage {
-        msgid: m.msgid().as_str().to_owned(),
-        external_userid: m
-            .external_userid()
-            .map(|u| u.as_str().to_owned())
-            .unwrap_or_default(),
+        msgid: m.msgid().clone(),
+        external_userid: m.external_userid().cloned().unwrap_or_default(),
         send_time: m.send_time().min(i64::MAX as u64) as i64,
         origin: Some(m.origin().code()),
         kind: m.kind().into_owned(),
@@ -753,14 +764,15 @@ fn from_invalid(item: InvalidItem) -> NewMessage {
     let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
     let external_userid = text(&value, "external_userid")
         .or_else(|| value.get("event").and_then(|e| text(e, "external_userid")))
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .into();
     let msgid = match &item.msgid {
-        Some(id) if !id.as_str().is_empty() => id.as_str().to_owned(),
+        Some(id) if !id.as_str().is_empty() => id.clone(),
         // No msgid to de-duplicate on: the JSON itself is the identity.
-        _ => format!(
+        _ => MsgId::from(format!(
             "invalid:{}",
             &hex::encode(Sha256::digest(raw.as_bytes()))[..40]
-        ),
+        )),
     };
     NewMessage {
         msgid,
@@ -791,7 +803,7 @@ mod tests {
         let items = page_messages(page.msg_list, page.invalid);
         assert_eq!(items.len(), 3);
         assert_eq!(items[0].msgid, "m1");
-        assert!(items[1].msgid.starts_with("invalid:"));
+        assert!(items[1].msgid.as_str().starts_with("invalid:"));
         assert_eq!(items[1].external_userid, "wm2");
         assert_eq!(items[1].kind, "invalid:location");
         assert!(items[1].decode_error.is_some());
@@ -805,8 +817,9 @@ mod tests {
     #[tokio::test]
     async fn wakes_coalesce_and_keep_the_newest_token() {
         let pullers = Pullers::detached(2);
+        let account = |id: &str| OpenKfId::from(id);
         for i in 0..10 {
-            assert!(pullers.wake("wkA", Some(format!("T{i}"))));
+            assert!(pullers.wake(&account("wkA"), Some(format!("T{i}"))));
         }
         let slot = pullers.slot("wkA").unwrap();
         assert_eq!(slot.wakes(), 10);
@@ -815,7 +828,18 @@ mod tests {
         slot.notify.notified().await;
         let second = tokio::time::timeout(Duration::from_millis(20), slot.notify.notified()).await;
         assert!(second.is_err());
-        assert!(pullers.wake("wkB", None));
-        assert!(!pullers.wake("wkC", None), "account limit");
+        assert!(pullers.wake(&account("wkB"), None));
+        assert!(!pullers.wake(&account("wkC"), None), "account limit");
+    }
+
+    #[test]
+    fn a_callback_token_is_stamped_on_the_services_own_clock() {
+        let arrived = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut pullers = Pullers::detached(1);
+        // WeChat's clock (the emulator's, in tests) says otherwise: the stamp ignores it.
+        pullers.clock = Clock::from_fn(|| 5).with_local_time(move || arrived);
+        pullers.wake(&"wkA".into(), Some("T".into()));
+        let slot = pullers.slot("wkA").unwrap();
+        assert_eq!(slot.latest_token(), Some(("T".to_owned(), arrived)));
     }
 }

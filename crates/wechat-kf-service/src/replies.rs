@@ -7,13 +7,14 @@
 use serde_json::{Map, Value, json};
 use wechat_kf::client::messages::{SendMsgOnEventRequest, SendMsgRequest};
 use wechat_kf::client::outbound::{OutboundMessage, validate_msgid};
+use wechat_kf::{ExternalUserId, MsgId, OpenKfId, UserId};
 
 use crate::config::JoinerConfig;
 use crate::store::{NewReply, ReplyEndpoint};
 
 /// A fresh msgid: 32 hex characters, within WeChat's `[0-9a-zA-Z_-]{1,32}`.
-pub(crate) fn new_msgid() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+pub(crate) fn new_msgid() -> MsgId {
+    uuid::Uuid::new_v4().simple().to_string().into()
 }
 
 fn str_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a str, String> {
@@ -26,12 +27,12 @@ fn str_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a str, Stri
 }
 
 /// The caller's msgid (validated) or a generated one; `"msgid": ""` is rejected like WeChat does.
-fn msgid_field(obj: &Map<String, Value>) -> Result<(String, bool), String> {
+fn msgid_field(obj: &Map<String, Value>) -> Result<(MsgId, bool), String> {
     match obj.get("msgid") {
         None | Some(Value::Null) => Ok((new_msgid(), false)),
         Some(Value::String(s)) => {
             validate_msgid(s).map_err(|e| e.to_string())?;
-            Ok((s.clone(), true))
+            Ok((s.as_str().into(), true))
         }
         Some(_) => Err("msgid must be a string".into()),
     }
@@ -47,9 +48,9 @@ pub(crate) fn outbound_from_json(obj: &Map<String, Value>) -> Result<OutboundMes
 #[derive(Debug)]
 pub(crate) struct SendMsg {
     pub(crate) request: SendMsgRequest,
-    pub(crate) open_kfid: String,
-    pub(crate) touser: String,
-    pub(crate) msgid: String,
+    pub(crate) open_kfid: OpenKfId,
+    pub(crate) touser: ExternalUserId,
+    pub(crate) msgid: MsgId,
     /// Whether the caller chose the msgid (idempotency applies).
     pub(crate) caller_msgid: bool,
 }
@@ -57,12 +58,12 @@ pub(crate) struct SendMsg {
 /// Reads a `send_msg` body.
 pub(crate) fn parse_send_msg(value: &Value) -> Result<SendMsg, String> {
     let obj = value.as_object().ok_or("the body must be a JSON object")?;
-    let touser = str_field(obj, "touser")?.to_owned();
-    let open_kfid = str_field(obj, "open_kfid")?.to_owned();
+    let touser = ExternalUserId::from(str_field(obj, "touser")?);
+    let open_kfid = OpenKfId::from(str_field(obj, "open_kfid")?);
     let (msgid, caller_msgid) = msgid_field(obj)?;
     let message = outbound_from_json(obj)?;
     let request =
-        SendMsgRequest::new(touser.as_str(), open_kfid.as_str(), message).msgid(msgid.as_str());
+        SendMsgRequest::new(touser.clone(), open_kfid.clone(), message).msgid(msgid.clone());
     Ok(SendMsg {
         request,
         open_kfid,
@@ -77,7 +78,7 @@ pub(crate) fn parse_send_msg(value: &Value) -> Result<SendMsg, String> {
 pub(crate) struct OnEvent {
     pub(crate) request: SendMsgOnEventRequest,
     pub(crate) code: String,
-    pub(crate) msgid: String,
+    pub(crate) msgid: MsgId,
     pub(crate) caller_msgid: bool,
 }
 
@@ -87,7 +88,7 @@ pub(crate) fn parse_on_event(value: &Value) -> Result<OnEvent, String> {
     let code = str_field(obj, "code")?.to_owned();
     let (msgid, caller_msgid) = msgid_field(obj)?;
     let message = outbound_from_json(obj)?;
-    let request = SendMsgOnEventRequest::new(code.as_str(), message).msgid(msgid.as_str());
+    let request = SendMsgOnEventRequest::new(code.as_str(), message).msgid(msgid.clone());
     Ok(OnEvent {
         request,
         code,
@@ -100,10 +101,10 @@ pub(crate) fn parse_on_event(value: &Value) -> Result<OnEvent, String> {
 /// `POST /v1/service_state/trans`), or by a handoff keyword.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Transfer {
-    pub(crate) open_kfid: String,
-    pub(crate) external_userid: String,
+    pub(crate) open_kfid: OpenKfId,
+    pub(crate) external_userid: ExternalUserId,
     pub(crate) service_state: u32,
-    pub(crate) servicer_userid: Option<String>,
+    pub(crate) servicer_userid: Option<UserId>,
     /// A text sent with the `msg_code` the transfer returns.
     pub(crate) message: Option<String>,
 }
@@ -136,8 +137,8 @@ impl Transfer {
 /// `servicer_userid`), optional `message`.
 pub(crate) fn parse_transfer(value: &Value) -> Result<Transfer, String> {
     let obj = value.as_object().ok_or("the body must be a JSON object")?;
-    let open_kfid = str_field(obj, "open_kfid")?.to_owned();
-    let external_userid = str_field(obj, "external_userid")?.to_owned();
+    let open_kfid = OpenKfId::from(str_field(obj, "open_kfid")?);
+    let external_userid = ExternalUserId::from(str_field(obj, "external_userid")?);
     let service_state = obj
         .get("service_state")
         .and_then(Value::as_u64)
@@ -147,7 +148,7 @@ pub(crate) fn parse_transfer(value: &Value) -> Result<Transfer, String> {
     let servicer_userid = match obj.get("servicer_userid") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.is_empty() => None,
-        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::String(s)) => Some(UserId::from(s.as_str())),
         Some(_) => return Err("servicer_userid must be a string".into()),
     };
     if service_state == 3 && servicer_userid.is_none() {
@@ -194,7 +195,7 @@ pub(crate) fn queue_reply(
             endpoint: ReplyEndpoint::SendMsg,
             lane: String::new(),
             body: String::new(),
-            msgid: msgid.unwrap_or_default().to_owned(),
+            msgid: msgid.unwrap_or_default().into(),
             delivery_id: delivery_id.clone(),
             position: origin.position,
             hold_ms: 0,
@@ -218,7 +219,7 @@ pub(crate) fn queue_reply(
                 endpoint: ReplyEndpoint::Trans,
                 lane: transfer.lane(),
                 body: transfer.to_json().to_string(),
-                msgid: caller_msgid.unwrap_or_else(new_msgid),
+                msgid: caller_msgid.map_or_else(new_msgid, MsgId::from),
                 delivery_id,
                 position: origin.position,
                 hold_ms: 0,
@@ -240,7 +241,7 @@ pub(crate) fn queue_reply(
     };
     match parsed {
         Ok((msgid, lane, text)) => {
-            obj.insert("msgid".into(), Value::String(msgid.clone()));
+            obj.insert("msgid".into(), Value::String(msgid.as_str().to_owned()));
             NewReply {
                 endpoint: if is_event {
                     ReplyEndpoint::SendMsgOnEvent
@@ -281,7 +282,7 @@ pub(crate) fn result_head(origin: ReplyOrigin<'_>, msgid: Option<&str>) -> Map<S
 }
 
 /// The echo bot's answer to a customer text: `echo: <text>`, cut to WeChat's 2048-byte limit.
-pub(crate) fn echo_reply(open_kfid: &str, touser: &str, content: &str) -> Value {
+pub(crate) fn echo_reply(open_kfid: &OpenKfId, touser: &ExternalUserId, content: &str) -> Value {
     const LIMIT: usize = 2048;
     let mut text = format!("echo: {content}");
     if text.len() > LIMIT {
@@ -362,7 +363,7 @@ mod tests {
         );
         assert!(reply.error.is_none());
         assert_eq!(reply.lane, "wk1/wm1");
-        assert_eq!(reply.msgid.len(), 32);
+        assert_eq!(reply.msgid.as_str().len(), 32);
         let body: Value = serde_json::from_str(&reply.body).unwrap();
         assert_eq!(body["msgid"], reply.msgid.as_str());
         assert_eq!(reply.hold_ms, 0);
@@ -421,7 +422,7 @@ mod tests {
     #[test]
     fn echoes_are_cut_at_a_character_boundary() {
         let long = "好".repeat(1000);
-        let reply = echo_reply("wk", "wm", &long);
+        let reply = echo_reply(&"wk".into(), &"wm".into(), &long);
         let content = reply["text"]["content"].as_str().unwrap();
         assert!(content.len() <= 2048);
         assert!(content.starts_with("echo: 好"));

@@ -39,14 +39,6 @@ pub(crate) fn jitter() -> f64 {
     rand::random::<f64>()
 }
 
-/// Now as unix milliseconds.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

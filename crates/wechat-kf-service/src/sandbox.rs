@@ -2,6 +2,7 @@
 //! it, points its callbacks at itself and creates a demo account, so the whole loop (customer →
 //! callback → pull → bot → reply) runs with one command.
 
+use wechat_kf::OpenKfId;
 use wechat_kf_emulator::{Emulator, RunningEmulator};
 
 use crate::Error;
@@ -16,7 +17,7 @@ pub struct SandboxInfo {
     /// The emulator's base URL (`/emulator/*` control API, `/cgi-bin/*` WeChat API).
     pub emulator_url: String,
     /// The demo account.
-    pub open_kfid: String,
+    pub open_kfid: OpenKfId,
     /// The service's base URL (filled in once it listens).
     pub service_url: String,
     /// The reply API's bearer token (generated unless configured; `None` when configured, so
@@ -74,7 +75,7 @@ pub(crate) struct Sandbox {
     pub(crate) callback_token: String,
     pub(crate) encoding_aes_key: String,
     pub(crate) emulator_url: String,
-    pub(crate) open_kfid: String,
+    pub(crate) open_kfid: OpenKfId,
     pub(crate) api_token: String,
     pub(crate) info: SandboxInfo,
 }
@@ -98,7 +99,7 @@ impl Sandbox {
                     e,
                 )
             })?;
-        let open_kfid = running.emulator().create_account("Demo");
+        let open_kfid = OpenKfId::from(running.emulator().create_account("Demo"));
         let emulator_url = running.base_url();
         let generated = config.api.token.is_none();
         let api_token = match &config.api.token {
@@ -113,7 +114,7 @@ impl Sandbox {
             echo: config.sandbox.echo,
             webhook: config.webhook.url.is_some(),
         };
-        tracing::info!(emulator = %emulator_url, open_kfid, "sandbox: emulator started");
+        tracing::info!(emulator = %emulator_url, open_kfid = open_kfid.as_str(), "sandbox: emulator started");
         Ok(Sandbox {
             running,
             corp_id,

@@ -17,10 +17,10 @@ use utoipa::ToSchema;
 use wechat_kf::client::Client;
 use wechat_kf::client::messages::{SendMsgRequest, SendMsgResponse};
 use wechat_kf::session::{SendAllowance, SendRefusal, ServiceState, SessionView};
+use wechat_kf::{ExternalUserId, OpenKfId, UserId};
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
-use crate::retry::now_ms;
 use crate::store::{SessionUpdate, Store};
 
 /// What a gated send came to.
@@ -42,13 +42,16 @@ pub(crate) enum SendOutcome {
 
 type LaneLock = Arc<tokio::sync::Mutex<()>>;
 
+/// A customer of an account: the scope of the send lock.
+type Customer = (OpenKfId, ExternalUserId);
+
 /// The gate every `send_msg` passes.
 pub(crate) struct Gate {
     pub(crate) client: Client,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) clock: Clock,
     pub(crate) metrics: Arc<Metrics>,
-    locks: Mutex<HashMap<(String, String), LaneLock>>,
+    locks: Mutex<HashMap<Customer, LaneLock>>,
 }
 
 impl std::fmt::Debug for Gate {
@@ -60,7 +63,7 @@ impl std::fmt::Debug for Gate {
 /// Holds a customer's send lock; forgets the lock when nobody else waits for it.
 pub(crate) struct LaneGuard<'a> {
     gate: &'a Gate,
-    key: (String, String),
+    key: Customer,
     _guard: tokio::sync::OwnedMutexGuard<()>,
 }
 
@@ -94,8 +97,12 @@ impl Gate {
     }
 
     /// Takes the send lock of one customer.
-    pub(crate) async fn lock(&self, open_kfid: &str, external_userid: &str) -> LaneGuard<'_> {
-        let key = (open_kfid.to_owned(), external_userid.to_owned());
+    pub(crate) async fn lock(
+        &self,
+        open_kfid: &OpenKfId,
+        external_userid: &ExternalUserId,
+    ) -> LaneGuard<'_> {
+        let key = (open_kfid.clone(), external_userid.clone());
         let lock = self
             .locks
             .lock()
@@ -112,15 +119,19 @@ impl Gate {
 
     /// The stored view of a customer (`None` when the service knows nothing about them, or the
     /// store does not answer).
-    pub(crate) async fn view(&self, open_kfid: &str, external_userid: &str) -> Option<SessionView> {
+    pub(crate) async fn view(
+        &self,
+        open_kfid: &OpenKfId,
+        external_userid: &ExternalUserId,
+    ) -> Option<SessionView> {
         match self
             .store
-            .session(open_kfid.to_owned(), external_userid.to_owned())
+            .session(open_kfid.clone(), external_userid.clone())
             .await
         {
             Ok(view) => view,
             Err(e) => {
-                tracing::warn!(open_kfid, error = %e, "session view unavailable; WeChat decides");
+                tracing::warn!(open_kfid = open_kfid.as_str(), error = %e, "session view unavailable; WeChat decides");
                 None
             }
         }
@@ -130,8 +141,8 @@ impl Gate {
     /// never seen the customer) WeChat decides: allowed, with the whole quota.
     pub(crate) async fn check(
         &self,
-        open_kfid: &str,
-        external_userid: &str,
+        open_kfid: &OpenKfId,
+        external_userid: &ExternalUserId,
     ) -> Result<Option<SendAllowance>, SendRefusal> {
         match self.view(open_kfid, external_userid).await {
             Some(view) => view.can_send(self.clock.now_u64()).map(Some),
@@ -148,8 +159,8 @@ impl Gate {
     /// send or learns the refusal.
     pub(crate) async fn send(
         &self,
-        open_kfid: &str,
-        external_userid: &str,
+        open_kfid: &OpenKfId,
+        external_userid: &ExternalUserId,
         request: SendMsgRequest,
     ) -> SendOutcome {
         let _lane = self.lock(open_kfid, external_userid).await;
@@ -159,8 +170,8 @@ impl Gate {
     /// [`send`](Self::send) for a caller that holds the customer's lock already.
     pub(crate) async fn send_locked(
         &self,
-        open_kfid: &str,
-        external_userid: &str,
+        open_kfid: &OpenKfId,
+        external_userid: &ExternalUserId,
         request: SendMsgRequest,
     ) -> SendOutcome {
         let known = match self.check(open_kfid, external_userid).await {
@@ -215,8 +226,8 @@ impl Gate {
     /// (`service_state/get`), so the answer names the real reason (e.g. the servicer).
     async fn learn_refusal(
         &self,
-        open_kfid: &str,
-        external_userid: &str,
+        open_kfid: &OpenKfId,
+        external_userid: &ExternalUserId,
         refusal: SendRefusal,
         now: u64,
     ) -> SendRefusal {
@@ -235,13 +246,13 @@ impl Gate {
         match self
             .client
             .service_state()
-            .get(open_kfid, external_userid)
+            .get(open_kfid.clone(), external_userid.clone())
             .await
         {
             Ok(info) => {
                 let update = SessionUpdate::State {
                     state: info.service_state,
-                    servicer: info.servicer_userid.map(|s| s.as_str().to_owned()),
+                    servicer: info.servicer_userid,
                     at: now,
                 };
                 match self.update(open_kfid, external_userid, update).await {
@@ -259,10 +270,10 @@ impl Gate {
     /// Records our own successful `service_state/trans`.
     pub(crate) async fn transferred(
         &self,
-        open_kfid: &str,
-        external_userid: &str,
+        open_kfid: &OpenKfId,
+        external_userid: &ExternalUserId,
         state: ServiceState,
-        servicer: Option<String>,
+        servicer: Option<UserId>,
         msg_code: Option<String>,
     ) {
         let at = self.clock.now_u64();
@@ -282,23 +293,23 @@ impl Gate {
     /// Applies an update; a store failure is logged (the next refusal teaches the view again).
     pub(crate) async fn update(
         &self,
-        open_kfid: &str,
-        external_userid: &str,
+        open_kfid: &OpenKfId,
+        external_userid: &ExternalUserId,
         update: SessionUpdate,
     ) -> Option<SessionView> {
         match self
             .store
             .update_session(
-                open_kfid.to_owned(),
-                external_userid.to_owned(),
+                open_kfid.clone(),
+                external_userid.clone(),
                 update,
-                now_ms(),
+                self.clock.local_ms(),
             )
             .await
         {
             Ok(view) => Some(view),
             Err(e) => {
-                tracing::warn!(open_kfid, error = %e, "cannot update the session view");
+                tracing::warn!(open_kfid = open_kfid.as_str(), error = %e, "cannot update the session view");
                 None
             }
         }
@@ -405,7 +416,8 @@ pub(crate) struct Refusal {
     pub(crate) retryable: bool,
     /// The human servicer holding the session, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) servicer_userid: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub(crate) servicer_userid: Option<UserId>,
     /// The session state (0-4), for `state_forbids_sending`, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) service_state: Option<u32>,
@@ -450,7 +462,7 @@ impl Refusal {
         match refusal {
             SendRefusal::HumanServicer {
                 servicer: Some(servicer),
-            } => out.servicer_userid = Some(servicer.as_str().to_owned()),
+            } => out.servicer_userid = Some(servicer.clone()),
             SendRefusal::StateForbidsSending { state: Some(state) } => {
                 out.service_state = Some(state.code());
             }

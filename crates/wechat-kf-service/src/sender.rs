@@ -22,6 +22,7 @@ use wechat_kf::client::service_state::TransServiceStateRequest;
 use wechat_kf::client::{Client, ErrCode};
 use wechat_kf::session::ServiceState;
 
+use crate::clock::Clock;
 use crate::config::JoinerConfig;
 use crate::error::safe_error;
 use crate::metrics::Metrics;
@@ -29,7 +30,7 @@ use crate::replies::{
     OnEvent, ReplyOrigin, SendMsg, Transfer, parse_on_event, parse_send_msg, parse_transfer,
     result_head,
 };
-use crate::retry::{backoff, jitter, now_ms};
+use crate::retry::{backoff, jitter};
 use crate::send_policy::{Gate, SendOutcome, refusal_json};
 use crate::store::{ReplyEndpoint, ReplyOutcome, ReplyRecord, ReplyState, SessionUpdate, Store};
 
@@ -72,12 +73,12 @@ pub(crate) async fn transfer_and_greet(
 ) -> Result<Transferred, wechat_kf::client::Error> {
     let target = ServiceState::from_code(transfer.service_state);
     let mut request = TransServiceStateRequest::new(
-        transfer.open_kfid.as_str(),
-        transfer.external_userid.as_str(),
+        transfer.open_kfid.clone(),
+        transfer.external_userid.clone(),
         target,
     );
     if let Some(servicer) = &transfer.servicer_userid {
-        request = request.servicer_userid(servicer.as_str());
+        request = request.servicer_userid(servicer.clone());
     }
     let code = match client.service_state().trans(request).await {
         Ok(code) => code,
@@ -89,7 +90,7 @@ pub(crate) async fn transfer_and_greet(
     };
     metrics.handoff(trigger, "ok");
     tracing::info!(
-        open_kfid = transfer.open_kfid,
+        open_kfid = transfer.open_kfid.as_str(),
         service_state = transfer.service_state,
         trigger,
         "session transferred"
@@ -153,6 +154,8 @@ pub(crate) struct ReplySender {
     pub(crate) concurrency: usize,
     pub(crate) retry_initial: Duration,
     pub(crate) retry_max: Duration,
+    /// Due times and retry deadlines are on the service's own clock.
+    pub(crate) clock: Clock,
 }
 
 /// A queued reply read back.
@@ -216,7 +219,9 @@ impl ReplySender {
                 continue;
             }
             let wait = match self.store.next_reply_due().await {
-                Ok(Some(at)) => Duration::from_millis((at - now_ms()).clamp(0, 60_000) as u64),
+                Ok(Some(at)) => {
+                    Duration::from_millis((at - self.clock.local_ms()).clamp(0, 60_000) as u64)
+                }
                 _ => Duration::from_secs(60),
             };
             if wait.is_zero() {
@@ -234,7 +239,7 @@ impl ReplySender {
 
     /// Sends every due reply once; returns how many were attempted.
     async fn round(&self) -> Result<usize, crate::Error> {
-        let due = self.store.due_replies(now_ms(), 1000).await?;
+        let due = self.store.due_replies(self.clock.local_ms(), 1000).await?;
         if due.is_empty() {
             return Ok(0);
         }
@@ -250,7 +255,9 @@ impl ReplySender {
             .collect()
             .await;
         let outcomes: Vec<ReplyOutcome> = outcomes.into_iter().flatten().collect();
-        self.store.finish_replies(outcomes, now_ms()).await?;
+        self.store
+            .finish_replies(outcomes, self.clock.local_ms())
+            .await?;
         Ok(attempted)
     }
 
@@ -320,11 +327,11 @@ impl ReplySender {
             let body = json!({"touser": touser, "open_kfid": open_kfid, "msgid": first.msgid,
                               "msgtype": "text", "text": {"content": content}});
             let request = SendMsgRequest::new(
-                touser.as_str(),
-                open_kfid.as_str(),
+                touser.clone(),
+                open_kfid.clone(),
                 OutboundMessage::text(content),
             )
-            .msgid(first.msgid.as_str());
+            .msgid(first.msgid.clone());
             (request, Some(body.to_string()))
         };
         let outcome = self.gate.send(&open_kfid, &touser, request).await;
@@ -335,7 +342,7 @@ impl ReplySender {
                     delivery_id: record.delivery_id.as_deref(),
                     position: record.position,
                 },
-                Some(&send.msgid),
+                Some(send.msgid.as_str()),
             );
             r.insert("open_kfid".into(), json!(send.open_kfid));
             r.insert("touser".into(), json!(send.touser));
@@ -420,7 +427,7 @@ impl ReplySender {
                         id: first_record.id,
                         lane: first_record.lane.clone(),
                         attempts,
-                        next_attempt_at_ms: now_ms() + delay.as_millis() as i64,
+                        next_attempt_at_ms: self.clock.local_ms() + delay.as_millis() as i64,
                         error: safe_error(&e),
                         body: merged_body,
                     }];
@@ -461,7 +468,7 @@ impl ReplySender {
                 delivery_id: record.delivery_id.as_deref(),
                 position: record.position,
             },
-            Some(&event.msgid),
+            Some(event.msgid.as_str()),
         );
         match result {
             Err(e) if !sent_by_an_earlier_attempt(&e, record.attempts) => {
@@ -541,7 +548,7 @@ impl ReplySender {
                 id: record.id,
                 lane: record.lane.clone(),
                 attempts,
-                next_attempt_at_ms: now_ms() + delay.as_millis() as i64,
+                next_attempt_at_ms: self.clock.local_ms() + delay.as_millis() as i64,
                 error: safe_error(&e),
                 body: None,
             }
@@ -567,7 +574,7 @@ impl ReplySender {
                     delivery_id: record.delivery_id.as_deref(),
                     position: record.position,
                 },
-                Some(&record.msgid),
+                Some(record.msgid.as_str()),
             )
         });
         r.insert("status".into(), json!("failed"));

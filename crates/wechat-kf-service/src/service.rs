@@ -23,7 +23,6 @@ use crate::leader::{self, LeaderLock};
 use crate::media::MediaFetcher;
 use crate::metrics::Metrics;
 use crate::puller::{PullContext, Pullers};
-use crate::retry::now_ms;
 use crate::send_policy::Gate;
 use crate::sender::ReplySender;
 use crate::store::{self, Store};
@@ -144,7 +143,18 @@ impl Service {
                 None
             }
         };
+        let clock = match (clock, &sandbox) {
+            (Some(clock), _) => clock,
+            (None, Some(s)) => {
+                let emulator = s.running.emulator().clone();
+                Clock::from_fn(move || emulator.now())
+            }
+            (None, None) => Clock::system(),
+        };
+        let client_clock = clock.clone();
         let mut builder = Client::builder(corp_id.clone(), secret)
+            // Access-token and callback-Token freshness are the service's own time.
+            .clock(move || client_clock.local_time())
             .timeout(config.wechat.timeout)
             .connect_timeout(config.wechat.timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("wechat-kf-serve/", env!("CARGO_PKG_VERSION")));
@@ -163,14 +173,6 @@ impl Service {
             tracing::info!("access tokens shared through Redis");
         }
         let client = builder.build()?;
-        let clock = match (clock, &sandbox) {
-            (Some(clock), _) => clock,
-            (None, Some(s)) => {
-                let emulator = s.running.emulator().clone();
-                Clock::from_fn(move || emulator.now())
-            }
-            (None, None) => Clock::system(),
-        };
         let started_at = clock.now();
 
         let location = config.db_location();
@@ -213,6 +215,7 @@ impl Service {
             config.joiner,
             metrics.clone(),
             reply_wake.clone(),
+            clock.clone(),
         )
         .await?;
         let pullers = Arc::new(Pullers::new(PullContext {
@@ -281,6 +284,7 @@ impl Service {
                 concurrency: config.webhook.concurrency,
                 retry_initial: Duration::from_secs(1),
                 retry_max: Duration::from_secs(300),
+                clock: clock.clone(),
             }
             .run(shutdown.clone()),
         );
@@ -309,7 +313,7 @@ impl Service {
                 match client.accounts().list_all().await {
                     Ok(accounts) => {
                         for account in accounts {
-                            pullers.start(account.open_kfid.as_str(), None, None);
+                            pullers.start(&account.open_kfid, None, None);
                         }
                     }
                     Err(e) => tracing::warn!(
@@ -323,6 +327,7 @@ impl Service {
             background.push(tokio::spawn(purge_loop(
                 store.clone(),
                 config.storage.retention,
+                clock.clone(),
                 shutdown.clone(),
             )));
         }
@@ -412,7 +417,12 @@ async fn backfill_media(store: &Arc<dyn Store>, fetcher: &MediaFetcher) -> Resul
 }
 
 /// Deletes delivered messages older than the retention, a chunk at a time, every 10 minutes.
-async fn purge_loop(store: Arc<dyn Store>, retention: Duration, shutdown: CancellationToken) {
+async fn purge_loop(
+    store: Arc<dyn Store>,
+    retention: Duration,
+    clock: Clock,
+    shutdown: CancellationToken,
+) {
     let mut first = true;
     loop {
         let wait = if first {
@@ -425,7 +435,7 @@ async fn purge_loop(store: Arc<dyn Store>, retention: Duration, shutdown: Cancel
             _ = tokio::time::sleep(wait) => {}
             () = shutdown.cancelled() => return,
         }
-        let before = now_ms() - retention.as_millis().min(i64::MAX as u128) as i64;
+        let before = clock.local_ms() - retention.as_millis().min(i64::MAX as u128) as i64;
         let mut total = 0;
         loop {
             match store.purge(before).await {

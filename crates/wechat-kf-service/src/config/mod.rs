@@ -34,6 +34,7 @@ use smart_default::SmartDefault;
 pub use wechat_kf::client::Secret;
 pub use wechat_kf::client::media::MediaKind;
 pub use wechat_kf::client::messages::VoiceFormat;
+use wechat_kf::{OpenKfId, UserId};
 
 use crate::Error;
 use crate::store::Synchronous;
@@ -106,7 +107,7 @@ pub struct WechatConfig {
     #[serde(deserialize_with = "de::non_empty")]
     pub base_url: Option<String>,
     /// Accounts pulled from the start; others are learned from callbacks and `kf/account/list`.
-    pub accounts: Vec<String>,
+    pub accounts: Vec<OpenKfId>,
     /// Whether to list the corp's accounts at start (`kf/account/list`) and pull each.
     #[default(true)]
     pub discover_accounts: bool,
@@ -157,7 +158,7 @@ pub struct PullConfig {
     /// stored cursor (the first start, a new database) or WeChat rejects the stored one.
     pub first_start: FirstStart,
     /// Per-account overrides of [`first_start`](Self::first_start), by open_kfid.
-    pub first_start_accounts: BTreeMap<String, FirstStart>,
+    pub first_start_accounts: BTreeMap<OpenKfId, FirstStart>,
     /// The `voice_format` of `sync_msg` (`amr` or `silk`): the format voice media is later
     /// downloaded in.
     #[default(VoiceFormat::Amr)]
@@ -167,7 +168,7 @@ pub struct PullConfig {
 
 impl PullConfig {
     /// The first-start policy of an account.
-    pub fn first_start_for(&self, open_kfid: &str) -> FirstStart {
+    pub fn first_start_for(&self, open_kfid: &OpenKfId) -> FirstStart {
         self.first_start_accounts
             .get(open_kfid)
             .copied()
@@ -282,7 +283,7 @@ pub struct HandoffConfig {
     pub service_state: u32,
     /// The servicer for state 3.
     #[serde(deserialize_with = "de::non_empty")]
-    pub servicer_userid: Option<String>,
+    pub servicer_userid: Option<UserId>,
     /// A text sent with the `msg_code` the transfer returns (`send_msg_on_event`), e.g.
     /// "正在为您转接人工客服". None: nothing is sent.
     pub message: Option<String>,

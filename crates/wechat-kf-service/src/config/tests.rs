@@ -150,7 +150,10 @@ fn first_start_policies_parse_per_account_and_from_every_source() {
         config.pull.first_start,
         FirstStart::Since(Duration::from_secs(7200))
     );
-    assert_eq!(config.pull.first_start_for("wkA"), FirstStart::Replay);
+    assert_eq!(
+        config.pull.first_start_for(&"wkA".into()),
+        FirstStart::Replay
+    );
     assert_eq!(config.pull.voice_format, VoiceFormat::Silk);
     let env = |k: &str| (k == "WECHAT_KF_FIRST_START").then(|| "replay".to_owned());
     let config = Config::from_sources(None, &env, Overrides::default()).unwrap();

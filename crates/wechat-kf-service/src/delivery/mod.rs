@@ -23,10 +23,11 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
+use crate::clock::Clock;
 use crate::config::{JoinerConfig, WebhookConfig};
 use crate::metrics::Metrics;
 use crate::replies::{ReplyOrigin, queue_reply};
-use crate::retry::{backoff, jitter, now_ms};
+use crate::retry::{backoff, jitter};
 use crate::store::{
     Ack, DeliveryRecord, Failure, FinishDeliveries, Lane, Payload, Store, StoredMessage,
 };
@@ -114,6 +115,8 @@ pub(crate) struct Deliverer {
     joiner: JoinerConfig,
     metrics: Arc<Metrics>,
     replies: Arc<Notify>,
+    /// Retry timers and delivery lag are on the service's own clock.
+    clock: Clock,
     lanes: HashMap<Lane, LaneState>,
     ready: VecDeque<Lane>,
     deliveries: HashMap<Arc<str>, Delivery>,
@@ -137,6 +140,7 @@ impl Deliverer {
         joiner: JoinerConfig,
         metrics: Arc<Metrics>,
         replies: Arc<Notify>,
+        clock: Clock,
     ) -> Result<(Deliverer, DeliveryQueue, mpsc::Receiver<Vec<StoredMessage>>), Error> {
         let sink = Arc::new(sink);
         let (tx, rx) = mpsc::channel(QUEUE_PAGES);
@@ -147,6 +151,7 @@ impl Deliverer {
             joiner,
             metrics,
             replies,
+            clock,
             lanes: HashMap::new(),
             ready: VecDeque::new(),
             deliveries: HashMap::new(),
@@ -240,7 +245,7 @@ impl Deliverer {
             deliverer
                 .store
                 .finish_deliveries(FinishDeliveries {
-                    now_ms: now_ms(),
+                    now_ms: deliverer.clock.local_ms(),
                     acks,
                     failures: Vec::new(),
                 })
@@ -384,7 +389,8 @@ impl Deliverer {
             })
             .collect();
         if !records.is_empty() {
-            if let Err(e) = self.store.begin_deliveries(records, now_ms()).await {
+            let now_ms = self.clock.local_ms();
+            if let Err(e) = self.store.begin_deliveries(records, now_ms).await {
                 tracing::error!(error = %e, "cannot record deliveries; retrying in 1 s");
                 self.postpone(batch, 1000);
                 return;
@@ -417,7 +423,7 @@ impl Deliverer {
     }
 
     fn postpone(&mut self, ids: Vec<Arc<str>>, by_ms: i64) {
-        let at = now_ms() + by_ms;
+        let at = self.clock.local_ms() + by_ms;
         for id in ids {
             self.timers.push(Reverse((at, id)));
         }
@@ -512,7 +518,7 @@ impl Deliverer {
 
     /// Records finished attempts: acknowledgements and retries in one transaction.
     async fn finish(&mut self, done: Vec<Done>, shutdown: &CancellationToken) {
-        let now = now_ms();
+        let now = self.clock.local_ms();
         let mut finish = FinishDeliveries {
             now_ms: now,
             acks: Vec::new(),
@@ -710,7 +716,7 @@ impl Deliverer {
     }
 
     fn fire_timers(&mut self) {
-        let now = now_ms();
+        let now = self.clock.local_ms();
         while let Some(Reverse((at, _))) = self.timers.peek() {
             if *at > now {
                 break;
@@ -738,7 +744,7 @@ impl Deliverer {
             let sleep_ms = self
                 .timers
                 .peek()
-                .map(|Reverse((at, _))| (*at - now_ms()).max(0))
+                .map(|Reverse((at, _))| (*at - self.clock.local_ms()).max(0))
                 .unwrap_or(60_000)
                 .min(60_000);
             tokio::select! {

@@ -303,11 +303,7 @@ fn echo_replies(body: &[u8]) -> Vec<serde_json::Value> {
                 return None;
             }
             match message.content() {
-                MessageContent::Text(text) => Some(echo_reply(
-                    open_kfid.as_str(),
-                    customer.as_str(),
-                    &text.content,
-                )),
+                MessageContent::Text(text) => Some(echo_reply(open_kfid, customer, &text.content)),
                 _ => None,
             }
         })

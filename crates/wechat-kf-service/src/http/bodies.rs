@@ -16,6 +16,7 @@ use utoipa::openapi::schema::{
 use utoipa::openapi::{Ref, RefOr};
 use utoipa::{PartialSchema, ToSchema};
 use wechat_kf::session::SessionView;
+use wechat_kf::{ExternalUserId, MsgId, OpenKfId, UserId};
 
 use super::error::ApiError;
 use crate::replies::{OnEvent, SendMsg, Transfer, parse_on_event, parse_send_msg, parse_transfer};
@@ -313,15 +314,16 @@ pub(crate) struct SentBody {
     /// Always `ok`.
     pub(crate) errmsg: String,
     /// The message's msgid (yours, or the generated one).
-    pub(crate) msgid: String,
+    #[schema(value_type = String)]
+    pub(crate) msgid: MsgId,
 }
 
 impl SentBody {
-    pub(crate) fn new(msgid: impl Into<String>) -> Self {
+    pub(crate) fn new(msgid: MsgId) -> Self {
         SentBody {
             errcode: 0,
             errmsg: "ok".into(),
-            msgid: msgid.into(),
+            msgid,
         }
     }
 }
@@ -347,9 +349,11 @@ pub(crate) struct TransDone {
 #[serde(deny_unknown_fields)]
 pub(crate) struct SessionBody {
     /// The account.
-    pub(crate) open_kfid: String,
+    #[schema(value_type = String)]
+    pub(crate) open_kfid: OpenKfId,
     /// The customer.
-    pub(crate) external_userid: String,
+    #[schema(value_type = String)]
+    pub(crate) external_userid: ExternalUserId,
     /// Whether the service has seen this customer (`false`: WeChat decides, `can_send` true).
     pub(crate) known: bool,
     /// Whether a send would be allowed now.
@@ -368,7 +372,8 @@ pub(crate) struct SessionBody {
     pub(crate) service_state: Option<u32>,
     /// The human servicer holding the session, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) servicer_userid: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub(crate) servicer_userid: Option<UserId>,
     /// When the customer last wrote (unix seconds), when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) last_customer_message_at: Option<u64>,
@@ -380,8 +385,8 @@ pub(crate) struct SessionBody {
 impl SessionBody {
     /// The answer for a customer's view (`None`: never seen) at `now` (WeChat's clock).
     pub(crate) fn new(
-        open_kfid: String,
-        external_userid: String,
+        open_kfid: OpenKfId,
+        external_userid: ExternalUserId,
         view: Option<&SessionView>,
         now: u64,
     ) -> Self {
@@ -413,7 +418,7 @@ impl SessionBody {
             }
         }
         out.service_state = view.state().map(|s| s.code());
-        out.servicer_userid = view.servicer().map(|s| s.as_str().to_owned());
+        out.servicer_userid = view.servicer().cloned();
         out.last_customer_message_at = view.last_customer_message_at();
         out.sent_since_customer_message = Some(view.sent_since_customer_message());
         out

@@ -246,7 +246,7 @@ pub(crate) async fn event(
     match event {
         CallbackEvent::KfMsgOrEvent(e) => match e.open_kfid {
             Some(open_kfid) => {
-                if !pullers.wake(open_kfid.as_str(), Some(e.token)) {
+                if !pullers.wake(&open_kfid, Some(e.token)) {
                     tracing::warn!(
                         open_kfid = open_kfid.as_str(),
                         "account limit reached: callback ignored"
@@ -258,7 +258,7 @@ pub(crate) async fn event(
         },
         CallbackEvent::KfAccountAuthChange(change) => {
             for open_kfid in &change.auth_add_open_kfid {
-                pullers.wake(open_kfid.as_str(), None);
+                pullers.wake(open_kfid, None);
             }
             if !change.auth_del_open_kfid.is_empty() {
                 tracing::warn!(
@@ -279,6 +279,7 @@ mod tests {
     use axum::body::Body;
     use axum::http::Request;
     use tower::ServiceExt;
+    use wechat_kf::OpenKfId;
     use wechat_kf::crypto::CallbackCrypto;
 
     use super::*;
@@ -442,7 +443,7 @@ mod tests {
         let (query, body) = callback(&event_xml("wkA", "T"), now(), &crypto());
         assert_eq!(post(&state, &query, body.clone()).await.0, StatusCode::OK);
         assert_eq!(post(&state, &query, body).await.0, StatusCode::OK);
-        assert_eq!(state.pullers().accounts(), vec!["wkA".to_owned()]);
+        assert_eq!(state.pullers().accounts(), vec![OpenKfId::from("wkA")]);
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
+use wechat_kf::{ExternalUserId, MsgId, OpenKfId, UserId};
 
 use super::bodies::OutboundMessage;
 use super::{health, reply_api};
@@ -138,7 +139,8 @@ pub(crate) enum ReplyStatus {
 pub(crate) struct ReplyResult {
     /// The reply's msgid (given or generated); absent for a transfer without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) msgid: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub(crate) msgid: Option<MsgId>,
     /// The delivery (`X-Wechat-Kf-Delivery`) whose response carried the reply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) delivery: Option<String>,
@@ -152,13 +154,16 @@ pub(crate) struct ReplyResult {
     pub(crate) action: Option<String>,
     /// The account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) open_kfid: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub(crate) open_kfid: Option<OpenKfId>,
     /// The customer (a send).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) touser: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub(crate) touser: Option<ExternalUserId>,
     /// The customer (a transfer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) external_userid: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub(crate) external_userid: Option<ExternalUserId>,
     /// The requested state (a transfer), or the session's state (a refusal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) service_state: Option<u32>,
@@ -170,7 +175,8 @@ pub(crate) struct ReplyResult {
     pub(crate) message_sent: Option<bool>,
     /// The msgid of the message a joined text was merged into.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) joined_into: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub(crate) joined_into: Option<MsgId>,
     /// `failed`: what went wrong; `refused`: `send_refused`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) error: Option<String>,
@@ -197,7 +203,8 @@ pub(crate) struct ReplyResult {
     pub(crate) retryable: Option<bool>,
     /// `refused`: the servicer holding the session, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) servicer_userid: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub(crate) servicer_userid: Option<UserId>,
     /// `refused` (`window_expired`): when the customer last wrote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) last_customer_message_at: Option<u64>,

@@ -19,6 +19,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use wechat_kf::client::Client;
+use wechat_kf::{ExternalUserId, MsgId, OpenKfId};
 
 use super::auth::{Authorized, BearerToken};
 use super::bodies::{
@@ -29,7 +30,6 @@ use crate::config::Secret;
 use crate::error::safe_error;
 use crate::metrics::Metrics;
 use crate::replies::SendMsg;
-use crate::retry::now_ms;
 use crate::send_policy::{Gate, Refusal, SendOutcome};
 use crate::sender::transfer_and_greet;
 use crate::store::Store;
@@ -180,7 +180,7 @@ async fn idempotent_send<F, Fut>(
     state: &ReplyApiState,
     endpoint: &'static str,
     key: String,
-    msgid: Option<String>,
+    msgid: Option<MsgId>,
     send: F,
 ) -> Result<Sent, ApiError>
 where
@@ -210,11 +210,12 @@ where
     match send().await {
         SendOutcome::Sent(sent) => {
             Metrics::add(&metrics.api_requests_ok, 1);
-            let body = SentBody::new(sent.msgid.as_str());
+            let body = SentBody::new(sent.msgid);
             if let Some(msgid) = msgid {
                 match serde_json::to_string(&body) {
                     Ok(record) => {
-                        if let Err(e) = store.record_api_send(key, msgid, record, now_ms()).await {
+                        let now_ms = state.inner.gate.clock.local_ms();
+                        if let Err(e) = store.record_api_send(key, msgid, record, now_ms).await {
                             tracing::warn!(error = %e, "cannot record the send for idempotency");
                         }
                     }
@@ -417,6 +418,10 @@ pub(crate) async fn session(
 ) -> Result<Json<SessionBody>, ApiError> {
     let Path((open_kfid, external_userid)) =
         path.map_err(|e| ApiError::BadRequest(format!("invalid path: {}", e.body_text())))?;
+    let (open_kfid, external_userid) = (
+        OpenKfId::from(open_kfid),
+        ExternalUserId::from(external_userid),
+    );
     let gate = &state.inner.gate;
     let view = gate.view(&open_kfid, &external_userid).await;
     let body = SessionBody::new(

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use wechat_kf::message::Message;
 use wechat_kf::session::{SendRefusal, ServiceState, SessionView};
+use wechat_kf::{ExternalUserId, MsgId, OpenKfId, UserId};
 
 use crate::Error;
 
@@ -33,17 +34,17 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Lane {
     /// The account.
-    pub open_kfid: Arc<str>,
+    pub open_kfid: OpenKfId,
     /// The customer, or empty.
-    pub external_userid: Arc<str>,
+    pub external_userid: ExternalUserId,
 }
 
 impl Lane {
     /// A lane.
-    pub fn new(open_kfid: &str, external_userid: &str) -> Self {
+    pub fn new(open_kfid: impl Into<OpenKfId>, external_userid: impl Into<ExternalUserId>) -> Self {
         Lane {
-            open_kfid: Arc::from(open_kfid),
-            external_userid: Arc::from(external_userid),
+            open_kfid: open_kfid.into(),
+            external_userid: external_userid.into(),
         }
     }
 }
@@ -72,9 +73,9 @@ impl Payload {
 #[derive(Debug, Clone)]
 pub struct NewMessage {
     /// The msgid (a synthetic `invalid:<sha256>` for an undecodable item without one).
-    pub msgid: String,
+    pub msgid: MsgId,
     /// The customer, or empty.
-    pub external_userid: String,
+    pub external_userid: ExternalUserId,
     /// `send_time` (unix seconds), 0 when unknown.
     pub send_time: i64,
     /// `origin`, when known.
@@ -91,7 +92,7 @@ pub struct NewMessage {
 #[derive(Debug)]
 pub struct PageWrite {
     /// The account pulled.
-    pub open_kfid: String,
+    pub open_kfid: OpenKfId,
     /// The page's items, in server order.
     pub messages: Vec<NewMessage>,
     /// The new cursor; `None` keeps the old one (the server sent none).
@@ -107,7 +108,7 @@ pub struct PageWrite {
     pub catch_up_before: Option<i64>,
     /// Replies (handoffs) queued only when the message with this msgid is newly stored and not
     /// skipped.
-    pub actions: Vec<(String, NewReply)>,
+    pub actions: Vec<(MsgId, NewReply)>,
 }
 
 /// A stored, not yet acknowledged message as the deliverer sees it.
@@ -153,7 +154,7 @@ pub struct LoadedPayload {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageRow {
     /// The msgid.
-    pub msgid: String,
+    pub msgid: MsgId,
     /// Its `send_time`.
     pub send_time: i64,
     /// Acknowledged by the bot, or skipped.
@@ -171,7 +172,7 @@ pub struct MediaJob {
     /// Its seq.
     pub seq: i64,
     /// The account.
-    pub open_kfid: String,
+    pub open_kfid: OpenKfId,
     /// The original JSON.
     pub raw: String,
 }
@@ -180,7 +181,7 @@ pub struct MediaJob {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountCursor {
     /// The account.
-    pub open_kfid: String,
+    pub open_kfid: OpenKfId,
     /// The committed cursor (`None` before the first page).
     pub cursor: Option<String>,
     /// Set while a first-start catch-up is unfinished: messages sent before this unix second
@@ -245,7 +246,7 @@ pub struct NewReply {
     /// The request body (JSON, with `msgid` filled in).
     pub body: String,
     /// The msgid used for idempotency.
-    pub msgid: String,
+    pub msgid: MsgId,
     /// The delivery whose response carried it.
     pub delivery_id: Option<String>,
     /// Its index in the webhook response's `replies`; only replies with a position have their
@@ -271,7 +272,7 @@ pub struct ReplyRecord {
     /// The request body.
     pub body: String,
     /// Its msgid.
-    pub msgid: String,
+    pub msgid: MsgId,
     /// Attempts so far.
     pub attempts: u32,
     /// The delivery whose response carried it.
@@ -370,7 +371,7 @@ pub enum SessionUpdate {
         /// The new state.
         state: ServiceState,
         /// The servicer, for state 3.
-        servicer: Option<String>,
+        servicer: Option<UserId>,
         /// The code the call returned.
         msg_code: Option<String>,
         /// When.
@@ -381,7 +382,7 @@ pub enum SessionUpdate {
         /// The state.
         state: ServiceState,
         /// The servicer, for state 3.
-        servicer: Option<String>,
+        servicer: Option<UserId>,
         /// When.
         at: u64,
     },
@@ -405,17 +406,12 @@ impl SessionUpdate {
                 servicer,
                 msg_code,
                 at,
-            } => view.observe_trans(
-                *state,
-                servicer.as_deref().map(Into::into),
-                msg_code.as_deref(),
-                *at,
-            ),
+            } => view.observe_trans(*state, servicer.clone(), msg_code.as_deref(), *at),
             SessionUpdate::State {
                 state,
                 servicer,
                 at,
-            } => view.observe_state(*state, servicer.as_deref().map(Into::into), *at),
+            } => view.observe_state(*state, servicer.clone(), *at),
             SessionUpdate::CodeUsed { code, at } => view.record_code_used(code, *at),
         }
     }
@@ -491,7 +487,7 @@ pub trait Store: Send + Sync + 'static {
     fn accounts(&self) -> BoxFuture<'_, Result<Vec<AccountCursor>, Error>>;
 
     /// Remembers an account (so it is pulled after a restart); keeps an existing cursor.
-    fn add_account(&self, open_kfid: String, now_ms: i64) -> BoxFuture<'_, Result<(), Error>>;
+    fn add_account(&self, open_kfid: OpenKfId, now_ms: i64) -> BoxFuture<'_, Result<(), Error>>;
 
     /// Stores a page's new messages (msgids already stored are ignored), feeds them to their
     /// customers' session views, queues the actions of new messages and stores the cursor, in
@@ -525,16 +521,16 @@ pub trait Store: Send + Sync + 'static {
     /// A customer's session view, if the store has one.
     fn session(
         &self,
-        open_kfid: String,
-        external_userid: String,
+        open_kfid: OpenKfId,
+        external_userid: ExternalUserId,
     ) -> BoxFuture<'_, Result<Option<SessionView>, Error>>;
 
     /// Applies `update` to a customer's session view (created when missing) in one transaction;
     /// returns the new view.
     fn update_session(
         &self,
-        open_kfid: String,
-        external_userid: String,
+        open_kfid: OpenKfId,
+        external_userid: ExternalUserId,
         update: SessionUpdate,
         now_ms: i64,
     ) -> BoxFuture<'_, Result<SessionView, Error>>;
@@ -571,13 +567,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<(), Error>>;
 
     /// The stored response of a reply-API send with this idempotency key and msgid.
-    fn api_send(&self, key: String, msgid: String) -> BoxFuture<'_, Result<Option<String>, Error>>;
+    fn api_send(&self, key: String, msgid: MsgId) -> BoxFuture<'_, Result<Option<String>, Error>>;
 
     /// Stores the response of a successful reply-API send.
     fn record_api_send(
         &self,
         key: String,
-        msgid: String,
+        msgid: MsgId,
         response: String,
         now_ms: i64,
     ) -> BoxFuture<'_, Result<(), Error>>;
@@ -591,11 +587,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every stored msgid of an account with its delivery state, in seq order (tests and
     /// diagnostics).
-    fn messages(&self, open_kfid: String) -> BoxFuture<'_, Result<Vec<(String, bool)>, Error>>;
+    fn messages(&self, open_kfid: OpenKfId) -> BoxFuture<'_, Result<Vec<(MsgId, bool)>, Error>>;
 
     /// Every stored message of an account with its state, in seq order (tests and
     /// diagnostics).
-    fn message_rows(&self, open_kfid: String) -> BoxFuture<'_, Result<Vec<MessageRow>, Error>>;
+    fn message_rows(&self, open_kfid: OpenKfId) -> BoxFuture<'_, Result<Vec<MessageRow>, Error>>;
 
     /// Finishes queued work and closes the database.
     fn close(&self) -> BoxFuture<'_, ()>;

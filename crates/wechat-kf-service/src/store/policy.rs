@@ -6,9 +6,9 @@
 //! [`PagePlan`]. The rules live here once, so the backends cannot drift apart; they are SQL only.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 
 use wechat_kf::session::SessionView;
+use wechat_kf::{ExternalUserId, MsgId, OpenKfId};
 
 use super::{Lane, NewMessage, NewReply, PageOutcome, PageWrite, Payload, StoredMessage};
 
@@ -22,7 +22,7 @@ pub fn is_skipped(send_time: i64, skip_before: Option<i64>) -> bool {
 #[derive(Debug)]
 pub(crate) struct PagePlan {
     /// The account.
-    pub open_kfid: String,
+    pub open_kfid: OpenKfId,
     /// The messages to insert, in server order (each msgid once, none already stored).
     pub rows: Vec<PlannedRow>,
     /// Items whose msgid was already stored, or came earlier in the same page.
@@ -52,7 +52,7 @@ pub(crate) struct PlannedRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SessionWrite {
     /// The customer.
-    pub external_userid: String,
+    pub external_userid: ExternalUserId,
     /// The latest `send_time` of the page's new customer messages (origin 3), if any; the store
     /// keeps the larger of this and what it had.
     pub last_customer_msg_at: Option<i64>,
@@ -70,24 +70,18 @@ impl PagePlan {
     /// What the commit did, given the `seq` each of [`rows`](Self::rows) got, in order.
     pub fn into_outcome(self, seqs: &[i64]) -> PageOutcome {
         let skipped = self.skipped();
-        let open_kfid: Arc<str> = Arc::from(self.open_kfid.as_str());
-        // One allocation per customer, shared by the lanes of their messages.
-        let mut customers: HashMap<String, Arc<str>> = HashMap::new();
         let mut stored = Vec::with_capacity(self.rows.len() - skipped);
         for (row, &seq) in self.rows.into_iter().zip(seqs) {
             if row.skipped {
                 continue;
             }
             let m = row.message;
-            let external_userid = customers
-                .entry(m.external_userid)
-                .or_insert_with_key(|k| Arc::from(k.as_str()))
-                .clone();
+            // Ids are shared strings: a lane costs two reference-count bumps, no allocation.
             stored.push(StoredMessage {
                 seq,
                 lane: Lane {
-                    open_kfid: open_kfid.clone(),
-                    external_userid,
+                    open_kfid: self.open_kfid.clone(),
+                    external_userid: m.external_userid,
                 },
                 stored_at_ms: self.now_ms,
                 invalid: m.decode_error.is_some(),
@@ -104,11 +98,11 @@ impl PagePlan {
 }
 
 /// The page's distinct msgids: the store answers which of them it already holds.
-pub(crate) fn msgids(page: &PageWrite) -> Vec<&str> {
+pub(crate) fn msgids(page: &PageWrite) -> Vec<&MsgId> {
     let mut seen = HashSet::with_capacity(page.messages.len());
     page.messages
         .iter()
-        .map(|m| m.msgid.as_str())
+        .map(|m| &m.msgid)
         .filter(|id| seen.insert(*id))
         .collect()
 }
@@ -116,16 +110,17 @@ pub(crate) fn msgids(page: &PageWrite) -> Vec<&str> {
 /// The customers whose stored views [`plan_page`] needs: those with a new decoded message.
 pub(crate) fn customers_to_observe<'a>(
     page: &'a PageWrite,
-    already_stored: &HashSet<String>,
-) -> Vec<&'a str> {
-    let mut customers: Vec<&str> = page
+    already_stored: &HashSet<MsgId>,
+) -> Vec<&'a ExternalUserId> {
+    let mut customers: Vec<&ExternalUserId> = page
         .messages
         .iter()
         .zip(new_items(page, already_stored))
         .filter(|(m, new)| {
-            *new && !m.external_userid.is_empty() && matches!(m.payload, Payload::Message(_))
+            *new && !m.external_userid.as_str().is_empty()
+                && matches!(m.payload, Payload::Message(_))
         })
-        .map(|(m, _)| m.external_userid.as_str())
+        .map(|(m, _)| &m.external_userid)
         .collect();
     customers.sort_unstable();
     customers.dedup();
@@ -133,11 +128,11 @@ pub(crate) fn customers_to_observe<'a>(
 }
 
 /// Which items are new: not stored yet, and the first of their msgid in the page.
-fn new_items(page: &PageWrite, already_stored: &HashSet<String>) -> Vec<bool> {
+fn new_items(page: &PageWrite, already_stored: &HashSet<MsgId>) -> Vec<bool> {
     let mut first = HashSet::with_capacity(page.messages.len());
     page.messages
         .iter()
-        .map(|m| !already_stored.contains(&m.msgid) && first.insert(m.msgid.as_str()))
+        .map(|m| !already_stored.contains(&m.msgid) && first.insert(&m.msgid))
         .collect()
 }
 
@@ -162,8 +157,8 @@ fn new_items(page: &PageWrite, already_stored: &HashSet<String>) -> Vec<bool> {
 /// the backend's job; the whole plan is one transaction.
 pub(crate) fn plan_page(
     page: PageWrite,
-    already_stored: &HashSet<String>,
-    mut views: HashMap<String, SessionView>,
+    already_stored: &HashSet<MsgId>,
+    mut views: HashMap<ExternalUserId, SessionView>,
 ) -> PagePlan {
     let new = new_items(&page, already_stored);
     let PageWrite {
@@ -178,25 +173,25 @@ pub(crate) fn plan_page(
     let mut rows = Vec::with_capacity(messages.len());
     let mut duplicates = 0;
     // Sorted, so the backends write sessions in one order.
-    let mut sessions: BTreeMap<String, SessionWrite> = BTreeMap::new();
-    let mut delivered: HashSet<String> = HashSet::new();
+    let mut sessions: BTreeMap<ExternalUserId, SessionWrite> = BTreeMap::new();
+    let mut delivered: HashSet<MsgId> = HashSet::new();
     for (message, new) in messages.into_iter().zip(new) {
         if !new {
             duplicates += 1;
             continue;
         }
         let skipped = is_skipped(message.send_time, skip_before);
-        let customer = message.external_userid.as_str();
-        if !customer.is_empty() {
+        let customer = &message.external_userid;
+        if !customer.as_str().is_empty() {
             let decoded = match &message.payload {
                 Payload::Message(decoded) => Some(decoded),
                 Payload::Raw(_) => None,
             };
             if message.origin == Some(3) || decoded.is_some() {
                 let session = sessions
-                    .entry(customer.to_owned())
+                    .entry(customer.clone())
                     .or_insert_with(|| SessionWrite {
-                        external_userid: customer.to_owned(),
+                        external_userid: customer.clone(),
                         last_customer_msg_at: None,
                         view: None,
                     });
@@ -239,6 +234,8 @@ pub(crate) fn plan_page(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use wechat_kf::message::Message;
     use wechat_kf::session::{SendRefusal, ServiceState};
 
@@ -282,19 +279,19 @@ mod tests {
         }
     }
 
-    fn handoff(msgid: &str, customer: &str) -> (String, NewReply) {
+    fn handoff(msgid: &str, customer: &str) -> (MsgId, NewReply) {
         let reply = NewReply {
             endpoint: ReplyEndpoint::Trans,
             lane: format!("wk/{customer}"),
             body: "{}".into(),
-            msgid: format!("handoff-{msgid}"),
+            msgid: format!("handoff-{msgid}").into(),
             delivery_id: None,
             position: None,
             hold_ms: 0,
             error: None,
             result: None,
         };
-        (msgid.to_owned(), reply)
+        (msgid.into(), reply)
     }
 
     fn page(messages: Vec<NewMessage>) -> PageWrite {
@@ -309,8 +306,8 @@ mod tests {
         }
     }
 
-    fn stored(msgids: &[&str]) -> HashSet<String> {
-        msgids.iter().map(|m| (*m).to_owned()).collect()
+    fn stored(msgids: &[&str]) -> HashSet<MsgId> {
+        msgids.iter().map(|m| MsgId::from(*m)).collect()
     }
 
     fn row_ids(plan: &PagePlan) -> Vec<(&str, bool)> {
@@ -356,7 +353,7 @@ mod tests {
         let seqs: Vec<i64> = outcome.stored.iter().map(|m| m.seq).collect();
         assert_eq!(seqs, vec![7, 8]);
         assert_eq!((outcome.skipped, outcome.duplicates), (0, 0));
-        assert_eq!(&*outcome.stored[0].lane.external_userid, "wm1");
+        assert_eq!(outcome.stored[0].lane.external_userid, "wm1");
         assert_eq!(outcome.stored[1].stored_at_ms, 9_000);
     }
 
@@ -471,7 +468,7 @@ mod tests {
             customers_to_observe(&write, &HashSet::new()),
             vec!["wm1", "wm2"]
         );
-        let views = HashMap::from([("wm2".to_owned(), known)]);
+        let views = HashMap::from([(ExternalUserId::from("wm2"), known)]);
         let plan = plan_page(write, &HashSet::new(), views);
         let customers: Vec<&str> = plan
             .sessions

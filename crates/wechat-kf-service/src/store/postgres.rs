@@ -208,7 +208,7 @@ impl Store for PostgresStore {
                 Ok(rows
                     .iter()
                     .map(|r| AccountCursor {
-                        open_kfid: r.get(0),
+                        open_kfid: OpenKfId::from(r.get::<_, String>(0)),
                         cursor: r.get(1),
                         catch_up_before: r.get(2),
                     })
@@ -217,14 +217,14 @@ impl Store for PostgresStore {
         })
     }
 
-    fn add_account(&self, open_kfid: String, now_ms: i64) -> BoxFuture<'_, Result<(), Error>> {
+    fn add_account(&self, open_kfid: OpenKfId, now_ms: i64) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
             with_client!(self, client, {
                 client
                     .execute(
                         "INSERT INTO cursors (open_kfid, cursor, updated_at) VALUES ($1, NULL, $2) \
                          ON CONFLICT (open_kfid) DO NOTHING",
-                        &[&open_kfid, &now_ms],
+                        &[&open_kfid.as_str(), &now_ms],
                     )
                     .await?;
                 Ok(())
@@ -238,28 +238,38 @@ impl Store for PostgresStore {
                 let tx = client.transaction().await?;
                 // Read what the page-commit policy needs, ask it for the plan, write the plan
                 // (see [`policy::plan_page`]).
-                let already_stored: HashSet<String> = tx
+                let msgids: Vec<&str> = policy::msgids(&page)
+                    .into_iter()
+                    .map(MsgId::as_str)
+                    .collect();
+                let already_stored: HashSet<MsgId> = tx
                     .query(
                         "SELECT msgid FROM messages WHERE open_kfid = $1 AND msgid = ANY($2)",
-                        &[&page.open_kfid, &policy::msgids(&page)],
+                        &[&page.open_kfid.as_str(), &msgids],
                     )
                     .await?
                     .iter()
-                    .map(|r| r.get(0))
+                    .map(|r| MsgId::from(r.get::<_, String>(0)))
                     .collect();
-                let customers = policy::customers_to_observe(&page, &already_stored);
+                let customers: Vec<&str> = policy::customers_to_observe(&page, &already_stored)
+                    .into_iter()
+                    .map(ExternalUserId::as_str)
+                    .collect();
                 let mut views = HashMap::with_capacity(customers.len());
                 if !customers.is_empty() {
                     let rows = tx
                         .query(
                             "SELECT external_userid, view FROM sessions \
                              WHERE open_kfid = $1 AND external_userid = ANY($2)",
-                            &[&page.open_kfid, &customers],
+                            &[&page.open_kfid.as_str(), &customers],
                         )
                         .await?;
                     for row in rows {
                         let view: Option<String> = row.get(1);
-                        views.insert(row.get::<_, String>(0), parse_view(view.as_deref()));
+                        views.insert(
+                            ExternalUserId::from(row.get::<_, String>(0)),
+                            parse_view(view.as_deref()),
+                        );
                     }
                 }
                 let plan = policy::plan_page(page, &already_stored, views);
@@ -298,7 +308,7 @@ impl Store for PostgresStore {
                          WITH ORDINALITY AS u(m, e, t, o, k, r, d, s, i) \
                          ORDER BY i RETURNING seq, msgid",
                         &[
-                            &plan.open_kfid,
+                            &plan.open_kfid.as_str(),
                             &msgids,
                             &customers,
                             &send_times,
@@ -348,7 +358,7 @@ impl Store for PostgresStore {
                          ON CONFLICT (open_kfid, external_userid) DO UPDATE SET \
                          last_customer_msg_at = GREATEST(sessions.last_customer_msg_at, excluded.last_customer_msg_at), \
                          view = COALESCE(excluded.view, sessions.view), updated_at = excluded.updated_at",
-                        &[&plan.open_kfid, &customers, &times, &views, &plan.now_ms],
+                        &[&plan.open_kfid.as_str(), &customers, &times, &views, &plan.now_ms],
                     )
                     .await?;
                 }
@@ -359,7 +369,12 @@ impl Store for PostgresStore {
                     "INSERT INTO cursors (open_kfid, cursor, updated_at, catch_up_before) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (open_kfid) DO UPDATE SET cursor = COALESCE(excluded.cursor, cursors.cursor), \
                      updated_at = excluded.updated_at, catch_up_before = excluded.catch_up_before",
-                    &[&plan.open_kfid, &plan.next_cursor, &plan.now_ms, &plan.catch_up_before],
+                    &[
+                        &plan.open_kfid.as_str(),
+                        &plan.next_cursor,
+                        &plan.now_ms,
+                        &plan.catch_up_before,
+                    ],
                 )
                 .await?;
                 tx.commit().await?;
@@ -386,7 +401,7 @@ impl Store for PostgresStore {
                     .iter()
                     .map(|r| StoredMessage {
                         seq: r.get(0),
-                        lane: Lane::new(r.get(1), r.get(2)),
+                        lane: Lane::new(r.get::<_, String>(1), r.get::<_, String>(2)),
                         stored_at_ms: r.get(3),
                         invalid: r.get(4),
                         payload: None,
@@ -476,7 +491,7 @@ impl Store for PostgresStore {
                     .iter()
                     .map(|r| MediaJob {
                         seq: r.get(0),
-                        open_kfid: r.get(1),
+                        open_kfid: OpenKfId::from(r.get::<_, String>(1)),
                         raw: r.get(2),
                     })
                     .collect())
@@ -486,15 +501,15 @@ impl Store for PostgresStore {
 
     fn session(
         &self,
-        open_kfid: String,
-        external_userid: String,
+        open_kfid: OpenKfId,
+        external_userid: ExternalUserId,
     ) -> BoxFuture<'_, Result<Option<SessionView>, Error>> {
         Box::pin(async move {
             with_client!(self, client, {
                 let row = client
                     .query_opt(
                         "SELECT view FROM sessions WHERE open_kfid = $1 AND external_userid = $2",
-                        &[&open_kfid, &external_userid],
+                        &[&open_kfid.as_str(), &external_userid.as_str()],
                     )
                     .await?;
                 Ok(row
@@ -506,8 +521,8 @@ impl Store for PostgresStore {
 
     fn update_session(
         &self,
-        open_kfid: String,
-        external_userid: String,
+        open_kfid: OpenKfId,
+        external_userid: ExternalUserId,
         update: SessionUpdate,
         now_ms: i64,
     ) -> BoxFuture<'_, Result<SessionView, Error>> {
@@ -517,7 +532,7 @@ impl Store for PostgresStore {
                 let row = tx
                     .query_opt(
                         "SELECT view FROM sessions WHERE open_kfid = $1 AND external_userid = $2 FOR UPDATE",
-                        &[&open_kfid, &external_userid],
+                        &[&open_kfid.as_str(), &external_userid.as_str()],
                     )
                     .await?;
                 let text: Option<String> = row.and_then(|r| r.get(0));
@@ -527,7 +542,12 @@ impl Store for PostgresStore {
                     "INSERT INTO sessions (open_kfid, external_userid, last_customer_msg_at, view, updated_at) \
                      VALUES ($1, $2, 0, $3, $4) ON CONFLICT (open_kfid, external_userid) DO UPDATE SET \
                      view = excluded.view, updated_at = excluded.updated_at",
-                    &[&open_kfid, &external_userid, &encode_view(&view), &now_ms],
+                    &[
+                        &open_kfid.as_str(),
+                        &external_userid.as_str(),
+                        &encode_view(&view),
+                        &now_ms,
+                    ],
                 )
                 .await?;
                 tx.commit().await?;
@@ -625,7 +645,7 @@ impl Store for PostgresStore {
                         endpoint: ReplyEndpoint::parse(r.get(1)).unwrap_or(ReplyEndpoint::SendMsg),
                         lane: r.get(2),
                         body: r.get(3),
-                        msgid: r.get(4),
+                        msgid: MsgId::from(r.get::<_, String>(4)),
                         attempts: r.get::<_, i64>(5).clamp(0, u32::MAX as i64) as u32,
                         delivery_id: r.get(6),
                         position: r
@@ -704,13 +724,13 @@ impl Store for PostgresStore {
         })
     }
 
-    fn api_send(&self, key: String, msgid: String) -> BoxFuture<'_, Result<Option<String>, Error>> {
+    fn api_send(&self, key: String, msgid: MsgId) -> BoxFuture<'_, Result<Option<String>, Error>> {
         Box::pin(async move {
             with_client!(self, client, {
                 let row = client
                     .query_opt(
                         "SELECT response FROM api_sends WHERE key = $1 AND msgid = $2",
-                        &[&key, &msgid],
+                        &[&key, &msgid.as_str()],
                     )
                     .await?;
                 Ok(row.map(|r| r.get(0)))
@@ -721,7 +741,7 @@ impl Store for PostgresStore {
     fn record_api_send(
         &self,
         key: String,
-        msgid: String,
+        msgid: MsgId,
         response: String,
         now_ms: i64,
     ) -> BoxFuture<'_, Result<(), Error>> {
@@ -731,7 +751,7 @@ impl Store for PostgresStore {
                     .execute(
                         "INSERT INTO api_sends (key, msgid, response, created_at) VALUES ($1, $2, $3, $4) \
                          ON CONFLICT (key, msgid) DO UPDATE SET response = excluded.response",
-                        &[&key, &msgid, &response, &now_ms],
+                        &[&key, &msgid.as_str(), &response, &now_ms],
                     )
                     .await?;
                 Ok(())
@@ -809,34 +829,37 @@ impl Store for PostgresStore {
         })
     }
 
-    fn messages(&self, open_kfid: String) -> BoxFuture<'_, Result<Vec<(String, bool)>, Error>> {
+    fn messages(&self, open_kfid: OpenKfId) -> BoxFuture<'_, Result<Vec<(MsgId, bool)>, Error>> {
         Box::pin(async move {
             with_client!(self, client, {
                 let rows = client
                     .query(
                         "SELECT msgid, delivered_at IS NOT NULL FROM messages WHERE open_kfid = $1 ORDER BY seq",
-                        &[&open_kfid],
+                        &[&open_kfid.as_str()],
                     )
                     .await?;
-                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+                Ok(rows
+                    .iter()
+                    .map(|r| (MsgId::from(r.get::<_, String>(0)), r.get(1)))
+                    .collect())
             })
         })
     }
 
-    fn message_rows(&self, open_kfid: String) -> BoxFuture<'_, Result<Vec<MessageRow>, Error>> {
+    fn message_rows(&self, open_kfid: OpenKfId) -> BoxFuture<'_, Result<Vec<MessageRow>, Error>> {
         Box::pin(async move {
             with_client!(self, client, {
                 let rows = client
                     .query(
                         "SELECT msgid, send_time, delivered_at IS NOT NULL, skipped, media FROM messages \
                          WHERE open_kfid = $1 ORDER BY seq",
-                        &[&open_kfid],
+                        &[&open_kfid.as_str()],
                     )
                     .await?;
                 Ok(rows
                     .iter()
                     .map(|r| MessageRow {
-                        msgid: r.get(0),
+                        msgid: MsgId::from(r.get::<_, String>(0)),
                         send_time: r.get(1),
                         delivered: r.get(2),
                         skipped: r.get(3),
@@ -889,7 +912,7 @@ async fn insert_reply(
             &reply.endpoint.as_str(),
             &reply.lane,
             &reply.body,
-            &reply.msgid,
+            &reply.msgid.as_str(),
             &state,
             &next_attempt_at,
             &reply.error,

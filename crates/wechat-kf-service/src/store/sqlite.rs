@@ -197,8 +197,9 @@ fn commit_page(conn: &mut Connection, page: PageWrite) -> Result<PageOutcome, Er
         )?;
         let mut already_stored = HashSet::new();
         for msgid in policy::msgids(&page) {
-            if exists.query_row(params![page.open_kfid, msgid], |r| r.get::<_, bool>(0))? {
-                already_stored.insert(msgid.to_owned());
+            let params = params![page.open_kfid.as_str(), msgid.as_str()];
+            if exists.query_row(params, |r| r.get::<_, bool>(0))? {
+                already_stored.insert(msgid.clone());
             }
         }
         let mut load_view = tx.prepare_cached(
@@ -207,9 +208,11 @@ fn commit_page(conn: &mut Connection, page: PageWrite) -> Result<PageOutcome, Er
         let mut views = HashMap::new();
         for customer in policy::customers_to_observe(&page, &already_stored) {
             let text: Option<Option<String>> = load_view
-                .query_row(params![page.open_kfid, customer], |r| r.get(0))
+                .query_row(params![page.open_kfid.as_str(), customer.as_str()], |r| {
+                    r.get(0)
+                })
                 .optional()?;
-            views.insert(customer.to_owned(), parse_view(text.flatten().as_deref()));
+            views.insert(customer.clone(), parse_view(text.flatten().as_deref()));
         }
         policy::plan_page(page, &already_stored, views)
     };
@@ -226,9 +229,9 @@ fn commit_page(conn: &mut Connection, page: PageWrite) -> Result<PageOutcome, Er
         for row in &plan.rows {
             let m = &row.message;
             insert.execute(params![
-                plan.open_kfid,
-                m.msgid,
-                m.external_userid,
+                plan.open_kfid.as_str(),
+                m.msgid.as_str(),
+                m.external_userid.as_str(),
                 m.send_time,
                 m.origin,
                 m.kind,
@@ -248,8 +251,8 @@ fn commit_page(conn: &mut Connection, page: PageWrite) -> Result<PageOutcome, Er
         )?;
         for write in &plan.sessions {
             session.execute(params![
-                plan.open_kfid,
-                write.external_userid,
+                plan.open_kfid.as_str(),
+                write.external_userid.as_str(),
                 write.last_customer_msg_at.unwrap_or(0),
                 write.view.as_ref().map(encode_view),
                 plan.now_ms
@@ -264,7 +267,7 @@ fn commit_page(conn: &mut Connection, page: PageWrite) -> Result<PageOutcome, Er
              updated_at = excluded.updated_at, catch_up_before = excluded.catch_up_before",
         )?
         .execute(params![
-            plan.open_kfid,
+            plan.open_kfid.as_str(),
             plan.next_cursor,
             plan.now_ms,
             plan.catch_up_before
@@ -300,7 +303,7 @@ fn insert_reply(
         reply.endpoint.as_str(),
         reply.lane,
         reply.body,
-        reply.msgid,
+        reply.msgid.as_str(),
         state,
         now_ms,
         reply.error,
@@ -350,7 +353,7 @@ impl Store for SqliteStore {
             )?;
             let rows = stmt.query_map([], |r| {
                 Ok(AccountCursor {
-                    open_kfid: r.get(0)?,
+                    open_kfid: OpenKfId::from(r.get::<_, String>(0)?),
                     cursor: r.get(1)?,
                     catch_up_before: r.get(2)?,
                 })
@@ -359,13 +362,13 @@ impl Store for SqliteStore {
         })
     }
 
-    fn add_account(&self, open_kfid: String, now_ms: i64) -> BoxFuture<'_, Result<(), Error>> {
+    fn add_account(&self, open_kfid: OpenKfId, now_ms: i64) -> BoxFuture<'_, Result<(), Error>> {
         self.call(move |conn| {
             conn.prepare_cached(
                 "INSERT INTO cursors (open_kfid, cursor, updated_at) VALUES (?1, NULL, ?2) \
                  ON CONFLICT (open_kfid) DO NOTHING",
             )?
-            .execute(params![open_kfid, now_ms])?;
+            .execute(params![open_kfid.as_str(), now_ms])?;
             Ok(())
         })
     }
@@ -389,7 +392,7 @@ impl Store for SqliteStore {
                 let external_userid: String = r.get(2)?;
                 Ok(StoredMessage {
                     seq: r.get(0)?,
-                    lane: Lane::new(&open_kfid, &external_userid),
+                    lane: Lane::new(open_kfid, external_userid),
                     stored_at_ms: r.get(3)?,
                     invalid: r.get(4)?,
                     payload: None,
@@ -474,7 +477,7 @@ impl Store for SqliteStore {
                 if msgtypes.contains(&kind) {
                     out.push(MediaJob {
                         seq,
-                        open_kfid,
+                        open_kfid: open_kfid.into(),
                         raw,
                     });
                     if out.len() >= limit {
@@ -488,15 +491,17 @@ impl Store for SqliteStore {
 
     fn session(
         &self,
-        open_kfid: String,
-        external_userid: String,
+        open_kfid: OpenKfId,
+        external_userid: ExternalUserId,
     ) -> BoxFuture<'_, Result<Option<SessionView>, Error>> {
         self.call(move |conn| {
             let text: Option<Option<String>> = conn
                 .prepare_cached(
                     "SELECT view FROM sessions WHERE open_kfid = ?1 AND external_userid = ?2",
                 )?
-                .query_row(params![open_kfid, external_userid], |r| r.get(0))
+                .query_row(params![open_kfid.as_str(), external_userid.as_str()], |r| {
+                    r.get(0)
+                })
                 .optional()?;
             Ok(text.flatten().map(|t| parse_view(Some(&t))))
         })
@@ -504,8 +509,8 @@ impl Store for SqliteStore {
 
     fn update_session(
         &self,
-        open_kfid: String,
-        external_userid: String,
+        open_kfid: OpenKfId,
+        external_userid: ExternalUserId,
         update: SessionUpdate,
         now_ms: i64,
     ) -> BoxFuture<'_, Result<SessionView, Error>> {
@@ -515,7 +520,10 @@ impl Store for SqliteStore {
                 .prepare_cached(
                     "SELECT view FROM sessions WHERE open_kfid = ?1 AND external_userid = ?2",
                 )?
-                .query_row(params![open_kfid, external_userid], |r| r.get(0))
+                .query_row(
+                    params![open_kfid.as_str(), external_userid.as_str()],
+                    |r| r.get(0),
+                )
                 .optional()?;
             let mut view = parse_view(text.flatten().as_deref());
             update.apply(&mut view);
@@ -524,7 +532,12 @@ impl Store for SqliteStore {
                  VALUES (?1, ?2, 0, ?3, ?4) ON CONFLICT (open_kfid, external_userid) DO UPDATE SET \
                  view = excluded.view, updated_at = excluded.updated_at",
             )?
-            .execute(params![open_kfid, external_userid, encode_view(&view), now_ms])?;
+            .execute(params![
+                open_kfid.as_str(),
+                external_userid.as_str(),
+                encode_view(&view),
+                now_ms
+            ])?;
             tx.commit()?;
             Ok(view)
         })
@@ -609,7 +622,7 @@ impl Store for SqliteStore {
                         endpoint: ReplyEndpoint::SendMsg,
                         lane: r.get(2)?,
                         body: r.get(3)?,
-                        msgid: r.get(4)?,
+                        msgid: MsgId::from(r.get::<_, String>(4)?),
                         attempts: r.get(5)?,
                         delivery_id: r.get(6)?,
                         position: r.get(7)?,
@@ -686,11 +699,11 @@ impl Store for SqliteStore {
         })
     }
 
-    fn api_send(&self, key: String, msgid: String) -> BoxFuture<'_, Result<Option<String>, Error>> {
+    fn api_send(&self, key: String, msgid: MsgId) -> BoxFuture<'_, Result<Option<String>, Error>> {
         self.call(move |conn| {
             Ok(conn
                 .prepare_cached("SELECT response FROM api_sends WHERE key = ?1 AND msgid = ?2")?
-                .query_row(params![key, msgid], |r| r.get(0))
+                .query_row(params![key, msgid.as_str()], |r| r.get(0))
                 .optional()?)
         })
     }
@@ -698,7 +711,7 @@ impl Store for SqliteStore {
     fn record_api_send(
         &self,
         key: String,
-        msgid: String,
+        msgid: MsgId,
         response: String,
         now_ms: i64,
     ) -> BoxFuture<'_, Result<(), Error>> {
@@ -706,7 +719,7 @@ impl Store for SqliteStore {
             conn.prepare_cached(
                 "INSERT OR REPLACE INTO api_sends (key, msgid, response, created_at) VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![key, msgid, response, now_ms])?;
+            .execute(params![key, msgid.as_str(), response, now_ms])?;
             Ok(())
         })
     }
@@ -761,25 +774,27 @@ impl Store for SqliteStore {
         })
     }
 
-    fn messages(&self, open_kfid: String) -> BoxFuture<'_, Result<Vec<(String, bool)>, Error>> {
+    fn messages(&self, open_kfid: OpenKfId) -> BoxFuture<'_, Result<Vec<(MsgId, bool)>, Error>> {
         self.call(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT msgid, delivered_at IS NOT NULL FROM messages WHERE open_kfid = ?1 ORDER BY seq",
             )?;
-            let rows = stmt.query_map([open_kfid], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let rows = stmt.query_map([open_kfid.as_str()], |r| {
+                Ok((MsgId::from(r.get::<_, String>(0)?), r.get(1)?))
+            })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
 
-    fn message_rows(&self, open_kfid: String) -> BoxFuture<'_, Result<Vec<MessageRow>, Error>> {
+    fn message_rows(&self, open_kfid: OpenKfId) -> BoxFuture<'_, Result<Vec<MessageRow>, Error>> {
         self.call(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT msgid, send_time, delivered_at IS NOT NULL, skipped <> 0, media FROM messages \
                  WHERE open_kfid = ?1 ORDER BY seq",
             )?;
-            let rows = stmt.query_map([open_kfid], |r| {
+            let rows = stmt.query_map([open_kfid.as_str()], |r| {
                 Ok(MessageRow {
-                    msgid: r.get(0)?,
+                    msgid: MsgId::from(r.get::<_, String>(0)?),
                     send_time: r.get(1)?,
                     delivered: r.get(2)?,
                     skipped: r.get(3)?,
@@ -859,7 +874,7 @@ mod tests {
         assert_eq!(
             store.accounts().await.unwrap(),
             vec![AccountCursor {
-                open_kfid: "wk1".to_owned(),
+                open_kfid: "wk1".into(),
                 cursor: Some("c2".to_owned()),
                 catch_up_before: None,
             }]
@@ -943,7 +958,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let due: Vec<String> = store
+        let due: Vec<MsgId> = store
             .due_replies(50, 10)
             .await
             .unwrap()

@@ -239,7 +239,7 @@ async fn shutdown_is_prompt_while_pulls_back_off_or_wait_on_a_slow_server() {
             json!({"path": "kf/sync_msg", "kind": "http_status", "status": 502, "count": 1000}),
         )
         .unwrap();
-    running.pullers().wake(&failing, None);
+    running.pullers().wake(&failing.into(), None);
     wait_for("a failing pull", Duration::from_secs(5), || async {
         running
             .metrics()
@@ -253,7 +253,7 @@ async fn shutdown_is_prompt_while_pulls_back_off_or_wait_on_a_slow_server() {
             json!({"path": "kf/sync_msg", "kind": "delay", "delay_ms": 1900, "count": 1000}),
         )
         .unwrap();
-    running.pullers().wake(&slow, None);
+    running.pullers().wake(&slow.into(), None);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = std::time::Instant::now();
     running.shutdown().await;

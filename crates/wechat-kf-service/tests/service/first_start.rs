@@ -63,12 +63,16 @@ async fn first_start_under(policy: FirstStart) -> (Vec<String>, Vec<(String, f64
     .await;
     // Every page of the backlog is committed before the fresh message's page: nothing else
     // can still be on its way.
-    let rows = running.store().message_rows(kf.clone()).await.unwrap();
+    let rows = running
+        .store()
+        .message_rows(kf.clone().into())
+        .await
+        .unwrap();
     assert_eq!(rows.len(), history.len() + 1, "everything is stored");
     let skipped: Vec<String> = rows
         .iter()
         .filter(|r| r.skipped)
-        .map(|r| r.msgid.clone())
+        .map(|r| r.msgid.to_string())
         .collect();
     let skipped_metric = metric(
         &running,
@@ -136,7 +140,7 @@ async fn a_rejected_cursor_is_treated_like_a_first_start() {
         let store = SqliteStore::open(db.to_str().unwrap(), Default::default()).unwrap();
         store
             .commit_page(PageWrite {
-                open_kfid: kf.clone(),
+                open_kfid: kf.clone().into(),
                 messages: vec![],
                 next_cursor: Some("expired-cursor-0".into()),
                 now_ms: 0,
@@ -159,7 +163,11 @@ async fn a_rejected_cursor_is_treated_like_a_first_start() {
     })
     .await;
     assert_eq!(sink.acked_msgids(), vec![fresh]);
-    let rows = running.store().message_rows(kf.clone()).await.unwrap();
+    let rows = running
+        .store()
+        .message_rows(kf.clone().into())
+        .await
+        .unwrap();
     assert_eq!(rows.iter().filter(|r| r.skipped).count(), history.len());
     assert_eq!(
         metric(
@@ -181,7 +189,7 @@ async fn a_rejected_cursor_is_treated_like_a_first_start() {
         .await
         .unwrap()
         .into_iter()
-        .find(|a| a.open_kfid == kf)
+        .find(|a| a.open_kfid == *kf)
         .unwrap();
     assert_ne!(account.cursor.as_deref(), Some("expired-cursor-0"));
     assert_eq!(account.catch_up_before, None, "caught up");
@@ -215,7 +223,7 @@ async fn a_restart_in_the_middle_of_a_catch_up_keeps_skipping_old_messages() {
         let store = SqliteStore::open(db.to_str().unwrap(), Default::default()).unwrap();
         store
             .commit_page(PageWrite {
-                open_kfid: kf.clone(),
+                open_kfid: kf.clone().into(),
                 messages: vec![],
                 next_cursor: Some(first_page.next_cursor.clone()),
                 now_ms: 0,
@@ -239,7 +247,11 @@ async fn a_restart_in_the_middle_of_a_catch_up_keeps_skipping_old_messages() {
     )
     .await;
     assert_eq!(sink.acked_msgids(), vec![newest]);
-    let rows = running.store().message_rows(kf.clone()).await.unwrap();
+    let rows = running
+        .store()
+        .message_rows(kf.clone().into())
+        .await
+        .unwrap();
     assert_eq!(
         rows.iter().filter(|r| r.skipped).count(),
         history.len() - 2,
@@ -275,7 +287,7 @@ async fn skipped_messages_still_teach_the_session_view() {
         let (store, kf) = (store.clone(), kf2.clone());
         async move {
             store
-                .session(kf, customer.into())
+                .session(kf.into(), customer.into())
                 .await
                 .unwrap()
                 .is_some_and(|v| v.servicer().is_some())

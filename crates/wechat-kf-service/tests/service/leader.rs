@@ -35,7 +35,7 @@ async fn standby_takes_over(db: Option<&str>) {
         config.storage.db = Some(db.to_owned());
     }
     config.storage.standby_poll = Duration::from_millis(100);
-    config.wechat.accounts = vec![kf.clone()];
+    config.wechat.accounts = vec![kf.clone().into()];
 
     let first = start(&emu, config.clone()).await;
     assert!(first.leader().is_some_and(|l| l.is_held()));

@@ -129,7 +129,11 @@ async fn media_is_downloaded_before_delivery_under_its_chinese_file_name() {
         1
     );
     // The record is stored with the message.
-    let rows = running.store().message_rows(kf.clone()).await.unwrap();
+    let rows = running
+        .store()
+        .message_rows(kf.clone().into())
+        .await
+        .unwrap();
     assert!(rows[0].media.as_deref().unwrap().contains("报价单"));
     running.shutdown().await;
     emu.shutdown().await;

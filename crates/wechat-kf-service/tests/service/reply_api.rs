@@ -133,7 +133,7 @@ async fn the_reply_api_sends_refuses_wrong_tokens_and_is_idempotent_on_msgid() {
             let kf = kf.clone();
             async move {
                 store
-                    .session(kf, "wmVisitor".into())
+                    .session(kf.into(), "wmVisitor".into())
                     .await
                     .unwrap()
                     .is_some()

@@ -21,7 +21,7 @@ async fn the_sandbox_runs_the_whole_loop_with_an_echo() {
     let info = running.sandbox().unwrap().clone();
     let instructions = info.instructions();
     assert!(instructions.contains(&format!("{}/emulator/customer/send", info.emulator_url)));
-    assert!(instructions.contains(&info.open_kfid));
+    assert!(instructions.contains(info.open_kfid.as_str()));
 
     let http = reqwest::Client::new();
     let state: Value = http

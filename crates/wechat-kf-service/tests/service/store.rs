@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use serde_json::Value;
+use wechat_kf::MsgId;
 use wechat_kf::message::Message;
 use wechat_kf::session::{SendRefusal, ServiceState};
 use wechat_kf_service::store::Synchronous;
@@ -100,7 +101,7 @@ async fn conformance_v2(store: &dyn Store) {
         "skipped counts as finished"
     );
     assert!(!rows[1].skipped && !rows[1].delivered);
-    let due: Vec<String> = store
+    let due: Vec<MsgId> = store
         .due_replies(i64::MAX, 10)
         .await
         .unwrap()
@@ -315,18 +316,18 @@ fn decoded_p(msgid: &str, customer: &str, send_time: i64, origin: u32) -> NewMes
 }
 
 /// A handoff queued for `msgid`, itself identified as `handoff-<msgid>`.
-fn handoff(msgid: &str, customer: &str) -> (String, NewReply) {
+fn handoff(msgid: &str, customer: &str) -> (MsgId, NewReply) {
     let reply = NewReply {
         endpoint: ReplyEndpoint::Trans,
         ..reply(&format!("handoff-{msgid}"), &format!("wkP/{customer}"))
     };
-    (msgid.to_owned(), reply)
+    (msgid.into(), reply)
 }
 
 /// The page-commit policy (one pure function both backends call): cases where two backends
 /// applying it differently would disagree.
 async fn conformance_policy(store: &dyn Store) {
-    let write = |messages: Vec<NewMessage>, actions: Vec<(String, NewReply)>| PageWrite {
+    let write = |messages: Vec<NewMessage>, actions: Vec<(MsgId, NewReply)>| PageWrite {
         open_kfid: "wkP".into(),
         messages,
         next_cursor: None,
@@ -336,7 +337,7 @@ async fn conformance_policy(store: &dyn Store) {
         actions,
     };
     let handoffs = || async {
-        let mut queued: Vec<String> = store
+        let mut queued: Vec<MsgId> = store
             .due_replies(i64::MAX, 100)
             .await
             .unwrap()
@@ -492,7 +493,7 @@ async fn conformance(store: Arc<dyn Store>) {
     let accounts = store.accounts().await.unwrap();
     let accounts: Vec<(String, Option<String>)> = accounts
         .into_iter()
-        .map(|a| (a.open_kfid, a.cursor))
+        .map(|a| (a.open_kfid.into_string(), a.cursor))
         .collect();
     assert_eq!(
         accounts,
@@ -545,7 +546,7 @@ async fn conformance(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(store.open_deliveries().await.unwrap(), vec![retry]);
     assert_eq!(store.pending_messages(0, 100).await.unwrap().len(), 2);
-    let delivered: Vec<(String, bool)> = store.messages("wkA".into()).await.unwrap();
+    let delivered: Vec<(MsgId, bool)> = store.messages("wkA".into()).await.unwrap();
     assert_eq!(delivered.iter().filter(|(_, d)| *d).count(), 3);
 
     let due = store.due_replies(10, 10).await.unwrap();

@@ -20,7 +20,7 @@ async fn two_instances_sharing_a_redis_token_store_call_gettoken_once() {
     // is this test's own.
     let mut first_config = config(&emu, &dir.path().join("a.db"), Some(&sink.url));
     first_config.wechat.token_store = Some(Secret::new(redis.clone()));
-    first_config.wechat.accounts = vec![kf.clone()];
+    first_config.wechat.accounts = vec![kf.clone().into()];
     let mut second_config = first_config.clone();
     second_config.storage.db = Some(dir.path().join("b.db").to_str().unwrap().to_owned());
 

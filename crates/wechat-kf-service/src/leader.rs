@@ -24,7 +24,7 @@ use axum::routing::get;
 use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
 
-use crate::Error;
+use crate::error::Error;
 use crate::store::is_postgres;
 
 /// The advisory lock's first key (the second is the schema's hash, so that schemas of one

@@ -38,8 +38,8 @@ use wechat_kf::message::{Message, MessageContent};
 use wechat_kf::voice::{Converter, VoiceError};
 use wechat_kf::{MsgId, OpenKfId};
 
-use crate::Error;
 use crate::config::{MediaConfig, Secret, VoiceTarget};
+use crate::error::Error;
 use crate::error::safe_error;
 use crate::metrics::Metrics;
 

@@ -304,7 +304,7 @@ async fn run(
                     catch_up_before = catch_up_before.or(row.catch_up_before);
                 }
             }
-            Ok::<(), crate::Error>(())
+            Ok::<(), crate::error::Error>(())
         };
         match known.await {
             Ok(()) => break,

@@ -5,8 +5,8 @@
 use wechat_kf::OpenKfId;
 use wechat_kf_emulator::{Emulator, RunningEmulator};
 
-use crate::Error;
 use crate::config::Config;
+use crate::error::Error;
 
 /// The demo customer used in the printed instructions.
 pub const DEMO_CUSTOMER: &str = "wmDemoCustomer";

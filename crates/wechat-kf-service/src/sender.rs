@@ -238,7 +238,7 @@ impl ReplySender {
     }
 
     /// Sends every due reply once; returns how many were attempted.
-    async fn round(&self) -> Result<usize, crate::Error> {
+    async fn round(&self) -> Result<usize, crate::error::Error> {
         let due = self.store.due_replies(self.clock.local_ms(), 1000).await?;
         if due.is_empty() {
             return Ok(0);

@@ -18,15 +18,16 @@ use crate::clock::Clock;
 use crate::config::{Config, Secret};
 use crate::delivery::Deliverer;
 use crate::delivery::sink::Sink;
+use crate::error::Error;
 use crate::http::{AppParts, AppState, CallbackSettings, router};
 use crate::leader::{self, LeaderLock};
 use crate::media::MediaFetcher;
 use crate::metrics::Metrics;
 use crate::puller::{PullContext, Pullers};
+use crate::sandbox;
 use crate::send_policy::Gate;
 use crate::sender::ReplySender;
 use crate::store::{self, Store};
-use crate::{Error, sandbox};
 
 /// The service; see [`Service::start`].
 #[derive(Debug)]

@@ -36,7 +36,7 @@ pub use wechat_kf::client::media::MediaKind;
 pub use wechat_kf::client::messages::VoiceFormat;
 use wechat_kf::{OpenKfId, UserId};
 
-use crate::Error;
+use crate::error::Error;
 use crate::store::Synchronous;
 
 mod de;

@@ -17,7 +17,7 @@ use figment::{Figment, Metadata, Profile, Provider};
 use toml_edit::ImDocument;
 
 use super::{Config, FirstStart, LogFormat, WechatConfig};
-use crate::Error;
+use crate::error::Error;
 
 /// An environment variable: the setting it sets, and older names still read (deprecated; the
 /// current name wins when both are set).

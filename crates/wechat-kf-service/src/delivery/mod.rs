@@ -22,9 +22,9 @@ use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::Error;
 use crate::clock::Clock;
 use crate::config::{JoinerConfig, WebhookConfig};
+use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::replies::{ReplyOrigin, queue_reply};
 use crate::retry::{backoff, jitter};

@@ -181,9 +181,9 @@ impl Sink {
     /// The target for a configuration: the webhook when `url` is set, else the echo bot when
     /// `echo` is, else stdout. The echo bot answers in the bot's place, so both at once is a
     /// configuration error.
-    pub(crate) fn new(config: &WebhookConfig, echo: bool) -> Result<Sink, crate::Error> {
+    pub(crate) fn new(config: &WebhookConfig, echo: bool) -> Result<Sink, crate::error::Error> {
         match &config.url {
-            Some(_) if echo => Err(crate::Error::Config(
+            Some(_) if echo => Err(crate::error::Error::Config(
                 "--echo (sandbox.echo) answers in the bot's place; it cannot be combined with webhook.url"
                     .into(),
             )),
@@ -196,7 +196,7 @@ impl Sink {
                     .user_agent(concat!("wechat-kf-serve/", env!("CARGO_PKG_VERSION")))
                     .build()
                     .map_err(|e| {
-                        crate::Error::Config(format!("cannot build the webhook client: {e}"))
+                        crate::error::Error::Config(format!("cannot build the webhook client: {e}"))
                     })?;
                 Ok(Sink::Webhook {
                     http,

@@ -16,7 +16,7 @@ use wechat_kf::message::Message;
 use wechat_kf::session::{SendRefusal, ServiceState, SessionView};
 use wechat_kf::{ExternalUserId, MsgId, OpenKfId, UserId};
 
-use crate::Error;
+use crate::error::Error;
 
 mod policy;
 mod postgres;

@@ -31,19 +31,16 @@ pub enum CallbackResult {
     TooLarge,
     /// Unreadable request (400).
     Malformed,
-    /// Callbacks are not configured (503).
-    Disabled,
 }
 
 impl CallbackResult {
-    const ALL: [CallbackResult; 7] = [
+    const ALL: [CallbackResult; 6] = [
         CallbackResult::Accepted,
         CallbackResult::Verified,
         CallbackResult::Forged,
         CallbackResult::Stale,
         CallbackResult::TooLarge,
         CallbackResult::Malformed,
-        CallbackResult::Disabled,
     ];
 
     fn label(self) -> &'static str {
@@ -54,7 +51,6 @@ impl CallbackResult {
             CallbackResult::Stale => "stale",
             CallbackResult::TooLarge => "too_large",
             CallbackResult::Malformed => "malformed",
-            CallbackResult::Disabled => "disabled",
         }
     }
 }

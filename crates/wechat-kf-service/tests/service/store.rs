@@ -53,16 +53,32 @@ fn reply(msgid: &str, lane: &str) -> NewReply {
     }
 }
 
-/// A decoded customer text (fed to the session view).
+/// A decoded customer text of account `wkS` (fed to the session view).
 fn decoded(msgid: &str, customer: &str, send_time: i64) -> NewMessage {
+    decoded_text("wkS", msgid, customer, send_time, 3)
+}
+
+/// A decoded text of `open_kfid` with `origin` (3 customer, 5 servicer `zhangsan`).
+fn decoded_text(
+    open_kfid: &str,
+    msgid: &str,
+    customer: &str,
+    send_time: i64,
+    origin: u32,
+) -> NewMessage {
+    let servicer = if origin == 5 {
+        r#","servicer_userid":"zhangsan""#
+    } else {
+        ""
+    };
     let raw = format!(
-        r#"{{"msgid":"{msgid}","open_kfid":"wkS","external_userid":"{customer}","send_time":{send_time},"origin":3,"msgtype":"text","text":{{"content":"x"}}}}"#
+        r#"{{"msgid":"{msgid}","open_kfid":"{open_kfid}","external_userid":"{customer}","send_time":{send_time},"origin":{origin}{servicer},"msgtype":"text","text":{{"content":"x"}}}}"#
     );
     NewMessage {
         msgid: msgid.into(),
         external_userid: customer.into(),
         send_time,
-        origin: Some(3),
+        origin: Some(origin),
         kind: "text".into(),
         payload: Payload::Message(Message::from_json(&raw).unwrap()),
         decode_error: None,
@@ -296,23 +312,7 @@ async fn conformance_v2(store: &dyn Store) {
 
 /// A decoded text of account `wkP` with `origin` (3 customer, 5 servicer `zhangsan`).
 fn decoded_p(msgid: &str, customer: &str, send_time: i64, origin: u32) -> NewMessage {
-    let servicer = if origin == 5 {
-        r#","servicer_userid":"zhangsan""#
-    } else {
-        ""
-    };
-    let raw = format!(
-        r#"{{"msgid":"{msgid}","open_kfid":"wkP","external_userid":"{customer}","send_time":{send_time},"origin":{origin}{servicer},"msgtype":"text","text":{{"content":"x"}}}}"#
-    );
-    NewMessage {
-        msgid: msgid.into(),
-        external_userid: customer.into(),
-        send_time,
-        origin: Some(origin),
-        kind: "text".into(),
-        payload: Payload::Message(Message::from_json(&raw).unwrap()),
-        decode_error: None,
-    }
+    decoded_text("wkP", msgid, customer, send_time, origin)
 }
 
 /// A handoff queued for `msgid`, itself identified as `handoff-<msgid>`.

@@ -241,26 +241,14 @@ fn decrypt_takes_the_configuration_from_the_serve_config_file() {
 
 #[test]
 fn decrypt_still_reads_the_deprecated_variable_names() {
-    let out = run(
+    let out = decrypt_v6_configured(
         wechat_kf()
             .env("WECHAT_KF_TOKEN", "QDG6eK")
             .env(
                 "WECHAT_KF_AES_KEY",
                 "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C",
             )
-            .env("WECHAT_KF_CORP_ID", "wx5823bf96d3bd56c7")
-            .args([
-                "callback",
-                "decrypt",
-                "--msg-signature",
-                V6_SIG,
-                "--timestamp",
-                "1700000000",
-                "--nonce",
-                "1234567890",
-                "-",
-            ]),
-        V6_BODY,
+            .env("WECHAT_KF_CORP_ID", "wx5823bf96d3bd56c7"),
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), format!("{V6_PLAIN}\n"));

@@ -208,4 +208,10 @@ fn a_wrong_setting_stops_serve_at_start_with_one_line_saying_where() {
         stderr.contains("\"colour\" is not an S3 option"),
         "{stderr}"
     );
+    let (code, stderr) = serve_with_config("[media]\nobject_store = \"gs://kf-media\"\n");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("media.object_store: \"gs://kf-media\" is not s3://<bucket>"),
+        "{stderr}"
+    );
 }

@@ -37,7 +37,7 @@
 //! use wechat_kf_service::config::{Config, Overrides};
 //! use wechat_kf_service::Service;
 //!
-//! let config = Config::load(None, Overrides { echo: true, ..Overrides::default() })?;
+//! let config = Config::load(None, Overrides::default().switch("--echo", "sandbox.echo", true))?;
 //! let running = Service::start(config).await?; // sandbox: no credentials configured
 //! println!("{}", running.sandbox().unwrap().instructions());
 //! tokio::signal::ctrl_c().await.ok();

@@ -434,13 +434,13 @@ impl MediaFetcher {
     /// Converts a downloaded voice note next to it; the `converted` record.
     async fn convert(&self, source: &Path, target: VoiceTarget) -> Value {
         let mut out = Map::new();
-        out.insert("format".into(), json!(target.as_str()));
+        out.insert("format".into(), json!(target.extension()));
         let mut converter = Converter::new();
         if let Some(ffmpeg) = &self.config.ffmpeg {
             converter = converter.ffmpeg(ffmpeg);
         }
         let result = match tokio::fs::read(source).await {
-            Ok(bytes) => converter.convert(&bytes, target.target()).await,
+            Ok(bytes) => converter.convert(&bytes, target).await,
             Err(e) => Err(VoiceError::Io(e)),
         };
         let bytes = match result {
@@ -454,17 +454,17 @@ impl MediaFetcher {
                     VoiceError::Io(_) => "io",
                     _ => "failed",
                 };
-                self.metrics.voice_conversion(target.as_str(), kind);
+                self.metrics.voice_conversion(target.extension(), kind);
                 tracing::warn!(
                     kind,
-                    format = target.as_str(),
+                    format = target.extension(),
                     "voice conversion failed; delivering the original"
                 );
                 out.insert("error".into(), error_json(kind, None, &e.to_string()));
                 return Value::Object(out);
             }
         };
-        let ext = target.target().extension();
+        let ext = target.extension();
         let stem = source
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -487,14 +487,14 @@ impl MediaFetcher {
         .await;
         if let Err(e) = written {
             let _ = tokio::fs::remove_file(&staged).await;
-            self.metrics.voice_conversion(target.as_str(), "io");
+            self.metrics.voice_conversion(target.extension(), "io");
             out.insert("error".into(), error_json("io", None, &e.to_string()));
             return Value::Object(out);
         }
-        self.metrics.voice_conversion(target.as_str(), "ok");
+        self.metrics.voice_conversion(target.extension(), "ok");
         out.insert("path".into(), json!(path.to_string_lossy()));
         out.insert("file_name".into(), json!(name));
-        out.insert("content_type".into(), json!(target.target().mime_type()));
+        out.insert("content_type".into(), json!(target.mime_type()));
         out.insert("size".into(), json!(bytes.len()));
         Value::Object(out)
     }

@@ -58,12 +58,14 @@ impl From<String> for Failure {
 impl Credentials {
     /// The crypto of the layered settings.
     fn crypto(&self) -> Result<CallbackCrypto, Failure> {
-        let flags = Overrides {
-            callback_token: self.token.clone(),
-            encoding_aes_key: self.aes_key.clone(),
-            corp_id: self.corp_id.clone(),
-            ..Overrides::default()
-        };
+        let flags = Overrides::default()
+            .set("--token", "wechat.callback_token", self.token.as_ref())
+            .set(
+                "--aes-key",
+                "wechat.encoding_aes_key",
+                self.aes_key.as_ref(),
+            )
+            .set("--corp-id", "wechat.corp_id", self.corp_id.as_ref());
         let setting = |message: String| Failure(2, message);
         let wechat = WechatConfig::load(self.config.as_deref(), flags)
             .map_err(|e| setting(e.to_string()))?;

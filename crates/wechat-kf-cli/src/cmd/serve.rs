@@ -6,7 +6,7 @@
 //! without a webhook, messages go to stdout as JSON Lines.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
@@ -83,23 +83,35 @@ enum LogFormatArg {
 
 /// Runs the service until SIGINT or SIGTERM, then shuts down gracefully.
 pub async fn run(args: ServeArgs) -> ExitCode {
-    let overrides = Overrides {
-        listen: args.listen,
-        db: args.db,
-        webhook: args.webhook,
-        webhook_secret: args.webhook_secret,
-        echo: args.echo,
-        emulator_listen: args.emulator_listen,
-        log_format: args.log_format.map(|f| match f {
-            LogFormatArg::Text => LogFormat::Text,
-            LogFormatArg::Json => LogFormat::Json,
-        }),
-        first_start: args.first_start,
-        media_dir: args.media_dir,
-        media_object_store: args.media_object_store,
-        token_store: args.token_store,
-        ..Overrides::default()
-    };
+    let log_format = args.log_format.map(|f| match f {
+        LogFormatArg::Text => "text",
+        LogFormatArg::Json => "json",
+    });
+    let overrides = Overrides::default()
+        .set("--listen", "listen", args.listen)
+        .set("--db", "storage.db", args.db)
+        .set("--webhook", "webhook.url", args.webhook)
+        .set("--webhook-secret", "webhook.secret", args.webhook_secret)
+        .switch("--echo", "sandbox.echo", args.echo)
+        .set(
+            "--emulator-listen",
+            "sandbox.emulator_listen",
+            args.emulator_listen,
+        )
+        .set("--log-format", "log_format", log_format)
+        .set("--first-start", "pull.first_start", args.first_start)
+        // figment has no path value: a path that is not UTF-8 is read lossily.
+        .set(
+            "--media-dir",
+            "media.download_dir",
+            args.media_dir.as_deref().map(Path::display),
+        )
+        .set(
+            "--media-object-store",
+            "media.object_store",
+            args.media_object_store,
+        )
+        .set("--token-store", "wechat.token_store", args.token_store);
     let config = match Config::load(args.config.as_deref(), overrides) {
         Ok(config) => config,
         Err(e) => {

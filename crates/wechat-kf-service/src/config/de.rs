@@ -95,11 +95,11 @@ pub(super) fn voice_format<'de, D: Deserializer<'de>>(d: D) -> Result<VoiceForma
 pub(super) fn voice_target<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<VoiceTarget>, D::Error> {
-    use VoiceTarget::{Mp3, Ogg, Wav};
+    use VoiceTarget::{Mp3, OggOpus, Wav};
     let words = [
         ("wav", Some(Wav)),
-        ("ogg", Some(Ogg)),
-        ("opus", Some(Ogg)),
+        ("ogg", Some(OggOpus)),
+        ("opus", Some(OggOpus)),
         ("mp3", Some(Mp3)),
         ("none", None),
         ("", None),

@@ -14,7 +14,7 @@
 //!     secret = "file-secret"
 //! "#;
 //! let env = |key: &str| (key == "WECHAT_KF_WEBHOOK_SECRET").then(|| "env-secret".to_owned());
-//! let flags = Overrides { echo: true, ..Overrides::default() };
+//! let flags = Overrides::default().switch("--echo", "sandbox.echo", true);
 //! let config = Config::from_sources(Some(toml), &env, flags).unwrap();
 //! assert_eq!(config.listen.port(), 9000);
 //! assert_eq!(config.webhook.secret.as_ref().unwrap().expose(), "env-secret");
@@ -34,6 +34,9 @@ use smart_default::SmartDefault;
 pub use wechat_kf::client::Secret;
 pub use wechat_kf::client::media::MediaKind;
 pub use wechat_kf::client::messages::VoiceFormat;
+/// What voice notes are converted into (`media.voice_convert_to`): `wav` (16 kHz mono), `ogg`
+/// (Opus) or `mp3`.
+pub use wechat_kf::voice::Target as VoiceTarget;
 use wechat_kf::{OpenKfId, UserId};
 
 use crate::error::Error;
@@ -302,37 +305,6 @@ pub struct JoinerConfig {
     pub window: Duration,
 }
 
-/// What to convert downloaded voice notes into (`media.voice_convert_to`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VoiceTarget {
-    /// 16 kHz mono 16-bit WAV.
-    Wav,
-    /// Ogg/Opus.
-    Ogg,
-    /// MP3.
-    Mp3,
-}
-
-impl VoiceTarget {
-    /// The library's conversion target.
-    pub fn target(self) -> wechat_kf::voice::Target {
-        match self {
-            VoiceTarget::Wav => wechat_kf::voice::Target::Wav,
-            VoiceTarget::Ogg => wechat_kf::voice::Target::OggOpus,
-            VoiceTarget::Mp3 => wechat_kf::voice::Target::Mp3,
-        }
-    }
-
-    /// `wav`, `ogg` or `mp3`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VoiceTarget::Wav => "wav",
-            VoiceTarget::Ogg => "ogg",
-            VoiceTarget::Mp3 => "mp3",
-        }
-    }
-}
-
 /// Downloading inbound media before delivery (`[media]`), so the bot never races WeChat's
 /// 3-day media expiry.
 #[derive(Debug, Clone, SmartDefault, Deserialize)]
@@ -534,32 +506,8 @@ impl Config {
         {
             return wrong("handoff.message", "must be 1-2048 bytes");
         }
-        // The URL's shape only: the media fetcher builds the S3 client (checking its options)
-        // when the service starts, so a wrong option fails the start just the same.
-        let url = media.object_store.as_deref()?;
-        let Some(rest) = url
-            .strip_prefix("s3://")
-            .or_else(|| url.strip_prefix("s3a://"))
-        else {
-            return Some((
-                "media.object_store",
-                format!(
-                    "{url:?} is not s3://<bucket>[/<prefix>] (S3 or an S3-compatible store, \
-                     whose endpoint goes in [media.object_store_options])"
-                ),
-            ));
-        };
-        let bucket = rest.split('/').next().unwrap_or_default();
-        let valid = !bucket.is_empty()
-            && bucket
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
-        (!valid).then(|| {
-            (
-                "media.object_store",
-                format!("{bucket:?} is not a bucket name"),
-            )
-        })
+        // media.object_store is checked where the bucket is opened, when the service starts.
+        None
     }
 
     /// Whether no WeChat credentials are configured: the service then runs the embedded

@@ -6,17 +6,16 @@
 //! from toml_edit's spans), the variable or the flag. Each variable and flag is merged as a
 //! source of its own for that reason.
 
-use std::net::SocketAddr;
+use std::fmt;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 use figment::error::{Actual, Kind};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use toml_edit::ImDocument;
 
-use super::{Config, FirstStart, LogFormat, WechatConfig};
+use super::{Config, WechatConfig};
 use crate::error::Error;
 
 /// An environment variable: the setting it sets, and older names still read (deprecated; the
@@ -69,100 +68,42 @@ pub const ENV: &[EnvVar] = &[
     var("WECHAT_KF_MEDIA_OBJECT_STORE", "media.object_store"),
 ];
 
-/// Values from command-line flags; `None`/`false` leaves the file and environment value.
+/// Values from command-line flags, each setting one key: the CLI says which flag sets which key,
+/// so a flag is written once (beside its `clap` definition). An error about a value names the
+/// flag.
+///
+/// ```
+/// use wechat_kf_service::config::{Config, Overrides};
+///
+/// let db: Option<String> = Some(":memory:".into());
+/// let flags = Overrides::default().set("--db", "storage.db", db).switch("--echo", "sandbox.echo", true);
+/// let config = Config::from_sources(None, &|_| None, flags).unwrap();
+/// assert_eq!(config.storage.db.as_deref(), Some(":memory:"));
+/// assert!(config.sandbox.echo);
+/// ```
 #[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    /// `--listen`
-    pub listen: Option<SocketAddr>,
-    /// `--db`
-    pub db: Option<String>,
-    /// `--webhook`
-    pub webhook: Option<String>,
-    /// `--webhook-secret`
-    pub webhook_secret: Option<String>,
-    /// `--echo`
-    pub echo: bool,
-    /// `--emulator-listen`
-    pub emulator_listen: Option<SocketAddr>,
-    /// `--log-format`
-    pub log_format: Option<LogFormat>,
-    /// `--first-start`
-    pub first_start: Option<FirstStart>,
-    /// `--media-dir`
-    pub media_dir: Option<PathBuf>,
-    /// `--media-object-store`
-    pub media_object_store: Option<String>,
-    /// `--token-store`
-    pub token_store: Option<String>,
-    /// `--corp-id` (operator and callback commands)
-    pub corp_id: Option<String>,
-    /// `--secret` (operator commands)
-    pub secret: Option<String>,
-    /// `--base-url` (operator commands)
-    pub base_url: Option<String>,
-    /// `--token` (callback commands)
-    pub callback_token: Option<String>,
-    /// `--aes-key` (callback commands)
-    pub encoding_aes_key: Option<String>,
-    /// `--timeout` (operator commands)
-    pub timeout: Option<Duration>,
-}
+pub struct Overrides(Vec<(&'static str, &'static str, Value)>);
 
 impl Overrides {
-    /// Each flag given: the key it sets, its name, its value.
-    fn settings(self) -> Vec<(&'static str, &'static str, Value)> {
-        fn shown(value: Option<impl std::fmt::Display>) -> Option<String> {
-            value.map(|v| v.to_string())
+    /// `flag` (e.g. `--db`) sets `key` (e.g. `storage.db`) to `value`, read as the file's
+    /// string would be; `None` leaves the key alone.
+    pub fn set(
+        mut self,
+        flag: &'static str,
+        key: &'static str,
+        value: Option<impl fmt::Display>,
+    ) -> Self {
+        self.0
+            .extend(value.map(|v| (key, flag, Value::from(v.to_string()))));
+        self
+    }
+
+    /// A switch: `on` sets the boolean `key`; off leaves it alone.
+    pub fn switch(mut self, flag: &'static str, key: &'static str, on: bool) -> Self {
+        if on {
+            self.0.push((key, flag, Value::from(true)));
         }
-        let mut given = Vec::new();
-        if self.echo {
-            given.push(("sandbox.echo", "--echo", Value::from(true)));
-        }
-        let mut flag = |key, name, value: Option<String>| {
-            given.extend(value.map(|v| (key, name, Value::from(v))));
-        };
-        let format = self.log_format.map(|f| match f {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
-        });
-        flag("listen", "--listen", shown(self.listen));
-        flag("log_format", "--log-format", shown(format));
-        flag("storage.db", "--db", self.db);
-        flag("webhook.url", "--webhook", self.webhook);
-        flag("webhook.secret", "--webhook-secret", self.webhook_secret);
-        flag(
-            "sandbox.emulator_listen",
-            "--emulator-listen",
-            shown(self.emulator_listen),
-        );
-        flag("pull.first_start", "--first-start", shown(self.first_start));
-        // figment has no path value: a path that is not UTF-8 is read lossily.
-        flag(
-            "media.download_dir",
-            "--media-dir",
-            shown(self.media_dir.as_deref().map(Path::display)),
-        );
-        flag(
-            "media.object_store",
-            "--media-object-store",
-            self.media_object_store,
-        );
-        flag("wechat.token_store", "--token-store", self.token_store);
-        flag("wechat.corp_id", "--corp-id", self.corp_id);
-        flag("wechat.secret", "--secret", self.secret);
-        flag("wechat.base_url", "--base-url", self.base_url);
-        flag("wechat.callback_token", "--token", self.callback_token);
-        flag(
-            "wechat.encoding_aes_key",
-            "--aes-key",
-            self.encoding_aes_key,
-        );
-        flag(
-            "wechat.timeout",
-            "--timeout",
-            shown(self.timeout.map(humantime::format_duration)),
-        );
-        given
+        self
     }
 }
 
@@ -255,7 +196,7 @@ impl<'a> Sources<'a> {
                 figment = figment.merge(Layer::setting(name, var.key, env_value(var.key, raw)));
             }
         }
-        for (key, flag, value) in flags.settings() {
+        for (key, flag, value) in flags.0 {
             figment = figment.merge(Layer::setting(flag, key, value));
         }
         Ok(Sources { figment, file })

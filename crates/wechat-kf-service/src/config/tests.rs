@@ -23,10 +23,7 @@ fn flags_win_over_the_environment_which_wins_over_the_file() {
     let config = Config::from_sources(Some(toml), &env, Overrides::default()).unwrap();
     assert_eq!(config.listen.port(), 2);
     assert_eq!(config.db_location(), "env.db");
-    let flags = Overrides {
-        db: Some("flag.db".into()),
-        ..Overrides::default()
-    };
+    let flags = Overrides::default().set("--db", "storage.db", Some("flag.db"));
     let config = Config::from_sources(Some(toml), &env, flags).unwrap();
     assert_eq!(config.db_location(), "flag.db");
 }
@@ -86,10 +83,7 @@ fn bad_environment_values_and_flags_name_the_variable_or_the_flag() {
         err.to_string().contains("WECHAT_KF_ECHO (sandbox.echo)"),
         "{err}"
     );
-    let flags = Overrides {
-        webhook: Some("ftp://bot".into()),
-        ..Overrides::default()
-    };
+    let flags = Overrides::default().set("--webhook", "webhook.url", Some("ftp://bot"));
     let err = Config::from_sources(Some("[webhook]\nurl = \"http://x\"\n"), &no_env, flags);
     let err = err.unwrap_err().to_string();
     assert!(
@@ -158,10 +152,11 @@ fn first_start_policies_parse_per_account_and_from_every_source() {
     let env = |k: &str| (k == "WECHAT_KF_FIRST_START").then(|| "replay".to_owned());
     let config = Config::from_sources(None, &env, Overrides::default()).unwrap();
     assert_eq!(config.pull.first_start, FirstStart::Replay);
-    let flags = Overrides {
-        first_start: Some(FirstStart::FromNow),
-        ..Overrides::default()
-    };
+    let flags = Overrides::default().set(
+        "--first-start",
+        "pull.first_start",
+        Some(FirstStart::FromNow),
+    );
     let config = Config::from_sources(None, &env, flags).unwrap();
     assert_eq!(config.pull.first_start, FirstStart::FromNow);
     assert_eq!(Config::default().pull.first_start, FirstStart::FromNow);
@@ -228,10 +223,9 @@ fn an_object_store_alone_turns_media_on_and_its_keys_never_print() {
     let config = Config::from_sources(Some(toml), &env, Overrides::default()).unwrap();
     assert_eq!(config.media.object_store.as_deref(), Some("s3://other"));
     assert_eq!(config.media.object_store_options.len(), 3);
-    assert!(error("[media]\nobject_store = \"gs://b\"\n").contains("s3://<bucket>"));
-    assert!(error("[media]\nobject_store = \"s3://a b\"\n").contains("not a bucket name"));
-    // An unknown S3 option is refused when the service starts (the media fetcher builds the
-    // client): `wechat-kf serve` exits 2 naming it (CLI test serve_config).
+    // The URL's shape and the S3 options are checked where the bucket is opened, when the
+    // service starts (media's unit tests): `wechat-kf serve` exits 2 naming the key (CLI test
+    // serve_config).
 }
 
 #[test]

@@ -10,11 +10,9 @@ use crate::common::wait_for;
 
 #[tokio::test]
 async fn the_sandbox_runs_the_whole_loop_with_an_echo() {
-    let flags = Overrides {
-        listen: Some("127.0.0.1:0".parse().unwrap()),
-        echo: true,
-        ..Overrides::default()
-    };
+    let flags = Overrides::default()
+        .set("--listen", "listen", Some("127.0.0.1:0"))
+        .switch("--echo", "sandbox.echo", true);
     let config = Config::from_sources(None, &|_| None, flags).unwrap();
     assert!(config.is_sandbox());
     let running = Service::start(config).await.unwrap();

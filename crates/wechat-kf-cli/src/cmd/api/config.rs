@@ -3,7 +3,6 @@
 //! layered by the service's configuration, so every command reads the same names.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
 use wechat_kf::client::Client;
@@ -36,13 +35,12 @@ pub struct ConnArgs {
 impl ConnArgs {
     /// Builds the client.
     pub fn client(&self) -> Result<Client, CliError> {
-        let flags = Overrides {
-            corp_id: self.corp_id.clone(),
-            secret: self.secret.clone(),
-            base_url: self.base_url.clone(),
-            timeout: self.timeout.map(|s| Duration::from_secs(s.max(1))),
-            ..Overrides::default()
-        };
+        let timeout = self.timeout.map(|s| format!("{}s", s.max(1)));
+        let flags = Overrides::default()
+            .set("--corp-id", "wechat.corp_id", self.corp_id.as_ref())
+            .set("--secret", "wechat.secret", self.secret.as_ref())
+            .set("--base-url", "wechat.base_url", self.base_url.as_ref())
+            .set("--timeout", "wechat.timeout", timeout);
         let wechat = WechatConfig::load(self.config.as_deref(), flags)
             .map_err(|e| CliError::Usage(e.to_string()))?;
         if wechat.corp_id.is_empty() {

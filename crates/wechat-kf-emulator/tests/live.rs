@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -98,11 +98,9 @@ fn fast_config(url: Option<String>) -> Config {
 }
 
 async fn wait_for(mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let ten_seconds = Duration::from_secs(10);
+    wechat_kf_test_support::wait_for("the emulator", ten_seconds, || std::future::ready(done()))
+        .await;
 }
 
 fn say(emu: &Emulator, kf: &str, n: usize) {

@@ -30,6 +30,7 @@ use wechat_kf::crypto::CallbackCrypto;
 use wechat_kf_emulator::{Emulator, RunningEmulator};
 use wechat_kf_service::Service;
 use wechat_kf_service::config::{Config, Secret};
+use wechat_kf_test_support::{Spawned, Stream};
 
 fn env_usize(key: &str, default: usize) -> usize {
     std::env::var(key)
@@ -442,47 +443,40 @@ async fn child_process(
     let accounts: Vec<String> = (0..account_count)
         .map(|i| emu.emulator().create_account(&format!("child{i}")))
         .collect();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
     let dir = tempfile::tempdir().ok()?;
     let e = emu.emulator().config();
-    let mut child = std::process::Command::new(binary)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--db", dir.path().join("child.db").to_str()?])
-        .args(["--webhook", webhook])
-        .env("WECHAT_KF_CORP_ID", &e.corp_id)
-        .env("WECHAT_KF_SECRET", &e.secret)
-        .env("WECHAT_KF_CALLBACK_TOKEN", &e.callback_token)
-        .env("WECHAT_KF_ENCODING_AES_KEY", &e.encoding_aes_key)
-        .env("WECHAT_KF_BASE_URL", emu.base_url())
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
+    // Port 0, and the address read back from the line serve prints once it listens.
+    let mut child = Spawned::spawn(
+        std::process::Command::new(binary)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["--db", dir.path().join("child.db").to_str()?])
+            .args(["--webhook", webhook])
+            .env("WECHAT_KF_CORP_ID", &e.corp_id)
+            .env("WECHAT_KF_SECRET", &e.secret)
+            .env("WECHAT_KF_CALLBACK_TOKEN", &e.callback_token)
+            .env("WECHAT_KF_ENCODING_AES_KEY", &e.encoding_aes_key)
+            .env("WECHAT_KF_BASE_URL", emu.base_url())
+            .env("RUST_LOG", "warn"),
+    );
+    let url = child
+        .url_after(Stream::Stderr, "listening on ", Duration::from_secs(20))
+        .await;
     let pid = child.id().to_string();
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ready = http
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200);
-        if ready {
-            break;
-        }
+    while !http
+        .get(format!("{url}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
         if Instant::now() > deadline {
-            let _ = child.kill();
             return None;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     emu.emulator()
-        .set_callback_url(Some(format!("http://127.0.0.1:{port}/callback")));
+        .set_callback_url(Some(format!("{url}/callback")));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rest = rss_of(&pid);
     sink.messages.store(0, Ordering::Relaxed);

@@ -14,6 +14,8 @@
 //!   piped, drains both pipes in the background so the child never blocks on a full pipe, and
 //!   waits for a line, such as the one naming the address it listens on (tests pass
 //!   `--listen 127.0.0.1:0`).
+//! - **Waiting** ([`wait_for`]): polls a condition until a deadline instead of sleeping a fixed
+//!   time.
 //!
 //! It depends on the emulator but not on the library, so that the library's tests keep their
 //! own features (a dependency here would switch the library's `client` feature on in every
@@ -23,8 +25,10 @@ mod emulator;
 mod net;
 mod process;
 mod skip;
+mod wait;
 
 pub use emulator::TestEmulator;
 pub use net::{ClosedPort, serve};
 pub use process::{Spawned, Stream};
 pub use skip::{ci, require, require_command, require_env, require_path};
+pub use wait::wait_for;

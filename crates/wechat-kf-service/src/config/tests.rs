@@ -262,3 +262,17 @@ fn the_reference_in_docs_lists_every_variable_and_its_example_file_loads() {
     let config = load(example).unwrap_or_else(|e| panic!("the documented example: {e}"));
     assert!(!config.is_sandbox());
 }
+
+#[test]
+fn a_syntax_error_on_a_secret_line_never_shows_the_secret() {
+    for toml in [
+        "[wechat]\nsecret = \"TOPSECRET\" extra\n",
+        "[wechat]\ncorp_id = \"ww1\"\nsecret = \"TOPSECRET\nx = 1\n",
+        "[webhook]\nsecret = 'TOPSECRET' = 2\n",
+        "[api]\ntoken = TOPSECRET\n",
+    ] {
+        let err = error(toml);
+        assert!(!err.contains("TOPSECRET"), "{err}");
+        assert!(err.contains("config file:"), "{err}");
+    }
+}

@@ -3,7 +3,6 @@
 //! (skipping without a service, starting the emulator, ports) is in `wechat-kf-test-support`.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,7 +18,7 @@ use wechat_kf_emulator::RunningEmulator;
 use wechat_kf_service::config::{Config, Secret};
 use wechat_kf_service::{Clock, RunningService, Service};
 use wechat_kf_test_support::TestEmulator;
-pub use wechat_kf_test_support::require_env;
+pub use wechat_kf_test_support::{require_env, wait_for};
 
 pub const HOOK_SECRET: &str = "hook-secret";
 
@@ -218,24 +217,6 @@ pub fn metric(running: &RunningService, series: &str) -> u64 {
 pub fn text(open_kfid: &str, customer: &str, content: &str) -> Value {
     json!({"open_kfid": open_kfid, "external_userid": customer, "msgtype": "text",
            "text": {"content": content}})
-}
-
-/// Polls `check` until it is true, panicking with `what` after `timeout`.
-pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if check().await {
-            return;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// What the sink does with one request.

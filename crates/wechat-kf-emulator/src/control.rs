@@ -84,6 +84,7 @@ pub(crate) fn router() -> Router<Emulator> {
         .route("/emulator/servicer/recall", post(servicer_recall))
         .route("/emulator/servicer/reject", post(servicer_reject))
         .route("/emulator/events", post(events))
+        .route("/emulator/robots", post(create_robot).get(robots))
         .route("/emulator/outbox", get(outbox))
         .route(
             "/emulator/faults",
@@ -388,6 +389,19 @@ fn inject_event(
 async fn events(State(emu): State<Emulator>, body: Bytes) -> Reply {
     let v = parse(&body)?;
     Ok(axum::Json(json!({"msgids": events_value(&emu, &v)?})))
+}
+
+async fn create_robot(State(emu): State<Emulator>, body: Bytes) -> Reply {
+    let v = parse(&body)?;
+    let name = opt_string(object(&v)?, "name").unwrap_or_else(|| "robot".into());
+    let key = emu.create_robot(&name);
+    let url = format!("/cgi-bin/webhook/send?key={key}");
+    Ok(axum::Json(json!({"key": key, "path": url})))
+}
+
+async fn robots(State(emu): State<Emulator>, Query(q): Query<HashMap<String, String>>) -> Reply {
+    let key = q.get("key").map(String::as_str).filter(|s| !s.is_empty());
+    Ok(axum::Json(emu.robot_messages(key)))
 }
 
 async fn outbox(State(emu): State<Emulator>, Query(q): Query<HashMap<String, String>>) -> Reply {

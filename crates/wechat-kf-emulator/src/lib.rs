@@ -242,6 +242,17 @@ impl Emulator {
         })
     }
 
+    /// Creates a group robot (`POST /emulator/robots`); returns its key, the `key` of
+    /// `/cgi-bin/webhook/send?key=…`.
+    pub fn create_robot(&self, name: &str) -> String {
+        self.with_state(|s, _| s.robots.create(name))
+    }
+
+    /// What group robot `key` (or every robot) received (`GET /emulator/robots`).
+    pub fn robot_messages(&self, key: Option<&str>) -> Value {
+        self.with_state(|s, _| s.robots.to_json(key))
+    }
+
     /// Appends raw events (one object or an array; see `POST /emulator/events`).
     pub fn append_events(&self, events: Value) -> Result<Vec<String>, ControlError> {
         control::events_value(self, &events)

@@ -7,6 +7,7 @@ pub(crate) mod fault_layer;
 mod knowledge;
 mod media;
 mod misc;
+mod robot;
 mod send;
 mod servicer;
 mod session;
@@ -146,6 +147,7 @@ const ENDPOINTS: &[(&str, Methods, Option<Handler>)] = &[
         Some(knowledge::list_intent),
     ),
     ("idconvert/open_kfid", Methods::Post, Some(misc::idconvert)),
+    ("webhook/send", Methods::Post, Some(robot::send)),
     ("media/upload", Methods::Post, None),
     ("media/get", Methods::Get, None),
     ("media/uploadimg", Methods::Post, None),
@@ -309,7 +311,8 @@ fn admit(
                 return Err(limited());
             }
         }
-        if path != "gettoken" {
+        // A group robot's key is its only credential (official doc 91770).
+        if path != "gettoken" && path != "webhook/send" {
             let kind = s
                 .access_tokens
                 .check(query.get("access_token").map(String::as_str), now)?;

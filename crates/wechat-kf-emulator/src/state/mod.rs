@@ -8,6 +8,7 @@ pub mod knowledge;
 pub mod log;
 pub mod media;
 pub mod outbound;
+pub mod robot;
 pub mod session;
 pub mod stats;
 pub mod tokens;
@@ -332,6 +333,8 @@ pub struct State {
     pub max_media_bytes: usize,
     /// Whether send_msg needs a non-menu customer message within 48 h (95024).
     pub require_active_customer_message: bool,
+    /// Group robots (`webhook/send`, for staff notifications).
+    pub robots: robot::Robots,
 }
 
 impl State {
@@ -375,6 +378,7 @@ impl State {
             max_log_items: config.max_log_items,
             max_media_bytes: config.max_media_bytes,
             require_active_customer_message: config.require_active_customer_message,
+            robots: robot::Robots::default(),
         };
         for a in &seed.accounts {
             let id = state.create_account(a.name.clone(), None, a.open_kfid.clone());

@@ -328,3 +328,36 @@ async fn a_sync_token_can_be_issued_through_the_control_api() {
         0
     );
 }
+
+#[tokio::test]
+async fn a_group_robot_takes_messages_by_its_key_alone_and_the_control_api_shows_them() {
+    let app = App::new().await;
+    let (status, created) = app
+        .control("POST", "/emulator/robots", json!({"name": "staff"}))
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let path = created["path"].as_str().unwrap().to_owned();
+    let key = created["key"].as_str().unwrap().to_owned();
+    // No access_token: the key is the robot's credential.
+    let body = json!({"msgtype": "markdown", "markdown": {"content": "**转人工** wmC"}});
+    let raw = app
+        .send("POST", &path, Some(body.to_string().into_bytes()), &[])
+        .await;
+    assert_eq!(code(&raw.json()), 0, "{}", raw.json());
+    let unknown = app
+        .send(
+            "POST",
+            "/cgi-bin/webhook/send?key=not-a-robot",
+            Some(body.to_string().into_bytes()),
+            &[],
+        )
+        .await;
+    assert_eq!(code(&unknown.json()), 93000);
+    let (_, seen) = app
+        .control("GET", &format!("/emulator/robots?key={key}"), json!({}))
+        .await;
+    let robot = &seen["robots"][0];
+    assert_eq!(robot["name"], "staff");
+    assert_eq!(robot["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(robot["messages"][0]["body"], body);
+}

@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wechat_kf::client::Client;
+use wechat_kf::client::budget::{Limits, RedisBudget};
 use wechat_kf::client::token::RedisTokenStore;
 use wechat_kf::crypto::CallbackCrypto;
 
@@ -158,7 +159,12 @@ impl Service {
             .clock(move || client_clock.local_time())
             .timeout(config.wechat.timeout)
             .connect_timeout(config.wechat.timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("wechat-kf-serve/", env!("CARGO_PKG_VERSION")));
+            .user_agent(concat!("wechat-kf-serve/", env!("CARGO_PKG_VERSION")))
+            .budget(Limits::new(
+                config.wechat.calls_per_minute,
+                config.wechat.calls_per_hour,
+            ))
+            .rate_limit_block(config.wechat.rate_limit_block);
         if let Some(url) = &base_url {
             builder = builder.base_url(url.clone());
         }
@@ -171,7 +177,10 @@ impl Service {
             let store = RedisTokenStore::new(url.expose())
                 .map_err(|e| Error::Config(format!("wechat.token_store: {e}")))?;
             builder = builder.token_store(Arc::new(store));
-            tracing::info!("access tokens shared through Redis");
+            let budget = RedisBudget::new(url.expose())
+                .map_err(|e| Error::Config(format!("wechat.token_store: {e}")))?;
+            builder = builder.budget_store(Arc::new(budget));
+            tracing::info!("access tokens and the call budget shared through Redis");
         }
         let client = builder.build()?;
         let started_at = clock.now();

@@ -946,12 +946,12 @@ async fn a_hundred_concurrent_first_calls_cause_exactly_one_gettoken() {
 }
 
 #[tokio::test]
-async fn bursts_of_45009_and_5xx_are_absorbed_by_retries() {
+async fn bursts_of_45033_and_5xx_are_absorbed_by_retries() {
     let (running, client) = start().await;
     customer_says(&running, "wkSeeded", "wmLeo", "hi");
     fault(
         &running,
-        json!({"path":"kf/sync_msg","kind":"errcode","errcode":45009,"count":2}),
+        json!({"path":"kf/sync_msg","kind":"errcode","errcode":45033,"count":2}),
     );
     fault(
         &running,

@@ -13,6 +13,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+use wechat_kf::client::budget::Limits;
 use wechat_kf::client::media::{MediaKind, MediaUpload};
 use wechat_kf::client::messages::{SendMsgRequest, SyncMsgRequest};
 use wechat_kf::client::outbound::OutboundMessage;
@@ -259,13 +260,13 @@ async fn tokens_are_refreshed_before_they_expire() {
 }
 
 #[tokio::test]
-async fn rate_limits_busy_errors_and_5xx_are_retried_with_backoff() {
+async fn concurrency_limits_busy_errors_and_5xx_are_retried_with_backoff() {
     let (mock, base) = start().await;
     let client = client(&base);
     mock.script(
         "kf/sync_msg",
         [
-            Reply::Json(json!({"errcode":45009,"errmsg":"api freq out of limit"})),
+            Reply::Json(json!({"errcode":45033,"errmsg":"api concurrent out of limit"})),
             Reply::Json(json!({"errcode":-1,"errmsg":"system busy"})),
             Reply::Status(502),
             Reply::Json(sync_page(json!([]), "c1", 0)),
@@ -341,13 +342,13 @@ async fn send_without_msgid_is_not_retried_after_an_ambiguous_failure() {
 }
 
 #[tokio::test]
-async fn send_without_msgid_is_retried_after_a_rate_limit_refusal() {
+async fn send_without_msgid_is_retried_after_a_concurrency_refusal() {
     let (mock, base) = start().await;
     let client = client(&base);
     mock.script(
         "kf/send_msg",
         [
-            Reply::Json(json!({"errcode":45009,"errmsg":"freq"})),
+            Reply::Json(json!({"errcode":45033,"errmsg":"concurrent"})),
             Reply::Json(json!({"errcode":0,"errmsg":"ok","msgid":"srv-1"})),
         ],
     );
@@ -1046,4 +1047,116 @@ async fn a_failure_after_a_token_rejection_is_returned_and_the_rejection_still_r
         .map(|b| b["token"].clone())
         .collect();
     assert_eq!(tokens, [json!("CB"), Value::Null, Value::Null]);
+}
+
+#[tokio::test]
+async fn a_45009_is_not_retried_and_blocks_that_api_until_the_block_ends() {
+    let (mock, base) = start().await;
+    let client = Client::builder("wwcorp", "secret")
+        .base_url(&base)
+        .retry_policy(fast_retries())
+        .rate_limit_block(Duration::from_millis(400))
+        .budget_max_wait(Duration::ZERO)
+        .build()
+        .unwrap();
+    mock.script(
+        "kf/sync_msg",
+        [
+            Reply::Json(json!({"errcode":45009,"errmsg":"api freq out of limit"})),
+            Reply::Json(sync_page(json!([]), "c1", 0)),
+        ],
+    );
+    let err = client
+        .messages()
+        .sync(SyncMsgRequest::new("wk1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.errcode(), Some(ErrCode::ApiFrequencyExceeded));
+    assert_eq!(mock.calls("kf/sync_msg").len(), 1, "not retried");
+    // Blocked: the next call fails without reaching the server...
+    let blocked = client
+        .messages()
+        .sync(SyncMsgRequest::new("wk1"))
+        .await
+        .unwrap_err();
+    assert!(blocked.is_rate_limited(), "{blocked}");
+    let wait = blocked.retry_after().unwrap();
+    assert!(wait <= Duration::from_millis(400), "{wait:?}");
+    assert_eq!(mock.calls("kf/sync_msg").len(), 1);
+    // ...other APIs are not blocked...
+    client.servicers().list("wk1").await.unwrap();
+    // ...and once the block ends the call goes.
+    tokio::time::sleep(wait).await;
+    let page = client
+        .messages()
+        .sync(SyncMsgRequest::new("wk1"))
+        .await
+        .unwrap();
+    assert_eq!(page.next_cursor, "c1");
+}
+
+#[tokio::test]
+async fn the_call_budget_stops_calls_before_they_reach_the_server() {
+    let (mock, base) = start().await;
+    let client = Client::builder("wwcorp", "secret")
+        .base_url(&base)
+        .budget(Limits::new(3, 0))
+        .budget_max_wait(Duration::ZERO)
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        client.servicers().list("wk1").await.unwrap();
+    }
+    let err = client.servicers().list("wk1").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Budget {
+                endpoint: "kf/servicer/list",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.retry_after().unwrap() <= Duration::from_secs(60));
+    assert_eq!(mock.calls("kf/servicer/list").len(), 3);
+    // gettoken has a budget of its own.
+    assert_eq!(mock.gettoken.load(Ordering::SeqCst), 1);
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn clients_sharing_a_redis_budget_spend_one_budget_together() {
+    use wechat_kf::client::budget::RedisBudget;
+    let Some(url) = wechat_kf_test_support::require_env("REDIS_URL") else {
+        return;
+    };
+    let (mock, base) = start().await;
+    // A prefix of this run only: windows are shared by every client of the same key.
+    let prefix = format!("wechat-kf-test:budget:{}:", std::process::id());
+    let clients: Vec<Client> = (0..2)
+        .map(|_| {
+            let store = RedisBudget::new(&url).unwrap().prefix(prefix.clone());
+            Client::builder("wwcorp", "secret")
+                .base_url(&base)
+                .budget(Limits::new(4, 0))
+                .budget_store(Arc::new(store))
+                .budget_max_wait(Duration::ZERO)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let mut went = 0;
+    for i in 0..8 {
+        if clients[i % 2].servicers().list("wk1").await.is_ok() {
+            went += 1;
+        }
+    }
+    // Both clients together: 4 in the minute, unless the run straddled a minute boundary.
+    let calls = mock.calls("kf/servicer/list").len();
+    assert_eq!(went, calls);
+    assert!((4..=8).contains(&calls), "{calls}");
+    if calls > 4 {
+        eprintln!("the run crossed a minute boundary: {calls} calls went");
+    }
 }

@@ -143,8 +143,9 @@ async fn faults_during_a_long_pull_lose_nothing() {
     loop {
         // Sprinkle faults between pages.
         match pages % 4 {
+            // 45033, not 45009: a 45009 is not retried but blocks the API (client_mock).
             1 => emulator
-                .inject_fault(json!({"path":"kf/sync_msg","kind":"errcode","errcode":45009})),
+                .inject_fault(json!({"path":"kf/sync_msg","kind":"errcode","errcode":45033})),
             2 => emulator
                 .inject_fault(json!({"path":"kf/sync_msg","kind":"http_status","status":502})),
             3 => emulator.inject_fault(json!({"path":"kf/sync_msg","kind":"drop"})),

@@ -118,9 +118,23 @@ pub struct WechatConfig {
     #[default(Duration::from_secs(30))]
     #[serde(deserialize_with = "de::duration")]
     pub timeout: Duration,
+    /// The call budget per API, a minute (see "Call budget" in docs/service.md): calls beyond it
+    /// wait instead of reaching WeChat, whose limit is 10,000 a minute per corp and API
+    /// (official doc 90454). Shared by every instance through `token_store`'s Redis. 0: none.
+    #[default(8_000)]
+    pub calls_per_minute: u32,
+    /// The call budget per API, an hour (WeChat's limit: 150,000). 0: none.
+    #[default(120_000)]
+    pub calls_per_hour: u32,
+    /// How long a 45009 (WeChat's frequency limit) stops calls to that API: WeChat blocks it for
+    /// 60 s.
+    #[default(Duration::from_secs(60))]
+    #[serde(deserialize_with = "de::duration")]
+    pub rate_limit_block: Duration,
     /// Where access tokens are kept: `None` in the process (the default), or a
     /// `redis://`/`rediss://` URL shared by every instance (and any other program using the same
-    /// corp id and secret), so that they share one token and one refresh. May hold a password.
+    /// corp id and secret), so that they share one token and one refresh, and the call budget.
+    /// May hold a password.
     #[serde(deserialize_with = "de::secret")]
     pub token_store: Option<Secret>,
 }

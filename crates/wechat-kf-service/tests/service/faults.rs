@@ -33,6 +33,8 @@ async fn pulls_survive_server_errors_timeouts_rate_limits_token_expiry_and_empty
     config.wechat.timeout = Duration::from_millis(500);
     config.pull.page_size = 7;
     config.pull.safety_interval = Duration::from_millis(500);
+    // The emulator's injected 45009s are single answers, not WeChat's 60 s block.
+    config.wechat.rate_limit_block = Duration::from_millis(300);
     let running = start(&emu, config).await;
     wait_for("the first pull", Duration::from_secs(5), || async {
         calls(&emu, "kf/sync_msg") >= 1

@@ -8,6 +8,11 @@ use std::fmt;
 
 use crate::session::{SendRefusal, refusal_for_errcode};
 
+/// `1.5s`, `50s`: a wait in a message (whole milliseconds).
+fn humantime_ms(wait: std::time::Duration) -> String {
+    format!("{:.1}s", wait.as_millis() as f64 / 1000.0)
+}
+
 /// Maximum number of body bytes kept in [`Error::Decode`] and [`Error::HttpStatus`].
 pub(crate) const BODY_EXCERPT_LIMIT: usize = 512;
 
@@ -77,6 +82,16 @@ pub enum Error {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
     },
+    /// The call was not sent: the corp's budget for this API (see [`budget`](super::budget)) is
+    /// spent for longer than the client waits. Nothing reached WeChat; try again after
+    /// `retry_after`.
+    #[error("{endpoint}: the call budget is spent; the next call is possible in {}", humantime_ms(*retry_after))]
+    Budget {
+        /// The endpoint path.
+        endpoint: &'static str,
+        /// How long until the budget allows the call.
+        retry_after: std::time::Duration,
+    },
     /// The client was configured wrongly (bad base URL, HTTP client construction failed).
     #[error("configuration error: {0}")]
     Config(String),
@@ -84,7 +99,8 @@ pub enum Error {
 
 impl Error {
     /// Whether the same request may succeed if repeated later: server busy (-1), frequency or
-    /// concurrency limits (45009, 45033), HTTP 5xx, connection errors and timeouts.
+    /// concurrency limits (45009, 45033, the client's call budget), HTTP 5xx, connection errors
+    /// and timeouts.
     ///
     /// This says nothing about whether repeating is *safe*; the client only retries
     /// non-idempotent calls when the request provably was not processed (see [`RetryPolicy`](super::RetryPolicy)).
@@ -98,6 +114,7 @@ impl Error {
             }
             Error::HttpStatus { status, .. } => *status >= 500 || *status == 429,
             Error::Api { code, .. } => code.is_retryable(),
+            Error::Budget { .. } => true,
             _ => false,
         }
     }
@@ -108,16 +125,24 @@ impl Error {
         matches!(self, Error::Api { code, .. } if code.is_token_invalid())
     }
 
-    /// Whether the server rejected the call because of a frequency or concurrency limit
-    /// (45009, 45033).
+    /// Whether the call was refused because of a frequency or concurrency limit: the server's
+    /// (45009, 45033) or the client's own call budget ([`Error::Budget`]).
     pub fn is_rate_limited(&self) -> bool {
         matches!(
             self,
             Error::Api {
                 code: ErrCode::ApiFrequencyExceeded | ErrCode::ConcurrencyLimit,
                 ..
-            }
+            } | Error::Budget { .. }
         )
+    }
+
+    /// How long to wait before the same call can go, when the call budget said so.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::Budget { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
     }
 
     /// The server's error code, if this is an API error.

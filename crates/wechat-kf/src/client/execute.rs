@@ -9,6 +9,9 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
+use super::budget::Admission;
+#[cfg(doc)]
+use super::budget::BLOCK_AFTER_45009;
 use super::error::excerpt;
 use super::multipart::MultipartBody;
 use super::token::AccessToken;
@@ -354,6 +357,9 @@ impl Client {
         let mut outcome = Outcome::default();
         let mut token_refreshed = false;
         loop {
+            if let Err(error) = self.spend_budget(call.endpoint).await {
+                return (Err(error), outcome);
+            }
             let token = if call.with_token {
                 match self.access_token().await {
                     Ok(token) => Some(token),
@@ -395,6 +401,12 @@ impl Client {
                 }
                 _ => {}
             }
+            if matches!(&error, Error::Api { code, .. } if *code == ErrCode::ApiFrequencyExceeded) {
+                // WeChat's own limit: no call to this API until the block ends, in any client
+                // sharing the budget's store, and no retry into the block.
+                self.block_budget(call.endpoint).await;
+                return (Err(error), outcome);
+            }
             if let Some(token) = token.as_ref() {
                 if error.is_token_invalid() && !token_refreshed {
                     // One refresh and one immediate retry; a second rejection goes to the caller.
@@ -421,6 +433,51 @@ impl Client {
             });
             tokio::time::sleep(delay).await;
             retries += 1;
+        }
+    }
+
+    /// Waits until the call budget of `endpoint` allows one more call and counts it; fails with
+    /// [`Error::Budget`] when that is further away than the client waits. A failing budget store
+    /// lets the call go (WeChat's own limit still holds, and a 45009 blocks).
+    async fn spend_budget(&self, endpoint: &'static str) -> Result<(), Error> {
+        let budget = &self.inner.budget;
+        let key = format!("{}:{endpoint}", self.inner.corp_id);
+        let mut waited = Duration::ZERO;
+        loop {
+            let now_ms = super::budget::unix_ms((self.inner.clock)());
+            let wait = match budget.store.admit(&key, budget.limits, now_ms).await {
+                Ok(Admission::Go) => return Ok(()),
+                Ok(Admission::Wait(wait)) => wait,
+                Err(error) => {
+                    tracing::warn!(endpoint, %error, "the call budget store failed; calling anyway");
+                    return Ok(());
+                }
+            };
+            if waited + wait > budget.max_wait {
+                return Err(Error::Budget {
+                    endpoint,
+                    retry_after: wait,
+                });
+            }
+            tracing::debug!(
+                endpoint,
+                wait_ms = wait.as_millis() as u64,
+                "waiting for the call budget"
+            );
+            tokio::time::sleep(wait).await;
+            waited += wait;
+        }
+    }
+
+    /// Records a 45009: the API is blocked (for [`BLOCK_AFTER_45009`] unless configured) in the
+    /// budget's store.
+    async fn block_budget(&self, endpoint: &'static str) {
+        let budget = &self.inner.budget;
+        let key = format!("{}:{endpoint}", self.inner.corp_id);
+        let now_ms = super::budget::unix_ms((self.inner.clock)());
+        let until = now_ms + budget.block.as_millis() as u64;
+        if let Err(error) = budget.store.block(&key, until).await {
+            tracing::warn!(endpoint, %error, "cannot record a 45009 block in the budget store");
         }
     }
 

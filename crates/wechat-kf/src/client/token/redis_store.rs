@@ -6,13 +6,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rand::RngCore;
 
 use redis::AsyncCommands;
-use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 
 use futures::future::BoxFuture;
 
 use super::{AccessToken, RefreshLease, TokenStore};
 use crate::client::Error;
+use crate::client::redis_link::RedisLink;
 
 /// Deletes the key only if it still holds the given token value (compare-and-delete, so a
 /// process never removes the newer token another process just stored).
@@ -44,10 +44,8 @@ return 0
 /// new one to appear. A holder that dies lets its lease lapse after the client's
 /// `token_refresh_lease` time.
 pub struct RedisTokenStore {
-    client: redis::Client,
+    link: RedisLink,
     prefix: String,
-    timeout: std::time::Duration,
-    connection: tokio::sync::Mutex<Option<MultiplexedConnection>>,
 }
 
 impl std::fmt::Debug for RedisTokenStore {
@@ -73,19 +71,16 @@ impl RedisTokenStore {
     /// A store for the Redis server at `url` (e.g. `redis://127.0.0.1:6379/0`, or `rediss://`
     /// for TLS). Connects lazily.
     pub fn new(url: &str) -> Result<Self, Error> {
-        let client = redis::Client::open(url).map_err(|e| Error::store("invalid Redis URL", e))?;
         Ok(Self {
-            client,
+            link: RedisLink::open(url)?,
             prefix: "wechat-kf:token:".to_owned(),
-            timeout: std::time::Duration::from_secs(5),
-            connection: tokio::sync::Mutex::new(None),
         })
     }
 
     /// How long connecting, and each command, may take (default 5 s). A store that does not
     /// answer in time counts as failing: the client then fetches tokens itself.
     pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
-        self.timeout = timeout;
+        self.link.set_timeout(timeout);
         self
     }
 
@@ -93,23 +88,6 @@ impl RedisTokenStore {
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
-    }
-
-    async fn connection(&self) -> Result<MultiplexedConnection, Error> {
-        let mut slot = self.connection.lock().await;
-        if let Some(connection) = slot.as_ref() {
-            return Ok(connection.clone());
-        }
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout);
-        let connection = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| Error::store("cannot connect to Redis", e))?;
-        *slot = Some(connection.clone());
-        Ok(connection)
     }
 
     /// The Redis key of a token: `<prefix><key>`.
@@ -122,30 +100,6 @@ impl RedisTokenStore {
         format!("{}{key}:refresh", self.prefix)
     }
 
-    /// Forgets a broken connection so the next call reconnects.
-    async fn reset(&self) {
-        *self.connection.lock().await = None;
-    }
-
-    async fn run<T, F, Fut>(&self, what: &'static str, op: F) -> Result<T, Error>
-    where
-        F: FnOnce(MultiplexedConnection) -> Fut,
-        Fut: std::future::Future<Output = redis::RedisResult<T>>,
-    {
-        let connection = self.connection().await?;
-        match op(connection).await {
-            Ok(value) => Ok(value),
-            Err(error) => {
-                if error.is_io_error() || error.is_connection_dropped() || error.is_timeout() {
-                    self.reset().await;
-                }
-                Err(Error::store(what, error))
-            }
-        }
-    }
-}
-
-impl RedisTokenStore {
     /// Runs one of the compare-and-delete scripts on `key` with `value`.
     async fn run_script(
         &self,
@@ -154,15 +108,16 @@ impl RedisTokenStore {
         key: String,
         value: String,
     ) -> Result<(), Error> {
-        self.run(what, |mut c| async move {
-            redis::Script::new(script)
-                .key(key)
-                .arg(value)
-                .invoke_async::<i64>(&mut c)
-                .await
-                .map(drop)
-        })
-        .await
+        self.link
+            .run(what, |mut c| async move {
+                redis::Script::new(script)
+                    .key(key)
+                    .arg(value)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+                    .map(drop)
+            })
+            .await
     }
 }
 
@@ -171,6 +126,7 @@ impl TokenStore for RedisTokenStore {
         Box::pin(async move {
             let full = self.token_key(key);
             let value: Option<String> = self
+                .link
                 .run(
                     "Redis GET failed",
                     |mut c| async move { c.get(&full).await },
@@ -210,10 +166,11 @@ impl TokenStore for RedisTokenStore {
                 expires_at: unix(token.expires_at()),
             })
             .map_err(|e| Error::store("cannot encode the token", e))?;
-            self.run("Redis SET failed", |mut c| async move {
-                c.pset_ex::<_, _, ()>(&full, value, ttl).await
-            })
-            .await
+            self.link
+                .run("Redis SET failed", |mut c| async move {
+                    c.pset_ex::<_, _, ()>(&full, value, ttl).await
+                })
+                .await
         })
     }
 
@@ -241,6 +198,7 @@ impl TokenStore for RedisTokenStore {
             let ttl = (ttl.as_millis() as u64).max(1);
             let value = holder.clone();
             let taken: Option<String> = self
+                .link
                 .run("Redis lease failed", |mut c| async move {
                     redis::cmd("SET")
                         .arg(&full)

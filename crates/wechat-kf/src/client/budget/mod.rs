@@ -1,0 +1,264 @@
+//! WeChat's call budget: per corp and per API, at most 10,000 calls a minute and 150,000 an hour
+//! (official doc 90454); over that, WeChat answers 45009 and blocks the API for the rest of the
+//! window (60 s for the minute limit, an hour for the hour limit). The client spends a budget
+//! below those limits *before* it sends, so the server's limit is never the one that stops it.
+//!
+//! - [`Limits`] are the budget (default 8,000 a minute and 120,000 an hour: headroom for other
+//!   programs using the same corp).
+//! - [`Usage::admit`] is the policy, a pure function of the windows and `now`: go, or wait this
+//!   long. Windows are fixed and aligned to the clock (minute `n` is `[n·60 s, (n+1)·60 s)`), so
+//!   instances that share a store count the same windows.
+//! - A [`BudgetStore`] keeps the usage: [`MemoryBudget`] for one process, `RedisBudget`
+//!   (feature `redis`) for every instance of a corp; a service may bring its own (a database).
+//! - A 45009 that still happens (another program spent the corp's budget) blocks the API in the
+//!   store for the documented 60 s, so no instance retries it in a tight loop.
+//!
+//! ```
+//! use std::time::Duration;
+//! use wechat_kf::client::budget::{Admission, Limits, Usage};
+//!
+//! let limits = Limits::new(2, 100);
+//! let mut usage = Usage::default();
+//! let now = 120_000 + 10_000; // 10 s into a minute, in unix milliseconds
+//! assert_eq!(usage.admit(&limits, now), Admission::Go);
+//! assert_eq!(usage.admit(&limits, now), Admission::Go);
+//! // The minute's budget is spent: wait for the next minute.
+//! assert_eq!(usage.admit(&limits, now), Admission::Wait(Duration::from_secs(50)));
+//! assert_eq!(usage.admit(&limits, 180_000), Admission::Go);
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use super::Error;
+
+#[cfg(feature = "redis")]
+mod redis_store;
+#[cfg(feature = "redis")]
+pub use redis_store::RedisBudget;
+
+const MINUTE_MS: u64 = 60_000;
+const HOUR_MS: u64 = 3_600_000;
+/// How long a 45009 blocks an API: the minute limit's block (official doc 90454). An hour-limit
+/// block shows up as another 45009 after it, which blocks again.
+pub const BLOCK_AFTER_45009: Duration = Duration::from_secs(60);
+
+/// Unix milliseconds of `time` (0 before 1970).
+pub(crate) fn unix_ms(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Calls allowed per corp and API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Calls per clock minute; 0 = no limit.
+    pub per_minute: u32,
+    /// Calls per clock hour; 0 = no limit.
+    pub per_hour: u32,
+}
+
+impl Limits {
+    /// A budget of `per_minute` and `per_hour` calls (0 = no limit).
+    pub const fn new(per_minute: u32, per_hour: u32) -> Self {
+        Limits {
+            per_minute,
+            per_hour,
+        }
+    }
+
+    /// No budget: every call goes (WeChat's own limit still answers 45009, which still blocks).
+    pub const fn unlimited() -> Self {
+        Limits::new(0, 0)
+    }
+}
+
+impl Default for Limits {
+    /// 8,000 a minute and 120,000 an hour: 80 % of WeChat's limits.
+    fn default() -> Self {
+        Limits::new(8_000, 120_000)
+    }
+}
+
+/// What the budget says about one more call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Send it (it has been counted).
+    Go,
+    /// Not before this long from now (nothing was counted).
+    Wait(Duration),
+}
+
+/// One corp's and API's use of the current windows: what a [`BudgetStore`] keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    minute: u64,
+    in_minute: u32,
+    hour: u64,
+    in_hour: u32,
+    blocked_until_ms: u64,
+}
+
+impl Usage {
+    /// Counts one call at `now_ms` (unix milliseconds) if the budget allows it.
+    pub fn admit(&mut self, limits: &Limits, now_ms: u64) -> Admission {
+        if now_ms < self.blocked_until_ms {
+            return Admission::Wait(Duration::from_millis(self.blocked_until_ms - now_ms));
+        }
+        let (minute, hour) = (now_ms / MINUTE_MS, now_ms / HOUR_MS);
+        if minute != self.minute {
+            (self.minute, self.in_minute) = (minute, 0);
+        }
+        if hour != self.hour {
+            (self.hour, self.in_hour) = (hour, 0);
+        }
+        let full = |used: u32, limit: u32| limit > 0 && used >= limit;
+        if full(self.in_minute, limits.per_minute) {
+            return Admission::Wait(Duration::from_millis((minute + 1) * MINUTE_MS - now_ms));
+        }
+        if full(self.in_hour, limits.per_hour) {
+            return Admission::Wait(Duration::from_millis((hour + 1) * HOUR_MS - now_ms));
+        }
+        self.in_minute += 1;
+        self.in_hour += 1;
+        Admission::Go
+    }
+
+    /// No call before `until_ms` (a 45009 was answered).
+    pub fn block(&mut self, until_ms: u64) {
+        self.blocked_until_ms = self.blocked_until_ms.max(until_ms);
+    }
+}
+
+/// Where the usage of each corp and API is kept: one process ([`MemoryBudget`]) or every
+/// instance of a corp (`RedisBudget`, a database). `key` is `<corp_id>:<api>`, e.g.
+/// `ww123:kf/sync_msg`.
+///
+/// Object-safe (boxed futures), like [`TokenStore`](super::token::TokenStore).
+pub trait BudgetStore: Send + Sync + std::fmt::Debug {
+    /// [`Usage::admit`] on the shared usage of `key`, atomically.
+    fn admit<'a>(
+        &'a self,
+        key: &'a str,
+        limits: Limits,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Admission, Error>>;
+
+    /// [`Usage::block`] on the shared usage of `key`.
+    fn block<'a>(&'a self, key: &'a str, until_ms: u64) -> BoxFuture<'a, Result<(), Error>>;
+}
+
+/// The usage in this process only (the default).
+#[derive(Debug, Default)]
+pub struct MemoryBudget {
+    usage: Mutex<HashMap<String, Usage>>,
+}
+
+impl MemoryBudget {
+    /// An empty budget store.
+    pub fn new() -> Self {
+        MemoryBudget::default()
+    }
+
+    fn with<T>(&self, key: &str, f: impl FnOnce(&mut Usage) -> T) -> T {
+        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        f(usage.entry(key.to_owned()).or_default())
+    }
+}
+
+impl BudgetStore for MemoryBudget {
+    fn admit<'a>(
+        &'a self,
+        key: &'a str,
+        limits: Limits,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Admission, Error>> {
+        let admission = self.with(key, |u| u.admit(&limits, now_ms));
+        Box::pin(async move { Ok(admission) })
+    }
+
+    fn block<'a>(&'a self, key: &'a str, until_ms: u64) -> BoxFuture<'a, Result<(), Error>> {
+        self.with(key, |u| u.block(until_ms));
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_700_000_080_000; // 40 s into a minute
+
+    #[test]
+    fn the_minute_budget_waits_for_the_next_minute_and_the_hour_budget_for_the_next_hour() {
+        let limits = Limits::new(3, 4);
+        let mut usage = Usage::default();
+        for _ in 0..3 {
+            assert_eq!(usage.admit(&limits, T0), Admission::Go);
+        }
+        assert_eq!(
+            usage.admit(&limits, T0 + 5_000),
+            Admission::Wait(Duration::from_secs(15))
+        );
+        let next_minute = T0 + 20_000;
+        assert_eq!(usage.admit(&limits, next_minute), Admission::Go);
+        let Admission::Wait(wait) = usage.admit(&limits, next_minute) else {
+            panic!("the hour's 4 calls are spent");
+        };
+        assert_eq!(
+            next_minute + wait.as_millis() as u64,
+            (next_minute / HOUR_MS + 1) * HOUR_MS
+        );
+    }
+
+    #[test]
+    fn a_refused_call_is_not_counted_and_zero_means_no_limit() {
+        let mut usage = Usage::default();
+        let one = Limits::new(1, 0);
+        assert_eq!(usage.admit(&one, T0), Admission::Go);
+        for _ in 0..10 {
+            assert!(matches!(usage.admit(&one, T0), Admission::Wait(_)));
+        }
+        assert_eq!(usage.admit(&one, T0 + MINUTE_MS), Admission::Go);
+        let mut free = Usage::default();
+        for _ in 0..100_000 {
+            assert_eq!(free.admit(&Limits::unlimited(), T0), Admission::Go);
+        }
+    }
+
+    #[test]
+    fn a_block_holds_every_call_until_it_ends_and_never_shortens() {
+        let mut usage = Usage::default();
+        usage.block(T0 + 60_000);
+        usage.block(T0 + 1_000);
+        assert_eq!(
+            usage.admit(&Limits::unlimited(), T0),
+            Admission::Wait(Duration::from_secs(60))
+        );
+        assert_eq!(
+            usage.admit(&Limits::unlimited(), T0 + 60_000),
+            Admission::Go
+        );
+    }
+
+    #[tokio::test]
+    async fn the_memory_store_keeps_one_usage_per_key() {
+        let store = MemoryBudget::new();
+        let one = Limits::new(1, 0);
+        assert_eq!(
+            store.admit("ww1:kf/sync_msg", one, T0).await.unwrap(),
+            Admission::Go
+        );
+        assert_eq!(
+            store.admit("ww1:kf/send_msg", one, T0).await.unwrap(),
+            Admission::Go
+        );
+        assert!(matches!(
+            store.admit("ww1:kf/sync_msg", one, T0).await.unwrap(),
+            Admission::Wait(_)
+        ));
+    }
+}

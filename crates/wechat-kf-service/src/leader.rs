@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
 
 use crate::error::Error;
-use crate::store::is_postgres;
+use crate::store::{connect_error, is_postgres};
 
 /// The advisory lock's first key (the second is the schema's hash, so that schemas of one
 /// database are led separately).
@@ -116,7 +116,7 @@ impl LeaderLock {
     pub async fn try_acquire(url: &str) -> Result<Option<LeaderLock>, Error> {
         let (client, connection) = tokio_postgres::connect(url, NoTls)
             .await
-            .map_err(|e| Error::Store(format!("cannot connect to PostgreSQL: {e}")))?;
+            .map_err(|e| connect_error(url, &e))?;
         let (lost_tx, lost) = watch::channel(false);
         let lost_tx = Arc::new(lost_tx);
         let on_close = lost_tx.clone();

@@ -368,3 +368,158 @@ impl HttpBody for Deadline {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::routing::{get, post};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Serves a router with `/healthz` and a `/slow` that reads its body, under `limits`; its
+    /// address, the shutdown token and the server task.
+    async fn start(
+        limits: Limits,
+    ) -> (
+        std::net::SocketAddr,
+        CancellationToken,
+        Arc<Metrics>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let router = Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route(
+                "/slow",
+                post(|body: Bytes| async move { format!("{}\n", body.len()) }),
+            );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            router,
+            Connections::new(limits, metrics.clone()),
+            shutdown.clone(),
+        ));
+        (addr, shutdown, metrics, server)
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            read_timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_millis(300),
+            max_connections: 4,
+            shutdown_grace: Duration::from_millis(300),
+        }
+    }
+
+    /// Reads until the peer closes (bounded); what it sent.
+    async fn read_to_close(stream: &mut TcpStream) -> String {
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+        assert!(read.is_ok(), "the server did not close the connection");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    async fn get_healthz(addr: std::net::SocketAddr) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        read_to_close(&mut stream).await
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_never_finishes_its_headers_is_closed_after_the_read_timeout() {
+        let (addr, shutdown, metrics, server) = start(limits()).await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHo")
+            .await
+            .unwrap();
+        assert_eq!(read_to_close(&mut stream).await, "");
+        assert_eq!(metrics.connections_timed_out.load(Ordering::Relaxed), 1);
+        shutdown.cancel();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_kept_alive_connection_without_a_request_is_closed_after_the_idle_timeout() {
+        let (addr, shutdown, _, server) = start(limits()).await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_to_close(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("ok\n"), "{answer}");
+        shutdown.cancel();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_body_that_never_arrives_fails_the_request_after_the_read_timeout() {
+        let (addr, shutdown, _, server) = start(limits()).await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+            .await
+            .unwrap();
+        let answer = read_to_close(&mut stream).await;
+        // axum's `Bytes` rejection of a failed body is a 400 (the reply API answers 408).
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        shutdown.cancel();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_the_oldest_idle_connection_makes_room_so_health_still_answers() {
+        let mut limits = limits();
+        limits.read_timeout = Duration::from_secs(30);
+        let (addr, shutdown, metrics, server) = start(limits).await;
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\n")
+                .await
+                .unwrap();
+            held.push(stream);
+            // Accepted in order, so the first is the oldest.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for _ in 0..10 {
+            let answer = get_healthz(addr).await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        }
+        // Half-sent connections were closed to make room, the oldest first.
+        assert_eq!(read_to_close(&mut held[0]).await, "");
+        assert!(metrics.connections_shed.load(Ordering::Relaxed) >= 1);
+        shutdown.cancel();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_a_half_sent_request_once_the_grace_is_over() {
+        let mut limits = limits();
+        limits.read_timeout = Duration::from_secs(30);
+        limits.shutdown_grace = Duration::from_millis(200);
+        let (addr, shutdown, _, server) = start(limits).await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        shutdown.cancel();
+        let stopped = tokio::time::timeout(Duration::from_secs(5), server).await;
+        assert!(
+            stopped.is_ok(),
+            "the server waited for the half-sent request"
+        );
+        read_to_close(&mut stream).await;
+    }
+}

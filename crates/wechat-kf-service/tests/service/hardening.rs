@@ -464,3 +464,33 @@ async fn a_postgres_url_naming_a_missing_database_says_which_and_why() {
     );
     assert!(!error.contains("postgres://"), "never the URL: {error}");
 }
+
+#[tokio::test]
+async fn a_reply_api_body_that_never_arrives_gets_408_and_the_connection_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let emu = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&emu, &dir.path().join("kf.db"), None);
+    config.http.read_timeout = Duration::from_millis(300);
+    let running = start(&emu, config).await;
+    let mut stream = tokio::net::TcpStream::connect(running.local_addr())
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer api-token\r\n\
+              Content-Length: 1000\r\n\r\n{\"touser\":",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the connection is closed")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"retryable\":true"), "{answer}");
+    running.shutdown().await;
+    emu.shutdown().await;
+}

@@ -6,9 +6,9 @@
 //! in the official docs and examples (`wkAJ2GCAAAZSfhHCt7IFSvLKtMPxyJTw`, `wmXyZ0123456789`)
 //! and nothing that could be a path, SQL or a log injection (see `docs/vendor-notes.md`).
 
-/// Longest `open_kfid` (official doc 94662: "≤ 64 bytes" in requests).
+/// Longest `open_kfid` (official docs 94663, 94664: "≤ 64 bytes" in requests).
 pub const OPEN_KFID_MAX: usize = 64;
-/// Longest `external_userid` accepted. WeChat documents none; real ones are 32 characters.
+/// Longest `external_userid` accepted. WeChat documents none; its examples are 15–32 characters.
 pub const EXTERNAL_USERID_MAX: usize = 128;
 /// Longest servicer `userid` (a WeCom member id: 1–64 bytes).
 pub const USERID_MAX: usize = 64;

@@ -193,7 +193,14 @@ impl Service {
             .map_err(|e| Error::io("cannot set the listening socket non-blocking", e))?;
         // Lead first, then open: a standby holds no store connection that could die while it
         // waits, and a newer version waiting as standby does not migrate under the leader.
-        let leader = leader::lead(&location, &listener, config.storage.standby_poll).await?;
+        let limits = Limits {
+            read_timeout: config.http.read_timeout,
+            idle_timeout: config.http.idle_timeout,
+            max_connections: config.http.max_connections,
+            shutdown_grace: config.http.shutdown_grace,
+        };
+        let leader =
+            leader::lead(&location, &listener, config.storage.standby_poll, limits).await?;
         let store = store::open(&location, config.storage.synchronous).await?;
         tracing::info!(backend = store.backend(), "store open");
 
@@ -273,15 +280,7 @@ impl Service {
         let local_addr = listener
             .local_addr()
             .map_err(|e| Error::io("cannot read the listening address", e))?;
-        let connections = Connections::new(
-            Limits {
-                read_timeout: config.http.read_timeout,
-                idle_timeout: config.http.idle_timeout,
-                max_connections: config.http.max_connections,
-                shutdown_grace: config.http.shutdown_grace,
-            },
-            metrics.clone(),
-        );
+        let connections = Connections::new(limits, metrics.clone());
         let mut servers = vec![tokio::spawn(server::serve(
             listener,
             router(state.clone()),

@@ -427,8 +427,7 @@ async fn a_damaged_sqlite_store_is_refused_at_start_with_a_clear_error() {
     let path = dir.path().join("damaged.db");
     damaged_store(&path).await;
     let error = SqliteStore::open(path.to_str().unwrap(), Default::default())
-        .err()
-        .expect("a damaged database is refused");
+        .expect_err("a damaged database is refused");
     let text = error.to_string();
     assert!(
         text.contains("is damaged") && text.contains("damaged.db"),
@@ -438,8 +437,7 @@ async fn a_damaged_sqlite_store_is_refused_at_start_with_a_clear_error() {
     let garbage = dir.path().join("garbage.db");
     std::fs::write(&garbage, vec![0x42u8; 64 * 1024]).unwrap();
     let error = SqliteStore::open(garbage.to_str().unwrap(), Default::default())
-        .err()
-        .expect("garbage is refused");
+        .expect_err("garbage is refused");
     assert!(error.is_store(), "{error}");
 }
 
@@ -454,8 +452,7 @@ async fn a_postgres_url_naming_a_missing_database_says_which_and_why() {
     let missing = format!("{base}/wk_missing_{}", uuid::Uuid::new_v4().simple());
     let error = PostgresStore::connect(&missing)
         .await
-        .err()
-        .expect("a missing database is refused")
+        .expect_err("a missing database is refused")
         .to_string();
     assert!(error.contains("wk_missing_"), "names the database: {error}");
     assert!(

@@ -356,13 +356,13 @@ async fn run(
         match known.await {
             Ok(()) => {
                 if failures > 0 {
-                    ctx.readiness.store_write_succeeded();
+                    ctx.readiness.store_write_succeeded("puller");
                 }
                 break;
             }
             Err(e) => {
                 failures += 1;
-                ctx.readiness.store_write_failed(&e);
+                ctx.readiness.store_write_failed("puller", &e);
                 tracing::debug!(open_kfid = open_kfid.as_str(), error = %e, "cannot record the account");
                 let delay = backoff(failures, ctx.retry_initial, ctx.retry_max, jitter());
                 tokio::select! {
@@ -700,7 +700,7 @@ async fn pull_round(
         let outcome = match committed {
             Ok(outcome) => {
                 if store_failures > 0 {
-                    ctx.readiness.store_write_succeeded();
+                    ctx.readiness.store_write_succeeded("puller");
                 }
                 store_failures = 0;
                 outcome
@@ -709,7 +709,7 @@ async fn pull_round(
                 store_failures += 1;
                 // Not ready until a write succeeds; one ERROR line for the change, not one
                 // per attempt.
-                ctx.readiness.store_write_failed(&e);
+                ctx.readiness.store_write_failed("puller", &e);
                 let delay = backoff(store_failures, ctx.retry_initial, ctx.retry_max, jitter());
                 tracing::debug!(open_kfid = open_kfid.as_str(), error = %e, retry_in_ms = delay.as_millis() as u64, "cannot store a page; pulling it again");
                 tokio::select! {

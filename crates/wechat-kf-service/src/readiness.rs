@@ -3,7 +3,7 @@
 //! something wrong sets its condition and clears it when it recovers; a condition changes state
 //! at most once per failure, so the log gets one line per change, not one per attempt.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use crate::error::Error;
@@ -19,6 +19,9 @@ const MAX_REASON: usize = 200;
 #[derive(Debug, Default)]
 pub struct Readiness {
     failing: Mutex<BTreeMap<&'static str, String>>,
+    /// The parts whose last store write failed (`puller`, `deliverer`): the store condition
+    /// fails while any does, so one part's success does not hide another's failure.
+    store_writers: Mutex<BTreeSet<&'static str>>,
 }
 
 impl Readiness {
@@ -57,16 +60,20 @@ impl Readiness {
             .collect()
     }
 
-    /// A store write failed: not ready until one succeeds; one ERROR line when this starts.
-    pub fn store_write_failed(&self, error: &Error) {
+    /// A store write of `writer` failed: not ready until every writer's next write succeeds;
+    /// one ERROR line when the store starts failing.
+    pub fn store_write_failed(&self, writer: &'static str, error: &Error) {
+        let mut writers = self.store_writers.lock().unwrap_or_else(|e| e.into_inner());
+        writers.insert(writer);
         if self.fail(STORE, format!("cannot write: {}", store_cause(error))) {
-            tracing::error!(error = %error, "the store cannot write: not ready, retrying with backoff");
+            tracing::error!(error = %error, writer, "the store cannot write: not ready, retrying with backoff");
         }
     }
 
-    /// A store write succeeded: ready again (one INFO line if it was failing).
-    pub fn store_write_succeeded(&self) {
-        if self.clear(STORE) {
+    /// A store write of `writer` succeeded: ready again once no writer fails (one INFO line).
+    pub fn store_write_succeeded(&self, writer: &'static str) {
+        let mut writers = self.store_writers.lock().unwrap_or_else(|e| e.into_inner());
+        if writers.remove(writer) && writers.is_empty() && self.clear(STORE) {
             tracing::info!("the store writes again: ready");
         }
     }
@@ -100,6 +107,24 @@ mod tests {
         );
         assert!(r.clear(STORE));
         assert!(!r.clear(STORE));
+        assert!(r.is_ready());
+    }
+
+    #[test]
+    fn one_writers_success_does_not_hide_anothers_failure() {
+        let r = Readiness::new();
+        let full = Error::Store("database or disk is full".into());
+        r.store_write_failed("puller", &full);
+        r.store_write_failed("deliverer", &full);
+        r.store_write_succeeded("deliverer");
+        assert_eq!(
+            r.reasons(),
+            vec!["store: cannot write: database or disk is full".to_owned()]
+        );
+        r.store_write_succeeded("puller");
+        assert!(r.is_ready());
+        // A writer that never failed changes nothing.
+        r.store_write_succeeded("puller");
         assert!(r.is_ready());
     }
 }

@@ -231,6 +231,7 @@ impl Service {
             clock.clone(),
         )
         .await?;
+        let deliverer = deliverer.watch_store(readiness.clone());
         let pullers = Arc::new(Pullers::new(PullContext {
             client: client.clone(),
             store: store.clone(),

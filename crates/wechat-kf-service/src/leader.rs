@@ -23,9 +23,12 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
-use crate::store::is_postgres;
+use crate::http::server::{self, Connections, Limits};
+use crate::metrics::Metrics;
+use crate::store::{connect_error, is_postgres};
 
 /// The advisory lock's first key (the second is the schema's hash, so that schemas of one
 /// database are led separately).
@@ -116,7 +119,7 @@ impl LeaderLock {
     pub async fn try_acquire(url: &str) -> Result<Option<LeaderLock>, Error> {
         let (client, connection) = tokio_postgres::connect(url, NoTls)
             .await
-            .map_err(|e| Error::Store(format!("cannot connect to PostgreSQL: {e}")))?;
+            .map_err(|e| connect_error(url, &e))?;
         let (lost_tx, lost) = watch::channel(false);
         let lost_tx = Arc::new(lost_tx);
         let on_close = lost_tx.clone();
@@ -260,6 +263,7 @@ pub(crate) async fn lead(
     location: &str,
     listener: &TcpListener,
     poll: Duration,
+    limits: Limits,
 ) -> Result<Option<LeaderLock>, Error> {
     let kind = lock_of(location);
     if kind == Lock::None {
@@ -283,16 +287,17 @@ pub(crate) async fn lead(
         .try_clone()
         .and_then(tokio::net::TcpListener::from_std)
         .map_err(|e| Error::io("cannot answer as a standby on the listening socket", e))?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        let serve = axum::serve(listener, standby_router()).with_graceful_shutdown(async move {
-            // Also resolves when `lead` is dropped (the service was stopped while standing by).
-            let _ = stopped.await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "standby HTTP server stopped");
-        }
-    });
+    // The service's own limits (a half-sent request must not hold up the takeover either);
+    // dropping `stop` (when `lead` is dropped: the service was stopped while standing by)
+    // stops the standby server too.
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(server::serve(
+        listener,
+        standby_router(),
+        Connections::new(limits, Arc::new(Metrics::new())),
+        stop.child_token(),
+    ));
+    let stop = stop.drop_guard();
     let lock = loop {
         tokio::time::sleep(poll).await;
         // Bounded: an unreachable database must not stall the polling.
@@ -303,7 +308,7 @@ pub(crate) async fn lead(
             Err(_) => tracing::warn!("standby: trying the leader lock timed out"),
         }
     };
-    let _ = stop.send(());
+    drop(stop);
     let _ = server.await;
     tracing::info!("this instance now leads the database");
     Ok(Some(lock))

@@ -29,18 +29,21 @@ pub enum CallbackResult {
     Stale,
     /// Body over the limit (413).
     TooLarge,
-    /// Unreadable request (400).
+    /// Unreadable request, or an id that is not WeChat's shape (400).
     Malformed,
+    /// Seen before within the timestamp window (answered 200, nothing done).
+    Replayed,
 }
 
 impl CallbackResult {
-    const ALL: [CallbackResult; 6] = [
+    const ALL: [CallbackResult; 7] = [
         CallbackResult::Accepted,
         CallbackResult::Verified,
         CallbackResult::Forged,
         CallbackResult::Stale,
         CallbackResult::TooLarge,
         CallbackResult::Malformed,
+        CallbackResult::Replayed,
     ];
 
     fn label(self) -> &'static str {
@@ -51,6 +54,7 @@ impl CallbackResult {
             CallbackResult::Stale => "stale",
             CallbackResult::TooLarge => "too_large",
             CallbackResult::Malformed => "malformed",
+            CallbackResult::Replayed => "replayed",
         }
     }
 }
@@ -127,6 +131,16 @@ pub struct Metrics {
     pub api_requests_failed: AtomicU64,
     /// Queued text replies merged into another (the joiner).
     pub replies_joined: AtomicU64,
+    /// HTTP connections open now.
+    pub connections_open: AtomicI64,
+    /// Connections closed to make room at `http.max_connections`.
+    pub connections_shed: AtomicU64,
+    /// Connections refused at the cap (every open one had a request in flight).
+    pub connections_refused: AtomicU64,
+    /// Connections closed for sending no complete request within the read or idle timeout.
+    pub connections_timed_out: AtomicU64,
+    /// `sync_msg` calls without a callback Token delayed by `pull.tokenless_per_minute`.
+    pub tokenless_paced: AtomicU64,
     first_starts: Family,
     first_start_skipped: Family,
     send_refused: Family,
@@ -256,7 +270,7 @@ impl Metrics {
                 get(count)
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 16] = [
+        let counters: [(&str, &str, &AtomicU64); 20] = [
             (
                 "wechat_kf_pulls_total",
                 "Pull rounds (until has_more is 0).",
@@ -337,6 +351,26 @@ impl Metrics {
                 "Queued text replies merged into another by the joiner.",
                 &self.replies_joined,
             ),
+            (
+                "wechat_kf_http_connections_shed_total",
+                "Connections closed to make room at http.max_connections.",
+                &self.connections_shed,
+            ),
+            (
+                "wechat_kf_http_connections_refused_total",
+                "Connections refused at http.max_connections (all busy).",
+                &self.connections_refused,
+            ),
+            (
+                "wechat_kf_http_connections_timed_out_total",
+                "Connections closed by the read or idle timeout.",
+                &self.connections_timed_out,
+            ),
+            (
+                "wechat_kf_pull_tokenless_paced_total",
+                "sync_msg calls without a callback Token delayed by pull.tokenless_per_minute.",
+                &self.tokenless_paced,
+            ),
         ];
         for (name, help, counter) in counters {
             let _ = writeln!(
@@ -350,6 +384,12 @@ impl Metrics {
             "# HELP wechat_kf_messages_pending Messages stored and not yet acknowledged.\n\
              # TYPE wechat_kf_messages_pending gauge\nwechat_kf_messages_pending {}",
             self.messages_pending.load(Ordering::Relaxed).max(0)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP wechat_kf_http_connections_open HTTP connections open.\n\
+             # TYPE wechat_kf_http_connections_open gauge\nwechat_kf_http_connections_open {}",
+            self.connections_open.load(Ordering::Relaxed).max(0)
         );
         out.push_str("# HELP wechat_kf_delivery_lag_seconds Time from storing a message to the bot's acknowledgement.\n");
         out.push_str("# TYPE wechat_kf_delivery_lag_seconds histogram\n");

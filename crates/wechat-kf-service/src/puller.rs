@@ -42,10 +42,12 @@ use wechat_kf::{MsgId, OpenKfId};
 use crate::clock::Clock;
 use crate::config::{FirstStart, HandoffConfig, PullConfig};
 use crate::delivery::DeliveryQueue;
+use crate::ids::{IdKind, check};
 use crate::media::MediaFetcher;
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 use crate::replies::{Transfer, new_msgid};
-use crate::retry::{backoff, jitter};
+use crate::retry::{backoff, jitter, window_wait};
 use crate::store::{NewMessage, NewReply, PageWrite, Payload, ReplyEndpoint, Store, is_skipped};
 
 /// An account's wake-up slot.
@@ -103,6 +105,45 @@ pub(crate) struct PullContext {
     pub(crate) media: Option<Arc<MediaFetcher>>,
     /// Wakes the reply sender (keyword handoffs were queued).
     pub(crate) replies: Arc<Notify>,
+    /// Where a store that cannot write makes the service not ready.
+    pub(crate) readiness: Arc<Readiness>,
+}
+
+/// The calls an account made without a callback Token in the last minute, and when WeChat
+/// last rejected one of its Tokens (95007): `pull.tokenless_per_minute` paces them.
+#[derive(Debug, Default)]
+struct Tokenless {
+    /// When each call was made (service clock, unix ms), oldest first; a minute's worth.
+    made: std::collections::VecDeque<i64>,
+    /// When a Token was last rejected: for a minute after, every call may end without one.
+    rejected_at: Option<i64>,
+}
+
+const MINUTE_MS: i64 = 60_000;
+
+impl Tokenless {
+    /// How long to wait before a call; a call with a Token that WeChat has not rejected lately
+    /// never waits.
+    fn wait(&mut self, has_token: bool, now_ms: i64, per_minute: u32) -> Duration {
+        while self.made.front().is_some_and(|&t| t <= now_ms - MINUTE_MS) {
+            self.made.pop_front();
+        }
+        let rejected_lately = self.rejected_at.is_some_and(|t| t > now_ms - MINUTE_MS);
+        if has_token && !rejected_lately {
+            return Duration::ZERO;
+        }
+        let made: Vec<i64> = self.made.iter().copied().collect();
+        let wait = window_wait(&made, now_ms, per_minute, MINUTE_MS);
+        Duration::from_millis(wait.max(0) as u64)
+    }
+
+    /// Records a call that went out without a Token (at first, or after a 95007).
+    fn made(&mut self, now_ms: i64, rejected: bool) {
+        self.made.push_back(now_ms);
+        if rejected {
+            self.rejected_at = Some(now_ms);
+        }
+    }
 }
 
 /// A catch-up in progress: pulling without a cursor to the backlog's end.
@@ -219,6 +260,12 @@ impl Pullers {
         cursor: Option<String>,
         catch_up_before: Option<i64>,
     ) -> bool {
+        // Callers check ids at their entry point; this is the last line: an id that is not
+        // WeChat's shape never becomes an account that is pulled (and logged) forever.
+        if let Err(e) = check(IdKind::OpenKfId, open_kfid.as_str()) {
+            tracing::warn!(reason = %e, "not an account id: ignored");
+            return false;
+        }
         let (slot, created) = {
             let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
             match slots.get(open_kfid) {
@@ -307,10 +354,16 @@ async fn run(
             Ok::<(), crate::error::Error>(())
         };
         match known.await {
-            Ok(()) => break,
+            Ok(()) => {
+                if failures > 0 {
+                    ctx.readiness.store_write_succeeded("puller");
+                }
+                break;
+            }
             Err(e) => {
                 failures += 1;
-                tracing::error!(open_kfid = open_kfid.as_str(), error = %e, "cannot record the account");
+                ctx.readiness.store_write_failed("puller", &e);
+                tracing::debug!(open_kfid = open_kfid.as_str(), error = %e, "cannot record the account");
                 let delay = backoff(failures, ctx.retry_initial, ctx.retry_max, jitter());
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -341,6 +394,7 @@ async fn run(
         }
     });
     let mut announced = false;
+    let mut tokenless = Tokenless::default();
     loop {
         let safety = match ctx.config.safety_interval {
             Duration::ZERO => Duration::from_secs(365 * 24 * 3600),
@@ -371,6 +425,7 @@ async fn run(
             &slot,
             &mut puller,
             &mut catch_up,
+            &mut tokenless,
             &shutdown,
         )
         .await;
@@ -406,6 +461,16 @@ fn begin_catch_up(
         delivered: 0,
         pages: 0,
         logged_at: std::time::Instant::now(),
+    }
+}
+
+/// The threshold of a catch-up after WeChat rejected the cursor: the policy's, moved back to
+/// the newest stored message's `send_time` when that is earlier (the downtime backlog is
+/// delivered; what the store holds is ignored by msgid). `None` (replay) stays `None`.
+fn resume_after(policy_threshold: Option<i64>, last_stored: Option<i64>) -> Option<i64> {
+    match (policy_threshold, last_stored) {
+        (Some(threshold), Some(last)) if last > 0 => Some(threshold.min(last)),
+        (threshold, _) => threshold,
     }
 }
 
@@ -481,10 +546,14 @@ async fn pull_round(
     slot: &Slot,
     puller: &mut Puller,
     catch_up: &mut Option<CatchUp>,
+    tokenless: &mut Tokenless,
     shutdown: &CancellationToken,
 ) {
     Metrics::add(&ctx.metrics.pulls, 1);
     let mut failures = 0u32;
+    // Not reset by a successful `sync_msg`: a store that cannot write must back off however
+    // well WeChat answers.
+    let mut store_failures = 0u32;
     let mut empty_pages = 0u32;
     let mut pages = 0u32;
     let mut stored_total = 0usize;
@@ -502,6 +571,27 @@ async fn pull_round(
         } else {
             None
         };
+        // The library drops a Token older than it trusts; a call may go out without one.
+        let has_token = token.as_ref().is_some_and(|(_, received_at)| {
+            wechat_kf::client::puller::callback_token_usable(*received_at, ctx.clock.local_time())
+        });
+        let wait = tokenless.wait(
+            has_token,
+            ctx.clock.local_ms(),
+            ctx.config.tokenless_per_minute,
+        );
+        if !wait.is_zero() {
+            Metrics::add(&ctx.metrics.tokenless_paced, 1);
+            tracing::debug!(
+                open_kfid = open_kfid.as_str(),
+                wait_ms = wait.as_millis() as u64,
+                "pacing sync_msg calls without a callback Token (pull.tokenless_per_minute)"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
         if let Some((t, received_at)) = &token {
             puller.set_callback_token(t.as_str(), *received_at);
         }
@@ -510,8 +600,13 @@ async fn pull_round(
             // Nothing is committed yet: abandoning the call loses nothing.
             _ = shutdown.cancelled() => return,
         };
+        let now_ms = ctx.clock.local_ms();
         let mut page = match result {
             Ok(page) => {
+                let rejected = page.callback_token_rejection().is_some();
+                if !has_token || rejected {
+                    tokenless.made(now_ms, rejected);
+                }
                 if let Some(rejection) = page.callback_token_rejection() {
                     token_rejected(ctx, open_kfid, slot, token.as_ref(), rejection);
                     use_tokens = false;
@@ -519,6 +614,10 @@ async fn pull_round(
                 page
             }
             Err(e) => {
+                let rejected = puller.callback_token_rejection().is_some();
+                if !has_token || rejected {
+                    tokenless.made(now_ms, rejected);
+                }
                 if let Some(rejection) = puller.callback_token_rejection() {
                     token_rejected(ctx, open_kfid, slot, token.as_ref(), rejection);
                     use_tokens = false;
@@ -532,19 +631,28 @@ async fn pull_round(
                     && puller.committed_cursor().is_some()
                 {
                     let policy = ctx.config.first_start_for(open_kfid);
+                    // What the store holds was delivered (or skipped) already: resume after
+                    // its newest message rather than after this process's start, so a
+                    // restart's downtime backlog is delivered; msgids already stored are
+                    // ignored by the commit.
+                    let last_stored = match ctx.store.last_send_time(open_kfid.clone()).await {
+                        Ok(last) => last,
+                        Err(e) => {
+                            tracing::warn!(open_kfid = open_kfid.as_str(), error = %e, "cannot read the newest stored message; using the first-start policy alone");
+                            None
+                        }
+                    };
                     tracing::warn!(
                         open_kfid = open_kfid.as_str(),
                         errcode = 40035,
+                        last_stored_send_time = last_stored,
                         "the stored cursor was rejected; pulling from the start of what WeChat holds"
                     );
                     puller.set_cursor(None);
-                    *catch_up = Some(begin_catch_up(
-                        ctx,
-                        open_kfid,
-                        policy,
-                        "cursor_rejected",
-                        true,
-                    ));
+                    let mut resumed =
+                        begin_catch_up(ctx, open_kfid, policy, "cursor_rejected", true);
+                    resumed.skip_before = resume_after(resumed.skip_before, last_stored);
+                    *catch_up = Some(resumed);
                     continue;
                 }
                 if e.is_retryable() || e.is_token_invalid() {
@@ -590,11 +698,20 @@ async fn pull_round(
             })
             .await;
         let outcome = match committed {
-            Ok(outcome) => outcome,
+            Ok(outcome) => {
+                if store_failures > 0 {
+                    ctx.readiness.store_write_succeeded("puller");
+                }
+                store_failures = 0;
+                outcome
+            }
             Err(e) => {
-                failures += 1;
-                let delay = backoff(failures, ctx.retry_initial, ctx.retry_max, jitter());
-                tracing::error!(open_kfid = open_kfid.as_str(), error = %e, "cannot store a page; pulling it again");
+                store_failures += 1;
+                // Not ready until a write succeeds; one ERROR line for the change, not one
+                // per attempt.
+                ctx.readiness.store_write_failed("puller", &e);
+                let delay = backoff(store_failures, ctx.retry_initial, ctx.retry_max, jitter());
+                tracing::debug!(open_kfid = open_kfid.as_str(), error = %e, retry_in_ms = delay.as_millis() as u64, "cannot store a page; pulling it again");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => continue,
                     _ = shutdown.cancelled() => return,
@@ -830,6 +947,51 @@ mod tests {
         assert!(second.is_err());
         assert!(pullers.wake(&account("wkB"), None));
         assert!(!pullers.wake(&account("wkC"), None), "account limit");
+    }
+
+    #[test]
+    fn a_rejected_cursor_resumes_after_the_newest_stored_message_not_after_the_start() {
+        // from-now after a restart at 10_000: the policy alone would skip before 9_940.
+        assert_eq!(resume_after(Some(9_940), Some(5_000)), Some(5_000));
+        // A store newer than the policy threshold keeps the threshold (never skip more).
+        assert_eq!(resume_after(Some(9_940), Some(9_990)), Some(9_940));
+        assert_eq!(resume_after(Some(9_940), None), Some(9_940));
+        assert_eq!(resume_after(None, Some(5_000)), None);
+    }
+
+    #[test]
+    fn tokenless_calls_are_paced_per_minute_but_calls_with_a_good_token_never_wait() {
+        let mut t = Tokenless::default();
+        for i in 0..3 {
+            assert_eq!(t.wait(false, i, 3), Duration::ZERO);
+            t.made(i, false);
+        }
+        assert_eq!(
+            t.wait(false, 10, 3),
+            Duration::from_millis(MINUTE_MS as u64 - 10)
+        );
+        assert_eq!(
+            t.wait(true, 10, 3),
+            Duration::ZERO,
+            "a Token never rejected"
+        );
+        t.made(11, true);
+        assert!(
+            !t.wait(true, 12, 3).is_zero(),
+            "a Token may be rejected again"
+        );
+        assert_eq!(t.wait(true, 11 + MINUTE_MS, 3), Duration::ZERO);
+    }
+
+    #[test]
+    fn ids_that_are_not_wechats_shape_never_become_accounts() {
+        let pullers = Pullers::detached(10);
+        assert!(!pullers.wake(&OpenKfId::from("w".repeat(30_000)), None));
+        assert!(!pullers.wake(
+            &OpenKfId::from("../../etc/passwd; DROP TABLE cursors;--"),
+            None
+        ));
+        assert!(pullers.accounts().is_empty());
     }
 
     #[test]

@@ -39,9 +39,56 @@ pub(crate) fn jitter() -> f64 {
     rand::random::<f64>()
 }
 
+/// How long to wait (milliseconds) before one more call is allowed, when at most `limit` calls
+/// may be made in any `window_ms`: `made` holds the times (unix ms, oldest first) of the calls
+/// made so far; 0 means now. Entries older than the window are irrelevant.
+///
+/// ```
+/// use wechat_kf_service::retry::window_wait;
+/// assert_eq!(window_wait(&[1_000, 2_000], 3_000, 3, 60_000), 0);
+/// assert_eq!(window_wait(&[1_000, 2_000, 2_500], 3_000, 3, 60_000), 58_000); // until 61 s
+/// assert_eq!(window_wait(&[1_000, 2_000, 2_500], 61_000, 3, 60_000), 0);
+/// assert_eq!(window_wait(&[], 0, 0, 60_000), 60_000); // nothing allowed: wait a window
+/// ```
+pub fn window_wait(made: &[i64], now_ms: i64, limit: u32, window_ms: i64) -> i64 {
+    if limit == 0 {
+        return window_ms;
+    }
+    let recent: Vec<i64> = made
+        .iter()
+        .copied()
+        .filter(|&t| t > now_ms - window_ms)
+        .collect();
+    if recent.len() < limit as usize {
+        return 0;
+    }
+    // The call `limit` places back must leave the window first.
+    let oldest_that_counts = recent[recent.len() - limit as usize];
+    (oldest_that_counts + window_ms - now_ms).max(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_window_allows_limit_calls_then_waits_for_the_oldest_to_leave() {
+        let mut made = Vec::new();
+        let mut now = 0;
+        for _ in 0..10 {
+            let wait = window_wait(&made, now, 5, 60_000);
+            now += wait;
+            made.push(now);
+            now += 1;
+        }
+        // 5 at once, then one more each time one of them is a minute old.
+        assert_eq!(&made[..5], &[0, 1, 2, 3, 4]);
+        assert_eq!(made[5], 60_000);
+        assert_eq!(made[6], 60_001);
+        for w in made.windows(6) {
+            assert!(w[5] - w[0] >= 60_000, "{made:?}");
+        }
+    }
 
     #[test]
     fn the_delay_doubles_is_capped_and_never_drops_below_half() {

@@ -20,11 +20,13 @@ use crate::config::{Config, Secret};
 use crate::delivery::Deliverer;
 use crate::delivery::sink::Sink;
 use crate::error::Error;
-use crate::http::{AppParts, AppState, CallbackSettings, router};
+use crate::http::server::{self, Connections, Limits};
+use crate::http::{AppParts, AppState, CallbackSettings, metrics_router, router};
 use crate::leader::{self, LeaderLock};
 use crate::media::MediaFetcher;
 use crate::metrics::Metrics;
 use crate::puller::{PullContext, Pullers};
+use crate::readiness::Readiness;
 use crate::sandbox;
 use crate::send_policy::Gate;
 use crate::sender::ReplySender;
@@ -37,6 +39,7 @@ pub struct Service;
 /// A started service.
 pub struct RunningService {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     state: AppState,
     store: Arc<dyn Store>,
     pullers: Arc<Pullers>,
@@ -45,7 +48,8 @@ pub struct RunningService {
     clock: Clock,
     /// Cancelled to stop every task; each holds a clone.
     shutdown: CancellationToken,
-    server: JoinHandle<()>,
+    /// The HTTP servers (the public listener, and `http.metrics_listen` when set).
+    servers: Vec<JoinHandle<()>>,
     deliverer: JoinHandle<()>,
     replies: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
@@ -198,11 +202,19 @@ impl Service {
             .map_err(|e| Error::io("cannot set the listening socket non-blocking", e))?;
         // Lead first, then open: a standby holds no store connection that could die while it
         // waits, and a newer version waiting as standby does not migrate under the leader.
-        let leader = leader::lead(&location, &listener, config.storage.standby_poll).await?;
+        let limits = Limits {
+            read_timeout: config.http.read_timeout,
+            idle_timeout: config.http.idle_timeout,
+            max_connections: config.http.max_connections,
+            shutdown_grace: config.http.shutdown_grace,
+        };
+        let leader =
+            leader::lead(&location, &listener, config.storage.standby_poll, limits).await?;
         let store = store::open(&location, config.storage.synchronous).await?;
         tracing::info!(backend = store.backend(), "store open");
 
         let metrics = Arc::new(Metrics::new());
+        let readiness = Arc::new(Readiness::new());
         let media = MediaFetcher::new(client.clone(), &config.media, metrics.clone())
             .await?
             .map(Arc::new);
@@ -228,6 +240,7 @@ impl Service {
             clock.clone(),
         )
         .await?;
+        let deliverer = deliverer.watch_store(readiness.clone());
         let pullers = Arc::new(Pullers::new(PullContext {
             client: client.clone(),
             store: store.clone(),
@@ -242,6 +255,7 @@ impl Service {
             handoff: config.handoff.clone(),
             media,
             replies: reply_wake.clone(),
+            readiness: readiness.clone(),
         }));
         let api_token = match (&config.api.token, &sandbox) {
             (Some(token), _) => Some(token.clone()),
@@ -265,6 +279,9 @@ impl Service {
                 max_body: config.callback.max_body_bytes,
             }),
             api_token,
+            readiness,
+            metrics_token: config.http.metrics_token.clone(),
+            metrics_apart: config.http.metrics_listen.is_some(),
         });
         state.set_ready(false);
 
@@ -273,15 +290,30 @@ impl Service {
         let local_addr = listener
             .local_addr()
             .map_err(|e| Error::io("cannot read the listening address", e))?;
-        let router = router(state.clone());
-        let server_shutdown = shutdown.clone();
-        let server = tokio::spawn(async move {
-            let serve = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { server_shutdown.cancelled().await });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "HTTP server stopped");
-            }
-        });
+        let connections = Connections::new(limits, metrics.clone());
+        let mut servers = vec![tokio::spawn(server::serve(
+            listener,
+            router(state.clone()),
+            connections.clone(),
+            shutdown.clone(),
+        ))];
+        let mut metrics_addr = None;
+        if let Some(addr) = config.http.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                Error::io(format!("cannot listen on {addr} (http.metrics_listen)"), e)
+            })?;
+            metrics_addr = Some(
+                listener
+                    .local_addr()
+                    .map_err(|e| Error::io("cannot read the metrics listening address", e))?,
+            );
+            servers.push(tokio::spawn(server::serve(
+                listener,
+                metrics_router(&state),
+                connections,
+                shutdown.clone(),
+            )));
+        }
         let deliverer = tokio::spawn(deliverer.run(incoming, shutdown.clone()));
         let replies = tokio::spawn(
             ReplySender {
@@ -344,12 +376,14 @@ impl Service {
         state.set_ready(true);
         tracing::info!(
             listen = %local_addr,
+            metrics_listen = metrics_addr.map(|a| a.to_string()),
             sandbox = sandbox.is_some(),
             webhook = config.webhook.url.is_some(),
             "wechat-kf serve started"
         );
         Ok(RunningService {
             local_addr,
+            metrics_addr,
             state,
             store,
             pullers,
@@ -357,7 +391,7 @@ impl Service {
             sandbox,
             clock,
             shutdown,
-            server,
+            servers,
             deliverer,
             replies,
             background,
@@ -472,6 +506,11 @@ impl RunningService {
         self.local_addr
     }
 
+    /// Where `/metrics` is served apart (`http.metrics_listen`), if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     /// `http://<listen address>` (loopback when listening on all interfaces).
     pub fn base_url(&self) -> String {
         format!("http://{}", loopback(self.local_addr))
@@ -533,14 +572,17 @@ impl RunningService {
         self.sandbox.as_ref().map(|s| s.running.emulator())
     }
 
-    /// Stops gracefully: the HTTP server stops accepting and finishes its requests; pullers
+    /// Stops gracefully: the HTTP server stops accepting and finishes its requests (for at most
+    /// `http.shutdown_grace`, then closes what remains); pullers
     /// finish the page commit in progress; the deliverer waits (up to the webhook timeout) for
     /// deliveries in flight and records them; queued work is finished and the store closed.
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
         self.state.set_ready(false);
         self.shutdown.cancel();
-        let _ = self.server.await;
+        for server in self.servers {
+            let _ = server.await;
+        }
         self.pullers.join().await;
         let _ = self.deliverer.await;
         let _ = self.replies.await;
@@ -563,7 +605,9 @@ impl RunningService {
     pub async fn abandon(self) {
         self.state.set_ready(false);
         self.shutdown.cancel();
-        self.server.abort();
+        for server in &self.servers {
+            server.abort();
+        }
         self.deliverer.abort();
         self.replies.abort();
         for task in &self.background {
@@ -572,7 +616,9 @@ impl RunningService {
         self.pullers.abort().await;
         let _ = self.deliverer.await;
         let _ = self.replies.await;
-        let _ = self.server.await;
+        for server in self.servers {
+            let _ = server.await;
+        }
         self.store.close().await;
         drop(self.leader);
         if let Some(sandbox) = self.sandbox {

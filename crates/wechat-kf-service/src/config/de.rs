@@ -74,6 +74,18 @@ pub(super) fn addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Err
     })
 }
 
+/// An optional address; an empty string is none.
+pub(super) fn opt_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let value = Option::<String>::deserialize(d)?;
+    match value.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("{v:?} is not an address like 127.0.0.1:9090"))),
+    }
+}
+
 pub(super) fn media_kinds<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<MediaKind>, D::Error> {
     let kinds = Vec::<String>::deserialize(d)?;
     kinds

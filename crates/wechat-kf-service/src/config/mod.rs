@@ -61,6 +61,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// WeChat credentials; without `corp_id` and `secret` the service runs in sandbox mode.
     pub wechat: WechatConfig,
+    /// The HTTP server: timeouts, the connection cap, shutdown, where `/metrics` is served
+    /// (`[http]`).
+    pub http: HttpConfig,
     /// The callback endpoint.
     pub callback: CallbackConfig,
     /// Pulling.
@@ -139,6 +142,45 @@ pub struct WechatConfig {
     pub token_store: Option<Secret>,
 }
 
+/// The HTTP server (`[http]`): what a client may hold, for how long, and where `/metrics` is.
+///
+/// A request's headers and body must arrive within `read_timeout`; a kept-alive connection
+/// without a request in flight is closed after `idle_timeout`; at most `max_connections` are
+/// open at once (at the cap the oldest connection without a request in flight is closed to make
+/// room, so a probe of `/healthz` still gets in). Keep `max_connections` well under the
+/// process's file-descriptor limit (`ulimit -n`): the store, WeChat and the bot need some too.
+#[derive(Debug, Clone, SmartDefault, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Time allowed for a request's headers (from the connection's opening) and, once they are
+    /// in, for its body; a slower client gets 408 or is disconnected. Default 10 s.
+    #[default(Duration::from_secs(10))]
+    #[serde(deserialize_with = "de::duration")]
+    pub read_timeout: Duration,
+    /// A kept-alive connection without a request in flight is closed after this long.
+    /// Default 60 s.
+    #[default(Duration::from_secs(60))]
+    #[serde(deserialize_with = "de::duration")]
+    pub idle_timeout: Duration,
+    /// Most connections open at once, on every listener together. Default 512 (under the common
+    /// limit of 1,024 file descriptors).
+    #[default(512)]
+    pub max_connections: usize,
+    /// On shutdown, how long requests in flight may still take before their connections are
+    /// closed. Default 5 s.
+    #[default(Duration::from_secs(5))]
+    #[serde(deserialize_with = "de::duration")]
+    pub shutdown_grace: Duration,
+    /// Serve `GET /metrics` on this address instead of `listen` (e.g. a private interface).
+    /// Default none: `/metrics` is on `listen`.
+    #[serde(deserialize_with = "de::opt_addr")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// A bearer token `GET /metrics` requires (`Authorization: Bearer <token>`). Default none:
+    /// `/metrics` is open.
+    #[serde(deserialize_with = "de::secret")]
+    pub metrics_token: Option<Secret>,
+}
+
 /// The callback endpoint (`[callback]`).
 #[derive(Debug, Clone, SmartDefault, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -181,6 +223,12 @@ pub struct PullConfig {
     #[default(VoiceFormat::Amr)]
     #[serde(deserialize_with = "de::voice_format")]
     pub voice_format: VoiceFormat,
+    /// Most `sync_msg` calls without a callback Token per account and minute (safety pulls, a
+    /// Token WeChat rejected with 95007, a catch-up without callbacks). WeChat limits these
+    /// calls strictly and does not publish the limit; past this many the puller waits.
+    /// Default 60.
+    #[default(60)]
+    pub tokenless_per_minute: u32,
 }
 
 impl PullConfig {
@@ -465,6 +513,8 @@ impl Config {
             ("wechat.timeout", wechat.timeout),
             ("webhook.timeout", webhook.timeout),
             ("storage.standby_poll", self.storage.standby_poll),
+            ("http.read_timeout", self.http.read_timeout),
+            ("http.idle_timeout", self.http.idle_timeout),
         ];
         if let Some((key, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
             return wrong(key, "must be positive");
@@ -474,6 +524,11 @@ impl Config {
             ("webhook.concurrency", webhook.concurrency as u64),
             ("media.concurrency", media.concurrency as u64),
             ("media.max_bytes", media.max_bytes),
+            ("http.max_connections", self.http.max_connections as u64),
+            (
+                "pull.tokenless_per_minute",
+                self.pull.tokenless_per_minute.into(),
+            ),
         ];
         if let Some((key, _)) = counts.iter().find(|(_, n)| *n == 0) {
             return wrong(key, "must be at least 1");
@@ -519,6 +574,19 @@ impl Config {
             .is_some_and(|m| m.is_empty() || m.len() > 2048)
         {
             return wrong("handoff.message", "must be 1-2048 bytes");
+        }
+        if self.http.max_connections > 1_000_000 {
+            return wrong("http.max_connections", "must be at most 1000000");
+        }
+        if self.http.shutdown_grace > Duration::from_secs(3600) {
+            return wrong("http.shutdown_grace", "must be at most 1h");
+        }
+        if self
+            .http
+            .metrics_listen
+            .is_some_and(|a| a == self.listen && a.port() != 0)
+        {
+            return wrong("http.metrics_listen", "must differ from listen");
         }
         // media.object_store is checked where the bucket is opened, when the service starts.
         None

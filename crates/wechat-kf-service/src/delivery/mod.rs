@@ -26,6 +26,7 @@ use crate::clock::Clock;
 use crate::config::{JoinerConfig, WebhookConfig};
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 use crate::replies::{ReplyOrigin, queue_reply};
 use crate::retry::{backoff, jitter};
 use crate::store::{
@@ -117,6 +118,8 @@ pub(crate) struct Deliverer {
     replies: Arc<Notify>,
     /// Retry timers and delivery lag are on the service's own clock.
     clock: Clock,
+    /// Where a store that cannot write makes the service not ready (one log line per change).
+    readiness: Arc<Readiness>,
     lanes: HashMap<Lane, LaneState>,
     ready: VecDeque<Lane>,
     deliveries: HashMap<Arc<str>, Delivery>,
@@ -131,6 +134,12 @@ pub(crate) struct Deliverer {
 }
 
 impl Deliverer {
+    /// Reports store write failures to `readiness` (not ready, one log line per change).
+    pub(crate) fn watch_store(mut self, readiness: Arc<Readiness>) -> Self {
+        self.readiness = readiness;
+        self
+    }
+
     /// Loads what the last run left (pending messages, open deliveries) and returns the
     /// deliverer and the queue pullers feed. Call before any puller starts.
     pub(crate) async fn recover(
@@ -152,6 +161,7 @@ impl Deliverer {
             metrics,
             replies,
             clock,
+            readiness: Arc::default(),
             lanes: HashMap::new(),
             ready: VecDeque::new(),
             deliveries: HashMap::new(),
@@ -391,10 +401,12 @@ impl Deliverer {
         if !records.is_empty() {
             let now_ms = self.clock.local_ms();
             if let Err(e) = self.store.begin_deliveries(records, now_ms).await {
-                tracing::error!(error = %e, "cannot record deliveries; retrying in 1 s");
+                self.readiness.store_write_failed("deliverer", &e);
+                tracing::debug!(error = %e, "cannot record deliveries; retrying in 1 s");
                 self.postpone(batch, 1000);
                 return;
             }
+            self.readiness.store_write_succeeded("deliverer");
             for id in &batch {
                 if let Some(d) = self.deliveries.get_mut(id) {
                     d.recorded = true;
@@ -644,9 +656,13 @@ impl Deliverer {
         let mut wait = Duration::from_millis(200);
         loop {
             match self.store.finish_deliveries(finish.clone()).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    self.readiness.store_write_succeeded("deliverer");
+                    break;
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot record delivery results; retrying");
+                    self.readiness.store_write_failed("deliverer", &e);
+                    tracing::debug!(error = %e, "cannot record delivery results; retrying");
                     if shutdown.is_cancelled() {
                         return;
                     }

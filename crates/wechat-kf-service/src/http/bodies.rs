@@ -19,6 +19,7 @@ use wechat_kf::session::SessionView;
 use wechat_kf::{ExternalUserId, MsgId, OpenKfId, UserId};
 
 use super::error::ApiError;
+use super::server::is_body_timeout;
 use crate::replies::{OnEvent, SendMsg, Transfer, parse_on_event, parse_send_msg, parse_transfer};
 use crate::send_policy::Refusal;
 
@@ -41,6 +42,8 @@ where
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::TooLarge
+                } else if is_body_timeout(&rejection) {
+                    ApiError::BodyTimeout
                 } else {
                     ApiError::BadRequest("unreadable body".into())
                 }

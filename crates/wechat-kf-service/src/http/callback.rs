@@ -1,9 +1,12 @@
 //! The callback endpoint: URL verification (GET) and `kf_msg_or_event` (POST).
 //!
 //! A POST is verified (signature, then timestamp window), decrypted and answered `200 success`
-//! at once; the only work done is waking the account's puller. Answers: 401 for a forged
+//! at once; the only work done is waking the account's puller. A callback seen before (same
+//! signature, timestamp and nonce: a replay, or WeChat's retry of one we were slow to answer)
+//! is answered `200 success` and does nothing; the store remembers callbacks for the timestamp
+//! window, so instances sharing a database share the memory. Answers: 401 for a forged
 //! signature or a timestamp outside the window, 403 for a callback meant for another corp, 413
-//! for a body over the limit, 400 for anything unreadable. Without a callback Token and
+//! for a body over the limit, 400 for anything unreadable or an id that is not WeChat's shape. Without a callback Token and
 //! EncodingAESKey these routes are not mounted at all (the service says so at start).
 
 use std::borrow::Cow;
@@ -17,12 +20,21 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
+use sha2::{Digest, Sha256};
 use wechat_kf::callback::CallbackEvent;
 use wechat_kf::crypto::{CallbackCrypto, CryptoError, ReplayWindow, url_decode};
 
 use crate::clock::Clock;
+use crate::ids::{IdKind, bounded, check};
 use crate::metrics::{CallbackResult, Metrics};
 use crate::puller::Pullers;
+use crate::store::Store;
+
+/// How long a callback is remembered when no timestamp window is configured.
+const REMEMBER_WITHOUT_WINDOW: Duration = Duration::from_secs(300);
+
+/// Longest callback Token accepted (official doc 94670: `token` ≤ 128 bytes).
+const MAX_CALLBACK_TOKEN: usize = 128;
 
 /// The callback endpoint's configuration.
 pub(crate) struct CallbackSettings {
@@ -45,6 +57,8 @@ pub(crate) struct CallbackState {
 struct Inner {
     settings: CallbackSettings,
     pullers: Arc<Pullers>,
+    /// Remembers the callbacks seen (the replay cache).
+    store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     /// WeChat's clock, against which callback timestamps are checked.
     clock: Clock,
@@ -54,6 +68,7 @@ impl CallbackState {
     pub(crate) fn new(
         settings: CallbackSettings,
         pullers: Arc<Pullers>,
+        store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
         clock: Clock,
     ) -> Self {
@@ -61,6 +76,7 @@ impl CallbackState {
             inner: Arc::new(Inner {
                 settings,
                 pullers,
+                store,
                 metrics,
                 clock,
             }),
@@ -160,6 +176,73 @@ fn stale(state: &CallbackState, timestamp: &str) -> Option<Response> {
     }
 }
 
+/// Whether this verified callback was seen before within the window (then it does nothing).
+/// The key is a digest of what WeChat signs it with: a replay repeats all three, and a
+/// different callback (a new nonce, or new content under the same nonce) differs in one.
+async fn replayed(state: &CallbackState, sig: &str, ts: &str, nonce: &str) -> bool {
+    let inner = &state.inner;
+    let mut digest = Sha256::new();
+    for part in [sig, ts, nonce] {
+        digest.update(part.as_bytes());
+        digest.update([0u8]);
+    }
+    let key = hex::encode(digest.finalize());
+    let now = inner.clock.now();
+    let window = match inner.settings.timestamp_window {
+        Duration::ZERO => REMEMBER_WITHOUT_WINDOW,
+        window => window,
+    };
+    let window = window.as_secs().min(i64::MAX as u64 / 4) as i64;
+    // Remembered until its timestamp leaves the window (after that the window refuses it).
+    let stamped = ts
+        .trim()
+        .parse::<i64>()
+        .unwrap_or(now)
+        .clamp(now - window, now + window);
+    match inner.store.first_callback(key, stamped + window, now).await {
+        Ok(first) => !first,
+        Err(e) => {
+            // Waking twice is harmless (wakes coalesce); refusing a real callback is not.
+            tracing::debug!(error = %e, "cannot check the callback replay cache; accepting");
+            false
+        }
+    }
+}
+
+/// Checks the ids a callback names; the 400 answer when one is not WeChat's shape.
+fn invalid_ids(state: &CallbackState, event: &CallbackEvent) -> Option<Response> {
+    let problem = match event {
+        CallbackEvent::KfMsgOrEvent(e) => {
+            e.open_kfid
+                .as_ref()
+                .and_then(|id| check(IdKind::OpenKfId, id.as_str()).err())
+                .or_else(|| {
+                    (e.token.len() > MAX_CALLBACK_TOKEN || e.token.chars().any(char::is_control))
+                        .then(|| {
+                            format!(
+                                "Token is {} bytes or holds control characters ({:?})",
+                                e.token.len(),
+                                bounded(&e.token, 16)
+                            )
+                        })
+                })
+        }
+        CallbackEvent::KfAccountAuthChange(change) => change
+            .auth_add_open_kfid
+            .iter()
+            .chain(&change.auth_del_open_kfid)
+            .find_map(|id| check(IdKind::OpenKfId, id.as_str()).err()),
+        _ => None,
+    }?;
+    tracing::warn!(reason = %problem, "callback refused: an id is not WeChat's shape");
+    Some(reject(
+        state,
+        CallbackResult::Malformed,
+        StatusCode::BAD_REQUEST,
+        "invalid id in the callback\n",
+    ))
+}
+
 /// `GET <callback path>`: answers the decrypted `echostr`, exactly.
 pub(crate) async fn verify_url(
     State(state): State<CallbackState>,
@@ -241,6 +324,13 @@ pub(crate) async fn event(
     if let Some(response) = stale(&state, &ts) {
         return response;
     }
+    if let Some(response) = invalid_ids(&state, &event) {
+        return response;
+    }
+    if replayed(&state, &sig, &ts, &nonce).await {
+        state.inner.metrics.callback(CallbackResult::Replayed);
+        return (StatusCode::OK, "success").into_response();
+    }
     state.inner.metrics.callback(CallbackResult::Accepted);
     let pullers = &state.inner.pullers;
     match event {
@@ -249,7 +339,7 @@ pub(crate) async fn event(
                 if !pullers.wake(&open_kfid, Some(e.token)) {
                     tracing::warn!(
                         open_kfid = open_kfid.as_str(),
-                        "account limit reached: callback ignored"
+                        "account limit reached (pull.max_accounts): callback ignored"
                     );
                 }
             }
@@ -293,6 +383,7 @@ mod tests {
     }
 
     fn state() -> CallbackState {
+        let store = crate::store::SqliteStore::open(":memory:", Default::default()).unwrap();
         CallbackState::new(
             CallbackSettings {
                 crypto: crypto(),
@@ -301,6 +392,7 @@ mod tests {
                 max_body: 4096,
             },
             Arc::new(Pullers::detached(5000)),
+            Arc::new(store),
             Arc::default(),
             Clock::system(),
         )
@@ -439,11 +531,55 @@ mod tests {
         assert_eq!(post(&state, &query, body).await.0, StatusCode::UNAUTHORIZED);
         assert!(state.pullers().slot("wkA").is_none());
         assert_eq!(state.metrics().callbacks(CallbackResult::Stale), 2);
-        // Inside the window a replay is accepted and harmless: it only coalesces into a pull.
+        // Inside the window a replay is answered 200 and does nothing.
         let (query, body) = callback(&event_xml("wkA", "T"), now(), &crypto());
         assert_eq!(post(&state, &query, body.clone()).await.0, StatusCode::OK);
         assert_eq!(post(&state, &query, body).await.0, StatusCode::OK);
         assert_eq!(state.pullers().accounts(), vec![OpenKfId::from("wkA")]);
+        assert_eq!(state.pullers().slot("wkA").unwrap().wakes(), 1);
+        assert_eq!(state.metrics().callbacks(CallbackResult::Replayed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_replayed_callback_is_answered_200_without_a_wake_however_often_it_comes() {
+        let state = state();
+        let (query, body) = callback(&event_xml("wkA", "T1"), now(), &crypto());
+        for _ in 0..1000 {
+            let (status, text) = post(&state, &query, body.clone()).await;
+            assert_eq!((status, text.as_str()), (StatusCode::OK, "success"));
+        }
+        assert_eq!(state.pullers().slot("wkA").unwrap().wakes(), 1);
+        assert_eq!(state.metrics().callbacks(CallbackResult::Replayed), 999);
+        assert_eq!(state.metrics().callbacks(CallbackResult::Accepted), 1);
+        // Another callback (other content, so another signature) is not a replay.
+        let (query, body) = callback(&event_xml("wkA", "T2"), now(), &crypto());
+        assert_eq!(post(&state, &query, body).await.0, StatusCode::OK);
+        assert_eq!(state.pullers().slot("wkA").unwrap().wakes(), 2);
+    }
+
+    #[tokio::test]
+    async fn signed_callbacks_naming_oversized_or_hostile_ids_get_400_and_wake_nothing() {
+        let state = state();
+        // (30,000 characters would not fit this state's 4 KiB body limit.)
+        for id in [
+            "w".repeat(2_000),
+            "../../etc/passwd; DROP TABLE cursors;--".to_owned(),
+            "wk\nERROR forged".to_owned(),
+        ] {
+            let (query, body) = callback(&event_xml(&id, "T"), now(), &crypto());
+            let (status, text) = post(&state, &query, body).await;
+            assert_eq!(
+                status,
+                StatusCode::BAD_REQUEST,
+                "{}",
+                &id[..id.len().min(40)]
+            );
+            assert_eq!(text, "invalid id in the callback\n");
+        }
+        let (query, body) = callback(&event_xml("wkA", &"T".repeat(1000)), now(), &crypto());
+        assert_eq!(post(&state, &query, body).await.0, StatusCode::BAD_REQUEST);
+        assert!(state.pullers().accounts().is_empty());
+        assert_eq!(state.metrics().callbacks(CallbackResult::Malformed), 4);
     }
 
     #[tokio::test]
@@ -497,7 +633,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn concurrent_duplicate_callbacks_coalesce_into_one_pending_pull() {
+    async fn concurrent_distinct_callbacks_coalesce_into_one_pending_pull() {
         let state = state();
         let mut tasks = Vec::new();
         for i in 0..50 {

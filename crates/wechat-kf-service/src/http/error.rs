@@ -44,13 +44,15 @@ impl ErrorBody {
     }
 }
 
-/// A 409: the send policy refused, or the same msgid is being sent right now.
+/// A 409: the send policy refused, the same msgid is being sent right now, or it was sent
+/// before with another body or recipient (`idempotency_mismatch`).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(untagged)]
 pub(crate) enum ConflictBody {
     /// The send policy (or WeChat, for a reason of the session) refused the send.
     Refused(Refusal),
-    /// A request with the same msgid is in progress (`retryable: true`).
+    /// A request with the same msgid is in progress (`retryable: true`), or the msgid was used
+    /// with another body or recipient (`"error": "idempotency_mismatch"`).
     InProgress(ErrorBody),
 }
 
@@ -59,6 +61,17 @@ pub(crate) enum ConflictBody {
 pub(crate) enum ApiError {
     /// 400: the body or a parameter is invalid.
     BadRequest(String),
+    /// 400: an id is not WeChat's shape (`field` names it).
+    InvalidId {
+        /// The field (`open_kfid`, `touser`, …).
+        field: &'static str,
+        /// What is wrong, quoting at most a bounded prefix of the value.
+        message: String,
+    },
+    /// 408: the body did not arrive within `http.read_timeout`.
+    BodyTimeout,
+    /// 409: the msgid was used before with another body or recipient.
+    IdempotencyMismatch,
     /// 401: missing or wrong bearer token.
     Unauthorized,
     /// 403: no reply-API token is configured.
@@ -87,6 +100,24 @@ impl ApiError {
             ApiError::BadRequest(message) => (
                 StatusCode::BAD_REQUEST,
                 ErrorBody::new(message.clone(), false),
+            ),
+            ApiError::InvalidId { field, message } => (
+                StatusCode::BAD_REQUEST,
+                ErrorBody {
+                    field: Some((*field).to_owned()),
+                    ..ErrorBody::new(message.clone(), false)
+                },
+            ),
+            ApiError::BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorBody::new(
+                    "the body did not arrive within the server's read timeout",
+                    true,
+                ),
+            ),
+            ApiError::IdempotencyMismatch => (
+                StatusCode::CONFLICT,
+                ErrorBody::new("idempotency_mismatch", false),
             ),
             ApiError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
@@ -154,7 +185,16 @@ impl IntoResponse for ApiError {
             ApiError::Refused(refusal) => {
                 (status, Json(ConflictBody::Refused(*refusal))).into_response()
             }
-            ApiError::InProgress => (status, Json(ConflictBody::InProgress(body))).into_response(),
+            ApiError::InProgress | ApiError::IdempotencyMismatch => {
+                (status, Json(ConflictBody::InProgress(body))).into_response()
+            }
+            // The client is too slow to keep its connection.
+            ApiError::BodyTimeout => (
+                status,
+                [(header::CONNECTION, HeaderValue::from_static("close"))],
+                Json(body),
+            )
+                .into_response(),
             ApiError::Unauthorized => (
                 status,
                 [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],

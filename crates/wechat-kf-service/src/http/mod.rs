@@ -5,13 +5,14 @@
 //! | `GET` / `POST <callback.path>` (default `/callback`) | WeChat callbacks; mounted only when the callback Token and EncodingAESKey are configured |
 //! | `POST /v1/messages`, `/v1/messages/on_event`, `/v1/service_state/trans`, `GET /v1/sessions/{open_kfid}/{external_userid}` | the reply API (bearer token; 403 when no token is configured) |
 //! | `GET /healthz` | the process is up |
-//! | `GET /readyz` | the store answers and the service is not stopping |
-//! | `GET /metrics` | Prometheus text format |
+//! | `GET /readyz` | the store answers, every readiness condition holds, the service is not stopping |
+//! | `GET /metrics` | Prometheus text format (here, or alone on `http.metrics_listen`; behind `http.metrics_token` when set) |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document of these routes ([`openapi`]) |
 //!
 //! Each route set gets the state it needs: the callback routes a [`CallbackState`] with its
 //! crypto, the reply API a [`ReplyApiState`] with its token; what is not configured is known
-//! at start, never discovered by a request.
+//! at start, never discovered by a request. [`server`] is the accept loop that serves the
+//! router with read and idle timeouts, a connection cap and a bounded graceful shutdown.
 
 pub(crate) mod auth;
 pub(crate) mod bodies;
@@ -20,6 +21,7 @@ pub(crate) mod error;
 pub(crate) mod health;
 pub mod openapi;
 pub(crate) mod reply_api;
+pub(crate) mod server;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +34,7 @@ use crate::clock::Clock;
 use crate::config::Secret;
 use crate::metrics::Metrics;
 use crate::puller::Pullers;
+use crate::readiness::Readiness;
 use crate::send_policy::Gate;
 use crate::store::Store;
 
@@ -48,6 +51,8 @@ pub struct AppState {
     /// `None`: no reply-API token, the reply API answers 403.
     reply_api: Option<ReplyApiState>,
     pullers: Arc<Pullers>,
+    /// `/metrics` is served on a listener of its own (`http.metrics_listen`).
+    metrics_apart: bool,
 }
 
 impl std::fmt::Debug for AppState {
@@ -72,6 +77,12 @@ pub(crate) struct AppParts {
     pub(crate) callback: Option<CallbackSettings>,
     /// The reply API's bearer token, when the reply API is on.
     pub(crate) api_token: Option<Secret>,
+    /// The conditions `/readyz` reports.
+    pub(crate) readiness: Arc<Readiness>,
+    /// The bearer token `/metrics` requires, if any.
+    pub(crate) metrics_token: Option<Secret>,
+    /// `/metrics` is served apart, on `http.metrics_listen`.
+    pub(crate) metrics_apart: bool,
 }
 
 impl AppState {
@@ -86,19 +97,31 @@ impl AppState {
             clock,
             callback,
             api_token,
+            readiness,
+            metrics_token,
+            metrics_apart,
         } = parts;
         AppState {
             health: HealthState {
                 store: store.clone(),
                 metrics: metrics.clone(),
                 ready: Arc::new(AtomicBool::new(true)),
+                readiness,
+                metrics_token,
             },
             callback: callback.map(|settings| {
-                CallbackState::new(settings, pullers.clone(), metrics.clone(), clock)
+                CallbackState::new(
+                    settings,
+                    pullers.clone(),
+                    store.clone(),
+                    metrics.clone(),
+                    clock,
+                )
             }),
             reply_api: api_token
                 .map(|token| ReplyApiState::new(token, client, store, gate, metrics.clone())),
             pullers,
+            metrics_apart,
         }
     }
 
@@ -112,6 +135,11 @@ impl AppState {
         &self.health.metrics
     }
 
+    /// The conditions `/readyz` reports.
+    pub fn readiness(&self) -> &Arc<Readiness> {
+        &self.health.readiness
+    }
+
     /// Marks the service ready (or not: `/readyz` then answers 503).
     pub fn set_ready(&self, ready: bool) {
         self.health.ready.store(ready, Ordering::Relaxed);
@@ -119,8 +147,9 @@ impl AppState {
 }
 
 /// The service's router: the callback routes (when configured), the reply API (or its 403
-/// answer), health, metrics and `/openapi.json`.
+/// answer), health, metrics (unless served apart, see [`metrics_router`]) and `/openapi.json`.
 pub fn router(state: AppState) -> Router {
+    let metrics = (!state.metrics_apart).then(|| health::metrics_routes(state.health.clone()));
     let reply_api = match state.reply_api {
         Some(api) => reply_api::routes(api),
         None => reply_api::disabled_routes(state.health.metrics.clone()),
@@ -132,5 +161,13 @@ pub fn router(state: AppState) -> Router {
     if let Some(callback) = state.callback {
         router = router.merge(callback::routes(callback));
     }
+    if let Some(metrics) = metrics {
+        router = router.merge(metrics);
+    }
     router
+}
+
+/// `/metrics` alone, for `http.metrics_listen`.
+pub fn metrics_router(state: &AppState) -> Router {
+    health::metrics_routes(state.health.clone())
 }

@@ -5,8 +5,12 @@
 //! human servicer holds the session, the 48-hour window closed, the 5-message quota is spent) is
 //! not made and the answer is 409 with the refusal. Status: 400 invalid request, 401 missing or
 //! wrong token, 403 reply API disabled, 409 `send_refused` (or the same msgid is being sent
-//! right now), 413 body too large, 422 WeChat refused for another reason, 502 WeChat
-//! unreachable or answering garbage, 503 WeChat busy (-1, 45009, 45033; retry later).
+//! right now, or `idempotency_mismatch`: it was sent before with another body or recipient),
+//! 408 the body did not arrive within `http.read_timeout`, 413 body too large, 422 WeChat
+//! refused for another reason, 502 WeChat unreachable or answering garbage, 503 WeChat busy
+//! (-1, 45009, 45033; retry later). Ids (`open_kfid`, `touser`, `external_userid`,
+//! `servicer_userid`, path parameters) are checked against WeChat's shapes first (400 with
+//! `field`).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -18,6 +22,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use sha2::{Digest, Sha256};
 use wechat_kf::client::Client;
 use wechat_kf::{ExternalUserId, MsgId, OpenKfId};
 
@@ -28,11 +33,12 @@ use super::bodies::{
 use super::error::{ApiError, ConflictBody, ErrorBody};
 use crate::config::Secret;
 use crate::error::safe_error;
+use crate::ids::{IdKind, check};
 use crate::metrics::Metrics;
 use crate::replies::SendMsg;
 use crate::send_policy::{Gate, Refusal, SendOutcome};
 use crate::sender::transfer_and_greet;
-use crate::store::Store;
+use crate::store::{ApiSend, Store};
 
 /// Largest reply-API request body.
 const MAX_API_BODY: usize = 1024 * 1024;
@@ -174,13 +180,30 @@ impl IntoResponse for Sent {
     }
 }
 
+/// Checks an id of a request (`field` as the caller wrote it).
+fn valid_id(kind: IdKind, field: &'static str, value: &str) -> Result<(), ApiError> {
+    check(kind, value).map_err(|message| ApiError::InvalidId {
+        field,
+        message: message.replacen(kind.field(), field, 1),
+    })
+}
+
+/// A request's fingerprint: SHA-256 (hex) of the request as it goes to WeChat.
+fn fingerprint(request: &impl serde::Serialize) -> String {
+    let json = serde_json::to_string(request).unwrap_or_default();
+    hex::encode(Sha256::digest(json.as_bytes()))
+}
+
 /// Sends through `send` with idempotency on `(key, msgid)` when the caller chose the msgid: a
-/// repeat of a successful request gets the stored answer instead of a second message.
+/// repeat of a successful request gets the stored answer instead of a second message; a
+/// request reusing the msgid with another body or recipient (another `fingerprint`) gets 409
+/// `idempotency_mismatch`.
 async fn idempotent_send<F, Fut>(
     state: &ReplyApiState,
     endpoint: &'static str,
     key: String,
     msgid: Option<MsgId>,
+    fingerprint: String,
     send: F,
 ) -> Result<Sent, ApiError>
 where
@@ -193,8 +216,17 @@ where
         Some(msgid) => {
             match store.api_send(key.clone(), msgid.clone()).await {
                 Ok(Some(stored)) => {
+                    if stored
+                        .request_sha256
+                        .as_ref()
+                        .is_some_and(|sha| *sha != fingerprint)
+                    {
+                        Metrics::add(&metrics.api_requests_failed, 1);
+                        tracing::info!(endpoint, "reply API msgid reused with another request");
+                        return Err(ApiError::IdempotencyMismatch);
+                    }
                     Metrics::add(&metrics.api_requests_ok, 1);
-                    return Ok(Sent::Replayed(stored));
+                    return Ok(Sent::Replayed(stored.response));
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "idempotency lookup failed; sending anyway"),
@@ -213,8 +245,12 @@ where
             let body = SentBody::new(sent.msgid);
             if let Some(msgid) = msgid {
                 match serde_json::to_string(&body) {
-                    Ok(record) => {
+                    Ok(response) => {
                         let now_ms = state.inner.gate.clock.local_ms();
+                        let record = ApiSend {
+                            response,
+                            request_sha256: Some(fingerprint),
+                        };
                         if let Err(e) = store.record_api_send(key, msgid, record, now_ms).await {
                             tracing::warn!(error = %e, "cannot record the send for idempotency");
                         }
@@ -263,7 +299,8 @@ where
         (status = 400, description = "Invalid body (`field` names the offending field for limit violations).", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
         (status = 403, description = "The reply API is disabled (no token configured).", body = ErrorBody),
-        (status = 409, description = "The send policy refused (nothing was sent), or a request with the same msgid is in progress.", body = ConflictBody),
+        (status = 408, description = "The body did not arrive within the server's read timeout.", body = ErrorBody),
+        (status = 409, description = "The send policy refused (nothing was sent), a request with the same msgid is in progress, or the msgid was used before with another body or recipient (`idempotency_mismatch`).", body = ConflictBody),
         (status = 413, description = "The body is over 1 MiB.", body = ErrorBody),
         (status = 422, description = "WeChat refused for another reason (e.g. 40096 unknown customer).", body = ErrorBody),
         (status = 502, description = "WeChat unreachable or answering garbage.", body = ErrorBody),
@@ -276,6 +313,8 @@ pub(crate) async fn send_msg(
     _: Authorized,
     JsonBody(SendMsgBody(parsed)): JsonBody<SendMsgBody>,
 ) -> Result<Sent, ApiError> {
+    valid_id(IdKind::OpenKfId, "open_kfid", parsed.open_kfid.as_str())?;
+    valid_id(IdKind::ExternalUserId, "touser", parsed.touser.as_str())?;
     let key = format!("send_msg:{}", parsed.open_kfid);
     let SendMsg {
         request,
@@ -284,12 +323,14 @@ pub(crate) async fn send_msg(
         msgid,
         caller_msgid,
     } = parsed;
+    let fingerprint = fingerprint(&request);
     let gate = state.inner.gate.clone();
     idempotent_send(
         &state,
         "kf/send_msg",
         key,
         caller_msgid.then_some(msgid),
+        fingerprint,
         move || async move { gate.send(&open_kfid, &touser, request).await },
     )
     .await
@@ -307,7 +348,8 @@ pub(crate) async fn send_msg(
         (status = 400, description = "Invalid body.", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
         (status = 403, description = "The reply API is disabled.", body = ErrorBody),
-        (status = 409, description = "A request with the same msgid is in progress.", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within the server's read timeout.", body = ErrorBody),
+        (status = 409, description = "A request with the same msgid is in progress, or the msgid was used before with another body (`idempotency_mismatch`).", body = ErrorBody),
         (status = 413, description = "The body is over 1 MiB.", body = ErrorBody),
         (status = 422, description = "WeChat refused (e.g. a code already used or expired).", body = ErrorBody),
         (status = 502, description = "WeChat unreachable or answering garbage.", body = ErrorBody),
@@ -320,8 +362,18 @@ pub(crate) async fn send_msg_on_event(
     _: Authorized,
     JsonBody(OnEventBody(parsed)): JsonBody<OnEventBody>,
 ) -> Result<Sent, ApiError> {
+    if parsed.code.len() > 256 || parsed.code.chars().any(char::is_control) {
+        return Err(ApiError::InvalidId {
+            field: "code",
+            message: format!(
+                "code is {} bytes or holds control characters",
+                parsed.code.len()
+            ),
+        });
+    }
     let key = format!("on_event:{}", parsed.code);
     let request = parsed.request;
+    let fingerprint = fingerprint(&request);
     let client = state.inner.client.clone();
     let metrics = state.inner.metrics.clone();
     idempotent_send(
@@ -329,6 +381,7 @@ pub(crate) async fn send_msg_on_event(
         "kf/send_msg_on_event",
         key,
         parsed.caller_msgid.then_some(parsed.msgid),
+        fingerprint,
         move || async move {
             match client.messages().send_on_event(request).await {
                 Ok(sent) => SendOutcome::Sent(sent),
@@ -367,6 +420,15 @@ pub(crate) async fn trans(
     _: Authorized,
     JsonBody(TransBody(transfer)): JsonBody<TransBody>,
 ) -> Result<Json<TransDone>, ApiError> {
+    valid_id(IdKind::OpenKfId, "open_kfid", transfer.open_kfid.as_str())?;
+    valid_id(
+        IdKind::ExternalUserId,
+        "external_userid",
+        transfer.external_userid.as_str(),
+    )?;
+    if let Some(servicer) = &transfer.servicer_userid {
+        valid_id(IdKind::UserId, "servicer_userid", servicer.as_str())?;
+    }
     let inner = &state.inner;
     match transfer_and_greet(
         &inner.client,
@@ -405,7 +467,7 @@ pub(crate) async fn trans(
     ),
     responses(
         (status = 200, description = "The session as the service sees it.", body = SessionBody),
-        (status = 400, description = "Unreadable path parameters.", body = ErrorBody),
+        (status = 400, description = "Unreadable path parameters, or an id that is not WeChat's shape (`field` names it).", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
         (status = 403, description = "The reply API is disabled.", body = ErrorBody),
     ),
@@ -418,6 +480,8 @@ pub(crate) async fn session(
 ) -> Result<Json<SessionBody>, ApiError> {
     let Path((open_kfid, external_userid)) =
         path.map_err(|e| ApiError::BadRequest(format!("invalid path: {}", e.body_text())))?;
+    valid_id(IdKind::OpenKfId, "open_kfid", &open_kfid)?;
+    valid_id(IdKind::ExternalUserId, "external_userid", &external_userid)?;
     let (open_kfid, external_userid) = (
         OpenKfId::from(open_kfid),
         ExternalUserId::from(external_userid),

@@ -24,6 +24,7 @@ mod sqlite;
 
 pub use policy::is_skipped;
 pub use postgres::PostgresStore;
+pub(crate) use postgres::connect_error;
 pub use sqlite::SqliteStore;
 
 /// A boxed, sendable future (the trait must stay object-safe).
@@ -428,6 +429,16 @@ pub(crate) fn encode_view(view: &SessionView) -> String {
     serde_json::to_string(view).unwrap_or_else(|_| "{}".into())
 }
 
+/// A reply-API send as recorded for idempotency.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiSend {
+    /// The answer given (JSON), replayed to a repeat.
+    pub response: String,
+    /// SHA-256 (hex) of the request as sent to WeChat: a repeat with the same msgid but another
+    /// body or recipient is refused. `None` for records from before it was kept.
+    pub request_sha256: Option<String>,
+}
+
 /// A failed delivery: `old_id` is replaced by `retries` (the same id for a one-customer
 /// delivery; one per customer when a delivery spanning several customers failed).
 #[derive(Debug, Clone)]
@@ -566,17 +577,32 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> BoxFuture<'_, Result<(), Error>>;
 
-    /// The stored response of a reply-API send with this idempotency key and msgid.
-    fn api_send(&self, key: String, msgid: MsgId) -> BoxFuture<'_, Result<Option<String>, Error>>;
+    /// The stored record of a reply-API send with this idempotency key and msgid.
+    fn api_send(&self, key: String, msgid: MsgId) -> BoxFuture<'_, Result<Option<ApiSend>, Error>>;
 
-    /// Stores the response of a successful reply-API send.
+    /// Stores the response of a successful reply-API send and the fingerprint of its request.
     fn record_api_send(
         &self,
         key: String,
         msgid: MsgId,
-        response: String,
+        record: ApiSend,
         now_ms: i64,
     ) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// Remembers a callback by `key` until `expires_at` (unix seconds on WeChat's clock);
+    /// returns `false` when it was seen before and has not expired (a replay). Expired keys
+    /// are deleted as it goes, so the table holds one timestamp window of callbacks. Shared by
+    /// every instance on the same database.
+    fn first_callback(
+        &self,
+        key: String,
+        expires_at: i64,
+        now: i64,
+    ) -> BoxFuture<'_, Result<bool, Error>>;
+
+    /// The newest `send_time` stored for an account (`None` without messages): where a
+    /// catch-up resumes when WeChat rejects the cursor.
+    fn last_send_time(&self, open_kfid: OpenKfId) -> BoxFuture<'_, Result<Option<i64>, Error>>;
 
     /// Deletes up to a chunk of messages delivered before `before_ms` (and finished replies and
     /// idempotency records older than that); returns how many rows went.

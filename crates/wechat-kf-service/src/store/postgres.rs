@@ -86,6 +86,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX replies_unreported ON replies(id) WHERE NOT reported;
     CREATE INDEX replies_lane_pending ON replies(lane, next_attempt_at) WHERE state = 'pending';
     ",
+    // 3: the callback replay cache (shared by every instance on the database); the request
+    // fingerprint of reply-API sends.
+    "
+    CREATE TABLE callback_replays (
+        key TEXT PRIMARY KEY,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX callback_replays_expiry ON callback_replays(expires_at);
+    ALTER TABLE api_sends ADD COLUMN request_sha256 TEXT;
+    ",
 ];
 
 /// The PostgreSQL [`Store`].
@@ -114,7 +124,7 @@ impl PostgresStore {
     ) -> Result<PostgresStore, Error> {
         let (mut client, connection) = tokio_postgres::connect(url, NoTls)
             .await
-            .map_err(|e| Error::Store(format!("cannot connect to PostgreSQL: {e}")))?;
+            .map_err(|e| connect_error(url, &e))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::error!(error = %e, "PostgreSQL connection closed");
@@ -138,6 +148,32 @@ impl PostgresStore {
             client: tokio::sync::Mutex::new(Some(client)),
         })
     }
+}
+
+/// Why connecting failed, naming the database (never the URL: it may hold a password) and
+/// the server's own message (`database "kf" does not exist`), which the error's `Display`
+/// leaves out.
+pub(crate) fn connect_error(url: &str, error: &tokio_postgres::Error) -> Error {
+    let database = url
+        .parse::<tokio_postgres::Config>()
+        .ok()
+        .and_then(|c| c.get_dbname().map(str::to_owned))
+        .unwrap_or_else(|| "(default)".into());
+    let cause = match error.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => {
+            let mut text = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(e) = source {
+                text = format!("{text}: {e}");
+                source = e.source();
+            }
+            text
+        }
+    };
+    Error::Store(format!(
+        "cannot connect to PostgreSQL database {database:?}: {cause}"
+    ))
 }
 
 async fn migrate(client: &mut Client) -> Result<(), Error> {
@@ -724,16 +760,19 @@ impl Store for PostgresStore {
         })
     }
 
-    fn api_send(&self, key: String, msgid: MsgId) -> BoxFuture<'_, Result<Option<String>, Error>> {
+    fn api_send(&self, key: String, msgid: MsgId) -> BoxFuture<'_, Result<Option<ApiSend>, Error>> {
         Box::pin(async move {
             with_client!(self, client, {
                 let row = client
                     .query_opt(
-                        "SELECT response FROM api_sends WHERE key = $1 AND msgid = $2",
+                        "SELECT response, request_sha256 FROM api_sends WHERE key = $1 AND msgid = $2",
                         &[&key, &msgid.as_str()],
                     )
                     .await?;
-                Ok(row.map(|r| r.get(0)))
+                Ok(row.map(|r| ApiSend {
+                    response: r.get(0),
+                    request_sha256: r.get(1),
+                }))
             })
         })
     }
@@ -742,19 +781,66 @@ impl Store for PostgresStore {
         &self,
         key: String,
         msgid: MsgId,
-        response: String,
+        record: ApiSend,
         now_ms: i64,
     ) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
             with_client!(self, client, {
                 client
                     .execute(
-                        "INSERT INTO api_sends (key, msgid, response, created_at) VALUES ($1, $2, $3, $4) \
-                         ON CONFLICT (key, msgid) DO UPDATE SET response = excluded.response",
-                        &[&key, &msgid.as_str(), &response, &now_ms],
+                        "INSERT INTO api_sends (key, msgid, response, request_sha256, created_at) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key, msgid) DO UPDATE SET \
+                         response = excluded.response, request_sha256 = excluded.request_sha256",
+                        &[
+                            &key,
+                            &msgid.as_str(),
+                            &record.response,
+                            &record.request_sha256,
+                            &now_ms,
+                        ],
                     )
                     .await?;
                 Ok(())
+            })
+        })
+    }
+
+    fn first_callback(
+        &self,
+        key: String,
+        expires_at: i64,
+        now: i64,
+    ) -> BoxFuture<'_, Result<bool, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                client
+                    .execute(
+                        "DELETE FROM callback_replays WHERE expires_at < $1",
+                        &[&now],
+                    )
+                    .await?;
+                let inserted = client
+                    .execute(
+                        "INSERT INTO callback_replays (key, expires_at) VALUES ($1, $2) \
+                         ON CONFLICT (key) DO NOTHING",
+                        &[&key, &expires_at],
+                    )
+                    .await?;
+                Ok(inserted == 1)
+            })
+        })
+    }
+
+    fn last_send_time(&self, open_kfid: OpenKfId) -> BoxFuture<'_, Result<Option<i64>, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let row = client
+                    .query_one(
+                        "SELECT MAX(send_time) FROM messages WHERE open_kfid = $1 AND send_time > 0",
+                        &[&open_kfid.as_str()],
+                    )
+                    .await?;
+                Ok(row.get(0))
             })
         })
     }

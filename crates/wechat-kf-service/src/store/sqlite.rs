@@ -88,6 +88,15 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX replies_unreported ON replies(id) WHERE reported = 0;
     CREATE INDEX replies_lane_pending ON replies(lane, next_attempt_at) WHERE state = 'pending';
     ",
+    // 3: the callback replay cache; the request fingerprint of reply-API sends.
+    "
+    CREATE TABLE callback_replays (
+        key TEXT PRIMARY KEY,
+        expires_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX callback_replays_expiry ON callback_replays(expires_at);
+    ALTER TABLE api_sends ADD COLUMN request_sha256 TEXT;
+    ",
 ];
 
 /// Rows deleted per purge call, so one call never holds the writer for long.
@@ -127,6 +136,9 @@ impl SqliteStore {
             "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; \
              PRAGMA cache_size = -4000;"
         ))?;
+        if path != ":memory:" {
+            quick_check(&conn, path)?;
+        }
         migrate(&mut conn)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let worker = std::thread::Builder::new()
@@ -165,6 +177,33 @@ impl SqliteStore {
             rx.await.unwrap_or(Err(Error::StoreClosed))
         })
     }
+}
+
+/// Refuses a damaged database: a page SQLite cannot read may hold anything (a cursor, an
+/// undelivered message), and a service that starts on it may lose or repeat messages while it
+/// reports ready. `quick_check` reads every page once (seconds for a large file).
+fn quick_check(conn: &Connection, path: &str) -> Result<(), Error> {
+    let damaged = |detail: String| {
+        Error::Store(format!(
+            "the SQLite database {path:?} is damaged ({detail}); stop, restore it from a backup \
+             (or move it aside to start afresh: WeChat still holds 3 days of messages) and start again"
+        ))
+    };
+    let mut stmt = conn
+        .prepare("PRAGMA quick_check(5)")
+        .map_err(|e| damaged(e.to_string()))?;
+    let rows: Vec<String> = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| damaged(e.to_string()))?;
+    if rows.len() == 1 && rows[0] == "ok" {
+        return Ok(());
+    }
+    let detail: Vec<String> = rows.iter().map(|r| crate::ids::bounded(r, 120)).collect();
+    Err(damaged(format!(
+        "PRAGMA quick_check: {}",
+        detail.join("; ")
+    )))
 }
 
 /// Applies the migrations not yet applied, each in its own transaction.
@@ -699,11 +738,18 @@ impl Store for SqliteStore {
         })
     }
 
-    fn api_send(&self, key: String, msgid: MsgId) -> BoxFuture<'_, Result<Option<String>, Error>> {
+    fn api_send(&self, key: String, msgid: MsgId) -> BoxFuture<'_, Result<Option<ApiSend>, Error>> {
         self.call(move |conn| {
             Ok(conn
-                .prepare_cached("SELECT response FROM api_sends WHERE key = ?1 AND msgid = ?2")?
-                .query_row(params![key, msgid.as_str()], |r| r.get(0))
+                .prepare_cached(
+                    "SELECT response, request_sha256 FROM api_sends WHERE key = ?1 AND msgid = ?2",
+                )?
+                .query_row(params![key, msgid.as_str()], |r| {
+                    Ok(ApiSend {
+                        response: r.get(0)?,
+                        request_sha256: r.get(1)?,
+                    })
+                })
                 .optional()?)
         })
     }
@@ -712,15 +758,53 @@ impl Store for SqliteStore {
         &self,
         key: String,
         msgid: MsgId,
-        response: String,
+        record: ApiSend,
         now_ms: i64,
     ) -> BoxFuture<'_, Result<(), Error>> {
         self.call(move |conn| {
             conn.prepare_cached(
-                "INSERT OR REPLACE INTO api_sends (key, msgid, response, created_at) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT OR REPLACE INTO api_sends (key, msgid, response, request_sha256, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
-            .execute(params![key, msgid.as_str(), response, now_ms])?;
+            .execute(params![
+                key,
+                msgid.as_str(),
+                record.response,
+                record.request_sha256,
+                now_ms
+            ])?;
             Ok(())
+        })
+    }
+
+    fn first_callback(
+        &self,
+        key: String,
+        expires_at: i64,
+        now: i64,
+    ) -> BoxFuture<'_, Result<bool, Error>> {
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            tx.prepare_cached("DELETE FROM callback_replays WHERE expires_at < ?1")?
+                .execute(params![now])?;
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO callback_replays (key, expires_at) VALUES (?1, ?2) \
+                     ON CONFLICT (key) DO NOTHING",
+                )?
+                .execute(params![key, expires_at])?;
+            tx.commit()?;
+            Ok(inserted == 1)
+        })
+    }
+
+    fn last_send_time(&self, open_kfid: OpenKfId) -> BoxFuture<'_, Result<Option<i64>, Error>> {
+        self.call(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT MAX(send_time) FROM messages WHERE open_kfid = ?1 AND send_time > 0",
+                )?
+                .query_row(params![open_kfid.as_str()], |r| r.get(0))?)
         })
     }
 

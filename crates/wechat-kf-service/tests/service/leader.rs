@@ -245,3 +245,38 @@ async fn a_search_path_naming_no_existing_schema_is_a_clear_error() {
     assert!(error.to_string().contains("search_path"), "{error}");
     emu.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_half_sent_request_to_a_standby_does_not_hold_up_its_takeover() {
+    use tokio::io::AsyncWriteExt;
+    let emu = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&emu, &dir.path().join("kf.db"), None);
+    config.storage.standby_poll = Duration::from_millis(100);
+    config.http.read_timeout = Duration::from_secs(60);
+    config.http.shutdown_grace = Duration::from_millis(300);
+    let first = start(&emu, config.clone()).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let second = tokio::spawn(Service::start_on(config, listener));
+    wait_for("the standby answers", Duration::from_secs(10), || async {
+        reqwest::get(format!("http://{addr}/healthz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let mut half_sent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    half_sent
+        .write_all(b"POST /callback HTTP/1.1\r\nHost: x\r\nContent-Le")
+        .await
+        .unwrap();
+    first.shutdown().await;
+    let second = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the standby took over despite the half-sent request")
+        .unwrap()
+        .unwrap();
+    assert!(second.leader().is_some_and(|l| l.is_held()));
+    second.shutdown().await;
+    emu.shutdown().await;
+}

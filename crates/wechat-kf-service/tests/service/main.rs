@@ -4,6 +4,7 @@ mod common;
 mod e2e;
 mod faults;
 mod first_start;
+mod hardening;
 mod joiner;
 mod leader;
 mod media;

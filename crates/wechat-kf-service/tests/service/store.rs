@@ -9,9 +9,9 @@ use wechat_kf::message::Message;
 use wechat_kf::session::{SendRefusal, ServiceState};
 use wechat_kf_service::store::Synchronous;
 use wechat_kf_service::store::{
-    AccountCursor, Ack, DeliveryRecord, Failure, FinishDeliveries, NewMessage, NewReply, PageWrite,
-    Payload, PostgresStore, ReplyEndpoint, ReplyOutcome, ReplyState, SessionUpdate, SqliteStore,
-    Store,
+    AccountCursor, Ack, ApiSend, DeliveryRecord, Failure, FinishDeliveries, NewMessage, NewReply,
+    PageWrite, Payload, PostgresStore, ReplyEndpoint, ReplyOutcome, ReplyState, SessionUpdate,
+    SqliteStore, Store,
 };
 
 fn message(msgid: &str, customer: &str, origin: u32) -> NewMessage {
@@ -567,17 +567,34 @@ async fn conformance(store: Arc<dyn Store>) {
     assert!(store.due_replies(100, 10).await.unwrap().is_empty());
 
     assert_eq!(store.api_send("k".into(), "m".into()).await.unwrap(), None);
+    let record = ApiSend {
+        response: "{\"ok\":1}".into(),
+        request_sha256: Some("abc".into()),
+    };
     store
-        .record_api_send("k".into(), "m".into(), "{\"ok\":1}".into(), 5)
+        .record_api_send("k".into(), "m".into(), record.clone(), 5)
         .await
         .unwrap();
     assert_eq!(
+        store.api_send("k".into(), "m".into()).await.unwrap(),
+        Some(record)
+    );
+
+    // The callback replay cache: a key is new once, until it expires.
+    assert!(store.first_callback("cb".into(), 1_000, 900).await.unwrap());
+    assert!(!store.first_callback("cb".into(), 1_000, 950).await.unwrap());
+    assert!(
         store
-            .api_send("k".into(), "m".into())
+            .first_callback("cb2".into(), 1_000, 950)
             .await
             .unwrap()
-            .as_deref(),
-        Some("{\"ok\":1}")
+    );
+    assert!(
+        store
+            .first_callback("cb".into(), 2_000, 1_001)
+            .await
+            .unwrap(),
+        "expired"
     );
 
     let stats = store.stats().await.unwrap();
@@ -596,6 +613,18 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(store.stats().await.unwrap().messages, 2);
     conformance_v2(&*store).await;
     conformance_policy(&*store).await;
+
+    // Where a catch-up resumes after a rejected cursor: the newest stored send_time.
+    assert_eq!(store.last_send_time("wkT".into()).await.unwrap(), None);
+    let mut write = page("wkT", &[], Some("t1"));
+    write.messages = vec![message("t1", "wm1", 3), message("t2", "wm1", 3)];
+    write.messages[0].send_time = 1_700_000_500;
+    write.messages[1].send_time = 1_700_000_200;
+    store.commit_page(write).await.unwrap();
+    assert_eq!(
+        store.last_send_time("wkT".into()).await.unwrap(),
+        Some(1_700_000_500)
+    );
     store.close().await;
     assert!(store.ping().await.is_err(), "a closed store refuses work");
 }

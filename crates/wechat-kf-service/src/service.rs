@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wechat_kf::client::Client;
-use wechat_kf::client::budget::{Limits, RedisBudget};
+use wechat_kf::client::budget::{self, RedisBudget};
 use wechat_kf::client::token::RedisTokenStore;
 use wechat_kf::crypto::CallbackCrypto;
 
@@ -164,7 +164,7 @@ impl Service {
             .timeout(config.wechat.timeout)
             .connect_timeout(config.wechat.timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("wechat-kf-serve/", env!("CARGO_PKG_VERSION")))
-            .budget(Limits::new(
+            .budget(budget::Limits::new(
                 config.wechat.calls_per_minute,
                 config.wechat.calls_per_hour,
             ))

@@ -276,6 +276,16 @@ pub(crate) async fn send_msg(
     _: Authorized,
     JsonBody(SendMsgBody(parsed)): JsonBody<SendMsgBody>,
 ) -> Result<Sent, ApiError> {
+    // The body first, the send policy second: an invalid message is a 400 whatever the
+    // customer's quota, so the bot learns what to fix rather than to wait.
+    parsed
+        .request
+        .message()
+        .validate(state.inner.client.menu_rules())
+        .map_err(|e| {
+            Metrics::add(&state.inner.metrics.api_requests_failed, 1);
+            ApiError::Api(e.into())
+        })?;
     let key = format!("send_msg:{}", parsed.open_kfid);
     let SendMsg {
         request,

@@ -56,6 +56,7 @@ pub mod leader;
 mod media;
 pub mod metrics;
 pub mod puller;
+pub mod readiness;
 mod replies;
 pub mod retry;
 pub mod sandbox;
@@ -63,6 +64,7 @@ mod send_policy;
 mod sender;
 mod service;
 pub mod store;
+mod summary;
 
 pub use clock::Clock;
 pub use delivery::sink::{

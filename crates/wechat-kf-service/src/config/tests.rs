@@ -124,8 +124,9 @@ fn credentials_switch_off_the_sandbox_and_must_come_in_pairs() {
     let env = |k: &str| (k == "WECHAT_KF_ENCODING_AES_KEY").then(|| "k".to_owned());
     let err = Config::from_sources(None, &env, Overrides::default()).unwrap_err();
     assert!(
-        err.to_string()
-            .contains("WECHAT_KF_ENCODING_AES_KEY (wechat.encoding_aes_key): set wechat.callback_token too"),
+        err.to_string().contains(
+            "WECHAT_KF_ENCODING_AES_KEY (wechat.encoding_aes_key): set wechat.callback_token too"
+        ),
         "{err}"
     );
     let err = error("[webhook]\nsecret = \"s\"\n");

@@ -1,7 +1,6 @@
 //! `GET /healthz`, `GET /readyz`, `GET /metrics`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -10,6 +9,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::metrics::Metrics;
+use crate::readiness::{self, Readiness};
 use crate::store::Store;
 
 /// What the health routes read.
@@ -17,8 +17,8 @@ use crate::store::Store;
 pub(crate) struct HealthState {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) metrics: Arc<Metrics>,
-    /// Cleared while starting and stopping.
-    pub(crate) ready: Arc<AtomicBool>,
+    /// The named conditions (starting or stopping, WeChat unreachable, ...).
+    pub(crate) readiness: Readiness,
 }
 
 /// The health routes.
@@ -41,25 +41,27 @@ pub(crate) async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// The store answers and the service is not starting or stopping.
+/// Every readiness condition is met and the store answers.
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "operations",
     responses(
         (status = 200, description = "Ready.", body = String, content_type = "text/plain", example = "ready\n"),
-        (status = 503, description = "Starting, stopping, or the store does not answer.", body = String, content_type = "text/plain", example = "stopping\n"),
+        (status = 503, description = "Not ready: one `<condition>: <reason>` line per failing condition (`service`: starting or stopping; `wechat`: unreachable or the credentials rejected; `store`: does not answer).", body = String, content_type = "text/plain", example = "wechat: unreachable: connection refused (https://qyapi.weixin.qq.com)\n"),
     )
 )]
-pub(crate) async fn readyz(State(state): State<HealthState>) -> (StatusCode, &'static str) {
-    if !state.ready.load(Ordering::Relaxed) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "stopping\n");
-    }
+pub(crate) async fn readyz(State(state): State<HealthState>) -> (StatusCode, String) {
+    let mut report = state.readiness.report();
     if let Err(e) = state.store.ping().await {
         tracing::warn!(error = %e, "readiness: the store does not answer");
-        return (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n");
+        report.push_str(&format!("{}: does not answer\n", readiness::STORE));
     }
-    (StatusCode::OK, "ready\n")
+    if report.is_empty() {
+        (StatusCode::OK, "ready\n".into())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, report)
+    }
 }
 
 /// The metrics, in Prometheus text format.

@@ -5,7 +5,7 @@
 //! | `GET` / `POST <callback.path>` (default `/callback`) | WeChat callbacks; mounted only when the callback Token and EncodingAESKey are configured |
 //! | `POST /v1/messages`, `/v1/messages/on_event`, `/v1/service_state/trans`, `GET /v1/sessions/{open_kfid}/{external_userid}` | the reply API (bearer token; 403 when no token is configured) |
 //! | `GET /healthz` | the process is up |
-//! | `GET /readyz` | the store answers and the service is not stopping |
+//! | `GET /readyz` | every [`readiness`](crate::readiness) condition is met and the store answers; else 503 with the reasons |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document of these routes ([`openapi`]) |
 //!
@@ -22,7 +22,6 @@ pub mod openapi;
 pub(crate) mod reply_api;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::routing::get;
@@ -32,6 +31,7 @@ use crate::clock::Clock;
 use crate::config::Secret;
 use crate::metrics::Metrics;
 use crate::puller::Pullers;
+use crate::readiness::{self, Readiness};
 use crate::send_policy::Gate;
 use crate::store::Store;
 
@@ -72,6 +72,8 @@ pub(crate) struct AppParts {
     pub(crate) callback: Option<CallbackSettings>,
     /// The reply API's bearer token, when the reply API is on.
     pub(crate) api_token: Option<Secret>,
+    /// The readiness conditions `/readyz` reports.
+    pub(crate) readiness: Readiness,
 }
 
 impl AppState {
@@ -86,12 +88,13 @@ impl AppState {
             clock,
             callback,
             api_token,
+            readiness,
         } = parts;
         AppState {
             health: HealthState {
                 store: store.clone(),
                 metrics: metrics.clone(),
-                ready: Arc::new(AtomicBool::new(true)),
+                readiness,
             },
             callback: callback.map(|settings| {
                 CallbackState::new(settings, pullers.clone(), metrics.clone(), clock)
@@ -112,9 +115,19 @@ impl AppState {
         &self.health.metrics
     }
 
-    /// Marks the service ready (or not: `/readyz` then answers 503).
+    /// Marks the service itself ready (or stopping: `/readyz` then answers 503 with
+    /// `service: stopping`); the other conditions are kept.
     pub fn set_ready(&self, ready: bool) {
-        self.health.ready.store(ready, Ordering::Relaxed);
+        if ready {
+            self.health.readiness.clear(readiness::SERVICE);
+        } else {
+            self.health.readiness.fail(readiness::SERVICE, "stopping");
+        }
+    }
+
+    /// The readiness conditions `/readyz` reports.
+    pub fn readiness(&self) -> &Readiness {
+        &self.health.readiness
     }
 }
 

@@ -7,6 +7,7 @@ mod first_start;
 mod joiner;
 mod leader;
 mod media;
+mod readiness;
 mod reply_api;
 mod restart;
 mod sandbox;

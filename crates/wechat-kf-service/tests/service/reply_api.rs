@@ -153,7 +153,8 @@ async fn the_reply_api_sends_refuses_wrong_tokens_and_is_idempotent_on_msgid() {
     assert_eq!(calls(&emu, "kf/send_msg"), sends, "WeChat was not called");
     // The body is checked before the send policy: an invalid message to a customer the policy
     // refuses is a 400 naming the field, not the refusal.
-    let invalid = json!({"touser": "wmVisitor", "open_kfid": kf, "msgtype": "text", "text": {"content": ""}});
+    let invalid =
+        json!({"touser": "wmVisitor", "open_kfid": kf, "msgtype": "text", "text": {"content": ""}});
     let (status, body, _) = call(&running, "/v1/messages", Some("api-token"), invalid).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["field"], "text.content");

@@ -488,6 +488,8 @@ async fn pull_round(
     let mut empty_pages = 0u32;
     let mut pages = 0u32;
     let mut stored_total = 0usize;
+    let mut duplicates_total = 0usize;
+    let cursor_before = puller.committed_cursor().map(str::to_owned);
     // After one 95007 the round goes on without callback tokens (a burst of stale tokens would
     // otherwise cost one rejected call each).
     let mut use_tokens = true;
@@ -674,18 +676,28 @@ async fn pull_round(
             );
         }
         stored_total += outcome.stored.len();
+        duplicates_total += outcome.duplicates;
         tokio::select! {
             _ = ctx.deliveries.push(outcome.stored) => {}
             // Committed already: the deliverer finds these rows in the store at the next start.
             _ = shutdown.cancelled() => return,
         }
         if !has_more {
-            tracing::debug!(
-                open_kfid = open_kfid.as_str(),
-                pages,
-                stored = stored_total,
-                "pull finished"
-            );
+            // One line per pull that found something (ids and counts, never content); an
+            // empty safety pull stays at debug so that an idle service keeps a quiet log.
+            let cursor_moved = puller.committed_cursor() != cursor_before.as_deref();
+            if stored_total > 0 || duplicates_total > 0 || cursor_moved {
+                tracing::info!(
+                    open_kfid = open_kfid.as_str(),
+                    pages,
+                    messages = stored_total,
+                    duplicates = duplicates_total,
+                    cursor_moved,
+                    "pulled"
+                );
+            } else {
+                tracing::debug!(open_kfid = open_kfid.as_str(), pages, "pulled: nothing new");
+            }
             return;
         }
         if items == 0 {

@@ -375,30 +375,30 @@ impl Deliverer {
         if batch.is_empty() {
             return;
         }
-        // Record new deliveries first, so an id seen by the bot survives a crash.
+        // Record each attempt before it is made: a new delivery's id, so that an id seen by
+        // the bot survives a crash, and every delivery's attempt number, so that a redelivery
+        // after a crash says which attempt it really is.
         let records: Vec<DeliveryRecord> = batch
             .iter()
             .filter_map(|id| self.deliveries.get(id))
-            .filter(|d| !d.recorded)
             .map(|d| DeliveryRecord {
                 id: d.id.to_string(),
                 seqs: d.entries.iter().map(|(_, e)| e.seq).collect(),
-                attempts: d.attempts,
+                attempts: d.attempts + 1,
                 next_attempt_at_ms: d.next_attempt_at_ms,
                 last_error: None,
             })
             .collect();
-        if !records.is_empty() {
-            let now_ms = self.clock.local_ms();
-            if let Err(e) = self.store.begin_deliveries(records, now_ms).await {
-                tracing::error!(error = %e, "cannot record deliveries; retrying in 1 s");
-                self.postpone(batch, 1000);
-                return;
-            }
-            for id in &batch {
-                if let Some(d) = self.deliveries.get_mut(id) {
-                    d.recorded = true;
-                }
+        let now_ms = self.clock.local_ms();
+        if let Err(e) = self.store.begin_deliveries(records, now_ms).await {
+            tracing::error!(error = %e, "cannot record deliveries; retrying in 1 s");
+            self.postpone(batch, 1000);
+            return;
+        }
+        for id in &batch {
+            if let Some(d) = self.deliveries.get_mut(id) {
+                d.recorded = true;
+                d.attempts += 1;
             }
         }
         if let Err(e) = self.build_bodies(&batch).await {
@@ -411,7 +411,7 @@ impl Deliverer {
                 continue;
             };
             let Some(body) = d.body.clone() else { continue };
-            let attempt = d.attempts + 1;
+            let attempt = d.attempts;
             let sink = self.sink.clone();
             let done = done.clone();
             self.sending += 1;
@@ -532,9 +532,19 @@ impl Deliverer {
             let Some(d) = self.deliveries.get(&id) else {
                 continue;
             };
+            let target = self.sink.target();
             match outcome {
-                Outcome::Acked(replies) => {
+                Outcome::Acked { status, replies } => {
                     Metrics::add(&self.metrics.deliveries_ok, 1);
+                    tracing::info!(
+                        delivery = &*id,
+                        to = target,
+                        messages = d.entries.len(),
+                        attempt = d.attempts,
+                        status = %status.map_or_else(|| "written".to_owned(), |s| s.to_string()),
+                        replies = replies.len(),
+                        "delivered"
+                    );
                     let queued: Vec<_> = replies
                         .into_iter()
                         .enumerate()
@@ -564,7 +574,7 @@ impl Deliverer {
                 Outcome::Failed(error) => {
                     Metrics::add(&self.metrics.deliveries_failed, 1);
                     Metrics::add(&self.metrics.delivery_retries, 1);
-                    let attempts = d.attempts + 1;
+                    let attempts = d.attempts;
                     let at = now
                         + backoff(
                             attempts,
@@ -575,10 +585,12 @@ impl Deliverer {
                         .as_millis() as i64;
                     tracing::warn!(
                         delivery = &*id,
-                        attempts,
-                        error = %error,
+                        to = target,
+                        messages = d.entries.len(),
+                        attempt = attempts,
+                        cause = %error,
                         retry_in_ms = at - now,
-                        "delivery failed"
+                        "delivery to {target} failed: {error}"
                     );
                     let Some(mut d) = self.deliveries.remove(&id) else {
                         continue;

@@ -854,3 +854,55 @@ async fn the_service_runs_end_to_end_on_postgres_and_survives_a_restart() {
     emu.shutdown().await;
     schema.drop().await;
 }
+
+/// What `wechat-kf store` opens: the listings work, writes are refused, nothing is migrated.
+async fn read_only_beside_the_writer(writer: Arc<dyn Store>, location: &str) {
+    writer
+        .commit_page(page("wkR", &["r1", "r2"], Some("r-c1")))
+        .await
+        .unwrap();
+    let reader = wechat_kf_service::store::open_read_only(location)
+        .await
+        .unwrap();
+    let query = ListQuery {
+        open_kfid: Some("wkR".into()),
+        limit: 10,
+        ..ListQuery::default()
+    };
+    let rows = reader.list_messages(query).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(
+        reader
+            .commit_page(page("wkR", &["r3"], Some("r-c2")))
+            .await
+            .is_err(),
+        "a read-only store refuses writes"
+    );
+    reader.close().await;
+    writer.close().await;
+}
+
+#[tokio::test]
+async fn the_stores_open_read_only_beside_a_running_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ro.db");
+    let path = path.to_str().unwrap();
+    let writer = SqliteStore::open(path, Synchronous::Normal).unwrap();
+    read_only_beside_the_writer(Arc::new(writer), path).await;
+    let err = wechat_kf_service::store::open_read_only(":memory:")
+        .await
+        .unwrap_err();
+    assert!(err.is_config(), "{err}");
+
+    let Some(url) = crate::common::require_env("DATABASE_URL") else {
+        return;
+    };
+    let schema = crate::common::PgSchema::create(&url).await;
+    let err = wechat_kf_service::store::open_read_only(&schema.url)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("schema version 0"), "{err}");
+    let writer = PostgresStore::connect(&schema.url).await.unwrap();
+    read_only_beside_the_writer(Arc::new(writer), &schema.url).await;
+    schema.drop().await;
+}

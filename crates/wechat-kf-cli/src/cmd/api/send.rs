@@ -9,6 +9,7 @@ use super::{CliError, CliResult, ConnArgs, out};
 
 /// `send`.
 #[derive(Debug, Args)]
+#[command(after_help = QUOTA_NOTE)]
 pub struct SendArgs {
     #[command(flatten)]
     conn: ConnArgs,
@@ -16,14 +17,22 @@ pub struct SendArgs {
     #[arg(long, global = true)]
     open_kfid: Option<String>,
     /// The customer (external_userid).
-    #[arg(long, global = true)]
-    to: Option<String>,
+    #[arg(long, global = true, visible_aliases = ["to", "external-userid"])]
+    customer: Option<String>,
     /// A caller-chosen msgid (≤ 32 bytes of [0-9a-zA-Z_-]); makes retries safe.
     #[arg(long, global = true)]
     msgid: Option<String>,
     #[command(subcommand)]
     message: MessageCommand,
 }
+
+/// What `send --help` says about the quota: this command talks to WeChat directly.
+const QUOTA_NOTE: &str = "Quota: this command calls WeChat directly and has no store, so it does \
+not share the quota tracking of `wechat-kf serve` (its reply API and webhook replies count the \
+5 messages per customer message and the 48-hour window in the service's store). A message sent \
+here still counts against WeChat's quota: the service learns of it only when WeChat refuses a \
+later send (95001, 95002). To share the tracking, send through the running service's reply \
+API (POST /v1/messages) instead.";
 
 /// `send-on-event`.
 #[derive(Debug, Args)]
@@ -268,8 +277,8 @@ pub async fn run(args: SendArgs) -> CliResult {
         .open_kfid
         .ok_or_else(|| CliError::Usage("send: --open-kfid is required".into()))?;
     let to = args
-        .to
-        .ok_or_else(|| CliError::Usage("send: --to <external_userid> is required".into()))?;
+        .customer
+        .ok_or_else(|| CliError::Usage("send: --customer <external_userid> is required".into()))?;
     let message = build_message(args.message)?;
     let client = args.conn.client()?;
     let mut request = SendMsgRequest::new(to, open_kfid, message);

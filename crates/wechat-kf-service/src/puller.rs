@@ -44,6 +44,7 @@ use crate::config::{FirstStart, HandoffConfig, PullConfig};
 use crate::delivery::DeliveryQueue;
 use crate::media::MediaFetcher;
 use crate::metrics::Metrics;
+use crate::readiness::{self, Readiness};
 use crate::replies::{Transfer, new_msgid};
 use crate::retry::{backoff, jitter};
 use crate::store::{NewMessage, NewReply, PageWrite, Payload, ReplyEndpoint, Store, is_skipped};
@@ -103,6 +104,8 @@ pub(crate) struct PullContext {
     pub(crate) media: Option<Arc<MediaFetcher>>,
     /// Wakes the reply sender (keyword handoffs were queued).
     pub(crate) replies: Arc<Notify>,
+    /// `wechat` is not ready while `sync_msg` cannot reach WeChat.
+    pub(crate) readiness: Readiness,
 }
 
 /// A catch-up in progress: pulling without a cursor to the backlog's end.
@@ -512,6 +515,14 @@ async fn pull_round(
             // Nothing is committed yet: abandoning the call loses nothing.
             _ = shutdown.cancelled() => return,
         };
+        if let Err(e) = &result {
+            if let Some(reason) = readiness::unreachable(e) {
+                ctx.readiness
+                    .fail(readiness::WECHAT, format!("unreachable: {reason}"));
+            }
+        } else {
+            ctx.readiness.clear(readiness::WECHAT);
+        }
         let mut page = match result {
             Ok(page) => {
                 if let Some(rejection) = page.callback_token_rejection() {

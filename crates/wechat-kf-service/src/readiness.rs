@@ -3,7 +3,9 @@
 //! operator (or a load balancer's log) sees why without reading the service's logs.
 //!
 //! Any part of the service may fail or clear a condition of its own name (a leaf module: it
-//! imports nothing of the crate).
+//! imports nothing of the crate). WeChat counts as unreachable while its API does not answer
+//! (no connection, a timeout, HTTP 5xx: [`unreachable`]); an answer with an errcode is an
+//! answer.
 //!
 //! ```
 //! use wechat_kf_service::readiness::{Readiness, WECHAT};
@@ -66,5 +68,16 @@ impl Readiness {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, String>> {
         self.failing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Why a failed call means WeChat is unreachable (`None`: WeChat answered, e.g. with an
+/// errcode, or the request was refused locally).
+pub fn unreachable(error: &wechat_kf::client::Error) -> Option<String> {
+    use wechat_kf::client::Error as E;
+    match error {
+        E::Transport { .. } => Some(error.to_string()),
+        E::HttpStatus { status, .. } if *status >= 500 => Some(error.to_string()),
+        _ => None,
     }
 }

@@ -261,6 +261,7 @@ impl Service {
             handoff: config.handoff.clone(),
             media,
             replies: reply_wake.clone(),
+            readiness: readiness.clone(),
         }));
         let (api_token, reply_api) = match (&config.api.token, &sandbox) {
             (Some(token), _) => (Some(token.clone()), ReplyApi::Configured),

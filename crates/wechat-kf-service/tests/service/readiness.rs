@@ -139,3 +139,34 @@ async fn the_start_summary_names_the_accounts_the_target_and_the_reply_api() {
     running.shutdown().await;
     emu.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_wechat_outage_after_the_start_makes_the_service_not_ready_until_a_pull_succeeds() {
+    let emu = emulator().await;
+    let kf = emu.emulator().create_account("outage");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&emu, &dir.path().join("kf.db"), None);
+    config.webhook.secret = None;
+    let running = start(&emu, config).await;
+    assert_eq!(readyz(&running).await.0, StatusCode::OK);
+    emu.emulator()
+        .inject_fault(
+            json!({"path": "kf/sync_msg", "kind": "http_status", "status": 502, "count": 100000}),
+        )
+        .unwrap();
+    running.pullers().wake(&kf.clone().into(), None);
+    wait_for("not ready", Duration::from_secs(10), || async {
+        let (status, body) = readyz(&running).await;
+        status == StatusCode::SERVICE_UNAVAILABLE
+            && body.starts_with("wechat: unreachable: kf/sync_msg: HTTP status 502")
+    })
+    .await;
+    emu.emulator().clear_faults();
+    running.pullers().wake(&kf.into(), None);
+    wait_for("ready again", Duration::from_secs(70), || async {
+        readyz(&running).await.0 == StatusCode::OK
+    })
+    .await;
+    running.shutdown().await;
+    emu.shutdown().await;
+}

@@ -665,3 +665,140 @@ async fn sync_says_when_it_fell_back_and_prints_no_progress_before_an_early_erro
     assert!(!out.stderr.contains("next cursor"), "{}", out.stderr);
     assert!(out.stdout.is_empty());
 }
+
+/// A store holding the session view `serve` would keep for a customer who wrote just now.
+async fn store_with_customer(
+    path: &std::path::Path,
+    customer: &str,
+) -> std::sync::Arc<dyn wechat_kf_service::store::Store> {
+    use wechat_kf_service::store::{
+        NewMessage, PageWrite, Payload, SqliteStore, Store, Synchronous,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let raw =
+        json!({"msgid": format!("m-{customer}"), "open_kfid": "wkCli", "external_userid": customer,
+        "send_time": now, "origin": 3, "msgtype": "text", "text": {"content": "hi"}})
+        .to_string();
+    let message = wechat_kf::message::Message::from_json(&raw).unwrap();
+    let store = SqliteStore::open(path.to_str().unwrap(), Synchronous::Normal).unwrap();
+    store
+        .commit_page(PageWrite {
+            open_kfid: "wkCli".into(),
+            messages: vec![NewMessage {
+                msgid: format!("m-{customer}").into(),
+                external_userid: customer.into(),
+                send_time: now as i64,
+                origin: Some(3),
+                kind: "text".into(),
+                payload: Payload::Message(message),
+                decode_error: None,
+            }],
+            next_cursor: None,
+            now_ms: 0,
+            skip_before: None,
+            catch_up_before: None,
+            actions: Vec::new(),
+        })
+        .await
+        .unwrap();
+    std::sync::Arc::new(store)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_with_the_services_store_shares_its_quota_tracking() {
+    use wechat_kf_service::store::SessionUpdate;
+    let env = start().await;
+    env.customer_says("wmQuota", "hi");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kf.db");
+    let store = store_with_customer(&path, "wmQuota").await;
+    let db = path.to_str().unwrap();
+    let send = |msgid: &'static str| {
+        [
+            "send",
+            "--db",
+            db,
+            "--open-kfid",
+            "wkCli",
+            "--customer",
+            "wmQuota",
+            "--msgid",
+            msgid,
+            "text",
+            "answer",
+        ]
+    };
+    // Four sends recorded by the service; the command's is the fifth, recorded too.
+    for _ in 0..4 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        store
+            .update_session(
+                "wkCli".into(),
+                "wmQuota".into(),
+                SessionUpdate::Sent { at: now },
+                0,
+            )
+            .await
+            .unwrap();
+    }
+    env.ok(&send("fifth")).await;
+    let view = store
+        .session("wkCli".into(), "wmQuota".into())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        view.sent_since_customer_message(),
+        5,
+        "the command's send is counted"
+    );
+    // The sixth is refused from the view, without calling WeChat.
+    let sends = env
+        .running
+        .emulator()
+        .outbox(Some("wkCli"), Some("wmQuota"))["messages"]
+        .as_array()
+        .unwrap()
+        .len();
+    let out = env.run(&send("sixth")).await;
+    assert_one_line_error(&out, 1);
+    assert!(
+        out.stderr
+            .contains("refused by the session view in the store, nothing sent"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        env.running
+            .emulator()
+            .outbox(Some("wkCli"), Some("wmQuota"))["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        sends
+    );
+    store.close().await;
+    // A store that is not there is an invocation error, not a new empty store.
+    let missing = dir.path().join("missing.db");
+    let out = env
+        .run(&[
+            "send",
+            "--db",
+            missing.to_str().unwrap(),
+            "--open-kfid",
+            "wkCli",
+            "--customer",
+            "wmQuota",
+            "text",
+            "x",
+        ])
+        .await;
+    assert_one_line_error(&out, 2);
+    assert!(!missing.exists());
+}

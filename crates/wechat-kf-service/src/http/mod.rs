@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `GET` / `POST <callback.path>` (default `/callback`) | WeChat callbacks; mounted only when the callback Token and EncodingAESKey are configured |
 //! | `POST /v1/messages`, `/v1/messages/on_event`, `/v1/service_state/trans`, `GET /v1/sessions/{open_kfid}/{external_userid}` | the reply API (bearer token; 403 when no token is configured) |
+//! | `GET /v1/messages`, `/v1/deliveries`, `/v1/sends` | what the service holds, read-only (bearer token) |
 //! | `GET /healthz` | the process is up |
 //! | `GET /readyz` | every [`readiness`](crate::readiness) condition is met and the store answers; else 503 with the reasons |
 //! | `GET /metrics` | Prometheus text format |

@@ -92,8 +92,14 @@ impl Env {
     }
 }
 
-fn assert_one_line_error(out: &Output) {
-    assert_eq!(out.code, 1, "stdout: {} stderr: {}", out.stdout, out.stderr);
+/// One `wechat-kf: ` line on stderr and exit `code`: 1 when WeChat or the network said no, 2
+/// when the invocation or its input was wrong.
+fn assert_one_line_error(out: &Output, code: i32) {
+    assert_eq!(
+        out.code, code,
+        "stdout: {} stderr: {}",
+        out.stdout, out.stderr
+    );
     assert_eq!(out.stderr.lines().count(), 1, "one line: {}", out.stderr);
     assert!(out.stderr.starts_with("wechat-kf: "), "{}", out.stderr);
     assert!(!out.stderr.contains("panicked") && !out.stderr.contains("backtrace"));
@@ -154,14 +160,14 @@ async fn credentials_can_come_from_the_serve_config_file_and_their_absence_is_on
         stdout: String::from_utf8(out.stdout).unwrap(),
         stderr: String::from_utf8(out.stderr).unwrap(),
     };
-    assert_one_line_error(&out);
+    assert_one_line_error(&out, 2);
     assert!(out.stderr.contains("no secret"));
 
     std::fs::write(&path, "corp_id = 1\n").unwrap();
     let out = env
         .run(&["accounts", "list", "--config", path.to_str().unwrap()])
         .await;
-    assert_one_line_error(&out);
+    assert_one_line_error(&out, 2);
     // The old flat file is refused with where its keys go now, and where they were.
     assert!(
         out.stderr.contains("kf.toml:1:1: corp_id"),
@@ -224,7 +230,7 @@ async fn accounts_and_contact_links_are_managed_from_the_command_line() {
     let out = env
         .run(&["accounts", "del", "--open-kfid", open_kfid])
         .await;
-    assert_one_line_error(&out);
+    assert_one_line_error(&out, 1);
     assert!(out.stderr.contains("errcode 95"), "{}", out.stderr);
 }
 
@@ -385,7 +391,7 @@ async fn send_recall_and_state_work_from_the_command_line() {
         -23.5
     );
 
-    // Rejected locally: one line, exit 1, nothing sent.
+    // Rejected locally: one line, exit 2 (the input was wrong), nothing sent.
     let out = env
         .run(&[
             "send",
@@ -397,7 +403,7 @@ async fn send_recall_and_state_work_from_the_command_line() {
             "",
         ])
         .await;
-    assert_one_line_error(&out);
+    assert_one_line_error(&out, 2);
     assert!(out.stderr.contains("text.content"));
 
     let state = env
@@ -438,7 +444,7 @@ async fn send_recall_and_state_work_from_the_command_line() {
             "still there?",
         ])
         .await;
-    assert_one_line_error(&out);
+    assert_one_line_error(&out, 1);
     assert!(out.stderr.contains("95018"), "{}", out.stderr);
 }
 
@@ -474,11 +480,26 @@ async fn servicers_customers_and_media_commands_print_json_and_files() {
         .emulator()
         .customer_send(json!({"open_kfid":"wkCli","external_userid":"wmDan","msgtype":"text","text":{"content":"hi"},"nickname":"丹"}))
         .unwrap();
-    let out = env.run(&["customers", "get", "wmDan", "wmNobody"]).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = env
+        .run(&["customers", "get", "wmDan", "--customer", "wmNobody"])
+        .await;
+    // The known customer is printed; the unknown one is named and the command fails.
     let customer: Value = serde_json::from_str(out.stdout.trim()).unwrap();
     assert_eq!(customer["nickname"], "丹");
-    assert!(out.stderr.contains("wmNobody"));
+    assert_one_line_error(&out, 1);
+    assert!(
+        out.stderr
+            .contains("1 of 2 unknown or inaccessible: wmNobody"),
+        "{}",
+        out.stderr
+    );
+    let out = env.run(&["customers", "get"]).await;
+    assert_one_line_error(&out, 2);
+    assert!(
+        out.stderr.contains("give 1-100 customers"),
+        "{}",
+        out.stderr
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("说明.txt");
@@ -513,6 +534,271 @@ async fn servicers_customers_and_media_commands_print_json_and_files() {
             out_dir.to_str().unwrap(),
         ])
         .await;
-    assert_one_line_error(&out);
+    assert_one_line_error(&out, 1);
     assert!(out.stderr.contains("40007"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mistakes_exit_2_before_any_call_and_name_the_customer_one_way() {
+    let env = start().await;
+    let token_calls = || {
+        env.running.emulator().state_snapshot()["counters"]["calls"]["gettoken"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    env.ok(&["token"]).await;
+    let before = token_calls();
+    assert!(before > 0, "gettoken is counted");
+    // A value out of its known range, and state 3 without its servicer: refused locally.
+    let out = env
+        .run(&[
+            "state",
+            "trans",
+            "--open-kfid",
+            "wkCli",
+            "--customer",
+            "wmX",
+            "--state",
+            "7",
+        ])
+        .await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .starts_with("wechat-kf: invalid value '7' for '--state <STATE>'"),
+        "{}",
+        out.stderr
+    );
+    let out = env
+        .run(&[
+            "state",
+            "trans",
+            "--open-kfid",
+            "wkCli",
+            "--to",
+            "wmX",
+            "--state",
+            "3",
+        ])
+        .await;
+    assert_one_line_error(&out, 2);
+    assert!(
+        out.stderr.contains("needs --servicer-userid"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(token_calls(), before, "nothing was called");
+
+    // A missing flag: the usage names what is missing, not the credentials the environment
+    // gives.
+    let out = env.run(&["state", "get", "--open-kfid", "wkCli"]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let first = out.stderr.lines().next().unwrap();
+    assert!(
+        first.starts_with("wechat-kf: the following required arguments were not provided:"),
+        "{first}"
+    );
+    assert!(first.contains("--customer"), "{first}");
+    assert!(
+        !out.stderr.contains("--corp-id") && !out.stderr.contains("--secret"),
+        "{}",
+        out.stderr
+    );
+
+    // --customer, --to and --external-userid name the same thing everywhere.
+    env.customer_says("wmEve", "hi");
+    for flag in ["--customer", "--to", "--external-userid"] {
+        let state = env
+            .ok(&["state", "get", "--open-kfid", "wkCli", flag, "wmEve"])
+            .await;
+        assert!(state.contains("service_state"), "{state}");
+        env.ok(&[
+            "send",
+            "--open-kfid",
+            "wkCli",
+            flag,
+            "wmEve",
+            "--msgid",
+            &format!("alias{}", flag.len()),
+            "text",
+            "hello",
+        ])
+        .await;
+    }
+
+    // Help: the command's own options apart from the connection settings; send says how its
+    // quota relates to the service's.
+    let help = env.ok(&["send", "--help"]).await;
+    let connection = help.find("Connection:").expect("a Connection heading");
+    assert!(help.find("--open-kfid").unwrap() < connection, "{help}");
+    assert!(help[connection..].contains("--corp-id"), "{help}");
+    assert!(help.contains("does not share the quota tracking"), "{help}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_says_when_it_fell_back_and_prints_no_progress_before_an_early_error() {
+    let env = start().await;
+    env.customer_says("wmFay", "hello");
+    let out = env
+        .run(&[
+            "sync",
+            "--open-kfid",
+            "wkCli",
+            "--token",
+            "not-a-real-token",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("wmFay"), "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("wechat-kf: note: WeChat refused --token (95007"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("pulled without it"), "{}", out.stderr);
+
+    let out = env
+        .run(&["sync", "--open-kfid", "wkCli", "--cursor", "garbage"])
+        .await;
+    assert_one_line_error(&out, 1);
+    assert!(!out.stderr.contains("next cursor"), "{}", out.stderr);
+    assert!(out.stdout.is_empty());
+}
+
+/// A store holding the session view `serve` would keep for a customer who wrote just now.
+async fn store_with_customer(
+    path: &std::path::Path,
+    customer: &str,
+) -> std::sync::Arc<dyn wechat_kf_service::store::Store> {
+    use wechat_kf_service::store::{
+        NewMessage, PageWrite, Payload, SqliteStore, Store, Synchronous,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let raw =
+        json!({"msgid": format!("m-{customer}"), "open_kfid": "wkCli", "external_userid": customer,
+        "send_time": now, "origin": 3, "msgtype": "text", "text": {"content": "hi"}})
+        .to_string();
+    let message = wechat_kf::message::Message::from_json(&raw).unwrap();
+    let store = SqliteStore::open(path.to_str().unwrap(), Synchronous::Normal).unwrap();
+    store
+        .commit_page(PageWrite {
+            open_kfid: "wkCli".into(),
+            messages: vec![NewMessage {
+                msgid: format!("m-{customer}").into(),
+                external_userid: customer.into(),
+                send_time: now as i64,
+                origin: Some(3),
+                kind: "text".into(),
+                payload: Payload::Message(message),
+                decode_error: None,
+            }],
+            next_cursor: None,
+            now_ms: 0,
+            skip_before: None,
+            catch_up_before: None,
+            actions: Vec::new(),
+        })
+        .await
+        .unwrap();
+    std::sync::Arc::new(store)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_with_the_services_store_shares_its_quota_tracking() {
+    use wechat_kf_service::store::SessionUpdate;
+    let env = start().await;
+    env.customer_says("wmQuota", "hi");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kf.db");
+    let store = store_with_customer(&path, "wmQuota").await;
+    let db = path.to_str().unwrap();
+    let send = |msgid: &'static str| {
+        [
+            "send",
+            "--db",
+            db,
+            "--open-kfid",
+            "wkCli",
+            "--customer",
+            "wmQuota",
+            "--msgid",
+            msgid,
+            "text",
+            "answer",
+        ]
+    };
+    // Four sends recorded by the service; the command's is the fifth, recorded too.
+    for _ in 0..4 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        store
+            .update_session(
+                "wkCli".into(),
+                "wmQuota".into(),
+                SessionUpdate::Sent { at: now },
+                0,
+            )
+            .await
+            .unwrap();
+    }
+    env.ok(&send("fifth")).await;
+    let view = store
+        .session("wkCli".into(), "wmQuota".into())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        view.sent_since_customer_message(),
+        5,
+        "the command's send is counted"
+    );
+    // The sixth is refused from the view, without calling WeChat.
+    let sends = env
+        .running
+        .emulator()
+        .outbox(Some("wkCli"), Some("wmQuota"))["messages"]
+        .as_array()
+        .unwrap()
+        .len();
+    let out = env.run(&send("sixth")).await;
+    assert_one_line_error(&out, 1);
+    assert!(
+        out.stderr
+            .contains("refused by the session view in the store, nothing sent"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        env.running
+            .emulator()
+            .outbox(Some("wkCli"), Some("wmQuota"))["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        sends
+    );
+    store.close().await;
+    // A store that is not there is an invocation error, not a new empty store.
+    let missing = dir.path().join("missing.db");
+    let out = env
+        .run(&[
+            "send",
+            "--db",
+            missing.to_str().unwrap(),
+            "--open-kfid",
+            "wkCli",
+            "--customer",
+            "wmQuota",
+            "text",
+            "x",
+        ])
+        .await;
+    assert_one_line_error(&out, 2);
+    assert!(!missing.exists());
 }

@@ -273,7 +273,43 @@ fn decrypt_for_another_corp_fails_with_code_40005() {
         "--nonce",
         "1234567890",
     ]);
-    assert_fails_with(&run(&mut cmd, V6_BODY), "receive_id mismatch (-40005)");
+    assert_fails_with(
+        &run(&mut cmd, V6_BODY),
+        "receive_id mismatch (-40005): the payload decrypted but names another receiver, so the \
+         CorpID (--corp-id, WECHAT_KF_CORP_ID) is probably wrong",
+    );
+}
+
+#[test]
+fn a_wrong_encoding_aes_key_after_a_valid_signature_is_named_as_the_likely_mistake() {
+    let mut cmd = wechat_kf();
+    cmd.args(["callback", "decrypt"]).args([
+        "--token",
+        "QDG6eK",
+        // A well-formed key, but not the one the body was encrypted with.
+        "--aes-key",
+        "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
+        "--corp-id",
+        "wx5823bf96d3bd56c7",
+        "--msg-signature",
+        V6_SIG,
+        "--timestamp",
+        "1700000000",
+        "--nonce",
+        "1234567890",
+    ]);
+    let out = run(&mut cmd, V6_BODY);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let line = stderr(&out);
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(line.starts_with("wechat-kf: "), "{line}");
+    assert!(line.contains("(-40008)"), "the official code: {line}");
+    assert!(
+        line.contains(
+            "the EncodingAESKey (--aes-key, WECHAT_KF_ENCODING_AES_KEY) is probably wrong"
+        ),
+        "{line}"
+    );
 }
 
 #[test]
@@ -350,5 +386,35 @@ fn encrypt_rejects_a_random_prefix_of_the_wrong_length() {
         ]),
         "",
     );
-    assert_fails_with(&out, "--random must be exactly 16 bytes");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an invocation error: {}",
+        stderr(&out)
+    );
+    assert_eq!(
+        stderr(&out),
+        "wechat-kf: --random must be exactly 16 bytes\n"
+    );
+}
+
+#[test]
+fn an_unreadable_body_file_is_an_input_error() {
+    let out = run(
+        wechat_kf()
+            .args(["callback", "decrypt"])
+            .args(V1)
+            .args([
+                "--msg-signature",
+                V6_SIG,
+                "--timestamp",
+                "1",
+                "--nonce",
+                "1",
+            ])
+            .arg("/nonexistent/body.xml"),
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).starts_with("wechat-kf: cannot read /nonexistent/body.xml"));
 }

@@ -84,6 +84,21 @@ fn summary_counts_kinds_sorted_and_exits_1_when_an_item_is_invalid() {
     );
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("location.latitude"), "{stderr}");
+    // Numbered from 0, as the webhook body's `invalid` list numbers the same array.
+    assert!(stderr.starts_with("wechat-kf: item 5 ("), "{stderr}");
+}
+
+#[test]
+fn the_help_says_what_decode_prints() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wechat-kf"))
+        .args(["decode", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success());
+    assert!(help.contains("re-encoded from the typed model"), "{help}");
+    assert!(help.contains("equals the input as JSON"), "{help}");
+    assert!(help.contains("counted from 0"), "{help}");
 }
 
 #[test]

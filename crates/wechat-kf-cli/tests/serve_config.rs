@@ -31,6 +31,12 @@ fn clean_command() -> Command {
 
 /// Starts `wechat-kf emulator` and returns it with the variables of its `export` lines.
 fn emulator(args: &[&str]) -> (Child, BTreeMap<String, String>) {
+    let (child, exports, _) = emulator_printing(args);
+    (child, exports)
+}
+
+/// [`emulator`], and every line it printed up to its control-API line.
+fn emulator_printing(args: &[&str]) -> (Child, BTreeMap<String, String>, Vec<String>) {
     let mut child = Command::new(binary())
         .arg("emulator")
         .args(args)
@@ -40,16 +46,19 @@ fn emulator(args: &[&str]) -> (Child, BTreeMap<String, String>) {
         .spawn()
         .unwrap();
     let mut exports = BTreeMap::new();
+    let mut printed = Vec::new();
     let stdout = BufReader::new(child.stdout.take().unwrap());
     for line in stdout.lines().map_while(Result::ok) {
         if let Some((name, value)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
             exports.insert(name.to_owned(), value.to_owned());
         }
-        if line.starts_with("# control API") {
+        let end = line.starts_with("# control API");
+        printed.push(line);
+        if end {
             break;
         }
     }
-    (child, exports)
+    (child, exports, printed)
 }
 
 type Bodies = Arc<Mutex<Vec<Value>>>;
@@ -214,4 +223,75 @@ fn a_wrong_setting_stops_serve_at_start_with_one_line_saying_where() {
         stderr.contains("media.object_store: \"gs://kf-media\" is not s3://<bucket>"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn an_emulator_without_accounts_says_how_to_create_one_and_serve_says_it_pulls_nothing() {
+    let (mut emu, exports, printed) = emulator_printing(&["--listen", "127.0.0.1:0"]);
+    let base = exports["WECHAT_KF_BASE_URL"].clone();
+    let text = printed.join("\n");
+    assert!(text.contains("# no accounts yet"), "{text}");
+    let curl = printed
+        .iter()
+        .find(|l| l.contains("curl"))
+        .unwrap_or_else(|| panic!("no curl line: {text}"));
+    assert!(
+        curl.starts_with('#') && curl.contains(&format!("{base}/emulator/accounts")),
+        "{curl}"
+    );
+    let mut serve = Spawned::spawn(
+        clean_command()
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--db", ":memory:"])
+            .envs(&exports)
+            .env("RUST_LOG", "warn"),
+    );
+    let lines = serve
+        .read_until(
+            wechat_kf_test_support::Stream::Stderr,
+            Duration::from_secs(20),
+            "the listening line",
+            |l| l.contains(common::SERVE_LISTENING),
+        )
+        .await
+        .join("\n");
+    assert!(lines.contains("wechat-kf serve: what runs"), "{lines}");
+    assert!(
+        lines.contains("accounts:    none: nothing is pulled"),
+        "{lines}"
+    );
+    assert!(lines.contains("no KF account to pull"), "{lines}");
+    assert!(
+        lines.contains("messages:    to stdout as JSON Lines"),
+        "{lines}"
+    );
+    assert!(
+        lines.contains("reply API:   off: set --api-token"),
+        "{lines}"
+    );
+    drop(serve);
+    stop(&mut emu);
+}
+
+#[tokio::test]
+async fn a_secret_wechat_rejects_stops_serve_with_the_setting_named() {
+    let (mut emu, mut exports) = emulator(&["--listen", "127.0.0.1:0"]);
+    exports.insert("WECHAT_KF_SECRET".into(), "wrong-secret-value".into());
+    let output = clean_command()
+        .args(["serve", "--listen", "127.0.0.1:0", "--db", ":memory:"])
+        .envs(&exports)
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("wechat-kf: serve: "), "{stderr}");
+    assert!(
+        stderr.contains("wechat.secret: WeChat rejected the secret for this corp id (40001)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("wrong-secret-value"), "{stderr}");
+    stop(&mut emu);
 }

@@ -109,3 +109,80 @@ async fn the_sandbox_answers_a_customer_with_an_echo_in_one_command() {
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
+
+#[tokio::test]
+async fn the_sandbox_prints_the_emulators_credentials_and_takes_an_api_token_flag() {
+    if !common::serve_available() {
+        return;
+    }
+    let mut command = Command::new(binary());
+    command
+        .args(["serve", "--api-token", "flag-token"])
+        .args(["--listen", "127.0.0.1:0"])
+        .env_remove("WECHAT_KF_CORP_ID")
+        .env_remove("WECHAT_KF_SECRET")
+        .env_remove("WECHAT_KF_CONFIG")
+        .env_remove("WECHAT_KF_API_TOKEN")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    let mut child = Spawned::spawn(&mut command);
+    let timeout = Duration::from_secs(20);
+    let start = child
+        .read_until(Stream::Stderr, timeout, "the listening line", |l| {
+            l.contains(common::SERVE_LISTENING)
+        })
+        .await
+        .join("\n");
+    assert!(
+        start.contains("reply API:   on at /v1/* (bearer api.token)"),
+        "{start}"
+    );
+    let service = start
+        .rsplit(common::SERVE_LISTENING)
+        .next()
+        .unwrap()
+        .trim()
+        .to_owned();
+    let export = child
+        .read_until(Stream::Stderr, timeout, "the export line", |l| {
+            l.contains("export WECHAT_KF_BASE_URL=")
+        })
+        .await
+        .pop()
+        .unwrap();
+    assert!(!export.contains("flag-token"), "{export}");
+    // The printed line, as a shell would read it, points `wechat-kf token` at the emulator.
+    let vars: Vec<(String, String)> = export
+        .split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    assert_eq!(vars.len(), 3, "{export}");
+    let token = Command::new(binary())
+        .arg("token")
+        .env_remove("WECHAT_KF_CONFIG")
+        .envs(vars)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        token.status.success(),
+        "{}",
+        String::from_utf8_lossy(&token.stderr)
+    );
+    assert!(String::from_utf8_lossy(&token.stdout).starts_with("expires_at="));
+    // The flag's token opens the reply API.
+    let http = reqwest::Client::new();
+    let status = http
+        .get(format!("{service}/v1/sessions/wkX/wmX"))
+        .bearer_auth("flag-token")
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}

@@ -65,6 +65,7 @@ mod send_policy;
 mod sender;
 mod service;
 pub mod store;
+mod summary;
 
 pub use clock::Clock;
 pub use delivery::sink::{

@@ -45,7 +45,7 @@ use crate::delivery::DeliveryQueue;
 use crate::ids::{IdKind, check};
 use crate::media::MediaFetcher;
 use crate::metrics::Metrics;
-use crate::readiness::Readiness;
+use crate::readiness::{self, Readiness};
 use crate::replies::{Transfer, new_msgid};
 use crate::retry::{backoff, jitter, window_wait};
 use crate::store::{NewMessage, NewReply, PageWrite, Payload, ReplyEndpoint, Store, is_skipped};
@@ -105,8 +105,8 @@ pub(crate) struct PullContext {
     pub(crate) media: Option<Arc<MediaFetcher>>,
     /// Wakes the reply sender (keyword handoffs were queued).
     pub(crate) replies: Arc<Notify>,
-    /// Where a store that cannot write makes the service not ready.
-    pub(crate) readiness: Arc<Readiness>,
+    /// Not ready while the store cannot write, or `sync_msg` cannot reach WeChat.
+    pub(crate) readiness: Readiness,
 }
 
 /// The calls an account made without a callback Token in the last minute, and when WeChat
@@ -557,6 +557,8 @@ async fn pull_round(
     let mut empty_pages = 0u32;
     let mut pages = 0u32;
     let mut stored_total = 0usize;
+    let mut duplicates_total = 0usize;
+    let cursor_before = puller.committed_cursor().map(str::to_owned);
     // After one 95007 the round goes on without callback tokens (a burst of stale tokens would
     // otherwise cost one rejected call each).
     let mut use_tokens = true;
@@ -601,6 +603,14 @@ async fn pull_round(
             _ = shutdown.cancelled() => return,
         };
         let now_ms = ctx.clock.local_ms();
+        if let Err(e) = &result {
+            if let Some(reason) = readiness::unreachable(e) {
+                ctx.readiness
+                    .fail(readiness::WECHAT, format!("unreachable: {reason}"));
+            }
+        } else {
+            ctx.readiness.clear(readiness::WECHAT);
+        }
         let mut page = match result {
             Ok(page) => {
                 let rejected = page.callback_token_rejection().is_some();
@@ -791,18 +801,28 @@ async fn pull_round(
             );
         }
         stored_total += outcome.stored.len();
+        duplicates_total += outcome.duplicates;
         tokio::select! {
             _ = ctx.deliveries.push(outcome.stored) => {}
             // Committed already: the deliverer finds these rows in the store at the next start.
             _ = shutdown.cancelled() => return,
         }
         if !has_more {
-            tracing::debug!(
-                open_kfid = open_kfid.as_str(),
-                pages,
-                stored = stored_total,
-                "pull finished"
-            );
+            // One line per pull that found something (ids and counts, never content); an
+            // empty safety pull stays at debug so that an idle service keeps a quiet log.
+            let cursor_moved = puller.committed_cursor() != cursor_before.as_deref();
+            if stored_total > 0 || duplicates_total > 0 || cursor_moved {
+                tracing::info!(
+                    open_kfid = open_kfid.as_str(),
+                    pages,
+                    messages = stored_total,
+                    duplicates = duplicates_total,
+                    cursor_moved,
+                    "pulled"
+                );
+            } else {
+                tracing::debug!(open_kfid = open_kfid.as_str(), pages, "pulled: nothing new");
+            }
             return;
         }
         if items == 0 {

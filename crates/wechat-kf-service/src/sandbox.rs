@@ -16,6 +16,11 @@ pub const DEMO_CUSTOMER: &str = "wmDemoCustomer";
 pub struct SandboxInfo {
     /// The emulator's base URL (`/emulator/*` control API, `/cgi-bin/*` WeChat API).
     pub emulator_url: String,
+    /// The emulator's corp id, for the operator commands (`token`, `sync`, `send`, ...).
+    pub corp_id: String,
+    /// The emulator's generated secret (it guards only this process's emulator), for the
+    /// operator commands.
+    pub secret: String,
     /// The demo account.
     pub open_kfid: OpenKfId,
     /// The service's base URL (filled in once it listens).
@@ -61,8 +66,12 @@ impl SandboxInfo {
              \x20 curl -s '{emu}/emulator/outbox?open_kfid={kf}'\n\
              Reply through the reply API:\n\
              \x20 curl -s {svc}/v1/messages -H 'authorization: Bearer {token}' -H 'content-type: application/json' \\\n\
-             \x20   -d '{{\"touser\":\"{DEMO_CUSTOMER}\",\"open_kfid\":\"{kf}\",\"msgtype\":\"text\",\"text\":{{\"content\":\"hi\"}}}}'\n",
+             \x20   -d '{{\"touser\":\"{DEMO_CUSTOMER}\",\"open_kfid\":\"{kf}\",\"msgtype\":\"text\",\"text\":{{\"content\":\"hi\"}}}}'\n\
+             Point the operator commands (wechat-kf token, sync, send, ...) at the emulator:\n\
+             \x20 export WECHAT_KF_BASE_URL={emu} WECHAT_KF_CORP_ID={corp} WECHAT_KF_SECRET={secret}\n",
             svc = self.service_url,
+            corp = self.corp_id,
+            secret = self.secret,
         )
     }
 }
@@ -108,6 +117,8 @@ impl Sandbox {
         };
         let info = SandboxInfo {
             emulator_url: emulator_url.clone(),
+            corp_id: corp_id.clone(),
+            secret: secret.clone(),
             open_kfid: open_kfid.clone(),
             service_url: String::new(),
             generated_api_token: generated.then(|| api_token.clone()),

@@ -26,11 +26,13 @@ use crate::leader::{self, LeaderLock};
 use crate::media::MediaFetcher;
 use crate::metrics::Metrics;
 use crate::puller::{PullContext, Pullers};
-use crate::readiness::Readiness;
+use crate::readiness::{self, Readiness};
+use crate::retry::backoff;
 use crate::sandbox;
 use crate::send_policy::Gate;
 use crate::sender::ReplySender;
 use crate::store::{self, Store};
+use crate::summary::{self, Discovery, Facts, ReplyApi};
 
 /// The service; see [`Service::start`].
 #[derive(Debug)]
@@ -54,6 +56,7 @@ pub struct RunningService {
     replies: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
     leader: Option<LeaderLock>,
+    summary: String,
 }
 
 impl std::fmt::Debug for RunningService {
@@ -188,6 +191,30 @@ impl Service {
         }
         let client = builder.build()?;
         let started_at = clock.now();
+        let origin = base_url
+            .clone()
+            .unwrap_or_else(|| "https://qyapi.weixin.qq.com".into());
+
+        // One gettoken before anything else: credentials WeChat rejects stop the start with the
+        // setting named; an unreachable WeChat starts not ready and is probed until it answers.
+        let readiness = Readiness::new();
+        readiness.fail(readiness::SERVICE, "starting");
+        let wechat_reachable = match check_credentials(&client, config.wechat.timeout).await {
+            Ok(()) => true,
+            Err(Checked::Rejected(e)) => return Err(e),
+            Err(Checked::Unreachable(reason)) => {
+                tracing::warn!(
+                    origin,
+                    reason,
+                    "WeChat is unreachable; not ready until it answers"
+                );
+                readiness.fail(
+                    readiness::WECHAT,
+                    format!("unreachable: {reason} ({origin})"),
+                );
+                false
+            }
+        };
 
         let location = config.db_location();
         // Bound before the election: a standby answers on the socket the leader will serve
@@ -214,7 +241,6 @@ impl Service {
         tracing::info!(backend = store.backend(), "store open");
 
         let metrics = Arc::new(Metrics::new());
-        let readiness = Arc::new(Readiness::new());
         let media = MediaFetcher::new(client.clone(), &config.media, metrics.clone())
             .await?
             .map(Arc::new);
@@ -257,14 +283,15 @@ impl Service {
             replies: reply_wake.clone(),
             readiness: readiness.clone(),
         }));
-        let api_token = match (&config.api.token, &sandbox) {
-            (Some(token), _) => Some(token.clone()),
-            (None, Some(s)) => Some(Secret::new(s.api_token.clone())),
-            (None, None) => None,
+        let (api_token, reply_api) = match (&config.api.token, &sandbox) {
+            (Some(token), _) => (Some(token.clone()), ReplyApi::Configured),
+            (None, Some(s)) => (Some(Secret::new(s.api_token.clone())), ReplyApi::Generated),
+            (None, None) => (None, ReplyApi::Off),
         };
         if api_token.is_none() {
             tracing::info!("the reply API is off (no api.token): /v1/* answers 403");
         }
+        let callbacks = crypto.is_some();
         let state = AppState::new(AppParts {
             client: client.clone(),
             store: store.clone(),
@@ -279,11 +306,10 @@ impl Service {
                 max_body: config.callback.max_body_bytes,
             }),
             api_token,
-            readiness,
+            readiness: readiness.clone(),
             metrics_token: config.http.metrics_token.clone(),
             metrics_apart: config.http.metrics_listen.is_some(),
         });
-        state.set_ready(false);
 
         let listener = tokio::net::TcpListener::from_std(listener)
             .map_err(|e| Error::io("cannot serve on the listening socket", e))?;
@@ -349,21 +375,36 @@ impl Service {
             pullers.start(&s.open_kfid, None, None);
         }
         let mut background = Vec::new();
-        if config.wechat.discover_accounts {
-            let (client, pullers) = (client.clone(), pullers.clone());
-            background.push(tokio::spawn(async move {
-                match client.accounts().list_all().await {
-                    Ok(accounts) => {
-                        for account in accounts {
-                            pullers.start(&account.open_kfid, None, None);
-                        }
-                    }
-                    Err(e) => tracing::warn!(
-                        error = %crate::error::safe_error(&e),
+        let discovery = if !config.wechat.discover_accounts {
+            Discovery::Off
+        } else if wechat_reachable {
+            // Awaited (bounded), so the summary below names the accounts found.
+            match tokio::time::timeout(config.wechat.timeout, discover(&client, &pullers)).await {
+                Ok(Ok(n)) => Discovery::Listed(n),
+                Ok(Err(e)) => {
+                    let reason = crate::error::safe_error(&e);
+                    tracing::warn!(
+                        error = reason,
                         "cannot list accounts (kf/account/list); relying on callbacks"
-                    ),
+                    );
+                    Discovery::Failed(reason)
                 }
-            }));
+                Err(_) => {
+                    tracing::warn!("kf/account/list did not answer in time; relying on callbacks");
+                    Discovery::Failed("no answer in time".into())
+                }
+            }
+        } else {
+            Discovery::Pending
+        };
+        if !wechat_reachable {
+            background.push(tokio::spawn(probe_wechat(
+                client.clone(),
+                readiness.clone(),
+                origin.clone(),
+                config.wechat.discover_accounts.then(|| pullers.clone()),
+                shutdown.clone(),
+            )));
         }
         if config.storage.retention > Duration::ZERO {
             background.push(tokio::spawn(purge_loop(
@@ -373,12 +414,36 @@ impl Service {
                 shutdown.clone(),
             )));
         }
-        state.set_ready(true);
+        let accounts = pullers.accounts();
+        let summary = summary::render(
+            &config,
+            &Facts {
+                origin: origin.clone(),
+                wechat_reachable,
+                accounts: accounts.clone(),
+                discovery: discovery.clone(),
+                callbacks,
+                reply_api,
+                store_backend: store.backend(),
+            },
+        );
+        if accounts.is_empty() && discovery != Discovery::Pending {
+            // Say so rather than idle silently (a new corp, or an emulator without accounts).
+            tracing::warn!(
+                origin,
+                "no KF account to pull: kf/account/list found none and none is configured \
+                 (wechat.accounts); nothing is pulled until a callback names an account"
+            );
+        }
+        readiness.clear(readiness::SERVICE);
         tracing::info!(
             listen = %local_addr,
             metrics_listen = metrics_addr.map(|a| a.to_string()),
             sandbox = sandbox.is_some(),
             webhook = config.webhook.url.is_some(),
+            accounts = accounts.len(),
+            reply_api = reply_api != ReplyApi::Off,
+            callbacks,
             "wechat-kf serve started"
         );
         Ok(RunningService {
@@ -396,6 +461,7 @@ impl Service {
             replies,
             background,
             leader,
+            summary,
         })
     }
 
@@ -408,6 +474,7 @@ impl Service {
             running = Service::start(config) => running?,
             () = &mut stop => return Ok(()),
         };
+        eprint!("{}", running.summary());
         eprintln!("wechat-kf serve: listening on {}", running.base_url());
         if let Some(info) = running.sandbox() {
             eprintln!("{}", info.instructions());
@@ -425,6 +492,125 @@ impl Service {
         }
         running.shutdown().await;
         Ok(())
+    }
+}
+
+/// Why the start-up `gettoken` failed.
+enum Checked {
+    /// WeChat refused the credentials: the start stops, naming the setting.
+    Rejected(Error),
+    /// No answer (network, timeout, 5xx, busy): the reason, without secrets.
+    Unreachable(String),
+}
+
+/// The setting to fix when `gettoken` answers with a credentials error (40001, 40013, 41002,
+/// 41004; official doc 90313), as a configuration error naming it; `None` for any other failure.
+fn credentials_rejected(error: &wechat_kf::client::Error) -> Option<Error> {
+    use wechat_kf::client::ErrCode;
+    let (key, var, what) = match error.errcode()? {
+        ErrCode::InvalidCredential => (
+            "wechat.secret",
+            "WECHAT_KF_SECRET",
+            "WeChat rejected the secret for this corp id (40001)",
+        ),
+        ErrCode::InvalidCorpId => (
+            "wechat.corp_id",
+            "WECHAT_KF_CORP_ID",
+            "WeChat does not know this corp id (40013)",
+        ),
+        ErrCode::MissingCorpId => (
+            "wechat.corp_id",
+            "WECHAT_KF_CORP_ID",
+            "WeChat received no corp id (41002)",
+        ),
+        ErrCode::MissingCorpSecret => (
+            "wechat.secret",
+            "WECHAT_KF_SECRET",
+            "WeChat received no secret (41004)",
+        ),
+        _ => return None,
+    };
+    Some(Error::Config(format!(
+        "{key}: {what}; check {key} ({var}): the KF secret of the corp's \"微信客服\" app"
+    )))
+}
+
+/// One `gettoken` (the token is kept for the calls that follow), bounded in time.
+async fn check_credentials(client: &Client, timeout: Duration) -> Result<(), Checked> {
+    match tokio::time::timeout(timeout, client.token()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(match credentials_rejected(&e) {
+            Some(rejected) => Checked::Rejected(rejected),
+            None => Checked::Unreachable(crate::error::safe_error(&e)),
+        }),
+        Err(_) => Err(Checked::Unreachable(format!(
+            "gettoken: no answer within {}",
+            humantime::format_duration(timeout)
+        ))),
+    }
+}
+
+/// Lists the corp's accounts (`kf/account/list`) and starts a puller for each; how many.
+async fn discover(client: &Client, pullers: &Pullers) -> Result<usize, wechat_kf::client::Error> {
+    let accounts = client.accounts().list_all().await?;
+    for account in &accounts {
+        pullers.start(&account.open_kfid, None, None);
+    }
+    Ok(accounts.len())
+}
+
+/// While WeChat did not answer at start: `gettoken` with backoff until it does (then lists the
+/// accounts, when `pullers` is given), keeping the readiness reason current.
+async fn probe_wechat(
+    client: Client,
+    readiness: Readiness,
+    origin: String,
+    pullers: Option<Arc<Pullers>>,
+    shutdown: CancellationToken,
+) {
+    let mut failures = 0u32;
+    loop {
+        failures += 1;
+        let delay = backoff(
+            failures,
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+            crate::retry::jitter(),
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return,
+        }
+        match client.token().await {
+            Ok(_) => break,
+            Err(e) => match credentials_rejected(&e) {
+                Some(rejected) => {
+                    tracing::error!(error = %rejected, "WeChat rejected the credentials");
+                    readiness.fail(
+                        readiness::WECHAT,
+                        format!("credentials rejected: {rejected}"),
+                    );
+                }
+                None => {
+                    let reason = crate::error::safe_error(&e);
+                    readiness.fail(
+                        readiness::WECHAT,
+                        format!("unreachable: {reason} ({origin})"),
+                    );
+                }
+            },
+        }
+    }
+    readiness.clear(readiness::WECHAT);
+    tracing::info!(origin, "WeChat answers: ready");
+    if let Some(pullers) = pullers {
+        match discover(&client, &pullers).await {
+            Ok(n) => tracing::info!(accounts = n, "listed the accounts (kf/account/list)"),
+            Err(e) => tracing::warn!(
+                error = %crate::error::safe_error(&e),
+                "cannot list accounts (kf/account/list); relying on callbacks"
+            ),
+        }
     }
 }
 
@@ -560,6 +746,11 @@ impl RunningService {
                 None => std::future::pending().await,
             }
         }
+    }
+
+    /// The block printed at start: what runs and where messages go (no secrets).
+    pub fn summary(&self) -> &str {
+        &self.summary
     }
 
     /// Sandbox details (emulator URL, demo account, reply-API token), in sandbox mode.

@@ -5,7 +5,9 @@
 //! Credentials come from flags, then the environment (`WECHAT_KF_CORP_ID`, `WECHAT_KF_SECRET`,
 //! `WECHAT_KF_BASE_URL`), then the `[wechat]` section of the file `serve` reads (`--config` or
 //! `WECHAT_KF_CONFIG`). Results go to stdout (JSON, one object per line, or a single value); progress and
-//! errors go to stderr. Any failure prints one line and exits 1.
+//! errors go to stderr. A failure prints one line and exits 1 when WeChat or the network said
+//! no, 2 when the invocation or its input was wrong (checked before any call where the range is
+//! known). The customer is `--customer` everywhere (`--to` and `--external-userid` are aliases).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -174,20 +176,20 @@ enum StateCommand {
         /// The account.
         #[arg(long)]
         open_kfid: String,
-        /// The customer.
-        #[arg(long)]
-        external_userid: String,
+        /// The customer (external_userid).
+        #[arg(long, visible_aliases = ["to", "external-userid"])]
+        customer: String,
     },
     /// Change the session state; prints the msg_code when the server issues one.
     Trans {
         /// The account.
         #[arg(long)]
         open_kfid: String,
-        /// The customer.
-        #[arg(long)]
-        external_userid: String,
-        /// Target state: 1 bot, 2 queue, 3 human (needs --servicer-userid), 4 end.
-        #[arg(long)]
+        /// The customer (external_userid).
+        #[arg(long, visible_aliases = ["to", "external-userid"])]
+        customer: String,
+        /// Target state: 0 untreated, 1 bot, 2 queue, 3 human (needs --servicer-userid), 4 end.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=4))]
         state: u32,
         /// The servicer to assign (state 3).
         #[arg(long)]
@@ -220,11 +222,14 @@ pub struct CustomersArgs {
 /// `customers` subcommands.
 #[derive(Debug, Subcommand)]
 enum CustomersCommand {
-    /// Print profiles (one JSON object per line; unknown ids are reported on stderr).
+    /// Print profiles (one JSON object per line); unknown ids are named on stderr and make it
+    /// exit 1 (after printing the others).
     Get {
-        /// external_userid values (1–100).
-        #[arg(required = true)]
+        /// The customers (external_userid), 1–100 in all with --customer.
         external_userids: Vec<String>,
+        /// A customer (external_userid); repeatable.
+        #[arg(long = "customer", visible_aliases = ["to", "external-userid"])]
+        customers: Vec<String>,
         /// Include the last enter_session context.
         #[arg(long)]
         context: bool,
@@ -275,8 +280,9 @@ pub async fn run(command: ApiCommand) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::BrokenPipe) => ExitCode::SUCCESS,
         Err(error) => {
+            let code = error.exit_code();
             super::fail(error);
-            ExitCode::from(1)
+            ExitCode::from(code)
         }
     }
 }
@@ -290,12 +296,28 @@ pub enum CliError {
     /// Bad arguments or configuration.
     #[error("{0}")]
     Usage(String),
+    /// The operation failed in part (some items refused, some ids unknown).
+    #[error("{0}")]
+    Failed(String),
     /// Writing output failed.
     #[error("cannot write output: {0}")]
     Output(std::io::Error),
     /// stdout was closed by the reader (e.g. `| head`): stop quietly.
     #[error("broken pipe")]
     BrokenPipe,
+}
+
+impl CliError {
+    /// 2 when the invocation or its input was wrong (a bad flag, a value the client checks
+    /// before sending, an unreadable file), 1 when the operation failed, 0 for a closed pipe.
+    pub fn exit_code(&self) -> u8 {
+        use wechat_kf::client::Error as E;
+        match self {
+            CliError::BrokenPipe => 0,
+            CliError::Usage(_) | CliError::Api(E::Validation(_) | E::Io { .. }) => 2,
+            CliError::Api(_) | CliError::Failed(_) | CliError::Output(_) => 1,
+        }
+    }
 }
 
 impl From<std::io::Error> for CliError {
@@ -440,7 +462,7 @@ async fn servicers(args: ServicersArgs) -> CliResult {
         out_json(result)?;
     }
     if failed > 0 {
-        return Err(CliError::Usage(format!(
+        return Err(CliError::Failed(format!(
             "{failed} of {} items failed",
             results.result_list.len()
         )));
@@ -449,29 +471,34 @@ async fn servicers(args: ServicersArgs) -> CliResult {
 }
 
 async fn state(args: StateArgs) -> CliResult {
+    // Checked before any call (the credentials included): state 3 names the servicer.
+    if let StateCommand::Trans {
+        state: 3,
+        servicer_userid: None,
+        ..
+    } = &args.command
+    {
+        return Err(CliError::Usage(
+            "state trans: --state 3 (a human servicer) needs --servicer-userid".into(),
+        ));
+    }
     let client = args.conn.client()?;
     match args.command {
         StateCommand::Get {
             open_kfid,
-            external_userid,
+            customer,
         } => {
-            let info = client
-                .service_state()
-                .get(open_kfid, external_userid)
-                .await?;
+            let info = client.service_state().get(open_kfid, customer).await?;
             out_json(&info)
         }
         StateCommand::Trans {
             open_kfid,
-            external_userid,
+            customer,
             state,
             servicer_userid,
         } => {
-            let mut request = TransServiceStateRequest::new(
-                open_kfid,
-                external_userid,
-                ServiceState::from_code(state),
-            );
+            let mut request =
+                TransServiceStateRequest::new(open_kfid, customer, ServiceState::from_code(state));
             if let Some(servicer) = servicer_userid {
                 request = request.servicer_userid(servicer);
             }
@@ -484,11 +511,19 @@ async fn state(args: StateArgs) -> CliResult {
 }
 
 async fn customers(args: CustomersArgs) -> CliResult {
-    let client = args.conn.client()?;
     let CustomersCommand::Get {
-        external_userids,
+        mut external_userids,
+        customers,
         context,
     } = args.command;
+    external_userids.extend(customers);
+    if !(1..=100).contains(&external_userids.len()) {
+        return Err(CliError::Usage(format!(
+            "customers get: give 1-100 customers (--customer or as arguments), not {}",
+            external_userids.len()
+        )));
+    }
+    let client = args.conn.client()?;
     let response = client
         .customers()
         .batchget(
@@ -498,8 +533,15 @@ async fn customers(args: CustomersArgs) -> CliResult {
     for customer in &response.customer_list {
         out_json(customer)?;
     }
-    for invalid in &response.invalid_external_userid {
-        eprintln!("unknown or inaccessible: {invalid}");
+    let unknown = &response.invalid_external_userid;
+    if !unknown.is_empty() {
+        let names: Vec<&str> = unknown.iter().map(|id| id.as_str()).collect();
+        return Err(CliError::Failed(format!(
+            "customers get: {} of {} unknown or inaccessible: {}",
+            unknown.len(),
+            response.customer_list.len() + unknown.len(),
+            names.join(", ")
+        )));
     }
     Ok(())
 }

@@ -184,9 +184,21 @@ pub fn run(command: CallbackCommand) -> ExitCode {
     }
 }
 
-/// A failure as the one line printed: the failed check and, for crypto, its official code.
+/// A failure as the one line printed: the failed check, its official code and, where the
+/// signature matched (so the Token is right), which other setting is probably wrong.
 fn crypto_failure(e: CryptoError) -> Failure {
-    Failure(1, format!("{e} ({})", e.code()))
+    let hint = match e {
+        CryptoError::Padding | CryptoError::FrameLength | CryptoError::InvalidUtf8 => {
+            ": the signature matched but the payload does not decrypt, so the EncodingAESKey \
+             (--aes-key, WECHAT_KF_ENCODING_AES_KEY) is probably wrong"
+        }
+        CryptoError::ReceiveIdMismatch => {
+            ": the payload decrypted but names another receiver, so the CorpID (--corp-id, \
+             WECHAT_KF_CORP_ID) is probably wrong"
+        }
+        _ => "",
+    };
+    Failure(1, format!("{e} ({}){hint}", e.code()))
 }
 
 fn verify_url(args: VerifyUrlArgs) -> Result<String, Failure> {
@@ -235,7 +247,7 @@ fn encrypt(args: EncryptArgs) -> Result<String, Failure> {
             let random: &[u8; 16] = random
                 .as_bytes()
                 .try_into()
-                .map_err(|_| "--random must be exactly 16 bytes".to_owned())?;
+                .map_err(|_| Failure(2, "--random must be exactly 16 bytes".to_owned()))?;
             crypto.encrypt_with_random(&plaintext, random, &timestamp, &nonce)
         }
         None => crypto.encrypt_message(&plaintext, &timestamp, &nonce),
@@ -243,8 +255,12 @@ fn encrypt(args: EncryptArgs) -> Result<String, Failure> {
     .map_err(crypto_failure)
 }
 
-/// Reads a file, or stdin for `-` or no path.
-fn read_input(path: Option<&PathBuf>) -> Result<String, String> {
+/// Reads a file, or stdin for `-` or no path; an unreadable one is an input error (2).
+fn read_input(path: Option<&PathBuf>) -> Result<String, Failure> {
+    read_text(path).map_err(|message| Failure(2, message))
+}
+
+fn read_text(path: Option<&PathBuf>) -> Result<String, String> {
     match path {
         Some(path) if path.as_os_str() != "-" => std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display())),

@@ -4,6 +4,9 @@
 //! Without `--summary` it prints each message re-encoded from the typed model, one per line;
 //! with it, `KIND<TAB>COUNT` lines sorted by kind.
 //!
+//! Items that do not decode are named on stderr by their index in the input, counted from 0
+//! like the `invalid` list of the webhook body `serve` posts.
+//!
 //! Exit status: 0 when every item decoded, 1 when some were invalid (after printing the rest),
 //! 2 when the input cannot be read or is not one of the accepted shapes.
 
@@ -18,6 +21,17 @@ use wechat_kf::message::{InvalidItem, Message, SyncMsgResponse};
 
 /// Arguments of `wechat-kf decode`.
 #[derive(Debug, Args)]
+#[command(
+    long_about = "Check sync_msg data against the typed message model.\n\n\
+    Reads a sync_msg response body, a JSON array of messages or JSON Lines of messages. Prints \
+    each message that decodes, re-encoded from the typed model, one per line: the output equals \
+    the input as JSON (a message pretty-printed over several lines comes out compacted), so \
+    unknown types and fields survive. With --summary it prints KIND<TAB>COUNT lines instead.\n\n\
+    Each item that does not decode is named on stderr as `item N (msgid): error at <field>`, \
+    N its index in the input counted from 0, like the `invalid` list of the webhook body \
+    `serve` posts. Exit status: 0 every item decoded, 1 some did not, 2 the input is unreadable \
+    or not one of the accepted shapes."
+)]
 pub struct DecodeArgs {
     /// Print `KIND<TAB>COUNT` lines instead of the messages.
     #[arg(long)]
@@ -71,7 +85,7 @@ pub fn run(args: DecodeArgs) -> ExitCode {
     for item in &invalid {
         eprintln!(
             "wechat-kf: item {} ({}): {}",
-            item.index + 1,
+            item.index,
             item.msgid.as_ref().map_or("no msgid", |id| id.as_str()),
             item.error
         );

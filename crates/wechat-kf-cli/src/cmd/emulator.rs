@@ -181,14 +181,21 @@ pub async fn run(args: EmulatorArgs) -> ExitCode {
         Some(url) => say(format!("# callbacks go to {url}")),
         None => say("# no callback URL (set one with PUT /emulator/callback/url)"),
     }
-    if let Some(accounts) = running.emulator().state_snapshot()["accounts"].as_array() {
-        for a in accounts {
-            say(format!(
-                "# account {} {}",
-                a["open_kfid"].as_str().unwrap_or(""),
-                a["name"].as_str().unwrap_or("")
-            ));
-        }
+    let snapshot = running.emulator().state_snapshot();
+    let accounts = snapshot["accounts"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice);
+    for a in accounts {
+        say(format!(
+            "# account {} {}",
+            a["open_kfid"].as_str().unwrap_or(""),
+            a["name"].as_str().unwrap_or("")
+        ));
+    }
+    if accounts.is_empty() {
+        // `serve` pulls nothing until an account exists: say how to make one.
+        say("# no accounts yet; create one (it prints the open_kfid):");
+        say(create_account_line(&running.base_url()));
     }
     say(format!(
         "# control API under {}/emulator/ ; Ctrl-C to stop",
@@ -198,6 +205,15 @@ pub async fn run(args: EmulatorArgs) -> ExitCode {
     running.shutdown().await;
     say("# emulator stopped");
     ExitCode::SUCCESS
+}
+
+/// The curl command creating an account through the control API, commented out so that the
+/// printed lines stay safe to paste into a shell.
+fn create_account_line(base_url: &str) -> String {
+    format!(
+        "#   curl -s {base_url}/emulator/accounts -H 'content-type: application/json' \
+         -d '{{\"name\":\"Demo\"}}'"
+    )
 }
 
 #[cfg(test)]

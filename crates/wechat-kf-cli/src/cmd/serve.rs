@@ -35,6 +35,11 @@ pub struct ServeArgs {
     /// file: flags are visible to other users of the machine).
     #[arg(long)]
     webhook_secret: Option<String>,
+    /// Bearer token of the reply API (`/v1/*`); without one the reply API is off, except in
+    /// the sandbox, which generates and prints one (prefer WECHAT_KF_API_TOKEN or the config
+    /// file: flags are visible to other users of the machine).
+    #[arg(long)]
+    api_token: Option<String>,
     /// Answer every customer text with an echo (try it in the sandbox).
     #[arg(long)]
     echo: bool,
@@ -92,6 +97,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         .set("--db", "storage.db", args.db)
         .set("--webhook", "webhook.url", args.webhook)
         .set("--webhook-secret", "webhook.secret", args.webhook_secret)
+        .set("--api-token", "api.token", args.api_token)
         .switch("--echo", "sandbox.echo", args.echo)
         .set(
             "--emulator-listen",

@@ -555,6 +555,29 @@ impl Config {
                 "set both wechat.corp_id and wechat.secret (or neither, for the sandbox)",
             );
         }
+        // Callbacks need both keys; one alone would leave the callback path silently unserved.
+        match (&wechat.callback_token, &wechat.encoding_aes_key) {
+            (Some(_), None) => {
+                return wrong(
+                    "wechat.callback_token",
+                    "set wechat.encoding_aes_key too (callbacks need both, or neither)",
+                );
+            }
+            (None, Some(_)) => {
+                return wrong(
+                    "wechat.encoding_aes_key",
+                    "set wechat.callback_token too (callbacks need both, or neither)",
+                );
+            }
+            _ => {}
+        }
+        if webhook.secret.is_some() && webhook.url.is_none() {
+            return wrong(
+                "webhook.secret",
+                "signs deliveries to webhook.url, which is not set (without it messages go to \
+                 stdout, unsigned)",
+            );
+        }
         match (handoff.service_state, &handoff.servicer_userid) {
             (2, _) | (3, Some(_)) => {}
             (3, None) => return wrong("handoff.service_state", "3 needs handoff.servicer_userid"),

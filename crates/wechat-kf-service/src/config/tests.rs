@@ -116,6 +116,25 @@ fn credentials_switch_off_the_sandbox_and_must_come_in_pairs() {
     assert!(!config.is_sandbox());
     assert_eq!(config.db_location(), "wechat-kf.db");
     assert!(load("[wechat]\ncorp_id = \"ww1\"\n").is_err());
+    let err = error("[wechat]\ncallback_token = \"t\"\n");
+    assert!(
+        err.contains("wechat.callback_token: set wechat.encoding_aes_key too"),
+        "{err}"
+    );
+    let env = |k: &str| (k == "WECHAT_KF_ENCODING_AES_KEY").then(|| "k".to_owned());
+    let err = Config::from_sources(None, &env, Overrides::default()).unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "WECHAT_KF_ENCODING_AES_KEY (wechat.encoding_aes_key): set wechat.callback_token too"
+        ),
+        "{err}"
+    );
+    let err = error("[webhook]\nsecret = \"s\"\n");
+    assert!(
+        err.contains("webhook.secret: signs deliveries to webhook.url, which is not set"),
+        "{err}"
+    );
+    assert!(load("[webhook]\nsecret = \"s\"\nurl = \"http://127.0.0.1:1/\"\n").is_ok());
     let sandbox = Config::from_sources(None, &no_env, Overrides::default()).unwrap();
     assert!(sandbox.is_sandbox());
     assert_eq!(sandbox.db_location(), ":memory:");
@@ -124,7 +143,7 @@ fn credentials_switch_off_the_sandbox_and_must_come_in_pairs() {
 #[test]
 fn secrets_never_show_in_debug_output_or_errors() {
     let toml = "[wechat]\ncorp_id = \"ww1\"\nsecret = \"TOPSECRET1\"\ncallback_token = \"TOPSECRET2\"\n\
-                encoding_aes_key = \"TOPSECRET3\"\n[webhook]\nsecret = \"TOPSECRET4\"\n[api]\ntoken = \"TOPSECRET5\"\n";
+                encoding_aes_key = \"TOPSECRET3\"\n[webhook]\nurl = \"http://x\"\nsecret = \"TOPSECRET4\"\n[api]\ntoken = \"TOPSECRET5\"\n";
     let debug = format!("{:?}", load(toml).unwrap());
     assert!(!debug.contains("TOPSECRET"), "{debug}");
     let err = error("[wechat]\nsecret = 12345678\n");

@@ -119,7 +119,7 @@ pub(crate) struct Deliverer {
     /// Retry timers and delivery lag are on the service's own clock.
     clock: Clock,
     /// Where a store that cannot write makes the service not ready (one log line per change).
-    readiness: Arc<Readiness>,
+    readiness: Readiness,
     lanes: HashMap<Lane, LaneState>,
     ready: VecDeque<Lane>,
     deliveries: HashMap<Arc<str>, Delivery>,
@@ -135,7 +135,7 @@ pub(crate) struct Deliverer {
 
 impl Deliverer {
     /// Reports store write failures to `readiness` (not ready, one log line per change).
-    pub(crate) fn watch_store(mut self, readiness: Arc<Readiness>) -> Self {
+    pub(crate) fn watch_store(mut self, readiness: Readiness) -> Self {
         self.readiness = readiness;
         self
     }
@@ -161,7 +161,7 @@ impl Deliverer {
             metrics,
             replies,
             clock,
-            readiness: Arc::default(),
+            readiness: Readiness::default(),
             lanes: HashMap::new(),
             ready: VecDeque::new(),
             deliveries: HashMap::new(),
@@ -385,32 +385,32 @@ impl Deliverer {
         if batch.is_empty() {
             return;
         }
-        // Record new deliveries first, so an id seen by the bot survives a crash.
+        // Record each attempt before it is made: a new delivery's id, so that an id seen by
+        // the bot survives a crash, and every delivery's attempt number, so that a redelivery
+        // after a crash says which attempt it really is.
         let records: Vec<DeliveryRecord> = batch
             .iter()
             .filter_map(|id| self.deliveries.get(id))
-            .filter(|d| !d.recorded)
             .map(|d| DeliveryRecord {
                 id: d.id.to_string(),
                 seqs: d.entries.iter().map(|(_, e)| e.seq).collect(),
-                attempts: d.attempts,
+                attempts: d.attempts + 1,
                 next_attempt_at_ms: d.next_attempt_at_ms,
                 last_error: None,
             })
             .collect();
-        if !records.is_empty() {
-            let now_ms = self.clock.local_ms();
-            if let Err(e) = self.store.begin_deliveries(records, now_ms).await {
-                self.readiness.store_write_failed("deliverer", &e);
-                tracing::debug!(error = %e, "cannot record deliveries; retrying in 1 s");
-                self.postpone(batch, 1000);
-                return;
-            }
-            self.readiness.store_write_succeeded("deliverer");
-            for id in &batch {
-                if let Some(d) = self.deliveries.get_mut(id) {
-                    d.recorded = true;
-                }
+        let now_ms = self.clock.local_ms();
+        if let Err(e) = self.store.begin_deliveries(records, now_ms).await {
+            self.readiness.store_write_failed("deliverer", &e);
+            tracing::debug!(error = %e, "cannot record deliveries; retrying in 1 s");
+            self.postpone(batch, 1000);
+            return;
+        }
+        self.readiness.store_write_succeeded("deliverer");
+        for id in &batch {
+            if let Some(d) = self.deliveries.get_mut(id) {
+                d.recorded = true;
+                d.attempts += 1;
             }
         }
         if let Err(e) = self.build_bodies(&batch).await {
@@ -423,7 +423,7 @@ impl Deliverer {
                 continue;
             };
             let Some(body) = d.body.clone() else { continue };
-            let attempt = d.attempts + 1;
+            let attempt = d.attempts;
             let sink = self.sink.clone();
             let done = done.clone();
             self.sending += 1;
@@ -544,9 +544,19 @@ impl Deliverer {
             let Some(d) = self.deliveries.get(&id) else {
                 continue;
             };
+            let target = self.sink.target();
             match outcome {
-                Outcome::Acked(replies) => {
+                Outcome::Acked { status, replies } => {
                     Metrics::add(&self.metrics.deliveries_ok, 1);
+                    tracing::info!(
+                        delivery = &*id,
+                        to = target,
+                        messages = d.entries.len(),
+                        attempt = d.attempts,
+                        status = %status.map_or_else(|| "written".to_owned(), |s| s.to_string()),
+                        replies = replies.len(),
+                        "delivered"
+                    );
                     let queued: Vec<_> = replies
                         .into_iter()
                         .enumerate()
@@ -576,7 +586,7 @@ impl Deliverer {
                 Outcome::Failed(error) => {
                     Metrics::add(&self.metrics.deliveries_failed, 1);
                     Metrics::add(&self.metrics.delivery_retries, 1);
-                    let attempts = d.attempts + 1;
+                    let attempts = d.attempts;
                     let at = now
                         + backoff(
                             attempts,
@@ -587,10 +597,12 @@ impl Deliverer {
                         .as_millis() as i64;
                     tracing::warn!(
                         delivery = &*id,
-                        attempts,
-                        error = %error,
+                        to = target,
+                        messages = d.entries.len(),
+                        attempt = attempts,
+                        cause = %error,
                         retry_in_ms = at - now,
-                        "delivery failed"
+                        "delivery to {target} failed: {error}"
                     );
                     let Some(mut d) = self.deliveries.remove(&id) else {
                         continue;

@@ -155,10 +155,61 @@ pub(crate) fn json_lines<'a>(items: impl Iterator<Item = BodyItem<'a>>) -> Bytes
 /// What a delivery attempt came to.
 #[derive(Debug)]
 pub(crate) enum Outcome {
-    /// Acknowledged; the response's `replies` (raw JSON values), if any.
-    Acked(Vec<serde_json::Value>),
-    /// Not acknowledged: status, timeout or connection failure (no content).
+    /// Acknowledged (with the webhook's HTTP status); the response's `replies` (raw JSON
+    /// values), if any.
+    Acked {
+        /// The 2xx status, for a webhook.
+        status: Option<u16>,
+        /// The replies.
+        replies: Vec<serde_json::Value>,
+    },
+    /// Not acknowledged: the cause, e.g. `connection refused`, `timeout after 10s`, `HTTP 500`
+    /// (no content, no URL).
     Failed(String),
+}
+
+impl Outcome {
+    fn acked(replies: Vec<serde_json::Value>) -> Outcome {
+        Outcome::Acked {
+            status: None,
+            replies,
+        }
+    }
+}
+
+/// Why a request to the webhook failed, in the words an operator searches for: `timeout after
+/// 10s`, `connection refused`, `connection reset`, `cannot resolve the host`, or the innermost
+/// cause. Never the URL (it may carry a secret in its query).
+pub(crate) fn transport_cause(error: &reqwest::Error, timeout: Duration) -> String {
+    if error.is_timeout() {
+        return format!("timeout after {}", humantime::format_duration(timeout));
+    }
+    let mut innermost = None;
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return "connection refused".into(),
+                std::io::ErrorKind::ConnectionReset => return "connection reset".into(),
+                std::io::ErrorKind::ConnectionAborted => return "connection aborted".into(),
+                std::io::ErrorKind::TimedOut => {
+                    return format!("timeout after {}", humantime::format_duration(timeout));
+                }
+                _ => {}
+            }
+        }
+        innermost = Some(cause.to_string());
+        source = cause.source();
+    }
+    let detail = innermost.unwrap_or_else(|| "unknown".into());
+    if detail.contains("dns error") || detail.contains("lookup address") {
+        return format!("cannot resolve the host ({detail})");
+    }
+    if error.is_connect() {
+        format!("cannot connect ({detail})")
+    } else {
+        format!("request failed ({detail})")
+    }
 }
 
 /// The delivery target.
@@ -167,8 +218,11 @@ pub(crate) enum Sink {
     Webhook {
         http: reqwest::Client,
         url: String,
+        /// `host[:port]` of the URL, for log lines (never the whole URL).
+        host: String,
         secret: Option<Secret>,
         max_response_bytes: usize,
+        timeout: Duration,
     },
     /// JSON Lines on stdout.
     Stdout(tokio::sync::Mutex<tokio::io::Stdout>),
@@ -198,15 +252,36 @@ impl Sink {
                     .map_err(|e| {
                         crate::error::Error::Config(format!("cannot build the webhook client: {e}"))
                     })?;
+                let host = reqwest::Url::parse(url)
+                    .ok()
+                    .and_then(|u| {
+                        let host = u.host_str()?.to_owned();
+                        Some(match u.port() {
+                            Some(port) => format!("{host}:{port}"),
+                            None => host,
+                        })
+                    })
+                    .unwrap_or_else(|| "the webhook".into());
                 Ok(Sink::Webhook {
                     http,
                     url: url.clone(),
+                    host,
                     secret: config.secret.clone(),
                     max_response_bytes: config.max_response_bytes,
+                    timeout: config.timeout,
                 })
             }
             None if echo => Ok(Sink::Echo(tokio::sync::Mutex::new(tokio::io::stdout()))),
             None => Ok(Sink::Stdout(tokio::sync::Mutex::new(tokio::io::stdout()))),
+        }
+    }
+
+    /// Where deliveries go, for log lines: the webhook's `host[:port]`, `stdout` or `echo`.
+    pub(crate) fn target(&self) -> &str {
+        match self {
+            Sink::Webhook { host, .. } => host,
+            Sink::Stdout(_) => "stdout",
+            Sink::Echo(_) => "echo",
         }
     }
 
@@ -219,11 +294,11 @@ impl Sink {
     pub(crate) async fn deliver(&self, id: &str, attempt: u32, body: Bytes) -> Outcome {
         match self {
             Sink::Stdout(out) => match write_lines(out, &body).await {
-                Ok(()) => Outcome::Acked(Vec::new()),
+                Ok(()) => Outcome::acked(Vec::new()),
                 Err(e) => Outcome::Failed(format!("stdout: {e}")),
             },
             Sink::Echo(out) => match write_lines(out, &body).await {
-                Ok(()) => Outcome::Acked(echo_replies(&body)),
+                Ok(()) => Outcome::acked(echo_replies(&body)),
                 Err(e) => Outcome::Failed(format!("stdout: {e}")),
             },
             Sink::Webhook {
@@ -231,6 +306,8 @@ impl Sink {
                 url,
                 secret,
                 max_response_bytes,
+                timeout,
+                ..
             } => {
                 let mut request = http
                     .post(url)
@@ -245,14 +322,16 @@ impl Sink {
                 }
                 let mut response = match request.body(body).send().await {
                     Ok(response) => response,
-                    Err(e) if e.is_timeout() => return Outcome::Failed("timeout".into()),
-                    Err(e) if e.is_connect() => return Outcome::Failed("connection failed".into()),
-                    Err(_) => return Outcome::Failed("request failed".into()),
+                    Err(e) => return Outcome::Failed(transport_cause(&e, *timeout)),
                 };
                 let status = response.status();
                 if !status.is_success() {
                     return Outcome::Failed(format!("HTTP {}", status.as_u16()));
                 }
+                let acked = |replies| Outcome::Acked {
+                    status: Some(status.as_u16()),
+                    replies,
+                };
                 // A 2xx acknowledges; the body only matters for replies.
                 let mut body = Vec::new();
                 loop {
@@ -263,7 +342,7 @@ impl Sink {
                                     delivery = id,
                                     "webhook response too large: replies ignored"
                                 );
-                                return Outcome::Acked(Vec::new());
+                                return acked(Vec::new());
                             }
                             body.extend_from_slice(&chunk);
                         }
@@ -273,11 +352,11 @@ impl Sink {
                                 delivery = id,
                                 "webhook response body unreadable: replies ignored"
                             );
-                            return Outcome::Acked(Vec::new());
+                            return acked(Vec::new());
                         }
                     }
                 }
-                Outcome::Acked(parse_replies(id, &body))
+                acked(parse_replies(id, &body))
             }
         }
     }
@@ -342,6 +421,52 @@ mod tests {
             invalid,
             media,
         }
+    }
+
+    fn webhook(url: &str, timeout: Duration) -> Sink {
+        let config = WebhookConfig {
+            url: Some(url.into()),
+            timeout,
+            ..WebhookConfig::default()
+        };
+        Sink::new(&config, false).unwrap()
+    }
+
+    async fn failure(sink: &Sink) -> String {
+        match sink.deliver("d1", 1, Bytes::from_static(b"{}")).await {
+            Outcome::Failed(cause) => cause,
+            Outcome::Acked { .. } => panic!("acknowledged"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_delivery_says_why_in_an_operators_words() {
+        let closed = wechat_kf_test_support::ClosedPort::new();
+        let sink = webhook(
+            &format!("{}/hook?key=SECRET", closed.url()),
+            Duration::from_secs(5),
+        );
+        assert_eq!(sink.target(), closed.addr().to_string());
+        assert_eq!(failure(&sink).await, "connection refused");
+
+        let slow = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "late"
+            }),
+        );
+        let url = wechat_kf_test_support::serve(slow, "/hook").await;
+        let sink = webhook(&url, Duration::from_millis(200));
+        assert_eq!(failure(&sink).await, "timeout after 200ms");
+
+        let broken = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(|| async { axum::http::StatusCode::INTERNAL_SERVER_ERROR }),
+        );
+        let url = wechat_kf_test_support::serve(broken, "/hook").await;
+        let sink = webhook(&url, Duration::from_secs(5));
+        assert_eq!(failure(&sink).await, "HTTP 500");
     }
 
     #[test]

@@ -428,6 +428,66 @@ impl SessionBody {
     }
 }
 
+/// The query of the listings (`GET /v1/messages`, `/v1/deliveries`, `/v1/sends`).
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListParams {
+    /// Only this account.
+    pub(crate) open_kfid: Option<String>,
+    /// Only this customer (`external_userid`).
+    #[serde(alias = "customer")]
+    pub(crate) external_userid: Option<String>,
+    /// Only what went wrong: undecodable messages and those whose delivery failed; deliveries
+    /// whose last attempt failed; replies failed, refused or being retried.
+    #[serde(default)]
+    pub(crate) failed: bool,
+    /// At most this many rows, newest first (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub(crate) limit: Option<usize>,
+}
+
+/// The most rows a listing returns at once.
+pub(crate) const MAX_LIST: usize = 1000;
+
+impl ListParams {
+    /// The store's query; an out-of-range limit is refused.
+    pub(crate) fn query(self) -> Result<crate::store::ListQuery, ApiError> {
+        let limit = self.limit.unwrap_or(100);
+        if !(1..=MAX_LIST).contains(&limit) {
+            return Err(ApiError::BadRequest(format!("limit must be 1-{MAX_LIST}")));
+        }
+        let id = |s: Option<String>| s.filter(|s| !s.is_empty());
+        Ok(crate::store::ListQuery {
+            open_kfid: id(self.open_kfid).map(OpenKfId::from),
+            external_userid: id(self.external_userid).map(ExternalUserId::from),
+            failed: self.failed,
+            limit,
+        })
+    }
+}
+
+/// `GET /v1/messages`: stored messages, newest first (ids and state, never content).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct MessageList {
+    /// The messages.
+    pub(crate) messages: Vec<crate::store::MessageListing>,
+}
+
+/// `GET /v1/deliveries`: deliveries in flight or waiting for a retry, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DeliveryList {
+    /// The deliveries.
+    pub(crate) deliveries: Vec<crate::store::DeliveryListing>,
+}
+
+/// `GET /v1/sends`: queued replies (webhook responses, handoffs), newest first (ids and
+/// state, never content).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SendList {
+    /// The replies.
+    pub(crate) sends: Vec<crate::store::SendListing>,
+}
+
 #[cfg(test)]
 mod tests {
     use wechat_kf::session::ServiceState;

@@ -82,6 +82,8 @@ pub(crate) enum ApiError {
     InProgress,
     /// 413: the body is over the limit.
     TooLarge,
+    /// 503: the store does not answer.
+    StoreUnavailable,
     /// 400 (validation), 422 (WeChat refused), 502 (unreachable, garbage) or 503 (busy).
     Api(wechat_kf::client::Error),
 }
@@ -141,6 +143,10 @@ impl ApiError {
             ApiError::TooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 ErrorBody::new("the body is too large", false),
+            ),
+            ApiError::StoreUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorBody::new("the store does not answer", true),
             ),
             ApiError::Api(error) => {
                 let retryable = error.is_retryable();

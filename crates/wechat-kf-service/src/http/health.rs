@@ -1,7 +1,6 @@
 //! `GET /healthz`, `GET /readyz`, `GET /metrics`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -12,7 +11,7 @@ use axum::routing::get;
 use super::auth::token_matches;
 use crate::config::Secret;
 use crate::metrics::Metrics;
-use crate::readiness::Readiness;
+use crate::readiness::{self, Readiness};
 use crate::store::Store;
 
 /// What the health routes read.
@@ -20,10 +19,8 @@ use crate::store::Store;
 pub(crate) struct HealthState {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) metrics: Arc<Metrics>,
-    /// Cleared while starting and stopping.
-    pub(crate) ready: Arc<AtomicBool>,
-    /// The named conditions `/readyz` reports (the store's writes, …).
-    pub(crate) readiness: Arc<Readiness>,
+    /// The named conditions (starting or stopping, WeChat unreachable, the store's writes, ...).
+    pub(crate) readiness: Readiness,
     /// The bearer token `/metrics` requires, if any.
     pub(crate) metrics_token: Option<Secret>,
 }
@@ -54,33 +51,28 @@ pub(crate) async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// The store answers, every readiness condition is met, and the service is not starting or
-/// stopping. A 503 names each failing condition on a line of its own (`store: cannot write:
-/// database or disk is full`).
+/// Every readiness condition is met and the store answers. A 503 names each failing condition
+/// on a line of its own (`store: cannot write: database or disk is full`).
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "operations",
     responses(
         (status = 200, description = "Ready.", body = String, content_type = "text/plain", example = "ready\n"),
-        (status = 503, description = "Starting, stopping, or a condition fails (one `name: reason` line each).", body = String, content_type = "text/plain", example = "store: cannot write: database or disk is full\n"),
+        (status = 503, description = "Not ready: one `<condition>: <reason>` line per failing condition (`service`: starting or stopping; `wechat`: unreachable or the credentials rejected; `store`: cannot write, or does not answer).", body = String, content_type = "text/plain", example = "wechat: unreachable: connection refused (https://qyapi.weixin.qq.com)\n"),
     )
 )]
 pub(crate) async fn readyz(State(state): State<HealthState>) -> (StatusCode, String) {
-    if !state.ready.load(Ordering::Relaxed) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "stopping\n".into());
-    }
-    let mut reasons = state.readiness.reasons();
+    let mut report = state.readiness.report();
     if let Err(e) = state.store.ping().await {
         tracing::warn!(error = %e, "readiness: the store does not answer");
-        reasons.push("store: unavailable".into());
+        report.push_str(&format!("{}: does not answer\n", readiness::STORE));
     }
-    if reasons.is_empty() {
-        return (StatusCode::OK, "ready\n".into());
+    if report.is_empty() {
+        (StatusCode::OK, "ready\n".into())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, report)
     }
-    let mut body = reasons.join("\n");
-    body.push('\n');
-    (StatusCode::SERVICE_UNAVAILABLE, body)
 }
 
 /// The metrics, in Prometheus text format.

@@ -4,8 +4,9 @@
 //! |---|---|
 //! | `GET` / `POST <callback.path>` (default `/callback`) | WeChat callbacks; mounted only when the callback Token and EncodingAESKey are configured |
 //! | `POST /v1/messages`, `/v1/messages/on_event`, `/v1/service_state/trans`, `GET /v1/sessions/{open_kfid}/{external_userid}` | the reply API (bearer token; 403 when no token is configured) |
+//! | `GET /v1/messages`, `/v1/deliveries`, `/v1/sends` | what the service holds, read-only (bearer token) |
 //! | `GET /healthz` | the process is up |
-//! | `GET /readyz` | the store answers, every readiness condition holds, the service is not stopping |
+//! | `GET /readyz` | every [`readiness`](crate::readiness) condition is met and the store answers; else 503 with the reasons |
 //! | `GET /metrics` | Prometheus text format (here, or alone on `http.metrics_listen`; behind `http.metrics_token` when set) |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document of these routes ([`openapi`]) |
 //!
@@ -24,7 +25,6 @@ pub(crate) mod reply_api;
 pub(crate) mod server;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::routing::get;
@@ -34,7 +34,7 @@ use crate::clock::Clock;
 use crate::config::Secret;
 use crate::metrics::Metrics;
 use crate::puller::Pullers;
-use crate::readiness::Readiness;
+use crate::readiness::{self, Readiness};
 use crate::send_policy::Gate;
 use crate::store::Store;
 
@@ -77,8 +77,8 @@ pub(crate) struct AppParts {
     pub(crate) callback: Option<CallbackSettings>,
     /// The reply API's bearer token, when the reply API is on.
     pub(crate) api_token: Option<Secret>,
-    /// The conditions `/readyz` reports.
-    pub(crate) readiness: Arc<Readiness>,
+    /// The readiness conditions `/readyz` reports.
+    pub(crate) readiness: Readiness,
     /// The bearer token `/metrics` requires, if any.
     pub(crate) metrics_token: Option<Secret>,
     /// `/metrics` is served apart, on `http.metrics_listen`.
@@ -105,7 +105,6 @@ impl AppState {
             health: HealthState {
                 store: store.clone(),
                 metrics: metrics.clone(),
-                ready: Arc::new(AtomicBool::new(true)),
                 readiness,
                 metrics_token,
             },
@@ -135,14 +134,19 @@ impl AppState {
         &self.health.metrics
     }
 
-    /// The conditions `/readyz` reports.
-    pub fn readiness(&self) -> &Arc<Readiness> {
-        &self.health.readiness
+    /// Marks the service itself ready (or stopping: `/readyz` then answers 503 with
+    /// `service: stopping`); the other conditions are kept.
+    pub fn set_ready(&self, ready: bool) {
+        if ready {
+            self.health.readiness.clear(readiness::SERVICE);
+        } else {
+            self.health.readiness.fail(readiness::SERVICE, "stopping");
+        }
     }
 
-    /// Marks the service ready (or not: `/readyz` then answers 503).
-    pub fn set_ready(&self, ready: bool) {
-        self.health.ready.store(ready, Ordering::Relaxed);
+    /// The readiness conditions `/readyz` reports.
+    pub fn readiness(&self) -> &Readiness {
+        &self.health.readiness
     }
 }
 

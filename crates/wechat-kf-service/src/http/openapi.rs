@@ -32,6 +32,9 @@ use super::{health, reply_api};
         reply_api::send_msg_on_event,
         reply_api::trans,
         reply_api::session,
+        reply_api::list_messages,
+        reply_api::list_deliveries,
+        reply_api::list_sends,
         health::healthz,
         health::readyz,
         health::metrics,
@@ -41,6 +44,7 @@ use super::{health, reply_api};
     modifiers(&BearerToken),
     tags(
         (name = "reply API", description = "Sending, transfers and session views; `Authorization: Bearer <api.token>`."),
+        (name = "operations API", description = "What the service holds, read-only (the same as `wechat-kf store`); `Authorization: Bearer <api.token>`."),
         (name = "operations", description = "Health, readiness, metrics and this document."),
     )
 )]
@@ -264,6 +268,9 @@ mod tests {
             ("/readyz", "get"),
             ("/metrics", "get"),
             ("/openapi.json", "get"),
+            ("/v1/messages", "get"),
+            ("/v1/deliveries", "get"),
+            ("/v1/sends", "get"),
         ] {
             assert!(doc["paths"][path][method].is_object(), "{method} {path}");
         }

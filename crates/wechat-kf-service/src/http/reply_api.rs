@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -28,7 +28,8 @@ use wechat_kf::{ExternalUserId, MsgId, OpenKfId};
 
 use super::auth::{Authorized, BearerToken};
 use super::bodies::{
-    JsonBody, OnEventBody, SendMsgBody, SentBody, SessionBody, TransBody, TransDone,
+    DeliveryList, JsonBody, ListParams, MessageList, OnEventBody, SendList, SendMsgBody, SentBody,
+    SessionBody, TransBody, TransDone,
 };
 use super::error::{ApiError, ConflictBody, ErrorBody};
 use crate::config::Secret;
@@ -96,10 +97,12 @@ impl ReplyApiState {
 /// The reply API's routes.
 pub(crate) fn routes(state: ReplyApiState) -> Router {
     Router::new()
-        .route("/v1/messages", post(send_msg))
+        .route("/v1/messages", post(send_msg).get(list_messages))
         .route("/v1/messages/on_event", post(send_msg_on_event))
         .route("/v1/service_state/trans", post(trans))
         .route("/v1/sessions/{open_kfid}/{external_userid}", get(session))
+        .route("/v1/deliveries", get(list_deliveries))
+        .route("/v1/sends", get(list_sends))
         .layer(DefaultBodyLimit::max(MAX_API_BODY))
         .with_state(state)
 }
@@ -112,10 +115,12 @@ pub(crate) fn disabled_routes(metrics: Arc<Metrics>) -> Router {
         ApiError::Disabled
     }
     Router::new()
-        .route("/v1/messages", post(disabled))
+        .route("/v1/messages", post(disabled).get(disabled))
         .route("/v1/messages/on_event", post(disabled))
         .route("/v1/service_state/trans", post(disabled))
         .route("/v1/sessions/{open_kfid}/{external_userid}", get(disabled))
+        .route("/v1/deliveries", get(disabled))
+        .route("/v1/sends", get(disabled))
         .with_state(metrics)
 }
 
@@ -315,6 +320,16 @@ pub(crate) async fn send_msg(
 ) -> Result<Sent, ApiError> {
     valid_id(IdKind::OpenKfId, "open_kfid", parsed.open_kfid.as_str())?;
     valid_id(IdKind::ExternalUserId, "touser", parsed.touser.as_str())?;
+    // The body first, the send policy second: an invalid message is a 400 whatever the
+    // customer's quota, so the bot learns what to fix rather than to wait.
+    parsed
+        .request
+        .message()
+        .validate(state.inner.client.menu_rules())
+        .map_err(|e| {
+            Metrics::add(&state.inner.metrics.api_requests_failed, 1);
+            ApiError::Api(e.into())
+        })?;
     let key = format!("send_msg:{}", parsed.open_kfid);
     let SendMsg {
         request,
@@ -496,4 +511,112 @@ pub(crate) async fn session(
     );
     Metrics::add(&state.inner.metrics.api_requests_ok, 1);
     Ok(Json(body))
+}
+
+/// The listing's query, or a 400 naming what is wrong with it.
+fn list_query(
+    state: &ReplyApiState,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<crate::store::ListQuery, ApiError> {
+    let query = params
+        .map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))
+        .and_then(|Query(params)| params.query());
+    if query.is_err() {
+        Metrics::add(&state.inner.metrics.api_requests_failed, 1);
+    }
+    query
+}
+
+/// A listing's rows, or a 503 when the store does not answer.
+fn listed<T>(state: &ReplyApiState, rows: Result<T, crate::error::Error>) -> Result<T, ApiError> {
+    match rows {
+        Ok(rows) => {
+            Metrics::add(&state.inner.metrics.api_requests_ok, 1);
+            Ok(rows)
+        }
+        Err(e) => {
+            Metrics::add(&state.inner.metrics.api_requests_failed, 1);
+            tracing::warn!(error = %e, "a listing failed: the store does not answer");
+            Err(ApiError::StoreUnavailable)
+        }
+    }
+}
+
+/// The stored messages, newest first: ids, kind and delivery state, never content (what
+/// `wechat-kf store messages` prints).
+#[utoipa::path(
+    get,
+    path = "/v1/messages",
+    tag = "operations API",
+    params(ListParams),
+    responses(
+        (status = 200, description = "The messages.", body = MessageList),
+        (status = 400, description = "An invalid query (e.g. limit out of range).", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 403, description = "The reply API is disabled.", body = ErrorBody),
+        (status = 503, description = "The store does not answer.", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_messages(
+    State(state): State<ReplyApiState>,
+    _: Authorized,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<MessageList>, ApiError> {
+    let query = list_query(&state, params)?;
+    let rows = state.inner.store.list_messages(query).await;
+    listed(&state, rows).map(|messages| Json(MessageList { messages }))
+}
+
+/// The deliveries in flight or waiting for a retry, newest first, with their attempts and last
+/// error (what `wechat-kf store deliveries` prints).
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries",
+    tag = "operations API",
+    params(ListParams),
+    responses(
+        (status = 200, description = "The deliveries.", body = DeliveryList),
+        (status = 400, description = "An invalid query (e.g. limit out of range).", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 403, description = "The reply API is disabled.", body = ErrorBody),
+        (status = 503, description = "The store does not answer.", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_deliveries(
+    State(state): State<ReplyApiState>,
+    _: Authorized,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<DeliveryList>, ApiError> {
+    let query = list_query(&state, params)?;
+    let rows = state.inner.store.list_deliveries(query).await;
+    listed(&state, rows).map(|deliveries| Json(DeliveryList { deliveries }))
+}
+
+/// The queued replies (webhook responses, the echo bot, handoffs), newest first: ids and state,
+/// never content (what `wechat-kf store sends` prints). Reply-API sends are answered at once
+/// and are not queued.
+#[utoipa::path(
+    get,
+    path = "/v1/sends",
+    tag = "operations API",
+    params(ListParams),
+    responses(
+        (status = 200, description = "The replies.", body = SendList),
+        (status = 400, description = "An invalid query (e.g. limit out of range).", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 403, description = "The reply API is disabled.", body = ErrorBody),
+        (status = 503, description = "The store does not answer.", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_sends(
+    State(state): State<ReplyApiState>,
+    _: Authorized,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<SendList>, ApiError> {
+    let query = list_query(&state, params)?;
+    let rows = state.inner.store.list_sends(query).await;
+    listed(&state, rows).map(|sends| Json(SendList { sends }))
 }

@@ -205,6 +205,136 @@ pub struct DeliveryRecord {
     pub last_error: Option<String>,
 }
 
+/// What the operator listings (`wechat-kf store …`, `GET /v1/messages` …) select, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Only this account.
+    pub open_kfid: Option<OpenKfId>,
+    /// Only this customer.
+    pub external_userid: Option<ExternalUserId>,
+    /// Only what went wrong (see each listing).
+    pub failed: bool,
+    /// At most this many rows.
+    pub limit: usize,
+}
+
+impl ListQuery {
+    /// The `LIKE` pattern (escape `\`) of a reply lane `<open_kfid>/<customer>` for this query
+    /// (`None`: every lane).
+    pub(crate) fn lane_pattern(&self) -> Option<String> {
+        fn escape(s: &str) -> String {
+            s.replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        }
+        if self.open_kfid.is_none() && self.external_userid.is_none() {
+            return None;
+        }
+        let kf = self
+            .open_kfid
+            .as_ref()
+            .map_or("%".into(), |k| escape(k.as_str()));
+        let customer = self
+            .external_userid
+            .as_ref()
+            .map_or("%".into(), |c| escape(c.as_str()));
+        Some(format!("{kf}/{customer}"))
+    }
+}
+
+/// A stored message as the operator listing shows it: ids and state, never its content.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct MessageListing {
+    /// Insertion order.
+    pub seq: i64,
+    /// The account.
+    #[schema(value_type = String)]
+    pub open_kfid: OpenKfId,
+    /// The customer (empty for events without one).
+    #[schema(value_type = String)]
+    pub external_userid: ExternalUserId,
+    /// The msgid.
+    #[schema(value_type = String)]
+    pub msgid: MsgId,
+    /// The message type (`text`, `event:enter_session`, `invalid:<msgtype>`, ...).
+    pub kind: String,
+    /// WeChat's `send_time` (unix seconds).
+    pub send_time: i64,
+    /// When it was stored (unix milliseconds).
+    pub stored_at_ms: i64,
+    /// `pending` (not yet acknowledged by the bot), `delivered` or `skipped` (first-start
+    /// policy: stored, never delivered).
+    pub state: String,
+    /// When the bot acknowledged it (or it was skipped), unix milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered_at_ms: Option<i64>,
+    /// Why the library could not decode it, for an undecodable item.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decode_error: Option<String>,
+    /// Whether media was downloaded for it (or failed to be).
+    pub media: bool,
+    /// The delivery it is in, while pending.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<String>,
+    /// Attempts of that delivery so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// Why that delivery's last attempt failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// A delivery in flight or waiting for a retry, as the operator listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct DeliveryListing {
+    /// The delivery id (`X-Wechat-Kf-Delivery`).
+    pub id: String,
+    /// Attempts made so far (the `X-Wechat-Kf-Attempt` of the last one).
+    pub attempts: u32,
+    /// When the next attempt is due (unix milliseconds).
+    pub next_attempt_at_ms: i64,
+    /// Why the last attempt failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// When it was formed (unix milliseconds).
+    pub created_at_ms: i64,
+    /// Its messages' msgids, in order (those still stored).
+    #[schema(value_type = Vec<String>)]
+    pub msgids: Vec<MsgId>,
+    /// Its customers, `<open_kfid>/<external_userid>`.
+    pub customers: Vec<String>,
+}
+
+/// A queued reply (from a webhook response, the echo bot or a handoff) as the operator listing
+/// shows it: ids and state, never its content.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct SendListing {
+    /// Queue order.
+    pub id: i64,
+    /// `send_msg`, `send_msg_on_event` or `service_state/trans`.
+    pub endpoint: String,
+    /// `<open_kfid>/<customer>`, or `code:<code>`.
+    pub lane: String,
+    /// Its msgid.
+    #[schema(value_type = String)]
+    pub msgid: MsgId,
+    /// `pending`, `sent`, `failed`, `refused` or `joined`.
+    pub state: String,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Why it failed, was refused, or is being retried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// When it was queued (unix milliseconds).
+    pub created_at_ms: i64,
+    /// When it finished (unix milliseconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<i64>,
+    /// The delivery whose webhook response carried it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<String>,
+}
+
 /// Which endpoint a queued reply goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplyEndpoint {
@@ -549,7 +679,9 @@ pub trait Store: Send + Sync + 'static {
     /// Results of finished replies not yet reported to the bot, oldest first: (row id, JSON).
     fn reply_results(&self, limit: usize) -> BoxFuture<'_, Result<Vec<(i64, String)>, Error>>;
 
-    /// Records new deliveries before their first attempt, so their ids survive a restart.
+    /// Records deliveries before an attempt, with `attempts` counting the attempt about to be
+    /// made: new ones are inserted (so their ids survive a restart), known ones get their
+    /// attempt count (so a redelivery after a crash carries the attempt number it really is).
     fn begin_deliveries(
         &self,
         records: Vec<DeliveryRecord>,
@@ -619,6 +751,21 @@ pub trait Store: Send + Sync + 'static {
     /// diagnostics).
     fn message_rows(&self, open_kfid: OpenKfId) -> BoxFuture<'_, Result<Vec<MessageRow>, Error>>;
 
+    /// Stored messages, newest first; `failed`: undecodable ones, and pending ones whose
+    /// delivery failed.
+    fn list_messages(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<MessageListing>, Error>>;
+
+    /// Deliveries in flight or waiting for a retry, newest first; `failed`: those whose last
+    /// attempt failed.
+    fn list_deliveries(
+        &self,
+        query: ListQuery,
+    ) -> BoxFuture<'_, Result<Vec<DeliveryListing>, Error>>;
+
+    /// Queued replies, newest first; `failed`: failed or refused ones, and pending ones being
+    /// retried.
+    fn list_sends(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<SendListing>, Error>>;
+
     /// Finishes queued work and closes the database.
     fn close(&self) -> BoxFuture<'_, ()>;
 }
@@ -656,6 +803,52 @@ pub async fn open(location: &str, synchronous: Synchronous) -> Result<Arc<dyn St
             .await
             .map_err(|e| Error::Store(format!("cannot open SQLite: {e}")))??;
         Ok(Arc::new(store))
+    }
+}
+
+/// Opens the store named by `location` to read it beside a running service: no migration, no
+/// write (SQLite read-only, PostgreSQL read-only transactions). Its schema must be this
+/// program's.
+pub async fn open_read_only(location: &str) -> Result<Arc<dyn Store>, Error> {
+    if location == ":memory:" {
+        return Err(Error::Config(
+            "the store is in memory (the sandbox's default): it lives inside the running serve; \
+             ask it with GET /v1/messages, or run serve with --db FILE"
+                .into(),
+        ));
+    }
+    if is_postgres(location) {
+        Ok(Arc::new(PostgresStore::connect_read_only(location).await?))
+    } else {
+        let location = location.to_owned();
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open_read_only(&location))
+            .await
+            .map_err(|e| Error::Store(format!("cannot open SQLite: {e}")))??;
+        Ok(Arc::new(store))
+    }
+}
+
+/// The error for a schema this program cannot read without migrating.
+pub(crate) fn schema_mismatch(found: i64, known: usize) -> Error {
+    if found < known as i64 {
+        Error::Store(format!(
+            "the database has schema version {found}, older than this program ({known}); start \
+             `wechat-kf serve` of this version once to migrate it"
+        ))
+    } else {
+        Error::Store(format!(
+            "the database has schema version {found}, newer than this program ({known}); upgrade \
+             wechat-kf"
+        ))
+    }
+}
+
+/// Whether a listed row's state counts as `pending`, `delivered` or `skipped`.
+pub(crate) fn message_state(delivered: bool, skipped: bool) -> &'static str {
+    match (delivered, skipped) {
+        (_, true) => "skipped",
+        (true, false) => "delivered",
+        (false, false) => "pending",
     }
 }
 

@@ -176,6 +176,68 @@ pub(crate) fn connect_error(url: &str, error: &tokio_postgres::Error) -> Error {
     ))
 }
 
+impl PostgresStore {
+    /// Connects to read beside a running service: every transaction read-only, no migration
+    /// (the schema must be this program's).
+    pub async fn connect_read_only(url: &str) -> Result<PostgresStore, Error> {
+        let (client, connection) = tokio_postgres::connect(url, NoTls)
+            .await
+            .map_err(|e| connect_error(url, &e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::error!(error = %e, "PostgreSQL connection closed");
+            }
+        });
+        client
+            .batch_execute("SET default_transaction_read_only = on")
+            .await?;
+        let version: i64 = match client
+            .query_opt("SELECT version FROM wechat_kf_schema", &[])
+            .await
+        {
+            Ok(row) => row.map_or(0, |r| r.get(0)),
+            // No schema table: nothing was ever migrated here.
+            Err(e) if e.as_db_error().is_some() => 0,
+            Err(e) => return Err(e.into()),
+        };
+        if version != MIGRATIONS.len() as i64 {
+            return Err(schema_mismatch(version, MIGRATIONS.len()));
+        }
+        Ok(PostgresStore {
+            client: tokio::sync::Mutex::new(Some(client)),
+        })
+    }
+}
+
+/// `store messages`: $1 account, $2 customer, $3 failed only, $4 limit.
+const LIST_MESSAGES: &str = "SELECT m.seq, m.open_kfid, m.external_userid, m.msgid, m.kind, \
+     m.send_time, m.stored_at, m.delivered_at IS NOT NULL, m.skipped, m.delivered_at, \
+     m.decode_error, m.media IS NOT NULL, d.id, d.attempts, d.last_error \
+     FROM messages m LEFT JOIN deliveries d ON m.delivered_at IS NULL \
+     AND ',' || d.seqs || ',' LIKE '%,' || m.seq::text || ',%' \
+     WHERE ($1::text IS NULL OR m.open_kfid = $1) AND ($2::text IS NULL OR m.external_userid = $2) \
+     AND (NOT $3 OR m.decode_error IS NOT NULL OR d.last_error IS NOT NULL) \
+     ORDER BY m.seq DESC LIMIT $4";
+
+/// `store deliveries`: $1 account, $2 customer, $3 failed only, $4 limit.
+const LIST_DELIVERIES: &str = "SELECT d.id, d.seqs, d.attempts, d.next_attempt_at, d.last_error, \
+     d.created_at FROM deliveries d WHERE (NOT $3 OR d.last_error IS NOT NULL) \
+     AND (($1::text IS NULL AND $2::text IS NULL) OR EXISTS (SELECT 1 FROM messages m WHERE \
+     ($1::text IS NULL OR m.open_kfid = $1) AND ($2::text IS NULL OR m.external_userid = $2) \
+     AND ',' || d.seqs || ',' LIKE '%,' || m.seq::text || ',%')) \
+     ORDER BY d.created_at DESC, d.id DESC LIMIT $4";
+
+/// `store sends`: $1 lane pattern, $2 failed only, $3 limit.
+const LIST_SENDS: &str = "SELECT id, endpoint, lane, msgid, state, attempts, last_error, created_at, \
+     finished_at, delivery_id FROM replies WHERE ($1::text IS NULL OR lane LIKE $1 ESCAPE '\\') \
+     AND (NOT $2 OR state IN ('failed', 'refused') OR (state = 'pending' AND last_error IS NOT NULL)) \
+     ORDER BY id DESC LIMIT $3";
+
+/// A stored count as the listings' `u32`.
+fn count(n: i64) -> u32 {
+    n.clamp(0, u32::MAX as i64) as u32
+}
+
 async fn migrate(client: &mut Client) -> Result<(), Error> {
     let tx = client.transaction().await?;
     // Two instances starting at once must not both migrate.
@@ -616,7 +678,21 @@ impl Store for PostgresStore {
             with_client!(self, client, {
                 let tx = client.transaction().await?;
                 for record in &records {
-                    upsert_delivery(&tx, record, now_ms).await?;
+                    // A known delivery keeps its order (created_at) and last error.
+                    tx.execute(
+                        "INSERT INTO deliveries (id, seqs, attempts, next_attempt_at, last_error, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6) \
+                         ON CONFLICT (id) DO UPDATE SET attempts = excluded.attempts",
+                        &[
+                            &record.id,
+                            &encode_seqs(&record.seqs),
+                            &i64::from(record.attempts),
+                            &record.next_attempt_at_ms,
+                            &record.last_error,
+                            &now_ms,
+                        ],
+                    )
+                    .await?;
                 }
                 tx.commit().await?;
                 Ok(())
@@ -950,6 +1026,116 @@ impl Store for PostgresStore {
                         delivered: r.get(2),
                         skipped: r.get(3),
                         media: r.get(4),
+                    })
+                    .collect())
+            })
+        })
+    }
+
+    fn list_messages(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<MessageListing>, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let kf = query.open_kfid.as_ref().map(OpenKfId::as_str);
+                let customer = query.external_userid.as_ref().map(ExternalUserId::as_str);
+                let limit = query.limit as i64;
+                let rows = client
+                    .query(LIST_MESSAGES, &[&kf, &customer, &query.failed, &limit])
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| MessageListing {
+                        seq: r.get(0),
+                        open_kfid: OpenKfId::from(r.get::<_, String>(1)),
+                        external_userid: ExternalUserId::from(r.get::<_, String>(2)),
+                        msgid: MsgId::from(r.get::<_, String>(3)),
+                        kind: r.get(4),
+                        send_time: r.get(5),
+                        stored_at_ms: r.get(6),
+                        state: message_state(r.get(7), r.get(8)).into(),
+                        delivered_at_ms: r.get(9),
+                        decode_error: r.get(10),
+                        media: r.get(11),
+                        delivery: r.get(12),
+                        attempts: r.get::<_, Option<i64>>(13).map(count),
+                        last_error: r.get(14),
+                    })
+                    .collect())
+            })
+        })
+    }
+
+    fn list_deliveries(
+        &self,
+        query: ListQuery,
+    ) -> BoxFuture<'_, Result<Vec<DeliveryListing>, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let kf = query.open_kfid.as_ref().map(OpenKfId::as_str);
+                let customer = query.external_userid.as_ref().map(ExternalUserId::as_str);
+                let limit = query.limit as i64;
+                let rows = client
+                    .query(LIST_DELIVERIES, &[&kf, &customer, &query.failed, &limit])
+                    .await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    let seqs = decode_seqs(&r.get::<_, String>(1));
+                    let members = client
+                        .query(
+                            "SELECT seq, msgid, open_kfid, external_userid FROM messages \
+                             WHERE seq = ANY($1)",
+                            &[&seqs],
+                        )
+                        .await?;
+                    let by_seq: HashMap<i64, (String, String, String)> = members
+                        .iter()
+                        .map(|m| (m.get(0), (m.get(1), m.get(2), m.get(3))))
+                        .collect();
+                    let mut listing = DeliveryListing {
+                        id: r.get(0),
+                        attempts: count(r.get(2)),
+                        next_attempt_at_ms: r.get(3),
+                        last_error: r.get(4),
+                        created_at_ms: r.get(5),
+                        msgids: Vec::new(),
+                        customers: Vec::new(),
+                    };
+                    for seq in &seqs {
+                        if let Some((msgid, kf, customer)) = by_seq.get(seq) {
+                            listing.msgids.push(msgid.as_str().into());
+                            let lane = format!("{kf}/{customer}");
+                            if !listing.customers.contains(&lane) {
+                                listing.customers.push(lane);
+                            }
+                        }
+                    }
+                    out.push(listing);
+                }
+                Ok(out)
+            })
+        })
+    }
+
+    fn list_sends(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<SendListing>, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let pattern = query.lane_pattern();
+                let limit = query.limit as i64;
+                let rows = client
+                    .query(LIST_SENDS, &[&pattern, &query.failed, &limit])
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| SendListing {
+                        id: r.get(0),
+                        endpoint: r.get(1),
+                        lane: r.get(2),
+                        msgid: MsgId::from(r.get::<_, String>(3)),
+                        state: r.get(4),
+                        attempts: count(r.get(5)),
+                        last_error: r.get(6),
+                        created_at_ms: r.get(7),
+                        finished_at_ms: r.get(8),
+                        delivery: r.get(9),
                     })
                     .collect())
             })

@@ -99,6 +99,32 @@ const MIGRATIONS: &[&str] = &[
     ",
 ];
 
+// A pending message's delivery is the one whose comma-separated `seqs` holds its seq.
+
+/// `store messages`: ?1 account, ?2 customer, ?3 failed only, ?4 limit.
+const LIST_MESSAGES: &str = "SELECT m.seq, m.open_kfid, m.external_userid, m.msgid, m.kind, \
+     m.send_time, m.stored_at, m.delivered_at IS NOT NULL, m.skipped <> 0, m.delivered_at, \
+     m.decode_error, m.media IS NOT NULL, d.id, d.attempts, d.last_error \
+     FROM messages m LEFT JOIN deliveries d ON m.delivered_at IS NULL \
+     AND ',' || d.seqs || ',' LIKE '%,' || m.seq || ',%' \
+     WHERE (?1 IS NULL OR m.open_kfid = ?1) AND (?2 IS NULL OR m.external_userid = ?2) \
+     AND (NOT ?3 OR m.decode_error IS NOT NULL OR d.last_error IS NOT NULL) \
+     ORDER BY m.seq DESC LIMIT ?4";
+
+/// `store deliveries`: ?1 account, ?2 customer, ?3 failed only, ?4 limit.
+const LIST_DELIVERIES: &str = "SELECT d.id, d.seqs, d.attempts, d.next_attempt_at, d.last_error, \
+     d.created_at FROM deliveries d WHERE (NOT ?3 OR d.last_error IS NOT NULL) \
+     AND ((?1 IS NULL AND ?2 IS NULL) OR EXISTS (SELECT 1 FROM messages m WHERE \
+     (?1 IS NULL OR m.open_kfid = ?1) AND (?2 IS NULL OR m.external_userid = ?2) \
+     AND ',' || d.seqs || ',' LIKE '%,' || m.seq || ',%')) \
+     ORDER BY d.created_at DESC, d.id DESC LIMIT ?4";
+
+/// `store sends`: ?1 lane pattern, ?2 failed only, ?3 limit.
+const LIST_SENDS: &str = "SELECT id, endpoint, lane, msgid, state, attempts, last_error, created_at, \
+     finished_at, delivery_id FROM replies WHERE (?1 IS NULL OR lane LIKE ?1 ESCAPE '\\') \
+     AND (NOT ?2 OR state IN ('failed', 'refused') OR (state = 'pending' AND last_error IS NOT NULL)) \
+     ORDER BY id DESC LIMIT ?3";
+
 /// Rows deleted per purge call, so one call never holds the writer for long.
 const PURGE_CHUNK: i64 = 5000;
 
@@ -140,6 +166,28 @@ impl SqliteStore {
             quick_check(&conn, path)?;
         }
         migrate(&mut conn)?;
+        SqliteStore::serve(conn)
+    }
+
+    /// Opens the database at `path` read-only, beside a running service (no migration; WAL
+    /// lets it read while the service writes). Blocking.
+    pub fn open_read_only(path: &str) -> Result<SqliteStore, Error> {
+        use rusqlite::OpenFlags;
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| Error::Store(format!("cannot open SQLite database {path:?}: {e}")))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version != MIGRATIONS.len() as i64 {
+            return Err(schema_mismatch(version, MIGRATIONS.len()));
+        }
+        SqliteStore::serve(conn)
+    }
+
+    /// Starts the thread that owns `conn`.
+    fn serve(mut conn: Connection) -> Result<SqliteStore, Error> {
         let (tx, rx) = mpsc::channel::<Job>();
         let worker = std::thread::Builder::new()
             .name("wechat-kf-sqlite".into())
@@ -600,8 +648,23 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, Result<(), Error>> {
         self.call(move |conn| {
             let tx = conn.transaction()?;
-            for record in &records {
-                insert_delivery(&tx, record, now_ms)?;
+            {
+                // A known delivery keeps its order (created_at) and last error.
+                let mut begin = tx.prepare_cached(
+                    "INSERT INTO deliveries (id, seqs, attempts, next_attempt_at, last_error, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                     ON CONFLICT (id) DO UPDATE SET attempts = excluded.attempts",
+                )?;
+                for record in &records {
+                    begin.execute(params![
+                        record.id,
+                        encode_seqs(&record.seqs),
+                        record.attempts,
+                        record.next_attempt_at_ms,
+                        record.last_error,
+                        now_ms,
+                    ])?;
+                }
             }
             tx.commit()?;
             Ok(())
@@ -885,6 +948,118 @@ impl Store for SqliteStore {
                     media: r.get(4)?,
                 })
             })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn list_messages(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<MessageListing>, Error>> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(LIST_MESSAGES)?;
+            let rows = stmt.query_map(
+                params![
+                    query.open_kfid.as_ref().map(OpenKfId::as_str),
+                    query.external_userid.as_ref().map(ExternalUserId::as_str),
+                    query.failed,
+                    query.limit as i64,
+                ],
+                |r| {
+                    let delivered: bool = r.get(7)?;
+                    let skipped: bool = r.get(8)?;
+                    Ok(MessageListing {
+                        seq: r.get(0)?,
+                        open_kfid: OpenKfId::from(r.get::<_, String>(1)?),
+                        external_userid: ExternalUserId::from(r.get::<_, String>(2)?),
+                        msgid: MsgId::from(r.get::<_, String>(3)?),
+                        kind: r.get(4)?,
+                        send_time: r.get(5)?,
+                        stored_at_ms: r.get(6)?,
+                        state: message_state(delivered, skipped).into(),
+                        delivered_at_ms: r.get(9)?,
+                        decode_error: r.get(10)?,
+                        media: r.get(11)?,
+                        delivery: r.get(12)?,
+                        attempts: r.get(13)?,
+                        last_error: r.get(14)?,
+                    })
+                },
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn list_deliveries(
+        &self,
+        query: ListQuery,
+    ) -> BoxFuture<'_, Result<Vec<DeliveryListing>, Error>> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(LIST_DELIVERIES)?;
+            let rows = stmt.query_map(
+                params![
+                    query.open_kfid.as_ref().map(OpenKfId::as_str),
+                    query.external_userid.as_ref().map(ExternalUserId::as_str),
+                    query.failed,
+                    query.limit as i64,
+                ],
+                |r| {
+                    let seqs: String = r.get(1)?;
+                    Ok((
+                        DeliveryListing {
+                            id: r.get(0)?,
+                            attempts: r.get(2)?,
+                            next_attempt_at_ms: r.get(3)?,
+                            last_error: r.get(4)?,
+                            created_at_ms: r.get(5)?,
+                            msgids: Vec::new(),
+                            customers: Vec::new(),
+                        },
+                        decode_seqs(&seqs),
+                    ))
+                },
+            )?;
+            let rows = rows.collect::<Result<Vec<_>, _>>()?;
+            let mut member = conn.prepare_cached(
+                "SELECT msgid, open_kfid, external_userid FROM messages WHERE seq = ?1",
+            )?;
+            let mut out = Vec::with_capacity(rows.len());
+            for (mut listing, seqs) in rows {
+                for seq in seqs {
+                    let found: Option<(String, String, String)> = member
+                        .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .optional()?;
+                    if let Some((msgid, kf, customer)) = found {
+                        listing.msgids.push(msgid.into());
+                        let lane = format!("{kf}/{customer}");
+                        if !listing.customers.contains(&lane) {
+                            listing.customers.push(lane);
+                        }
+                    }
+                }
+                out.push(listing);
+            }
+            Ok(out)
+        })
+    }
+
+    fn list_sends(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<SendListing>, Error>> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(LIST_SENDS)?;
+            let rows = stmt.query_map(
+                params![query.lane_pattern(), query.failed, query.limit as i64],
+                |r| {
+                    Ok(SendListing {
+                        id: r.get(0)?,
+                        endpoint: r.get(1)?,
+                        lane: r.get(2)?,
+                        msgid: MsgId::from(r.get::<_, String>(3)?),
+                        state: r.get(4)?,
+                        attempts: r.get(5)?,
+                        last_error: r.get(6)?,
+                        created_at_ms: r.get(7)?,
+                        finished_at_ms: r.get(8)?,
+                        delivery: r.get(9)?,
+                    })
+                },
+            )?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }

@@ -8,6 +8,7 @@ mod hardening;
 mod joiner;
 mod leader;
 mod media;
+mod readiness;
 mod reply_api;
 mod restart;
 mod sandbox;

@@ -151,6 +151,13 @@ async fn the_reply_api_sends_refuses_wrong_tokens_and_is_idempotent_on_msgid() {
     assert_eq!(body["predicted"], true);
     assert_eq!(body["lifted_by"], "customer_message");
     assert_eq!(calls(&emu, "kf/send_msg"), sends, "WeChat was not called");
+    // The body is checked before the send policy: an invalid message to a customer the policy
+    // refuses is a 400 naming the field, not the refusal.
+    let invalid =
+        json!({"touser": "wmVisitor", "open_kfid": kf, "msgtype": "text", "text": {"content": ""}});
+    let (status, body, _) = call(&running, "/v1/messages", Some("api-token"), invalid).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], "text.content");
     let metrics = running.metrics().render();
     assert!(
         metrics.contains("wechat_kf_api_errcodes_total{endpoint=\"kf/send_msg\""),
@@ -266,6 +273,72 @@ async fn the_openapi_document_is_served() {
     let served: Value = serde_json::from_slice(&bytes).unwrap();
     let written: Value = serde_json::from_str(&wechat_kf_service::openapi_json()).unwrap();
     assert_eq!(served, written);
+    running.shutdown().await;
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_listings_show_what_the_service_holds_without_content() {
+    let emu = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start().await;
+    sink.set_policy(|r| {
+        let (kf, ext) = customer(&r.messages[0]);
+        Action::Ack(
+            json!({"replies": [{"touser": ext, "open_kfid": kf, "msgtype": "text", "text": {"content": "bot answer"}}]}),
+        )
+    });
+    let kf = emu.emulator().create_account("listed");
+    let running = start(
+        &emu,
+        config(&emu, &dir.path().join("kf.db"), Some(&sink.url)),
+    )
+    .await;
+    let sent = send_texts(&emu, &kf, "wmL", 2);
+    let store = running.store().clone();
+    wait_for("the reply sent", std::time::Duration::from_secs(10), || {
+        let store = store.clone();
+        async move { store.stats().await.unwrap().replies_sent == 1 }
+    })
+    .await;
+
+    let (status, body) = api(
+        &running,
+        "GET",
+        &format!("/v1/messages?open_kfid={kf}&customer=wmL&limit=1"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let messages = body["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 1, "{body}");
+    assert_eq!(messages[0]["msgid"], sent[1].2.as_str(), "newest first");
+    assert_eq!(messages[0]["state"], "delivered");
+    assert_eq!(messages[0]["kind"], "text");
+    assert!(
+        !body.to_string().contains("message 1 from"),
+        "no content: {body}"
+    );
+
+    let (status, body) = api(&running, "GET", "/v1/sends?failed=false", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["sends"][0]["state"], "sent");
+    assert_eq!(body["sends"][0]["lane"], format!("{kf}/wmL"));
+    assert!(
+        !body.to_string().contains("bot answer"),
+        "no content: {body}"
+    );
+    let (status, body) = api(&running, "GET", "/v1/deliveries?failed=true", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["deliveries"], json!([]));
+
+    let (status, body) = api(&running, "GET", "/v1/messages?limit=0", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("limit"), "{body}");
+    let (status, _) = api(&running, "GET", "/v1/messages?failed=maybe", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) = call(&running, "/v1/messages", None, json!({})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     running.shutdown().await;
     emu.shutdown().await;
 }

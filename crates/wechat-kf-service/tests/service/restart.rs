@@ -137,3 +137,52 @@ async fn replies_queued_before_a_shutdown_are_sent_after_the_restart() {
     second.shutdown().await;
     emu.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_delivery_repeated_after_a_crash_carries_the_attempt_number_it_really_is() {
+    let emu = emulator().await;
+    let sink = Sink::start().await;
+    // The bot takes the first attempt and never answers it in time (the service crashes
+    // meanwhile); afterwards it answers at once.
+    let hanging = Arc::new(AtomicBool::new(true));
+    let flag = hanging.clone();
+    sink.set_policy(move |_| {
+        if flag.load(Ordering::SeqCst) {
+            Action::Hang(Duration::from_secs(30))
+        } else {
+            Action::Ack(json!({}))
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kf.db");
+    let kf = emu.emulator().create_account("attempts");
+    let mut config = config(&emu, &db, Some(&sink.url));
+    config.webhook.timeout = Duration::from_secs(30);
+    let first = start(&emu, config.clone()).await;
+    let expected = send_texts(&emu, &kf, "wmA", 1);
+    wait_for("the first attempt", Duration::from_secs(10), || async {
+        !sink.received().is_empty()
+    })
+    .await;
+    let first_attempt = sink.received()[0].clone();
+    assert_eq!(first_attempt.attempt, 1);
+    // A crash: nothing of the attempt in flight is recorded.
+    first.abandon().await;
+    emu.emulator().set_callback_url(None);
+
+    hanging.store(false, Ordering::SeqCst);
+    let second = start(&emu, config).await;
+    wait_for("the redelivery", Duration::from_secs(10), || async {
+        sink.acked_count() >= 1
+    })
+    .await;
+    let again = sink.received().into_iter().find(|r| r.acked).unwrap();
+    assert_eq!(again.delivery, first_attempt.delivery, "the same delivery");
+    assert_eq!(again.msgids(), vec![expected[0].2.clone()]);
+    assert_eq!(
+        again.attempt, 2,
+        "the second attempt, not a first one again"
+    );
+    second.shutdown().await;
+    emu.shutdown().await;
+}

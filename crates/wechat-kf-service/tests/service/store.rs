@@ -9,9 +9,9 @@ use wechat_kf::message::Message;
 use wechat_kf::session::{SendRefusal, ServiceState};
 use wechat_kf_service::store::Synchronous;
 use wechat_kf_service::store::{
-    AccountCursor, Ack, ApiSend, DeliveryRecord, Failure, FinishDeliveries, NewMessage, NewReply,
-    PageWrite, Payload, PostgresStore, ReplyEndpoint, ReplyOutcome, ReplyState, SessionUpdate,
-    SqliteStore, Store,
+    AccountCursor, Ack, ApiSend, DeliveryRecord, Failure, FinishDeliveries, ListQuery, NewMessage,
+    NewReply, PageWrite, Payload, PostgresStore, ReplyEndpoint, ReplyOutcome, ReplyState,
+    SessionUpdate, SqliteStore, Store,
 };
 
 fn message(msgid: &str, customer: &str, origin: u32) -> NewMessage {
@@ -466,6 +466,191 @@ async fn conformance_policy(store: &dyn Store) {
     );
 }
 
+/// Each attempt is recorded before it is made (a known delivery keeps its order and last
+/// error); the operator listings filter by account, customer and failure, newest first.
+async fn conformance_operator(store: &dyn Store) {
+    let mut write = page("wkO", &[], Some("o-c1"));
+    write.messages = vec![
+        message("o1", "wm_x", 3),
+        message("o2", "wmAx", 3),
+        message("o3", "wm_x", 3),
+    ];
+    let seqs: Vec<i64> = store
+        .commit_page(write)
+        .await
+        .unwrap()
+        .stored
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    let record = |id: &str, seqs: Vec<i64>, attempts: u32| DeliveryRecord {
+        id: id.into(),
+        seqs,
+        attempts,
+        next_attempt_at_ms: 0,
+        last_error: None,
+    };
+    store
+        .begin_deliveries(
+            vec![
+                record("od1", vec![seqs[0], seqs[2]], 1),
+                record("od2", vec![seqs[1]], 1),
+            ],
+            100,
+        )
+        .await
+        .unwrap();
+    let failed = DeliveryRecord {
+        next_attempt_at_ms: 250,
+        last_error: Some("HTTP 500".into()),
+        ..record("od2", vec![seqs[1]], 1)
+    };
+    store
+        .finish_deliveries(FinishDeliveries {
+            now_ms: 200,
+            acks: vec![],
+            failures: vec![Failure {
+                old_id: "od2".into(),
+                retries: vec![failed.clone()],
+            }],
+        })
+        .await
+        .unwrap();
+    // The second attempt is recorded before it is made; the last error stays until it ends.
+    store
+        .begin_deliveries(vec![record("od2", vec![seqs[1]], 2)], 300)
+        .await
+        .unwrap();
+    let open = store.open_deliveries().await.unwrap();
+    let od2 = open.iter().find(|d| d.id == "od2").unwrap();
+    assert_eq!(
+        (od2.attempts, od2.last_error.as_deref()),
+        (2, Some("HTTP 500"))
+    );
+
+    let query = |kf: Option<&str>, customer: Option<&str>, failed: bool, limit: usize| ListQuery {
+        open_kfid: kf.map(Into::into),
+        external_userid: customer.map(Into::into),
+        failed,
+        limit,
+    };
+    let msgids = |rows: &[wechat_kf_service::store::MessageListing]| -> Vec<String> {
+        rows.iter().map(|r| r.msgid.to_string()).collect()
+    };
+    let all = store
+        .list_messages(query(Some("wkO"), None, false, 10))
+        .await
+        .unwrap();
+    assert_eq!(msgids(&all), ["o3", "o2", "o1"], "newest first");
+    let o2 = &all[1];
+    assert_eq!(o2.state, "pending");
+    assert_eq!(
+        (
+            o2.delivery.as_deref(),
+            o2.attempts,
+            o2.last_error.as_deref()
+        ),
+        (Some("od2"), Some(2), Some("HTTP 500"))
+    );
+    let failing = store
+        .list_messages(query(Some("wkO"), None, true, 10))
+        .await
+        .unwrap();
+    assert_eq!(msgids(&failing), ["o2"]);
+    // `_` in an id is a character, not a wildcard.
+    let customer = store
+        .list_messages(query(None, Some("wm_x"), false, 10))
+        .await
+        .unwrap();
+    assert_eq!(msgids(&customer), ["o3", "o1"]);
+    let limited = store
+        .list_messages(query(Some("wkO"), None, false, 1))
+        .await
+        .unwrap();
+    assert_eq!(msgids(&limited), ["o3"]);
+
+    let deliveries = store
+        .list_deliveries(query(Some("wkO"), None, true, 10))
+        .await
+        .unwrap();
+    assert_eq!(deliveries.len(), 1, "{deliveries:?}");
+    assert_eq!(deliveries[0].id, "od2");
+    assert_eq!(deliveries[0].attempts, 2);
+    assert_eq!(deliveries[0].customers, ["wkO/wmAx"]);
+    let of_customer = store
+        .list_deliveries(query(Some("wkO"), Some("wm_x"), false, 10))
+        .await
+        .unwrap();
+    assert_eq!(of_customer.len(), 1, "{of_customer:?}");
+    assert_eq!(
+        of_customer[0]
+            .msgids
+            .iter()
+            .map(|m| m.as_str())
+            .collect::<Vec<_>>(),
+        ["o1", "o3"]
+    );
+
+    store
+        .finish_deliveries(FinishDeliveries {
+            now_ms: 400,
+            acks: vec![Ack {
+                delivery_id: "od1".into(),
+                seqs: vec![seqs[0], seqs[2]],
+                replies: vec![reply("or1", "wkO/wm_x"), reply("or2", "wkO/wmAx")],
+                reported: vec![],
+            }],
+            failures: vec![],
+        })
+        .await
+        .unwrap();
+    let o1 = store
+        .list_messages(query(Some("wkO"), Some("wm_x"), false, 10))
+        .await
+        .unwrap();
+    assert!(
+        o1.iter()
+            .all(|m| m.state == "delivered" && m.delivery.is_none())
+    );
+    let sends = store
+        .list_sends(query(Some("wkO"), None, false, 10))
+        .await
+        .unwrap();
+    let ids: Vec<&str> = sends.iter().map(|s| s.msgid.as_str()).collect();
+    assert_eq!(ids, ["or2", "or1"]);
+    store
+        .finish_replies(
+            vec![ReplyOutcome::Finished {
+                id: sends[1].id,
+                state: ReplyState::Failed,
+                error: Some("errcode 40096".into()),
+                result: None,
+            }],
+            500,
+        )
+        .await
+        .unwrap();
+    let failed_sends = store
+        .list_sends(query(Some("wkO"), None, true, 10))
+        .await
+        .unwrap();
+    assert_eq!(failed_sends.len(), 1);
+    assert_eq!(
+        (
+            failed_sends[0].msgid.as_str(),
+            failed_sends[0].state.as_str()
+        ),
+        ("or1", "failed")
+    );
+    assert_eq!(failed_sends[0].last_error.as_deref(), Some("errcode 40096"));
+    let of_customer = store
+        .list_sends(query(None, Some("wm_x"), false, 10))
+        .await
+        .unwrap();
+    assert_eq!(of_customer.len(), 1);
+    assert_eq!(of_customer[0].lane, "wkO/wm_x");
+}
+
 async fn conformance(store: Arc<dyn Store>) {
     store.ping().await.unwrap();
     store.add_account("wkB".into(), 1).await.unwrap();
@@ -625,6 +810,7 @@ async fn conformance(store: Arc<dyn Store>) {
         store.last_send_time("wkT".into()).await.unwrap(),
         Some(1_700_000_500)
     );
+    conformance_operator(&*store).await;
     store.close().await;
     assert!(store.ping().await.is_err(), "a closed store refuses work");
 }
@@ -695,5 +881,57 @@ async fn the_service_runs_end_to_end_on_postgres_and_survives_a_restart() {
     assert_all_delivered_once(&second, &sink, &expected).await;
     second.shutdown().await;
     emu.shutdown().await;
+    schema.drop().await;
+}
+
+/// What `wechat-kf store` opens: the listings work, writes are refused, nothing is migrated.
+async fn read_only_beside_the_writer(writer: Arc<dyn Store>, location: &str) {
+    writer
+        .commit_page(page("wkR", &["r1", "r2"], Some("r-c1")))
+        .await
+        .unwrap();
+    let reader = wechat_kf_service::store::open_read_only(location)
+        .await
+        .unwrap();
+    let query = ListQuery {
+        open_kfid: Some("wkR".into()),
+        limit: 10,
+        ..ListQuery::default()
+    };
+    let rows = reader.list_messages(query).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(
+        reader
+            .commit_page(page("wkR", &["r3"], Some("r-c2")))
+            .await
+            .is_err(),
+        "a read-only store refuses writes"
+    );
+    reader.close().await;
+    writer.close().await;
+}
+
+#[tokio::test]
+async fn the_stores_open_read_only_beside_a_running_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ro.db");
+    let path = path.to_str().unwrap();
+    let writer = SqliteStore::open(path, Synchronous::Normal).unwrap();
+    read_only_beside_the_writer(Arc::new(writer), path).await;
+    let err = wechat_kf_service::store::open_read_only(":memory:")
+        .await
+        .unwrap_err();
+    assert!(err.is_config(), "{err}");
+
+    let Some(url) = crate::common::require_env("DATABASE_URL") else {
+        return;
+    };
+    let schema = crate::common::PgSchema::create(&url).await;
+    let err = wechat_kf_service::store::open_read_only(&schema.url)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("schema version 0"), "{err}");
+    let writer = PostgresStore::connect(&schema.url).await.unwrap();
+    read_only_beside_the_writer(Arc::new(writer), &schema.url).await;
     schema.drop().await;
 }

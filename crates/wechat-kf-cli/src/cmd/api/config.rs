@@ -14,21 +14,27 @@ use super::CliError;
 #[derive(Debug, Clone, Args)]
 pub struct ConnArgs {
     /// Corp id [env: WECHAT_KF_CORP_ID].
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Connection")]
     corp_id: Option<String>,
     /// KF secret [env: WECHAT_KF_SECRET] (prefer the environment or a config file: flags are
     /// visible to other users of the machine).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Connection")]
     secret: Option<String>,
     /// API origin, e.g. an emulator's http://127.0.0.1:PORT [env: WECHAT_KF_BASE_URL; default:
     /// https://qyapi.weixin.qq.com].
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Connection")]
     base_url: Option<String>,
     /// The TOML file `serve` reads; its `[wechat]` section is used [env: WECHAT_KF_CONFIG].
-    #[arg(long, env = "WECHAT_KF_CONFIG", global = true, hide_env = true)]
+    #[arg(
+        long,
+        env = "WECHAT_KF_CONFIG",
+        global = true,
+        hide_env = true,
+        help_heading = "Connection"
+    )]
     config: Option<PathBuf>,
     /// Per-request timeout in seconds [default: wechat.timeout, 30].
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Connection")]
     timeout: Option<u64>,
 }
 

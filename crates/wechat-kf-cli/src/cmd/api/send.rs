@@ -1,14 +1,19 @@
 //! `send <type>` and `send-on-event`: one subcommand per outbound message type.
 
+use std::sync::Arc;
+
 use clap::{Args, Subcommand};
 use wechat_kf::client::messages::{SendMsgOnEventRequest, SendMsgRequest, SendMsgResponse};
 use wechat_kf::client::outbound::{Link, MiniProgram, OutboundMessage};
 use wechat_kf::message::{Location, MenuClick, MenuItem, MsgMenu};
+use wechat_kf::{ExternalUserId, OpenKfId};
+use wechat_kf_service::store::{self, SessionUpdate, Store};
 
 use super::{CliError, CliResult, ConnArgs, out};
 
 /// `send`.
 #[derive(Debug, Args)]
+#[command(after_help = QUOTA_NOTE)]
 pub struct SendArgs {
     #[command(flatten)]
     conn: ConnArgs,
@@ -16,14 +21,34 @@ pub struct SendArgs {
     #[arg(long, global = true)]
     open_kfid: Option<String>,
     /// The customer (external_userid).
-    #[arg(long, global = true)]
-    to: Option<String>,
+    #[arg(long, global = true, visible_aliases = ["to", "external-userid"])]
+    customer: Option<String>,
     /// A caller-chosen msgid (≤ 32 bytes of [0-9a-zA-Z_-]); makes retries safe.
     #[arg(long, global = true)]
     msgid: Option<String>,
+    /// The store of `wechat-kf serve` (SQLite file or postgres:// URL): the send is checked
+    /// against the customer's session view there (quota, 48-hour window, a human holding the
+    /// session) and recorded in it, as the service's own sends are [env: WECHAT_KF_DB].
+    #[arg(
+        long,
+        global = true,
+        env = "WECHAT_KF_DB",
+        hide_env = true,
+        help_heading = "Quota tracking"
+    )]
+    db: Option<String>,
     #[command(subcommand)]
     message: MessageCommand,
 }
+
+/// What `send --help` says about the quota it shares (or not) with the service.
+const QUOTA_NOTE: &str = "Quota: with --db (or WECHAT_KF_DB) naming the store of `wechat-kf \
+serve`, this command shares the service's quota tracking: it refuses (exit 1) what the \
+customer's session view refuses (5 messages per customer message, the 48-hour window, a human \
+servicer holding the session) and records what it sends there, as the reply API does. Without \
+a store it does not share it: it calls WeChat directly, the message still counts against \
+WeChat's quota, and the service learns of it only when WeChat refuses a later send (95001, \
+95002).";
 
 /// `send-on-event`.
 #[derive(Debug, Args)]
@@ -268,15 +293,108 @@ pub async fn run(args: SendArgs) -> CliResult {
         .open_kfid
         .ok_or_else(|| CliError::Usage("send: --open-kfid is required".into()))?;
     let to = args
-        .to
-        .ok_or_else(|| CliError::Usage("send: --to <external_userid> is required".into()))?;
+        .customer
+        .ok_or_else(|| CliError::Usage("send: --customer <external_userid> is required".into()))?;
     let message = build_message(args.message)?;
     let client = args.conn.client()?;
-    let mut request = SendMsgRequest::new(to, open_kfid, message);
+    let tracking = match &args.db {
+        Some(db) => Some(Tracking::open(db).await?),
+        None => None,
+    };
+    let (kf, customer) = (OpenKfId::from(open_kfid), ExternalUserId::from(to));
+    let known = match &tracking {
+        Some(tracking) => tracking.check(&kf, &customer).await?,
+        None => false,
+    };
+    let mut request = SendMsgRequest::new(customer.clone(), kf.clone(), message);
     if let Some(msgid) = args.msgid {
         request = request.msgid(msgid);
     }
-    report(client.messages().send(request).await?)
+    let sent = client.messages().send(request).await;
+    if let Some(tracking) = &tracking {
+        tracking.record(&kf, &customer, known, &sent).await;
+        tracking.store.close().await;
+    }
+    report(sent?)
+}
+
+/// The service's store, for the quota it tracks per customer (the session views).
+struct Tracking {
+    store: Arc<dyn Store>,
+}
+
+impl Tracking {
+    async fn open(location: &str) -> Result<Tracking, CliError> {
+        let usage = |why: &str| CliError::Usage(format!("send: --db {location:?}: {why}"));
+        if location == ":memory:" {
+            return Err(usage(
+                "an in-memory store lives inside serve; send through its reply API",
+            ));
+        }
+        // A mistyped path must not create an empty store that tracks nothing.
+        let is_url = location.starts_with("postgres://") || location.starts_with("postgresql://");
+        if !is_url && !std::path::Path::new(location).exists() {
+            return Err(usage("no such store (start serve with it first)"));
+        }
+        let store = store::open(location, store::Synchronous::Normal)
+            .await
+            .map_err(|e| CliError::Failed(format!("send: {e}")))?;
+        Ok(Tracking { store })
+    }
+
+    /// Refuses what the customer's session view refuses; whether the service knows the
+    /// customer (an unknown one: WeChat decides).
+    async fn check(&self, kf: &OpenKfId, customer: &ExternalUserId) -> Result<bool, CliError> {
+        let view = self
+            .store
+            .session(kf.clone(), customer.clone())
+            .await
+            .map_err(|e| CliError::Failed(format!("send: {e}")))?;
+        match view {
+            None => Ok(false),
+            Some(view) => match view.can_send(unix_now()) {
+                Ok(_) => Ok(true),
+                Err(refusal) => Err(CliError::Failed(format!(
+                    "send: refused by the session view in the store, nothing sent: {refusal}"
+                ))),
+            },
+        }
+    }
+
+    /// Records the send (for a customer the service knows), or what WeChat's refusal says.
+    async fn record(
+        &self,
+        kf: &OpenKfId,
+        customer: &ExternalUserId,
+        known: bool,
+        sent: &Result<SendMsgResponse, wechat_kf::client::Error>,
+    ) {
+        let at = unix_now();
+        let update = match sent {
+            // As the service does: a send alone never creates a view (it would refuse the
+            // next send without the customer's message).
+            Ok(_) if known => SessionUpdate::Sent { at },
+            Ok(_) => return,
+            Err(e) => match e.send_refusal() {
+                Some(refusal) => SessionUpdate::Refused { refusal, at },
+                None => return,
+            },
+        };
+        let now_ms = i64::try_from(at.saturating_mul(1000)).unwrap_or(i64::MAX);
+        if let Err(e) = self
+            .store
+            .update_session(kf.clone(), customer.clone(), update, now_ms)
+            .await
+        {
+            eprintln!("wechat-kf: warning: the send is not recorded in the store: {e}");
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Runs `send-on-event`; prints the msgid.

@@ -67,10 +67,19 @@ pub async fn run(args: SyncArgs) -> CliResult {
     }
     let interval = Duration::from_secs(args.interval.max(1));
     let (mut pages, mut total) = (0u64, 0u64);
+    let mut token_rejected = false;
     let result = loop {
         let fetched = tokio::select! {
             fetched = puller.fetch() => fetched,
             _ = tokio::signal::ctrl_c() => break Ok(()),
+        };
+        let fetched = match fetched {
+            Ok(batch) => Ok(batch),
+            Err(error) => {
+                // The library pulled again without a token WeChat refused; say so once.
+                note_token_rejection(&puller, &mut token_rejected);
+                Err(error)
+            }
         };
         let batch = match fetched {
             Ok(batch) => batch,
@@ -115,6 +124,7 @@ pub async fn run(args: SyncArgs) -> CliResult {
         if let Err(error) = batch.commit().await {
             break Err(error.into());
         }
+        note_token_rejection(&puller, &mut token_rejected);
         if !more {
             if !args.follow {
                 break Ok(());
@@ -125,9 +135,29 @@ pub async fn run(args: SyncArgs) -> CliResult {
             }
         }
     };
-    eprintln!(
-        "{total} messages in {pages} pages; next cursor: {}",
-        puller.committed_cursor().unwrap_or("")
-    );
+    // After a failure before any page there is nothing to resume from: only the error.
+    if result.is_ok() || pages > 0 {
+        let before = if result.is_ok() {
+            ""
+        } else {
+            " before the error"
+        };
+        eprintln!(
+            "{total} messages in {pages} pages{before}; next cursor: {}",
+            puller.committed_cursor().unwrap_or("")
+        );
+    }
     result
+}
+
+/// Says once that WeChat refused `--token` (95007: expired, used up, or another account's)
+/// and that the pull went on without it.
+fn note_token_rejection(puller: &Puller, said: &mut bool) {
+    if !*said && puller.callback_token_rejection().is_some() {
+        *said = true;
+        eprintln!(
+            "wechat-kf: note: WeChat refused --token (95007: expired, already used or another \
+             account's); pulled without it, under the token-less rate limit"
+        );
+    }
 }

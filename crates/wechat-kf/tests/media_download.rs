@@ -190,6 +190,82 @@ async fn an_expired_media_id_is_an_error_and_no_file_is_written() {
     running.shutdown().await;
 }
 
+fn gettoken_calls(running: &RunningEmulator) -> u64 {
+    running.emulator().state_snapshot()["counters"]["gettoken"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Files a customer sent that read like WeChat's error envelope, under every Content-Type a
+/// server might declare. WeChat marks a file with `Content-Disposition`, so each one is the
+/// file: downloaded once, kept byte for byte, and the access token is never thrown away.
+#[tokio::test]
+async fn a_file_that_reads_like_a_wechat_error_is_downloaded_once_as_a_file() {
+    let (running, client) = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    for (n, (body, content_type)) in [
+        (
+            r#"{"errcode":40014,"errmsg":"invalid access_token"}"#,
+            "text/plain",
+        ),
+        (r#"{"errcode":42001,"errmsg":"access_token expired"}"#, ""),
+        (
+            r#"{"errcode":45009,"errmsg":"api freq out of limit"}"#,
+            "application/octet-stream",
+        ),
+        (r#"{"errcode":-1,"errmsg":"system busy"}"#, "text/plain"),
+        (r#"{"errcode":45033,"errmsg":"busy"}"#, "application/json"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let query = if content_type.is_empty() {
+            format!("type=file&filename=forged{n}.txt")
+        } else {
+            format!("type=file&filename=forged{n}.txt&content_type={content_type}")
+        };
+        let media_id = put_media(&running, &query, body.as_bytes().to_vec()).await;
+        let before = media_get_calls(&running);
+        let (path, _) = client
+            .media()
+            .download_to_dir(media_id.as_str(), dir.path())
+            .await
+            .unwrap_or_else(|e| panic!("{body} as {content_type:?}: {e}"));
+        assert_eq!(std::fs::read(&path).unwrap(), body.as_bytes());
+        assert_eq!(
+            media_get_calls(&running) - before,
+            1,
+            "{body}: downloaded once"
+        );
+    }
+    assert_eq!(
+        gettoken_calls(&running),
+        1,
+        "one token for every download: a file never invalidates it"
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_json_file_served_as_application_json_is_downloaded() {
+    let (running, client) = start().await;
+    let body = br#"{"order":42,"items":["tea"],"errmsg":"not ours"}"#;
+    let media_id = put_media(
+        &running,
+        "type=file&filename=order.json&content_type=application/json",
+        body.to_vec(),
+    )
+    .await;
+    let downloaded = client.media().download(media_id.as_str()).await.unwrap();
+    assert_eq!(downloaded.bytes.as_ref(), body);
+    assert_eq!(downloaded.info.filename.as_deref(), Some("order.json"));
+    assert_eq!(
+        downloaded.info.content_type.as_deref(),
+        Some("application/json")
+    );
+    running.shutdown().await;
+}
+
 #[tokio::test]
 async fn downloads_refused_with_45033_are_retried_with_backoff_then_succeed() {
     let (running, client) = start().await;

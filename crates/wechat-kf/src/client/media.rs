@@ -2,8 +2,11 @@
 //!
 //! Uploads are `multipart/form-data` with one part named `media` whose Content-Disposition
 //! carries `filename` and `filelength` (official doc 90253); the body is written by hand because
-//! common multipart writers cannot add `filelength`. Downloads check the Content-Type first: a
-//! JSON body is an error (`{"errcode":40007,…}`), never a file.
+//! common multipart writers cannot add `filelength`. Downloads tell a file from an error the way
+//! WeChat marks them: a file comes with `Content-Disposition: attachment; filename=…` and is
+//! then a file whatever it contains (a customer's `.json` or a text reading
+//! `{"errcode":40014}`); only a response without it is read as an error envelope
+//! (`{"errcode":40007,…}`, also mirrored in `Error-Code` / `Error-Msg` headers).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -353,8 +356,8 @@ impl<'c> Media<'c> {
         call
     }
 
-    /// `GET media/get` as a stream; the Content-Type is checked first, so a JSON error body
-    /// becomes an [`Error::Api`].
+    /// `GET media/get` as a stream. A response without `Content-Disposition` carrying an error
+    /// envelope becomes an [`Error::Api`]; one with it is the file, whatever its bytes.
     pub async fn download_stream(
         self,
         media_id: impl Into<MediaId>,

@@ -283,13 +283,33 @@ impl MediaFetcher {
             record.insert("error".into(), error_json("io", None, &e.to_string()));
             return Value::Object(record);
         }
+        // The cap is enforced while the bytes arrive: a declared length over it is refused
+        // unread, a body crossing it is cut off, ranged or not; nothing over it is written.
         let downloaded = self
             .client
             .media()
+            .max_bytes(self.config.max_bytes)
             .download_to_dir(job.media_id.as_str(), &dir)
             .await;
         let (path, info) = match downloaded {
             Ok(done) => done,
+            Err(wechat_kf::client::Error::TooLarge { declared, .. }) => {
+                self.metrics.media_download(job.msgtype, "too_large");
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                if let Some(size) = declared {
+                    record.insert("size".into(), json!(size));
+                }
+                let size = declared.map_or_else(|| "over".to_owned(), |d| format!("{d} bytes,"));
+                record.insert(
+                    "error".into(),
+                    error_json(
+                        "too_large",
+                        None,
+                        &format!("{size} media.max_bytes allows {}", self.config.max_bytes),
+                    ),
+                );
+                return Value::Object(record);
+            }
             Err(e) => {
                 self.metrics.media_download(job.msgtype, "failed");
                 let (kind, errcode) = match e.errcode() {
@@ -314,24 +334,6 @@ impl MediaFetcher {
             .await
             .map(|m| m.len())
             .unwrap_or(0);
-        if size > self.config.max_bytes {
-            self.metrics.media_download(job.msgtype, "too_large");
-            let _ = tokio::fs::remove_file(&path).await;
-            let _ = tokio::fs::remove_dir(&dir).await;
-            record.insert("size".into(), json!(size));
-            record.insert(
-                "error".into(),
-                error_json(
-                    "too_large",
-                    None,
-                    &format!(
-                        "{size} bytes; media.max_bytes allows {}",
-                        self.config.max_bytes
-                    ),
-                ),
-            );
-            return Value::Object(record);
-        }
         self.metrics.media_download(job.msgtype, "ok");
         record.insert("path".into(), json!(path.to_string_lossy()));
         if let Some(name) = path.file_name() {

@@ -406,3 +406,136 @@ async fn a_download_cut_off_midway_leaves_no_partial_file() {
         files_in(dir.path())
     );
 }
+
+/// How a [`bottomless_server`] answers `media/get`.
+const PIECE: usize = 64 * 1024;
+/// What a bottomless body would reach if nobody stopped reading it.
+const BOTTOM: u64 = 256 * 1024 * 1024;
+
+/// A server whose `media/get` bodies are as long as a reader keeps reading (up to [`BOTTOM`]):
+/// `media_id=declared` declares 1 GiB, `chunked` declares nothing, `ranged` is only served in
+/// ranges (830002 without one) of unknown total. Counts the bytes its bodies produced.
+async fn bottomless_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use axum::body::Body;
+    use axum::extract::Query;
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::routing::get;
+    let produced = Arc::new(AtomicU64::new(0));
+    let counter = produced.clone();
+    let body = move || {
+        let counter = counter.clone();
+        Body::from_stream(futures::stream::unfold(0u64, move |sent| {
+            let counter = counter.clone();
+            async move {
+                (sent < BOTTOM).then(|| {
+                    counter.fetch_add(PIECE as u64, Ordering::Relaxed);
+                    (
+                        Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; PIECE])),
+                        sent + PIECE as u64,
+                    )
+                })
+            }
+        }))
+    };
+    let app = axum::Router::new()
+        .route(
+            "/cgi-bin/gettoken",
+            get(|| async { axum::Json(json!({"errcode":0,"access_token":"T","expires_in":7200})) }),
+        )
+        .route(
+            "/cgi-bin/media/get",
+            get(
+                move |Query(query): Query<std::collections::HashMap<String, String>>,
+                      headers: HeaderMap| async move {
+                    let media_id = query.get("media_id").cloned().unwrap_or_default();
+                    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+                    let file = axum::http::Response::builder()
+                        .header(header::CONTENT_TYPE, "application/octet-stream")
+                        .header(
+                            header::CONTENT_DISPOSITION,
+                            "attachment; filename=\"big.bin\"",
+                        );
+                    match (media_id.as_str(), range) {
+                        ("declared", _) => file
+                            .header(header::CONTENT_LENGTH, (1u64 << 30).to_string())
+                            .body(body()),
+                        ("ranged", Some(range)) => {
+                            let (from, to) =
+                                range.trim_start_matches("bytes=").split_once('-').unwrap();
+                            file.status(StatusCode::PARTIAL_CONTENT)
+                                .header(header::CONTENT_RANGE, format!("bytes {from}-{to}/*"))
+                                .body(body())
+                        }
+                        ("ranged", None) => axum::http::Response::builder()
+                            .header(header::CONTENT_TYPE, "application/json")
+                            .header("error-code", "830002")
+                            .body(Body::from(r#"{"errcode":830002,"errmsg":"use range"}"#)),
+                        _ => file.body(body()),
+                    }
+                    .unwrap()
+                },
+            ),
+        );
+    (wechat_kf_test_support::serve(app, "").await, produced)
+}
+
+#[tokio::test]
+async fn downloads_over_the_size_limit_stop_before_the_limit_is_written() {
+    use std::sync::atomic::Ordering;
+    let (base, produced) = bottomless_server().await;
+    let client = Client::builder("wwCORP", "SECRET")
+        .base_url(base)
+        .retry_policy(RetryPolicy::none())
+        .build()
+        .unwrap();
+    const LIMIT: u64 = 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+
+    // Declared over the limit: refused without reading the body.
+    let error = client
+        .media()
+        .max_bytes(LIMIT)
+        .download_to_dir("declared", dir.path())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::TooLarge { limit: LIMIT, declared: Some(d), .. } if d == 1 << 30),
+        "{error}"
+    );
+
+    // Chunked, and in ranges of unknown total: stopped the moment the limit is crossed.
+    for media_id in ["chunked", "ranged"] {
+        let mut written: Vec<u8> = Vec::new();
+        let error = client
+            .media()
+            .max_bytes(LIMIT)
+            .download_to_writer(media_id, &mut written)
+            .await
+            .unwrap_err();
+        assert!(error.is_too_large(), "{media_id}: {error}");
+        assert!(
+            written.len() as u64 <= LIMIT,
+            "{media_id}: {}",
+            written.len()
+        );
+        let error = client
+            .media()
+            .max_bytes(LIMIT)
+            .download_to_dir(media_id, dir.path())
+            .await
+            .unwrap_err();
+        assert!(error.is_too_large(), "{media_id}: {error}");
+    }
+    assert!(
+        files_in(dir.path()).is_empty(),
+        "{:?}",
+        files_in(dir.path())
+    );
+    // Five bodies of up to 256 MiB each were offered; the reader stopped each within a few
+    // socket buffers of the limit.
+    let total = produced.load(Ordering::Relaxed);
+    assert!(total < 5 * 16 * 1024 * 1024, "{total} bytes produced");
+}

@@ -191,6 +191,53 @@ async fn an_expired_or_busy_media_id_is_recorded_and_the_message_still_delivered
     emu.shutdown().await;
 }
 
+/// A file over `media.max_bytes` is refused from its declared length, never written (not
+/// downloaded and deleted afterwards), and recorded as `too_large`; the message is delivered.
+#[tokio::test]
+async fn a_file_over_max_bytes_is_recorded_too_large_and_never_written() {
+    let emu = emulator().await;
+    let sink = Sink::start().await;
+    let kf = emu.emulator().create_account("big");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&emu, &dir.path().join("kf.db"), Some(&sink.url));
+    config.media.download_dir = Some(dir.path().join("media"));
+    config.media.max_bytes = 1000;
+    let running = start_on_emulator_clock(&emu, config).await;
+    let msgid = send_media(&emu, &kf, "wmB", "file", "big.bin", vec![7u8; 5000]).await;
+    let (_, record) = delivered(&sink, &msgid).await;
+    assert_eq!(record["error"]["kind"], "too_large", "{record}");
+    assert_eq!(record["size"], 5000);
+    assert!(record["path"].is_null());
+    let mut left = Vec::new();
+    for entry in walk(&dir.path().join("media")) {
+        left.push(entry);
+    }
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(
+        metric(
+            &running,
+            "wechat_kf_media_downloads_total{kind=\"file\",result=\"too_large\"}"
+        ),
+        1
+    );
+    running.shutdown().await;
+    emu.shutdown().await;
+}
+
+/// Every file under `dir` (none when it does not exist).
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|entry| {
+            let path = entry.path();
+            if path.is_dir() { walk(&path) } else { vec![path] }
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn a_voice_note_is_downloaded_and_converted_to_wav() {
     if !ffmpeg_available() {

@@ -176,7 +176,7 @@ pub(crate) struct MediaFetcher {
     keep_local: bool,
     bucket: Option<Bucket>,
     /// The staging directory, removed when the fetcher is dropped.
-    _staging: Option<tempfile::TempDir>,
+    _staging: Option<Staging>,
     metrics: Arc<Metrics>,
 }
 
@@ -196,6 +196,11 @@ impl MediaFetcher {
         config: &MediaConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Option<MediaFetcher>, Error> {
+        if config.voice_max_duration.is_zero() || config.voice_max_bytes == 0 {
+            return Err(Error::Config(
+                "media.voice_max_duration and media.voice_max_bytes must be positive".into(),
+            ));
+        }
         let bucket = match &config.object_store {
             Some(url) => Some(Bucket::open(url, &config.object_store_options)?),
             None => None,
@@ -208,11 +213,12 @@ impl MediaFetcher {
                 (dir.clone(), None)
             }
             (None, Some(_)) => {
-                let staging = tempfile::Builder::new()
-                    .prefix("wechat-kf-media-")
-                    .tempdir()
+                let base = std::env::temp_dir();
+                let staging = tokio::task::spawn_blocking(move || Staging::create(&base))
+                    .await
+                    .map_err(|e| Error::io("a staging directory for media uploads", e.into()))?
                     .map_err(|e| Error::io("a staging directory for media uploads", e))?;
-                (staging.path().to_owned(), Some(staging))
+                (staging.dir.clone(), Some(staging))
             }
             (None, None) => return Ok(None),
         };
@@ -334,6 +340,10 @@ impl MediaFetcher {
             .await
             .map(|m| m.len())
             .unwrap_or(0);
+        if !self.keep_local {
+            // Customer data, only for the service's own upload.
+            private_file(&path).await;
+        }
         self.metrics.media_download(job.msgtype, "ok");
         record.insert("path".into(), json!(path.to_string_lossy()));
         if let Some(name) = path.file_name() {
@@ -437,7 +447,9 @@ impl MediaFetcher {
     async fn convert(&self, source: &Path, target: VoiceTarget) -> Value {
         let mut out = Map::new();
         out.insert("format".into(), json!(target.extension()));
-        let mut converter = Converter::new();
+        let mut converter = Converter::new()
+            .max_duration(self.config.voice_max_duration)
+            .max_output_bytes(self.config.voice_max_bytes);
         if let Some(ffmpeg) = &self.config.ffmpeg {
             converter = converter.ffmpeg(ffmpeg);
         }
@@ -453,6 +465,8 @@ impl MediaFetcher {
                     VoiceError::ConverterUnavailable { .. } => "converter_unavailable",
                     VoiceError::ConversionFailed { .. } => "conversion_failed",
                     VoiceError::Timeout(_) => "timeout",
+                    VoiceError::TooLong(_) => "too_long",
+                    VoiceError::OutputTooLarge(_) => "too_large",
                     VoiceError::Io(_) => "io",
                     _ => "failed",
                 };
@@ -472,33 +486,195 @@ impl MediaFetcher {
             .map(|s| s.to_string_lossy().into_owned())
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "voice".into());
-        let mut name = format!("{stem}.{ext}");
-        if source
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy() == name)
-        {
-            name = format!("{stem}-converted.{ext}");
-        }
         let dir = source.parent().unwrap_or(Path::new("."));
-        let path = dir.join(&name);
-        let staged = dir.join(".wechat-kf-convert.part");
-        let written = async {
-            tokio::fs::write(&staged, &bytes).await?;
-            tokio::fs::rename(&staged, &path).await
-        }
-        .await;
-        if let Err(e) = written {
-            let _ = tokio::fs::remove_file(&staged).await;
-            self.metrics.voice_conversion(target.extension(), "io");
-            out.insert("error".into(), error_json("io", None, &e.to_string()));
-            return Value::Object(out);
-        }
+        let names = std::iter::once(format!("{stem}.{ext}")).chain((0..100).map(|n| match n {
+            0 => format!("{stem}-converted.{ext}"),
+            n => format!("{stem}-converted ({n}).{ext}"),
+        }));
+        let written = write_new(dir, names, &bytes, !self.keep_local).await;
+        let (path, name) = match written {
+            Ok(done) => done,
+            Err(e) => {
+                self.metrics.voice_conversion(target.extension(), "io");
+                out.insert("error".into(), error_json("io", None, &e.to_string()));
+                return Value::Object(out);
+            }
+        };
         self.metrics.voice_conversion(target.extension(), "ok");
         out.insert("path".into(), json!(path.to_string_lossy()));
         out.insert("file_name".into(), json!(name));
         out.insert("content_type".into(), json!(target.mime_type()));
         out.insert("size".into(), json!(bytes.len()));
         Value::Object(out)
+    }
+}
+
+/// Writes `bytes` under the first of `names` that is free in `dir`, never replacing a file: the
+/// bytes are staged beside `dir` (in the account's directory, where every other name is a
+/// message directory, `[0-9A-Za-z_-]` or a hash, so a server-given file name can never be the
+/// staging name), then hard-linked to each candidate until the file system accepts one. The
+/// file system itself decides what "taken" means, so on a case-insensitive one `note.WAV`
+/// blocks `note.wav`. Returns the path and the name used.
+async fn write_new(
+    dir: &Path,
+    names: impl Iterator<Item = String>,
+    bytes: &[u8],
+    private: bool,
+) -> std::io::Result<(PathBuf, String)> {
+    let parent = dir.parent().unwrap_or(dir);
+    let staged = parent.join(format!(
+        ".wechat-kf-convert-{:016x}.part",
+        rand::random::<u64>()
+    ));
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    if private {
+        options.mode(0o600);
+    }
+    let result = async {
+        let mut file = options.open(&staged).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut file, bytes).await?;
+        file.sync_all().await?;
+        drop(file);
+        for name in names {
+            let candidate = dir.join(&name);
+            match tokio::fs::hard_link(&staged, &candidate).await {
+                Ok(()) => return Ok((candidate, name)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    // No hard links on this file system: check, then rename.
+                    if tokio::fs::symlink_metadata(&candidate).await.is_ok() {
+                        continue;
+                    }
+                    tracing::debug!(error = %e, "no hard link; renaming the converted file");
+                    tokio::fs::rename(&staged, &candidate).await?;
+                    return Ok((candidate, name));
+                }
+            }
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "no free name for the converted file",
+        ))
+    }
+    .await;
+    let _ = tokio::fs::remove_file(&staged).await;
+    result
+}
+
+/// Makes a staged file readable by the service's user only (best effort: its directory is
+/// already private).
+async fn private_file(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).await;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
+/// Name prefix of staging directories under the system's temporary directory.
+const STAGING_PREFIX: &str = "wechat-kf-media-";
+
+/// Where media are staged for an upload when no `download_dir` is kept: a directory of its own
+/// under `$TMPDIR`, mode 0700, held by an exclusive lock on `.lock` inside it for as long as the
+/// service runs, removed when dropped. At creation, staging directories of this user that no
+/// running service holds (left by a crash, with their partial files) are removed.
+struct Staging {
+    dir: PathBuf,
+    _lock: std::fs::File,
+}
+
+impl Staging {
+    fn create(base: &Path) -> std::io::Result<Staging> {
+        let dir = tempfile::Builder::new()
+            .prefix(STAGING_PREFIX)
+            .tempdir_in(base)?
+            .keep();
+        let staging = Staging::lock(dir.clone()).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&dir);
+        })?;
+        remove_stale_staging(base, &staging.dir);
+        Ok(staging)
+    }
+
+    fn lock(dir: PathBuf) -> std::io::Result<Staging> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        let lock = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dir.join(".lock"))?;
+        fs4::FileExt::try_lock(&lock).map_err(|e| match e {
+            fs4::TryLockError::Error(e) => e,
+            fs4::TryLockError::WouldBlock => std::io::Error::other("the new staging lock is held"),
+        })?;
+        Ok(Staging { dir, _lock: lock })
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes the staging directories in `base` that belong to this user and that no running
+/// service holds; `ours` is kept. A directory without a lock file counts as abandoned only once
+/// it is a minute old (another service may be between creating and locking it).
+fn remove_stale_staging(base: &Path, ours: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    #[cfg(unix)]
+    let owner = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(ours).map(|m| m.uid()).ok()
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let ours_or_foreign = path == ours
+            || !entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(STAGING_PREFIX);
+        if ours_or_foreign {
+            continue;
+        }
+        // Never follow a link, never touch another user's directory.
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.is_dir() {
+            continue;
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            if Some(meta.uid()) != owner {
+                continue;
+            }
+        }
+        let abandoned = match std::fs::OpenOptions::new()
+            .write(true)
+            .open(path.join(".lock"))
+        {
+            Ok(lock) => fs4::FileExt::try_lock(&lock).is_ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(60)),
+            Err(_) => false,
+        };
+        if abandoned && std::fs::remove_dir_all(&path).is_ok() {
+            tracing::info!(dir = %path.display(), "removed a stale media staging directory");
+        }
     }
 }
 
@@ -590,6 +766,83 @@ mod tests {
         let options = BTreeMap::from([("colour".to_owned(), Secret::new("blue"))]);
         let error = Bucket::open("s3://kf", &options).err().unwrap().to_string();
         assert!(error.contains("\"colour\" is not an S3 option"), "{error}");
+    }
+
+    #[cfg(unix)]
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn staging_is_private_and_what_a_crash_left_is_removed_at_the_next_start() {
+        let base = tempfile::tempdir().unwrap();
+        // A crashed run's directory: its lock file is there, no process holds it; a partial
+        // file inside.
+        let crashed_dir = base.path().join(format!("{STAGING_PREFIX}crashed"));
+        std::fs::create_dir(&crashed_dir).unwrap();
+        std::fs::write(crashed_dir.join(".lock"), b"").unwrap();
+        std::fs::write(crashed_dir.join(".wechat-kf-1.part"), b"partial").unwrap();
+        // A running service's directory, and things that are not staging directories.
+        let running = Staging::create(base.path()).unwrap();
+        let unrelated = base.path().join("wechat-kf-media-link");
+        std::os::unix::fs::symlink(base.path(), &unrelated).unwrap();
+        std::fs::create_dir(base.path().join("other-app")).unwrap();
+
+        let ours = Staging::create(base.path()).unwrap();
+        assert_eq!(mode(&ours.dir), 0o700);
+        assert!(
+            ours.dir
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(STAGING_PREFIX)
+        );
+        assert!(
+            running.dir.exists(),
+            "a directory another service holds is kept"
+        );
+        assert!(
+            unrelated.symlink_metadata().is_ok(),
+            "links are never followed or removed"
+        );
+        assert!(base.path().join("other-app").exists());
+        assert!(!crashed_dir.exists(), "the crashed run's staging is gone");
+        drop(running);
+        let dir = ours.dir.clone();
+        drop(ours);
+        assert!(!dir.exists(), "removed when the service stops");
+    }
+
+    #[tokio::test]
+    async fn a_converted_file_never_replaces_a_file_of_the_message() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("msg");
+        std::fs::create_dir(&dir).unwrap();
+        // Server-given names: the one the conversion wants, and its first fallback.
+        std::fs::write(dir.join("note.wav"), b"original").unwrap();
+        std::fs::write(dir.join("note-converted.wav"), b"other").unwrap();
+        let names = ["note.wav", "note-converted.wav", "note-converted (1).wav"]
+            .map(String::from)
+            .into_iter();
+        let (path, name) = write_new(&dir, names, b"RIFF", true).await.unwrap();
+        assert_eq!(name, "note-converted (1).wav");
+        assert_eq!(std::fs::read(&path).unwrap(), b"RIFF");
+        assert_eq!(std::fs::read(dir.join("note.wav")).unwrap(), b"original");
+        assert_eq!(
+            std::fs::read(dir.join("note-converted.wav")).unwrap(),
+            b"other"
+        );
+        #[cfg(unix)]
+        assert_eq!(mode(&path), 0o600);
+        // Nothing staged is left, in the message's directory or beside it.
+        let mut left: Vec<String> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["msg"]);
     }
 
     #[test]

@@ -233,7 +233,11 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         .flatten()
         .flat_map(|entry| {
             let path = entry.path();
-            if path.is_dir() { walk(&path) } else { vec![path] }
+            if path.is_dir() {
+                walk(&path)
+            } else {
+                vec![path]
+            }
         })
         .collect()
 }
@@ -277,6 +281,67 @@ async fn a_voice_note_is_downloaded_and_converted_to_wav() {
             "wechat_kf_voice_conversions_total{format=\"wav\",result=\"ok\"}"
         ),
         1
+    );
+    running.shutdown().await;
+    emu.shutdown().await;
+}
+
+/// A server file name cannot be the converter's staging name (it once was fixed, in the
+/// message's directory, and the conversion overwrote the original), and the emulator's
+/// placeholder voice note (a customer message injected without a media_id) is real AMR that
+/// converts.
+#[tokio::test]
+async fn conversions_never_replace_the_original_and_the_placeholder_voice_converts() {
+    if !ffmpeg_available() {
+        return;
+    }
+    let emu = emulator().await;
+    let sink = Sink::start().await;
+    let kf = emu.emulator().create_account("names");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&emu, &dir.path().join("kf.db"), Some(&sink.url));
+    config.media.download_dir = Some(dir.path().join("media"));
+    config.media.voice_convert_to = Some(VoiceTarget::Wav);
+    let running = start_on_emulator_clock(&emu, config).await;
+    let amr = std::fs::read(VOICE).unwrap();
+    let mut msgids = Vec::new();
+    for name in [".wechat-kf-convert.part", "语音.wav"] {
+        msgids.push(send_media(&emu, &kf, "wmN", "voice", name, amr.clone()).await);
+    }
+    for (msgid, original, converted) in [
+        (
+            &msgids[0],
+            ".wechat-kf-convert.part",
+            ".wechat-kf-convert.wav",
+        ),
+        (&msgids[1], "语音.wav", "语音-converted.wav"),
+    ] {
+        let (_, record) = delivered(&sink, msgid).await;
+        assert_eq!(record["file_name"], original, "{record}");
+        assert_eq!(
+            std::fs::read(record["path"].as_str().unwrap()).unwrap(),
+            amr,
+            "the original is intact: {record}"
+        );
+        assert_eq!(record["converted"]["file_name"], converted, "{record}");
+        let wav = std::fs::read(record["converted"]["path"].as_str().unwrap()).unwrap();
+        assert!(wechat_kf::voice::WavInfo::parse(&wav).is_some());
+    }
+
+    let placeholder = emu
+        .emulator()
+        .customer_send(json!({"open_kfid": kf, "external_userid": "wmN", "msgtype": "voice"}))
+        .unwrap()
+        .remove(0);
+    let (_, record) = delivered(&sink, &placeholder).await;
+    assert_eq!(record["file_name"], "voice.amr", "{record}");
+    assert_eq!(record["converted"]["file_name"], "voice.wav", "{record}");
+    let wav = std::fs::read(record["converted"]["path"].as_str().unwrap()).unwrap();
+    let info = wechat_kf::voice::WavInfo::parse(&wav).unwrap();
+    assert!(
+        (info.duration_secs() - 2.0).abs() < 0.1,
+        "{}",
+        info.duration_secs()
     );
     running.shutdown().await;
     emu.shutdown().await;

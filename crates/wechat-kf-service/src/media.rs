@@ -22,7 +22,7 @@
 //! when no local copy is kept, and `upload_error` beside `path` when one is — in the record of
 //! the file concerned: the original's, or its conversion's (`converted`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +42,7 @@ use crate::config::{MediaConfig, Secret, VoiceTarget};
 use crate::error::Error;
 use crate::error::safe_error;
 use crate::metrics::Metrics;
+use crate::store::Store;
 
 /// A media message to download.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -678,6 +679,157 @@ fn remove_stale_staging(base: &Path, ours: &Path) {
     }
 }
 
+/// A media or staging directory younger than this is never removed by the housekeeping (a
+/// download may be writing it).
+const SWEEP_MIN_AGE: Duration = Duration::from_secs(3600);
+
+impl MediaFetcher {
+    /// Every 10 minutes (the first time 30 s after the start): with `retention`, removes the
+    /// directories of messages whose rows the retention purged (and staging files a crash left
+    /// beside them), then measures what `download_dir` holds for `wechat_kf_media_dir_bytes`.
+    /// Nothing to do when files are only staged for an object store.
+    pub(crate) async fn housekeeping(
+        self: Arc<Self>,
+        store: Arc<dyn Store>,
+        retention: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        if !self.keep_local {
+            return;
+        }
+        let mut wait = Duration::from_secs(30);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => return,
+            }
+            wait = Duration::from_secs(600);
+            let kept = if retention.is_zero() {
+                None
+            } else {
+                match kept_dirs(&*store).await {
+                    Ok(kept) => Some(kept),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot list stored messages; media kept");
+                        None
+                    }
+                }
+            };
+            let dir = self.dir.clone();
+            let swept =
+                tokio::task::spawn_blocking(move || sweep(&dir, kept.as_ref(), SWEEP_MIN_AGE))
+                    .await;
+            if let Ok(swept) = swept {
+                self.metrics.set_media_dir_bytes(swept.bytes);
+                if swept.removed > 0 {
+                    tracing::info!(
+                        messages = swept.removed,
+                        "removed the media of messages past the retention"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// For each account directory name, the message directory names that still have a row.
+async fn kept_dirs(store: &dyn Store) -> Result<HashMap<String, HashSet<String>>, Error> {
+    let mut kept = HashMap::new();
+    for account in store.accounts().await? {
+        let messages = store.messages(account.open_kfid.clone()).await?;
+        kept.insert(
+            path_component(account.open_kfid.as_str()),
+            messages
+                .iter()
+                .map(|(msgid, _)| path_component(msgid.as_str()))
+                .collect(),
+        );
+    }
+    Ok(kept)
+}
+
+/// What a [`sweep`] did.
+#[derive(Debug, PartialEq, Eq)]
+struct Swept {
+    /// Message directories removed.
+    removed: u64,
+    /// Bytes left under the directory.
+    bytes: u64,
+}
+
+/// Walks `<dir>/<account>/<message>/`: with `kept`, removes each message directory that has no
+/// row any more and staging files left beside them, once older than `min_age`; adds up the
+/// rest. Never follows a link.
+fn sweep(dir: &Path, kept: Option<&HashMap<String, HashSet<String>>>, min_age: Duration) -> Swept {
+    let old = |meta: &std::fs::Metadata| {
+        meta.modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age >= min_age)
+    };
+    let mut swept = Swept {
+        removed: 0,
+        bytes: 0,
+    };
+    let Ok(accounts) = std::fs::read_dir(dir) else {
+        return swept;
+    };
+    for account in accounts.flatten() {
+        let account_name = account.file_name().to_string_lossy().into_owned();
+        let Ok(meta) = std::fs::symlink_metadata(account.path()) else {
+            continue;
+        };
+        if !meta.is_dir() {
+            swept.bytes += meta.len();
+            continue;
+        }
+        let Ok(messages) = std::fs::read_dir(account.path()) else {
+            continue;
+        };
+        let rows = kept.map(|kept| kept.get(&account_name));
+        for message in messages.flatten() {
+            let path = message.path();
+            let name = message.file_name().to_string_lossy().into_owned();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let gone = match rows {
+                None => false,
+                Some(rows) => !rows.is_some_and(|rows| rows.contains(&name)),
+            };
+            if meta.is_dir() && gone && old(&meta) && std::fs::remove_dir_all(&path).is_ok() {
+                swept.removed += 1;
+                continue;
+            }
+            let leftover = name.starts_with(".wechat-kf-convert-") && name.ends_with(".part");
+            if meta.is_file() && leftover && old(&meta) && std::fs::remove_file(&path).is_ok() {
+                continue;
+            }
+            swept.bytes += if meta.is_dir() {
+                size_of_dir(&path)
+            } else {
+                meta.len()
+            };
+        }
+    }
+    swept
+}
+
+/// Bytes of the files under `dir` (links not followed).
+fn size_of_dir(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match std::fs::symlink_metadata(entry.path()) {
+            Ok(meta) if meta.is_dir() => size_of_dir(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 fn error_json(kind: &str, errcode: Option<i64>, message: &str) -> Value {
     let mut out = Map::new();
     out.insert("kind".into(), json!(kind));
@@ -843,6 +995,62 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, ["msg"]);
+    }
+
+    #[test]
+    fn the_media_of_purged_messages_go_and_the_rest_is_measured() {
+        let root = tempfile::tempdir().unwrap();
+        let write = |path: &str, bytes: usize| {
+            let path = root.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, vec![0u8; bytes]).unwrap();
+        };
+        write("wkA/m1/a.amr", 100);
+        write("wkA/m1/a.wav", 1000);
+        write("wkA/m2/b.pdf", 5000);
+        write("wkA/.wechat-kf-convert-0123456789abcdef.part", 7);
+        write("wkB/m3/c.png", 30);
+        let kept = HashMap::from([("wkA".to_owned(), HashSet::from(["m1".to_owned()]))]);
+
+        // Everything is measured; nothing is old enough to go.
+        let swept = sweep(root.path(), None, Duration::from_secs(3600));
+        assert_eq!(
+            swept,
+            Swept {
+                removed: 0,
+                bytes: 6137
+            }
+        );
+        // Without a retention, only a staging file a crash left goes.
+        let swept = sweep(root.path(), None, Duration::ZERO);
+        assert_eq!(
+            swept,
+            Swept {
+                removed: 0,
+                bytes: 6130
+            }
+        );
+        assert!(
+            !root
+                .path()
+                .join("wkA/.wechat-kf-convert-0123456789abcdef.part")
+                .exists()
+        );
+        // Too young to go.
+        let swept = sweep(root.path(), Some(&kept), Duration::from_secs(3600));
+        assert_eq!(swept.removed, 0);
+        // m2 and m3 have no row (wkB no account) any more; m1 stays.
+        let swept = sweep(root.path(), Some(&kept), Duration::ZERO);
+        assert_eq!(
+            swept,
+            Swept {
+                removed: 2,
+                bytes: 1100
+            }
+        );
+        assert!(root.path().join("wkA/m1/a.wav").exists());
+        assert!(!root.path().join("wkA/m2").exists());
+        assert!(!root.path().join("wkB/m3").exists());
     }
 
     #[test]

@@ -231,7 +231,7 @@ impl Service {
             clock: clock.clone(),
             started_at,
             handoff: config.handoff.clone(),
-            media,
+            media: media.clone(),
             replies: reply_wake.clone(),
         }));
         let api_token = match (&config.api.token, &sandbox) {
@@ -329,6 +329,13 @@ impl Service {
                 store.clone(),
                 config.storage.retention,
                 clock.clone(),
+                shutdown.clone(),
+            )));
+        }
+        if let Some(fetcher) = &media {
+            background.push(tokio::spawn(fetcher.clone().housekeeping(
+                store.clone(),
+                config.storage.retention,
                 shutdown.clone(),
             )));
         }

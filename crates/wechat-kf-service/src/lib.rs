@@ -54,6 +54,7 @@ mod error;
 mod http;
 pub mod leader;
 mod media;
+mod media_lanes;
 pub mod metrics;
 pub mod puller;
 mod replies;

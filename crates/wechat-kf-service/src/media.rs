@@ -27,7 +27,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::{Path as ObjectPath, PathPart};
 use object_store::{Attribute, Attributes, ObjectStore, PutOptions, PutPayload, RetryConfig};
@@ -176,6 +175,8 @@ pub(crate) struct MediaFetcher {
     /// Whether files stay in `dir` (`media.download_dir`) or are only staged there.
     keep_local: bool,
     bucket: Option<Bucket>,
+    /// Downloads in flight at once (`media.concurrency`), over all accounts and customers.
+    permits: tokio::sync::Semaphore,
     /// The staging directory, removed when the fetcher is dropped.
     _staging: Option<Staging>,
     metrics: Arc<Metrics>,
@@ -233,6 +234,7 @@ impl MediaFetcher {
             dir,
             keep_local: staging.is_none(),
             bucket,
+            permits: tokio::sync::Semaphore::new(config.concurrency.max(1)),
             _staging: staging,
             metrics,
         }))
@@ -260,21 +262,10 @@ impl MediaFetcher {
         })
     }
 
-    /// Downloads several media files (bounded concurrency); returns `(seq, record JSON)`.
-    pub(crate) async fn fetch_all(
-        &self,
-        open_kfid: &OpenKfId,
-        jobs: Vec<(i64, Job)>,
-    ) -> Vec<(i64, String)> {
-        futures::stream::iter(jobs)
-            .map(|(seq, job)| async move { (seq, self.fetch(open_kfid, &job).await.to_string()) })
-            .buffer_unordered(self.config.concurrency.max(1))
-            .collect()
-            .await
-    }
-
     /// Downloads one file (and converts a voice note); the media record.
     pub(crate) async fn fetch(&self, open_kfid: &OpenKfId, job: &Job) -> Value {
+        // Never closed, so acquiring cannot fail.
+        let _permit = self.permits.acquire().await;
         let mut record = Map::new();
         record.insert("msgid".into(), json!(job.msgid));
         record.insert("msgtype".into(), json!(job.msgtype));
@@ -292,12 +283,29 @@ impl MediaFetcher {
         }
         // The cap is enforced while the bytes arrive: a declared length over it is refused
         // unread, a body crossing it is cut off, ranged or not; nothing over it is written.
-        let downloaded = self
+        let download = self
             .client
             .media()
             .max_bytes(self.config.max_bytes)
-            .download_to_dir(job.media_id.as_str(), &dir)
-            .await;
+            .download_to_dir(job.media_id.as_str(), &dir);
+        // The customer's later messages wait for this one: give up in bounded time (dropping
+        // the download removes its partial file).
+        let Ok(downloaded) = tokio::time::timeout(DOWNLOAD_DEADLINE, download).await else {
+            self.metrics.media_download(job.msgtype, "failed");
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            record.insert(
+                "error".into(),
+                error_json(
+                    "timeout",
+                    None,
+                    &format!(
+                        "the download took longer than {} s (retries included)",
+                        DOWNLOAD_DEADLINE.as_secs()
+                    ),
+                ),
+            );
+            return Value::Object(record);
+        };
         let (path, info) = match downloaded {
             Ok(done) => done,
             Err(wechat_kf::client::Error::TooLarge { declared, .. }) => {
@@ -678,6 +686,9 @@ fn remove_stale_staging(base: &Path, ours: &Path) {
         }
     }
 }
+
+/// Longest time one download may take, retries included (the client allows 300 s per attempt).
+const DOWNLOAD_DEADLINE: Duration = Duration::from_secs(300);
 
 /// A media or staging directory younger than this is never removed by the housekeeping (a
 /// download may be writing it).

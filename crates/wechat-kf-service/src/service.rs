@@ -22,6 +22,7 @@ use crate::error::Error;
 use crate::http::{AppParts, AppState, CallbackSettings, router};
 use crate::leader::{self, LeaderLock};
 use crate::media::MediaFetcher;
+use crate::media_lanes::MediaLanes;
 use crate::metrics::Metrics;
 use crate::puller::{PullContext, Pullers};
 use crate::sandbox;
@@ -222,7 +223,7 @@ impl Service {
         let pullers = Arc::new(Pullers::new(PullContext {
             client: client.clone(),
             store: store.clone(),
-            deliveries: queue,
+            deliveries: queue.clone(),
             metrics: metrics.clone(),
             config: config.pull.clone(),
             shutdown: shutdown.clone(),
@@ -231,7 +232,9 @@ impl Service {
             clock: clock.clone(),
             started_at,
             handoff: config.handoff.clone(),
-            media: media.clone(),
+            media: media.clone().map(|fetcher| {
+                MediaLanes::new(fetcher, store.clone(), queue.clone(), shutdown.clone())
+            }),
             replies: reply_wake.clone(),
         }));
         let api_token = match (&config.api.token, &sandbox) {

@@ -581,3 +581,55 @@ async fn an_unreachable_object_store_is_recorded_and_the_local_copy_still_delive
     running.shutdown().await;
     emu.shutdown().await;
 }
+
+/// One customer's slow download never holds up another customer: the text customer B sends
+/// right after customer A's file (whose `media/get` takes 15 s) reaches the bot while A's file
+/// is still downloading, and A's own later text still comes after A's file.
+#[tokio::test]
+async fn a_slow_download_holds_up_only_its_own_customer() {
+    let emu = emulator().await;
+    let sink = Sink::start().await;
+    let kf = emu.emulator().create_account("slow");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&emu, &dir.path().join("kf.db"), Some(&sink.url));
+    config.media.download_dir = Some(dir.path().join("media"));
+    let running = start_on_emulator_clock(&emu, config).await;
+    let media_id = upload(&emu, "file", "慢.pdf", b"%PDF-1.4 slow".to_vec()).await;
+    emu.emulator()
+        .inject_fault(json!({"path": "media/get", "kind": "delay", "delay_ms": 15_000}))
+        .unwrap();
+    let ids = emu
+        .emulator()
+        .customer_send(json!([
+            media_message(&kf, "wmA", "file", &media_id),
+            text(&kf, "wmB", "B, right after A's file"),
+            text(&kf, "wmA", "A, after its own file"),
+        ]))
+        .unwrap();
+    let (file, b_text, a_text) = (&ids[0], &ids[1], &ids[2]);
+
+    // Bounded well below the 15 s download: B's text is not behind it.
+    wait_for("B's text", Duration::from_secs(10), || async {
+        sink.delivered(b_text).is_some()
+    })
+    .await;
+    assert!(
+        sink.delivered(file).is_none(),
+        "A's file is still downloading"
+    );
+    assert!(
+        sink.delivered(a_text).is_none(),
+        "A's text waits behind A's file"
+    );
+
+    wait_for("A's file and text", Duration::from_secs(40), || async {
+        sink.delivered(a_text).is_some()
+    })
+    .await;
+    let (_, record) = sink.delivered(file).unwrap();
+    assert_eq!(record["file_name"], "慢.pdf", "{record}");
+    let order = &sink.acked_per_customer()[&(kf.clone(), "wmA".to_owned())];
+    assert_eq!(order, &[file.clone(), a_text.clone()]);
+    running.shutdown().await;
+    emu.shutdown().await;
+}

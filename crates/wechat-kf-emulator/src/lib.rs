@@ -67,6 +67,7 @@ mod control;
 pub mod crypto;
 mod errors;
 mod faults;
+pub mod fixtures;
 mod ids;
 mod json;
 mod server;

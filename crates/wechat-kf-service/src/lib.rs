@@ -55,6 +55,7 @@ mod http;
 pub mod ids;
 pub mod leader;
 mod media;
+mod media_lanes;
 pub mod metrics;
 pub mod puller;
 pub mod readiness;

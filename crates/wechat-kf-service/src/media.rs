@@ -22,12 +22,11 @@
 //! when no local copy is kept, and `upload_error` beside `path` when one is — in the record of
 //! the file concerned: the original's, or its conversion's (`converted`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::{Path as ObjectPath, PathPart};
 use object_store::{Attribute, Attributes, ObjectStore, PutOptions, PutPayload, RetryConfig};
@@ -42,6 +41,7 @@ use crate::config::{MediaConfig, Secret, VoiceTarget};
 use crate::error::Error;
 use crate::error::safe_error;
 use crate::metrics::Metrics;
+use crate::store::Store;
 
 /// A media message to download.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,8 +175,10 @@ pub(crate) struct MediaFetcher {
     /// Whether files stay in `dir` (`media.download_dir`) or are only staged there.
     keep_local: bool,
     bucket: Option<Bucket>,
+    /// Downloads in flight at once (`media.concurrency`), over all accounts and customers.
+    permits: tokio::sync::Semaphore,
     /// The staging directory, removed when the fetcher is dropped.
-    _staging: Option<tempfile::TempDir>,
+    _staging: Option<Staging>,
     metrics: Arc<Metrics>,
 }
 
@@ -196,6 +198,11 @@ impl MediaFetcher {
         config: &MediaConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Option<MediaFetcher>, Error> {
+        if config.voice_max_duration.is_zero() || config.voice_max_bytes == 0 {
+            return Err(Error::Config(
+                "media.voice_max_duration and media.voice_max_bytes must be positive".into(),
+            ));
+        }
         let bucket = match &config.object_store {
             Some(url) => Some(Bucket::open(url, &config.object_store_options)?),
             None => None,
@@ -208,11 +215,12 @@ impl MediaFetcher {
                 (dir.clone(), None)
             }
             (None, Some(_)) => {
-                let staging = tempfile::Builder::new()
-                    .prefix("wechat-kf-media-")
-                    .tempdir()
+                let base = std::env::temp_dir();
+                let staging = tokio::task::spawn_blocking(move || Staging::create(&base))
+                    .await
+                    .map_err(|e| Error::io("a staging directory for media uploads", e.into()))?
                     .map_err(|e| Error::io("a staging directory for media uploads", e))?;
-                (staging.path().to_owned(), Some(staging))
+                (staging.dir.clone(), Some(staging))
             }
             (None, None) => return Ok(None),
         };
@@ -226,6 +234,7 @@ impl MediaFetcher {
             dir,
             keep_local: staging.is_none(),
             bucket,
+            permits: tokio::sync::Semaphore::new(config.concurrency.max(1)),
             _staging: staging,
             metrics,
         }))
@@ -253,21 +262,10 @@ impl MediaFetcher {
         })
     }
 
-    /// Downloads several media files (bounded concurrency); returns `(seq, record JSON)`.
-    pub(crate) async fn fetch_all(
-        &self,
-        open_kfid: &OpenKfId,
-        jobs: Vec<(i64, Job)>,
-    ) -> Vec<(i64, String)> {
-        futures::stream::iter(jobs)
-            .map(|(seq, job)| async move { (seq, self.fetch(open_kfid, &job).await.to_string()) })
-            .buffer_unordered(self.config.concurrency.max(1))
-            .collect()
-            .await
-    }
-
     /// Downloads one file (and converts a voice note); the media record.
     pub(crate) async fn fetch(&self, open_kfid: &OpenKfId, job: &Job) -> Value {
+        // Never closed, so acquiring cannot fail.
+        let _permit = self.permits.acquire().await;
         let mut record = Map::new();
         record.insert("msgid".into(), json!(job.msgid));
         record.insert("msgtype".into(), json!(job.msgtype));
@@ -283,13 +281,50 @@ impl MediaFetcher {
             record.insert("error".into(), error_json("io", None, &e.to_string()));
             return Value::Object(record);
         }
-        let downloaded = self
+        // The cap is enforced while the bytes arrive: a declared length over it is refused
+        // unread, a body crossing it is cut off, ranged or not; nothing over it is written.
+        let download = self
             .client
             .media()
-            .download_to_dir(job.media_id.as_str(), &dir)
-            .await;
+            .max_bytes(self.config.max_bytes)
+            .download_to_dir(job.media_id.as_str(), &dir);
+        // The customer's later messages wait for this one: give up in bounded time (dropping
+        // the download removes its partial file).
+        let Ok(downloaded) = tokio::time::timeout(DOWNLOAD_DEADLINE, download).await else {
+            self.metrics.media_download(job.msgtype, "failed");
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            record.insert(
+                "error".into(),
+                error_json(
+                    "timeout",
+                    None,
+                    &format!(
+                        "the download took longer than {} s (retries included)",
+                        DOWNLOAD_DEADLINE.as_secs()
+                    ),
+                ),
+            );
+            return Value::Object(record);
+        };
         let (path, info) = match downloaded {
             Ok(done) => done,
+            Err(wechat_kf::client::Error::TooLarge { declared, .. }) => {
+                self.metrics.media_download(job.msgtype, "too_large");
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                if let Some(size) = declared {
+                    record.insert("size".into(), json!(size));
+                }
+                let size = declared.map_or_else(|| "over".to_owned(), |d| format!("{d} bytes,"));
+                record.insert(
+                    "error".into(),
+                    error_json(
+                        "too_large",
+                        None,
+                        &format!("{size} media.max_bytes allows {}", self.config.max_bytes),
+                    ),
+                );
+                return Value::Object(record);
+            }
             Err(e) => {
                 self.metrics.media_download(job.msgtype, "failed");
                 let (kind, errcode) = match e.errcode() {
@@ -314,23 +349,9 @@ impl MediaFetcher {
             .await
             .map(|m| m.len())
             .unwrap_or(0);
-        if size > self.config.max_bytes {
-            self.metrics.media_download(job.msgtype, "too_large");
-            let _ = tokio::fs::remove_file(&path).await;
-            let _ = tokio::fs::remove_dir(&dir).await;
-            record.insert("size".into(), json!(size));
-            record.insert(
-                "error".into(),
-                error_json(
-                    "too_large",
-                    None,
-                    &format!(
-                        "{size} bytes; media.max_bytes allows {}",
-                        self.config.max_bytes
-                    ),
-                ),
-            );
-            return Value::Object(record);
+        if !self.keep_local {
+            // Customer data, only for the service's own upload.
+            private_file(&path).await;
         }
         self.metrics.media_download(job.msgtype, "ok");
         record.insert("path".into(), json!(path.to_string_lossy()));
@@ -435,7 +456,9 @@ impl MediaFetcher {
     async fn convert(&self, source: &Path, target: VoiceTarget) -> Value {
         let mut out = Map::new();
         out.insert("format".into(), json!(target.extension()));
-        let mut converter = Converter::new();
+        let mut converter = Converter::new()
+            .max_duration(self.config.voice_max_duration)
+            .max_output_bytes(self.config.voice_max_bytes);
         if let Some(ffmpeg) = &self.config.ffmpeg {
             converter = converter.ffmpeg(ffmpeg);
         }
@@ -451,6 +474,8 @@ impl MediaFetcher {
                     VoiceError::ConverterUnavailable { .. } => "converter_unavailable",
                     VoiceError::ConversionFailed { .. } => "conversion_failed",
                     VoiceError::Timeout(_) => "timeout",
+                    VoiceError::TooLong(_) => "too_long",
+                    VoiceError::OutputTooLarge(_) => "too_large",
                     VoiceError::Io(_) => "io",
                     _ => "failed",
                 };
@@ -470,27 +495,20 @@ impl MediaFetcher {
             .map(|s| s.to_string_lossy().into_owned())
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "voice".into());
-        let mut name = format!("{stem}.{ext}");
-        if source
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy() == name)
-        {
-            name = format!("{stem}-converted.{ext}");
-        }
         let dir = source.parent().unwrap_or(Path::new("."));
-        let path = dir.join(&name);
-        let staged = dir.join(".wechat-kf-convert.part");
-        let written = async {
-            tokio::fs::write(&staged, &bytes).await?;
-            tokio::fs::rename(&staged, &path).await
-        }
-        .await;
-        if let Err(e) = written {
-            let _ = tokio::fs::remove_file(&staged).await;
-            self.metrics.voice_conversion(target.extension(), "io");
-            out.insert("error".into(), error_json("io", None, &e.to_string()));
-            return Value::Object(out);
-        }
+        let names = std::iter::once(format!("{stem}.{ext}")).chain((0..100).map(|n| match n {
+            0 => format!("{stem}-converted.{ext}"),
+            n => format!("{stem}-converted ({n}).{ext}"),
+        }));
+        let written = write_new(dir, names, &bytes, !self.keep_local).await;
+        let (path, name) = match written {
+            Ok(done) => done,
+            Err(e) => {
+                self.metrics.voice_conversion(target.extension(), "io");
+                out.insert("error".into(), error_json("io", None, &e.to_string()));
+                return Value::Object(out);
+            }
+        };
         self.metrics.voice_conversion(target.extension(), "ok");
         out.insert("path".into(), json!(path.to_string_lossy()));
         out.insert("file_name".into(), json!(name));
@@ -498,6 +516,329 @@ impl MediaFetcher {
         out.insert("size".into(), json!(bytes.len()));
         Value::Object(out)
     }
+}
+
+/// Writes `bytes` under the first of `names` that is free in `dir`, never replacing a file: the
+/// bytes are staged beside `dir` (in the account's directory, where every other name is a
+/// message directory, `[0-9A-Za-z_-]` or a hash, so a server-given file name can never be the
+/// staging name), then hard-linked to each candidate until the file system accepts one. The
+/// file system itself decides what "taken" means, so on a case-insensitive one `note.WAV`
+/// blocks `note.wav`. Returns the path and the name used.
+async fn write_new(
+    dir: &Path,
+    names: impl Iterator<Item = String>,
+    bytes: &[u8],
+    private: bool,
+) -> std::io::Result<(PathBuf, String)> {
+    let parent = dir.parent().unwrap_or(dir);
+    let staged = parent.join(format!(
+        ".wechat-kf-convert-{:016x}.part",
+        rand::random::<u64>()
+    ));
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    if private {
+        options.mode(0o600);
+    }
+    let result = async {
+        let mut file = options.open(&staged).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut file, bytes).await?;
+        file.sync_all().await?;
+        drop(file);
+        for name in names {
+            let candidate = dir.join(&name);
+            match tokio::fs::hard_link(&staged, &candidate).await {
+                Ok(()) => return Ok((candidate, name)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    // No hard links on this file system: check, then rename.
+                    if tokio::fs::symlink_metadata(&candidate).await.is_ok() {
+                        continue;
+                    }
+                    tracing::debug!(error = %e, "no hard link; renaming the converted file");
+                    tokio::fs::rename(&staged, &candidate).await?;
+                    return Ok((candidate, name));
+                }
+            }
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "no free name for the converted file",
+        ))
+    }
+    .await;
+    let _ = tokio::fs::remove_file(&staged).await;
+    result
+}
+
+/// Makes a staged file readable by the service's user only (best effort: its directory is
+/// already private).
+async fn private_file(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).await;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
+/// Name prefix of staging directories under the system's temporary directory.
+const STAGING_PREFIX: &str = "wechat-kf-media-";
+
+/// Where media are staged for an upload when no `download_dir` is kept: a directory of its own
+/// under `$TMPDIR`, mode 0700, held by an exclusive lock on `.lock` inside it for as long as the
+/// service runs, removed when dropped. At creation, staging directories of this user that no
+/// running service holds (left by a crash, with their partial files) are removed.
+struct Staging {
+    dir: PathBuf,
+    _lock: std::fs::File,
+}
+
+impl Staging {
+    fn create(base: &Path) -> std::io::Result<Staging> {
+        let dir = tempfile::Builder::new()
+            .prefix(STAGING_PREFIX)
+            .tempdir_in(base)?
+            .keep();
+        let staging = Staging::lock(dir.clone()).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&dir);
+        })?;
+        remove_stale_staging(base, &staging.dir);
+        Ok(staging)
+    }
+
+    fn lock(dir: PathBuf) -> std::io::Result<Staging> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        let lock = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dir.join(".lock"))?;
+        fs4::FileExt::try_lock(&lock).map_err(|e| match e {
+            fs4::TryLockError::Error(e) => e,
+            fs4::TryLockError::WouldBlock => std::io::Error::other("the new staging lock is held"),
+        })?;
+        Ok(Staging { dir, _lock: lock })
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes the staging directories in `base` that belong to this user and that no running
+/// service holds; `ours` is kept. A directory without a lock file counts as abandoned only once
+/// it is a minute old (another service may be between creating and locking it).
+fn remove_stale_staging(base: &Path, ours: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    #[cfg(unix)]
+    let owner = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(ours).map(|m| m.uid()).ok()
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let ours_or_foreign = path == ours
+            || !entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(STAGING_PREFIX);
+        if ours_or_foreign {
+            continue;
+        }
+        // Never follow a link, never touch another user's directory.
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.is_dir() {
+            continue;
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            if Some(meta.uid()) != owner {
+                continue;
+            }
+        }
+        let abandoned = match std::fs::OpenOptions::new()
+            .write(true)
+            .open(path.join(".lock"))
+        {
+            Ok(lock) => fs4::FileExt::try_lock(&lock).is_ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(60)),
+            Err(_) => false,
+        };
+        if abandoned && std::fs::remove_dir_all(&path).is_ok() {
+            tracing::info!(dir = %path.display(), "removed a stale media staging directory");
+        }
+    }
+}
+
+/// Longest time one download may take, retries included (the client allows 300 s per attempt).
+const DOWNLOAD_DEADLINE: Duration = Duration::from_secs(300);
+
+/// A media or staging directory younger than this is never removed by the housekeeping (a
+/// download may be writing it).
+const SWEEP_MIN_AGE: Duration = Duration::from_secs(3600);
+
+impl MediaFetcher {
+    /// Every 10 minutes (the first time 30 s after the start): with `retention`, removes the
+    /// directories of messages whose rows the retention purged (and staging files a crash left
+    /// beside them), then measures what `download_dir` holds for `wechat_kf_media_dir_bytes`.
+    /// Nothing to do when files are only staged for an object store.
+    pub(crate) async fn housekeeping(
+        self: Arc<Self>,
+        store: Arc<dyn Store>,
+        retention: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        if !self.keep_local {
+            return;
+        }
+        let mut wait = Duration::from_secs(30);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => return,
+            }
+            wait = Duration::from_secs(600);
+            let kept = if retention.is_zero() {
+                None
+            } else {
+                match kept_dirs(&*store).await {
+                    Ok(kept) => Some(kept),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot list stored messages; media kept");
+                        None
+                    }
+                }
+            };
+            let dir = self.dir.clone();
+            let swept =
+                tokio::task::spawn_blocking(move || sweep(&dir, kept.as_ref(), SWEEP_MIN_AGE))
+                    .await;
+            if let Ok(swept) = swept {
+                self.metrics.set_media_dir_bytes(swept.bytes);
+                if swept.removed > 0 {
+                    tracing::info!(
+                        messages = swept.removed,
+                        "removed the media of messages past the retention"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// For each account directory name, the message directory names that still have a row.
+async fn kept_dirs(store: &dyn Store) -> Result<HashMap<String, HashSet<String>>, Error> {
+    let mut kept = HashMap::new();
+    for account in store.accounts().await? {
+        let messages = store.messages(account.open_kfid.clone()).await?;
+        kept.insert(
+            path_component(account.open_kfid.as_str()),
+            messages
+                .iter()
+                .map(|(msgid, _)| path_component(msgid.as_str()))
+                .collect(),
+        );
+    }
+    Ok(kept)
+}
+
+/// What a [`sweep`] did.
+#[derive(Debug, PartialEq, Eq)]
+struct Swept {
+    /// Message directories removed.
+    removed: u64,
+    /// Bytes left under the directory.
+    bytes: u64,
+}
+
+/// Walks `<dir>/<account>/<message>/`: with `kept`, removes each message directory that has no
+/// row any more and staging files left beside them, once older than `min_age`; adds up the
+/// rest. Never follows a link.
+fn sweep(dir: &Path, kept: Option<&HashMap<String, HashSet<String>>>, min_age: Duration) -> Swept {
+    let old = |meta: &std::fs::Metadata| {
+        meta.modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age >= min_age)
+    };
+    let mut swept = Swept {
+        removed: 0,
+        bytes: 0,
+    };
+    let Ok(accounts) = std::fs::read_dir(dir) else {
+        return swept;
+    };
+    for account in accounts.flatten() {
+        let account_name = account.file_name().to_string_lossy().into_owned();
+        let Ok(meta) = std::fs::symlink_metadata(account.path()) else {
+            continue;
+        };
+        if !meta.is_dir() {
+            swept.bytes += meta.len();
+            continue;
+        }
+        let Ok(messages) = std::fs::read_dir(account.path()) else {
+            continue;
+        };
+        let rows = kept.map(|kept| kept.get(&account_name));
+        for message in messages.flatten() {
+            let path = message.path();
+            let name = message.file_name().to_string_lossy().into_owned();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let gone = match rows {
+                None => false,
+                Some(rows) => !rows.is_some_and(|rows| rows.contains(&name)),
+            };
+            if meta.is_dir() && gone && old(&meta) && std::fs::remove_dir_all(&path).is_ok() {
+                swept.removed += 1;
+                continue;
+            }
+            let leftover = name.starts_with(".wechat-kf-convert-") && name.ends_with(".part");
+            if meta.is_file() && leftover && old(&meta) && std::fs::remove_file(&path).is_ok() {
+                continue;
+            }
+            swept.bytes += if meta.is_dir() {
+                size_of_dir(&path)
+            } else {
+                meta.len()
+            };
+        }
+    }
+    swept
+}
+
+/// Bytes of the files under `dir` (links not followed).
+fn size_of_dir(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match std::fs::symlink_metadata(entry.path()) {
+            Ok(meta) if meta.is_dir() => size_of_dir(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 fn error_json(kind: &str, errcode: Option<i64>, message: &str) -> Value {
@@ -588,6 +929,139 @@ mod tests {
         let options = BTreeMap::from([("colour".to_owned(), Secret::new("blue"))]);
         let error = Bucket::open("s3://kf", &options).err().unwrap().to_string();
         assert!(error.contains("\"colour\" is not an S3 option"), "{error}");
+    }
+
+    #[cfg(unix)]
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn staging_is_private_and_what_a_crash_left_is_removed_at_the_next_start() {
+        let base = tempfile::tempdir().unwrap();
+        // A crashed run's directory: its lock file is there, no process holds it; a partial
+        // file inside.
+        let crashed_dir = base.path().join(format!("{STAGING_PREFIX}crashed"));
+        std::fs::create_dir(&crashed_dir).unwrap();
+        std::fs::write(crashed_dir.join(".lock"), b"").unwrap();
+        std::fs::write(crashed_dir.join(".wechat-kf-1.part"), b"partial").unwrap();
+        // A running service's directory, and things that are not staging directories.
+        let running = Staging::create(base.path()).unwrap();
+        let unrelated = base.path().join("wechat-kf-media-link");
+        std::os::unix::fs::symlink(base.path(), &unrelated).unwrap();
+        std::fs::create_dir(base.path().join("other-app")).unwrap();
+
+        let ours = Staging::create(base.path()).unwrap();
+        assert_eq!(mode(&ours.dir), 0o700);
+        assert!(
+            ours.dir
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(STAGING_PREFIX)
+        );
+        assert!(
+            running.dir.exists(),
+            "a directory another service holds is kept"
+        );
+        assert!(
+            unrelated.symlink_metadata().is_ok(),
+            "links are never followed or removed"
+        );
+        assert!(base.path().join("other-app").exists());
+        assert!(!crashed_dir.exists(), "the crashed run's staging is gone");
+        drop(running);
+        let dir = ours.dir.clone();
+        drop(ours);
+        assert!(!dir.exists(), "removed when the service stops");
+    }
+
+    #[tokio::test]
+    async fn a_converted_file_never_replaces_a_file_of_the_message() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("msg");
+        std::fs::create_dir(&dir).unwrap();
+        // Server-given names: the one the conversion wants, and its first fallback.
+        std::fs::write(dir.join("note.wav"), b"original").unwrap();
+        std::fs::write(dir.join("note-converted.wav"), b"other").unwrap();
+        let names = ["note.wav", "note-converted.wav", "note-converted (1).wav"]
+            .map(String::from)
+            .into_iter();
+        let (path, name) = write_new(&dir, names, b"RIFF", true).await.unwrap();
+        assert_eq!(name, "note-converted (1).wav");
+        assert_eq!(std::fs::read(&path).unwrap(), b"RIFF");
+        assert_eq!(std::fs::read(dir.join("note.wav")).unwrap(), b"original");
+        assert_eq!(
+            std::fs::read(dir.join("note-converted.wav")).unwrap(),
+            b"other"
+        );
+        #[cfg(unix)]
+        assert_eq!(mode(&path), 0o600);
+        // Nothing staged is left, in the message's directory or beside it.
+        let mut left: Vec<String> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["msg"]);
+    }
+
+    #[test]
+    fn the_media_of_purged_messages_go_and_the_rest_is_measured() {
+        let root = tempfile::tempdir().unwrap();
+        let write = |path: &str, bytes: usize| {
+            let path = root.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, vec![0u8; bytes]).unwrap();
+        };
+        write("wkA/m1/a.amr", 100);
+        write("wkA/m1/a.wav", 1000);
+        write("wkA/m2/b.pdf", 5000);
+        write("wkA/.wechat-kf-convert-0123456789abcdef.part", 7);
+        write("wkB/m3/c.png", 30);
+        let kept = HashMap::from([("wkA".to_owned(), HashSet::from(["m1".to_owned()]))]);
+
+        // Everything is measured; nothing is old enough to go.
+        let swept = sweep(root.path(), None, Duration::from_secs(3600));
+        assert_eq!(
+            swept,
+            Swept {
+                removed: 0,
+                bytes: 6137
+            }
+        );
+        // Without a retention, only a staging file a crash left goes.
+        let swept = sweep(root.path(), None, Duration::ZERO);
+        assert_eq!(
+            swept,
+            Swept {
+                removed: 0,
+                bytes: 6130
+            }
+        );
+        assert!(
+            !root
+                .path()
+                .join("wkA/.wechat-kf-convert-0123456789abcdef.part")
+                .exists()
+        );
+        // Too young to go.
+        let swept = sweep(root.path(), Some(&kept), Duration::from_secs(3600));
+        assert_eq!(swept.removed, 0);
+        // m2 and m3 have no row (wkB no account) any more; m1 stays.
+        let swept = sweep(root.path(), Some(&kept), Duration::ZERO);
+        assert_eq!(
+            swept,
+            Swept {
+                removed: 2,
+                bytes: 1100
+            }
+        );
+        assert!(root.path().join("wkA/m1/a.wav").exists());
+        assert!(!root.path().join("wkA/m2").exists());
+        assert!(!root.path().join("wkB/m3").exists());
     }
 
     #[test]

@@ -141,6 +141,8 @@ pub struct Metrics {
     pub connections_timed_out: AtomicU64,
     /// `sync_msg` calls without a callback Token delayed by `pull.tokenless_per_minute`.
     pub tokenless_paced: AtomicU64,
+    /// Bytes under the media directory at the last measurement (`None` before one: not shown).
+    media_dir_bytes: Mutex<Option<u64>>,
     first_starts: Family,
     first_start_skipped: Family,
     send_refused: Family,
@@ -249,6 +251,14 @@ impl Metrics {
     pub fn voice_conversion(&self, format: &str, result: &str) {
         self.voice_conversions
             .add(&[("format", format), ("result", result)], 1);
+    }
+
+    /// Records the size of the media directory (measured by the media housekeeping).
+    pub fn set_media_dir_bytes(&self, bytes: u64) {
+        *self
+            .media_dir_bytes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(bytes);
     }
 
     /// Adds `n` to a counter (shorthand).
@@ -446,6 +456,28 @@ impl Metrics {
             "wechat_kf_voice_conversions_total",
             "Voice note conversions by target format and result.",
         );
+        if let Some(seconds) = children_cpu_seconds() {
+            let _ = writeln!(
+                out,
+                "# HELP wechat_kf_voice_converter_cpu_seconds_total CPU time (user + system) of \
+                 the finished converter processes (ffmpeg; SILK is decoded in-process).\n\
+                 # TYPE wechat_kf_voice_converter_cpu_seconds_total counter\n\
+                 wechat_kf_voice_converter_cpu_seconds_total {seconds}"
+            );
+        }
+        let media_dir_bytes = *self
+            .media_dir_bytes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(bytes) = media_dir_bytes {
+            let _ = writeln!(
+                out,
+                "# HELP wechat_kf_media_dir_bytes Bytes of downloaded media kept in \
+                 media.download_dir (measured every 10 minutes).\n\
+                 # TYPE wechat_kf_media_dir_bytes gauge\n\
+                 wechat_kf_media_dir_bytes {bytes}"
+            );
+        }
         out.push_str("# HELP wechat_kf_api_errcodes_total WeChat error codes by endpoint.\n");
         out.push_str("# TYPE wechat_kf_api_errcodes_total counter\n");
         let map = self.errcodes.lock().unwrap_or_else(|e| e.into_inner());
@@ -459,9 +491,46 @@ impl Metrics {
     }
 }
 
+/// CPU time of this process's finished (waited-for) child processes: the `cutime` and `cstime`
+/// of `/proc/self/stat`, in clock ticks of 1/100 s (Linux's fixed `USER_HZ`). The converter
+/// (ffmpeg) is the only child process the service starts. `None` off Linux.
+fn children_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    parse_children_cpu(&stat)
+}
+
+/// Fields 16 and 17 of a `/proc/<pid>/stat` line, in seconds. The command name (field 2) is in
+/// parentheses and may hold spaces or parentheses itself, so fields are counted after the last
+/// `)`.
+fn parse_children_cpu(stat: &str) -> Option<f64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(13);
+    let cutime: u64 = fields.next()?.parse().ok()?;
+    let cstime: u64 = fields.next()?.parse().ok()?;
+    Some((cutime + cstime) as f64 / 100.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_converters_cpu_time_is_read_after_the_command_name() {
+        // A command name with spaces and a parenthesis; utime 7, stime 3, cutime 250, cstime 50.
+        let stat = "4242 (wechat-kf (x) y) S 1 4242 4242 0 -1 4194560 100 0 0 0 7 3 250 50 20 0 8";
+        assert_eq!(parse_children_cpu(stat), Some(3.0));
+        assert_eq!(parse_children_cpu("garbage"), None);
+        let m = Metrics::new();
+        assert!(!m.render().contains("wechat_kf_media_dir_bytes"));
+        m.set_media_dir_bytes(1234);
+        assert!(m.render().contains("\nwechat_kf_media_dir_bytes 1234\n"));
+        if cfg!(target_os = "linux") {
+            assert!(
+                m.render()
+                    .contains("wechat_kf_voice_converter_cpu_seconds_total ")
+            );
+        }
+    }
 
     #[test]
     fn the_exposition_has_every_family_and_cumulative_buckets() {

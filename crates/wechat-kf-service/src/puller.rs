@@ -8,8 +8,9 @@
 //! ([`FirstStart::skip_before`]) are stored as skipped instead of delivered. The threshold is
 //! committed with each page's cursor until the backlog's end, so a crash mid-catch-up resumes
 //! skipping. New messages also feed the customers' session views (in the page's transaction),
-//! trigger keyword handoffs, and have their media downloaded before they are handed to the
-//! deliverer.
+//! trigger keyword handoffs, and are handed to the deliverer at once — a customer's messages from
+//! its first media message on after that media is downloaded, without holding up anyone else
+//! ([`media_lanes`](crate::media_lanes)).
 //!
 //! Coalescing: a callback stores its Token in the account's slot and calls
 //! [`Notify::notify_one`], which keeps at most one wake-up pending. Any number of callbacks
@@ -43,7 +44,7 @@ use crate::clock::Clock;
 use crate::config::{FirstStart, HandoffConfig, PullConfig};
 use crate::delivery::DeliveryQueue;
 use crate::ids::{IdKind, check};
-use crate::media::MediaFetcher;
+use crate::media_lanes::MediaLanes;
 use crate::metrics::Metrics;
 use crate::readiness::{self, Readiness};
 use crate::replies::{Transfer, new_msgid};
@@ -102,7 +103,8 @@ pub(crate) struct PullContext {
     /// When the service started, on WeChat's clock (the `from-now` threshold).
     pub(crate) started_at: i64,
     pub(crate) handoff: HandoffConfig,
-    pub(crate) media: Option<Arc<MediaFetcher>>,
+    /// With media downloads: holds a customer's messages behind its media.
+    pub(crate) media: Option<Arc<MediaLanes>>,
     /// Wakes the reply sender (keyword handoffs were queued).
     pub(crate) replies: Arc<Notify>,
     /// Not ready while the store cannot write, or `sync_msg` cannot reach WeChat.
@@ -311,6 +313,9 @@ impl Pullers {
         for task in tasks {
             let _ = task.await;
         }
+        if let Some(lanes) = self.context.as_ref().and_then(|c| c.media.as_ref()) {
+            lanes.join().await;
+        }
     }
 
     /// Stops every puller at once, a page commit in progress included (a PostgreSQL
@@ -322,6 +327,9 @@ impl Pullers {
         }
         for task in tasks {
             let _ = task.await;
+        }
+        if let Some(lanes) = self.context.as_ref().and_then(|c| c.media.as_ref()) {
+            lanes.abort().await;
         }
     }
 }
@@ -759,36 +767,6 @@ async fn pull_round(
                 *catch_up = None;
             }
         }
-        let mut outcome = outcome;
-        if let Some(fetcher) = &ctx.media {
-            let jobs: Vec<(i64, crate::media::Job)> = outcome
-                .stored
-                .iter()
-                .filter_map(|m| match &m.payload {
-                    Some(Payload::Message(message)) => fetcher.job(message).map(|j| (m.seq, j)),
-                    _ => None,
-                })
-                .collect();
-            if !jobs.is_empty() {
-                let records = tokio::select! {
-                    records = fetcher.fetch_all(open_kfid, jobs) => records,
-                    // Committed already: the downloads are redone at the next start.
-                    _ = shutdown.cancelled() => return,
-                };
-                if let Err(e) = ctx.store.record_media(records.clone()).await {
-                    tracing::warn!(open_kfid = open_kfid.as_str(), error = %e, "cannot store media records; delivering them anyway");
-                }
-                let records: HashMap<i64, Arc<str>> = records
-                    .into_iter()
-                    .map(|(seq, json)| (seq, Arc::from(json)))
-                    .collect();
-                for m in outcome.stored.iter_mut() {
-                    if let Some(record) = records.get(&m.seq) {
-                        m.media = Some(record.clone());
-                    }
-                }
-            }
-        }
         Metrics::add(&ctx.metrics.pages, 1);
         Metrics::add(&ctx.metrics.messages_stored, outcome.stored.len() as u64);
         Metrics::add(&ctx.metrics.messages_duplicate, outcome.duplicates as u64);
@@ -802,8 +780,14 @@ async fn pull_round(
         }
         stored_total += outcome.stored.len();
         duplicates_total += outcome.duplicates;
+        let handed_over = async {
+            match &ctx.media {
+                Some(lanes) => lanes.hand_over(open_kfid, outcome.stored).await,
+                None => ctx.deliveries.push(outcome.stored).await,
+            }
+        };
         tokio::select! {
-            _ = ctx.deliveries.push(outcome.stored) => {}
+            () = handed_over => {}
             // Committed already: the deliverer finds these rows in the store at the next start.
             _ = shutdown.cancelled() => return,
         }

@@ -24,6 +24,7 @@ use crate::http::server::{self, Connections, Limits};
 use crate::http::{AppParts, AppState, CallbackSettings, metrics_router, router};
 use crate::leader::{self, LeaderLock};
 use crate::media::MediaFetcher;
+use crate::media_lanes::MediaLanes;
 use crate::metrics::Metrics;
 use crate::puller::{PullContext, Pullers};
 use crate::readiness::{self, Readiness};
@@ -270,7 +271,7 @@ impl Service {
         let pullers = Arc::new(Pullers::new(PullContext {
             client: client.clone(),
             store: store.clone(),
-            deliveries: queue,
+            deliveries: queue.clone(),
             metrics: metrics.clone(),
             config: config.pull.clone(),
             shutdown: shutdown.clone(),
@@ -279,7 +280,9 @@ impl Service {
             clock: clock.clone(),
             started_at,
             handoff: config.handoff.clone(),
-            media,
+            media: media.clone().map(|fetcher| {
+                MediaLanes::new(fetcher, store.clone(), queue.clone(), shutdown.clone())
+            }),
             replies: reply_wake.clone(),
             readiness: readiness.clone(),
         }));
@@ -434,6 +437,13 @@ impl Service {
                 "no KF account to pull: kf/account/list found none and none is configured \
                  (wechat.accounts); nothing is pulled until a callback names an account"
             );
+        }
+        if let Some(fetcher) = &media {
+            background.push(tokio::spawn(fetcher.clone().housekeeping(
+                store.clone(),
+                config.storage.retention,
+                shutdown.clone(),
+            )));
         }
         readiness.clear(readiness::SERVICE);
         tracing::info!(

@@ -18,7 +18,14 @@
 //!
 //! So SILK to WAV needs no ffmpeg. When a converter is missing, [`VoiceError::ConverterUnavailable`]
 //! names what to install. ffmpeg runs with its input and output on pipes (no temporary files),
-//! under a timeout, and is killed if the future is dropped.
+//! its input format forced, with an environment holding nothing but `PATH` (the service's
+//! secrets stay out of it), under a timeout, and is killed if the future is dropped. SILK is
+//! decoded on a blocking thread, never on an async worker, under the same timeout.
+//!
+//! A voice note is customer input, so its output is bounded: audio longer than
+//! [`Converter::max_duration`] (default 5 minutes; WeChat's notes are at most 60 s) is refused
+//! and never fully decoded (a megabyte of AMR silence frames would otherwise expand to hours),
+//! and output larger than [`Converter::max_output_bytes`] (default 64 MiB) is refused.
 //!
 //! ```no_run
 //! # async fn demo(bytes: Vec<u8>) -> Result<(), wechat_kf::voice::VoiceError> {
@@ -39,8 +46,11 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Largest output accepted from the converter (a 60 s note is ~2 MB of 16 kHz WAV).
+/// Default largest output accepted from the converter (a 60 s note is ~2 MB of 16 kHz WAV).
 const MAX_OUTPUT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Default longest audio converted.
+const MAX_DURATION: Duration = Duration::from_secs(300);
 
 /// How much of ffmpeg's stderr is kept for an error message.
 const MAX_STDERR_BYTES: usize = 2048;
@@ -147,6 +157,12 @@ pub enum VoiceError {
     /// The converter did not finish in time; it was killed.
     #[error("voice conversion took longer than {0:?} and was stopped")]
     Timeout(Duration),
+    /// The audio is longer than [`Converter::max_duration`]; it was not converted.
+    #[error("the voice note is longer than {0:?}; not converted")]
+    TooLong(Duration),
+    /// The output would be larger than [`Converter::max_output_bytes`]; it was not kept.
+    #[error("the converted voice note is larger than {0} bytes; not kept")]
+    OutputTooLarge(u64),
     /// Talking to the converter process failed.
     #[error("voice conversion: {0}")]
     Io(#[from] std::io::Error),
@@ -167,6 +183,8 @@ pub struct Converter {
     ffmpeg: OsString,
     sample_rate: u32,
     timeout: Duration,
+    max_duration: Duration,
+    max_output_bytes: u64,
 }
 
 impl Default for Converter {
@@ -175,6 +193,8 @@ impl Default for Converter {
             ffmpeg: OsString::from("ffmpeg"),
             sample_rate: 16_000,
             timeout: Duration::from_secs(30),
+            max_duration: MAX_DURATION,
+            max_output_bytes: MAX_OUTPUT_BYTES,
         }
     }
 }
@@ -205,44 +225,109 @@ impl Converter {
         self
     }
 
-    /// Converts a voice note (AMR or SILK) into `target`.
+    /// Longest audio converted (default 5 minutes): a longer note is [`VoiceError::TooLong`],
+    /// found out after decoding at most a little more than this much audio.
+    pub fn max_duration(mut self, limit: Duration) -> Self {
+        self.max_duration = limit;
+        self
+    }
+
+    /// Largest output kept (default 64 MiB): more is [`VoiceError::OutputTooLarge`], and
+    /// ffmpeg is stopped once it has written that much.
+    pub fn max_output_bytes(mut self, limit: u64) -> Self {
+        self.max_output_bytes = limit;
+        self
+    }
+
+    /// The most PCM bytes [`max_duration`](Self::max_duration) of audio can take, plus one
+    /// 20 ms frame of slack.
+    fn max_pcm_bytes(&self) -> u64 {
+        let per_second = u64::from(self.sample_rate) * 2;
+        let millis = u64::try_from(self.max_duration.as_millis()).unwrap_or(u64::MAX);
+        millis.saturating_add(20).saturating_mul(per_second) / 1000
+    }
+
+    /// Refuses PCM longer than [`max_duration`](Self::max_duration).
+    fn check_pcm_duration(&self, pcm: &[u8]) -> Result<(), VoiceError> {
+        let per_second = u64::from(self.sample_rate.max(1)) * 2;
+        let millis = (pcm.len() as u64).saturating_mul(1000) / per_second;
+        if u128::from(millis) > self.max_duration.as_millis() {
+            return Err(VoiceError::TooLong(self.max_duration));
+        }
+        Ok(())
+    }
+
+    fn check_output(&self, output: Vec<u8>) -> Result<Vec<u8>, VoiceError> {
+        if output.len() as u64 > self.max_output_bytes {
+            return Err(VoiceError::OutputTooLarge(self.max_output_bytes));
+        }
+        Ok(output)
+    }
+
+    /// Converts a voice note (AMR or SILK) into `target`: decoded to PCM first (bounded by
+    /// [`max_duration`](Self::max_duration)), then written as `target`.
     pub async fn convert(&self, input: &[u8], target: Target) -> Result<Vec<u8>, VoiceError> {
         let format = detect_format(input).ok_or(VoiceError::UnknownFormat)?;
-        match format {
+        let pcm = match format {
             VoiceFormat::AmrNb | VoiceFormat::AmrWb => {
-                let (format_args, encoded) = match target {
-                    Target::Wav | Target::Pcm16 => (pcm_output_args(), false),
-                    Target::OggOpus | Target::Mp3 => (encoded_output_args(target), true),
-                };
+                // ffmpeg decodes no more than max_duration (plus slack to tell "longer" from
+                // "exactly as long"), and its output is cut off at that many PCM bytes.
+                let max_secs = self.max_duration.as_secs_f64() + 0.02;
                 let mut args: Vec<String> = ["-f", "amr", "-i", "pipe:0", "-vn", "-ac", "1"]
                     .iter()
                     .map(|s| s.to_string())
                     .collect();
                 args.extend(["-ar".to_string(), self.sample_rate.to_string()]);
-                args.extend(format_args);
-                let output = self.run_ffmpeg(&args, input).await?;
-                if encoded {
-                    Ok(output)
-                } else {
-                    self.finish_pcm(output, target)
-                }
-            }
-            VoiceFormat::Silk => {
-                let pcm = decode_silk(input, self.sample_rate)?;
-                match target {
-                    Target::Wav | Target::Pcm16 => self.finish_pcm(pcm, target),
-                    Target::OggOpus | Target::Mp3 => {
-                        let mut args: Vec<String> = ["-f", "s16le", "-ac", "1", "-ar"]
-                            .iter()
-                            .map(|s| s.to_string())
-                            .collect();
-                        args.push(self.sample_rate.to_string());
-                        args.extend(["-i".to_string(), "pipe:0".to_string()]);
-                        args.extend(encoded_output_args(target));
-                        self.run_ffmpeg(&args, &pcm).await
+                args.extend(["-t".to_string(), format!("{max_secs:.3}")]);
+                args.extend(pcm_output_args());
+                // A second of slack over what -t lets through: past it, ffmpeg ignored -t.
+                let slack = u64::from(self.sample_rate) * 2;
+                match self
+                    .run_ffmpeg(&args, input, self.max_pcm_bytes().saturating_add(slack))
+                    .await
+                {
+                    Err(VoiceError::OutputTooLarge(_)) => {
+                        return Err(VoiceError::TooLong(self.max_duration));
                     }
+                    other => other?,
                 }
             }
+            VoiceFormat::Silk => self.decode_silk_bounded(input).await?,
+        };
+        self.check_pcm_duration(&pcm)?;
+        let output = match target {
+            Target::Wav | Target::Pcm16 => self.finish_pcm(pcm, target)?,
+            Target::OggOpus | Target::Mp3 => {
+                let mut args: Vec<String> = ["-f", "s16le", "-ac", "1", "-ar"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+                args.push(self.sample_rate.to_string());
+                args.extend(["-i".to_string(), "pipe:0".to_string()]);
+                args.extend(encoded_output_args(target));
+                self.run_ffmpeg(&args, &pcm, self.max_output_bytes).await?
+            }
+        };
+        self.check_output(output)
+    }
+
+    /// SILK decoding on a blocking thread (the SDK is synchronous C), under the timeout; a
+    /// note whose packet count already says it is too long is refused before decoding.
+    async fn decode_silk_bounded(&self, input: &[u8]) -> Result<Vec<u8>, VoiceError> {
+        if silk_packets(input).saturating_mul(20) > self.max_duration.as_millis() {
+            return Err(VoiceError::TooLong(self.max_duration));
+        }
+        let input = input.to_vec();
+        let rate = self.sample_rate;
+        let decode = tokio::task::spawn_blocking(move || decode_silk(&input, rate));
+        // On timeout the thread cannot be stopped, but its packet count was bounded above, so
+        // it finishes soon; its result is dropped.
+        match tokio::time::timeout(self.timeout, decode).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(VoiceError::ConversionFailed {
+                message: format!("the SILK decoder stopped: {join}"),
+            }),
+            Err(_) => Err(VoiceError::Timeout(self.timeout)),
         }
     }
 
@@ -258,9 +343,25 @@ impl Converter {
         })
     }
 
-    /// Runs ffmpeg with `input` on stdin; returns stdout.
-    async fn run_ffmpeg(&self, args: &[String], input: &[u8]) -> Result<Vec<u8>, VoiceError> {
+    /// Runs ffmpeg with `input` on stdin; returns stdout, at most `max_output` bytes (more is
+    /// [`VoiceError::OutputTooLarge`]).
+    async fn run_ffmpeg(
+        &self,
+        args: &[String],
+        input: &[u8],
+        max_output: u64,
+    ) -> Result<Vec<u8>, VoiceError> {
         let mut command = tokio::process::Command::new(&self.ffmpeg);
+        // Nothing of the caller's environment (a service's secrets, tokens, keys) reaches the
+        // converter: only PATH, which ffmpeg needs to be found.
+        command.env_clear();
+        if let Some(path) = std::env::var_os("PATH") {
+            command.env("PATH", path);
+        }
+        #[cfg(windows)]
+        if let Some(root) = std::env::var_os("SystemRoot") {
+            command.env("SystemRoot", root);
+        }
         command
             .args(["-hide_banner", "-nostdin", "-loglevel", "error"])
             .args(args)
@@ -301,7 +402,7 @@ impl Converter {
             let read_out = async {
                 let mut out = Vec::new();
                 stdout
-                    .take(MAX_OUTPUT_BYTES + 1)
+                    .take(max_output.saturating_add(1))
                     .read_to_end(&mut out)
                     .await
                     .map(|_| out)
@@ -318,14 +419,12 @@ impl Converter {
         let (status, out, err) = tokio::time::timeout(self.timeout, run)
             .await
             .map_err(|_| VoiceError::Timeout(self.timeout))??;
+        if out.len() as u64 > max_output {
+            return Err(VoiceError::OutputTooLarge(max_output));
+        }
         if !status.success() {
             return Err(VoiceError::ConversionFailed {
                 message: format!("ffmpeg exited with {status}: {}", tail(&err)),
-            });
-        }
-        if out.len() as u64 > MAX_OUTPUT_BYTES {
-            return Err(VoiceError::ConversionFailed {
-                message: format!("the output is larger than {MAX_OUTPUT_BYTES} bytes"),
             });
         }
         if out.is_empty() {
@@ -369,6 +468,26 @@ fn tail(stderr: &[u8]) -> String {
         start += 1;
     }
     text[start..].replace('\n', " | ")
+}
+
+/// The number of packets in a SILK v3 stream (each one 20 ms in WeChat's notes): after the
+/// header, packets are a 16-bit little-endian length and that many bytes, until a negative
+/// length or the end. Read without decoding, to refuse an over-long note cheaply.
+fn silk_packets(input: &[u8]) -> u128 {
+    let body = input.strip_prefix(b"\x02").unwrap_or(input);
+    let Some(mut rest) = body.strip_prefix(b"#!SILK_V3") else {
+        return 0;
+    };
+    let mut packets = 0u128;
+    while let [a, b, tail @ ..] = rest {
+        let length = i16::from_le_bytes([*a, *b]);
+        let Ok(length) = usize::try_from(length) else {
+            break;
+        };
+        packets += 1;
+        rest = tail.get(length..).unwrap_or(&[]);
+    }
+    packets
 }
 
 #[cfg(feature = "voice-silk")]

@@ -190,6 +190,82 @@ async fn an_expired_media_id_is_an_error_and_no_file_is_written() {
     running.shutdown().await;
 }
 
+fn gettoken_calls(running: &RunningEmulator) -> u64 {
+    running.emulator().state_snapshot()["counters"]["gettoken"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Files a customer sent that read like WeChat's error envelope, under every Content-Type a
+/// server might declare. WeChat marks a file with `Content-Disposition`, so each one is the
+/// file: downloaded once, kept byte for byte, and the access token is never thrown away.
+#[tokio::test]
+async fn a_file_that_reads_like_a_wechat_error_is_downloaded_once_as_a_file() {
+    let (running, client) = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    for (n, (body, content_type)) in [
+        (
+            r#"{"errcode":40014,"errmsg":"invalid access_token"}"#,
+            "text/plain",
+        ),
+        (r#"{"errcode":42001,"errmsg":"access_token expired"}"#, ""),
+        (
+            r#"{"errcode":45009,"errmsg":"api freq out of limit"}"#,
+            "application/octet-stream",
+        ),
+        (r#"{"errcode":-1,"errmsg":"system busy"}"#, "text/plain"),
+        (r#"{"errcode":45033,"errmsg":"busy"}"#, "application/json"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let query = if content_type.is_empty() {
+            format!("type=file&filename=forged{n}.txt")
+        } else {
+            format!("type=file&filename=forged{n}.txt&content_type={content_type}")
+        };
+        let media_id = put_media(&running, &query, body.as_bytes().to_vec()).await;
+        let before = media_get_calls(&running);
+        let (path, _) = client
+            .media()
+            .download_to_dir(media_id.as_str(), dir.path())
+            .await
+            .unwrap_or_else(|e| panic!("{body} as {content_type:?}: {e}"));
+        assert_eq!(std::fs::read(&path).unwrap(), body.as_bytes());
+        assert_eq!(
+            media_get_calls(&running) - before,
+            1,
+            "{body}: downloaded once"
+        );
+    }
+    assert_eq!(
+        gettoken_calls(&running),
+        1,
+        "one token for every download: a file never invalidates it"
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_json_file_served_as_application_json_is_downloaded() {
+    let (running, client) = start().await;
+    let body = br#"{"order":42,"items":["tea"],"errmsg":"not ours"}"#;
+    let media_id = put_media(
+        &running,
+        "type=file&filename=order.json&content_type=application/json",
+        body.to_vec(),
+    )
+    .await;
+    let downloaded = client.media().download(media_id.as_str()).await.unwrap();
+    assert_eq!(downloaded.bytes.as_ref(), body);
+    assert_eq!(downloaded.info.filename.as_deref(), Some("order.json"));
+    assert_eq!(
+        downloaded.info.content_type.as_deref(),
+        Some("application/json")
+    );
+    running.shutdown().await;
+}
+
 #[tokio::test]
 async fn downloads_refused_with_45033_are_retried_with_backoff_then_succeed() {
     let (running, client) = start().await;
@@ -329,4 +405,137 @@ async fn a_download_cut_off_midway_leaves_no_partial_file() {
         "{:?}",
         files_in(dir.path())
     );
+}
+
+/// How a [`bottomless_server`] answers `media/get`.
+const PIECE: usize = 64 * 1024;
+/// What a bottomless body would reach if nobody stopped reading it.
+const BOTTOM: u64 = 256 * 1024 * 1024;
+
+/// A server whose `media/get` bodies are as long as a reader keeps reading (up to [`BOTTOM`]):
+/// `media_id=declared` declares 1 GiB, `chunked` declares nothing, `ranged` is only served in
+/// ranges (830002 without one) of unknown total. Counts the bytes its bodies produced.
+async fn bottomless_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use axum::body::Body;
+    use axum::extract::Query;
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::routing::get;
+    let produced = Arc::new(AtomicU64::new(0));
+    let counter = produced.clone();
+    let body = move || {
+        let counter = counter.clone();
+        Body::from_stream(futures::stream::unfold(0u64, move |sent| {
+            let counter = counter.clone();
+            async move {
+                (sent < BOTTOM).then(|| {
+                    counter.fetch_add(PIECE as u64, Ordering::Relaxed);
+                    (
+                        Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; PIECE])),
+                        sent + PIECE as u64,
+                    )
+                })
+            }
+        }))
+    };
+    let app = axum::Router::new()
+        .route(
+            "/cgi-bin/gettoken",
+            get(|| async { axum::Json(json!({"errcode":0,"access_token":"T","expires_in":7200})) }),
+        )
+        .route(
+            "/cgi-bin/media/get",
+            get(
+                move |Query(query): Query<std::collections::HashMap<String, String>>,
+                      headers: HeaderMap| async move {
+                    let media_id = query.get("media_id").cloned().unwrap_or_default();
+                    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+                    let file = axum::http::Response::builder()
+                        .header(header::CONTENT_TYPE, "application/octet-stream")
+                        .header(
+                            header::CONTENT_DISPOSITION,
+                            "attachment; filename=\"big.bin\"",
+                        );
+                    match (media_id.as_str(), range) {
+                        ("declared", _) => file
+                            .header(header::CONTENT_LENGTH, (1u64 << 30).to_string())
+                            .body(body()),
+                        ("ranged", Some(range)) => {
+                            let (from, to) =
+                                range.trim_start_matches("bytes=").split_once('-').unwrap();
+                            file.status(StatusCode::PARTIAL_CONTENT)
+                                .header(header::CONTENT_RANGE, format!("bytes {from}-{to}/*"))
+                                .body(body())
+                        }
+                        ("ranged", None) => axum::http::Response::builder()
+                            .header(header::CONTENT_TYPE, "application/json")
+                            .header("error-code", "830002")
+                            .body(Body::from(r#"{"errcode":830002,"errmsg":"use range"}"#)),
+                        _ => file.body(body()),
+                    }
+                    .unwrap()
+                },
+            ),
+        );
+    (wechat_kf_test_support::serve(app, "").await, produced)
+}
+
+#[tokio::test]
+async fn downloads_over_the_size_limit_stop_before_the_limit_is_written() {
+    use std::sync::atomic::Ordering;
+    let (base, produced) = bottomless_server().await;
+    let client = Client::builder("wwCORP", "SECRET")
+        .base_url(base)
+        .retry_policy(RetryPolicy::none())
+        .build()
+        .unwrap();
+    const LIMIT: u64 = 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+
+    // Declared over the limit: refused without reading the body.
+    let error = client
+        .media()
+        .max_bytes(LIMIT)
+        .download_to_dir("declared", dir.path())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::TooLarge { limit: LIMIT, declared: Some(d), .. } if d == 1 << 30),
+        "{error}"
+    );
+
+    // Chunked, and in ranges of unknown total: stopped the moment the limit is crossed.
+    for media_id in ["chunked", "ranged"] {
+        let mut written: Vec<u8> = Vec::new();
+        let error = client
+            .media()
+            .max_bytes(LIMIT)
+            .download_to_writer(media_id, &mut written)
+            .await
+            .unwrap_err();
+        assert!(error.is_too_large(), "{media_id}: {error}");
+        assert!(
+            written.len() as u64 <= LIMIT,
+            "{media_id}: {}",
+            written.len()
+        );
+        let error = client
+            .media()
+            .max_bytes(LIMIT)
+            .download_to_dir(media_id, dir.path())
+            .await
+            .unwrap_err();
+        assert!(error.is_too_large(), "{media_id}: {error}");
+    }
+    assert!(
+        files_in(dir.path()).is_empty(),
+        "{:?}",
+        files_in(dir.path())
+    );
+    // Five bodies of up to 256 MiB each were offered; the reader stopped each within a few
+    // socket buffers of the limit.
+    let total = produced.load(Ordering::Relaxed);
+    assert!(total < 5 * 16 * 1024 * 1024, "{total} bytes produced");
 }

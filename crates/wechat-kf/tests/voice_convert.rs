@@ -205,6 +205,88 @@ async fn a_converter_that_fails_reports_its_error_output() {
     }
 }
 
+/// The converter is a child process fed customer input: it gets nothing of the service's
+/// environment (the WeChat secret, API tokens, the EncodingAESKey live there), only `PATH`.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_converter_runs_with_nothing_of_the_environment_but_path() {
+    // Variables every test process has: cargo sets them, and HOME is the user's.
+    let inherited: Vec<String> = std::env::vars()
+        .map(|(key, _)| key)
+        .filter(|key| key != "PATH")
+        .collect();
+    assert!(
+        inherited.iter().any(|k| k.starts_with("CARGO")),
+        "{inherited:?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // Prints its environment where the audio would go.
+    let fake = fake_ffmpeg(
+        dir.path(),
+        "#!/bin/sh
+exec env
+",
+    );
+    let output = Converter::new()
+        .ffmpeg(&fake)
+        .convert(AMR, Target::Pcm16)
+        .await
+        .unwrap();
+    let seen = String::from_utf8(output).unwrap();
+    let keys: Vec<&str> = seen
+        .lines()
+        .filter_map(|line| line.split_once('=').map(|(key, _)| key))
+        .collect();
+    assert!(keys.contains(&"PATH"), "{seen}");
+    for key in &keys {
+        // What the shell itself adds is fine; nothing may come from this process.
+        assert!(
+            *key == "PATH" || !inherited.iter().any(|k| k == key) || *key == "PWD",
+            "{key} reached the converter"
+        );
+    }
+}
+
+/// A few hundred kilobytes of AMR frames are minutes of audio: refused at the duration limit,
+/// decoding no more than that.
+#[tokio::test]
+async fn a_voice_note_longer_than_the_limit_is_refused_not_converted() {
+    if !ffmpeg_available() {
+        return;
+    }
+    // The fixture's 100 frames of 32 bytes (2 s), repeated to 200 s.
+    let frames = &AMR[6..];
+    let mut bomb = b"#!AMR\n".to_vec();
+    for _ in 0..100 {
+        bomb.extend_from_slice(frames);
+    }
+    let converter = Converter::new().max_duration(Duration::from_secs(10));
+    for target in [Target::Wav, Target::Mp3] {
+        let error = converter.convert(&bomb, target).await.unwrap_err();
+        assert!(
+            matches!(error, VoiceError::TooLong(_)),
+            "{target:?}: {error}"
+        );
+    }
+    // At the limit exactly, the note converts.
+    let wav = Converter::new()
+        .max_duration(Duration::from_secs(2))
+        .convert(AMR, Target::Wav)
+        .await
+        .unwrap();
+    assert!(WavInfo::parse(&wav).unwrap().duration_secs() <= 2.0);
+    // And the output cap holds whatever the duration.
+    let error = Converter::new()
+        .max_output_bytes(10_000)
+        .convert(AMR, Target::Wav)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, VoiceError::OutputTooLarge(10_000)),
+        "{error}"
+    );
+}
+
 // ---- with ffmpeg ------------------------------------------------------------------------------
 
 #[tokio::test]
@@ -352,4 +434,71 @@ async fn silk_becomes_ogg_opus_through_ffmpeg() {
     let (info, samples) = samples(&wav);
     assert!((1.8..=2.3).contains(&info.duration_secs()));
     assert!(rms(&samples) > 1000.0);
+}
+
+#[cfg(feature = "voice-silk")]
+#[tokio::test]
+async fn a_silk_note_longer_than_the_limit_is_refused_before_decoding() {
+    let silk = silk_tone(true);
+    let error = Converter::new()
+        .max_duration(Duration::from_secs(1))
+        .convert(&silk, Target::Wav)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, VoiceError::TooLong(_)), "{error}");
+    let wav = Converter::new()
+        .max_duration(Duration::from_secs(2))
+        .convert(&silk, Target::Wav)
+        .await
+        .unwrap();
+    assert!(WavInfo::parse(&wav).unwrap().duration_secs() <= 2.0);
+}
+
+// ---- the emulator's placeholder media ---------------------------------------------------------
+
+/// What a customer media message injected into the emulator without a media_id downloads as:
+/// real media that a bot can play, show or convert.
+#[tokio::test]
+async fn the_emulators_placeholder_media_are_real_files() {
+    use wechat_kf_emulator::fixtures;
+    if !ffmpeg_available() {
+        return;
+    }
+    assert_eq!(detect_format(fixtures::VOICE_AMR), Some(VoiceFormat::AmrNb));
+    assert_eq!(detect_format(fixtures::VOICE_SILK), Some(VoiceFormat::Silk));
+    let wav = convert(fixtures::VOICE_AMR, Target::Wav).await.unwrap();
+    assert_is_the_test_tone(&wav, 16_000);
+    // The video's sound track is the same tone; its picture decodes too.
+    let wav = decode_with_ffmpeg(fixtures::VIDEO_MP4, "mp4");
+    assert_is_the_test_tone(&wav, 16_000);
+    for (bytes, format) in [(fixtures::IMAGE_PNG, "png"), (fixtures::VIDEO_MP4, "mp4")] {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join(format!("in.{format}"));
+        std::fs::write(&input, bytes).unwrap();
+        let output = std::process::Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-i"])
+            .arg(&input)
+            .args([
+                "-frames:v",
+                "1",
+                "-f",
+                "rawvideo",
+                "-pix_fmt",
+                "gray",
+                "pipe:1",
+            ])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{format}");
+        assert_eq!(output.stdout.len(), 64 * 48, "{format}: one 64×48 picture");
+    }
+}
+
+#[cfg(feature = "voice-silk")]
+#[tokio::test]
+async fn the_emulators_silk_clip_decodes_to_the_test_tone() {
+    let wav = convert(wechat_kf_emulator::fixtures::VOICE_SILK, Target::Wav)
+        .await
+        .unwrap();
+    assert_is_the_test_tone(&wav, 16_000);
 }

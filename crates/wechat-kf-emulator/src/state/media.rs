@@ -184,18 +184,34 @@ pub fn format_ok(kind: MediaType, data: &[u8]) -> bool {
     }
 }
 
-/// Placeholder bytes for a customer media message injected without a media_id.
+/// The file of a customer media message injected without a media_id: real, decodable media
+/// (see [`fixtures`](crate::fixtures)).
 pub fn placeholder(kind: MediaType) -> (&'static str, Vec<u8>) {
+    use crate::fixtures;
     match kind {
-        MediaType::Image => (
-            "image.png",
-            b"\x89PNG\r\n\x1a\nemulator placeholder image".to_vec(),
-        ),
-        MediaType::Voice => ("voice.amr", b"#!AMR\nemulator placeholder voice".to_vec()),
-        MediaType::Video => (
-            "video.mp4",
-            b"\0\0\0\x18ftypmp42emulator placeholder video".to_vec(),
-        ),
-        MediaType::File => ("file.txt", b"emulator placeholder file".to_vec()),
+        MediaType::Image => ("image.png", fixtures::IMAGE_PNG.to_vec()),
+        MediaType::Voice => ("voice.amr", fixtures::VOICE_AMR.to_vec()),
+        MediaType::Video => ("video.mp4", fixtures::VIDEO_MP4.to_vec()),
+        MediaType::File => ("file.txt", fixtures::FILE_TXT.to_vec()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_pass_the_format_checks_of_their_type() {
+        for kind in [
+            MediaType::Image,
+            MediaType::Voice,
+            MediaType::Video,
+            MediaType::File,
+        ] {
+            let (_, data) = placeholder(kind);
+            assert!(format_ok(kind, &data), "{kind:?}");
+            assert!(data.len() < sync_limit(kind));
+        }
+        assert!(crate::fixtures::VOICE_SILK.starts_with(b"\x02#!SILK_V3"));
     }
 }

@@ -121,6 +121,34 @@ async fn get_returns_the_bytes_with_type_and_file_name() {
 }
 
 #[tokio::test]
+async fn a_file_that_reads_like_an_error_is_served_as_a_file() {
+    let app = App::new().await;
+    let forged = br#"{"errcode":40014,"errmsg":"invalid access_token"}"#;
+    let id = app.upload("file", "forged.json", forged).await["media_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let raw = app
+        .send(
+            "GET",
+            &format!(
+                "/cgi-bin/media/get?access_token={}&media_id={id}",
+                app.token
+            ),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(raw.status, 200);
+    assert_eq!(raw.body, forged);
+    assert_eq!(
+        raw.headers["content-disposition"],
+        "attachment; filename=\"forged.json\""
+    );
+    assert!(!raw.headers.contains_key("error-code"));
+}
+
+#[tokio::test]
 async fn ranges_are_served_as_206() {
     let app = App::new().await;
     let id = app.upload("file", "a.bin", b"0123456789").await["media_id"]
@@ -161,6 +189,9 @@ async fn unknown_and_expired_media_ids_get_a_json_error() {
             .starts_with("application/json")
     );
     assert_eq!(code(&raw.json()), 40007);
+    // How a client tells an error from a file: no Content-Disposition, Error-Code mirrored.
+    assert!(!raw.headers.contains_key("content-disposition"));
+    assert_eq!(raw.headers["error-code"], "40007");
     let id = app.image().await;
     app.emu.advance_clock(Duration::from_secs(3 * 86_400));
     let raw = app

@@ -380,7 +380,8 @@ pub struct MediaConfig {
     #[default(MediaKind::ALL.to_vec())]
     #[serde(deserialize_with = "de::media_kinds")]
     pub kinds: Vec<MediaKind>,
-    /// Larger files are deleted again and reported as `too_large`. Default 32 MiB.
+    /// Larger files are refused (a declared length over it before the body is read, a body
+    /// crossing it the moment it does) and reported as `too_large`. Default 32 MiB.
     #[default(32 * 1024 * 1024)]
     pub max_bytes: u64,
     /// Downloads in flight at once.
@@ -390,6 +391,15 @@ pub struct MediaConfig {
     /// the `voice-silk` build feature). Default none.
     #[serde(deserialize_with = "de::voice_target")]
     pub voice_convert_to: Option<VoiceTarget>,
+    /// Longest voice note converted: a longer one is not converted (`too_long`), and no more
+    /// than this much of it is decoded. Default 2 minutes (WeChat's notes are at most 60 s).
+    #[default(Duration::from_secs(120))]
+    #[serde(deserialize_with = "de::duration")]
+    pub voice_max_duration: Duration,
+    /// Largest converted file kept (`too_large` beyond it). Default 16 MiB (2 minutes of
+    /// 16 kHz WAV are under 4 MiB).
+    #[default(16 * 1024 * 1024)]
+    pub voice_max_bytes: u64,
     /// The ffmpeg program. Default `ffmpeg` on `PATH`.
     #[serde(deserialize_with = "de::non_empty")]
     pub ffmpeg: Option<PathBuf>,

@@ -191,6 +191,57 @@ async fn an_expired_or_busy_media_id_is_recorded_and_the_message_still_delivered
     emu.shutdown().await;
 }
 
+/// A file over `media.max_bytes` is refused from its declared length, never written (not
+/// downloaded and deleted afterwards), and recorded as `too_large`; the message is delivered.
+#[tokio::test]
+async fn a_file_over_max_bytes_is_recorded_too_large_and_never_written() {
+    let emu = emulator().await;
+    let sink = Sink::start().await;
+    let kf = emu.emulator().create_account("big");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&emu, &dir.path().join("kf.db"), Some(&sink.url));
+    config.media.download_dir = Some(dir.path().join("media"));
+    config.media.max_bytes = 1000;
+    let running = start_on_emulator_clock(&emu, config).await;
+    let msgid = send_media(&emu, &kf, "wmB", "file", "big.bin", vec![7u8; 5000]).await;
+    let (_, record) = delivered(&sink, &msgid).await;
+    assert_eq!(record["error"]["kind"], "too_large", "{record}");
+    assert_eq!(record["size"], 5000);
+    assert!(record["path"].is_null());
+    let mut left = Vec::new();
+    for entry in walk(&dir.path().join("media")) {
+        left.push(entry);
+    }
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(
+        metric(
+            &running,
+            "wechat_kf_media_downloads_total{kind=\"file\",result=\"too_large\"}"
+        ),
+        1
+    );
+    running.shutdown().await;
+    emu.shutdown().await;
+}
+
+/// Every file under `dir` (none when it does not exist).
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|entry| {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path)
+            } else {
+                vec![path]
+            }
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn a_voice_note_is_downloaded_and_converted_to_wav() {
     if !ffmpeg_available() {
@@ -230,6 +281,67 @@ async fn a_voice_note_is_downloaded_and_converted_to_wav() {
             "wechat_kf_voice_conversions_total{format=\"wav\",result=\"ok\"}"
         ),
         1
+    );
+    running.shutdown().await;
+    emu.shutdown().await;
+}
+
+/// A server file name cannot be the converter's staging name (it once was fixed, in the
+/// message's directory, and the conversion overwrote the original), and the emulator's
+/// placeholder voice note (a customer message injected without a media_id) is real AMR that
+/// converts.
+#[tokio::test]
+async fn conversions_never_replace_the_original_and_the_placeholder_voice_converts() {
+    if !ffmpeg_available() {
+        return;
+    }
+    let emu = emulator().await;
+    let sink = Sink::start().await;
+    let kf = emu.emulator().create_account("names");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&emu, &dir.path().join("kf.db"), Some(&sink.url));
+    config.media.download_dir = Some(dir.path().join("media"));
+    config.media.voice_convert_to = Some(VoiceTarget::Wav);
+    let running = start_on_emulator_clock(&emu, config).await;
+    let amr = std::fs::read(VOICE).unwrap();
+    let mut msgids = Vec::new();
+    for name in [".wechat-kf-convert.part", "语音.wav"] {
+        msgids.push(send_media(&emu, &kf, "wmN", "voice", name, amr.clone()).await);
+    }
+    for (msgid, original, converted) in [
+        (
+            &msgids[0],
+            ".wechat-kf-convert.part",
+            ".wechat-kf-convert.wav",
+        ),
+        (&msgids[1], "语音.wav", "语音-converted.wav"),
+    ] {
+        let (_, record) = delivered(&sink, msgid).await;
+        assert_eq!(record["file_name"], original, "{record}");
+        assert_eq!(
+            std::fs::read(record["path"].as_str().unwrap()).unwrap(),
+            amr,
+            "the original is intact: {record}"
+        );
+        assert_eq!(record["converted"]["file_name"], converted, "{record}");
+        let wav = std::fs::read(record["converted"]["path"].as_str().unwrap()).unwrap();
+        assert!(wechat_kf::voice::WavInfo::parse(&wav).is_some());
+    }
+
+    let placeholder = emu
+        .emulator()
+        .customer_send(json!({"open_kfid": kf, "external_userid": "wmN", "msgtype": "voice"}))
+        .unwrap()
+        .remove(0);
+    let (_, record) = delivered(&sink, &placeholder).await;
+    assert_eq!(record["file_name"], "voice.amr", "{record}");
+    assert_eq!(record["converted"]["file_name"], "voice.wav", "{record}");
+    let wav = std::fs::read(record["converted"]["path"].as_str().unwrap()).unwrap();
+    let info = wechat_kf::voice::WavInfo::parse(&wav).unwrap();
+    assert!(
+        (info.duration_secs() - 2.0).abs() < 0.1,
+        "{}",
+        info.duration_secs()
     );
     running.shutdown().await;
     emu.shutdown().await;
@@ -466,6 +578,58 @@ async fn an_unreachable_object_store_is_recorded_and_the_local_copy_still_delive
         1
     );
     wait_until_acks_recorded(&running).await;
+    running.shutdown().await;
+    emu.shutdown().await;
+}
+
+/// One customer's slow download never holds up another customer: the text customer B sends
+/// right after customer A's file (whose `media/get` takes 15 s) reaches the bot while A's file
+/// is still downloading, and A's own later text still comes after A's file.
+#[tokio::test]
+async fn a_slow_download_holds_up_only_its_own_customer() {
+    let emu = emulator().await;
+    let sink = Sink::start().await;
+    let kf = emu.emulator().create_account("slow");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&emu, &dir.path().join("kf.db"), Some(&sink.url));
+    config.media.download_dir = Some(dir.path().join("media"));
+    let running = start_on_emulator_clock(&emu, config).await;
+    let media_id = upload(&emu, "file", "慢.pdf", b"%PDF-1.4 slow".to_vec()).await;
+    emu.emulator()
+        .inject_fault(json!({"path": "media/get", "kind": "delay", "delay_ms": 15_000}))
+        .unwrap();
+    let ids = emu
+        .emulator()
+        .customer_send(json!([
+            media_message(&kf, "wmA", "file", &media_id),
+            text(&kf, "wmB", "B, right after A's file"),
+            text(&kf, "wmA", "A, after its own file"),
+        ]))
+        .unwrap();
+    let (file, b_text, a_text) = (&ids[0], &ids[1], &ids[2]);
+
+    // Bounded well below the 15 s download: B's text is not behind it.
+    wait_for("B's text", Duration::from_secs(10), || async {
+        sink.delivered(b_text).is_some()
+    })
+    .await;
+    assert!(
+        sink.delivered(file).is_none(),
+        "A's file is still downloading"
+    );
+    assert!(
+        sink.delivered(a_text).is_none(),
+        "A's text waits behind A's file"
+    );
+
+    wait_for("A's file and text", Duration::from_secs(40), || async {
+        sink.delivered(a_text).is_some()
+    })
+    .await;
+    let (_, record) = sink.delivered(file).unwrap();
+    assert_eq!(record["file_name"], "慢.pdf", "{record}");
+    let order = &sink.acked_per_customer()[&(kf.clone(), "wmA".to_owned())];
+    assert_eq!(order, &[file.clone(), a_text.clone()]);
     running.shutdown().await;
     emu.shutdown().await;
 }

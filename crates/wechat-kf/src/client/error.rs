@@ -73,6 +73,19 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A downloaded file is larger than the caller allows ([`Media::max_bytes`](super::Media::max_bytes)):
+    /// refused from its declared length before its body was read, or stopped the moment the
+    /// limit was crossed, so nothing over the limit was written.
+    #[error("{endpoint}: the media is larger than the {limit} bytes allowed{}", declared.map(|d| format!(" (declared {d} bytes)")).unwrap_or_default())]
+    TooLarge {
+        /// The endpoint path.
+        endpoint: &'static str,
+        /// The limit in bytes.
+        limit: u64,
+        /// The size the server declared (`Content-Length` or the `Content-Range` total), when
+        /// that is how it was refused.
+        declared: Option<u64>,
+    },
     /// A token store or cursor store failed.
     #[error("store error: {message}")]
     Store {
@@ -123,6 +136,11 @@ impl Error {
     /// 42001): refreshing it and retrying once can help.
     pub fn is_token_invalid(&self) -> bool {
         matches!(self, Error::Api { code, .. } if code.is_token_invalid())
+    }
+
+    /// Whether a download was refused or stopped for being over the caller's size limit.
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, Error::TooLarge { .. })
     }
 
     /// Whether the call was refused because of a frequency or concurrency limit: the server's

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use reqwest::header::{CONTENT_TYPE, HeaderMap};
+use reqwest::header::{CONTENT_DISPOSITION, CONTENT_TYPE, HeaderMap};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
@@ -247,19 +247,38 @@ async fn read_body(
     Ok(buffer.freeze())
 }
 
+/// Header WeChat mirrors a response's `errcode` in (with `Error-Msg`); seen on real responses.
+const ERROR_CODE: &str = "error-code";
+/// Header WeChat mirrors a response's `errmsg` in.
+const ERROR_MSG: &str = "error-msg";
+
 #[derive(Debug, PartialEq, Eq)]
 enum MediaBodyKind {
-    /// Declared JSON: an error body.
+    /// `Content-Disposition` present: WeChat's file signal. The body is the file, whatever it
+    /// contains (a customer's `{"errcode":40014}` text file stays a file).
+    File,
+    /// No file signal and a non-zero `Error-Code` header: WeChat's error envelope.
+    Error,
+    /// Declared JSON without either signal: an error envelope (or an API answer, never media).
     Json,
-    /// Declared text or generic binary, or undeclared: decide from the first bytes.
+    /// Declared text or generic binary, or undeclared, without either signal: an error
+    /// envelope if the first bytes look like one, else a file.
     Sniff,
-    /// Declared binary media.
+    /// Declared binary media without either signal.
     Media,
 }
 
-/// Classifies a `media/get` response by its Content-Type, so that a JSON error body is never
-/// handed out as a file.
+/// Classifies a `media/get` response the way WeChat marks them: a file comes with
+/// `Content-Disposition: attachment; filename=…`, an error without it (and with `Error-Code` /
+/// `Error-Msg` headers mirroring the JSON body; docs/vendor-notes.md). Only a response without
+/// the file signal is ever read as an error, so a customer's file can never pose as one.
 fn media_body_kind(headers: &HeaderMap) -> MediaBodyKind {
+    if headers.contains_key(CONTENT_DISPOSITION) {
+        return MediaBodyKind::File;
+    }
+    if header_errcode(headers).is_some_and(|code| code != 0) {
+        return MediaBodyKind::Error;
+    }
     let Some(value) = headers.get(CONTENT_TYPE) else {
         return MediaBodyKind::Sniff;
     };
@@ -276,6 +295,30 @@ fn media_body_kind(headers: &HeaderMap) -> MediaBodyKind {
         MediaBodyKind::Sniff
     } else {
         MediaBodyKind::Media
+    }
+}
+
+/// The `Error-Code` header as a number, when present and numeric.
+fn header_errcode(headers: &HeaderMap) -> Option<i64> {
+    headers.get(ERROR_CODE)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// The error of a `media/get` response without the file signal: the JSON envelope's, else the
+/// `Error-Code` / `Error-Msg` headers'; `Ok` when neither carries a non-zero code.
+fn media_error(endpoint: &'static str, headers: &HeaderMap, body: &[u8]) -> Result<(), Error> {
+    match check_envelope(endpoint, body) {
+        Err(Error::Decode { .. }) | Ok(()) => {}
+        Err(error) => return Err(error),
+    }
+    match header_errcode(headers) {
+        Some(code) if code != 0 => {
+            let errmsg = headers
+                .get(ERROR_MSG)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default();
+            Err(api_error(endpoint, code, errmsg))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -538,18 +581,19 @@ impl Client {
             });
         }
         if expect == Expect::Media {
-            match media_body_kind(response.headers()) {
-                MediaBodyKind::Media => {
+            let headers = response.headers().clone();
+            let kind = media_body_kind(&headers);
+            let first = match kind {
+                MediaBodyKind::File | MediaBodyKind::Media => {
                     return Ok(Received::Media {
                         first: None,
                         response,
                     });
                 }
-                MediaBodyKind::Json => {}
+                MediaBodyKind::Error | MediaBodyKind::Json => None,
                 MediaBodyKind::Sniff => {
-                    // Text, generic binary or no Content-Type: a file, or an error body served
-                    // loosely.
-                    // Look at the first bytes before trusting it as media.
+                    // No file signal and a loose type: look at the first bytes before reading
+                    // the body as an error.
                     let first = response
                         .chunk()
                         .await
@@ -561,22 +605,23 @@ impl Client {
                     if !looks_like_json {
                         return Ok(Received::Media { first, response });
                     }
-                    let mut body = bytes::BytesMut::from(first.unwrap_or_default().as_ref());
-                    let rest = read_body(endpoint, &mut response, MAX_JSON_BODY).await?;
-                    body.extend_from_slice(&rest);
-                    let body = body.freeze();
-                    // An error envelope is an error; anything else really is a file that
-                    // happens to look like JSON.
-                    check_envelope(endpoint, &body).or_else(|e| match e {
-                        Error::Decode { .. } => Ok(()),
-                        other => Err(other),
-                    })?;
-                    return Ok(Received::Media {
-                        first: Some(body),
-                        response,
-                    });
+                    first
                 }
+            };
+            let mut body = bytes::BytesMut::from(first.unwrap_or_default().as_ref());
+            let rest = read_body(endpoint, &mut response, MAX_JSON_BODY).await?;
+            body.extend_from_slice(&rest);
+            let body = body.freeze();
+            media_error(endpoint, &headers, &body)?;
+            if kind == MediaBodyKind::Json {
+                // Declared JSON without the file signal or an error: an API answer, not media.
+                return Ok(Received::Json(body));
             }
+            // Loosely typed, no error in the body or the headers: a file served without a name.
+            return Ok(Received::Media {
+                first: Some(body),
+                response,
+            });
         }
         let body = read_body(endpoint, &mut response, MAX_JSON_BODY).await?;
         Ok(Received::Json(body))
@@ -682,18 +727,52 @@ mod tests {
         assert_eq!(err.errcode(), Some(ErrCode::InvalidMsgToken));
     }
 
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.insert(*name, value.parse().unwrap());
+        }
+        headers
+    }
+
     #[test]
-    fn media_responses_are_classified_by_content_type() {
-        let with = |ct: &str| {
-            let mut headers = HeaderMap::new();
-            headers.insert(CONTENT_TYPE, ct.parse().unwrap());
-            media_body_kind(&headers)
-        };
+    fn media_responses_without_the_file_signal_are_classified_by_content_type() {
+        let with = |ct: &str| media_body_kind(&headers(&[("content-type", ct)]));
         assert_eq!(with("application/json; charset=utf-8"), MediaBodyKind::Json);
         assert_eq!(with("text/plain"), MediaBodyKind::Sniff);
         assert_eq!(with("image/jpeg"), MediaBodyKind::Media);
         assert_eq!(with("application/octet-stream"), MediaBodyKind::Sniff);
         assert_eq!(with("audio/amr"), MediaBodyKind::Media);
         assert_eq!(media_body_kind(&HeaderMap::new()), MediaBodyKind::Sniff);
+    }
+
+    #[test]
+    fn a_content_disposition_makes_the_body_a_file_whatever_else_is_declared() {
+        for content_type in ["application/json", "text/plain", "image/png"] {
+            let h = headers(&[
+                ("content-type", content_type),
+                ("content-disposition", "attachment; filename=\"a.json\""),
+                ("error-code", "40014"),
+            ]);
+            assert_eq!(media_body_kind(&h), MediaBodyKind::File, "{content_type}");
+        }
+    }
+
+    #[test]
+    fn an_error_code_header_without_the_file_signal_is_an_error() {
+        let h = headers(&[("content-type", "image/jpeg"), ("error-code", "40007")]);
+        assert_eq!(media_body_kind(&h), MediaBodyKind::Error);
+        let zero = headers(&[("content-type", "image/jpeg"), ("error-code", "0")]);
+        assert_eq!(media_body_kind(&zero), MediaBodyKind::Media);
+        let h = headers(&[("error-code", "40007"), ("error-msg", "invalid media_id")]);
+        let error = media_error("media/get", &h, b"not json").unwrap_err();
+        assert_eq!(error.errcode(), Some(ErrCode::InvalidMediaId));
+        let error = media_error("media/get", &h, br#"{"errcode":45009,"errmsg":"x"}"#).unwrap_err();
+        assert_eq!(
+            error.errcode(),
+            Some(ErrCode::ApiFrequencyExceeded),
+            "the body wins"
+        );
+        assert!(media_error("media/get", &HeaderMap::new(), br#"{"a":1}"#).is_ok());
     }
 }

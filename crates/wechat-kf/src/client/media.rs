@@ -2,8 +2,11 @@
 //!
 //! Uploads are `multipart/form-data` with one part named `media` whose Content-Disposition
 //! carries `filename` and `filelength` (official doc 90253); the body is written by hand because
-//! common multipart writers cannot add `filelength`. Downloads check the Content-Type first: a
-//! JSON body is an error (`{"errcode":40007,…}`), never a file.
+//! common multipart writers cannot add `filelength`. Downloads tell a file from an error the way
+//! WeChat marks them: a file comes with `Content-Disposition: attachment; filename=…` and is
+//! then a file whatever it contains (a customer's `.json` or a text reading
+//! `{"errcode":40014}`); only a response without it is read as an error envelope
+//! (`{"errcode":40007,…}`, also mirrored in `Error-Code` / `Error-Msg` headers).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -29,6 +32,8 @@ const MAX_IN_MEMORY_DOWNLOAD: usize = 64 * 1024 * 1024;
 #[derive(Debug, Clone, Copy)]
 pub struct Media<'c> {
     client: &'c Client,
+    /// Largest file a download accepts; see [`Media::max_bytes`].
+    max_bytes: Option<u64>,
 }
 
 /// The `type` of a temporary media upload.
@@ -315,7 +320,20 @@ struct UploadImgResponse {
 
 impl<'c> Media<'c> {
     pub(crate) fn new(client: &'c Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            max_bytes: None,
+        }
+    }
+
+    /// Downloads of larger files fail with [`Error::TooLarge`] before anything over the limit
+    /// is written: a declared `Content-Length` (or `Content-Range` total) over it is refused
+    /// without reading the body, and a body that runs past it (chunked, lying, or fetched in
+    /// ranges) is stopped the moment it crosses it. No limit by default (except the 64 MiB of
+    /// the in-memory [`download`](Self::download)).
+    pub fn max_bytes(mut self, limit: u64) -> Self {
+        self.max_bytes = Some(limit);
+        self
     }
 
     /// `POST media/upload?type=…`: a temporary media id (valid 3 days). Files must be larger than
@@ -353,8 +371,8 @@ impl<'c> Media<'c> {
         call
     }
 
-    /// `GET media/get` as a stream; the Content-Type is checked first, so a JSON error body
-    /// becomes an [`Error::Api`].
+    /// `GET media/get` as a stream. A response without `Content-Disposition` carrying an error
+    /// envelope becomes an [`Error::Api`]; one with it is the file, whatever its bytes.
     pub async fn download_stream(
         self,
         media_id: impl Into<MediaId>,
@@ -379,7 +397,12 @@ impl<'c> Media<'c> {
 
     /// `GET media/get` into memory (at most 64 MiB).
     pub async fn download(self, media_id: impl Into<MediaId>) -> Result<DownloadedMedia, Error> {
+        let limit = self
+            .max_bytes
+            .unwrap_or(u64::MAX)
+            .min(MAX_IN_MEMORY_DOWNLOAD as u64);
         let MediaDownload { info, mut stream } = self.download_stream(media_id).await?;
+        check_declared(info.content_length, limit)?;
         let mut buffer = BytesMut::with_capacity(
             info.content_length
                 .unwrap_or(0)
@@ -387,14 +410,8 @@ impl<'c> Media<'c> {
         );
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
-            if buffer.len() + chunk.len() > MAX_IN_MEMORY_DOWNLOAD {
-                return Err(Error::Decode {
-                    endpoint: "media/get",
-                    message: format!(
-                        "media larger than {MAX_IN_MEMORY_DOWNLOAD} bytes; use download_to_file"
-                    ),
-                    body: String::new(),
-                });
+            if (buffer.len() + chunk.len()) as u64 > limit {
+                return Err(too_large(limit, None));
             }
             buffer.extend_from_slice(&chunk);
         }
@@ -487,7 +504,9 @@ impl<'c> Media<'c> {
     {
         match self.download_inner(media_id.clone(), None).await {
             Ok(download) => {
-                let written = write_chunks(download.stream, writer).await?;
+                let limit = self.max_bytes.unwrap_or(u64::MAX);
+                check_declared(download.info.content_length, limit)?;
+                let written = write_chunks(download.stream, writer, limit).await?;
                 check_length(download.info.content_length, written)?;
                 Ok(download.info)
             }
@@ -516,8 +535,13 @@ impl<'c> Media<'c> {
                 .as_deref()
                 .and_then(parse_content_range);
             let length = download.info.content_length;
+            let limit = self.max_bytes.unwrap_or(u64::MAX);
+            // The whole file's declared size, then this range's, each against what is left.
+            check_declared(range.and_then(|(_, _, total)| total), limit)?;
+            check_declared(length.map(|l| start.saturating_add(l)), limit)?;
             let info = first.get_or_insert_with(|| download.info.clone());
-            let written = write_chunks(download.stream, writer).await?;
+            let written =
+                write_chunks(download.stream, writer, limit.saturating_sub(start)).await?;
             check_length(length, written)?;
             let Some((from, to, total)) = range else {
                 // The server ignored the Range header and sent the whole file.
@@ -648,10 +672,30 @@ fn check_length(expected: Option<u64>, written: u64) -> Result<(), Error> {
     }
 }
 
-/// Writes every chunk of `stream` to `writer`; returns the number of bytes written.
+/// The error of a file over `limit` bytes.
+fn too_large(limit: u64, declared: Option<u64>) -> Error {
+    Error::TooLarge {
+        endpoint: "media/get",
+        limit,
+        declared,
+    }
+}
+
+/// Refuses a declared size over `limit` before the body is read.
+fn check_declared(declared: Option<u64>, limit: u64) -> Result<(), Error> {
+    match declared {
+        Some(size) if size > limit => Err(too_large(limit, Some(size))),
+        _ => Ok(()),
+    }
+}
+
+/// Writes every chunk of `stream` to `writer`, at most `limit` bytes: the chunk that would cross
+/// it is not written and the stream is dropped (closing the connection). Returns the number of
+/// bytes written.
 async fn write_chunks<W>(
     mut stream: BoxStream<'static, Result<Bytes, Error>>,
     writer: &mut W,
+    limit: u64,
 ) -> Result<u64, Error>
 where
     W: AsyncWrite + Unpin + ?Sized,
@@ -659,6 +703,9 @@ where
     let mut written = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
+        if written.saturating_add(chunk.len() as u64) > limit {
+            return Err(too_large(limit, None));
+        }
         writer
             .write_all(&chunk)
             .await

@@ -108,7 +108,7 @@ async fn pulls_and_deliveries_are_logged_with_counts_hosts_and_causes_but_no_con
         "{failed}"
     );
     assert!(failed.contains("attempt=1"), "{failed}");
-    let delivered = lines.iter().find(|l| l.contains(" delivered ")).unwrap();
+    let delivered = lines.iter().find(|l| l.contains(DELIVERED)).unwrap();
     assert!(delivered.contains(&format!("to=\"{host}\"")), "{delivered}");
     assert!(delivered.contains("messages=1"), "{delivered}");
     assert!(delivered.contains("attempt=2"), "{delivered}");

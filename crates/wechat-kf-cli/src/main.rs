@@ -26,6 +26,7 @@ enum Command {
     Serve(cmd::serve::ServeArgs),
     /// Check sync_msg data against the typed message model: prints each message re-encoded
     /// from it (equal to the input), or a summary; names the items that do not decode.
+    #[command(long_about = cmd::decode::LONG_ABOUT)]
     Decode(cmd::decode::DecodeArgs),
     /// Debug a callback setup: verify a URL, decrypt or encrypt a callback body.
     #[command(subcommand)]

@@ -632,7 +632,14 @@ async fn mistakes_exit_2_before_any_call_and_name_the_customer_one_way() {
     let connection = help.find("Connection:").expect("a Connection heading");
     assert!(help.find("--open-kfid").unwrap() < connection, "{help}");
     assert!(help[connection..].contains("--corp-id"), "{help}");
-    assert!(help.contains("does not share the quota tracking"), "{help}");
+    assert!(
+        help.contains("shares the service's quota tracking"),
+        "{help}"
+    );
+    assert!(
+        help.contains("Without a store it does not share it"),
+        "{help}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

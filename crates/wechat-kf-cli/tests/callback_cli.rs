@@ -418,3 +418,17 @@ fn an_unreadable_body_file_is_an_input_error() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).starts_with("wechat-kf: cannot read /nonexistent/body.xml"));
 }
+
+#[test]
+fn the_callback_settings_are_listed_apart_from_the_commands_own_options() {
+    let out = run(wechat_kf().args(["callback", "decrypt", "--help"]), "");
+    let help = stdout(&out);
+    let settings = help.find("Callback settings:").expect("a heading");
+    let (own, settings) = help.split_at(settings);
+    assert!(own.contains("  --msg-signature <"), "{help}");
+    assert!(!settings.contains("--msg-signature"), "{help}");
+    assert!(
+        settings.contains("--aes-key") && settings.contains("--token"),
+        "{help}"
+    );
+}

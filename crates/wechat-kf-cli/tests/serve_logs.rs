@@ -15,6 +15,9 @@ use wechat_kf_test_support::{Spawned, Stream, TestEmulator};
 
 mod common;
 
+/// The start of a delivery's INFO line (after the timestamp).
+const DELIVERED: &str = "INFO wechat_kf_service::delivery: delivered ";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn pulls_and_deliveries_are_logged_with_counts_hosts_and_causes_but_no_content() {
     if !common::serve_available() {
@@ -84,7 +87,7 @@ async fn pulls_and_deliveries_are_logged_with_counts_hosts_and_causes_but_no_con
             "the pull and delivery lines",
             |l| {
                 pulled |= l.contains(" pulled ") && l.contains("messages=1");
-                delivered |= l.contains(" delivered ");
+                delivered |= l.contains(DELIVERED);
                 pulled && delivered
             },
         )
@@ -105,7 +108,7 @@ async fn pulls_and_deliveries_are_logged_with_counts_hosts_and_causes_but_no_con
         "{failed}"
     );
     assert!(failed.contains("attempt=1"), "{failed}");
-    let delivered = lines.iter().find(|l| l.contains(" delivered ")).unwrap();
+    let delivered = lines.iter().find(|l| l.contains(DELIVERED)).unwrap();
     assert!(delivered.contains(&format!("to=\"{host}\"")), "{delivered}");
     assert!(delivered.contains("messages=1"), "{delivered}");
     assert!(delivered.contains("attempt=2"), "{delivered}");

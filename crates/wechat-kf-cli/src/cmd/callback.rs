@@ -27,21 +27,24 @@ pub enum CallbackCommand {
     Encrypt(EncryptArgs),
 }
 
+/// The `--help` heading of the callback settings.
+const SETTINGS: &str = "Callback settings";
+
 /// The callback configuration of the KF admin console: flags, then the environment, then the
-/// `[wechat]` section of `--config`.
+/// `[wechat]` section of `--config` (listed apart from each command's own options in `--help`).
 #[derive(Debug, Args)]
 pub struct Credentials {
     /// Callback Token [env: WECHAT_KF_CALLBACK_TOKEN].
-    #[arg(long)]
+    #[arg(long, help_heading = SETTINGS)]
     token: Option<String>,
     /// EncodingAESKey, 43 characters [env: WECHAT_KF_ENCODING_AES_KEY].
-    #[arg(long = "aes-key")]
+    #[arg(long = "aes-key", help_heading = SETTINGS)]
     aes_key: Option<String>,
     /// CorpID, the receive_id checked after decryption [env: WECHAT_KF_CORP_ID].
-    #[arg(long = "corp-id")]
+    #[arg(long = "corp-id", help_heading = SETTINGS)]
     corp_id: Option<String>,
     /// The TOML file `serve` reads [env: WECHAT_KF_CONFIG].
-    #[arg(long, env = "WECHAT_KF_CONFIG", hide_env = true)]
+    #[arg(long, env = "WECHAT_KF_CONFIG", hide_env = true, help_heading = SETTINGS)]
     config: Option<PathBuf>,
 }
 

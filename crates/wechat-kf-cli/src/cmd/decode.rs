@@ -19,19 +19,19 @@ use clap::Args;
 use serde_json::value::RawValue;
 use wechat_kf::message::{InvalidItem, Message, SyncMsgResponse};
 
-/// Arguments of `wechat-kf decode`.
-#[derive(Debug, Args)]
-#[command(
-    long_about = "Check sync_msg data against the typed message model.\n\n\
+/// What `wechat-kf decode --help` says.
+pub const LONG_ABOUT: &str = "Check sync_msg data against the typed message model.\n\n\
     Reads a sync_msg response body, a JSON array of messages or JSON Lines of messages. Prints \
     each message that decodes, re-encoded from the typed model, one per line: the output equals \
     the input as JSON (a message pretty-printed over several lines comes out compacted), so \
     unknown types and fields survive. With --summary it prints KIND<TAB>COUNT lines instead.\n\n\
-    Each item that does not decode is named on stderr as `item N (msgid): error at <field>`, \
+    Each item that does not decode is named on stderr as `wechat-kf: item N (msgid): <why>`, \
     N its index in the input counted from 0, like the `invalid` list of the webhook body \
     `serve` posts. Exit status: 0 every item decoded, 1 some did not, 2 the input is unreadable \
-    or not one of the accepted shapes."
-)]
+    or not one of the accepted shapes.";
+
+/// Arguments of `wechat-kf decode`.
+#[derive(Debug, Args)]
 pub struct DecodeArgs {
     /// Print `KIND<TAB>COUNT` lines instead of the messages.
     #[arg(long)]

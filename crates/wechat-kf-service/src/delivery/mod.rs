@@ -3,7 +3,9 @@
 //! Messages are grouped into *deliveries* of up to `max_batch` messages that may span several
 //! customers; a customer (a [`Lane`]) is in at most one delivery at a time, so its messages
 //! arrive in order. A delivery is recorded in the store (id and member seqs) before its first
-//! attempt, so its id is stable across retries and restarts. A 2xx acknowledges it: its messages
+//! attempt, so its id is stable across retries and restarts, and so is each attempt's number
+//! before it is made (`X-Wechat-Kf-Attempt` after a crash is the next one, not 1 again). A 2xx
+//! acknowledges it: its messages
 //! are marked delivered and the replies in the response queued, in one transaction. Anything else
 //! is retried with backoff; a failed delivery spanning several customers is split into one
 //! delivery per customer (`<id>.1`, `<id>.2`, …), so a message the bot keeps rejecting holds up
@@ -72,10 +74,9 @@ struct LaneState {
 struct Delivery {
     id: Arc<str>,
     entries: Vec<(Lane, Entry)>,
+    /// Attempts made (recorded in the store before each is made).
     attempts: u32,
     next_attempt_at_ms: i64,
-    /// Recorded in the store.
-    recorded: bool,
     /// The body, built on the first attempt.
     body: Option<Bytes>,
     /// Reply results (row ids) the body carries (`reply_results`).
@@ -236,7 +237,6 @@ impl Deliverer {
                     entries,
                     attempts: record.attempts,
                     next_attempt_at_ms: record.next_attempt_at_ms,
-                    recorded: true,
                     body: None,
                     results: Vec::new(),
                 },
@@ -359,7 +359,6 @@ impl Deliverer {
                 entries,
                 attempts: 0,
                 next_attempt_at_ms: 0,
-                recorded: false,
                 body: None,
                 results: Vec::new(),
             },
@@ -409,7 +408,6 @@ impl Deliverer {
         self.readiness.store_write_succeeded("deliverer");
         for id in &batch {
             if let Some(d) = self.deliveries.get_mut(id) {
-                d.recorded = true;
                 d.attempts += 1;
             }
         }
@@ -640,7 +638,6 @@ impl Deliverer {
                                 entries,
                                 attempts,
                                 next_attempt_at_ms: at,
-                                recorded: true,
                                 body: None,
                                 results: Vec::new(),
                             })

@@ -1,8 +1,10 @@
-//! Fuzzes `SyncMsgResponse::from_slice` and `Message::from_json`.
+//! Fuzzes `SyncMsgResponse::from_slice`, the serde path and `Message::from_json`.
 //!
-//! Invariants: no panic; when both accept the body, the fast page decoder and the plain serde
-//! path produce identical messages and invalid items; every decoded message re-encodes to the
-//! JSON value it came from.
+//! Invariants: no panic; `serde_json::from_slice::<SyncMsgResponse>` (the serde path, which hands
+//! the body's text to the fast decoder) accepts exactly the bodies `from_slice` accepts, with the
+//! same result; when both accept the body, the fast page decoder and the general serde path
+//! (`from_slice_general`) produce identical messages and invalid items; every decoded message
+//! re-encodes to the JSON value it came from.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -10,7 +12,12 @@ use wechat_kf::message::{Message, SyncMsgResponse};
 
 fuzz_target!(|data: &[u8]| {
     let fast = SyncMsgResponse::from_slice(data);
-    let plain = serde_json::from_slice::<SyncMsgResponse>(data);
+    let serde = serde_json::from_slice::<SyncMsgResponse>(data);
+    assert_eq!(fast.is_ok(), serde.is_ok(), "from_slice and the serde path disagree");
+    if let (Ok(fast), Ok(serde)) = (&fast, &serde) {
+        assert_eq!(fast, serde);
+    }
+    let plain = SyncMsgResponse::from_slice_general(data);
     if let (Ok(fast), Ok(plain)) = (&fast, &plain) {
         // The fast path (one pass, shared text, the simple-item parser) and the plain serde path
         // must decode to exactly the same messages and the same invalid items.

@@ -159,25 +159,77 @@ impl<'de> Deserialize<'de> for SharedStr {
 }
 
 /// Reuses the `Arc<str>` of ids seen recently while decoding one page: an account's pull has
-/// one `open_kfid` and few customers, so most ids cost no allocation at all.
+/// one `open_kfid` and a limited set of customers and servicers, so most ids cost no allocation.
+///
+/// A direct-mapped cache: each id has one slot, chosen by a cheap hash; a colliding id simply
+/// replaces the slot's occupant (a miss costs one allocation, as without the cache), so no input
+/// can make a lookup slower than one hash and one comparison.
 #[derive(Default)]
 pub(crate) struct Interner {
-    recent: Vec<Arc<str>>,
+    slots: Vec<Option<Arc<str>>>,
 }
 
 impl Interner {
-    /// How many distinct recent ids are remembered (searched linearly; small on purpose).
-    const CAPACITY: usize = 8;
+    /// Slots per page (a power of two): a page of 1000 items from ~100 customers mostly hits.
+    const SLOTS: usize = 256;
 
     pub(crate) fn intern(&mut self, id: &str) -> Arc<str> {
-        if let Some(found) = self.recent.iter().find(|known| ***known == *id) {
-            return Arc::clone(found);
+        if self.slots.is_empty() {
+            self.slots.resize(Self::SLOTS, None);
+        }
+        let slot = &mut self.slots[Self::slot(id)];
+        match slot {
+            Some(known) if **known == *id => return Arc::clone(known),
+            _ => {}
         }
         let fresh: Arc<str> = Arc::from(id);
-        if self.recent.len() == Self::CAPACITY {
-            self.recent.remove(0);
-        }
-        self.recent.push(Arc::clone(&fresh));
+        *slot = Some(Arc::clone(&fresh));
         fresh
+    }
+
+    /// FxHash-style mixing of the id's 8-byte words; the top bits pick the slot.
+    fn slot(id: &str) -> usize {
+        let mut hash = id.len() as u64;
+        let mut chunks = id.as_bytes().chunks_exact(8);
+        let mix =
+            |hash: u64, word: u64| (hash.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            hash = mix(hash, u64::from_le_bytes(word));
+        }
+        let mut word = [0u8; 8];
+        word[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+        hash = mix(hash, u64::from_le_bytes(word));
+        (hash >> (64 - Self::SLOTS.trailing_zeros())) as usize
+    }
+}
+
+#[cfg(test)]
+mod interner_tests {
+    use super::*;
+
+    #[test]
+    fn interned_ids_share_memory_and_every_id_comes_back_equal() {
+        let mut interner = Interner::default();
+        let ids: Vec<String> = (0..2000)
+            .map(|i| format!("wmAJ2GCAAAme1XQRC-{i}"))
+            .collect();
+        // 100 customers in 256 slots: most come back as the same allocation the second time.
+        let first: Vec<Arc<str>> = ids[..100].iter().map(|id| interner.intern(id)).collect();
+        let shared = ids[..100]
+            .iter()
+            .zip(&first)
+            .filter(|(id, a)| Arc::ptr_eq(a, &interner.intern(id)))
+            .count();
+        assert!(shared > 50, "{shared} of 100 shared");
+        let first = interner.intern("wkAJ2GCAAAZSfhHCt7IFSvLKtMPxyJTw");
+        let again = interner.intern("wkAJ2GCAAAZSfhHCt7IFSvLKtMPxyJTw");
+        assert!(Arc::ptr_eq(&first, &again));
+        // Far more ids than slots: collisions evict, results stay exact.
+        for id in &ids {
+            assert_eq!(&*interner.intern(id), id.as_str());
+        }
+        assert_eq!(&*interner.intern(""), "");
     }
 }

@@ -294,7 +294,12 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let _ = serde_json::from_slice::<SyncMsgResponse>(&bytes);
+        let serde = serde_json::from_slice::<SyncMsgResponse>(&bytes);
+        let fast = SyncMsgResponse::from_slice(&bytes);
+        prop_assert_eq!(serde.is_ok(), fast.is_ok());
+        if let (Ok(serde), Ok(fast)) = (serde, fast) {
+            prop_assert_eq!(serde, fast);
+        }
         if let Ok(text) = std::str::from_utf8(&bytes) {
             let _ = Message::from_json(text);
         }
@@ -307,6 +312,14 @@ proptest! {
             .or_else(|_| serde_json::from_str(&body.to_string()))
             .unwrap();
         prop_assert_eq!(page.msg_list.len() + page.invalid.len(), values.len());
+        // The three entry points agree on any page: the fast decoder, the serde path (which
+        // reaches the fast decoder) and the general path alone.
+        let text = body.to_string();
+        let fast = SyncMsgResponse::from_slice(text.as_bytes()).unwrap();
+        let serde: SyncMsgResponse = serde_json::from_slice(text.as_bytes()).unwrap();
+        let general = SyncMsgResponse::from_slice_general(text.as_bytes()).unwrap();
+        prop_assert_eq!(&fast, &serde);
+        prop_assert_eq!(&fast, &general);
     }
 }
 

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -98,12 +98,27 @@ impl InvalidItem {
 impl SyncMsgResponse {
     /// Decodes a response body. Equivalent to `serde_json::from_slice`, but faster: the
     /// messages share one copy of the body for their raw JSON instead of one copy each.
+    ///
+    /// `serde_json::from_slice::<SyncMsgResponse>` (what reqwest's `.json()` calls) reaches the
+    /// same decoder; see the [`Deserialize`] impl.
     pub fn from_slice(body: &[u8]) -> serde_json::Result<Self> {
         match simdutf8::basic::from_utf8(body) {
             Ok(text) => Self::from_shared(Arc::from(text)),
             // Let serde_json report where the bad byte is.
-            Err(_) => serde_json::from_slice(body),
+            Err(_) => Self::from_slice_general(body),
         }
+    }
+
+    /// Decodes a response body with the general serde path only: every item through
+    /// [`Message::from_raw`], no structural scanner, no fast item parser. The same results as
+    /// [`SyncMsgResponse::from_slice`], slower; kept callable so that the differential tests and
+    /// the fuzz target can hold the two to each other.
+    #[doc(hidden)]
+    pub fn from_slice_general(body: &[u8]) -> serde_json::Result<Self> {
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let response = de.deserialize_map(ResponseVisitor { raw_text: false })?;
+        de.end()?;
+        Ok(response)
     }
 
     /// Decodes a response body; see [`SyncMsgResponse::from_slice`].
@@ -114,8 +129,9 @@ impl SyncMsgResponse {
     fn from_shared(text: Arc<str>) -> serde_json::Result<Self> {
         match Self::from_scanned(&text) {
             Some(result) => result,
-            // Structurally broken: let serde_json say where, through the plain path.
-            None => serde_json::from_str(&text),
+            // Structurally broken: let serde_json say where, through the plain path (not
+            // through `Deserialize`, which would come back here).
+            None => Self::from_slice_general(text.as_bytes()),
         }
     }
 
@@ -193,13 +209,63 @@ fn decode_items(
     })
 }
 
+/// serde_json's name for its raw-value newtype (feature `raw_value`, which this crate enables
+/// for `RawValue`): a `Deserializer` from serde_json asked for a newtype struct of this name
+/// checks the value's syntax and hands over its text as a one-entry map under this key. The
+/// name is not exported; should it ever change, serde_json would call `visit_newtype_struct`
+/// instead and decoding would take the general path, with the same results (the test
+/// `serde_json_from_slice_reaches_the_fast_decoder` would notice the slowdown).
+const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+
+/// Deserializing from serde_json (`serde_json::from_slice`, `from_str`, `from_reader`,
+/// `from_value`, reqwest's `.json()`) takes the body's text and runs the fast decoder of
+/// [`SyncMsgResponse::from_json`] on it: the text is first checked by serde_json as one value
+/// (a skim, no allocation), then decoded once. The results are identical to
+/// [`SyncMsgResponse::from_slice`] (same messages, same invalid items; only the positions in
+/// error messages may differ).
+///
+/// Any other `Deserializer` (a serde `Content` buffer inside `#[serde(flatten)]` or an untagged
+/// enum, `serde_yaml`, …) is read field by field through the general path, each `msg_list` item
+/// through [`Message::from_raw`]; items are kept raw as JSON, so such a deserializer must be
+/// able to produce a [`RawValue`] (only serde_json's own can): otherwise a non-empty `msg_list`
+/// is an error. Decode the body with serde_json, or with [`SyncMsgResponse::from_slice`].
 impl<'de> Deserialize<'de> for SyncMsgResponse {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(ResponseVisitor)
+        deserializer.deserialize_newtype_struct(RAW_VALUE_TOKEN, ResponseVisitor { raw_text: true })
     }
 }
 
-struct ResponseVisitor;
+/// Reads a response object; `raw_text`: the object may be serde_json's raw-value map.
+struct ResponseVisitor {
+    raw_text: bool,
+}
+
+/// The body's text as serde_json hands it over: borrowed from the input when it can be.
+struct RawBody;
+
+impl<'de> DeserializeSeed<'de> for RawBody {
+    type Value = SyncMsgResponse;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<SyncMsgResponse, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for RawBody {
+    type Value = SyncMsgResponse;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the JSON text of a kf/sync_msg response")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<SyncMsgResponse, E> {
+        SyncMsgResponse::from_json(text).map_err(E::custom)
+    }
+
+    fn visit_string<E: de::Error>(self, text: String) -> Result<SyncMsgResponse, E> {
+        SyncMsgResponse::from_shared(Arc::from(text)).map_err(E::custom)
+    }
+}
 
 impl<'de> Visitor<'de> for ResponseVisitor {
     type Value = SyncMsgResponse;
@@ -208,9 +274,27 @@ impl<'de> Visitor<'de> for ResponseVisitor {
         f.write_str("a kf/sync_msg response object")
     }
 
+    /// A deserializer that does not know the raw-value name: read the object field by field.
+    fn visit_newtype_struct<D: Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<SyncMsgResponse, D::Error> {
+        deserializer.deserialize_map(ResponseVisitor { raw_text: false })
+    }
+
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SyncMsgResponse, A::Error> {
         let mut response = SyncMsgResponse::default();
+        let mut first = self.raw_text;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if std::mem::take(&mut first) && key == RAW_VALUE_TOKEN {
+                // serde_json handing over the body's text (see `RAW_VALUE_TOKEN`).
+                let response = map.next_value_seed(RawBody)?;
+                // Its raw-value map has exactly one entry; drain it all the same.
+                while map.next_key::<IgnoredAny>()?.is_some() {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                return Ok(response);
+            }
             match key.as_ref() {
                 "errcode" => response.errcode = map.next_value()?,
                 "errmsg" => {
@@ -353,5 +437,90 @@ impl Serialize for SyncMsgResponse {
         map.serialize_entry("has_more", &u8::from(self.has_more))?;
         map.serialize_entry("msg_list", &List(self))?;
         map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: &str = r#"{"errcode":0,"errmsg":"ok","next_cursor":"c2","has_more":1,"msg_list":[
+        {"msgid":"m1","send_time":1,"origin":3,"msgtype":"text","text":{"content":"hi"}},
+        {"msgid":"m2","send_time":2,"origin":3,"msgtype":"msgmenu","msgmenu":{"list":[]}},
+        {"msgid":"m3","send_time":3,"origin":3,"msgtype":"location","location":{"latitude":"north"}}
+    ]}"#;
+
+    /// Messages decoded by the fast decoder share the page's text; the general path gives each
+    /// message its own copy. So shared text proves which decoder ran.
+    fn shares_one_buffer(page: &SyncMsgResponse) -> bool {
+        let [first, second] = [&page.msg_list[0], &page.msg_list[1]];
+        let (a, b) = (
+            first.raw().as_ptr() as usize,
+            second.raw().as_ptr() as usize,
+        );
+        let (pa, pb) = (
+            PAGE.find(first.raw()).unwrap(),
+            PAGE.find(second.raw()).unwrap(),
+        );
+        b.wrapping_sub(a) == pb - pa
+    }
+
+    #[test]
+    fn serde_json_from_slice_reaches_the_fast_decoder() {
+        let fast = SyncMsgResponse::from_slice(PAGE.as_bytes()).unwrap();
+        assert!(shares_one_buffer(&fast));
+        let serde: SyncMsgResponse = serde_json::from_slice(PAGE.as_bytes()).unwrap();
+        assert!(shares_one_buffer(&serde));
+        let from_str: SyncMsgResponse = serde_json::from_str(PAGE).unwrap();
+        assert!(shares_one_buffer(&from_str));
+        let from_reader: SyncMsgResponse = serde_json::from_reader(PAGE.as_bytes()).unwrap();
+        assert!(shares_one_buffer(&from_reader));
+        let general = SyncMsgResponse::from_slice_general(PAGE.as_bytes()).unwrap();
+        assert!(!shares_one_buffer(&general));
+        for page in [&serde, &from_str, &from_reader, &general] {
+            assert_eq!(page, &fast);
+        }
+        assert_eq!(fast.msg_list.len(), 2);
+        assert_eq!(fast.invalid[0].error.path, "location.latitude");
+    }
+
+    #[test]
+    fn a_serde_json_value_decodes_through_the_same_decoder() {
+        let value: serde_json::Value = serde_json::from_str(PAGE).unwrap();
+        let page: SyncMsgResponse = serde_json::from_value(value).unwrap();
+        assert_eq!(page.msg_list.len(), 2);
+        assert_eq!(page.invalid.len(), 1);
+        assert_eq!(page.next_cursor, "c2");
+    }
+
+    #[test]
+    fn the_serde_path_rejects_what_from_slice_rejects() {
+        for body in [
+            &b"{\"errcode\":0,\"msg_list\":[}"[..],
+            b"{\"errcode\":\"x\",\"msg_list\":[]}",
+            b"{\"errcode\":0} trailing",
+            b"[1]",
+            b"{\"errcode\":0,\"errmsg\":\"\xff\"}",
+        ] {
+            assert!(SyncMsgResponse::from_slice(body).is_err());
+            assert!(serde_json::from_slice::<SyncMsgResponse>(body).is_err());
+            assert!(SyncMsgResponse::from_slice_general(body).is_err());
+        }
+    }
+
+    /// A deserializer that is not serde_json's (here serde's buffer behind an untagged enum)
+    /// reads the envelope field by field; items need a `RawValue`, which only serde_json makes.
+    #[test]
+    fn other_deserializers_take_the_general_path() {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Body {
+            Page(SyncMsgResponse),
+        }
+        let empty = r#"{"errcode":0,"errmsg":"ok","next_cursor":"c2","has_more":1,"msg_list":[]}"#;
+        let Body::Page(page) = serde_json::from_str(empty).unwrap();
+        assert_eq!(page.next_cursor, "c2");
+        assert!(page.has_more);
+        assert!(serde_json::from_str::<Body>(PAGE).is_err());
     }
 }

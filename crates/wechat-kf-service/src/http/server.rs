@@ -66,6 +66,9 @@ struct Conn {
     id: u64,
     /// Requests whose headers arrived and whose handler has not answered yet.
     in_flight: AtomicUsize,
+    /// Of those, the requests whose body is still arriving: the client, not the service, is
+    /// what they wait for, so at the cap such a connection may be closed like an idle one.
+    receiving: AtomicUsize,
     /// Requests served so far (0: still waiting for the first request's headers).
     served: AtomicU64,
     /// Milliseconds since [`Connections::epoch`] when the connection opened or last went idle.
@@ -91,8 +94,9 @@ impl Connections {
     }
 
     /// Registers a new connection, closing the oldest one without a request in flight when at
-    /// the cap; `None` when every open connection has a request in flight (the new one is
-    /// refused).
+    /// the cap (else the oldest one still receiving a request body: a client sending slowly
+    /// must not hold a slot the service needs); `None` when every open connection has a request
+    /// the service is working on (the new one is refused).
     fn admit(&self) -> Option<Arc<Conn>> {
         let max = self.limits.max_connections;
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
@@ -106,9 +110,15 @@ impl Connections {
             }
             let victim = open
                 .values()
-                .filter(|c| c.in_flight.load(Ordering::Relaxed) == 0)
-                .min_by_key(|c| c.idle_since_ms.load(Ordering::Relaxed))
-                .map(|c| c.id);
+                .filter_map(|c| {
+                    let idle = c.in_flight.load(Ordering::Relaxed) == 0;
+                    let receiving = c.receiving.load(Ordering::Relaxed) > 0;
+                    // Idle ones first, then those waiting for their client's body.
+                    (idle || receiving)
+                        .then(|| (!idle, c.idle_since_ms.load(Ordering::Relaxed), c.id))
+                })
+                .min()
+                .map(|(_, _, id)| id);
             let Some(victim) = victim else {
                 Metrics::add(&self.metrics.connections_refused, 1);
                 return None;
@@ -127,6 +137,7 @@ impl Connections {
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             in_flight: AtomicUsize::new(0),
+            receiving: AtomicUsize::new(0),
             served: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(self.now_ms()),
             evict: CancellationToken::new(),
@@ -260,10 +271,12 @@ async fn connection(
         hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let busy = Busy::start(conn.clone(), connections.clone());
             let router = router.clone();
+            let conn = conn.clone();
             async move {
                 // The body must arrive within the read timeout of the headers.
-                let request =
-                    request.map(|body| Body::new(Deadline::new(Body::new(body), read_timeout)));
+                let receiving = (!request.body().is_end_stream()).then(|| Receiving::start(&conn));
+                let request = request
+                    .map(|body| Body::new(Deadline::new(Body::new(body), read_timeout, receiving)));
                 let response = router.oneshot(request).await;
                 drop(busy);
                 response
@@ -327,17 +340,36 @@ pub(crate) fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool
     false
 }
 
+/// A request body still arriving on its connection ([`Conn::receiving`]) until dropped.
+struct Receiving(Arc<Conn>);
+
+impl Receiving {
+    fn start(conn: &Arc<Conn>) -> Receiving {
+        conn.receiving.fetch_add(1, Ordering::Relaxed);
+        Receiving(conn.clone())
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.0.receiving.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A request body that fails with [`BodyTimeout`] unless it ends before its deadline.
 struct Deadline {
     inner: Body,
     sleep: Pin<Box<Sleep>>,
+    /// Dropped when the body has arrived (or failed).
+    receiving: Option<Receiving>,
 }
 
 impl Deadline {
-    fn new(inner: Body, timeout: Duration) -> Deadline {
+    fn new(inner: Body, timeout: Duration, receiving: Option<Receiving>) -> Deadline {
         Deadline {
             inner,
             sleep: Box::pin(tokio::time::sleep(timeout)),
+            receiving,
         }
     }
 }
@@ -352,6 +384,9 @@ impl HttpBody for Deadline {
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            if !matches!(frame, Some(Ok(_))) || this.inner.is_end_stream() {
+                this.receiving = None;
+            }
             return Poll::Ready(frame);
         }
         match this.sleep.as_mut().poll(cx) {
@@ -498,6 +533,35 @@ mod tests {
         // Half-sent connections were closed to make room, the oldest first.
         assert_eq!(read_to_close(&mut held[0]).await, "");
         assert!(metrics.connections_shed.load(Ordering::Relaxed) >= 1);
+        shutdown.cancel();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_bodies_that_never_finish_make_room_too_so_health_still_answers() {
+        let mut limits = limits();
+        limits.read_timeout = Duration::from_secs(30);
+        let (addr, shutdown, metrics, server) = start(limits).await;
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            // Headers complete, the body cut short: the handler is reading it.
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream
+                .write_all(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123")
+                .await
+                .unwrap();
+            held.push(stream);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Every handler is reading its body by now.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for _ in 0..10 {
+            let answer = get_healthz(addr).await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        }
+        assert_eq!(metrics.connections_refused.load(Ordering::Relaxed), 0);
+        assert!(metrics.connections_shed.load(Ordering::Relaxed) >= 1);
+        read_to_close(&mut held[0]).await;
         shutdown.cancel();
         server.await.unwrap();
     }

@@ -510,26 +510,31 @@ mod tests {
         server.await.unwrap();
     }
 
+    /// Opens the cap's 4 connections, each sending `partial` (accepted in order, so the first
+    /// is the oldest), then checks that `/healthz` still answers 10 times.
+    async fn fill_the_cap(addr: std::net::SocketAddr, partial: &[u8]) -> Vec<TcpStream> {
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(partial).await.unwrap();
+            held.push(stream);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Every request has reached its handler (or its headers are pending) by now.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for _ in 0..10 {
+            let answer = get_healthz(addr).await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        }
+        held
+    }
+
     #[tokio::test]
     async fn at_the_cap_the_oldest_idle_connection_makes_room_so_health_still_answers() {
         let mut limits = limits();
         limits.read_timeout = Duration::from_secs(30);
         let (addr, shutdown, metrics, server) = start(limits).await;
-        let mut held = Vec::new();
-        for _ in 0..4 {
-            let mut stream = TcpStream::connect(addr).await.unwrap();
-            stream
-                .write_all(b"GET /healthz HTTP/1.1\r\n")
-                .await
-                .unwrap();
-            held.push(stream);
-            // Accepted in order, so the first is the oldest.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        for _ in 0..10 {
-            let answer = get_healthz(addr).await;
-            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-        }
+        let mut held = fill_the_cap(addr, b"GET /healthz HTTP/1.1\r\n").await;
         // Half-sent connections were closed to make room, the oldest first.
         assert_eq!(read_to_close(&mut held[0]).await, "");
         assert!(metrics.connections_shed.load(Ordering::Relaxed) >= 1);
@@ -542,23 +547,9 @@ mod tests {
         let mut limits = limits();
         limits.read_timeout = Duration::from_secs(30);
         let (addr, shutdown, metrics, server) = start(limits).await;
-        let mut held = Vec::new();
-        for _ in 0..4 {
-            // Headers complete, the body cut short: the handler is reading it.
-            let mut stream = TcpStream::connect(addr).await.unwrap();
-            stream
-                .write_all(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123")
-                .await
-                .unwrap();
-            held.push(stream);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        // Every handler is reading its body by now.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        for _ in 0..10 {
-            let answer = get_healthz(addr).await;
-            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-        }
+        // Headers complete, the body cut short: the handler is reading it.
+        let partial = b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123";
+        let mut held = fill_the_cap(addr, partial).await;
         assert_eq!(metrics.connections_refused.load(Ordering::Relaxed), 0);
         assert!(metrics.connections_shed.load(Ordering::Relaxed) >= 1);
         read_to_close(&mut held[0]).await;

@@ -104,8 +104,11 @@ impl SyncMsgResponse {
     pub fn from_slice(body: &[u8]) -> serde_json::Result<Self> {
         match simdutf8::basic::from_utf8(body) {
             Ok(text) => Self::from_shared(Arc::from(text)),
-            // Let serde_json report where the bad byte is.
-            Err(_) => Self::from_slice_general(body),
+            // Not UTF-8, so not JSON, even where the bad byte sits in a value nobody reads
+            // (which serde_json skips unchecked). Parsing it as a `Value` says where.
+            Err(_) => Err(serde_json::from_slice::<serde_json::Value>(body)
+                .err()
+                .unwrap_or_else(|| de::Error::custom("the body is not UTF-8"))),
         }
     }
 
@@ -148,9 +151,12 @@ impl SyncMsgResponse {
         })
         .ok()?;
         for (key, value) in fields {
-            let key: std::borrow::Cow<'_, str> = match key.contains('\\') {
-                false => key[1..key.len() - 1].into(),
-                true => match serde_json::from_str(key) {
+            // serde_json reads an escaped key, and refuses a raw control character in one (the
+            // scanner only finds the key's extent).
+            let plain = !key.contains('\\') && !key.bytes().any(|b| b < 0x20);
+            let key: std::borrow::Cow<'_, str> = match plain {
+                true => key[1..key.len() - 1].into(),
+                false => match serde_json::from_str(key) {
                     Ok(key) => key,
                     Err(error) => return Some(Err(error)),
                 },
@@ -501,11 +507,23 @@ mod tests {
             b"{\"errcode\":0} trailing",
             b"[1]",
             b"{\"errcode\":0,\"errmsg\":\"\xff\"}",
+            // A raw control character in a key (found by the fuzzer): the scanner only finds
+            // the key's extent, serde_json refuses it.
+            b"{\"msg_l\x1dst\":[],\"has_more\":0}",
         ] {
             assert!(SyncMsgResponse::from_slice(body).is_err());
             assert!(serde_json::from_slice::<SyncMsgResponse>(body).is_err());
             assert!(SyncMsgResponse::from_slice_general(body).is_err());
         }
+    }
+
+    /// Found by the fuzzer: serde_json skips an unread string without checking its UTF-8, so
+    /// the general path alone would take this body; `from_slice` and the serde path refuse it.
+    #[test]
+    fn bytes_that_are_not_utf8_are_refused_even_where_nobody_reads_them() {
+        let body = b"{\"errcode\":0,\"other\":[\"\x93\"],\"has_more\":0}";
+        assert!(SyncMsgResponse::from_slice(body).is_err());
+        assert!(serde_json::from_slice::<SyncMsgResponse>(body).is_err());
     }
 
     /// A deserializer that is not serde_json's (here serde's buffer behind an untagged enum)

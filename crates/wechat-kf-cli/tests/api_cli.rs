@@ -708,6 +708,7 @@ async fn store_with_customer(
             skip_before: None,
             catch_up_before: None,
             actions: Vec::new(),
+            turns: Default::default(),
         })
         .await
         .unwrap();

@@ -49,6 +49,7 @@
 
 mod clock;
 pub mod config;
+mod conversation;
 mod delivery;
 mod error;
 mod http;

@@ -147,6 +147,8 @@ pub struct Metrics {
     first_start_skipped: Family,
     send_refused: Family,
     handoffs: Family,
+    stage_messages: Family,
+    survey_ratings: Family,
     media_downloads: Family,
     media_uploads: Family,
     voice_conversions: Family,
@@ -233,6 +235,20 @@ impl Metrics {
     pub fn handoff(&self, trigger: &str, result: &str) {
         self.handoffs
             .add(&[("trigger", trigger), ("result", result)], 1);
+    }
+
+    /// Counts a stage message (`stage`: `welcome`, `queue`, `connect`, `end`; `result`: `sent`,
+    /// `failed`, `expired` (the code's time ran out before it could be tried) or `no_code`
+    /// (the event carried none: the admin configured WeChat's own message)).
+    pub fn stage_message(&self, stage: &str, result: &str) {
+        self.stage_messages
+            .add(&[("stage", stage), ("result", result)], 1);
+    }
+
+    /// Counts a customer's answer to the satisfaction survey (`choice`: its index).
+    pub fn survey_rating(&self, open_kfid: &OpenKfId, choice: &str) {
+        self.survey_ratings
+            .add(&[("open_kfid", open_kfid.as_str()), ("choice", choice)], 1);
     }
 
     /// Counts a media download (`result`: `ok`, `failed` or `too_large`).
@@ -440,6 +456,16 @@ impl Metrics {
             &mut out,
             "wechat_kf_handoffs_total",
             "service_state/trans handoffs by trigger and result.",
+        );
+        self.stage_messages.render(
+            &mut out,
+            "wechat_kf_stage_messages_total",
+            "Welcome, queue, connect and end messages (send_msg_on_event) by stage and result.",
+        );
+        self.survey_ratings.render(
+            &mut out,
+            "wechat_kf_survey_ratings_total",
+            "Answers to the satisfaction survey by account and choice (index).",
         );
         self.media_downloads.render(
             &mut out,

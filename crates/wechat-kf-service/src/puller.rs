@@ -41,7 +41,8 @@ use wechat_kf::message::{InvalidItem, Message, MessageContent, Origin};
 use wechat_kf::{MsgId, OpenKfId};
 
 use crate::clock::Clock;
-use crate::config::{FirstStart, HandoffConfig, PullConfig};
+use crate::config::{ConversationConfig, FirstStart, HandoffConfig, PullConfig};
+use crate::conversation::stage_actions;
 use crate::delivery::DeliveryQueue;
 use crate::ids::{IdKind, check};
 use crate::media_lanes::MediaLanes;
@@ -49,7 +50,10 @@ use crate::metrics::Metrics;
 use crate::readiness::{self, Readiness};
 use crate::replies::{Transfer, new_msgid};
 use crate::retry::{backoff, jitter, window_wait};
-use crate::store::{NewMessage, NewReply, PageWrite, Payload, ReplyEndpoint, Store, is_skipped};
+use crate::store::{
+    NewMessage, NewReply, NoReply, PageWrite, Payload, ReplyEndpoint, SURVEY_MENU_PREFIX, Store,
+    StoredMessage, TurnRules, is_skipped,
+};
 
 /// An account's wake-up slot.
 #[derive(Debug, Default)]
@@ -103,6 +107,8 @@ pub(crate) struct PullContext {
     /// When the service started, on WeChat's clock (the `from-now` threshold).
     pub(crate) started_at: i64,
     pub(crate) handoff: HandoffConfig,
+    /// Whose turn it is (`[conversation]`).
+    pub(crate) conversation: Arc<ConversationConfig>,
     /// With media downloads: holds a customer's messages behind its media.
     pub(crate) media: Option<Arc<MediaLanes>>,
     /// Wakes the reply sender (keyword handoffs were queued).
@@ -547,6 +553,28 @@ fn handoffs(
     out
 }
 
+/// Counts the customers' answers to the satisfaction survey among newly stored messages.
+fn count_survey_answers(metrics: &Metrics, open_kfid: &OpenKfId, stored: &[StoredMessage]) {
+    for m in stored {
+        if m.turn.no_reply != Some(NoReply::SurveyAnswer) {
+            continue;
+        }
+        let Some(Payload::Message(message)) = &m.payload else {
+            continue;
+        };
+        if let MessageContent::Text(text) = message.content() {
+            let choice = text
+                .menu_id
+                .as_deref()
+                .and_then(|id| id.strip_prefix(SURVEY_MENU_PREFIX))
+                .and_then(|i| i.parse::<u8>().ok());
+            if let Some(choice) = choice {
+                metrics.survey_rating(open_kfid, &choice.to_string());
+            }
+        }
+    }
+}
+
 /// Pulls until `has_more` is 0, a non-retryable error, or shutdown.
 async fn pull_round(
     ctx: &PullContext,
@@ -695,7 +723,14 @@ async fn pull_round(
             std::mem::take(&mut page.messages),
             std::mem::take(&mut page.invalid),
         );
-        let actions = handoffs(&ctx.handoff, open_kfid, &messages, skip_before);
+        let mut actions = handoffs(&ctx.handoff, open_kfid, &messages, skip_before);
+        let (stage_replies, stage_counts) = stage_actions(
+            ctx.conversation.stages(open_kfid.as_str()),
+            open_kfid,
+            &messages,
+            skip_before,
+        );
+        actions.extend(stage_replies);
         let queued_actions = !actions.is_empty();
         let invalid = messages.iter().filter(|m| m.decode_error.is_some()).count();
         // The page's messages and its cursor in the store's one transaction; the library's
@@ -711,6 +746,10 @@ async fn pull_round(
                     skip_before,
                     catch_up_before: if has_more { skip_before } else { None },
                     actions,
+                    turns: TurnRules {
+                        now_secs: Some(ctx.clock.now_u64()),
+                        while_human: ctx.conversation.while_human(open_kfid.as_str()),
+                    },
                 };
                 ctx.store.commit_page(write)
             })
@@ -739,6 +778,10 @@ async fn pull_round(
         if queued_actions {
             ctx.replies.notify_one();
         }
+        for _ in 0..stage_counts.welcome_without_code {
+            ctx.metrics.stage_message("welcome", "no_code");
+        }
+        count_survey_answers(&ctx.metrics, open_kfid, &outcome.stored);
         if let Some(c) = catch_up.as_mut() {
             c.skipped += outcome.skipped as u64;
             c.delivered += outcome.stored.len() as u64;

@@ -24,11 +24,12 @@ use wechat_kf::session::ServiceState;
 
 use crate::clock::Clock;
 use crate::config::JoinerConfig;
+use crate::conversation::{Greeter, StageMeta, wants_names};
 use crate::error::safe_error;
 use crate::metrics::Metrics;
 use crate::replies::{
-    OnEvent, ReplyOrigin, SendMsg, Transfer, parse_on_event, parse_send_msg, parse_transfer,
-    result_head,
+    OnEvent, ReplyOrigin, SendMsg, Transfer, outbound_from_json, parse_on_event, parse_send_msg,
+    parse_transfer, result_head,
 };
 use crate::retry::{backoff, jitter};
 use crate::send_policy::{Gate, SendOutcome, refusal_json};
@@ -56,17 +57,19 @@ fn sent_by_an_earlier_attempt(error: &wechat_kf::client::Error, attempts: u32) -
 
 /// What a transfer did.
 pub(crate) struct Transferred {
-    /// The code WeChat returned (unless it was used for `message`).
+    /// The code WeChat returned (unless it was used for the message).
     pub(crate) msg_code: Option<String>,
-    /// Whether `message` went out with the code.
+    /// Whether a message went out with the code.
     pub(crate) message_sent: bool,
 }
 
-/// `service_state/trans`, then the view learns the state, then (with `message` and a code) the
-/// queue / connect text goes out with `send_msg_on_event`.
+/// `service_state/trans`, then the view learns the state, then (with a message: the
+/// transfer's own, else the configured queue / connect / end message) it goes out with the
+/// code the transfer returned (`send_msg_on_event`).
 pub(crate) async fn transfer_and_greet(
     client: &Client,
     gate: Option<&Gate>,
+    greeter: &Greeter,
     metrics: &Metrics,
     transfer: &Transfer,
     trigger: &'static str,
@@ -105,16 +108,36 @@ pub(crate) async fn transfer_and_greet(
         )
         .await;
     }
-    let (Some(message), Some(code_value)) = (&transfer.message, &code) else {
+    let greeting =
+        greeter.transfer_message(&transfer.open_kfid, target, transfer.message.as_deref());
+    let (Some((stage, mut message)), Some(code_value)) = (greeting, &code) else {
         return Ok(Transferred {
             msg_code: code,
             message_sent: false,
         });
     };
-    let request =
-        SendMsgOnEventRequest::new(code_value.as_str(), OutboundMessage::text(message.as_str()));
+    greeter
+        .fill(
+            client,
+            &transfer.open_kfid,
+            &transfer.external_userid,
+            &mut message,
+        )
+        .await;
+    let outbound = match outbound_from_json(message.as_object().unwrap_or(&Default::default())) {
+        Ok(outbound) => outbound,
+        Err(e) => {
+            tracing::warn!(error = e, "the transfer's message could not be built");
+            return Ok(Transferred {
+                msg_code: code,
+                message_sent: false,
+            });
+        }
+    };
+    let request = SendMsgOnEventRequest::new(code_value.as_str(), outbound);
     match client.messages().send_on_event(request).await {
         Ok(_) => {
+            metrics.stage_message(stage, "sent");
             if let Some(gate) = gate {
                 let at = gate.clock.now_u64();
                 gate.update(
@@ -134,6 +157,7 @@ pub(crate) async fn transfer_and_greet(
         }
         Err(e) => {
             metrics.api_error("kf/send_msg_on_event", &e);
+            metrics.stage_message(stage, "failed");
             tracing::warn!(error = %safe_error(&e), "the transfer's message could not be sent");
             Ok(Transferred {
                 msg_code: code,
@@ -156,12 +180,15 @@ pub(crate) struct ReplySender {
     pub(crate) retry_max: Duration,
     /// Due times and retry deadlines are on the service's own clock.
     pub(crate) clock: Clock,
+    /// The stage messages of transfers, and names for placeholders.
+    pub(crate) greeter: Arc<Greeter>,
 }
 
 /// A queued reply read back.
 enum Parsed {
     Send(SendMsg),
-    OnEvent(OnEvent),
+    /// A `send_msg_on_event` body; a stage message's meta and the body (to fill names in).
+    OnEvent(OnEvent, Option<(StageMeta, Value)>),
     Trans(Transfer, &'static str),
     Bad(String),
 }
@@ -177,7 +204,10 @@ fn parse_record(record: &ReplyRecord) -> Parsed {
             Err(e) => Parsed::Bad(e),
         },
         ReplyEndpoint::SendMsgOnEvent => match parse_on_event(&value) {
-            Ok(p) => Parsed::OnEvent(p),
+            Ok(p) => {
+                let stage = StageMeta::of_body(&value).map(|meta| (meta, value));
+                Parsed::OnEvent(p, stage)
+            }
             Err(e) => Parsed::Bad(e),
         },
         ReplyEndpoint::Trans => match parse_transfer(&value) {
@@ -274,7 +304,9 @@ impl ReplySender {
         while let Some((record, parsed)) = items.pop() {
             let outcomes = match parsed {
                 Parsed::Bad(error) => vec![self.failed(&record, error, None)],
-                Parsed::OnEvent(event) => vec![self.send_on_event(&record, event).await],
+                Parsed::OnEvent(event, stage) => {
+                    vec![self.send_on_event(&record, event, stage).await]
+                }
                 Parsed::Trans(transfer, trigger) => {
                     vec![self.transfer(&record, &transfer, trigger).await]
                 }
@@ -461,21 +493,63 @@ impl ReplySender {
         }
     }
 
-    async fn send_on_event(&self, record: &ReplyRecord, event: OnEvent) -> ReplyOutcome {
-        let result = self.client.messages().send_on_event(event.request).await;
-        let mut r = result_head(
+    /// Sends a `send_msg_on_event` body. A stage message (the service's own welcome, connect or
+    /// end) whose code has expired is not tried; its `{nickname}` and `{account}` are filled
+    /// in first.
+    async fn send_on_event(
+        &self,
+        record: &ReplyRecord,
+        mut event: OnEvent,
+        stage: Option<(StageMeta, Value)>,
+    ) -> ReplyOutcome {
+        let r = result_head(
             ReplyOrigin {
                 delivery_id: record.delivery_id.as_deref(),
                 position: record.position,
             },
             Some(event.msgid.as_str()),
         );
+        let stage_name = stage.as_ref().map(|(meta, _)| meta.stage.clone());
+        if let Some((meta, mut body)) = stage {
+            if meta.expired(self.gate.clock.now_u64() as i64) {
+                self.metrics.stage_message(&meta.stage, "expired");
+                tracing::warn!(
+                    open_kfid = meta.open_kfid.as_str(),
+                    stage = meta.stage.as_str(),
+                    "the code of a stage message expired before it could be sent; not tried"
+                );
+                return self.failed(record, "code_expired".into(), Some(r));
+            }
+            if wants_names(&body) {
+                self.greeter
+                    .fill(
+                        &self.client,
+                        &meta.open_kfid,
+                        &meta.external_userid,
+                        &mut body,
+                    )
+                    .await;
+                match parse_on_event(&body) {
+                    Ok(filled) => event = filled,
+                    Err(e) => return self.failed(record, e, Some(r)),
+                }
+            }
+        }
+        let result = self.client.messages().send_on_event(event.request).await;
+        let mut r = r;
         match result {
             Err(e) if !sent_by_an_earlier_attempt(&e, record.attempts) => {
                 self.metrics.api_error("kf/send_msg_on_event", &e);
-                self.retry_or_fail(record, e, r)
+                let outcome = self.retry_or_fail(record, e, r);
+                if let (Some(stage), ReplyOutcome::Finished { .. }) = (&stage_name, &outcome) {
+                    self.metrics.stage_message(stage, "failed");
+                }
+                outcome
             }
             _ => {
+                if let Some(stage) = &stage_name {
+                    self.metrics.stage_message(stage, "sent");
+                }
                 Metrics::add(&self.metrics.replies_sent, 1);
                 r.insert("status".into(), json!("sent"));
                 ReplyOutcome::Finished {
@@ -508,6 +582,7 @@ impl ReplySender {
         match transfer_and_greet(
             &self.client,
             Some(&self.gate),
+            &self.greeter,
             &self.metrics,
             transfer,
             trigger,

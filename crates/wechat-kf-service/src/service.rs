@@ -17,6 +17,7 @@ use wechat_kf::crypto::CallbackCrypto;
 
 use crate::clock::Clock;
 use crate::config::{Config, Secret};
+use crate::conversation::Greeter;
 use crate::delivery::Deliverer;
 use crate::delivery::sink::Sink;
 use crate::error::Error;
@@ -256,6 +257,8 @@ impl Service {
         ));
         let shutdown = CancellationToken::new();
         let reply_wake = Arc::new(Notify::new());
+        let conversation = Arc::new(config.conversation.clone());
+        let greeter = Arc::new(Greeter::new(conversation.clone()));
         let target = Sink::new(&config.webhook, config.sandbox.echo)?;
         let (deliverer, queue, incoming) = Deliverer::recover(
             store.clone(),
@@ -280,6 +283,7 @@ impl Service {
             clock: clock.clone(),
             started_at,
             handoff: config.handoff.clone(),
+            conversation: conversation.clone(),
             media: media.clone().map(|fetcher| {
                 MediaLanes::new(fetcher, store.clone(), queue.clone(), shutdown.clone())
             }),
@@ -299,6 +303,7 @@ impl Service {
             client: client.clone(),
             store: store.clone(),
             gate: gate.clone(),
+            greeter: greeter.clone(),
             metrics: metrics.clone(),
             pullers: pullers.clone(),
             clock: clock.clone(),
@@ -356,6 +361,7 @@ impl Service {
                 retry_initial: Duration::from_secs(1),
                 retry_max: Duration::from_secs(300),
                 clock: clock.clone(),
+                greeter: greeter.clone(),
             }
             .run(shutdown.clone()),
         );

@@ -40,7 +40,7 @@ pub use wechat_kf::voice::Target as VoiceTarget;
 use wechat_kf::{OpenKfId, UserId};
 
 use crate::error::Error;
-use crate::store::Synchronous;
+use crate::store::{Synchronous, WhileHuman};
 
 mod de;
 mod sources;
@@ -76,6 +76,9 @@ pub struct Config {
     pub api: ApiConfig,
     /// Automatic handoff to a human (`[handoff]`).
     pub handoff: HandoffConfig,
+    /// Whose turn it is in a conversation, and the message of every stage
+    /// (`[conversation]`).
+    pub conversation: ConversationConfig,
     /// Joining consecutive text replies (`[joiner]`).
     pub joiner: JoinerConfig,
     /// Downloading inbound media before delivery (`[media]`).
@@ -354,6 +357,199 @@ pub struct HandoffConfig {
     pub message: Option<String>,
 }
 
+/// Whose turn it is in a conversation and the message of every stage (`[conversation]`), with
+/// refinements per account (`[conversation.accounts.<open_kfid>]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConversationConfig {
+    /// What the bot gets while a human servicer holds the session or it waits in the queue:
+    /// `mark` (delivered with `"bot_may_reply": false`, the default), `hold` (delivered as
+    /// history once the bot may speak again) or `skip` (never delivered).
+    pub while_human: WhileHuman,
+    /// The welcome, sent with an `enter_session`'s `welcome_code` (text or menu).
+    pub welcome: Option<Stage>,
+    /// Welcomes by the entry's `scene` (the contact link's), before `welcome`.
+    pub scenes: BTreeMap<String, Stage>,
+    /// Sent with the `msg_code` of a transfer to the queue (text only).
+    pub queue: Option<Stage>,
+    /// Sent with the `msg_code` of a servicer picking the session up (text only).
+    pub connect: Option<Stage>,
+    /// Sent with the `msg_code` of the session's end (text, or a menu with the survey).
+    pub end: Option<Stage>,
+    /// The satisfaction survey's choices, sent as a menu with the end message.
+    pub survey: Vec<String>,
+    /// Per-account refinements, by `open_kfid`; unset keys fall back to the ones above.
+    pub accounts: BTreeMap<String, AccountConversation>,
+}
+
+/// One account's refinements of `[conversation]` (each key as there).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccountConversation {
+    /// `while_human` for this account.
+    pub while_human: Option<WhileHuman>,
+    /// `welcome` for this account.
+    pub welcome: Option<Stage>,
+    /// `scenes` for this account (replacing the default table).
+    pub scenes: Option<BTreeMap<String, Stage>>,
+    /// `queue` for this account.
+    pub queue: Option<Stage>,
+    /// `connect` for this account.
+    pub connect: Option<Stage>,
+    /// `end` for this account.
+    pub end: Option<Stage>,
+    /// `survey` for this account.
+    pub survey: Option<Vec<String>>,
+}
+
+/// The message of a stage: a text, or a menu (`msgmenu`) of click choices. Texts may hold
+/// `{nickname}`, `{account}`, `{scene}` and `{scene_param}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Stage {
+    /// A text.
+    Text(String),
+    /// A menu.
+    Menu {
+        /// The text above the choices.
+        head_content: String,
+        /// The choices (click items).
+        list: Vec<String>,
+        /// The text below the choices.
+        #[serde(default)]
+        tail_content: String,
+    },
+}
+
+/// The stages of one account, resolved.
+#[derive(Debug, Clone, Copy)]
+pub struct Stages<'a> {
+    /// The welcome for an entry without a matching scene.
+    pub welcome: Option<&'a Stage>,
+    /// Welcomes by scene.
+    pub scenes: &'a BTreeMap<String, Stage>,
+    /// The queue message.
+    pub queue: Option<&'a Stage>,
+    /// The connect message.
+    pub connect: Option<&'a Stage>,
+    /// The end message.
+    pub end: Option<&'a Stage>,
+    /// The survey's choices.
+    pub survey: &'a [String],
+}
+
+impl ConversationConfig {
+    /// `while_human` for an account.
+    pub fn while_human(&self, open_kfid: &str) -> WhileHuman {
+        self.accounts
+            .get(open_kfid)
+            .and_then(|a| a.while_human)
+            .unwrap_or(self.while_human)
+    }
+
+    /// The stages of an account: its refinements over the defaults.
+    pub fn stages(&self, open_kfid: &str) -> Stages<'_> {
+        let account = self.accounts.get(open_kfid);
+        fn pick<'a>(own: Option<&'a Stage>, default: &'a Option<Stage>) -> Option<&'a Stage> {
+            own.or(default.as_ref())
+        }
+        Stages {
+            welcome: pick(account.and_then(|a| a.welcome.as_ref()), &self.welcome),
+            scenes: account
+                .and_then(|a| a.scenes.as_ref())
+                .unwrap_or(&self.scenes),
+            queue: pick(account.and_then(|a| a.queue.as_ref()), &self.queue),
+            connect: pick(account.and_then(|a| a.connect.as_ref()), &self.connect),
+            end: pick(account.and_then(|a| a.end.as_ref()), &self.end),
+            survey: account
+                .and_then(|a| a.survey.as_deref())
+                .unwrap_or(&self.survey),
+        }
+    }
+
+    /// Every stage message with its key, for checking them at start.
+    fn all_stages(&self) -> Vec<(String, &Stage)> {
+        fn add<'a>(
+            out: &mut Vec<(String, &'a Stage)>,
+            prefix: &str,
+            welcome: Option<&'a Stage>,
+            scenes: Option<&'a BTreeMap<String, Stage>>,
+            rest: [(&str, Option<&'a Stage>); 3],
+        ) {
+            if let Some(stage) = welcome {
+                out.push((format!("{prefix}welcome"), stage));
+            }
+            for (scene, stage) in scenes.into_iter().flatten() {
+                out.push((format!("{prefix}scenes.{scene}"), stage));
+            }
+            for (key, stage) in rest {
+                if let Some(stage) = stage {
+                    out.push((format!("{prefix}{key}"), stage));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        add(
+            &mut out,
+            "conversation.",
+            self.welcome.as_ref(),
+            Some(&self.scenes),
+            [
+                ("queue", self.queue.as_ref()),
+                ("connect", self.connect.as_ref()),
+                ("end", self.end.as_ref()),
+            ],
+        );
+        for (id, a) in &self.accounts {
+            add(
+                &mut out,
+                &format!("conversation.accounts.{id}."),
+                a.welcome.as_ref(),
+                a.scenes.as_ref(),
+                [
+                    ("queue", a.queue.as_ref()),
+                    ("connect", a.connect.as_ref()),
+                    ("end", a.end.as_ref()),
+                ],
+            );
+        }
+        out
+    }
+
+    /// Checks what WeChat would refuse: texts of 1-2048 bytes, menus of 1-10 choices, the
+    /// queue and connect messages texts only (official doc 95122), survey choices ≤ 10.
+    fn check(&self) -> Result<(), (String, String)> {
+        for (key, stage) in self.all_stages() {
+            match stage {
+                Stage::Text(text) if text.is_empty() || text.len() > 2048 => {
+                    return Err((key, "must be a text of 1-2048 bytes".into()));
+                }
+                Stage::Menu { .. } if key.ends_with("queue") || key.ends_with("connect") => {
+                    return Err((
+                        key,
+                        "must be a text (WeChat sends only texts at this stage)".into(),
+                    ));
+                }
+                Stage::Menu { list, .. } if list.is_empty() || list.len() > 10 => {
+                    return Err((key, "must have 1-10 choices".into()));
+                }
+                _ => {}
+            }
+        }
+        let surveys = std::iter::once(&self.survey)
+            .chain(self.accounts.values().filter_map(|a| a.survey.as_ref()));
+        for survey in surveys {
+            if survey.len() > 10 || survey.iter().any(|c| c.is_empty() || c.len() > 128) {
+                return Err((
+                    "conversation.survey".into(),
+                    "must be at most 10 choices of 1-128 bytes".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Joining consecutive text replies for one customer (`[joiner]`), so that an answer split
 /// into several texts spends one message of WeChat's 5-per-customer-message quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -509,10 +705,13 @@ pub struct SandboxConfig {
 impl Config {
     /// What one setting's type cannot check (ranges, settings that go together): the first
     /// key that is wrong, and why.
-    fn invalid(&self) -> Option<(&'static str, String)> {
+    fn invalid(&self) -> Option<(String, String)> {
         let (wechat, webhook, handoff, media) =
             (&self.wechat, &self.webhook, &self.handoff, &self.media);
-        let wrong = |key, message: &str| Some((key, message.to_owned()));
+        let wrong = |key: &str, message: &str| Some((key.to_owned(), message.to_owned()));
+        if let Err(wrong) = self.conversation.check() {
+            return Some(wrong);
+        }
         if !self.callback.path.starts_with('/') {
             return wrong("callback.path", "must start with '/'");
         }

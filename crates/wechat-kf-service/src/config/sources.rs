@@ -215,7 +215,9 @@ impl<'a> Sources<'a> {
     fn config(&self) -> Result<Config, Error> {
         let config = self.extract()?;
         match config.invalid() {
-            Some((key, message)) => Err(self.error(key, self.figment.find_metadata(key), &message)),
+            Some((key, message)) => {
+                Err(self.error(&key, self.figment.find_metadata(&key), &message))
+            }
             None => Ok(config),
         }
     }

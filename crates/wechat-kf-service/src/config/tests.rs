@@ -295,3 +295,33 @@ fn a_syntax_error_on_a_secret_line_never_shows_the_secret() {
         assert!(err.contains("config file:"), "{err}");
     }
 }
+
+#[test]
+fn conversation_stages_are_texts_or_menus_refined_per_account_and_checked() {
+    let toml = "[conversation]\nwhile_human = \"hold\"\nwelcome = \"您好\"\nsurvey = [\"满意\", \"不满意\"]\n\
+                [conversation.end]\nhead_content = \"再见\"\nlist = [\"再聊聊\"]\n\
+                [conversation.scenes]\norder = \"订单 {scene_param}\"\n\
+                [conversation.accounts.wkA]\nwhile_human = \"skip\"\nwelcome = \"A 店欢迎您\"\n";
+    let config = load(toml).unwrap();
+    let c = &config.conversation;
+    assert_eq!(c.while_human("wkB"), WhileHuman::Hold);
+    assert_eq!(c.while_human("wkA"), WhileHuman::Skip);
+    assert_eq!(
+        c.stages("wkA").welcome,
+        Some(&Stage::Text("A 店欢迎您".into()))
+    );
+    assert_eq!(c.stages("wkB").welcome, Some(&Stage::Text("您好".into())));
+    assert!(matches!(c.stages("wkA").end, Some(Stage::Menu { list, .. }) if list == &["再聊聊"]));
+    assert_eq!(c.stages("wkA").survey.len(), 2, "falls back to the default");
+    assert!(c.stages("wkA").scenes.contains_key("order"));
+
+    let err = error("[conversation]\nwelcome = \"\"\n");
+    assert!(
+        err.contains("conversation.welcome: must be a text of 1-2048 bytes"),
+        "{err}"
+    );
+    let err = error("[conversation.queue]\nhead_content = \"x\"\nlist = [\"a\"]\n");
+    assert!(err.contains("conversation.queue: must be a text"), "{err}");
+    let err = error("[conversation]\nwhile_human = \"ignore\"\n");
+    assert!(err.contains("while_human"), "{err}");
+}

@@ -32,7 +32,8 @@ use crate::readiness::Readiness;
 use crate::replies::{ReplyOrigin, queue_reply};
 use crate::retry::{backoff, jitter};
 use crate::store::{
-    Ack, DeliveryRecord, Failure, FinishDeliveries, Lane, Payload, Store, StoredMessage,
+    Ack, DeliveryRecord, Failure, FinishDeliveries, ItemKind, Lane, Payload, Store, StoredMessage,
+    Turn,
 };
 
 pub mod sink;
@@ -60,6 +61,10 @@ struct Entry {
     media: Option<Arc<str>>,
     /// The payload counts against [`PAYLOAD_BUDGET`].
     counted: bool,
+    /// Who wrote it and whether the bot may answer.
+    turn: Turn,
+    /// A message, history or a session change.
+    item: ItemKind,
 }
 
 #[derive(Default)]
@@ -197,6 +202,8 @@ impl Deliverer {
                         payload: None,
                         media: None,
                         counted: false,
+                        turn: row.turn,
+                        item: row.item,
                     });
             }
         }
@@ -291,7 +298,8 @@ impl Deliverer {
 
     fn add(&mut self, rows: Vec<StoredMessage>) {
         for row in rows {
-            if row.seq <= self.recovered_max {
+            // Recovered at start already; history released from a hold never was.
+            if row.seq <= self.recovered_max && row.item != ItemKind::History {
                 continue;
             }
             let mut payload = None;
@@ -322,6 +330,8 @@ impl Deliverer {
                     payload,
                     media: row.media.clone(),
                     counted,
+                    turn: row.turn,
+                    item: row.item,
                 });
             self.mark_ready(lane);
         }
@@ -497,6 +507,8 @@ impl Deliverer {
                     raw: p,
                     invalid: e.invalid,
                     media: e.media.as_deref(),
+                    turn: e.turn,
+                    item: e.item,
                 })
             });
             d.body = Some(if self.sink.wants_json_body() {

@@ -11,6 +11,7 @@ use wechat_kf::message::{Message, MessageContent, Origin};
 
 use crate::config::{Secret, WebhookConfig};
 use crate::replies::echo_reply;
+use crate::store::{ItemKind, Turn};
 
 /// The header carrying the body's HMAC-SHA256: `sha256=<hex>`.
 pub const SIGNATURE_HEADER: &str = "X-Wechat-Kf-Signature";
@@ -53,12 +54,14 @@ pub fn verify_signature(secret: &[u8], body: &[u8], header: &str) -> bool {
     mac.verify_slice(&expected).is_ok()
 }
 
-/// One message of a delivery body: its original JSON, whether the library could not decode it,
-/// and its media record.
+/// One item of a delivery body: its original JSON, whether the library could not decode it,
+/// its media record, whose turn it is and what kind of item it is.
 pub(crate) struct BodyItem<'a> {
     pub(crate) raw: &'a str,
     pub(crate) invalid: bool,
     pub(crate) media: Option<&'a str>,
+    pub(crate) turn: Turn,
+    pub(crate) item: ItemKind,
 }
 
 /// The msgid a media record is for.
@@ -68,22 +71,42 @@ fn media_key(media: &str) -> Option<String> {
     serde_json::to_string(msgid).ok()
 }
 
-/// The webhook body: `{"messages":[…]}`, each message's original JSON unchanged, plus
-/// `"invalid":[indexes]` naming the items the library could not decode, `"media":{msgid:
-/// record}` for downloaded media and `"reply_results":[…]` for finished replies.
+/// The `items` entry of a message: its index in `messages`, whose turn it is and, for a
+/// message held while a human had the session, `"history":true`.
+fn message_entry(index: usize, turn: Turn, item: ItemKind) -> String {
+    let history = if item == ItemKind::History {
+        ",\"history\":true"
+    } else {
+        ""
+    };
+    format!("{{\"message\":{index},{}{history}}}", turn.json_members())
+}
+
+/// The webhook body: `{"messages":[…]}`, each message's original JSON unchanged, and
+/// `"items":[…]`, the same delivery in order with whose turn each message is and the session
+/// changes between them; plus `"invalid":[indexes]` naming the messages the library could not
+/// decode, `"media":{msgid: record}` for downloaded media and `"reply_results":[…]` for
+/// finished replies.
 pub(crate) fn webhook_body<'a>(
     items: impl Iterator<Item = BodyItem<'a>>,
     results: &[String],
 ) -> Bytes {
     let mut body = String::with_capacity(4096);
     body.push_str("{\"messages\":[");
+    let mut entries: Vec<String> = Vec::new();
     let mut invalid = Vec::new();
     let mut media = Vec::new();
-    for (index, item) in items.enumerate() {
+    let mut index = 0;
+    for item in items {
+        if item.item == ItemKind::Session {
+            entries.push(format!("{{\"session\":{}}}", item.raw));
+            continue;
+        }
         if index > 0 {
             body.push(',');
         }
         body.push_str(item.raw);
+        entries.push(message_entry(index, item.turn, item.item));
         if item.invalid {
             invalid.push(index.to_string());
         }
@@ -92,7 +115,10 @@ pub(crate) fn webhook_body<'a>(
                 media.push((key, record));
             }
         }
+        index += 1;
     }
+    body.push_str("],\"items\":[");
+    body.push_str(&entries.join(","));
     body.push(']');
     if !invalid.is_empty() {
         body.push_str(",\"invalid\":[");
@@ -120,32 +146,45 @@ pub(crate) fn webhook_body<'a>(
     Bytes::from(body)
 }
 
-/// JSON Lines: one message per line. A raw line break can only be whitespace between JSON
-/// tokens (inside strings it is escaped), so replacing it with a space keeps the JSON intact.
-/// A media record is added inside the message as `"_wechat_kf":{"media":{…}}`, after the
-/// original fields (which stay byte-identical).
+/// JSON Lines: one item per line. A raw line break can only be whitespace between JSON tokens
+/// (inside strings it is escaped), so replacing it with a space keeps the JSON intact. After a
+/// message's original fields (which stay byte-identical) the service adds a last member,
+/// `"_wechat_kf":{"from":…,"bot_may_reply":…,"reason"?,"history"?,"media"?}`; a session
+/// change is a line of its own, `{"_wechat_kf":{"session":{…}}}`.
 pub(crate) fn json_lines<'a>(items: impl Iterator<Item = BodyItem<'a>>) -> Bytes {
     let mut out = String::with_capacity(4096);
     for item in items {
+        if item.item == ItemKind::Session {
+            out.push_str("{\"_wechat_kf\":{\"session\":");
+            out.push_str(&item.raw.replace(['\n', '\r'], " "));
+            out.push_str("}}\n");
+            continue;
+        }
         let start = out.len();
         if item.raw.contains(['\n', '\r']) {
             out.push_str(&item.raw.replace(['\n', '\r'], " "));
         } else {
             out.push_str(item.raw);
         }
-        if let Some(media) = item.media {
-            let trimmed = out[start..].trim_end().len();
-            out.truncate(start + trimmed);
-            if out.ends_with('}') {
-                out.pop();
-                let empty = out[start..].trim_end().ends_with('{');
-                if !empty {
-                    out.push(',');
-                }
-                out.push_str("\"_wechat_kf\":{\"media\":");
-                out.push_str(&media.replace(['\n', '\r'], " "));
-                out.push_str("}}");
+        let trimmed = out[start..].trim_end().len();
+        out.truncate(start + trimmed);
+        // Anything but an object (never from WeChat) is passed on as it is.
+        if out.ends_with('}') {
+            out.pop();
+            let empty = out[start..].trim_end().ends_with('{');
+            if !empty {
+                out.push(',');
             }
+            out.push_str("\"_wechat_kf\":{");
+            out.push_str(&item.turn.json_members());
+            if item.item == ItemKind::History {
+                out.push_str(",\"history\":true");
+            }
+            if let Some(media) = item.media {
+                out.push_str(",\"media\":");
+                out.push_str(&media.replace(['\n', '\r'], " "));
+            }
+            out.push_str("}}");
         }
         out.push('\n');
     }
@@ -371,10 +410,15 @@ async fn write_lines(
     out.flush().await
 }
 
-/// The echo bot's replies to a JSON Lines body: `echo: <text>` for each customer text.
+/// The echo bot's replies to a JSON Lines body: `echo: <text>` for each customer text it may
+/// answer (never while a human holds the session).
 fn echo_replies(body: &[u8]) -> Vec<serde_json::Value> {
     body.split(|&b| b == b'\n')
         .filter_map(|line| {
+            let added: serde_json::Value = serde_json::from_slice(line).ok()?;
+            if added["_wechat_kf"]["bot_may_reply"] != serde_json::Value::Bool(true) {
+                return None;
+            }
             let message = Message::from_json(std::str::from_utf8(line).ok()?).ok()?;
             let customer = message.external_userid()?;
             let open_kfid = message.open_kfid()?;
@@ -420,6 +464,8 @@ mod tests {
             raw,
             invalid,
             media,
+            turn: Turn::legacy(Some(3)),
+            item: ItemKind::Message,
         }
     }
 
@@ -517,7 +563,10 @@ mod tests {
         assert_eq!(value["messages"][1]["b"], 2);
         assert_eq!(value["invalid"], serde_json::json!([1]));
         let body = webhook_body([item(r#"{"a":1}"#, false, None)].into_iter(), &[]);
-        assert_eq!(&body[..], br#"{"messages":[{"a":1}]}"#);
+        assert_eq!(
+            &body[..],
+            br#"{"messages":[{"a":1}],"items":[{"message":0,"from":"customer","bot_may_reply":true}]}"#
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@ use wechat_kf::client::Client;
 
 use crate::clock::Clock;
 use crate::config::Secret;
+use crate::conversation::Greeter;
 use crate::metrics::Metrics;
 use crate::puller::Pullers;
 use crate::readiness::{self, Readiness};
@@ -69,6 +70,8 @@ pub(crate) struct AppParts {
     pub(crate) client: Client,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) gate: Arc<Gate>,
+    /// The stage messages of transfers.
+    pub(crate) greeter: Arc<Greeter>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) pullers: Arc<Pullers>,
     /// WeChat's clock (callback timestamps).
@@ -92,6 +95,7 @@ impl AppState {
             client,
             store,
             gate,
+            greeter,
             metrics,
             pullers,
             clock,
@@ -117,8 +121,9 @@ impl AppState {
                     clock,
                 )
             }),
-            reply_api: api_token
-                .map(|token| ReplyApiState::new(token, client, store, gate, metrics.clone())),
+            reply_api: api_token.map(|token| {
+                ReplyApiState::new(token, client, store, gate, metrics.clone(), greeter)
+            }),
             pullers,
             metrics_apart,
         }

@@ -105,6 +105,9 @@ pub(crate) struct WebhookBody {
     /// Each message's JSON exactly as WeChat sent it (unknown types and fields included), in
     /// WeChat's order per customer.
     pub(crate) messages: Vec<Map<String, Value>>,
+    /// The delivery in order: each message (by its index in `messages`) with who wrote it and
+    /// whether the bot may answer it, and the changes of a session's state between them.
+    pub(crate) items: Vec<BodyEntry>,
     /// Indexes (in `messages`) of the items the library could not decode; present only when
     /// needed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,6 +120,107 @@ pub(crate) struct WebhookBody {
     /// when needed. At least once: de-duplicate on `msgid` plus `index`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) reply_results: Option<Vec<ReplyResult>>,
+}
+
+/// One entry of a webhook body's `items`: a message, or a change of a session's state.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub(crate) enum BodyEntry {
+    /// A message of `messages`.
+    Message(MessageEntry),
+    /// A change of a session's state, in order with the messages.
+    Session(SessionEntry),
+}
+
+/// A message of a webhook body, and whose turn it is.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MessageEntry {
+    /// Its index in `messages`.
+    pub(crate) message: u32,
+    /// Who wrote it: `customer` (origin 3), `servicer` (origin 5, a human in the WeCom
+    /// client) or `system` (events).
+    pub(crate) from: Author,
+    /// Whether the bot may answer it now.
+    pub(crate) bot_may_reply: bool,
+    /// Why not, when `bot_may_reply` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) reason: Option<NoReplyReason>,
+    /// Held while a human had the session and delivered now that the bot may speak again
+    /// (`conversation.while_human = "hold"`): context, not a question.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) history: Option<bool>,
+}
+
+/// `{"session": {...}}`: a change of a session's state.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SessionEntry {
+    /// The change.
+    pub(crate) session: SessionChangeBody,
+}
+
+/// A change of a customer's session state (`service_state`: 0 new, 1 bot, 2 queued, 3 human,
+/// 4 ended).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SessionChangeBody {
+    /// The account.
+    pub(crate) open_kfid: String,
+    /// The customer.
+    pub(crate) external_userid: String,
+    /// The state before, when it was known.
+    pub(crate) old_state: Option<u32>,
+    /// The state after.
+    pub(crate) new_state: u32,
+    /// The servicer holding the session after the change (state 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) servicer_userid: Option<String>,
+    /// What changed it: `customer_message`, `servicer_message`, `enter_session`,
+    /// `session_status_change`, `msg_send_fail`, `event` or `transfer`.
+    pub(crate) trigger: String,
+    /// The `change_type` of a `session_status_change` event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) change_type: Option<u32>,
+    /// The msgid of the item that caused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) cause_msgid: Option<String>,
+    /// When, unix seconds.
+    pub(crate) at: i64,
+}
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Author {
+    /// The WeChat customer.
+    Customer,
+    /// A human servicer in the WeCom client.
+    Servicer,
+    /// WeChat (events).
+    System,
+}
+
+/// Why the bot may not answer a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum NoReplyReason {
+    /// A human servicer holds the session, or wrote the message.
+    HumanServicer,
+    /// The session waits in the queue.
+    Queued,
+    /// The session ended and the customer has not written since.
+    Ended,
+    /// The 48-hour window is closed, or the only recent messages are menu clicks.
+    WindowClosed,
+    /// The 5 messages per customer message are spent.
+    QuotaExhausted,
+    /// The session's state allows no `send_msg`.
+    StateForbidsSending,
+    /// An event, not a customer's message.
+    SystemEvent,
+    /// The customer's answer to the satisfaction survey.
+    SurveyAnswer,
 }
 
 /// How a reply from a webhook response ended.
@@ -233,6 +337,7 @@ mod tests {
     use crate::delivery::sink::{BodyItem, webhook_body};
     use crate::replies::{ReplyOrigin, queue_reply, result_head};
     use crate::send_policy::refusal_json;
+    use crate::store::{Author as StoreAuthor, ItemKind, NoReply, Turn};
 
     /// `docs/openapi.json`, from the crate's directory.
     fn committed_path() -> std::path::PathBuf {
@@ -326,11 +431,25 @@ mod tests {
                     raw: r#"{"msgid":"m0","msgtype":"image"}"#,
                     invalid: false,
                     media: Some(media),
+                    turn: Turn::legacy(Some(3)),
+                    item: ItemKind::History,
+                },
+                BodyItem {
+                    raw: r#"{"open_kfid":"wk","external_userid":"wm","old_state":1,"new_state":3,"servicer_userid":"zhangsan","trigger":"servicer_message","cause_msgid":"m1","at":1700000000}"#,
+                    invalid: false,
+                    media: None,
+                    turn: Turn::legacy(None),
+                    item: ItemKind::Session,
                 },
                 BodyItem {
                     raw: r#"{"msgid":"m1","msgtype":"text","text":1}"#,
                     invalid: true,
                     media: None,
+                    turn: Turn {
+                        from: StoreAuthor::Servicer,
+                        no_reply: Some(NoReply::HumanServicer),
+                    },
+                    item: ItemKind::Message,
                 },
             ]
             .into_iter(),
@@ -342,5 +461,23 @@ mod tests {
         assert_eq!(results[1].status, ReplyStatus::Refused);
         assert_eq!(results[1].sent, Some(5));
         assert_eq!(parsed.invalid, Some(vec![1]));
+        assert!(matches!(
+            &parsed.items[..],
+            [
+                BodyEntry::Message(MessageEntry {
+                    message: 0,
+                    history: Some(true),
+                    ..
+                }),
+                BodyEntry::Session(_),
+                BodyEntry::Message(MessageEntry {
+                    message: 1,
+                    from: Author::Servicer,
+                    bot_may_reply: false,
+                    reason: Some(NoReplyReason::HumanServicer),
+                    ..
+                }),
+            ]
+        ));
     }
 }

@@ -33,6 +33,7 @@ use super::bodies::{
 };
 use super::error::{ApiError, ConflictBody, ErrorBody};
 use crate::config::Secret;
+use crate::conversation::Greeter;
 use crate::error::safe_error;
 use crate::ids::{IdKind, check};
 use crate::metrics::Metrics;
@@ -59,6 +60,8 @@ struct Inner {
     store: Arc<dyn Store>,
     gate: Arc<Gate>,
     metrics: Arc<Metrics>,
+    /// The stage messages of transfers.
+    greeter: Arc<Greeter>,
     /// Msgids being sent right now (a concurrent duplicate gets 409).
     in_flight: Mutex<HashSet<String>>,
 }
@@ -80,6 +83,7 @@ impl ReplyApiState {
         store: Arc<dyn Store>,
         gate: Arc<Gate>,
         metrics: Arc<Metrics>,
+        greeter: Arc<Greeter>,
     ) -> Self {
         ReplyApiState {
             inner: Arc::new(Inner {
@@ -88,6 +92,7 @@ impl ReplyApiState {
                 store,
                 gate,
                 metrics,
+                greeter,
                 in_flight: Mutex::new(HashSet::new()),
             }),
         }
@@ -448,6 +453,7 @@ pub(crate) async fn trans(
     match transfer_and_greet(
         &inner.client,
         Some(&inner.gate),
+        &inner.greeter,
         &inner.metrics,
         &transfer,
         "bot",

@@ -21,11 +21,13 @@ use crate::error::Error;
 mod policy;
 mod postgres;
 mod sqlite;
+mod turn;
 
 pub use policy::is_skipped;
 pub use postgres::PostgresStore;
 pub(crate) use postgres::connect_error;
 pub use sqlite::SqliteStore;
+pub use turn::{Author, NoReply, SURVEY_MENU_PREFIX, Turn, WhileHuman, is_survey_answer};
 
 /// A boxed, sendable future (the trait must stay object-safe).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -110,6 +112,18 @@ pub struct PageWrite {
     /// Replies (handoffs) queued only when the message with this msgid is newly stored and not
     /// skipped.
     pub actions: Vec<(MsgId, NewReply)>,
+    /// How the bot's turn is decided for the page's items.
+    pub turns: TurnRules,
+}
+
+/// How [`Turn`]s are decided when a page is committed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TurnRules {
+    /// WeChat's clock, unix seconds: a customer message the bot could no longer answer now
+    /// (the 48-hour window closed) is marked so. `None` decides by the session state only.
+    pub now_secs: Option<u64>,
+    /// What happens to the items of a session a human holds.
+    pub while_human: WhileHuman,
 }
 
 /// A stored, not yet acknowledged message as the deliverer sees it.
@@ -127,6 +141,66 @@ pub struct StoredMessage {
     pub payload: Option<Payload>,
     /// What the media download found (`media` of the webhook body), when at hand.
     pub media: Option<Arc<str>>,
+    /// Who wrote it and whether the bot may answer.
+    pub turn: Turn,
+    /// What kind of item it is.
+    pub item: ItemKind,
+}
+
+/// What a stored row is: one of WeChat's items, or a session change the service recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemKind {
+    /// An item of `sync_msg`, as WeChat sent it.
+    Message,
+    /// A message that was held while a human had the session and is delivered afterwards as
+    /// history (`conversation.while_human = "hold"`).
+    History,
+    /// A change of the session's state (its JSON is the service's own, see
+    /// [`SessionChange`]).
+    Session,
+}
+
+impl ItemKind {
+    /// The kind of a stored row, from its `kind` and `held` columns.
+    pub fn of_row(kind: &str, held: Option<i64>) -> ItemKind {
+        if kind == SESSION_KIND {
+            ItemKind::Session
+        } else if held == Some(0) {
+            ItemKind::History
+        } else {
+            ItemKind::Message
+        }
+    }
+}
+
+/// The `kind` of the rows that record a change of a session's state.
+pub const SESSION_KIND: &str = "session";
+
+/// A change of a customer's session state, delivered in order with the messages.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SessionChange {
+    /// The account.
+    pub open_kfid: OpenKfId,
+    /// The customer.
+    pub external_userid: ExternalUserId,
+    /// The state before (`service_state`), when it was known.
+    pub old_state: Option<u32>,
+    /// The state after.
+    pub new_state: u32,
+    /// The servicer holding the session after the change (state 3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub servicer_userid: Option<UserId>,
+    /// What changed it: `customer_message`, `servicer_message`, `enter_session`,
+    /// `session_status_change`, `msg_send_fail`, or `transfer` (this service's own call).
+    pub trigger: &'static str,
+    /// The `change_type` of a `session_status_change` event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change_type: Option<u32>,
+    /// The msgid of the item that caused it (none for a transfer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause_msgid: Option<MsgId>,
+    /// When, unix seconds (WeChat's clock).
+    pub at: i64,
 }
 
 /// What [`Store::commit_page`] did.

@@ -7,10 +7,17 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use wechat_kf::session::SessionView;
+use std::sync::Arc;
+
+use wechat_kf::message::{Event, Message, MessageContent, Origin};
+use wechat_kf::session::{ServiceState, SessionView};
 use wechat_kf::{ExternalUserId, MsgId, OpenKfId};
 
-use super::{Lane, NewMessage, NewReply, PageOutcome, PageWrite, Payload, StoredMessage};
+use super::turn::{Author, Turn, WhileHuman, is_survey_answer, turn_of};
+use super::{
+    ItemKind, Lane, NewMessage, NewReply, PageOutcome, PageWrite, Payload, SESSION_KIND,
+    SessionChange, StoredMessage,
+};
 
 /// Whether a message sent at `send_time` is skipped under `skip_before`. A message without a
 /// usable `send_time` (0) is never skipped: what cannot be dated is delivered.
@@ -23,7 +30,8 @@ pub fn is_skipped(send_time: i64, skip_before: Option<i64>) -> bool {
 pub(crate) struct PagePlan {
     /// The account.
     pub open_kfid: OpenKfId,
-    /// The messages to insert, in server order (each msgid once, none already stored).
+    /// The rows to insert, in server order (each msgid once, none already stored), with a
+    /// session change after the item that caused it.
     pub rows: Vec<PlannedRow>,
     /// Items whose msgid was already stored, or came earlier in the same page.
     pub duplicates: usize,
@@ -31,6 +39,9 @@ pub(crate) struct PagePlan {
     pub sessions: Vec<SessionWrite>,
     /// The handoffs to queue, in the page's action order.
     pub replies: Vec<NewReply>,
+    /// Customers whose held items are released (delivered as history) before the page's rows:
+    /// the bot may speak to them again (`while_human = "hold"`).
+    pub release: Vec<ExternalUserId>,
     /// The new cursor; `None` keeps the stored one.
     pub next_cursor: Option<String>,
     /// The unfinished catch-up remembered with the cursor (`None` clears it).
@@ -39,13 +50,27 @@ pub(crate) struct PagePlan {
     pub now_ms: i64,
 }
 
-/// One message to insert.
+/// One row to insert.
 #[derive(Debug)]
 pub(crate) struct PlannedRow {
-    /// The message.
+    /// The message (or the session change).
     pub message: NewMessage,
     /// Stored as finished and never delivered (the first-start policy).
     pub skipped: bool,
+    /// Stored as finished and never delivered because a human held the session
+    /// (`while_human = "skip"`).
+    pub quiet: bool,
+    /// Stored and kept from the bot until it may speak again (`while_human = "hold"`).
+    pub held: bool,
+    /// Who wrote it and whether the bot may answer.
+    pub turn: Turn,
+}
+
+impl PlannedRow {
+    /// Whether the row is stored finished (never delivered).
+    pub fn finished(&self) -> bool {
+        self.skipped || self.quiet
+    }
 }
 
 /// A customer's session tracking after the page.
@@ -62,20 +87,30 @@ pub(crate) struct SessionWrite {
 }
 
 impl PagePlan {
-    /// New messages stored skipped.
+    /// New messages stored skipped by the first-start policy (session rows not counted).
     pub fn skipped(&self) -> usize {
-        self.rows.iter().filter(|r| r.skipped).count()
+        self.rows
+            .iter()
+            .filter(|r| r.skipped && r.message.kind != SESSION_KIND)
+            .count()
     }
 
-    /// What the commit did, given the `seq` each of [`rows`](Self::rows) got, in order.
-    pub fn into_outcome(self, seqs: &[i64]) -> PageOutcome {
+    /// What the commit did, given the `seq` each of [`rows`](Self::rows) got, in order, and the
+    /// held rows it released (delivered first, as history).
+    pub fn into_outcome(self, seqs: &[i64], released: Vec<StoredMessage>) -> PageOutcome {
         let skipped = self.skipped();
-        let mut stored = Vec::with_capacity(self.rows.len() - skipped);
+        let mut stored = released;
+        stored.reserve(self.rows.len());
         for (row, &seq) in self.rows.into_iter().zip(seqs) {
-            if row.skipped {
+            if row.finished() || row.held {
                 continue;
             }
             let m = row.message;
+            let item = if m.kind == SESSION_KIND {
+                ItemKind::Session
+            } else {
+                ItemKind::Message
+            };
             // Ids are shared strings: a lane costs two reference-count bumps, no allocation.
             stored.push(StoredMessage {
                 seq,
@@ -87,6 +122,8 @@ impl PagePlan {
                 invalid: m.decode_error.is_some(),
                 payload: Some(m.payload),
                 media: None,
+                turn: row.turn,
+                item,
             });
         }
         PageOutcome {
@@ -149,8 +186,13 @@ fn new_items(page: &PageWrite, already_stored: &HashSet<MsgId>) -> Vec<bool> {
 /// 3. **Session tracking, skipped or not.** A new item of a customer (non-empty
 ///    `external_userid`) with origin 3 moves that customer's last message time forward; a new
 ///    *decoded* item is observed by that customer's [`SessionView`], in page order. Skipped
-///    messages count: yesterday's servicer still holds the session today.
-/// 4. **Actions.** A handoff is queued only when the item with its msgid is new and not
+///    messages count: yesterday's servicer still holds the session today. A change of the
+///    view's state becomes a session row right after the item (skipped with it).
+/// 4. **Turns.** Every row gets its [`Turn`] ([`turn_of`]): the state the item left and the
+///    customer's view after the whole page, at `turns.now_secs`. Under `while_human`, an item
+///    a human is handling is stored finished (`skip`) or held (`hold`); with `hold`, a customer
+///    message the bot may answer releases the customer's held items.
+/// 5. **Actions.** A handoff is queued only when the item with its msgid is new and not
 ///    skipped (a skipped or repeated keyword never transfers a customer again).
 ///
 /// Then the cursor and catch-up marker of the page are stored as given. Writing the plan is
@@ -169,8 +211,11 @@ pub(crate) fn plan_page(
         skip_before,
         catch_up_before,
         actions,
+        turns,
     } = page;
     let mut rows = Vec::with_capacity(messages.len());
+    // Per row: what its turn is decided from (author, survey answer, the state it left).
+    let mut facts: Vec<(Author, bool, Option<ServiceState>)> = Vec::with_capacity(messages.len());
     let mut duplicates = 0;
     // Sorted, so the backends write sessions in one order.
     let mut sessions: BTreeMap<ExternalUserId, SessionWrite> = BTreeMap::new();
@@ -181,39 +226,90 @@ pub(crate) fn plan_page(
             continue;
         }
         let skipped = is_skipped(message.send_time, skip_before);
-        let customer = &message.external_userid;
-        if !customer.as_str().is_empty() {
-            let decoded = match &message.payload {
-                Payload::Message(decoded) => Some(decoded),
-                Payload::Raw(_) => None,
-            };
-            if message.origin == Some(3) || decoded.is_some() {
-                let session = sessions
-                    .entry(customer.clone())
-                    .or_insert_with(|| SessionWrite {
-                        external_userid: customer.clone(),
-                        last_customer_msg_at: None,
-                        view: None,
-                    });
-                if message.origin == Some(3) {
-                    session.last_customer_msg_at = Some(
-                        session
-                            .last_customer_msg_at
-                            .map_or(message.send_time, |at| at.max(message.send_time)),
-                    );
-                }
-                if let Some(decoded) = decoded {
+        let decoded = match &message.payload {
+            Payload::Message(decoded) => Some(decoded.clone()),
+            Payload::Raw(_) => None,
+        };
+        let from = Author::of_origin(message.origin);
+        let survey = decoded.as_ref().is_some_and(is_survey_answer);
+        let customer = message.external_userid.clone();
+        let mut state_after = None;
+        let mut change = None;
+        if !customer.as_str().is_empty() && (message.origin == Some(3) || decoded.is_some()) {
+            let session = sessions
+                .entry(customer.clone())
+                .or_insert_with(|| SessionWrite {
+                    external_userid: customer.clone(),
+                    last_customer_msg_at: None,
+                    view: None,
+                });
+            if message.origin == Some(3) {
+                session.last_customer_msg_at = Some(
                     session
+                        .last_customer_msg_at
+                        .map_or(message.send_time, |at| at.max(message.send_time)),
+                );
+            }
+            match &decoded {
+                Some(decoded) => {
+                    let view = session
                         .view
-                        .get_or_insert_with(|| views.remove(customer).unwrap_or_default())
-                        .observe(decoded);
+                        .get_or_insert_with(|| views.remove(&customer).unwrap_or_default());
+                    let before = view.state();
+                    view.observe(decoded);
+                    state_after = view.state();
+                    change = session_change(&open_kfid, decoded, before, view);
+                }
+                None => {
+                    state_after = session
+                        .view
+                        .as_ref()
+                        .or_else(|| views.get(&customer))
+                        .and_then(SessionView::state);
                 }
             }
         }
         if !skipped {
             delivered.insert(message.msgid.clone());
         }
-        rows.push(PlannedRow { message, skipped });
+        let placeholder = Turn {
+            from,
+            no_reply: None,
+        };
+        rows.push(PlannedRow {
+            message,
+            skipped,
+            quiet: false,
+            held: false,
+            turn: placeholder,
+        });
+        facts.push((from, survey, state_after));
+        if let Some(change) = change {
+            rows.push(change_row(&customer, change, skipped));
+            facts.push((Author::System, false, None));
+        }
+    }
+    // The turns need each customer's view after the whole page.
+    let mut release = BTreeMap::new();
+    for (row, (from, survey, state_after)) in rows.iter_mut().zip(facts) {
+        let customer = &row.message.external_userid;
+        let final_view = sessions
+            .get(customer)
+            .and_then(|s| s.view.as_ref())
+            .or_else(|| views.get(customer));
+        row.turn = turn_of(from, survey, state_after, final_view, turns.now_secs);
+        if row.message.kind == SESSION_KIND || row.skipped {
+            continue;
+        }
+        let human = row.turn.no_reply.is_some_and(|r| r.is_human());
+        match turns.while_human {
+            WhileHuman::Skip if human => row.quiet = true,
+            WhileHuman::Hold if human => row.held = true,
+            WhileHuman::Hold if row.turn.from == Author::Customer && row.turn.bot_may_reply() => {
+                release.insert(customer.clone(), ());
+            }
+            _ => {}
+        }
     }
     let replies = actions
         .into_iter()
@@ -226,9 +322,79 @@ pub(crate) fn plan_page(
         duplicates,
         sessions: sessions.into_values().collect(),
         replies,
+        release: release.into_keys().collect(),
         next_cursor,
         catch_up_before,
         now_ms,
+    }
+}
+
+/// The session change an observed item caused: the state moved, or a servicer changed the
+/// session in the WeCom client (a transfer to another servicer keeps state 3). A customer's
+/// first message (unknown → new) and an entry without a message (unknown → ended) are where a
+/// session starts, not changes.
+fn session_change(
+    open_kfid: &OpenKfId,
+    message: &Message,
+    before: Option<ServiceState>,
+    view: &SessionView,
+) -> Option<SessionChange> {
+    let after = view.state()?;
+    let (trigger, change_type) = match message.content() {
+        MessageContent::Event(Event::SessionStatusChange(e)) => {
+            ("session_status_change", e.change_type.map(|c| c.code()))
+        }
+        MessageContent::Event(Event::EnterSession(_)) => ("enter_session", None),
+        MessageContent::Event(Event::MsgSendFail(_)) => ("msg_send_fail", None),
+        MessageContent::Event(_) => ("event", None),
+        _ if message.origin() == Origin::Servicer => ("servicer_message", None),
+        _ => ("customer_message", None),
+    };
+    let moved = match before {
+        None => !matches!(after, ServiceState::New | ServiceState::Ended),
+        Some(before) => before != after,
+    };
+    if !moved && trigger != "session_status_change" {
+        return None;
+    }
+    Some(SessionChange {
+        open_kfid: open_kfid.clone(),
+        external_userid: ExternalUserId::from(""),
+        old_state: before.map(ServiceState::code),
+        new_state: after.code(),
+        servicer_userid: view.servicer().cloned(),
+        trigger,
+        change_type,
+        cause_msgid: Some(message.msgid().clone()),
+        at: message.send_time() as i64,
+    })
+}
+
+/// The row that records `change` of `customer`'s session, right after its cause.
+fn change_row(customer: &ExternalUserId, mut change: SessionChange, skipped: bool) -> PlannedRow {
+    change.external_userid = customer.clone();
+    let cause = change
+        .cause_msgid
+        .as_ref()
+        .map_or_else(String::new, |m| m.as_str().to_owned());
+    let raw = serde_json::to_string(&change).unwrap_or_default();
+    PlannedRow {
+        message: NewMessage {
+            msgid: MsgId::from(format!("session:{cause}")),
+            external_userid: customer.clone(),
+            send_time: change.at,
+            origin: None,
+            kind: SESSION_KIND.to_owned(),
+            payload: Payload::Raw(Arc::from(raw)),
+            decode_error: None,
+        },
+        skipped,
+        quiet: false,
+        held: false,
+        turn: Turn {
+            from: Author::System,
+            no_reply: Some(super::NoReply::SystemEvent),
+        },
     }
 }
 
@@ -240,7 +406,7 @@ mod tests {
     use wechat_kf::session::{SendRefusal, ServiceState};
 
     use super::*;
-    use crate::store::ReplyEndpoint;
+    use crate::store::{ReplyEndpoint, SURVEY_MENU_PREFIX};
 
     const CUSTOMER: u32 = 3;
     const SERVICER: u32 = 5;
@@ -302,6 +468,7 @@ mod tests {
             now_ms: 9_000,
             skip_before: None,
             catch_up_before: None,
+            turns: Default::default(),
             actions: Vec::new(),
         }
     }
@@ -349,7 +516,7 @@ mod tests {
             ),
             (Some("c1"), Some(5), 9_000)
         );
-        let outcome = plan.into_outcome(&[7, 8]);
+        let outcome = plan.into_outcome(&[7, 8], Vec::new());
         let seqs: Vec<i64> = outcome.stored.iter().map(|m| m.seq).collect();
         assert_eq!(seqs, vec![7, 8]);
         assert_eq!((outcome.skipped, outcome.duplicates), (0, 0));
@@ -398,7 +565,13 @@ mod tests {
         let plan = plan_page(write, &HashSet::new(), HashMap::new());
         assert_eq!(
             row_ids(&plan),
-            vec![("old", true), ("old2", true), ("new", false)]
+            vec![
+                ("old", true),
+                ("session:old", true),
+                ("old2", true),
+                ("new", false)
+            ],
+            "the servicer's taking the session is recorded, and skipped with its cause"
         );
         assert_eq!(plan.skipped(), 2);
         let wm1 = session(&plan, "wm1");
@@ -410,9 +583,9 @@ mod tests {
             "the skipped servicer"
         );
         assert_eq!(view.last_customer_message_at(), Some(500));
-        let outcome = plan.into_outcome(&[1, 2, 3]);
+        let outcome = plan.into_outcome(&[1, 2, 3, 4], Vec::new());
         assert_eq!((outcome.stored.len(), outcome.skipped), (1, 2));
-        assert_eq!(outcome.stored[0].seq, 3);
+        assert_eq!(outcome.stored[0].seq, 4);
     }
 
     #[test]
@@ -514,7 +687,7 @@ mod tests {
                 view: None,
             }]
         );
-        let outcome = plan.into_outcome(&[1]);
+        let outcome = plan.into_outcome(&[1], Vec::new());
         assert!(outcome.stored[0].invalid);
     }
 
@@ -538,10 +711,197 @@ mod tests {
         let plan = plan_page(page(vec![]), &HashSet::new(), HashMap::new());
         assert!(plan.rows.is_empty() && plan.sessions.is_empty() && plan.replies.is_empty());
         assert_eq!(plan.next_cursor.as_deref(), Some("c1"));
-        let outcome = plan.into_outcome(&[]);
+        let outcome = plan.into_outcome(&[], Vec::new());
         assert_eq!(
             (outcome.stored.len(), outcome.skipped, outcome.duplicates),
             (0, 0, 0)
         );
+    }
+
+    /// A decoded item from its JSON.
+    fn item(raw: &str) -> NewMessage {
+        let message = Message::from_json(raw).unwrap();
+        NewMessage {
+            msgid: message.msgid().clone(),
+            external_userid: message
+                .external_userid()
+                .cloned()
+                .unwrap_or_else(|| ExternalUserId::from("")),
+            send_time: message.send_time() as i64,
+            origin: Some(message.origin().code()),
+            kind: message.kind().into_owned(),
+            payload: Payload::Message(message),
+            decode_error: None,
+        }
+    }
+
+    /// The servicer ends the session in the WeCom client (change_type 3).
+    fn ended(msgid: &str, customer: &str, send_time: i64) -> NewMessage {
+        item(&format!(
+            r#"{{"msgid":"{msgid}","send_time":{send_time},"origin":4,"msgtype":"event","event":{{"event_type":"session_status_change","open_kfid":"wk","external_userid":"{customer}","change_type":3,"old_servicer_userid":"zhangsan","msg_code":"END"}}}}"#
+        ))
+    }
+
+    fn turns(plan: &PagePlan) -> Vec<(&str, &str, Option<&str>)> {
+        plan.rows
+            .iter()
+            .map(|r| {
+                (
+                    r.message.msgid.as_str(),
+                    r.turn.from.as_str(),
+                    r.turn.no_reply.map(super::super::NoReply::as_str),
+                )
+            })
+            .collect()
+    }
+
+    fn with_rules(messages: Vec<NewMessage>, while_human: WhileHuman) -> PageWrite {
+        let mut write = page(messages);
+        write.turns.while_human = while_human;
+        write
+    }
+
+    #[test]
+    fn a_servicer_taking_over_silences_the_bot_and_is_recorded_as_a_session_change() {
+        let write = page(vec![
+            text("a", "wm1", 10, CUSTOMER),
+            text("b", "wm1", 20, SERVICER),
+            text("c", "wm1", 30, CUSTOMER),
+        ]);
+        let plan = plan_page(write, &HashSet::new(), HashMap::new());
+        assert_eq!(
+            turns(&plan),
+            vec![
+                ("a", "customer", Some("human_servicer")),
+                ("b", "servicer", Some("human_servicer")),
+                ("session:b", "system", Some("system_event")),
+                ("c", "customer", Some("human_servicer")),
+            ],
+            "the servicer took over later in the page: the bot answers none of it"
+        );
+        let change: serde_json::Value =
+            serde_json::from_str(plan.rows[2].message.payload.raw()).unwrap();
+        assert_eq!(
+            change["old_state"],
+            serde_json::Value::Null,
+            "never learnt before"
+        );
+        assert_eq!(change["new_state"], 3);
+        assert_eq!(change["servicer_userid"], "zhangsan");
+        assert_eq!(change["trigger"], "servicer_message");
+        assert_eq!(change["external_userid"], "wm1");
+        let outcome = plan.into_outcome(&[1, 2, 3, 4], Vec::new());
+        assert_eq!(outcome.stored[2].item, ItemKind::Session);
+    }
+
+    #[test]
+    fn the_bot_resumes_when_the_customer_writes_after_the_session_ended() {
+        let first = plan_page(
+            page(vec![text("a", "wm1", 10, SERVICER)]),
+            &HashSet::new(),
+            HashMap::new(),
+        );
+        let view = first.sessions[0].view.clone().unwrap();
+        let write = page(vec![ended("e", "wm1", 20), text("b", "wm1", 30, CUSTOMER)]);
+        let plan = plan_page(
+            write,
+            &HashSet::new(),
+            HashMap::from([("wm1".into(), view)]),
+        );
+        assert_eq!(
+            turns(&plan),
+            vec![
+                ("e", "system", Some("system_event")),
+                ("session:e", "system", Some("system_event")),
+                ("b", "customer", None),
+                ("session:b", "system", Some("system_event")),
+            ]
+        );
+        let end: serde_json::Value =
+            serde_json::from_str(plan.rows[1].message.payload.raw()).unwrap();
+        assert_eq!(
+            (&end["old_state"], &end["new_state"], &end["change_type"]),
+            (
+                &serde_json::json!(3),
+                &serde_json::json!(4),
+                &serde_json::json!(3)
+            )
+        );
+    }
+
+    #[test]
+    fn while_human_skip_stores_the_humans_turns_finished_but_still_delivers_the_change() {
+        let write = with_rules(
+            vec![
+                text("a", "wm1", 10, SERVICER),
+                text("b", "wm1", 20, CUSTOMER),
+            ],
+            WhileHuman::Skip,
+        );
+        let plan = plan_page(write, &HashSet::new(), HashMap::new());
+        let finished: Vec<(&str, bool)> = plan
+            .rows
+            .iter()
+            .map(|r| (r.message.msgid.as_str(), r.finished()))
+            .collect();
+        assert_eq!(
+            finished,
+            vec![("a", true), ("session:a", false), ("b", true)]
+        );
+        assert_eq!(plan.skipped(), 0, "not the first-start policy's skips");
+        let outcome = plan.into_outcome(&[1, 2, 3], Vec::new());
+        assert_eq!(outcome.stored.len(), 1);
+        assert_eq!(outcome.stored[0].item, ItemKind::Session);
+    }
+
+    #[test]
+    fn while_human_hold_holds_the_humans_turns_until_the_bot_may_speak_again() {
+        let write = with_rules(
+            vec![
+                text("a", "wm1", 10, SERVICER),
+                text("b", "wm1", 20, CUSTOMER),
+            ],
+            WhileHuman::Hold,
+        );
+        let plan = plan_page(write, &HashSet::new(), HashMap::new());
+        let held: Vec<bool> = plan.rows.iter().map(|r| r.held).collect();
+        assert_eq!(held, vec![true, false, true]);
+        assert!(plan.release.is_empty());
+        let view = plan.sessions[0].view.clone().unwrap();
+        let outcome = plan.into_outcome(&[1, 2, 3], Vec::new());
+        assert_eq!(outcome.stored.len(), 1, "only the session change goes out");
+
+        let write = with_rules(
+            vec![ended("e", "wm1", 30), text("c", "wm1", 40, CUSTOMER)],
+            WhileHuman::Hold,
+        );
+        let plan = plan_page(
+            write,
+            &HashSet::new(),
+            HashMap::from([("wm1".into(), view)]),
+        );
+        assert_eq!(plan.release, vec![ExternalUserId::from("wm1")]);
+        assert!(plan.rows.iter().all(|r| !r.held));
+    }
+
+    #[test]
+    fn a_click_on_the_survey_is_a_rating_not_a_question() {
+        let click = item(&format!(
+            r#"{{"msgid":"r","open_kfid":"wk","external_userid":"wm1","send_time":10,"origin":3,"msgtype":"text","text":{{"content":"满意","menu_id":"{SURVEY_MENU_PREFIX}0"}}}}"#
+        ));
+        let plan = plan_page(page(vec![click]), &HashSet::new(), HashMap::new());
+        assert_eq!(turns(&plan), vec![("r", "customer", Some("survey_answer"))]);
+    }
+
+    #[test]
+    fn a_message_older_than_the_window_is_not_the_bots_to_answer_now() {
+        let mut write = page(vec![text("a", "wm1", 1_000, CUSTOMER)]);
+        write.turns.now_secs = Some(1_000 + 49 * 3600);
+        let plan = plan_page(write, &HashSet::new(), HashMap::new());
+        assert_eq!(turns(&plan), vec![("a", "customer", Some("window_closed"))]);
+        let mut write = page(vec![text("a", "wm1", 1_000, CUSTOMER)]);
+        write.turns.now_secs = Some(1_000 + 60);
+        let plan = plan_page(write, &HashSet::new(), HashMap::new());
+        assert_eq!(turns(&plan), vec![("a", "customer", None)]);
     }
 }

@@ -96,7 +96,20 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX callback_replays_expiry ON callback_replays(expires_at);
     ALTER TABLE api_sends ADD COLUMN request_sha256 TEXT;
     ",
+    // 4: whose turn it is (who wrote each item, why the bot may not answer it) and the items
+    // held while a human has the session (1 held, 0 released as history).
+    "
+    ALTER TABLE messages ADD COLUMN author TEXT;
+    ALTER TABLE messages ADD COLUMN no_reply TEXT;
+    ALTER TABLE messages ADD COLUMN held SMALLINT;
+    CREATE INDEX messages_held ON messages(open_kfid, external_userid) WHERE held = 1;
+    ",
 ];
+
+/// An `origin` column (BIGINT) as the library's `u32`; a value out of range is unknown.
+fn origin_of(origin: Option<i64>) -> Option<u32> {
+    origin.and_then(|o| u32::try_from(o).ok())
+}
 
 /// The PostgreSQL [`Store`].
 pub struct PostgresStore {
@@ -381,6 +394,9 @@ impl Store for PostgresStore {
                 let mut raws = Vec::with_capacity(n);
                 let mut errors: Vec<Option<&str>> = Vec::with_capacity(n);
                 let mut skips: Vec<bool> = Vec::with_capacity(n);
+                let mut authors: Vec<&str> = Vec::with_capacity(n);
+                let mut no_replies: Vec<Option<&str>> = Vec::with_capacity(n);
+                let mut helds: Vec<Option<i16>> = Vec::with_capacity(n);
                 for row in &plan.rows {
                     let m = &row.message;
                     msgids.push(m.msgid.as_str());
@@ -390,7 +406,10 @@ impl Store for PostgresStore {
                     kinds.push(m.kind.as_str());
                     raws.push(m.payload.raw());
                     errors.push(m.decode_error.as_deref());
-                    skips.push(row.skipped);
+                    skips.push(row.finished());
+                    authors.push(row.turn.from.as_str());
+                    no_replies.push(row.turn.stored_no_reply());
+                    helds.push(row.held.then_some(1));
                 }
                 // One statement for the page; ordinality keeps seq in page order. No
                 // `ON CONFLICT`: the plan only holds msgids the store does not have, so a
@@ -399,11 +418,12 @@ impl Store for PostgresStore {
                 let rows = tx
                     .query(
                         "INSERT INTO messages (open_kfid, msgid, external_userid, send_time, origin, kind, \
-                         raw, decode_error, stored_at, skipped, delivered_at) \
-                         SELECT $1, m, e, t, o, k, r, d, $9::bigint, s, CASE WHEN s THEN $9::bigint END \
-                         FROM UNNEST($2::text[], $3::text[], $4::bigint[], \
-                         $5::bigint[], $6::text[], $7::text[], $8::text[], $10::bool[]) \
-                         WITH ORDINALITY AS u(m, e, t, o, k, r, d, s, i) \
+                         raw, decode_error, stored_at, skipped, delivered_at, author, no_reply, held) \
+                         SELECT $1, m, e, t, o, k, r, d, $9::bigint, s, CASE WHEN s THEN $9::bigint END, \
+                         a, n, h FROM UNNEST($2::text[], $3::text[], $4::bigint[], \
+                         $5::bigint[], $6::text[], $7::text[], $8::text[], $10::bool[], $11::text[], \
+                         $12::text[], $13::smallint[]) \
+                         WITH ORDINALITY AS u(m, e, t, o, k, r, d, s, a, n, h, i) \
                          ORDER BY i RETURNING seq, msgid",
                         &[
                             &plan.open_kfid.as_str(),
@@ -416,6 +436,9 @@ impl Store for PostgresStore {
                             &errors,
                             &plan.now_ms,
                             &skips,
+                            &authors,
+                            &no_replies,
+                            &helds,
                         ],
                     )
                     .await?;
@@ -475,8 +498,36 @@ impl Store for PostgresStore {
                     ],
                 )
                 .await?;
+                let mut released = Vec::new();
+                if !plan.release.is_empty() {
+                    let customers: Vec<&str> =
+                        plan.release.iter().map(ExternalUserId::as_str).collect();
+                    let rows = tx
+                        .query(
+                            "UPDATE messages SET held = 0 WHERE open_kfid = $1 \
+                             AND external_userid = ANY($2) AND held = 1 RETURNING seq, \
+                             external_userid, stored_at, decode_error IS NOT NULL, raw, author, \
+                             no_reply, origin",
+                            &[&plan.open_kfid.as_str(), &customers],
+                        )
+                        .await?;
+                    released = rows
+                        .iter()
+                        .map(|r| StoredMessage {
+                            seq: r.get(0),
+                            lane: Lane::new(plan.open_kfid.clone(), r.get::<_, String>(1)),
+                            stored_at_ms: r.get(2),
+                            invalid: r.get(3),
+                            payload: Some(Payload::Raw(Arc::from(r.get::<_, String>(4)))),
+                            media: None,
+                            turn: Turn::read(r.get(5), r.get(6), origin_of(r.get(7))),
+                            item: ItemKind::History,
+                        })
+                        .collect();
+                    released.sort_by_key(|m| m.seq);
+                }
                 tx.commit().await?;
-                Ok(plan.into_outcome(&seqs))
+                Ok(plan.into_outcome(&seqs, released))
             })
         })
     }
@@ -490,8 +541,10 @@ impl Store for PostgresStore {
             with_client!(self, client, {
                 let rows = client
                     .query(
-                        "SELECT seq, open_kfid, external_userid, stored_at, decode_error IS NOT NULL \
-                         FROM messages WHERE delivered_at IS NULL AND seq > $1 ORDER BY seq LIMIT $2",
+                        "SELECT seq, open_kfid, external_userid, stored_at, decode_error IS NOT NULL, \
+                         author, no_reply, origin, kind, held FROM messages \
+                         WHERE delivered_at IS NULL AND seq > $1 AND (held IS NULL OR held = 0) \
+                         ORDER BY seq LIMIT $2",
                         &[&after_seq, &(limit as i64)],
                     )
                     .await?;
@@ -504,6 +557,8 @@ impl Store for PostgresStore {
                         invalid: r.get(4),
                         payload: None,
                         media: None,
+                        turn: Turn::read(r.get(5), r.get(6), origin_of(r.get(7))),
+                        item: ItemKind::of_row(r.get(8), r.get::<_, Option<i16>>(9).map(i64::from)),
                     })
                     .collect())
             })

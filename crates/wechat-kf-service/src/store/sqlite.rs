@@ -97,6 +97,14 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX callback_replays_expiry ON callback_replays(expires_at);
     ALTER TABLE api_sends ADD COLUMN request_sha256 TEXT;
     ",
+    // 4: whose turn it is (who wrote each item, why the bot may not answer it) and the items
+    // held while a human has the session (1 held, 0 released as history).
+    "
+    ALTER TABLE messages ADD COLUMN author TEXT;
+    ALTER TABLE messages ADD COLUMN no_reply TEXT;
+    ALTER TABLE messages ADD COLUMN held INTEGER;
+    CREATE INDEX messages_held ON messages(open_kfid, external_userid) WHERE held = 1;
+    ",
 ];
 
 // A pending message's delivery is the one whose comma-separated `seqs` holds its seq.
@@ -310,8 +318,9 @@ fn commit_page(conn: &mut Connection, page: PageWrite) -> Result<PageOutcome, Er
         // again) is better than committing a plan built on it.
         let mut insert = tx.prepare_cached(
             "INSERT INTO messages (open_kfid, msgid, external_userid, send_time, origin, kind, raw, \
-             decode_error, stored_at, skipped, delivered_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, CASE WHEN ?10 THEN ?9 END)",
+             decode_error, stored_at, skipped, delivered_at, author, no_reply, held) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, CASE WHEN ?10 THEN ?9 END, ?11, ?12, \
+             CASE WHEN ?13 THEN 1 END)",
         )?;
         for row in &plan.rows {
             let m = &row.message;
@@ -325,7 +334,10 @@ fn commit_page(conn: &mut Connection, page: PageWrite) -> Result<PageOutcome, Er
                 m.payload.raw(),
                 m.decode_error,
                 plan.now_ms,
-                row.skipped,
+                row.finished(),
+                row.turn.from.as_str(),
+                row.turn.stored_no_reply(),
+                row.held,
             ])?;
             seqs.push(tx.last_insert_rowid());
         }
@@ -360,8 +372,39 @@ fn commit_page(conn: &mut Connection, page: PageWrite) -> Result<PageOutcome, Er
             plan.catch_up_before
         ])?;
     }
+    let mut released = Vec::new();
+    if !plan.release.is_empty() {
+        let mut release = tx.prepare_cached(
+            "UPDATE messages SET held = 0 WHERE open_kfid = ?1 AND external_userid = ?2 AND held = 1 \
+             RETURNING seq, stored_at, decode_error IS NOT NULL, raw, author, no_reply, origin",
+        )?;
+        for customer in &plan.release {
+            let rows =
+                release.query_map(params![plan.open_kfid.as_str(), customer.as_str()], |r| {
+                    let author: Option<String> = r.get(4)?;
+                    let no_reply: Option<String> = r.get(5)?;
+                    let raw: String = r.get(3)?;
+                    Ok(StoredMessage {
+                        seq: r.get(0)?,
+                        lane: Lane {
+                            open_kfid: plan.open_kfid.clone(),
+                            external_userid: customer.clone(),
+                        },
+                        stored_at_ms: r.get(1)?,
+                        invalid: r.get(2)?,
+                        payload: Some(Payload::Raw(Arc::from(raw))),
+                        media: None,
+                        turn: Turn::read(author.as_deref(), no_reply.as_deref(), r.get(6)?),
+                        item: ItemKind::History,
+                    })
+                })?;
+            let mut rows = rows.collect::<Result<Vec<_>, _>>()?;
+            rows.sort_by_key(|m| m.seq);
+            released.extend(rows);
+        }
+    }
     tx.commit()?;
-    Ok(plan.into_outcome(&seqs))
+    Ok(plan.into_outcome(&seqs, released))
 }
 
 fn insert_reply(
@@ -471,12 +514,18 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>> {
         self.call(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT seq, open_kfid, external_userid, stored_at, decode_error IS NOT NULL \
-                 FROM messages WHERE delivered_at IS NULL AND seq > ?1 ORDER BY seq LIMIT ?2",
+                "SELECT seq, open_kfid, external_userid, stored_at, decode_error IS NOT NULL, \
+                 author, no_reply, origin, kind, held FROM messages \
+                 WHERE delivered_at IS NULL AND seq > ?1 AND (held IS NULL OR held = 0) \
+                 ORDER BY seq LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![after_seq, limit as i64], |r| {
                 let open_kfid: String = r.get(1)?;
                 let external_userid: String = r.get(2)?;
+                let author: Option<String> = r.get(5)?;
+                let no_reply: Option<String> = r.get(6)?;
+                let kind: String = r.get(8)?;
+                let held: Option<i64> = r.get(9)?;
                 Ok(StoredMessage {
                     seq: r.get(0)?,
                     lane: Lane::new(open_kfid, external_userid),
@@ -484,6 +533,8 @@ impl Store for SqliteStore {
                     invalid: r.get(4)?,
                     payload: None,
                     media: None,
+                    turn: Turn::read(author.as_deref(), no_reply.as_deref(), r.get(7)?),
+                    item: ItemKind::of_row(&kind, held),
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -1103,6 +1154,7 @@ mod tests {
             now_ms: 1000,
             skip_before: None,
             catch_up_before: None,
+            turns: Default::default(),
             actions: Vec::new(),
         }
     }

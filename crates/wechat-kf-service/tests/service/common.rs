@@ -243,6 +243,8 @@ pub struct Received {
     pub reply_results: Vec<Value>,
     /// `media` of the body (`{msgid: record}`), `Null` when absent.
     pub media: Value,
+    /// `items` of the body: whose turn each message is, and session changes, in order.
+    pub items: Vec<Value>,
 }
 
 impl Received {
@@ -372,6 +374,7 @@ async fn hook(State(state): State<Arc<SinkState>>, headers: HeaderMap, body: Byt
             .cloned()
             .unwrap_or_default(),
         media: value["media"].clone(),
+        items: value["items"].as_array().cloned().unwrap_or_default(),
     };
     let action = (state.policy.lock().unwrap())(&received);
     match action {

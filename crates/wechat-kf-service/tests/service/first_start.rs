@@ -146,6 +146,7 @@ async fn a_rejected_cursor_is_treated_like_a_first_start() {
                 now_ms: 0,
                 skip_before: None,
                 catch_up_before: None,
+                turns: Default::default(),
                 actions: vec![],
             })
             .await
@@ -229,6 +230,7 @@ async fn a_restart_in_the_middle_of_a_catch_up_keeps_skipping_old_messages() {
                 now_ms: 0,
                 skip_before: Some(threshold),
                 catch_up_before: Some(threshold),
+                turns: Default::default(),
                 actions: vec![],
             })
             .await

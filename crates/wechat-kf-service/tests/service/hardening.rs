@@ -405,6 +405,7 @@ async fn damaged_store(path: &std::path::Path) {
                 now_ms: 1,
                 skip_before: Some(i64::MAX),
                 catch_up_before: None,
+                turns: Default::default(),
                 actions: vec![],
             })
             .await

@@ -7,6 +7,7 @@ mod first_start;
 mod hardening;
 mod joiner;
 mod leader;
+mod lifecycle;
 mod media;
 mod readiness;
 mod reply_api;

@@ -13,6 +13,7 @@ use wechat_kf_service::store::{
     NewReply, PageWrite, Payload, PostgresStore, ReplyEndpoint, ReplyOutcome, ReplyState,
     SessionUpdate, SqliteStore, Store,
 };
+use wechat_kf_service::store::{ItemKind, TurnRules, WhileHuman};
 
 fn message(msgid: &str, customer: &str, origin: u32) -> NewMessage {
     let raw = format!(r#"{{"msgid":"{msgid}","external_userid":"{customer}","origin":{origin}}}"#);
@@ -35,6 +36,7 @@ fn page(open_kfid: &str, msgids: &[&str], cursor: Option<&str>) -> PageWrite {
         now_ms: 1000,
         skip_before: None,
         catch_up_before: None,
+        turns: Default::default(),
         actions: Vec::new(),
     }
 }
@@ -97,6 +99,7 @@ async fn conformance_v2(store: &dyn Store) {
         now_ms: 2000,
         skip_before: Some(300),
         catch_up_before: Some(300),
+        turns: Default::default(),
         actions: vec![
             ("old".into(), reply("act-old", "wkS/wmS")),
             ("new".into(), reply("act-new", "wkS/wmS")),
@@ -133,6 +136,7 @@ async fn conformance_v2(store: &dyn Store) {
         now_ms: 2001,
         skip_before: Some(300),
         catch_up_before: None,
+        turns: Default::default(),
         actions: vec![("new".into(), reply("act-again", "wkS/wmS"))],
     };
     let out = store.commit_page(write).await.unwrap();
@@ -282,6 +286,7 @@ async fn conformance_v2(store: &dyn Store) {
             now_ms: 4000,
             skip_before: None,
             catch_up_before: None,
+            turns: Default::default(),
             actions: vec![],
         })
         .await
@@ -315,6 +320,97 @@ fn decoded_p(msgid: &str, customer: &str, send_time: i64, origin: u32) -> NewMes
     decoded_text("wkP", msgid, customer, send_time, origin)
 }
 
+/// Whose turn it is, stored with each row; `while_human = "hold"` keeps a human's turns from
+/// the bot (out of the pending scan too) until a customer message the bot may answer releases
+/// them, first, as history.
+async fn conformance_turns(store: &dyn Store) {
+    let hold = |messages: Vec<NewMessage>| PageWrite {
+        open_kfid: "wkH".into(),
+        messages,
+        next_cursor: None,
+        now_ms: 5000,
+        skip_before: None,
+        catch_up_before: None,
+        actions: Vec::new(),
+        turns: TurnRules {
+            now_secs: None,
+            while_human: WhileHuman::Hold,
+        },
+    };
+    let text = |msgid: &str, send_time: i64, origin: u32| {
+        decoded_text("wkH", msgid, "wmH", send_time, origin)
+    };
+    let pending = || async {
+        store
+            .pending_messages(0, 10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.lane.open_kfid == "wkH")
+            .map(|m| (m.seq, m.item, m.turn.from.as_str(), m.turn.bot_may_reply()))
+            .collect::<Vec<_>>()
+    };
+    let out = store
+        .commit_page(hold(vec![text("h1", 10, 5), text("h2", 20, 3)]))
+        .await
+        .unwrap();
+    let kinds: Vec<ItemKind> = out.stored.iter().map(|m| m.item).collect();
+    assert_eq!(kinds, vec![ItemKind::Session], "only the change goes out");
+    let session_seq = out.stored[0].seq;
+    assert_eq!(
+        pending().await,
+        vec![(session_seq, ItemKind::Session, "system", false)],
+        "held rows are not pending"
+    );
+
+    let end = Message::from_json(
+        r#"{"msgid":"h-end","send_time":30,"origin":4,"msgtype":"event","event":{"event_type":"session_status_change","open_kfid":"wkH","external_userid":"wmH","change_type":3,"old_servicer_userid":"zhangsan","msg_code":"END"}}"#,
+    )
+    .unwrap();
+    let end = NewMessage {
+        msgid: "h-end".into(),
+        external_userid: "wmH".into(),
+        send_time: 30,
+        origin: Some(4),
+        kind: "event:session_status_change".into(),
+        payload: Payload::Message(end),
+        decode_error: None,
+    };
+    let out = store
+        .commit_page(hold(vec![end, text("h3", 40, 3)]))
+        .await
+        .unwrap();
+    let got: Vec<(ItemKind, &str, bool)> = out
+        .stored
+        .iter()
+        .map(|m| (m.item, m.turn.from.as_str(), m.turn.bot_may_reply()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (ItemKind::History, "servicer", false),
+            (ItemKind::History, "customer", false),
+            (ItemKind::Message, "system", false),
+            (ItemKind::Session, "system", false),
+            (ItemKind::Message, "customer", true),
+            (ItemKind::Session, "system", false),
+        ],
+        "the held turns first, as history, then the page"
+    );
+    assert!(out.stored.windows(2).skip(1).all(|w| w[0].seq < w[1].seq));
+    assert!(
+        out.stored[0].seq < session_seq,
+        "released rows keep their place"
+    );
+    let pending = pending().await;
+    assert_eq!(
+        pending.len(),
+        7,
+        "released rows are pending again, until acknowledged"
+    );
+    assert_eq!(pending[0].1, ItemKind::History);
+}
+
 /// A handoff queued for `msgid`, itself identified as `handoff-<msgid>`.
 fn handoff(msgid: &str, customer: &str) -> (MsgId, NewReply) {
     let reply = NewReply {
@@ -335,6 +431,7 @@ async fn conformance_policy(store: &dyn Store) {
         skip_before: Some(1000),
         catch_up_before: None,
         actions,
+        turns: Default::default(),
     };
     let handoffs = || async {
         let mut queued: Vec<MsgId> = store
@@ -396,6 +493,7 @@ async fn conformance_policy(store: &dyn Store) {
         rows,
         vec![
             ("p-old", true),
+            ("session:p-old", true),
             ("p-x1", false),
             ("p-y1", false),
             ("p-raw", false),
@@ -798,6 +896,7 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(store.stats().await.unwrap().messages, 2);
     conformance_v2(&*store).await;
     conformance_policy(&*store).await;
+    conformance_turns(&*store).await;
 
     // Where a catch-up resumes after a rejected cursor: the newest stored send_time.
     assert_eq!(store.last_send_time("wkT".into()).await.unwrap(), None);

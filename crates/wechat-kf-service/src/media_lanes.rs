@@ -27,6 +27,27 @@ use crate::delivery::DeliveryQueue;
 use crate::media::MediaFetcher;
 use crate::store::{Lane, Payload, Store, StoredMessage};
 
+/// The one way stored rows reach the deliverer: behind their customer's media when media is
+/// downloaded, else straight to the delivery queue. Shared by the pullers and the sender (the
+/// session changes of its transfers).
+#[derive(Clone)]
+pub(crate) struct Handover {
+    /// The media lanes, when media is downloaded.
+    pub(crate) lanes: Option<Arc<MediaLanes>>,
+    /// The deliverer's queue.
+    pub(crate) queue: DeliveryQueue,
+}
+
+impl Handover {
+    /// Hands stored rows of one account over, keeping each customer's order.
+    pub(crate) async fn hand_over(&self, open_kfid: &OpenKfId, stored: Vec<StoredMessage>) {
+        match &self.lanes {
+            Some(lanes) => lanes.hand_over(open_kfid, stored).await,
+            None => self.queue.push(stored).await,
+        }
+    }
+}
+
 /// The customers whose messages wait for media, each with its task's queue.
 pub(crate) struct MediaLanes {
     fetcher: Arc<MediaFetcher>,

@@ -26,6 +26,7 @@ use crate::clock::Clock;
 use crate::config::JoinerConfig;
 use crate::conversation::{Greeter, StageMeta, wants_names};
 use crate::error::safe_error;
+use crate::media_lanes::Handover;
 use crate::metrics::Metrics;
 use crate::replies::{
     OnEvent, ReplyOrigin, SendMsg, Transfer, outbound_from_json, parse_on_event, parse_send_msg,
@@ -33,7 +34,9 @@ use crate::replies::{
 };
 use crate::retry::{backoff, jitter};
 use crate::send_policy::{Gate, SendOutcome, refusal_json};
-use crate::store::{ReplyEndpoint, ReplyOutcome, ReplyRecord, ReplyState, SessionUpdate, Store};
+use crate::store::{
+    ReplyEndpoint, ReplyOutcome, ReplyRecord, ReplyState, SessionChange, SessionUpdate, Store,
+};
 
 /// Longest text WeChat accepts (bytes); the joiner never merges beyond it.
 const MAX_TEXT_BYTES: usize = 2048;
@@ -55,6 +58,57 @@ fn sent_by_an_earlier_attempt(error: &wechat_kf::client::Error, attempts: u32) -
         )
 }
 
+/// Records the session changes the service makes itself (WeChat sends no event for an API
+/// transfer), delivered in order with the customer's messages.
+pub(crate) struct Recorder {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) handover: Handover,
+    /// `at` of the change (WeChat's clock) and `stored_at` (the service's own).
+    pub(crate) clock: Clock,
+}
+
+impl Recorder {
+    /// Stores and hands over the change a transfer made; a failure is logged (the transfer
+    /// itself stands, and the session's view knows it).
+    async fn transferred(
+        &self,
+        transfer: &Transfer,
+        old_state: Option<ServiceState>,
+        new_state: ServiceState,
+        by: &'static str,
+    ) {
+        let change = SessionChange {
+            open_kfid: transfer.open_kfid.clone(),
+            external_userid: transfer.external_userid.clone(),
+            old_state: old_state.map(ServiceState::code),
+            new_state: new_state.code(),
+            servicer_userid: transfer
+                .servicer_userid
+                .clone()
+                .filter(|_| new_state == ServiceState::Human),
+            trigger: "transfer",
+            change_type: None,
+            by: Some(by),
+            cause_msgid: None,
+            at: self.clock.now_u64() as i64,
+        };
+        match self
+            .store
+            .record_session_change(change, self.clock.local_ms())
+            .await
+        {
+            Ok(row) => {
+                self.handover
+                    .hand_over(&transfer.open_kfid, vec![row])
+                    .await;
+            }
+            Err(e) => {
+                tracing::warn!(open_kfid = transfer.open_kfid.as_str(), error = %e, "cannot record a transfer's session change; it is not delivered");
+            }
+        }
+    }
+}
+
 /// What a transfer did.
 pub(crate) struct Transferred {
     /// The code WeChat returned (unless it was used for the message).
@@ -70,11 +124,19 @@ pub(crate) async fn transfer_and_greet(
     client: &Client,
     gate: Option<&Gate>,
     greeter: &Greeter,
+    recorder: &Recorder,
     metrics: &Metrics,
     transfer: &Transfer,
     trigger: &'static str,
 ) -> Result<Transferred, wechat_kf::client::Error> {
     let target = ServiceState::from_code(transfer.service_state);
+    let old_state = match gate {
+        Some(gate) => gate
+            .view(&transfer.open_kfid, &transfer.external_userid)
+            .await
+            .and_then(|view| view.state()),
+        None => None,
+    };
     let mut request = TransServiceStateRequest::new(
         transfer.open_kfid.clone(),
         transfer.external_userid.clone(),
@@ -108,6 +170,9 @@ pub(crate) async fn transfer_and_greet(
         )
         .await;
     }
+    recorder
+        .transferred(transfer, old_state, target, trigger)
+        .await;
     let greeting =
         greeter.transfer_message(&transfer.open_kfid, target, transfer.message.as_deref());
     let (Some((stage, mut message)), Some(code_value)) = (greeting, &code) else {
@@ -182,6 +247,8 @@ pub(crate) struct ReplySender {
     pub(crate) clock: Clock,
     /// The stage messages of transfers, and names for placeholders.
     pub(crate) greeter: Arc<Greeter>,
+    /// The session changes of transfers.
+    pub(crate) recorder: Arc<Recorder>,
 }
 
 /// A queued reply read back.
@@ -583,6 +650,7 @@ impl ReplySender {
             &self.client,
             Some(&self.gate),
             &self.greeter,
+            &self.recorder,
             &self.metrics,
             transfer,
             trigger,

@@ -25,14 +25,14 @@ use crate::http::server::{self, Connections, Limits};
 use crate::http::{AppParts, AppState, CallbackSettings, metrics_router, router};
 use crate::leader::{self, LeaderLock};
 use crate::media::MediaFetcher;
-use crate::media_lanes::MediaLanes;
+use crate::media_lanes::{Handover, MediaLanes};
 use crate::metrics::Metrics;
 use crate::puller::{PullContext, Pullers};
 use crate::readiness::{self, Readiness};
 use crate::retry::backoff;
 use crate::sandbox;
 use crate::send_policy::Gate;
-use crate::sender::ReplySender;
+use crate::sender::{Recorder, ReplySender};
 use crate::store::{self, Store};
 use crate::summary::{self, Discovery, Facts, ReplyApi};
 
@@ -271,6 +271,17 @@ impl Service {
         )
         .await?;
         let deliverer = deliverer.watch_store(readiness.clone());
+        let handover = Handover {
+            lanes: media.clone().map(|fetcher| {
+                MediaLanes::new(fetcher, store.clone(), queue.clone(), shutdown.clone())
+            }),
+            queue: queue.clone(),
+        };
+        let recorder = Arc::new(Recorder {
+            store: store.clone(),
+            handover: handover.clone(),
+            clock: clock.clone(),
+        });
         let pullers = Arc::new(Pullers::new(PullContext {
             client: client.clone(),
             store: store.clone(),
@@ -284,9 +295,7 @@ impl Service {
             started_at,
             handoff: config.handoff.clone(),
             conversation: conversation.clone(),
-            media: media.clone().map(|fetcher| {
-                MediaLanes::new(fetcher, store.clone(), queue.clone(), shutdown.clone())
-            }),
+            media: handover.lanes.clone(),
             replies: reply_wake.clone(),
             readiness: readiness.clone(),
         }));
@@ -304,6 +313,7 @@ impl Service {
             store: store.clone(),
             gate: gate.clone(),
             greeter: greeter.clone(),
+            recorder: recorder.clone(),
             metrics: metrics.clone(),
             pullers: pullers.clone(),
             clock: clock.clone(),
@@ -362,6 +372,7 @@ impl Service {
                 retry_max: Duration::from_secs(300),
                 clock: clock.clone(),
                 greeter: greeter.clone(),
+                recorder: recorder.clone(),
             }
             .run(shutdown.clone()),
         );

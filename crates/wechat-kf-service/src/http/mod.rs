@@ -37,6 +37,7 @@ use crate::metrics::Metrics;
 use crate::puller::Pullers;
 use crate::readiness::{self, Readiness};
 use crate::send_policy::Gate;
+use crate::sender::Recorder;
 use crate::store::Store;
 
 pub(crate) use callback::{CallbackSettings, CallbackState};
@@ -72,6 +73,8 @@ pub(crate) struct AppParts {
     pub(crate) gate: Arc<Gate>,
     /// The stage messages of transfers.
     pub(crate) greeter: Arc<Greeter>,
+    /// The session changes of transfers.
+    pub(crate) recorder: Arc<Recorder>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) pullers: Arc<Pullers>,
     /// WeChat's clock (callback timestamps).
@@ -96,6 +99,7 @@ impl AppState {
             store,
             gate,
             greeter,
+            recorder,
             metrics,
             pullers,
             clock,
@@ -122,7 +126,15 @@ impl AppState {
                 )
             }),
             reply_api: api_token.map(|token| {
-                ReplyApiState::new(token, client, store, gate, metrics.clone(), greeter)
+                ReplyApiState::new(
+                    token,
+                    client,
+                    store,
+                    gate,
+                    metrics.clone(),
+                    greeter,
+                    recorder,
+                )
             }),
             pullers,
             metrics_apart,

@@ -182,6 +182,9 @@ pub(crate) struct SessionChangeBody {
     /// The `change_type` of a `session_status_change` event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) change_type: Option<u32>,
+    /// Who asked for a transfer the service made: `keyword` or `bot`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) by: Option<String>,
     /// The msgid of the item that caused it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) cause_msgid: Option<String>,

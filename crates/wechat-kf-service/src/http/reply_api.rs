@@ -39,7 +39,7 @@ use crate::ids::{IdKind, check};
 use crate::metrics::Metrics;
 use crate::replies::SendMsg;
 use crate::send_policy::{Gate, Refusal, SendOutcome};
-use crate::sender::transfer_and_greet;
+use crate::sender::{Recorder, transfer_and_greet};
 use crate::store::{ApiSend, Store};
 
 /// Largest reply-API request body.
@@ -62,6 +62,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// The stage messages of transfers.
     greeter: Arc<Greeter>,
+    /// The session changes of transfers.
+    recorder: Arc<Recorder>,
     /// Msgids being sent right now (a concurrent duplicate gets 409).
     in_flight: Mutex<HashSet<String>>,
 }
@@ -84,6 +86,7 @@ impl ReplyApiState {
         gate: Arc<Gate>,
         metrics: Arc<Metrics>,
         greeter: Arc<Greeter>,
+        recorder: Arc<Recorder>,
     ) -> Self {
         ReplyApiState {
             inner: Arc::new(Inner {
@@ -93,6 +96,7 @@ impl ReplyApiState {
                 gate,
                 metrics,
                 greeter,
+                recorder,
                 in_flight: Mutex::new(HashSet::new()),
             }),
         }
@@ -454,6 +458,7 @@ pub(crate) async fn trans(
         &inner.client,
         Some(&inner.gate),
         &inner.greeter,
+        &inner.recorder,
         &inner.metrics,
         &transfer,
         "bot",

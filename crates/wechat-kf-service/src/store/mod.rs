@@ -173,6 +173,43 @@ impl ItemKind {
     }
 }
 
+impl SessionChange {
+    /// The stored row of a change the service made: a unique msgid (no item of WeChat caused
+    /// it), the change's JSON as its payload.
+    pub(crate) fn row(&self, msgid: MsgId) -> NewMessage {
+        NewMessage {
+            msgid,
+            external_userid: self.external_userid.clone(),
+            send_time: self.at,
+            origin: None,
+            kind: SESSION_KIND.to_owned(),
+            payload: Payload::Raw(Arc::from(serde_json::to_string(self).unwrap_or_default())),
+            decode_error: None,
+        }
+    }
+
+    /// The [`StoredMessage`] of its row.
+    pub(crate) fn stored(self, open_kfid: OpenKfId, seq: i64, now_ms: i64) -> StoredMessage {
+        let row = self.row(MsgId::from(""));
+        StoredMessage {
+            seq,
+            lane: Lane {
+                open_kfid,
+                external_userid: self.external_userid,
+            },
+            stored_at_ms: now_ms,
+            invalid: false,
+            payload: Some(row.payload),
+            media: None,
+            turn: Turn {
+                from: Author::System,
+                no_reply: Some(NoReply::SystemEvent),
+            },
+            item: ItemKind::Session,
+        }
+    }
+}
+
 /// The `kind` of the rows that record a change of a session's state.
 pub const SESSION_KIND: &str = "session";
 
@@ -191,11 +228,16 @@ pub struct SessionChange {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub servicer_userid: Option<UserId>,
     /// What changed it: `customer_message`, `servicer_message`, `enter_session`,
-    /// `session_status_change`, `msg_send_fail`, or `transfer` (this service's own call).
+    /// `session_status_change`, `msg_send_fail`, `event`, or `transfer` (this service's own
+    /// `service_state/trans`).
     pub trigger: &'static str,
     /// The `change_type` of a `session_status_change` event.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub change_type: Option<u32>,
+    /// Who asked for a transfer the service made (`trigger` `transfer`): `keyword`, `bot`
+    /// (webhook reply or reply API).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<&'static str>,
     /// The msgid of the item that caused it (none for a transfer).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cause_msgid: Option<MsgId>,
@@ -709,6 +751,15 @@ pub trait Store: Send + Sync + 'static {
     /// one transaction. What it writes is decided by one pure function both backends call (the
     /// page-commit policy, `store/policy.rs`); the backends only read and write.
     fn commit_page(&self, page: PageWrite) -> BoxFuture<'_, Result<PageOutcome, Error>>;
+
+    /// Stores a change of a session's state the service made itself (a transfer: WeChat sends
+    /// no event for those), as a row of `kind` `session` that is delivered in order with the
+    /// customer's messages; returns it for the deliverer.
+    fn record_session_change(
+        &self,
+        change: SessionChange,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<StoredMessage, Error>>;
 
     /// Stored, unacknowledged messages with `seq > after_seq`, in seq order (no payloads).
     fn pending_messages(

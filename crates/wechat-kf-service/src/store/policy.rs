@@ -365,6 +365,7 @@ fn session_change(
         servicer_userid: view.servicer().cloned(),
         trigger,
         change_type,
+        by: None,
         cause_msgid: Some(message.msgid().clone()),
         at: message.send_time() as i64,
     })

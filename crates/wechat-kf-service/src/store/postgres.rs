@@ -532,6 +532,40 @@ impl Store for PostgresStore {
         })
     }
 
+    fn record_session_change(
+        &self,
+        change: SessionChange,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<StoredMessage, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let row = change.row(MsgId::from(format!(
+                    "session:{}",
+                    uuid::Uuid::new_v4().simple()
+                )));
+                let seq: i64 = client
+                    .query_one(
+                        "INSERT INTO messages (open_kfid, msgid, external_userid, send_time, kind, raw, \
+                         stored_at, author, no_reply) VALUES ($1, $2, $3, $4, $5, $6, $7, 'system', \
+                         'system_event') RETURNING seq",
+                        &[
+                            &change.open_kfid.as_str(),
+                            &row.msgid.as_str(),
+                            &row.external_userid.as_str(),
+                            &row.send_time,
+                            &row.kind,
+                            &row.payload.raw(),
+                            &now_ms,
+                        ],
+                    )
+                    .await?
+                    .get(0);
+                let open_kfid = change.open_kfid.clone();
+                Ok(change.stored(open_kfid, seq, now_ms))
+            })
+        })
+    }
+
     fn pending_messages(
         &self,
         after_seq: i64,

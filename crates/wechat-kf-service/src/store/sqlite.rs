@@ -507,6 +507,32 @@ impl Store for SqliteStore {
         self.call(move |conn| commit_page(conn, page))
     }
 
+    fn record_session_change(
+        &self,
+        change: SessionChange,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<StoredMessage, Error>> {
+        self.call(move |conn| {
+            let row = change.row(MsgId::from(format!("session:{}", uuid::Uuid::new_v4().simple())));
+            conn.prepare_cached(
+                "INSERT INTO messages (open_kfid, msgid, external_userid, send_time, kind, raw, \
+                 stored_at, author, no_reply) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'system', 'system_event')",
+            )?
+            .execute(params![
+                change.open_kfid.as_str(),
+                row.msgid.as_str(),
+                row.external_userid.as_str(),
+                row.send_time,
+                row.kind,
+                row.payload.raw(),
+                now_ms,
+            ])?;
+            let seq = conn.last_insert_rowid();
+            let open_kfid = change.open_kfid.clone();
+            Ok(change.stored(open_kfid, seq, now_ms))
+        })
+    }
+
     fn pending_messages(
         &self,
         after_seq: i64,

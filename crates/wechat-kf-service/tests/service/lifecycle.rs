@@ -350,3 +350,85 @@ async fn every_stage_gets_its_message_once_and_the_survey_answer_is_a_rating() {
     running.shutdown().await;
     emu.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_services_own_transfers_are_told_to_the_bot_and_handing_back_ends_with_the_end_message()
+{
+    let emu = emulator().await;
+    let sink = Sink::start().await;
+    let kf = emu.emulator().create_account("handback");
+    add_servicer(&emu, &kf, "zhangsan").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&emu, &dir.path().join("kf.db"), Some(&sink.url));
+    config.handoff.keywords = vec!["人工".into()];
+    config.conversation.queue = Some(Stage::Text("正在为您排队".into()));
+    config.conversation.end = Some(Stage::Text("感谢咨询，再见".into()));
+    let running = start_on_emulator_clock(&emu, config).await;
+
+    emu.emulator()
+        .customer_send(text(&kf, "wmB", "转人工"))
+        .unwrap();
+    wait_for("the queue message", Duration::from_secs(15), || async {
+        answers(&emu, &kf, "wmB") == ["正在为您排队"]
+    })
+    .await;
+    let queued = || {
+        items(&sink)
+            .into_iter()
+            .find(|(item, _)| item["session"]["new_state"] == 2)
+    };
+    wait_for(
+        "the transfer told to the bot",
+        Duration::from_secs(15),
+        || async { queued().is_some() },
+    )
+    .await;
+    let queued = queued().unwrap().0;
+    assert_eq!(queued["session"]["trigger"], "transfer");
+    assert_eq!(queued["session"]["by"], "keyword");
+
+    control(
+        &emu,
+        "/emulator/servicer/pick",
+        json!({"open_kfid": kf, "external_userid": "wmB", "servicer_userid": "zhangsan"}),
+    )
+    .await;
+    // Handing back: the reply API ends the session, with the configured end message.
+    let (status, body) = api(
+        &running,
+        "POST",
+        "/v1/service_state/trans",
+        Some(json!({"open_kfid": kf, "external_userid": "wmB", "service_state": 4})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["message_sent"], Value::Null, "no message of its own");
+    wait_for("the end message", Duration::from_secs(15), || async {
+        answers(&emu, &kf, "wmB").contains(&"感谢咨询，再见".to_owned())
+    })
+    .await;
+    emu.emulator()
+        .customer_send(text(&kf, "wmB", "还有个问题"))
+        .unwrap();
+    wait_for(
+        "the customer's next message",
+        Duration::from_secs(15),
+        || async { entry_of(&sink, "还有个问题").is_some() },
+    )
+    .await;
+    assert_eq!(
+        entry_of(&sink, "还有个问题").unwrap()["bot_may_reply"],
+        true
+    );
+    let states: Vec<Value> = items(&sink)
+        .into_iter()
+        .filter_map(|(item, _)| item.get("session").map(|s| s["new_state"].clone()))
+        .collect();
+    assert_eq!(
+        states,
+        vec![json!(2), json!(3), json!(4), json!(0)],
+        "in order"
+    );
+    running.shutdown().await;
+    emu.shutdown().await;
+}

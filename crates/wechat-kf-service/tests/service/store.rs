@@ -13,7 +13,7 @@ use wechat_kf_service::store::{
     NewReply, PageWrite, Payload, PostgresStore, ReplyEndpoint, ReplyOutcome, ReplyState,
     SessionUpdate, SqliteStore, Store,
 };
-use wechat_kf_service::store::{ItemKind, TurnRules, WhileHuman};
+use wechat_kf_service::store::{ItemKind, SessionChange, TurnRules, WhileHuman};
 
 fn message(msgid: &str, customer: &str, origin: u32) -> NewMessage {
     let raw = format!(r#"{{"msgid":"{msgid}","external_userid":"{customer}","origin":{origin}}}"#);

@@ -402,13 +402,36 @@ async fn conformance_turns(store: &dyn Store) {
         out.stored[0].seq < session_seq,
         "released rows keep their place"
     );
-    let pending = pending().await;
+    let pending_now = pending().await;
     assert_eq!(
-        pending.len(),
+        pending_now.len(),
         7,
         "released rows are pending again, until acknowledged"
     );
-    assert_eq!(pending[0].1, ItemKind::History);
+    assert_eq!(pending_now[0].1, ItemKind::History);
+
+    // A change the service made itself is a pending row after everything before it.
+    let change = SessionChange {
+        open_kfid: "wkH".into(),
+        external_userid: "wmH".into(),
+        old_state: Some(0),
+        new_state: 2,
+        servicer_userid: None,
+        trigger: "transfer",
+        change_type: None,
+        by: Some("keyword"),
+        cause_msgid: None,
+        at: 50,
+    };
+    let row = store.record_session_change(change, 6000).await.unwrap();
+    assert_eq!(row.item, ItemKind::Session);
+    assert!(row.seq > pending_now.last().unwrap().0);
+    let raw: Value = serde_json::from_str(row.payload.as_ref().unwrap().raw()).unwrap();
+    assert_eq!(raw["by"], "keyword");
+    assert_eq!(
+        pending().await.last().unwrap(),
+        &(row.seq, ItemKind::Session, "system", false)
+    );
 }
 
 /// A handoff queued for `msgid`, itself identified as `handoff-<msgid>`.

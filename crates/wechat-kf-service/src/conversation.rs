@@ -18,7 +18,7 @@ use wechat_kf::client::Client;
 use wechat_kf::client::customers::BatchGetCustomersRequest;
 use wechat_kf::message::{ChangeType, Event, MessageContent};
 use wechat_kf::session::ServiceState;
-use wechat_kf::{ExternalUserId, MsgId, OpenKfId};
+use wechat_kf::{ExternalUserId, MsgId, OpenKfId, UserId};
 
 use crate::config::{ConversationConfig, Stage, Stages};
 use crate::replies::new_msgid;
@@ -233,18 +233,79 @@ const NAMES_MAX: usize = 10_000;
 /// stages, and nicknames (`kf/customer/batchget`) and account names (`kf/account/list`)
 /// cached for [`NAMES_TTL`]. Shared by the reply sender and the reply API.
 #[derive(Debug)]
-pub(crate) struct Greeter {
+pub(crate) struct Conversations {
     config: Arc<ConversationConfig>,
     names: Mutex<HashMap<String, (String, Instant)>>,
+    /// Per account: the servicers listed as receiving, and when they were listed.
+    rosters: Mutex<HashMap<OpenKfId, (Vec<UserId>, Instant)>>,
+    /// Per (account, servicer): the number of the last assignment (larger is later).
+    assigned: Mutex<HashMap<(OpenKfId, UserId), u64>>,
+    assignments: std::sync::atomic::AtomicU64,
 }
 
-impl Greeter {
-    /// A greeter for `config`.
-    pub(crate) fn new(config: Arc<ConversationConfig>) -> Greeter {
-        Greeter {
+impl Conversations {
+    /// A conversations for `config`.
+    pub(crate) fn new(config: Arc<ConversationConfig>) -> Conversations {
+        Conversations {
             config,
             names: Mutex::new(HashMap::new()),
+            rosters: Mutex::new(HashMap::new()),
+            assigned: Mutex::new(HashMap::new()),
+            assignments: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// The servicers of an account that may take a session (`kf/servicer/list`, status 0 =
+    /// receiving; an entry without status — the app lacks the manage permission — is tried,
+    /// and WeChat's 95019 then rules it out), listed at most every [`ROSTER_TTL`].
+    pub(crate) async fn receiving_servicers(
+        &self,
+        client: &Client,
+        open_kfid: &OpenKfId,
+    ) -> Result<Vec<UserId>, wechat_kf::client::Error> {
+        let cached = lock(&self.rosters).get(open_kfid).cloned();
+        if let Some((roster, at)) = cached {
+            if at.elapsed() < ROSTER_TTL {
+                return Ok(roster);
+            }
+        }
+        let listed = client.servicers().list(open_kfid.clone()).await?;
+        let roster: Vec<UserId> = listed
+            .servicer_list
+            .into_iter()
+            .filter(|s| s.status.is_none_or(|status| status == 0))
+            .filter_map(|s| s.userid)
+            .collect();
+        lock(&self.rosters).insert(open_kfid.clone(), (roster.clone(), Instant::now()));
+        Ok(roster)
+    }
+
+    /// The next servicer to try for an account: of `roster`, not yet `tried`, the least
+    /// recently assigned (never assigned first, in list order).
+    pub(crate) fn next_servicer(
+        &self,
+        open_kfid: &OpenKfId,
+        roster: &[UserId],
+        tried: &[UserId],
+    ) -> Option<UserId> {
+        let assigned = lock(&self.assigned);
+        least_recently_assigned(roster, tried, |s| {
+            assigned.get(&(open_kfid.clone(), s.clone())).copied()
+        })
+    }
+
+    /// Remembers that `servicer` took a session now.
+    pub(crate) fn assigned(&self, open_kfid: &OpenKfId, servicer: &UserId) {
+        let n = self
+            .assignments
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        lock(&self.assigned).insert((open_kfid.clone(), servicer.clone()), n);
+    }
+
+    /// Forgets an account's roster (a servicer refused: list again next time).
+    pub(crate) fn forget_roster(&self, open_kfid: &OpenKfId) {
+        lock(&self.rosters).remove(open_kfid);
     }
 
     /// The message to send with the code a transfer into `state` returns: the transfer's own
@@ -327,9 +388,30 @@ impl Greeter {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
-        // A panic elsewhere while holding it leaves a usable cache.
-        self.names.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.names)
     }
+}
+
+/// A cache's lock; a panic elsewhere while holding it leaves a usable cache.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How long a listed roster of servicers is trusted.
+const ROSTER_TTL: Duration = Duration::from_secs(30);
+
+/// Of `roster`, not in `tried`, the one assigned longest ago (`last`: the number of its last
+/// assignment, `None` never): never-assigned servicers first, in roster order.
+pub(crate) fn least_recently_assigned(
+    roster: &[UserId],
+    tried: &[UserId],
+    last: impl Fn(&UserId) -> Option<u64>,
+) -> Option<UserId> {
+    roster
+        .iter()
+        .filter(|s| !tried.contains(s))
+        .min_by_key(|s| last(s).map_or(0, |n| n + 1))
+        .cloned()
 }
 
 /// Whether a queued stage body asks for a name the sender has to look up.
@@ -464,6 +546,31 @@ mod tests {
         let none = ConversationConfig::default();
         let (actions, _) = stage_actions(none.stages("wk"), &"wk".into(), &page, None);
         assert!(actions.is_empty());
+    }
+
+    #[test]
+    fn the_least_recently_assigned_servicer_is_next_and_tried_ones_are_skipped() {
+        let roster: Vec<UserId> = ["a", "b", "c"].map(UserId::from).to_vec();
+        let last = |s: &UserId| match s.as_str() {
+            "a" => Some(5),
+            "b" => Some(2),
+            _ => None,
+        };
+        assert_eq!(
+            least_recently_assigned(&roster, &[], last),
+            Some("c".into())
+        );
+        assert_eq!(
+            least_recently_assigned(&roster, &["c".into()], last),
+            Some("b".into())
+        );
+        assert_eq!(least_recently_assigned(&roster, &roster, last), None);
+        let fresh = |_: &UserId| None;
+        assert_eq!(
+            least_recently_assigned(&roster, &[], fresh),
+            Some("a".into()),
+            "roster order"
+        );
     }
 
     #[test]

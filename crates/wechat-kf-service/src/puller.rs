@@ -526,11 +526,13 @@ fn handoffs(
         {
             continue;
         }
+        let (service_state, auto) = handoff.target();
         let transfer = Transfer {
             open_kfid: open_kfid.clone(),
             external_userid: m.external_userid.clone(),
-            service_state: handoff.service_state,
-            servicer_userid: handoff.servicer_userid.clone(),
+            service_state,
+            servicer_userid: handoff.servicer_userid.clone().filter(|_| !auto),
+            auto,
             message: handoff.message.clone(),
         };
         let mut body = transfer.to_json();

@@ -105,6 +105,9 @@ pub(crate) struct Transfer {
     pub(crate) external_userid: ExternalUserId,
     pub(crate) service_state: u32,
     pub(crate) servicer_userid: Option<UserId>,
+    /// Choose the servicer (`"to": "auto"`): an online, receiving servicer of the account, the
+    /// least recently assigned first; the queue when none takes it.
+    pub(crate) auto: bool,
     /// A text sent with the `msg_code` the transfer returns.
     pub(crate) message: Option<String>,
 }
@@ -124,6 +127,9 @@ impl Transfer {
         if let Some(m) = &self.message {
             body["message"] = json!(m);
         }
+        if self.auto {
+            body["to"] = json!("auto");
+        }
         body
     }
 
@@ -133,25 +139,35 @@ impl Transfer {
     }
 }
 
-/// Reads a transfer body: `open_kfid`, `external_userid`, `service_state` (0-4; 3 needs
-/// `servicer_userid`), optional `message`.
+/// Reads a transfer body: `open_kfid`, `external_userid`, and either `service_state` (0-4; 3
+/// needs `servicer_userid`) or `to` (`queue`, `servicer` with `servicer_userid`, or `auto`);
+/// optional `message`.
 pub(crate) fn parse_transfer(value: &Value) -> Result<Transfer, String> {
     let obj = value.as_object().ok_or("the body must be a JSON object")?;
     let open_kfid = OpenKfId::from(str_field(obj, "open_kfid")?);
     let external_userid = ExternalUserId::from(str_field(obj, "external_userid")?);
-    let service_state = obj
-        .get("service_state")
-        .and_then(Value::as_u64)
-        .and_then(|s| u32::try_from(s).ok())
-        .filter(|s| *s <= 4)
-        .ok_or("service_state (0-4) is required")?;
     let servicer_userid = match obj.get("servicer_userid") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.is_empty() => None,
         Some(Value::String(s)) => Some(UserId::from(s.as_str())),
         Some(_) => return Err("servicer_userid must be a string".into()),
     };
-    if service_state == 3 && servicer_userid.is_none() {
+    let (service_state, auto) = match obj.get("to") {
+        None | Some(Value::Null) => {
+            let state = obj
+                .get("service_state")
+                .and_then(Value::as_u64)
+                .and_then(|s| u32::try_from(s).ok())
+                .filter(|s| *s <= 4)
+                .ok_or("service_state (0-4) or to (queue, servicer, auto) is required")?;
+            (state, false)
+        }
+        Some(Value::String(to)) if to == "queue" => (2, false),
+        Some(Value::String(to)) if to == "servicer" => (3, false),
+        Some(Value::String(to)) if to == "auto" => (3, true),
+        Some(_) => return Err("to must be queue, servicer or auto".into()),
+    };
+    if service_state == 3 && servicer_userid.is_none() && !auto {
         return Err("servicer_userid is required for service_state 3".into());
     }
     let message = match obj.get("message") {
@@ -164,6 +180,7 @@ pub(crate) fn parse_transfer(value: &Value) -> Result<Transfer, String> {
         external_userid,
         service_state,
         servicer_userid,
+        auto,
         message,
     })
 }

@@ -16,6 +16,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use wechat_kf::UserId;
 use wechat_kf::client::messages::{SendMsgOnEventRequest, SendMsgRequest};
 use wechat_kf::client::outbound::OutboundMessage;
 use wechat_kf::client::service_state::TransServiceStateRequest;
@@ -24,7 +25,7 @@ use wechat_kf::session::ServiceState;
 
 use crate::clock::Clock;
 use crate::config::JoinerConfig;
-use crate::conversation::{Greeter, StageMeta, wants_names};
+use crate::conversation::{Conversations, StageMeta, wants_names};
 use crate::error::safe_error;
 use crate::media_lanes::Handover;
 use crate::metrics::Metrics;
@@ -109,8 +110,114 @@ impl Recorder {
     }
 }
 
+/// One `service_state/trans`: the code it returned.
+async fn trans(
+    client: &Client,
+    metrics: &Metrics,
+    transfer: &Transfer,
+    target: ServiceState,
+    servicer: Option<UserId>,
+    trigger: &'static str,
+) -> Result<Option<String>, wechat_kf::client::Error> {
+    let mut request = TransServiceStateRequest::new(
+        transfer.open_kfid.clone(),
+        transfer.external_userid.clone(),
+        target,
+    );
+    if let Some(servicer) = servicer {
+        request = request.servicer_userid(servicer);
+    }
+    match client.service_state().trans(request).await {
+        Ok(code) => {
+            metrics.handoff(trigger, "ok");
+            tracing::info!(
+                open_kfid = transfer.open_kfid.as_str(),
+                service_state = target.code(),
+                trigger,
+                "session transferred"
+            );
+            Ok(code)
+        }
+        Err(e) => {
+            metrics.api_error("kf/service_state/trans", &e);
+            metrics.handoff(trigger, "failed");
+            Err(e)
+        }
+    }
+}
+
+/// Whether WeChat refused a servicer for a transfer (not a servicer or not activated: 95014;
+/// a dedicated service configured: 95015; stopped or suspended: 95019): try another one.
+fn servicer_refused(e: &wechat_kf::client::Error) -> bool {
+    matches!(
+        e.errcode(),
+        Some(
+            ErrCode::NotAServicer | ErrCode::DedicatedServiceConfigured | ErrCode::ServicerStopped
+        )
+    )
+}
+
+/// `to = "auto"`: the account's receiving servicers, least recently assigned first, each
+/// tried until one takes the session; the queue when none does.
+async fn assign(
+    client: &Client,
+    conversations: &Conversations,
+    metrics: &Metrics,
+    transfer: &Transfer,
+    trigger: &'static str,
+) -> Result<(ServiceState, Option<UserId>, Option<String>), wechat_kf::client::Error> {
+    let roster = match conversations
+        .receiving_servicers(client, &transfer.open_kfid)
+        .await
+    {
+        Ok(roster) => roster,
+        Err(e) => {
+            metrics.api_error("kf/servicer/list", &e);
+            tracing::warn!(open_kfid = transfer.open_kfid.as_str(), error = %safe_error(&e), "cannot list the servicers; handing to the queue");
+            Vec::new()
+        }
+    };
+    let mut tried = Vec::new();
+    while let Some(servicer) = conversations.next_servicer(&transfer.open_kfid, &roster, &tried) {
+        match trans(
+            client,
+            metrics,
+            transfer,
+            ServiceState::Human,
+            Some(servicer.clone()),
+            trigger,
+        )
+        .await
+        {
+            Ok(code) => {
+                conversations.assigned(&transfer.open_kfid, &servicer);
+                return Ok((ServiceState::Human, Some(servicer), code));
+            }
+            Err(e) if servicer_refused(&e) => {
+                conversations.forget_roster(&transfer.open_kfid);
+                tried.push(servicer);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let code = trans(
+        client,
+        metrics,
+        transfer,
+        ServiceState::Queued,
+        None,
+        trigger,
+    )
+    .await?;
+    Ok((ServiceState::Queued, None, code))
+}
+
 /// What a transfer did.
 pub(crate) struct Transferred {
+    /// The state the session went to (`to = "auto"` may end in the queue).
+    pub(crate) service_state: u32,
+    /// The servicer who took it (state 3).
+    pub(crate) servicer_userid: Option<UserId>,
     /// The code WeChat returned (unless it was used for the message).
     pub(crate) msg_code: Option<String>,
     /// Whether a message went out with the code.
@@ -123,7 +230,7 @@ pub(crate) struct Transferred {
 pub(crate) async fn transfer_and_greet(
     client: &Client,
     gate: Option<&Gate>,
-    greeter: &Greeter,
+    conversations: &Conversations,
     recorder: &Recorder,
     metrics: &Metrics,
     transfer: &Transfer,
@@ -137,51 +244,50 @@ pub(crate) async fn transfer_and_greet(
             .and_then(|view| view.state()),
         None => None,
     };
-    let mut request = TransServiceStateRequest::new(
-        transfer.open_kfid.clone(),
-        transfer.external_userid.clone(),
-        target,
-    );
-    if let Some(servicer) = &transfer.servicer_userid {
-        request = request.servicer_userid(servicer.clone());
-    }
-    let code = match client.service_state().trans(request).await {
-        Ok(code) => code,
-        Err(e) => {
-            metrics.api_error("kf/service_state/trans", &e);
-            metrics.handoff(trigger, "failed");
-            return Err(e);
-        }
+    let (target, servicer, code) = if transfer.auto {
+        assign(client, conversations, metrics, transfer, trigger).await?
+    } else {
+        let code = trans(
+            client,
+            metrics,
+            transfer,
+            target,
+            transfer.servicer_userid.clone(),
+            trigger,
+        )
+        .await?;
+        (target, transfer.servicer_userid.clone(), code)
     };
-    metrics.handoff(trigger, "ok");
-    tracing::info!(
-        open_kfid = transfer.open_kfid.as_str(),
-        service_state = transfer.service_state,
-        trigger,
-        "session transferred"
-    );
     if let Some(gate) = gate {
         gate.transferred(
             &transfer.open_kfid,
             &transfer.external_userid,
             target,
-            transfer.servicer_userid.clone(),
+            servicer.clone(),
             code.clone(),
         )
         .await;
     }
+    let transfer = &Transfer {
+        service_state: target.code(),
+        servicer_userid: servicer,
+        auto: false,
+        ..transfer.clone()
+    };
     recorder
         .transferred(transfer, old_state, target, trigger)
         .await;
     let greeting =
-        greeter.transfer_message(&transfer.open_kfid, target, transfer.message.as_deref());
+        conversations.transfer_message(&transfer.open_kfid, target, transfer.message.as_deref());
     let (Some((stage, mut message)), Some(code_value)) = (greeting, &code) else {
         return Ok(Transferred {
+            service_state: transfer.service_state,
+            servicer_userid: transfer.servicer_userid.clone(),
             msg_code: code,
             message_sent: false,
         });
     };
-    greeter
+    conversations
         .fill(
             client,
             &transfer.open_kfid,
@@ -194,6 +300,8 @@ pub(crate) async fn transfer_and_greet(
         Err(e) => {
             tracing::warn!(error = e, "the transfer's message could not be built");
             return Ok(Transferred {
+                service_state: transfer.service_state,
+                servicer_userid: transfer.servicer_userid.clone(),
                 msg_code: code,
                 message_sent: false,
             });
@@ -216,6 +324,8 @@ pub(crate) async fn transfer_and_greet(
                 .await;
             }
             Ok(Transferred {
+                service_state: transfer.service_state,
+                servicer_userid: transfer.servicer_userid.clone(),
                 msg_code: None,
                 message_sent: true,
             })
@@ -225,6 +335,8 @@ pub(crate) async fn transfer_and_greet(
             metrics.stage_message(stage, "failed");
             tracing::warn!(error = %safe_error(&e), "the transfer's message could not be sent");
             Ok(Transferred {
+                service_state: transfer.service_state,
+                servicer_userid: transfer.servicer_userid.clone(),
                 msg_code: code,
                 message_sent: false,
             })
@@ -246,7 +358,7 @@ pub(crate) struct ReplySender {
     /// Due times and retry deadlines are on the service's own clock.
     pub(crate) clock: Clock,
     /// The stage messages of transfers, and names for placeholders.
-    pub(crate) greeter: Arc<Greeter>,
+    pub(crate) conversations: Arc<Conversations>,
     /// The session changes of transfers.
     pub(crate) recorder: Arc<Recorder>,
 }
@@ -588,7 +700,7 @@ impl ReplySender {
                 return self.failed(record, "code_expired".into(), Some(r));
             }
             if wants_names(&body) {
-                self.greeter
+                self.conversations
                     .fill(
                         &self.client,
                         &meta.open_kfid,
@@ -649,7 +761,7 @@ impl ReplySender {
         match transfer_and_greet(
             &self.client,
             Some(&self.gate),
-            &self.greeter,
+            &self.conversations,
             &self.recorder,
             &self.metrics,
             transfer,
@@ -659,6 +771,10 @@ impl ReplySender {
         {
             Ok(done) => {
                 r.insert("status".into(), json!("done"));
+                r.insert("service_state".into(), json!(done.service_state));
+                if let Some(servicer) = &done.servicer_userid {
+                    r.insert("servicer_userid".into(), json!(servicer));
+                }
                 if let Some(code) = done.msg_code {
                     r.insert("msg_code".into(), json!(code));
                 }

@@ -17,7 +17,7 @@ use wechat_kf::crypto::CallbackCrypto;
 
 use crate::clock::Clock;
 use crate::config::{Config, Secret};
-use crate::conversation::Greeter;
+use crate::conversation::Conversations;
 use crate::delivery::Deliverer;
 use crate::delivery::sink::Sink;
 use crate::error::Error;
@@ -258,7 +258,7 @@ impl Service {
         let shutdown = CancellationToken::new();
         let reply_wake = Arc::new(Notify::new());
         let conversation = Arc::new(config.conversation.clone());
-        let greeter = Arc::new(Greeter::new(conversation.clone()));
+        let conversations = Arc::new(Conversations::new(conversation.clone()));
         let target = Sink::new(&config.webhook, config.sandbox.echo)?;
         let (deliverer, queue, incoming) = Deliverer::recover(
             store.clone(),
@@ -312,7 +312,7 @@ impl Service {
             client: client.clone(),
             store: store.clone(),
             gate: gate.clone(),
-            greeter: greeter.clone(),
+            conversations: conversations.clone(),
             recorder: recorder.clone(),
             metrics: metrics.clone(),
             pullers: pullers.clone(),
@@ -371,7 +371,7 @@ impl Service {
                 retry_initial: Duration::from_secs(1),
                 retry_max: Duration::from_secs(300),
                 clock: clock.clone(),
-                greeter: greeter.clone(),
+                conversations: conversations.clone(),
                 recorder: recorder.clone(),
             }
             .run(shutdown.clone()),

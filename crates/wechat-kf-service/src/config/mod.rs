@@ -346,6 +346,10 @@ pub struct HandoffConfig {
     /// Substrings of customer texts (menu clicks included) that ask for a human, e.g.
     /// `["人工", "转人工"]`. Empty (the default): no keyword handoff.
     pub keywords: Vec<String>,
+    /// Where the session goes: `queue`, `servicer` (`servicer_userid`) or `auto` (an online,
+    /// receiving servicer of the account, the least recently assigned first; the queue when
+    /// none takes it). Unset: as `service_state` says.
+    pub to: Option<HandoffTarget>,
     /// The target state: 2 (the queue, the default) or 3 (a servicer, `servicer_userid`).
     #[default(2)]
     pub service_state: u32,
@@ -355,6 +359,30 @@ pub struct HandoffConfig {
     /// A text sent with the `msg_code` the transfer returns (`send_msg_on_event`), e.g.
     /// "正在为您转接人工客服". None: nothing is sent.
     pub message: Option<String>,
+}
+
+/// Where a handoff takes the session (`handoff.to`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HandoffTarget {
+    /// The queue (state 2).
+    Queue,
+    /// `handoff.servicer_userid` (state 3).
+    Servicer,
+    /// A servicer chosen by the service, else the queue.
+    Auto,
+}
+
+impl HandoffConfig {
+    /// The state a handoff asks for, and whether the servicer is chosen (`to = "auto"`).
+    pub fn target(&self) -> (u32, bool) {
+        match self.to {
+            Some(HandoffTarget::Queue) => (2, false),
+            Some(HandoffTarget::Servicer) => (3, false),
+            Some(HandoffTarget::Auto) => (3, true),
+            None => (self.service_state, false),
+        }
+    }
 }
 
 /// Whose turn it is in a conversation and the message of every stage (`[conversation]`), with
@@ -787,10 +815,15 @@ impl Config {
                  stdout, unsigned)",
             );
         }
-        match (handoff.service_state, &handoff.servicer_userid) {
-            (2, _) | (3, Some(_)) => {}
-            (3, None) => return wrong("handoff.service_state", "3 needs handoff.servicer_userid"),
-            _ => {
+        match (handoff.to, handoff.service_state, &handoff.servicer_userid) {
+            (Some(HandoffTarget::Servicer), _, None) => {
+                return wrong("handoff.to", "servicer needs handoff.servicer_userid");
+            }
+            (Some(_), _, _) | (None, 2, _) | (None, 3, Some(_)) => {}
+            (None, 3, None) => {
+                return wrong("handoff.service_state", "3 needs handoff.servicer_userid");
+            }
+            (None, _, _) => {
                 return wrong(
                     "handoff.service_state",
                     "must be 2 (queue) or 3 (a servicer)",

@@ -178,10 +178,21 @@ impl PartialSchema for TransBody {
                     .maximum(Some(4))
                     .description(Some(
                         "0 untreated, 1 the bot (智能助手), 2 queued, 3 a human servicer \
-                         (needs servicer_userid), 4 ended.",
+                         (needs servicer_userid), 4 ended (hands the session back, with the \
+                         configured end message). Required unless `to` is given.",
                     )),
             )
-            .required("service_state")
+            .property(
+                "to",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["queue", "servicer", "auto"]))
+                    .description(Some(
+                        "Instead of service_state: queue (2), servicer (3, needs \
+                         servicer_userid) or auto (an online, receiving servicer of the \
+                         account, least recently assigned first; the queue when none takes it).",
+                    )),
+            )
             .property(
                 "servicer_userid",
                 ObjectBuilder::new()
@@ -345,6 +356,11 @@ pub(crate) struct TransDone {
     /// Whether `message` went out (present when the request had one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) message_sent: Option<bool>,
+    /// The state the session went to (`to = auto` may end in the queue, 2).
+    pub(crate) service_state: u32,
+    /// The servicer who took the session (state 3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) servicer_userid: Option<String>,
 }
 
 /// What the service knows about a customer's session, and whether a send would be allowed now.

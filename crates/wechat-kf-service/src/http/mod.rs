@@ -32,7 +32,7 @@ use wechat_kf::client::Client;
 
 use crate::clock::Clock;
 use crate::config::Secret;
-use crate::conversation::Greeter;
+use crate::conversation::Conversations;
 use crate::metrics::Metrics;
 use crate::puller::Pullers;
 use crate::readiness::{self, Readiness};
@@ -72,7 +72,7 @@ pub(crate) struct AppParts {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) gate: Arc<Gate>,
     /// The stage messages of transfers.
-    pub(crate) greeter: Arc<Greeter>,
+    pub(crate) conversations: Arc<Conversations>,
     /// The session changes of transfers.
     pub(crate) recorder: Arc<Recorder>,
     pub(crate) metrics: Arc<Metrics>,
@@ -98,7 +98,7 @@ impl AppState {
             client,
             store,
             gate,
-            greeter,
+            conversations,
             recorder,
             metrics,
             pullers,
@@ -132,7 +132,7 @@ impl AppState {
                     store,
                     gate,
                     metrics.clone(),
-                    greeter,
+                    conversations,
                     recorder,
                 )
             }),

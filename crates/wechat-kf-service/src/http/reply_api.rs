@@ -33,7 +33,7 @@ use super::bodies::{
 };
 use super::error::{ApiError, ConflictBody, ErrorBody};
 use crate::config::Secret;
-use crate::conversation::Greeter;
+use crate::conversation::Conversations;
 use crate::error::safe_error;
 use crate::ids::{IdKind, check};
 use crate::metrics::Metrics;
@@ -61,7 +61,7 @@ struct Inner {
     gate: Arc<Gate>,
     metrics: Arc<Metrics>,
     /// The stage messages of transfers.
-    greeter: Arc<Greeter>,
+    conversations: Arc<Conversations>,
     /// The session changes of transfers.
     recorder: Arc<Recorder>,
     /// Msgids being sent right now (a concurrent duplicate gets 409).
@@ -85,7 +85,7 @@ impl ReplyApiState {
         store: Arc<dyn Store>,
         gate: Arc<Gate>,
         metrics: Arc<Metrics>,
-        greeter: Arc<Greeter>,
+        conversations: Arc<Conversations>,
         recorder: Arc<Recorder>,
     ) -> Self {
         ReplyApiState {
@@ -95,7 +95,7 @@ impl ReplyApiState {
                 store,
                 gate,
                 metrics,
-                greeter,
+                conversations,
                 recorder,
                 in_flight: Mutex::new(HashSet::new()),
             }),
@@ -457,7 +457,7 @@ pub(crate) async fn trans(
     match transfer_and_greet(
         &inner.client,
         Some(&inner.gate),
-        &inner.greeter,
+        &inner.conversations,
         &inner.recorder,
         &inner.metrics,
         &transfer,
@@ -472,6 +472,8 @@ pub(crate) async fn trans(
                 errmsg: "ok".into(),
                 msg_code: done.msg_code,
                 message_sent: transfer.message.is_some().then_some(done.message_sent),
+                service_state: done.service_state,
+                servicer_userid: done.servicer_userid.map(|s| s.as_str().to_owned()),
             }))
         }
         Err(e) => {

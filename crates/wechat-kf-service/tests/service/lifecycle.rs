@@ -432,3 +432,80 @@ async fn the_services_own_transfers_are_told_to_the_bot_and_handing_back_ends_wi
     running.shutdown().await;
     emu.shutdown().await;
 }
+
+#[tokio::test]
+async fn auto_handoff_picks_the_least_recently_assigned_receiving_servicer_and_falls_back_to_the_queue()
+ {
+    let emu = emulator().await;
+    let sink = Sink::start().await;
+    let kf = emu.emulator().create_account("auto");
+    add_servicer(&emu, &kf, "zhangsan").await;
+    add_servicer(&emu, &kf, "lisi").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&emu, &dir.path().join("kf.db"), Some(&sink.url));
+    config.handoff.keywords = vec!["人工".into()];
+    config.handoff.to = Some(wechat_kf_service::config::HandoffTarget::Auto);
+    config.conversation.queue = Some(Stage::Text("正在排队".into()));
+    config.conversation.connect = Some(Stage::Text("客服已接入".into()));
+    let running = start_on_emulator_clock(&emu, config).await;
+    let state_of = |customer: &'static str| {
+        let emu = &emu;
+        let kf = kf.clone();
+        async move {
+            crate::sessions::client(emu)
+                .service_state()
+                .get(kf.as_str(), customer)
+                .await
+                .unwrap()
+        }
+    };
+
+    for customer in ["wmA1", "wmA2"] {
+        emu.emulator()
+            .customer_send(text(&kf, customer, "转人工"))
+            .unwrap();
+        wait_for("the handoff", Duration::from_secs(15), || async {
+            answers(&emu, &kf, customer) == ["客服已接入"]
+        })
+        .await;
+    }
+    let first = state_of("wmA1").await;
+    let second = state_of("wmA2").await;
+    assert_eq!(first.service_state.code(), 3);
+    assert_eq!(second.service_state.code(), 3);
+    assert_ne!(
+        first.servicer_userid, second.servicer_userid,
+        "the least recently assigned servicer takes the next session"
+    );
+
+    // Both stop receiving (the roster is still cached): each refuses (95019), then the queue.
+    for servicer in ["zhangsan", "lisi"] {
+        control(
+            &emu,
+            "/emulator/servicer/status",
+            json!({"open_kfid": kf, "servicer_userid": servicer, "status": 2}),
+        )
+        .await;
+    }
+    emu.emulator()
+        .customer_send(text(&kf, "wmA3", "转人工"))
+        .unwrap();
+    wait_for("the queue message", Duration::from_secs(15), || async {
+        answers(&emu, &kf, "wmA3") == ["正在排队"]
+    })
+    .await;
+    assert_eq!(state_of("wmA3").await.service_state.code(), 2);
+    assert_eq!(
+        calls(&emu, "kf/service_state/trans"),
+        2 + 2 + 1,
+        "two assignments, two refusals (95019), then the queue"
+    );
+    wait_until_acks_recorded(&running).await;
+    assert_eq!(
+        answers(&emu, &kf, "wmA3"),
+        ["正在排队"],
+        "the queue message once"
+    );
+    running.shutdown().await;
+    emu.shutdown().await;
+}

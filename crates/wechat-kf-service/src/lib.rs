@@ -58,6 +58,7 @@ pub mod leader;
 mod media;
 mod media_lanes;
 pub mod metrics;
+mod notify;
 pub mod puller;
 pub mod readiness;
 mod replies;

@@ -148,6 +148,7 @@ pub struct Metrics {
     send_refused: Family,
     handoffs: Family,
     stage_messages: Family,
+    handoff_notifications: Family,
     survey_ratings: Family,
     media_downloads: Family,
     media_uploads: Family,
@@ -243,6 +244,13 @@ impl Metrics {
     pub fn stage_message(&self, stage: &str, result: &str) {
         self.stage_messages
             .add(&[("stage", stage), ("result", result)], 1);
+    }
+
+    /// Counts a handover summary posted (`target`: `robot` or `webhook`; `result`: `ok` or
+    /// `failed`).
+    pub fn handoff_notification(&self, target: &str, result: &str) {
+        self.handoff_notifications
+            .add(&[("target", target), ("result", result)], 1);
     }
 
     /// Counts a customer's answer to the satisfaction survey (`choice`: its index).
@@ -461,6 +469,11 @@ impl Metrics {
             &mut out,
             "wechat_kf_stage_messages_total",
             "Welcome, queue, connect and end messages (send_msg_on_event) by stage and result.",
+        );
+        self.handoff_notifications.render(
+            &mut out,
+            "wechat_kf_handoff_notifications_total",
+            "Handover summaries posted to the staff by target and result.",
         );
         self.survey_ratings.render(
             &mut out,

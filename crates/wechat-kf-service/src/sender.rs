@@ -29,6 +29,7 @@ use crate::conversation::{Conversations, StageMeta, wants_names};
 use crate::error::safe_error;
 use crate::media_lanes::Handover;
 use crate::metrics::Metrics;
+use crate::notify::{self, Notifier};
 use crate::replies::{
     OnEvent, ReplyOrigin, SendMsg, Transfer, outbound_from_json, parse_on_event, parse_send_msg,
     parse_transfer, result_head,
@@ -64,6 +65,8 @@ fn sent_by_an_earlier_attempt(error: &wechat_kf::client::Error, attempts: u32) -
 pub(crate) struct Recorder {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) handover: Handover,
+    /// Tells the staff about handovers (`[handoff.notify]`).
+    pub(crate) notifier: Option<Arc<Notifier>>,
     /// `at` of the change (WeChat's clock) and `stored_at` (the service's own).
     pub(crate) clock: Clock,
 }
@@ -78,6 +81,20 @@ impl Recorder {
         new_state: ServiceState,
         by: &'static str,
     ) {
+        if let (Some(notifier), ServiceState::Queued | ServiceState::Human) =
+            (&self.notifier, new_state)
+        {
+            let notifier = notifier.clone();
+            let handover = notify::Handover {
+                open_kfid: transfer.open_kfid.clone(),
+                external_userid: transfer.external_userid.clone(),
+                service_state: new_state.code(),
+                servicer_userid: transfer.servicer_userid.clone(),
+                by,
+            };
+            // Apart from the transfer: a slow robot never holds up the customer's replies.
+            tokio::spawn(async move { notifier.handover(handover).await });
+        }
         let change = SessionChange {
             open_kfid: transfer.open_kfid.clone(),
             external_userid: transfer.external_userid.clone(),

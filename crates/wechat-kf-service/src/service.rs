@@ -27,6 +27,7 @@ use crate::leader::{self, LeaderLock};
 use crate::media::MediaFetcher;
 use crate::media_lanes::{Handover, MediaLanes};
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::puller::{PullContext, Pullers};
 use crate::readiness::{self, Readiness};
 use crate::retry::backoff;
@@ -277,9 +278,17 @@ impl Service {
             }),
             queue: queue.clone(),
         };
+        let notifier = Notifier::new(
+            &config.handoff.notify,
+            config.webhook.secret.clone(),
+            store.clone(),
+            metrics.clone(),
+        )
+        .map(Arc::new);
         let recorder = Arc::new(Recorder {
             store: store.clone(),
             handover: handover.clone(),
+            notifier,
             clock: clock.clone(),
         });
         let pullers = Arc::new(Pullers::new(PullContext {

@@ -359,6 +359,38 @@ pub struct HandoffConfig {
     /// A text sent with the `msg_code` the transfer returns (`send_msg_on_event`), e.g.
     /// "正在为您转接人工客服". None: nothing is sent.
     pub message: Option<String>,
+    /// Telling the staff about every handover (`[handoff.notify]`).
+    pub notify: NotifyConfig,
+}
+
+/// Telling the staff about every handover (`[handoff.notify]`): a summary to a WeCom group
+/// robot and/or a webhook of the user's own.
+#[derive(Debug, Clone, SmartDefault, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// The group robot's whole URL, `https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=…`
+    /// (the key is its only credential: a secret, never logged).
+    #[serde(deserialize_with = "de::secret")]
+    pub robot_url: Option<Secret>,
+    /// A URL of your own that gets `{"handoff": {...}}`, signed with `webhook.secret`.
+    #[serde(deserialize_with = "de::non_empty")]
+    pub webhook_url: Option<String>,
+    /// The robot message's format: `markdown` (default) or `text`.
+    pub format: NotifyFormat,
+    /// How many of the customer's last messages the summary shows.
+    #[default(5)]
+    pub last_messages: usize,
+}
+
+/// A group robot message's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyFormat {
+    /// Markdown (≤ 4096 bytes).
+    #[default]
+    Markdown,
+    /// Plain text (≤ 2048 bytes).
+    Text,
 }
 
 /// Where a handoff takes the session (`handoff.to`).
@@ -828,6 +860,14 @@ impl Config {
                     "handoff.service_state",
                     "must be 2 (queue) or 3 (a servicer)",
                 );
+            }
+        }
+        if handoff.notify.last_messages > 50 {
+            return wrong("handoff.notify.last_messages", "must be at most 50");
+        }
+        if let Some(url) = &handoff.notify.robot_url {
+            if !(url.expose().starts_with("http://") || url.expose().starts_with("https://")) {
+                return wrong("handoff.notify.robot_url", "must be an http(s) URL");
             }
         }
         if handoff.keywords.iter().any(String::is_empty) {

@@ -752,6 +752,14 @@ pub trait Store: Send + Sync + 'static {
     /// page-commit policy, `store/policy.rs`); the backends only read and write.
     fn commit_page(&self, page: PageWrite) -> BoxFuture<'_, Result<PageOutcome, Error>>;
 
+    /// A customer's last `limit` stored items, newest first: (`kind`, raw JSON).
+    fn recent_messages(
+        &self,
+        open_kfid: OpenKfId,
+        external_userid: ExternalUserId,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(String, String)>, Error>>;
+
     /// Stores a change of a session's state the service made itself (a transfer: WeChat sends
     /// no event for those), as a row of `kind` `session` that is delivered in order with the
     /// customer's messages; returns it for the deliverer.

@@ -532,6 +532,26 @@ impl Store for PostgresStore {
         })
     }
 
+    fn recent_messages(
+        &self,
+        open_kfid: OpenKfId,
+        external_userid: ExternalUserId,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(String, String)>, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let rows = client
+                    .query(
+                        "SELECT kind, raw FROM messages WHERE open_kfid = $1 AND external_userid = $2 \
+                         ORDER BY seq DESC LIMIT $3",
+                        &[&open_kfid.as_str(), &external_userid.as_str(), &(limit as i64)],
+                    )
+                    .await?;
+                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            })
+        })
+    }
+
     fn record_session_change(
         &self,
         change: SessionChange,

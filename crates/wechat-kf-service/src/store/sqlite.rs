@@ -507,6 +507,25 @@ impl Store for SqliteStore {
         self.call(move |conn| commit_page(conn, page))
     }
 
+    fn recent_messages(
+        &self,
+        open_kfid: OpenKfId,
+        external_userid: ExternalUserId,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(String, String)>, Error>> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT kind, raw FROM messages WHERE open_kfid = ?1 AND external_userid = ?2 \
+                 ORDER BY seq DESC LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(
+                params![open_kfid.as_str(), external_userid.as_str(), limit as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
     fn record_session_change(
         &self,
         change: SessionChange,

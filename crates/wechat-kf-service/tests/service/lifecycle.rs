@@ -509,3 +509,54 @@ async fn auto_handoff_picks_the_least_recently_assigned_receiving_servicer_and_f
     running.shutdown().await;
     emu.shutdown().await;
 }
+
+#[tokio::test]
+async fn every_handover_is_summed_up_for_the_staff_in_the_group_robot() {
+    let emu = emulator().await;
+    let sink = Sink::start().await;
+    let kf = emu.emulator().create_account("notify");
+    let key = emu.emulator().create_robot("客服群");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&emu, &dir.path().join("kf.db"), Some(&sink.url));
+    config.handoff.keywords = vec!["人工".into()];
+    config.handoff.notify.robot_url = Some(wechat_kf_service::config::Secret::new(format!(
+        "{}/cgi-bin/webhook/send?key={key}",
+        emu.base_url()
+    )));
+    let running = start_on_emulator_clock(&emu, config).await;
+
+    emu.emulator()
+        .customer_send(text(&kf, "wmN", "我的订单没到"))
+        .unwrap();
+    emu.emulator()
+        .customer_send(text(&kf, "wmN", "转人工"))
+        .unwrap();
+    let received = || {
+        emu.emulator().robot_messages(Some(&key))["robots"][0]["messages"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    wait_for(
+        "the summary in the robot",
+        Duration::from_secs(15),
+        || async { !received().is_empty() },
+    )
+    .await;
+    let summary = received()[0].to_string();
+    for expected in ["wmN", "排队", "我的订单没到", "转人工", "客户要求人工"] {
+        assert!(
+            summary.contains(expected),
+            "{expected} missing from {summary}"
+        );
+    }
+    assert_eq!(
+        metric(
+            &running,
+            "wechat_kf_handoff_notifications_total{target=\"robot\",result=\"ok\"}"
+        ),
+        1
+    );
+    running.shutdown().await;
+    emu.shutdown().await;
+}

@@ -432,6 +432,18 @@ async fn conformance_turns(store: &dyn Store) {
         pending().await.last().unwrap(),
         &(row.seq, ItemKind::Session, "system", false)
     );
+    let recent = store
+        .recent_messages("wkH".into(), "wmH".into(), 2)
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = recent.iter().map(|(kind, _)| kind.as_str()).collect();
+    assert_eq!(kinds, vec!["session", "session"], "newest first");
+    let recent = store
+        .recent_messages("wkH".into(), "wmH".into(), 100)
+        .await
+        .unwrap();
+    assert_eq!(recent.len(), 8);
+    assert!(recent.last().unwrap().1.contains("\"h1\""), "oldest last");
 }
 
 /// A handoff queued for `msgid`, itself identified as `handoff-<msgid>`.

@@ -1,0 +1,176 @@
+//! The stage messages of a conversation through SIGKILL: `wechat-kf serve` is killed while a
+//! welcome (and then an end message with its survey) is on its way to WeChat, and restarted;
+//! each code is used exactly once — never twice, never not at all.
+//!
+//! The emulator and the webhook sink run in this test process; the service is the real binary.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::post;
+use serde_json::{Value, json};
+use wechat_kf_emulator::RunningEmulator;
+use wechat_kf_test_support::{Spawned, wait_for};
+
+mod common;
+use common::{binary, serve_available};
+
+/// How long the emulator holds the stage message's call: the kill lands inside it.
+const HOLD_MS: u64 = 3000;
+
+fn spawn_service(emu: &RunningEmulator, db: &Path, webhook: &str, config_file: &Path) -> Spawned {
+    let e = emu.emulator().config();
+    let mut command = Command::new(binary());
+    command
+        .arg("serve")
+        .args(["--config", config_file.to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--db", db.to_str().unwrap()])
+        .args(["--webhook", webhook])
+        .env("WECHAT_KF_CORP_ID", &e.corp_id)
+        .env("WECHAT_KF_SECRET", &e.secret)
+        .env("WECHAT_KF_CALLBACK_TOKEN", &e.callback_token)
+        .env("WECHAT_KF_ENCODING_AES_KEY", &e.encoding_aes_key)
+        .env("WECHAT_KF_BASE_URL", emu.base_url())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    Spawned::spawn(&mut command)
+}
+
+async fn started(emu: &RunningEmulator, child: &mut Spawned) {
+    let url = common::serve_url(child).await;
+    emu.emulator()
+        .set_callback_url(Some(format!("{url}/callback")));
+}
+
+async fn control(emu: &RunningEmulator, path: &str, body: Value) -> Value {
+    let response = reqwest::Client::new()
+        .post(format!("{}{path}", emu.base_url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{path}: {}",
+        response.status()
+    );
+    response.json().await.unwrap()
+}
+
+fn calls(emu: &RunningEmulator, path: &str) -> u64 {
+    emu.emulator().state_snapshot()["counters"]["calls"][path]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// What the customer was sent through `send_msg_on_event`.
+fn on_event_sends(emu: &RunningEmulator, kf: &str, customer: &str) -> Vec<Value> {
+    emu.emulator().outbox(Some(kf), Some(customer))["messages"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m["endpoint"] == "send_msg_on_event")
+        .map(|m| m["request"].clone())
+        .collect()
+}
+
+/// Holds the next `send_msg_on_event`, waits until the service is inside it, kills the service.
+async fn kill_inside_the_send(emu: &RunningEmulator, child: &mut Spawned, before: u64) {
+    wait_for(
+        "the stage message on its way",
+        Duration::from_secs(20),
+        || async { calls(emu, "kf/send_msg_on_event") > before },
+    )
+    .await;
+    child.kill().expect("SIGKILL");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_while_a_stage_message_is_sent_neither_repeats_nor_loses_it() {
+    if !serve_available() {
+        return;
+    }
+    let emu = wechat_kf_test_support::TestEmulator::new()
+        .unlimited()
+        .start()
+        .await;
+    let kf = emu.emulator().create_account("crash-stages");
+    let e = emu.emulator().config();
+    wechat_kf::client::Client::builder(e.corp_id.clone(), e.secret.clone())
+        .base_url(emu.base_url())
+        .build()
+        .unwrap()
+        .servicers()
+        .add(wechat_kf::client::servicers::ServicerRequest::new(kf.as_str()).userids(["zhangsan"]))
+        .await
+        .unwrap();
+    let sink = Router::new().route("/hook", post(|| async { StatusCode::OK }));
+    let webhook = wechat_kf_test_support::serve(sink, "/hook").await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kf.db");
+    let config_file = dir.path().join("kf.toml");
+    std::fs::write(
+        &config_file,
+        "[conversation]\nwelcome = \"欢迎光临\"\nend = \"感谢咨询\"\nsurvey = [\"满意\", \"不满意\"]\n",
+    )
+    .unwrap();
+    let hold =
+        json!({"path": "kf/send_msg_on_event", "kind": "delay", "delay_ms": HOLD_MS, "count": 1});
+
+    // The welcome: killed while it is being sent, then restarted.
+    let mut child = spawn_service(&emu, &db, &webhook, &config_file);
+    started(&emu, &mut child).await;
+    control(&emu, "/emulator/faults", hold.clone()).await;
+    let before = calls(&emu, "kf/send_msg_on_event");
+    let entered = control(
+        &emu,
+        "/emulator/customer/enter_session",
+        json!({"open_kfid": kf, "external_userid": "wmK"}),
+    )
+    .await;
+    assert!(entered["welcome_code"].is_string(), "{entered}");
+    kill_inside_the_send(&emu, &mut child, before).await;
+    let mut child = spawn_service(&emu, &db, &webhook, &config_file);
+    started(&emu, &mut child).await;
+    wait_for("the welcome", Duration::from_secs(20), || async {
+        !on_event_sends(&emu, &kf, "wmK").is_empty()
+    })
+    .await;
+
+    // The end message with the survey: the same.
+    control(
+        &emu,
+        "/emulator/servicer/send",
+        json!({"open_kfid": kf, "external_userid": "wmK", "servicer_userid": "zhangsan",
+               "msgtype": "text", "text": {"content": "您好"}}),
+    )
+    .await;
+    control(&emu, "/emulator/faults", hold).await;
+    let before = calls(&emu, "kf/send_msg_on_event");
+    control(
+        &emu,
+        "/emulator/servicer/end",
+        json!({"open_kfid": kf, "external_userid": "wmK"}),
+    )
+    .await;
+    kill_inside_the_send(&emu, &mut child, before).await;
+    let mut child = spawn_service(&emu, &db, &webhook, &config_file);
+    started(&emu, &mut child).await;
+    wait_for("the end message", Duration::from_secs(20), || async {
+        on_event_sends(&emu, &kf, "wmK").len() >= 2
+    })
+    .await;
+    // Time for a second send to show if it were coming (retries start at 1 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let sends = on_event_sends(&emu, &kf, "wmK");
+    assert_eq!(sends.len(), 2, "each code used once: {sends:?}");
+    assert_eq!(sends[0]["text"]["content"], "欢迎光临");
+    assert_eq!(sends[1]["msgmenu"]["head_content"], "感谢咨询");
+    child.kill().ok();
+    emu.shutdown().await;
+}

@@ -53,6 +53,7 @@ mod conversation;
 mod delivery;
 mod error;
 mod http;
+mod idle;
 pub mod ids;
 pub mod leader;
 mod media;

@@ -36,7 +36,7 @@ pub(crate) struct Handover {
     pub(crate) service_state: u32,
     /// The servicer who took it.
     pub(crate) servicer_userid: Option<UserId>,
-    /// Who asked: `keyword` or `bot`.
+    /// Who asked: `keyword`, `bot` or `idle`.
     pub(crate) by: &'static str,
 }
 
@@ -216,6 +216,7 @@ fn robot_body(
     };
     let by = match handover.by {
         "keyword" => "客户要求人工",
+        "idle" => "客户久未得到答复",
         _ => "机器人转人工",
     };
     let head = format!(

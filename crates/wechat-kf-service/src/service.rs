@@ -23,6 +23,7 @@ use crate::delivery::sink::Sink;
 use crate::error::Error;
 use crate::http::server::{self, Connections, Limits};
 use crate::http::{AppParts, AppState, CallbackSettings, metrics_router, router};
+use crate::idle::IdleRule;
 use crate::leader::{self, LeaderLock};
 use crate::media::MediaFetcher;
 use crate::media_lanes::{Handover, MediaLanes};
@@ -368,6 +369,7 @@ impl Service {
             )));
         }
         let deliverer = tokio::spawn(deliverer.run(incoming, shutdown.clone()));
+        let idle_gate = gate.clone();
         let replies = tokio::spawn(
             ReplySender {
                 client: client.clone(),
@@ -434,6 +436,26 @@ impl Service {
                 config.wechat.discover_accounts.then(|| pullers.clone()),
                 shutdown.clone(),
             )));
+        }
+        if config.handoff.idle > Duration::ZERO {
+            let (service_state, auto) = config.handoff.target();
+            background.push(tokio::spawn(
+                IdleRule {
+                    after: config.handoff.idle,
+                    service_state,
+                    servicer_userid: config.handoff.servicer_userid.clone().filter(|_| !auto),
+                    auto,
+                    message: config.handoff.message.clone(),
+                    store: store.clone(),
+                    client: client.clone(),
+                    gate: idle_gate,
+                    conversations: conversations.clone(),
+                    recorder: recorder.clone(),
+                    metrics: metrics.clone(),
+                    clock: clock.clone(),
+                }
+                .run(shutdown.clone()),
+            ));
         }
         if config.storage.retention > Duration::ZERO {
             background.push(tokio::spawn(purge_loop(

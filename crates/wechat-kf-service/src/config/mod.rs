@@ -359,6 +359,10 @@ pub struct HandoffConfig {
     /// A text sent with the `msg_code` the transfer returns (`send_msg_on_event`), e.g.
     /// "正在为您转接人工客服". None: nothing is sent.
     pub message: Option<String>,
+    /// The idle rule: a customer message left unanswered this long while the bot holds the
+    /// session is handed over like a keyword (`"5m"`); `"0"` (the default) is off.
+    #[serde(deserialize_with = "de::duration")]
+    pub idle: Duration,
     /// Telling the staff about every handover (`[handoff.notify]`).
     pub notify: NotifyConfig,
 }

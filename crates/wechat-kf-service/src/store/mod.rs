@@ -210,6 +210,9 @@ impl SessionChange {
     }
 }
 
+/// A customer of an account with the view of their session.
+pub type CustomerView = (OpenKfId, ExternalUserId, SessionView);
+
 /// The `kind` of the rows that record a change of a session's state.
 pub const SESSION_KIND: &str = "session";
 
@@ -751,6 +754,15 @@ pub trait Store: Send + Sync + 'static {
     /// one transaction. What it writes is decided by one pure function both backends call (the
     /// page-commit policy, `store/policy.rs`); the backends only read and write.
     fn commit_page(&self, page: PageWrite) -> BoxFuture<'_, Result<PageOutcome, Error>>;
+
+    /// The sessions whose customer last wrote between `since` and `until` (unix seconds,
+    /// WeChat's clock), at most `limit`, with their views: where the idle rule looks.
+    fn sessions_last_written_between(
+        &self,
+        since: i64,
+        until: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<CustomerView>, Error>>;
 
     /// A customer's last `limit` stored items, newest first: (`kind`, raw JSON).
     fn recent_messages(

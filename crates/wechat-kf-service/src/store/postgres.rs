@@ -103,6 +103,7 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE messages ADD COLUMN no_reply TEXT;
     ALTER TABLE messages ADD COLUMN held SMALLINT;
     CREATE INDEX messages_held ON messages(open_kfid, external_userid) WHERE held = 1;
+    CREATE INDEX sessions_last_customer ON sessions(last_customer_msg_at);
     ",
 ];
 
@@ -528,6 +529,37 @@ impl Store for PostgresStore {
                 }
                 tx.commit().await?;
                 Ok(plan.into_outcome(&seqs, released))
+            })
+        })
+    }
+
+    fn sessions_last_written_between(
+        &self,
+        since: i64,
+        until: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<CustomerView>, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let rows = client
+                    .query(
+                        "SELECT open_kfid, external_userid, view FROM sessions \
+                         WHERE last_customer_msg_at BETWEEN $1 AND $2 \
+                         ORDER BY last_customer_msg_at LIMIT $3",
+                        &[&since, &until, &(limit as i64)],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| {
+                        let view: Option<String> = r.get(2);
+                        (
+                            OpenKfId::from(r.get::<_, String>(0)),
+                            ExternalUserId::from(r.get::<_, String>(1)),
+                            parse_view(view.as_deref()),
+                        )
+                    })
+                    .collect())
             })
         })
     }

@@ -104,6 +104,7 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE messages ADD COLUMN no_reply TEXT;
     ALTER TABLE messages ADD COLUMN held INTEGER;
     CREATE INDEX messages_held ON messages(open_kfid, external_userid) WHERE held = 1;
+    CREATE INDEX sessions_last_customer ON sessions(last_customer_msg_at);
     ",
 ];
 
@@ -505,6 +506,27 @@ impl Store for SqliteStore {
 
     fn commit_page(&self, page: PageWrite) -> BoxFuture<'_, Result<PageOutcome, Error>> {
         self.call(move |conn| commit_page(conn, page))
+    }
+
+    fn sessions_last_written_between(
+        &self,
+        since: i64,
+        until: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<CustomerView>, Error>> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT open_kfid, external_userid, view FROM sessions \
+                 WHERE last_customer_msg_at BETWEEN ?1 AND ?2 ORDER BY last_customer_msg_at LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![since, until, limit as i64], |r| {
+                let open_kfid: String = r.get(0)?;
+                let external_userid: String = r.get(1)?;
+                let view: Option<String> = r.get(2)?;
+                Ok((open_kfid.into(), external_userid.into(), parse_view(view.as_deref())))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
     }
 
     fn recent_messages(

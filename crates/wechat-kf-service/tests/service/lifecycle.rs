@@ -560,3 +560,58 @@ async fn every_handover_is_summed_up_for_the_staff_in_the_group_robot() {
     running.shutdown().await;
     emu.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_message_left_unanswered_past_the_idle_limit_is_handed_to_the_queue_once() {
+    let emu = emulator().await;
+    let sink = Sink::start().await; // acknowledges, never answers
+    let kf = emu.emulator().create_account("idle");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&emu, &dir.path().join("kf.db"), Some(&sink.url));
+    config.handoff.idle = Duration::from_secs(5);
+    config.conversation.queue = Some(Stage::Text("稍等，正在为您转人工".into()));
+    let running = start_on_emulator_clock(&emu, config).await;
+
+    emu.emulator()
+        .customer_send(text(&kf, "wmI", "有人吗"))
+        .unwrap();
+    emu.emulator()
+        .customer_send(text(&kf, "wmJ", "在吗"))
+        .unwrap();
+    wait_for("both delivered", Duration::from_secs(15), || async {
+        entry_of(&sink, "在吗").is_some() && entry_of(&sink, "有人吗").is_some()
+    })
+    .await;
+    // wmJ gets an answer; wmI does not.
+    let (status, body) = api(
+        &running,
+        "POST",
+        "/v1/messages",
+        Some(json!({"touser": "wmJ", "open_kfid": kf, "msgtype": "text", "text": {"content": "在的"}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    control(&emu, "/emulator/clock/advance", json!({"seconds": 10})).await;
+    wait_for(
+        "the idle customer queued",
+        Duration::from_secs(15),
+        || async { answers(&emu, &kf, "wmI") == ["稍等，正在为您转人工"] },
+    )
+    .await;
+    wait_for(
+        "the handover told to the bot",
+        Duration::from_secs(15),
+        || async {
+            items(&sink)
+                .iter()
+                .any(|(item, _)| item["session"]["by"] == "idle")
+        },
+    )
+    .await;
+    // Another scan changes nothing: one handover per unanswered message.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(calls(&emu, "kf/service_state/trans"), 1, "wmJ was answered");
+    assert_eq!(answers(&emu, &kf, "wmJ"), ["在的"]);
+    running.shutdown().await;
+    emu.shutdown().await;
+}

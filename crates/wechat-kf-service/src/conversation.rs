@@ -98,8 +98,14 @@ pub(crate) fn stage_actions(
                     counts.welcome_without_code += 1;
                 }
                 let scene = e.scene.as_deref().unwrap_or("");
-                let stage = stages.scenes.get(scene).or(stages.welcome);
-                let place = (scene, e.scene_param.as_deref().unwrap_or(""));
+                let scene_param = e.scene_param.as_deref().unwrap_or("");
+                // The most precise entry first: `<scene>?<scene_param>`, then `<scene>`.
+                let stage = stages
+                    .scenes
+                    .get(&format!("{scene}?{scene_param}"))
+                    .or_else(|| stages.scenes.get(scene))
+                    .or(stages.welcome);
+                let place = (scene, scene_param);
                 let message = stage.map(|s| rendered(s, place));
                 ("welcome", code, e.external_userid.as_ref(), message)
             }

@@ -432,7 +432,8 @@ pub struct ConversationConfig {
     pub while_human: WhileHuman,
     /// The welcome, sent with an `enter_session`'s `welcome_code` (text or menu).
     pub welcome: Option<Stage>,
-    /// Welcomes by the entry's `scene` (the contact link's), before `welcome`.
+    /// Welcomes by the entry's `scene` (the contact link's), before `welcome`; a key
+    /// `"<scene>?<scene_param>"` matches one `scene_param` of the scene (before `"<scene>"`).
     pub scenes: BTreeMap<String, Stage>,
     /// Sent with the `msg_code` of a transfer to the queue (text only).
     pub queue: Option<Stage>,

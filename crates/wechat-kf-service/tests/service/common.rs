@@ -245,6 +245,8 @@ pub struct Received {
     pub media: Value,
     /// `items` of the body: whose turn each message is, and session changes, in order.
     pub items: Vec<Value>,
+    /// The whole body.
+    pub raw: Value,
 }
 
 impl Received {
@@ -375,6 +377,7 @@ async fn hook(State(state): State<Arc<SinkState>>, headers: HeaderMap, body: Byt
             .unwrap_or_default(),
         media: value["media"].clone(),
         items: value["items"].as_array().cloned().unwrap_or_default(),
+        raw: value.clone(),
     };
     let action = (state.policy.lock().unwrap())(&received);
     match action {

@@ -523,6 +523,8 @@ async fn every_handover_is_summed_up_for_the_staff_in_the_group_robot() {
         "{}/cgi-bin/webhook/send?key={key}",
         emu.base_url()
     )));
+    let staff = Sink::start().await;
+    config.handoff.notify.webhook_url = Some(staff.url.clone());
     let running = start_on_emulator_clock(&emu, config).await;
 
     emu.emulator()
@@ -557,6 +559,19 @@ async fn every_handover_is_summed_up_for_the_staff_in_the_group_robot() {
         ),
         1
     );
+    wait_for(
+        "the summary in the staff webhook",
+        Duration::from_secs(15),
+        || async { !staff.received().is_empty() },
+    )
+    .await;
+    let posted = &staff.received()[0];
+    assert!(posted.signature_ok, "signed like deliveries");
+    let handoff = &posted.raw["handoff"];
+    assert_eq!(handoff["external_userid"], "wmN");
+    assert_eq!(handoff["service_state"], 2);
+    assert_eq!(handoff["by"], "keyword");
+    assert_eq!(handoff["messages"][0]["text"], "我的订单没到");
     running.shutdown().await;
     emu.shutdown().await;
 }

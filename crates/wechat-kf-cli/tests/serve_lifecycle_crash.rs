@@ -8,9 +8,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use std::sync::{Arc, Mutex};
+
 use axum::Router;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
+use bytes::Bytes;
 use serde_json::{Value, json};
 use wechat_kf_emulator::RunningEmulator;
 use wechat_kf_test_support::{Spawned, wait_for};
@@ -171,6 +175,128 @@ async fn a_kill_while_a_stage_message_is_sent_neither_repeats_nor_loses_it() {
     assert_eq!(sends.len(), 2, "each code used once: {sends:?}");
     assert_eq!(sends[0]["text"]["content"], "欢迎光临");
     assert_eq!(sends[1]["msgmenu"]["head_content"], "感谢咨询");
+    child.kill().ok();
+    emu.shutdown().await;
+}
+
+/// Every body the webhook acknowledged.
+type Bodies = Arc<Mutex<Vec<Value>>>;
+
+/// A webhook that takes `delay` to acknowledge (so a kill lands while a delivery is in flight).
+async fn slow_sink(delay: Duration) -> (String, Bodies) {
+    let bodies: Bodies = Arc::default();
+    let app = Router::new()
+        .route(
+            "/hook",
+            post(
+                move |State(bodies): State<Bodies>, body: Bytes| async move {
+                    tokio::time::sleep(delay).await;
+                    let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    bodies.lock().unwrap().push(value);
+                    StatusCode::OK
+                },
+            ),
+        )
+        .with_state(bodies.clone());
+    (wechat_kf_test_support::serve(app, "/hook").await, bodies)
+}
+
+/// The `items` entry of the delivered message with this text, from any acknowledged body.
+fn entry(bodies: &Bodies, content: &str) -> Option<Value> {
+    bodies.lock().unwrap().iter().find_map(|body| {
+        body["items"].as_array()?.iter().find_map(|item| {
+            let message = &body["messages"][item["message"].as_u64()? as usize];
+            (message["text"]["content"] == content).then(|| item.clone())
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_turns_released_just_before_a_kill_are_delivered_as_history_after_the_restart() {
+    if !serve_available() {
+        return;
+    }
+    let emu = wechat_kf_test_support::TestEmulator::new()
+        .unlimited()
+        .start()
+        .await;
+    let kf = emu.emulator().create_account("crash-hold");
+    let e = emu.emulator().config();
+    wechat_kf::client::Client::builder(e.corp_id.clone(), e.secret.clone())
+        .base_url(emu.base_url())
+        .build()
+        .unwrap()
+        .servicers()
+        .add(wechat_kf::client::servicers::ServicerRequest::new(kf.as_str()).userids(["zhangsan"]))
+        .await
+        .unwrap();
+    let (webhook, bodies) = slow_sink(Duration::from_millis(1500)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kf.db");
+    let config_file = dir.path().join("kf.toml");
+    std::fs::write(&config_file, "[conversation]\nwhile_human = \"hold\"\n").unwrap();
+    let mut child = spawn_service(&emu, &db, &webhook, &config_file);
+    started(&emu, &mut child).await;
+
+    let say = |content: &str| json!({"open_kfid": kf, "external_userid": "wmH", "msgtype": "text", "text": {"content": content}});
+    control(&emu, "/emulator/servicer/send", {
+        let mut m = say("人工为您服务");
+        m["servicer_userid"] = json!("zhangsan");
+        m
+    })
+    .await;
+    control(&emu, "/emulator/customer/send", say("订单呢")).await;
+    wait_for(
+        "the takeover delivered",
+        Duration::from_secs(20),
+        || async {
+            bodies.lock().unwrap().iter().any(|b| {
+                b["items"]
+                    .as_array()
+                    .is_some_and(|items| items.iter().any(|i| i["session"]["new_state"] == 3))
+            })
+        },
+    )
+    .await;
+    control(
+        &emu,
+        "/emulator/servicer/end",
+        json!({"open_kfid": kf, "external_userid": "wmH"}),
+    )
+    .await;
+    control(&emu, "/emulator/customer/send", say("谢谢")).await;
+    // Kill once the releasing page has been pulled: the kill lands around its commit or while
+    // its delivery (the webhook takes 1.5 s) is in flight; either way the held turns must
+    // arrive as history after the restart.
+    let calls_before = emu.emulator().state_snapshot()["counters"]["calls"]["kf/sync_msg"]
+        .as_u64()
+        .unwrap_or(0);
+    wait_for(
+        "the releasing page pulled",
+        Duration::from_secs(20),
+        || async {
+            emu.emulator().state_snapshot()["counters"]["calls"]["kf/sync_msg"]
+                .as_u64()
+                .unwrap_or(0)
+                > calls_before
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    child.kill().expect("SIGKILL");
+    let mut child = spawn_service(&emu, &db, &webhook, &config_file);
+    started(&emu, &mut child).await;
+    wait_for(
+        "the customer's message after the restart",
+        Duration::from_secs(30),
+        || async { entry(&bodies, "谢谢").is_some() && entry(&bodies, "订单呢").is_some() },
+    )
+    .await;
+    let held = entry(&bodies, "订单呢").unwrap();
+    assert_eq!(held["history"], true, "{held}");
+    assert_eq!(held["bot_may_reply"], false);
+    assert_eq!(entry(&bodies, "人工为您服务").unwrap()["history"], true);
+    assert_eq!(entry(&bodies, "谢谢").unwrap()["bot_may_reply"], true);
     child.kill().ok();
     emu.shutdown().await;
 }

@@ -42,6 +42,8 @@
 //! assert_eq!(resp.msg_list[0].text().unwrap().content, "你好");
 //! ```
 
+#[cfg(feature = "answer")]
+pub mod answer;
 pub mod callback;
 pub mod crypto;
 mod ids;

@@ -141,8 +141,8 @@ async fn trans(
         transfer.external_userid.clone(),
         target,
     );
-    if let Some(servicer) = servicer {
-        request = request.servicer_userid(servicer);
+    if let Some(servicer) = &servicer {
+        request = request.servicer_userid(servicer.clone());
     }
     match client.service_state().trans(request).await {
         Ok(code) => {
@@ -155,11 +155,57 @@ async fn trans(
             );
             Ok(code)
         }
+        Err(e)
+            if refused_as_already_there(&e)
+                && already_there(client, transfer, target, servicer.as_ref()).await =>
+        {
+            // An earlier attempt did it (the service died before recording it): done, and the
+            // code it returned is lost (WeChat returns a code only once).
+            metrics.handoff(trigger, "ok");
+            tracing::info!(
+                open_kfid = transfer.open_kfid.as_str(),
+                service_state = target.code(),
+                trigger,
+                "the session was already transferred (an earlier attempt); recorded as done"
+            );
+            Ok(None)
+        }
         Err(e) => {
             metrics.api_error("kf/service_state/trans", &e);
             metrics.handoff(trigger, "failed");
             Err(e)
         }
+    }
+}
+
+/// Whether a refused transfer may have been made already: 95016 (transition not allowed, e.g.
+/// 2 → 2) or 95013 (already ended, for a transfer to 4).
+fn refused_as_already_there(e: &wechat_kf::client::Error) -> bool {
+    matches!(
+        e.errcode(),
+        Some(ErrCode::TransitionNotAllowed | ErrCode::SessionEnded)
+    )
+}
+
+/// Whether the session is in `target` already (with `servicer`, for state 3), by
+/// `service_state/get`.
+async fn already_there(
+    client: &Client,
+    transfer: &Transfer,
+    target: ServiceState,
+    servicer: Option<&UserId>,
+) -> bool {
+    match client
+        .service_state()
+        .get(transfer.open_kfid.clone(), transfer.external_userid.clone())
+        .await
+    {
+        Ok(info) => {
+            info.service_state == target
+                && (target != ServiceState::Human
+                    || servicer.is_none_or(|s| info.servicer_userid.as_ref() == Some(s)))
+        }
+        Err(_) => false,
     }
 }
 

@@ -630,3 +630,63 @@ async fn a_message_left_unanswered_past_the_idle_limit_is_handed_to_the_queue_on
     running.shutdown().await;
     emu.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_transfer_an_earlier_attempt_already_made_is_recorded_as_done_not_failed() {
+    let emu = emulator().await;
+    let sink = Sink::start().await;
+    let kf = emu.emulator().create_account("again");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&emu, &dir.path().join("kf.db"), Some(&sink.url));
+    config.handoff.keywords = vec!["人工".into()];
+    let running = start_on_emulator_clock(&emu, config).await;
+
+    emu.emulator()
+        .customer_send(text(&kf, "wmG", "你好"))
+        .unwrap();
+    wait_for("the first message", Duration::from_secs(15), || async {
+        entry_of(&sink, "你好").is_some()
+    })
+    .await;
+    // As if an attempt before a crash had queued the session: WeChat now refuses 2 → 2 (95016).
+    crate::sessions::client(&emu)
+        .service_state()
+        .trans(
+            wechat_kf::client::service_state::TransServiceStateRequest::new(
+                kf.as_str(),
+                "wmG",
+                wechat_kf::session::ServiceState::Queued,
+            ),
+        )
+        .await
+        .unwrap();
+    emu.emulator()
+        .customer_send(text(&kf, "wmG", "转人工"))
+        .unwrap();
+    wait_for(
+        "the transfer told to the bot",
+        Duration::from_secs(15),
+        || async {
+            items(&sink)
+                .iter()
+                .any(|(item, _)| item["session"]["by"] == "keyword")
+        },
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &running,
+            "wechat_kf_handoffs_total{trigger=\"keyword\",result=\"ok\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &running,
+            "wechat_kf_handoffs_total{trigger=\"keyword\",result=\"failed\"}"
+        ),
+        0
+    );
+    running.shutdown().await;
+    emu.shutdown().await;
+}

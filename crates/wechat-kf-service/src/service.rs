@@ -312,6 +312,9 @@ impl Service {
             readiness: readiness.clone(),
             metrics_token: config.http.metrics_token.clone(),
             metrics_apart: config.http.metrics_listen.is_some(),
+            sandbox: sandbox
+                .as_ref()
+                .map(|s| (s.running.emulator().clone(), s.open_kfid.clone())),
         });
 
         let listener = tokio::net::TcpListener::from_std(listener)

@@ -84,6 +84,8 @@ pub(crate) enum ApiError {
     TooLarge,
     /// 503: the store does not answer.
     StoreUnavailable,
+    /// 404: a sandbox route outside sandbox mode.
+    NotSandbox,
     /// 400 (validation), 422 (WeChat refused), 502 (unreachable, garbage) or 503 (busy).
     Api(wechat_kf::client::Error),
 }
@@ -143,6 +145,13 @@ impl ApiError {
             ApiError::TooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 ErrorBody::new("the body is too large", false),
+            ),
+            ApiError::NotSandbox => (
+                StatusCode::NOT_FOUND,
+                ErrorBody::new(
+                    "sandbox mode only (the service runs without WeChat credentials)",
+                    false,
+                ),
             ),
             ApiError::StoreUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,

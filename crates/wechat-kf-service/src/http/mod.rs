@@ -18,10 +18,12 @@
 pub(crate) mod auth;
 pub(crate) mod bodies;
 pub(crate) mod callback;
+pub(crate) mod conversations;
 pub(crate) mod error;
 pub(crate) mod health;
 pub mod openapi;
 pub(crate) mod reply_api;
+pub(crate) mod sandbox_api;
 pub(crate) mod server;
 
 use std::sync::Arc;
@@ -50,6 +52,8 @@ pub struct AppState {
     callback: Option<CallbackState>,
     /// `None`: no reply-API token, the reply API answers 403.
     reply_api: Option<ReplyApiState>,
+    /// The sandbox routes (they answer 404 outside sandbox mode).
+    sandbox_api: sandbox_api::SandboxApiState,
     pullers: Arc<Pullers>,
     /// `/metrics` is served on a listener of its own (`http.metrics_listen`).
     metrics_apart: bool,
@@ -83,6 +87,8 @@ pub(crate) struct AppParts {
     pub(crate) metrics_token: Option<Secret>,
     /// `/metrics` is served apart, on `http.metrics_listen`.
     pub(crate) metrics_apart: bool,
+    /// The embedded emulator and its demo account, in sandbox mode.
+    pub(crate) sandbox: Option<(wechat_kf_emulator::Emulator, wechat_kf::OpenKfId)>,
 }
 
 impl AppState {
@@ -100,7 +106,16 @@ impl AppState {
             readiness,
             metrics_token,
             metrics_apart,
+            sandbox,
         } = parts;
+        let sandbox_api = sandbox_api::SandboxApiState {
+            chat: sandbox.map(|(emulator, _)| sandbox_api::SandboxChat::new(emulator)),
+            // Without a reply-API token no bearer matches (an empty token never does).
+            token: api_token
+                .clone()
+                .unwrap_or_else(|| Secret::new(String::new())),
+            metrics: metrics.clone(),
+        };
         AppState {
             health: HealthState {
                 store: store.clone(),
@@ -119,6 +134,7 @@ impl AppState {
             }),
             reply_api: api_token
                 .map(|token| ReplyApiState::new(token, client, store, gate, metrics.clone())),
+            sandbox_api,
             pullers,
             metrics_apart,
         }
@@ -160,6 +176,7 @@ pub fn router(state: AppState) -> Router {
     };
     let mut router = Router::new()
         .merge(reply_api)
+        .merge(sandbox_api::routes(state.sandbox_api))
         .merge(health::routes(state.health))
         .route("/openapi.json", get(openapi::serve));
     if let Some(callback) = state.callback {

@@ -13,7 +13,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use wechat_kf::{ExternalUserId, MsgId, OpenKfId, UserId};
 
 use super::bodies::OutboundMessage;
-use super::{health, reply_api};
+use super::{conversations, health, reply_api, sandbox_api};
 
 /// The document.
 #[derive(OpenApi)]
@@ -35,6 +35,10 @@ use super::{health, reply_api};
         reply_api::list_messages,
         reply_api::list_deliveries,
         reply_api::list_sends,
+        conversations::list_conversations,
+        conversations::conversation,
+        sandbox_api::customer_send,
+        sandbox_api::customer_chat,
         health::healthz,
         health::readyz,
         health::metrics,
@@ -45,6 +49,7 @@ use super::{health, reply_api};
     tags(
         (name = "reply API", description = "Sending, transfers and session views; `Authorization: Bearer <api.token>`."),
         (name = "operations API", description = "What the service holds, read-only (the same as `wechat-kf store`); `Authorization: Bearer <api.token>`."),
+        (name = "sandbox", description = "Sandbox mode only (404 otherwise): write as a customer of the embedded emulator and see the chat as the customer does; `Authorization: Bearer <api.token>`."),
         (name = "operations", description = "Health, readiness, metrics and this document."),
     )
 )]

@@ -31,6 +31,7 @@ use super::bodies::{
     DeliveryList, JsonBody, ListParams, MessageList, OnEventBody, SendList, SendMsgBody, SentBody,
     SessionBody, TransBody, TransDone,
 };
+use super::conversations;
 use super::error::{ApiError, ConflictBody, ErrorBody};
 use crate::config::Secret;
 use crate::error::safe_error;
@@ -92,6 +93,21 @@ impl ReplyApiState {
             }),
         }
     }
+
+    /// The store.
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The send policy.
+    pub(crate) fn gate(&self) -> &Arc<Gate> {
+        &self.inner.gate
+    }
+
+    /// The metrics.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
 }
 
 /// The reply API's routes.
@@ -103,6 +119,11 @@ pub(crate) fn routes(state: ReplyApiState) -> Router {
         .route("/v1/sessions/{open_kfid}/{external_userid}", get(session))
         .route("/v1/deliveries", get(list_deliveries))
         .route("/v1/sends", get(list_sends))
+        .route("/v1/conversations", get(conversations::list_conversations))
+        .route(
+            "/v1/conversations/{open_kfid}/{external_userid}",
+            get(conversations::conversation),
+        )
         .layer(DefaultBodyLimit::max(MAX_API_BODY))
         .with_state(state)
 }
@@ -121,6 +142,11 @@ pub(crate) fn disabled_routes(metrics: Arc<Metrics>) -> Router {
         .route("/v1/sessions/{open_kfid}/{external_userid}", get(disabled))
         .route("/v1/deliveries", get(disabled))
         .route("/v1/sends", get(disabled))
+        .route("/v1/conversations", get(disabled))
+        .route(
+            "/v1/conversations/{open_kfid}/{external_userid}",
+            get(disabled),
+        )
         .with_state(metrics)
 }
 
@@ -186,7 +212,7 @@ impl IntoResponse for Sent {
 }
 
 /// Checks an id of a request (`field` as the caller wrote it).
-fn valid_id(kind: IdKind, field: &'static str, value: &str) -> Result<(), ApiError> {
+pub(crate) fn valid_id(kind: IdKind, field: &'static str, value: &str) -> Result<(), ApiError> {
     check(kind, value).map_err(|message| ApiError::InvalidId {
         field,
         message: message.replacen(kind.field(), field, 1),

@@ -28,6 +28,9 @@ pub struct SandboxInfo {
     /// The reply API's bearer token (generated unless configured; `None` when configured, so
     /// it is never printed).
     pub generated_api_token: Option<String>,
+    /// The console's login token (generated unless configured; `None` when configured, so it
+    /// is never printed).
+    pub generated_console_token: Option<String>,
     /// Whether `--echo` is on.
     pub echo: bool,
     /// Whether messages go to a webhook (else stdout).
@@ -35,6 +38,16 @@ pub struct SandboxInfo {
 }
 
 impl SandboxInfo {
+    /// The console's URL to open: with the generated token after `#` (a fragment never
+    /// reaches the server, nor its logs; the login page reads it), or the bare login page
+    /// when the token was configured.
+    pub fn console_url(&self) -> String {
+        match &self.generated_console_token {
+            Some(token) => format!("{}/console/login#token={token}", self.service_url),
+            None => format!("{}/console/login", self.service_url),
+        }
+    }
+
     /// The instructions printed at start (to stderr: stdout carries JSON Lines).
     pub fn instructions(&self) -> String {
         let emu = &self.emulator_url;
@@ -55,6 +68,8 @@ impl SandboxInfo {
         };
         format!(
             "\nwechat-kf serve: sandbox mode (no WeChat credentials configured)\n\
+             Open the console in a browser and chat as a customer:\n\
+             \x20 {console}\n\
              \x20 emulator:  {emu}   (GET {emu}/emulator/state lists the demo account)\n\
              \x20 account:   {kf}\n\
              \x20 service:   {svc}   (callbacks at /callback, reply API at /v1/messages)\n\
@@ -70,6 +85,7 @@ impl SandboxInfo {
              Point the operator commands (wechat-kf token, sync, send, ...) at the emulator:\n\
              \x20 export WECHAT_KF_BASE_URL={emu} WECHAT_KF_CORP_ID={corp} WECHAT_KF_SECRET={secret}\n",
             svc = self.service_url,
+            console = self.console_url(),
             corp = self.corp_id,
             secret = self.secret,
         )
@@ -86,6 +102,7 @@ pub(crate) struct Sandbox {
     pub(crate) emulator_url: String,
     pub(crate) open_kfid: OpenKfId,
     pub(crate) api_token: String,
+    pub(crate) console_token: String,
     pub(crate) info: SandboxInfo,
 }
 
@@ -115,6 +132,11 @@ impl Sandbox {
             Some(token) => token.expose().to_owned(),
             None => uuid::Uuid::new_v4().simple().to_string(),
         };
+        let console_generated = config.console.token.is_none();
+        let console_token = match &config.console.token {
+            Some(token) => token.expose().to_owned(),
+            None => uuid::Uuid::new_v4().simple().to_string(),
+        };
         let info = SandboxInfo {
             emulator_url: emulator_url.clone(),
             corp_id: corp_id.clone(),
@@ -122,6 +144,7 @@ impl Sandbox {
             open_kfid: open_kfid.clone(),
             service_url: String::new(),
             generated_api_token: generated.then(|| api_token.clone()),
+            generated_console_token: console_generated.then(|| console_token.clone()),
             echo: config.sandbox.echo,
             webhook: config.webhook.url.is_some(),
         };
@@ -135,6 +158,7 @@ impl Sandbox {
             emulator_url,
             open_kfid,
             api_token,
+            console_token,
             info,
         })
     }

@@ -315,6 +315,11 @@ impl Service {
             sandbox: sandbox
                 .as_ref()
                 .map(|s| (s.running.emulator().clone(), s.open_kfid.clone())),
+            console_token: match (&config.console.token, &sandbox) {
+                (Some(token), _) => Some(token.clone()),
+                (None, Some(s)) => Some(Secret::new(s.console_token.clone())),
+                (None, None) => None,
+            },
         });
 
         let listener = tokio::net::TcpListener::from_std(listener)
@@ -431,6 +436,8 @@ impl Service {
                 callbacks,
                 reply_api,
                 store_backend: store.backend(),
+                console: (config.console.token.is_some() || sandbox.is_some())
+                    .then(|| format!("http://{}/console", loopback(local_addr))),
             },
         );
         if accounts.is_empty() && discovery != Discovery::Pending {

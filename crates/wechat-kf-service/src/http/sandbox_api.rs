@@ -56,6 +56,17 @@ impl SandboxChat {
         }
     }
 
+    /// The emulator's accounts (`open_kfid`, `name`, `servicers`), as `GET /emulator/state`
+    /// lists them.
+    pub(crate) fn accounts(&self) -> Vec<Value> {
+        self.emulator
+            .state_snapshot()
+            .get("accounts")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// A customer writes a text (what `POST /v1/sandbox/messages` does).
     pub(crate) fn send(&self, body: CustomerText) -> Result<CustomerSent, ApiError> {
         valid_id(IdKind::OpenKfId, "open_kfid", &body.open_kfid)?;

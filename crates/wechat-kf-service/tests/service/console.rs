@@ -1,0 +1,171 @@
+//! The web console: login, CSRF and the rate limit over HTTP, and the whole console in a real
+//! browser (Debian's Chromium driven by `playwright-core`, `tests/browser/console.mjs`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use wechat_kf_service::config::{Config, Overrides};
+use wechat_kf_service::{RunningService, Service};
+use wechat_kf_test_support::{require_command, require_path};
+
+async fn sandbox() -> RunningService {
+    let flags = Overrides::default()
+        .set("--listen", "listen", Some("127.0.0.1:0"))
+        .switch("--echo", "sandbox.echo", true);
+    Service::start(Config::from_sources(None, &|_| None, flags).unwrap())
+        .await
+        .unwrap()
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_console_logs_in_with_its_token_and_guards_every_state_change() {
+    let running = sandbox().await;
+    let info = running.sandbox().unwrap().clone();
+    let token = info.generated_console_token.clone().unwrap();
+    assert!(info.instructions().contains(&info.console_url()));
+    assert!(running.summary().contains("console:"));
+    let base = running.base_url();
+    let http = no_redirects();
+
+    let page = http
+        .get(format!("{base}/console/sandbox"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 303, "no session: to the login form");
+    let wrong = http
+        .post(format!("{base}/console/login"))
+        .form(&[("token", "wrong")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert!(wrong.headers().get("set-cookie").is_none());
+    let right = http
+        .post(format!("{base}/console/login"))
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 303);
+    let cookie = right.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().unwrap().to_owned();
+
+    let sandbox_page = http
+        .get(format!("{base}/console/sandbox"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sandbox_page.status(), 200);
+    let html = sandbox_page.text().await.unwrap();
+    let csrf = html
+        .split("name=\"csrf-token\" content=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let kf = info.open_kfid.as_str();
+    let send = |csrf: &str, origin: Option<&str>| {
+        let mut request = http
+            .post(format!("{base}/console/sandbox/send"))
+            .header("cookie", &session)
+            .form(&[
+                ("csrf", csrf),
+                ("open_kfid", kf),
+                ("customer", "wmCsrfCheck"),
+                ("text", "hello"),
+            ]);
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send()
+    };
+    assert_eq!(send("", None).await.unwrap().status(), 403, "no CSRF token");
+    assert_eq!(
+        send("forged", None).await.unwrap().status(),
+        403,
+        "a wrong one"
+    );
+    assert_eq!(
+        send(&csrf, Some("http://evil.test"))
+            .await
+            .unwrap()
+            .status(),
+        403,
+        "another origin"
+    );
+    assert_eq!(send(&csrf, Some(&base)).await.unwrap().status(), 303);
+
+    // Failed logins are rate-limited: past the limit even the right token waits.
+    for _ in 0..10 {
+        http.post(format!("{base}/console/login"))
+            .form(&[("token", "guess")])
+            .send()
+            .await
+            .unwrap();
+    }
+    let limited = http
+        .post(format!("{base}/console/login"))
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(limited.status(), 429);
+    running.shutdown().await;
+}
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+#[tokio::test]
+async fn the_console_works_in_a_real_browser() {
+    let dir = browser_dir();
+    if !require_command("node")
+        || !require_path(Path::new("/usr/bin/chromium"), "apt-get install chromium")
+        || !require_path(
+            &dir.join("node_modules/playwright-core"),
+            "run npm ci --prefix crates/wechat-kf-service/tests/browser",
+        )
+    {
+        return;
+    }
+    let running = sandbox().await;
+    let info = running.sandbox().unwrap().clone();
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/console-screenshots");
+    let run = tokio::process::Command::new("node")
+        .arg("console.mjs")
+        .current_dir(&dir)
+        .env("CONSOLE_URL", running.base_url())
+        .env(
+            "CONSOLE_TOKEN",
+            info.generated_console_token.clone().unwrap(),
+        )
+        .env("SCREENSHOTS", &shots)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .expect("the browser test finishes within 90 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    running.shutdown().await;
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("all console browser checks passed"),
+        "{stdout}"
+    );
+}

@@ -170,10 +170,13 @@ impl SandboxChat {
 #[serde(deny_unknown_fields)]
 pub(crate) struct CustomerText {
     /// The account written to.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub(crate) open_kfid: String,
     /// The customer writing (any id of WeChat's shape: the emulator creates the customer).
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,128}$")]
     pub(crate) external_userid: String,
-    /// The text (1-2048 characters).
+    /// The text (1-2048 characters, not blank).
+    #[schema(min_length = 1, max_length = 2048)]
     pub(crate) text: String,
 }
 

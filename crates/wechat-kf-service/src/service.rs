@@ -267,7 +267,8 @@ impl Service {
             clock.clone(),
         )
         .await?;
-        let deliverer = deliverer.watch_store(readiness.clone());
+        let mut deliverer = deliverer.watch_store(readiness.clone());
+        let delivery_control = deliverer.control();
         let pullers = Arc::new(Pullers::new(PullContext {
             client: client.clone(),
             store: store.clone(),
@@ -315,6 +316,7 @@ impl Service {
             sandbox: sandbox
                 .as_ref()
                 .map(|s| (s.running.emulator().clone(), s.open_kfid.clone())),
+            deliveries: delivery_control,
             console_token: match (&config.console.token, &sandbox) {
                 (Some(token), _) => Some(token.clone()),
                 (None, Some(s)) => Some(Secret::new(s.console_token.clone())),

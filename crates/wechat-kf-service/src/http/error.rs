@@ -86,6 +86,12 @@ pub(crate) enum ApiError {
     StoreUnavailable,
     /// 404: a sandbox route outside sandbox mode.
     NotSandbox,
+    /// 404: no such delivery is waiting for a retry.
+    NoSuchDelivery,
+    /// 409: an attempt of the delivery is in flight.
+    DeliveryInFlight,
+    /// 503: the deliverer has stopped (the service is stopping).
+    DelivererStopped,
     /// 400 (validation), 422 (WeChat refused), 502 (unreachable, garbage) or 503 (busy).
     Api(wechat_kf::client::Error),
 }
@@ -153,6 +159,24 @@ impl ApiError {
                     false,
                 ),
             ),
+            ApiError::NoSuchDelivery => (
+                StatusCode::NOT_FOUND,
+                ErrorBody::new(
+                    "no such delivery is waiting for a retry (unknown, or acknowledged)",
+                    false,
+                ),
+            ),
+            ApiError::DeliveryInFlight => (
+                StatusCode::CONFLICT,
+                ErrorBody::new(
+                    "an attempt of this delivery is in flight: ask again once it finished",
+                    true,
+                ),
+            ),
+            ApiError::DelivererStopped => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorBody::new("the deliverer has stopped", true),
+            ),
             ApiError::StoreUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorBody::new("the store does not answer", true),
@@ -190,6 +214,13 @@ impl ApiError {
                 }
             }
         }
+    }
+}
+
+impl ApiError {
+    /// The error in words (the `error` of its body).
+    pub(crate) fn message(&self) -> String {
+        self.status_and_body().1.error
     }
 }
 

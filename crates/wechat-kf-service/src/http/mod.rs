@@ -97,6 +97,8 @@ pub(crate) struct AppParts {
     pub(crate) sandbox: Option<(wechat_kf_emulator::Emulator, wechat_kf::OpenKfId)>,
     /// The console's login token, when the console is on.
     pub(crate) console_token: Option<Secret>,
+    /// Operator actions on deliveries.
+    pub(crate) deliveries: crate::delivery::DeliveryControl,
 }
 
 impl AppState {
@@ -116,6 +118,7 @@ impl AppState {
             metrics_apart,
             sandbox,
             console_token,
+            deliveries,
         } = parts;
         let sandbox = sandbox
             .map(|(emulator, open_kfid)| (sandbox_api::SandboxChat::new(emulator), open_kfid));
@@ -129,6 +132,7 @@ impl AppState {
                 readiness: readiness.clone(),
                 pullers: pullers.clone(),
                 sandbox: sandbox.clone(),
+                deliveries: deliveries.clone(),
                 callback_path: callback.as_ref().map(|c| c.path.clone()),
             })
         });
@@ -156,8 +160,9 @@ impl AppState {
                     clock,
                 )
             }),
-            reply_api: api_token
-                .map(|token| ReplyApiState::new(token, client, store, gate, metrics.clone())),
+            reply_api: api_token.map(|token| {
+                ReplyApiState::new(token, client, store, gate, metrics.clone(), deliveries)
+            }),
             sandbox_api,
             console,
             pullers,

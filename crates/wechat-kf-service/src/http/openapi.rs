@@ -35,6 +35,8 @@ use super::{conversations, health, reply_api, sandbox_api};
         reply_api::list_messages,
         reply_api::list_deliveries,
         reply_api::list_sends,
+        reply_api::retry_delivery,
+        reply_api::give_up_delivery,
         conversations::list_conversations,
         conversations::conversation,
         sandbox_api::customer_send,

@@ -34,6 +34,7 @@ use super::bodies::{
 use super::conversations;
 use super::error::{ApiError, ConflictBody, ErrorBody};
 use crate::config::Secret;
+use crate::delivery::{Action, ActionResult, DeliveryControl};
 use crate::error::safe_error;
 use crate::ids::{IdKind, check};
 use crate::metrics::Metrics;
@@ -41,6 +42,8 @@ use crate::replies::SendMsg;
 use crate::send_policy::{Gate, Refusal, SendOutcome};
 use crate::sender::transfer_and_greet;
 use crate::store::{ApiSend, Store};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 /// Largest reply-API request body.
 const MAX_API_BODY: usize = 1024 * 1024;
@@ -62,6 +65,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Msgids being sent right now (a concurrent duplicate gets 409).
     in_flight: Mutex<HashSet<String>>,
+    /// Retry now / give up.
+    deliveries: DeliveryControl,
 }
 
 impl BearerToken for ReplyApiState {
@@ -81,6 +86,7 @@ impl ReplyApiState {
         store: Arc<dyn Store>,
         gate: Arc<Gate>,
         metrics: Arc<Metrics>,
+        deliveries: DeliveryControl,
     ) -> Self {
         ReplyApiState {
             inner: Arc::new(Inner {
@@ -90,6 +96,7 @@ impl ReplyApiState {
                 gate,
                 metrics,
                 in_flight: Mutex::new(HashSet::new()),
+                deliveries,
             }),
         }
     }
@@ -119,6 +126,8 @@ pub(crate) fn routes(state: ReplyApiState) -> Router {
         .route("/v1/sessions/{open_kfid}/{external_userid}", get(session))
         .route("/v1/deliveries", get(list_deliveries))
         .route("/v1/sends", get(list_sends))
+        .route("/v1/deliveries/{id}/retry", post(retry_delivery))
+        .route("/v1/deliveries/{id}/give_up", post(give_up_delivery))
         .route("/v1/conversations", get(conversations::list_conversations))
         .route(
             "/v1/conversations/{open_kfid}/{external_userid}",
@@ -142,6 +151,8 @@ pub(crate) fn disabled_routes(metrics: Arc<Metrics>) -> Router {
         .route("/v1/sessions/{open_kfid}/{external_userid}", get(disabled))
         .route("/v1/deliveries", get(disabled))
         .route("/v1/sends", get(disabled))
+        .route("/v1/deliveries/{id}/retry", post(disabled))
+        .route("/v1/deliveries/{id}/give_up", post(disabled))
         .route("/v1/conversations", get(disabled))
         .route(
             "/v1/conversations/{open_kfid}/{external_userid}",
@@ -645,4 +656,119 @@ pub(crate) async fn list_sends(
     let query = list_query(&state, params)?;
     let rows = state.inner.store.list_sends(query).await;
     listed(&state, rows).map(|sends| Json(SendList { sends }))
+}
+
+/// What was done to a delivery.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct DeliveryDone {
+    /// The delivery id.
+    pub(crate) delivery: String,
+    /// `retrying` (an attempt is made now) or `given_up` (its messages are marked delivered
+    /// without the bot's acknowledgement; the customers' later messages flow again).
+    pub(crate) result: &'static str,
+}
+
+/// Acts on a delivery waiting for a retry (what the two routes below and the console do).
+pub(crate) async fn delivery_action(
+    control: &DeliveryControl,
+    id: &str,
+    action: Action,
+) -> Result<DeliveryDone, ApiError> {
+    if id.is_empty()
+        || id.len() > 100
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return Err(ApiError::InvalidId {
+            field: "id",
+            message: "a delivery id is 1-100 letters, digits, '-' and '.'".into(),
+        });
+    }
+    match control.act(id, action).await {
+        ActionResult::Done => Ok(DeliveryDone {
+            delivery: id.to_owned(),
+            result: match action {
+                Action::RetryNow => "retrying",
+                Action::GiveUp => "given_up",
+            },
+        }),
+        ActionResult::NotFound => Err(ApiError::NoSuchDelivery),
+        ActionResult::InFlight => Err(ApiError::DeliveryInFlight),
+        ActionResult::Stopped => Err(ApiError::DelivererStopped),
+    }
+}
+
+async fn delivery_route(
+    state: &ReplyApiState,
+    path: Result<Path<String>, PathRejection>,
+    action: Action,
+) -> Result<Json<DeliveryDone>, ApiError> {
+    let result = match path {
+        Ok(Path(id)) => delivery_action(&state.inner.deliveries, &id, action).await,
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "invalid path: {}",
+            e.body_text()
+        ))),
+    };
+    Metrics::add(
+        if result.is_ok() {
+            &state.inner.metrics.api_requests_ok
+        } else {
+            &state.inner.metrics.api_requests_failed
+        },
+        1,
+    );
+    result.map(Json)
+}
+
+/// Attempts a delivery waiting for a retry now (`id` as `GET /v1/deliveries` lists it).
+#[utoipa::path(
+    post,
+    path = "/v1/deliveries/{id}/retry",
+    tag = "operations API",
+    params(("id" = String, Path, description = "The delivery id (`X-Wechat-Kf-Delivery`).")),
+    responses(
+        (status = 200, description = "An attempt is being made now.", body = DeliveryDone),
+        (status = 400, description = "Not a delivery id (`field`: `id`).", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 403, description = "The reply API is disabled.", body = ErrorBody),
+        (status = 404, description = "No such delivery is waiting for a retry.", body = ErrorBody),
+        (status = 409, description = "An attempt is in flight: ask again once it finished.", body = ErrorBody),
+        (status = 503, description = "The deliverer has stopped.", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn retry_delivery(
+    State(state): State<ReplyApiState>,
+    _: Authorized,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<DeliveryDone>, ApiError> {
+    delivery_route(&state, path, Action::RetryNow).await
+}
+
+/// Gives a delivery up: it is no longer retried, its messages are marked delivered without the
+/// bot's acknowledgement, and its customers' later messages flow again.
+#[utoipa::path(
+    post,
+    path = "/v1/deliveries/{id}/give_up",
+    tag = "operations API",
+    params(("id" = String, Path, description = "The delivery id (`X-Wechat-Kf-Delivery`).")),
+    responses(
+        (status = 200, description = "Given up.", body = DeliveryDone),
+        (status = 400, description = "Not a delivery id (`field`: `id`).", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 403, description = "The reply API is disabled.", body = ErrorBody),
+        (status = 404, description = "No such delivery is waiting for a retry.", body = ErrorBody),
+        (status = 409, description = "An attempt is in flight: ask again once it finished.", body = ErrorBody),
+        (status = 503, description = "The deliverer has stopped.", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn give_up_delivery(
+    State(state): State<ReplyApiState>,
+    _: Authorized,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<DeliveryDone>, ApiError> {
+    delivery_route(&state, path, Action::GiveUp).await
 }

@@ -169,3 +169,138 @@ async fn the_console_works_in_a_real_browser() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn an_operator_retries_a_failing_delivery_now_and_gives_another_up() {
+    use crate::common::{Action, Sink, api, config, emulator, start, text, wait_for};
+    use serde_json::json;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let emu = emulator().await;
+    let sink = Sink::start().await;
+    let healthy = Arc::new(AtomicBool::new(false));
+    let switch = healthy.clone();
+    sink.set_policy(move |_| {
+        if switch.load(Ordering::SeqCst) {
+            Action::Ack(json!({}))
+        } else {
+            Action::Status(500)
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let kf = emu.emulator().create_account("ops");
+    let mut cfg = config(&emu, &dir.path().join("kf.db"), Some(&sink.url));
+    // No retry on its own within the test: only the operator's.
+    cfg.webhook.retry_initial = Duration::from_secs(3600);
+    cfg.webhook.retry_max = Duration::from_secs(3600);
+    let running = start(&emu, cfg).await;
+    emu.emulator()
+        .customer_send(text(&kf, "wmRetried", "one"))
+        .unwrap();
+    emu.emulator()
+        .customer_send(text(&kf, "wmGivenUp", "two"))
+        .unwrap();
+
+    let waiting = || async {
+        let (_, body) = api(&running, "GET", "/v1/deliveries?failed=true", None).await;
+        body["deliveries"].as_array().cloned().unwrap_or_default()
+    };
+    wait_for(
+        "two failed deliveries, one per customer",
+        Duration::from_secs(10),
+        || async { waiting().await.len() == 2 },
+    )
+    .await;
+    let deliveries = waiting().await;
+    let id_of = |customer: &str| {
+        deliveries
+            .iter()
+            .find(|d| d["customers"][0].as_str().unwrap().ends_with(customer))
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (retried, given_up) = (id_of("wmRetried"), id_of("wmGivenUp"));
+
+    let (status, body) = api(
+        &running,
+        "POST",
+        &format!("/v1/deliveries/{given_up}/give_up"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status.as_u16(), body["result"].as_str()),
+        (200, Some("given_up"))
+    );
+    let (status, _) = api(
+        &running,
+        "POST",
+        &format!("/v1/deliveries/{given_up}/retry"),
+        None,
+    )
+    .await;
+    assert_eq!(status.as_u16(), 404, "a given-up delivery is gone");
+    let (status, body) = api(&running, "POST", "/v1/deliveries/not%20an%20id/retry", None).await;
+    assert_eq!((status.as_u16(), body["field"].as_str()), (400, Some("id")));
+
+    healthy.store(true, Ordering::SeqCst);
+    let (status, body) = api(
+        &running,
+        "POST",
+        &format!("/v1/deliveries/{retried}/retry"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status.as_u16(), body["result"].as_str()),
+        (200, Some("retrying"))
+    );
+    wait_for(
+        "the retried delivery acknowledged",
+        Duration::from_secs(10),
+        || async {
+            sink.received()
+                .iter()
+                .any(|r| r.acked && r.delivery == retried)
+        },
+    )
+    .await;
+    wait_for("nothing left waiting", Duration::from_secs(10), || async {
+        waiting().await.is_empty()
+    })
+    .await;
+    let (_, messages) = api(
+        &running,
+        "GET",
+        &format!("/v1/messages?open_kfid={kf}"),
+        None,
+    )
+    .await;
+    assert!(
+        messages["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["state"] == "delivered"),
+        "{messages}"
+    );
+    // The given-up customer's next message flows again.
+    emu.emulator()
+        .customer_send(text(&kf, "wmGivenUp", "three"))
+        .unwrap();
+    wait_for(
+        "the next message of the given-up customer",
+        Duration::from_secs(10),
+        || async {
+            sink.received()
+                .iter()
+                .any(|r| r.acked && r.messages.iter().any(|m| m["text"]["content"] == "three"))
+        },
+    )
+    .await;
+    running.shutdown().await;
+    emu.shutdown().await;
+}

@@ -90,6 +90,8 @@ pub(crate) struct ConsoleParts {
     pub(crate) sandbox: Option<(SandboxChat, OpenKfId)>,
     /// The callback path, when callbacks are served.
     pub(crate) callback_path: Option<String>,
+    /// Retry now / give up.
+    pub(crate) deliveries: crate::delivery::DeliveryControl,
 }
 
 struct Inner {
@@ -323,6 +325,7 @@ pub(crate) fn routes(state: ConsoleState) -> Router {
             post(transfer),
         )
         .route("/console/deliveries", get(deliveries_page))
+        .route("/console/deliveries/{id}/{action}", post(delivery_action))
         .route("/console/accounts", get(accounts_page))
         .route("/console/accounts/contact_way", post(contact_way))
         .route("/console/health", get(health_page))
@@ -846,7 +849,51 @@ async fn after_action(
     }
 }
 
+/// Retry now / give up: `POST /v1/deliveries/{id}/retry`, `/give_up`.
+async fn delivery_action(
+    State(state): State<ConsoleState>,
+    session: LoggedIn,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+    form: Result<Form<CsrfForm>, FormRejection>,
+) -> Response {
+    let given = form.ok().map(|Form(f)| f.csrf);
+    if let Err(why) = session.check(&headers, given.as_deref()) {
+        return forbidden(why);
+    }
+    let Ok(Path((id, action))) = path else {
+        return failed(ApiError::BadRequest("invalid path".into()));
+    };
+    let action = match action.as_str() {
+        "retry" => crate::delivery::Action::RetryNow,
+        "give_up" => crate::delivery::Action::GiveUp,
+        _ => {
+            return failed(ApiError::BadRequest(
+                "the action is retry or give_up".into(),
+            ));
+        }
+    };
+    let notice =
+        match super::reply_api::delivery_action(&state.parts().deliveries, &id, action).await {
+            Ok(done) if done.result == "retrying" => format!("Delivery {id}: retrying now."),
+            Ok(_) => format!("Delivery {id}: given up."),
+            Err(e) => format!("Delivery {id}: {}", e.message()),
+        };
+    if wants_json(&headers) {
+        return Json(json!({"notice": notice})).into_response();
+    }
+    deliveries_view(&state, &session, Some(&notice)).await
+}
+
 async fn deliveries_page(State(state): State<ConsoleState>, session: LoggedIn) -> Response {
+    deliveries_view(&state, &session, None).await
+}
+
+async fn deliveries_view(
+    state: &ConsoleState,
+    session: &LoggedIn,
+    notice: Option<&str>,
+) -> Response {
     let query = ListQuery {
         limit: 200,
         ..ListQuery::default()
@@ -858,7 +905,7 @@ async fn deliveries_page(State(state): State<ConsoleState>, session: LoggedIn) -
     );
     match (deliveries, sends) {
         (Ok(deliveries), Ok(sends)) => {
-            pages::deliveries(&session.csrf, &deliveries, &sends).into_response()
+            pages::deliveries(&session.csrf, &deliveries, &sends, notice).into_response()
         }
         _ => failed(ApiError::StoreUnavailable),
     }

@@ -403,21 +403,33 @@ pub(super) fn deliveries(
     csrf: &str,
     deliveries: &[DeliveryListing],
     sends: &[SendListing],
+    notice: Option<&str>,
 ) -> Markup {
     layout(
         "Deliveries and sends",
         Some(csrf),
         Nav::Deliveries,
         html! {
+            @if let Some(notice) = notice { p.notice role="status" { (notice) } }
             section aria-labelledby="d-heading" {
                 h2 id="d-heading" { "Webhook deliveries in flight or waiting for a retry" }
                 @if deliveries.is_empty() { p { "None: every stored message was delivered." } }
                 @else {
                     div.scroll { table {
-                        thead { tr { th scope="col" { "Delivery" } th scope="col" { "Messages" } th scope="col" { "Attempts" } th scope="col" { "Next attempt (UTC)" } th scope="col" { "Last error" } } }
+                        thead { tr { th scope="col" { "Delivery" } th scope="col" { "Customers" } th scope="col" { "Messages" } th scope="col" { "Attempts" } th scope="col" { "Next attempt (UTC)" } th scope="col" { "Last error" } th scope="col" { "Act" } } }
                         tbody { @for d in deliveries { tr {
-                            td { code { (d.id) } } td { (d.msgids.len()) } td { (d.attempts) }
+                            td { code { (d.id) } } td { (d.customers.join(", ")) } td { (d.msgids.len()) } td { (d.attempts) }
                             td { (clock_ms(d.next_attempt_at_ms)) } td { (d.last_error.as_deref().unwrap_or("")) }
+                            td {
+                                form.inline method="post" action={ "/console/deliveries/" (query_escape(&d.id)) "/retry" } {
+                                    input type="hidden" name="csrf" value=(csrf);
+                                    button type="submit" aria-label={ "Retry delivery " (d.id) " now" } { "Retry now" }
+                                }
+                                form.inline method="post" action={ "/console/deliveries/" (query_escape(&d.id)) "/give_up" } {
+                                    input type="hidden" name="csrf" value=(csrf);
+                                    button type="submit" aria-label={ "Give delivery " (d.id) " up" } { "Give up" }
+                                }
+                            }
                         } } }
                     } }
                 }

@@ -11,6 +11,9 @@ use crate::error::Error;
 /// The demo customer used in the printed instructions.
 pub const DEMO_CUSTOMER: &str = "wmDemoCustomer";
 
+/// The demo account's servicer (the console's sandbox hands sessions to it).
+pub const DEMO_SERVICER: &str = "demo_servicer";
+
 /// What a sandbox user needs to know.
 #[derive(Debug, Clone)]
 pub struct SandboxInfo {
@@ -109,7 +112,12 @@ pub(crate) struct Sandbox {
 impl Sandbox {
     /// Starts the emulator and creates the demo account.
     pub(crate) async fn start(config: &Config) -> Result<Sandbox, Error> {
-        let emulator_config = wechat_kf_emulator::Config::generated();
+        // The demo account with one servicer, so the console's sandbox can hand a session to a
+        // human (the emulator's client hooks need a servicer of the account).
+        let emulator_config = wechat_kf_emulator::Config::from_toml_seed(&format!(
+            "[[accounts]]\nname = \"Demo\"\nservicers = [{{ userid = \"{DEMO_SERVICER}\" }}]\n"
+        ))
+        .map_err(|e| Error::Config(format!("the sandbox's emulator seed: {e}")))?;
         let corp_id = emulator_config.corp_id.clone();
         let secret = emulator_config.secret.clone();
         let callback_token = emulator_config.callback_token.clone();
@@ -125,7 +133,13 @@ impl Sandbox {
                     e,
                 )
             })?;
-        let open_kfid = OpenKfId::from(running.emulator().create_account("Demo"));
+        let open_kfid = running
+            .emulator()
+            .state_snapshot()
+            .pointer("/accounts/0/open_kfid")
+            .and_then(serde_json::Value::as_str)
+            .map(OpenKfId::from)
+            .ok_or_else(|| Error::Config("the sandbox's emulator has no demo account".into()))?;
         let emulator_url = running.base_url();
         let generated = config.api.token.is_none();
         let api_token = match &config.api.token {

@@ -68,7 +68,7 @@ pub(crate) struct HistoryItem {
     /// The text of a text message (at most 2048 characters), the event type of an event.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) text: Option<String>,
-    /// The servicer who sent it (servicer messages).
+    /// The servicer who sent it (servicer messages), or whom a session event concerns.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) servicer_userid: Option<String>,
     /// A message: `pending`, `delivered` (acknowledged by the bot) or `skipped`; a bot reply:
@@ -110,10 +110,16 @@ impl HistoryItem {
                     .and_then(Value::as_str)
                     .map(bounded_text)
             });
-        let servicer_userid = (from == From::Servicer)
-            .then(|| message.get("servicer_userid").and_then(Value::as_str))
-            .flatten()
-            .map(str::to_owned);
+        let servicer_userid = match from {
+            From::Servicer => message.get("servicer_userid").and_then(Value::as_str),
+            // A session event names the servicer it concerns.
+            From::System => message
+                .pointer("/event/new_servicer_userid")
+                .or_else(|| message.pointer("/event/servicer_userid"))
+                .and_then(Value::as_str),
+            _ => None,
+        }
+        .map(str::to_owned);
         HistoryItem {
             from,
             kind: m.kind.clone(),

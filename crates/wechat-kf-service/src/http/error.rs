@@ -92,6 +92,8 @@ pub(crate) enum ApiError {
     DeliveryInFlight,
     /// 503: the deliverer has stopped (the service is stopping).
     DelivererStopped,
+    /// 409: the sandbox's emulator refused a client hook.
+    EmulatorRefused(String),
     /// 400 (validation), 422 (WeChat refused), 502 (unreachable, garbage) or 503 (busy).
     Api(wechat_kf::client::Error),
 }
@@ -172,6 +174,10 @@ impl ApiError {
                     "an attempt of this delivery is in flight: ask again once it finished",
                     true,
                 ),
+            ),
+            ApiError::EmulatorRefused(why) => (
+                StatusCode::CONFLICT,
+                ErrorBody::new(format!("the emulator refused: {why}"), false),
             ),
             ApiError::DelivererStopped => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -41,6 +41,7 @@ use super::{conversations, health, reply_api, sandbox_api};
         conversations::conversation,
         sandbox_api::customer_send,
         sandbox_api::customer_chat,
+        sandbox_api::servicer_hook,
         health::healthz,
         health::readyz,
         health::metrics,

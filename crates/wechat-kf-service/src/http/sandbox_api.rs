@@ -108,6 +108,66 @@ impl SandboxChat {
         Ok(CustomerSent { msgids })
     }
 
+    /// A servicer acts on a customer's session in the WeCom client (what
+    /// `POST /v1/sandbox/servicer` does): the emulator's client hooks, which WeChat reports as
+    /// `session_status_change` events.
+    pub(crate) async fn servicer(&self, hook: ServicerHook) -> Result<HookDone, ApiError> {
+        use tower::ServiceExt;
+        valid_id(IdKind::OpenKfId, "open_kfid", &hook.open_kfid)?;
+        valid_id(
+            IdKind::ExternalUserId,
+            "external_userid",
+            &hook.external_userid,
+        )?;
+        let servicer = hook
+            .servicer_userid
+            .unwrap_or_else(|| crate::sandbox::DEMO_SERVICER.to_owned());
+        valid_id(IdKind::UserId, "servicer_userid", &servicer)?;
+        let (path, body) = match hook.action {
+            HookAction::Pick => (
+                "/emulator/servicer/pick",
+                json!({"open_kfid": hook.open_kfid, "external_userid": hook.external_userid,
+                       "servicer_userid": servicer}),
+            ),
+            HookAction::End => (
+                "/emulator/servicer/end",
+                json!({"open_kfid": hook.open_kfid, "external_userid": hook.external_userid}),
+            ),
+        };
+        let request = axum::http::Request::post(path)
+            .header(axum::http::header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::from(body.to_string()))
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let response = self
+            .emulator
+            .router()
+            .oneshot(request)
+            .await
+            .map_err(|e| ApiError::EmulatorRefused(e.to_string()))?;
+        let ok = response.status().is_success();
+        let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024)
+            .await
+            .unwrap_or_default();
+        let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if !ok {
+            return Err(ApiError::EmulatorRefused(
+                answer
+                    .get("error")
+                    .or_else(|| answer.get("errmsg"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("refused")
+                    .to_owned(),
+            ));
+        }
+        Ok(HookDone {
+            msgid: answer
+                .get("msgid")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+        })
+    }
+
     /// The chat as the customer sees it (what `GET /v1/sandbox/chat/…` answers).
     pub(crate) fn chat(
         &self,
@@ -187,6 +247,47 @@ impl TryFrom<Value> for CustomerText {
     }
 }
 
+/// What a servicer does in the WeCom client.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum HookAction {
+    /// Takes a queued session (state 2 → 3).
+    Pick,
+    /// Ends the session (→ 4).
+    End,
+}
+
+/// `POST /v1/sandbox/servicer`: a servicer acts on a customer's session.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServicerHook {
+    /// The account.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    pub(crate) open_kfid: String,
+    /// The customer.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,128}$")]
+    pub(crate) external_userid: String,
+    /// `pick` (take the queued session) or `end`.
+    pub(crate) action: HookAction,
+    /// The servicer (default: the demo account's, `demo_servicer`).
+    #[serde(default)]
+    pub(crate) servicer_userid: Option<String>,
+}
+
+impl TryFrom<Value> for ServicerHook {
+    type Error = String;
+    fn try_from(value: Value) -> Result<Self, String> {
+        serde_json::from_value(value).map_err(|e| format!("invalid body: {e}"))
+    }
+}
+
+/// The event the emulator appended.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct HookDone {
+    /// The msgid of the `session_status_change` event.
+    pub(crate) msgid: String,
+}
+
 /// The answer to a customer's text.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub(crate) struct CustomerSent {
@@ -250,6 +351,7 @@ impl BearerToken for SandboxApiState {
 pub(crate) fn routes(state: SandboxApiState) -> Router {
     Router::new()
         .route("/v1/sandbox/messages", post(customer_send))
+        .route("/v1/sandbox/servicer", post(servicer_hook))
         .route(
             "/v1/sandbox/chat/{open_kfid}/{external_userid}",
             get(customer_chat),
@@ -325,5 +427,35 @@ pub(crate) async fn customer_chat(
     let result = path
         .map_err(|e| ApiError::BadRequest(format!("invalid path: {}", e.body_text())))
         .and_then(|Path((kf, user))| sandbox(&state).and_then(|chat| chat.chat(&kf, &user)));
+    counted(&state.metrics, result).map(Json)
+}
+
+/// Sandbox mode: a servicer of the embedded emulator takes a queued session (`pick`) or ends one
+/// (`end`), as in the WeCom client; the service learns it from the `session_status_change`
+/// event like any other.
+#[utoipa::path(
+    post,
+    path = "/v1/sandbox/servicer",
+    tag = "sandbox",
+    request_body(content = ServicerHook, description = "The servicer's action."),
+    responses(
+        (status = 200, description = "Done: the event's msgid.", body = HookDone),
+        (status = 400, description = "Invalid body or ids (`field` names the offending one).", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 404, description = "Not in sandbox mode.", body = ErrorBody),
+        (status = 409, description = "The emulator refused (unknown account, customer or servicer; a session not queued).", body = ErrorBody),
+        (status = 413, description = "The body is over 1 MiB.", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn servicer_hook(
+    State(state): State<SandboxApiState>,
+    _: Authorized,
+    JsonBody(body): JsonBody<ServicerHook>,
+) -> Result<Json<HookDone>, ApiError> {
+    let result = match sandbox(&state) {
+        Ok(chat) => chat.servicer(body).await,
+        Err(e) => Err(e),
+    };
     counted(&state.metrics, result).map(Json)
 }

@@ -3,6 +3,9 @@
 // Run by the service's `console_browser` test against a sandbox `serve` (echo bot on).
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
+import { createRequire } from "node:module";
+
+const require = createRequire(import.meta.url);
 
 const base = process.env.CONSOLE_URL;
 const token = process.env.CONSOLE_TOKEN;
@@ -61,6 +64,7 @@ let answer = await page.goto(`${base}/console/sandbox`);
 check(page.url().endsWith("/console/login"), "a page without a session sends to the login form");
 await labelled("login");
 await shoot("login");
+let before = browserErrors.length;
 await page.fill("#token", "not-the-token");
 const [refused] = await Promise.all([
   page.waitForNavigation(),
@@ -68,7 +72,7 @@ const [refused] = await Promise.all([
 ]);
 check(refused.status() === 401, `a wrong token is refused (${refused.status()})`);
 check(await page.isVisible("text=Wrong token."), "the refusal is said");
-browserErrors.length = 0; // the refused login's 401 was expected
+browserErrors.length = before; // the refused login's 401 was expected
 await page.fill("#token", token);
 await Promise.all([page.waitForNavigation(), page.click("button:has-text('Log in')")]);
 check(page.url().includes("/console/sandbox"), `the right token logs in (${page.url()})`);
@@ -98,6 +102,28 @@ const took = Date.now() - sentAt;
 check(seen, `the echo shows in the customer pane and the conversation view within 2 s (${took} ms)`);
 check((await page.inputValue("#text")) === "", "the message field is cleared after sending");
 await shoot("sandbox");
+
+// A servicer takes the session (the emulator's client hook): the conversation view shows it
+// live, and the bot's next reply is refused.
+await page.goto(`${base}/console/sandbox?customer=wmHandoff`);
+await page.fill("#text", "I need a human");
+await page.keyboard.press("Enter");
+await page.waitForSelector("#customer-pane >> text=echo: I need a human", { timeout: 5000 });
+await page.click("button:has-text('Queue the session')");
+await page.waitForSelector("#conversation-pane >> .state-word:has-text('queued')", { timeout: 5000 })
+  .then(() => check(true, "queueing the session shows it queued"))
+  .catch(() => check(false, "queueing the session shows it queued"));
+const pickedAt = Date.now();
+await page.click("button:has-text('A servicer takes it')");
+await page.waitForSelector("#conversation-pane >> .state-word:has-text('human')", { timeout: 2000 })
+  .then(() => check(true, `the servicer taking the session shows live (${Date.now() - pickedAt} ms)`))
+  .catch(() => check(false, "the servicer taking the session shows live"));
+await page.fill("#text", "are you there");
+await page.keyboard.press("Enter");
+await page.waitForSelector("#conversation-pane >> .turn.bot:has-text('echo: are you there') >> .state.refused", { timeout: 3000 })
+  .then(() => check(true, "the bot's reply is refused while a human holds the session"))
+  .catch(() => check(false, "the bot's reply is refused while a human holds the session"));
+await shoot("sandbox-handoff");
 
 // Keyboard: Tab reaches the message field and the send button.
 await page.goto(`${base}/console/sandbox`);
@@ -137,6 +163,7 @@ try {
   check(false, "the conversation view updates live (Server-Sent Events)");
 }
 // A state-changing request without the CSRF token is refused.
+before = browserErrors.length;
 const forged = await page.evaluate(async () => {
   const r = await fetch("/console/sandbox/send", {
     method: "POST", body: new URLSearchParams({ open_kfid: "wkX", customer: "wmX", text: "x" }),
@@ -144,7 +171,7 @@ const forged = await page.evaluate(async () => {
   return r.status;
 });
 check(forged === 403, `a post without the CSRF token is refused (${forged})`);
-browserErrors.length = 0; // the forged post's 403 was expected
+browserErrors.length = before; // the forged post's 403 was expected
 // Reply as the account: through the send policy.
 await page.fill("#reply-text", "a human answer");
 await page.keyboard.press("Enter");
@@ -166,6 +193,22 @@ await Promise.all([page.waitForNavigation(), page.click("button:has-text('Create
 const link = await page.textContent("#contact-way-url").catch(() => null);
 check(!!link && link.startsWith("http"), `a contact-way link is made (${link})`);
 check(await page.isVisible(".qr svg"), "the link is shown as an SVG QR code");
+await page.addScriptTag({ path: require.resolve("jsqr/dist/jsQR.js") });
+const decoded = await page.evaluate(async () => {
+  const svg = document.querySelector(".qr svg");
+  const url = URL.createObjectURL(new Blob([svg.outerHTML], { type: "image/svg+xml" }));
+  const img = new Image();
+  await new Promise((ok, fail) => { img.onload = ok; img.onerror = fail; img.src = url; });
+  const canvas = document.createElement("canvas");
+  canvas.width = canvas.height = 400;
+  const ctx = canvas.getContext("2d");
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, 400, 400);
+  ctx.drawImage(img, 0, 0, 400, 400);
+  const data = ctx.getImageData(0, 0, 400, 400);
+  return window.jsQR(data.data, 400, 400)?.data ?? null;
+});
+check(decoded === link, `the QR code decodes to the link (${decoded})`);
 await shoot("accounts");
 
 // 6. Setup and health.

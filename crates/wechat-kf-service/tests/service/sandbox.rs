@@ -156,12 +156,49 @@ async fn a_customer_written_through_the_sandbox_api_shows_in_the_conversation_an
         },
     )
     .await;
+    // A servicer cannot take a session that is not queued; once queued, it can.
+    let hook = |action: &str| {
+        http.post(format!("{base}/v1/sandbox/servicer"))
+            .bearer_auth(&token)
+            .json(
+                &json!({"open_kfid": kf, "external_userid": "wmConsoleCustomer", "action": action}),
+            )
+            .send()
+    };
+    assert_eq!(hook("pick").await.unwrap().status(), 409);
+    let queued = http
+        .post(format!("{base}/v1/service_state/trans"))
+        .bearer_auth(&token)
+        .json(&json!({"open_kfid": kf, "external_userid": "wmConsoleCustomer", "service_state": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(queued.status(), 200);
+    assert_eq!(hook("pick").await.unwrap().status(), 200);
+    wait_for(
+        "the servicer's session in the list",
+        Duration::from_secs(10),
+        || {
+            let list = get(format!("{base}/v1/conversations?open_kfid={kf}"));
+            async move { list.await["conversations"][0]["state"] == "human" }
+        },
+    )
+    .await;
+    assert_eq!(hook("end").await.unwrap().status(), 200);
+    wait_for(
+        "the ended session in the list",
+        Duration::from_secs(10),
+        || {
+            let list = get(format!("{base}/v1/conversations?open_kfid={kf}"));
+            async move { list.await["conversations"][0]["state"] == "ended" }
+        },
+    )
+    .await;
     let list = get(format!("{base}/v1/conversations?open_kfid={kf}")).await;
     let row = &list["conversations"][0];
     assert_eq!(row["external_userid"], "wmConsoleCustomer");
-    assert_eq!(row["state"], "bot");
-    assert_eq!(row["session"]["can_send"], true);
-    assert_eq!(row["session"]["remaining"], 4, "{row}");
+    assert_eq!(row["state"], "ended");
+    assert_eq!(row["session"]["can_send"], false, "{row}");
     let unauthorized = http
         .get(format!("{base}/v1/conversations"))
         .send()

@@ -25,7 +25,7 @@
       const button = form.querySelector('button[type="submit"]');
       if (button) button.disabled = true;
       try {
-        const r = await fetch(form.action, {
+        const r = await fetch(form.getAttribute("action"), {
           method: "POST",
           credentials: "same-origin",
           headers: { "accept": "application/json", "x-csrf-token": csrf ? csrf.content : "" },

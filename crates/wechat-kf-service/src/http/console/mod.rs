@@ -302,6 +302,7 @@ pub(crate) fn routes(state: ConsoleState) -> Router {
         .route("/console/events", get(events))
         .route("/console/sandbox", get(sandbox_page))
         .route("/console/sandbox/send", post(sandbox_send))
+        .route("/console/sandbox/servicer", post(sandbox_servicer))
         .route("/console/fragments/chat", get(chat_fragment))
         .route("/console/conversations", get(conversations_page))
         .route(
@@ -585,6 +586,67 @@ async fn sandbox_send(
         Ok(sent) if wants_json(&headers) => Json(sent).into_response(),
         Ok(_) => Redirect::to(&back).into_response(),
         Err(e) => failed(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ServicerForm {
+    #[serde(default)]
+    csrf: String,
+    open_kfid: String,
+    customer: String,
+    /// `pick` or `end` (not `action`: a form field of that name hides the form's own).
+    hook: String,
+}
+
+/// A servicer takes or ends the session: `POST /v1/sandbox/servicer`.
+async fn sandbox_servicer(
+    State(state): State<ConsoleState>,
+    session: LoggedIn,
+    headers: HeaderMap,
+    form: Result<Form<ServicerForm>, FormRejection>,
+) -> Response {
+    let Some((chat, _)) = &state.parts().sandbox else {
+        return not_sandbox();
+    };
+    let Form(form) = match form {
+        Ok(form) => form,
+        Err(e) => {
+            return failed(ApiError::BadRequest(format!(
+                "invalid form: {}",
+                e.body_text()
+            )));
+        }
+    };
+    if let Err(why) = session.check(&headers, Some(&form.csrf)) {
+        return forbidden(why);
+    }
+    let action = match form.hook.as_str() {
+        "pick" => super::sandbox_api::HookAction::Pick,
+        "end" => super::sandbox_api::HookAction::End,
+        _ => return failed(ApiError::BadRequest("the action is pick or end".into())),
+    };
+    let back = format!(
+        "/console/sandbox?open_kfid={}&customer={}",
+        pages::query_escape(&form.open_kfid),
+        pages::query_escape(&form.customer)
+    );
+    let notice = match chat
+        .servicer(super::sandbox_api::ServicerHook {
+            open_kfid: form.open_kfid,
+            external_userid: form.customer,
+            action,
+            servicer_userid: None,
+        })
+        .await
+    {
+        Ok(_) => "Done.".to_owned(),
+        Err(e) => e.message(),
+    };
+    if wants_json(&headers) {
+        Json(json!({"notice": notice})).into_response()
+    } else {
+        Redirect::to(&back).into_response()
     }
 }
 

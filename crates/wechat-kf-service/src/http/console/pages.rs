@@ -279,6 +279,27 @@ pub(super) fn sandbox(
                         @match conversation { Some(c) => (history(c)), None => p.error { "Invalid account or customer id." } }
                     }
                     p { a href={ "/console/conversations/" (query_escape(open_kfid)) "/" (query_escape(customer)) } { "Open the conversation" } }
+                    h3 { "Hand to a human" }
+                    p.hint { "As in the WeCom client: queue the session, then the demo servicer takes it (the bot's replies are then refused), or ends it." }
+                    form.inline method="post" action={ "/console/conversations/" (query_escape(open_kfid)) "/" (query_escape(customer)) "/transfer" } data-refresh="conversation-pane" {
+                        input type="hidden" name="csrf" value=(csrf);
+                        input type="hidden" name="service_state" value="2";
+                        button type="submit" { "Queue the session" }
+                    }
+                    form.inline method="post" action="/console/sandbox/servicer" data-refresh="conversation-pane" {
+                        input type="hidden" name="csrf" value=(csrf);
+                        input type="hidden" name="open_kfid" value=(open_kfid);
+                        input type="hidden" name="customer" value=(customer);
+                        input type="hidden" name="hook" value="pick";
+                        button type="submit" { "A servicer takes it" }
+                    }
+                    form.inline method="post" action="/console/sandbox/servicer" data-refresh="conversation-pane" {
+                        input type="hidden" name="csrf" value=(csrf);
+                        input type="hidden" name="open_kfid" value=(open_kfid);
+                        input type="hidden" name="customer" value=(customer);
+                        input type="hidden" name="hook" value="end";
+                        button type="submit" { "The servicer ends it" }
+                    }
                 }
             }
         },

@@ -128,6 +128,7 @@ pub(crate) fn routes(state: ReplyApiState) -> Router {
         .route("/v1/sends", get(list_sends))
         .route("/v1/deliveries/{id}/retry", post(retry_delivery))
         .route("/v1/deliveries/{id}/give_up", post(give_up_delivery))
+        .route("/v1/contact_ways", post(add_contact_way))
         .route("/v1/conversations", get(conversations::list_conversations))
         .route(
             "/v1/conversations/{open_kfid}/{external_userid}",
@@ -153,6 +154,7 @@ pub(crate) fn disabled_routes(metrics: Arc<Metrics>) -> Router {
         .route("/v1/sends", get(disabled))
         .route("/v1/deliveries/{id}/retry", post(disabled))
         .route("/v1/deliveries/{id}/give_up", post(disabled))
+        .route("/v1/contact_ways", post(disabled))
         .route("/v1/conversations", get(disabled))
         .route(
             "/v1/conversations/{open_kfid}/{external_userid}",
@@ -771,4 +773,81 @@ pub(crate) async fn give_up_delivery(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<DeliveryDone>, ApiError> {
     delivery_route(&state, path, Action::GiveUp).await
+}
+
+/// `POST /v1/contact_ways`: a contact-way link for an account.
+#[derive(Debug, Clone, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ContactWayBody {
+    /// The account.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    pub(crate) open_kfid: String,
+    /// A scene of your choosing (at most 32 of `[0-9a-zA-Z_-]`), returned in the customer's
+    /// `enter_session` event.
+    #[serde(default)]
+    #[schema(pattern = "^[0-9a-zA-Z_-]{0,32}$")]
+    pub(crate) scene: Option<String>,
+}
+
+impl TryFrom<serde_json::Value> for ContactWayBody {
+    type Error = String;
+    fn try_from(value: serde_json::Value) -> Result<Self, String> {
+        serde_json::from_value(value).map_err(|e| format!("invalid body: {e}"))
+    }
+}
+
+/// The link made.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct ContactWay {
+    /// The chat link (open it in WeChat, or show it as a QR code).
+    pub(crate) url: String,
+}
+
+/// Makes a contact-way link (`kf/add_contact_way`; what the route below and the console do).
+pub(crate) async fn contact_way(
+    client: &Client,
+    body: ContactWayBody,
+) -> Result<ContactWay, ApiError> {
+    valid_id(IdKind::OpenKfId, "open_kfid", &body.open_kfid)?;
+    let mut request = wechat_kf::client::accounts::AddContactWayRequest::new(body.open_kfid);
+    if let Some(scene) = body.scene.filter(|s| !s.is_empty()) {
+        request = request.scene(scene);
+    }
+    let made = client.accounts().add_contact_way(request).await?;
+    Ok(ContactWay { url: made.url })
+}
+
+/// Makes a contact-way link for an account (`kf/add_contact_way`), optionally with a scene.
+#[utoipa::path(
+    post,
+    path = "/v1/contact_ways",
+    tag = "reply API",
+    request_body(content = ContactWayBody, description = "The account and an optional scene."),
+    responses(
+        (status = 200, description = "The link.", body = ContactWay),
+        (status = 400, description = "Invalid body (`field` names the offending field).", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 403, description = "The reply API is disabled.", body = ErrorBody),
+        (status = 413, description = "The body is over 1 MiB.", body = ErrorBody),
+        (status = 422, description = "WeChat refused (e.g. an unknown account).", body = ErrorBody),
+        (status = 502, description = "WeChat unreachable or answering garbage.", body = ErrorBody),
+        (status = 503, description = "WeChat busy: retry later.", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn add_contact_way(
+    State(state): State<ReplyApiState>,
+    _: Authorized,
+    JsonBody(body): JsonBody<ContactWayBody>,
+) -> Result<Json<ContactWay>, ApiError> {
+    let result = contact_way(&state.inner.client, body).await;
+    Metrics::add(
+        if result.is_ok() {
+            &state.inner.metrics.api_requests_ok
+        } else {
+            &state.inner.metrics.api_requests_failed
+        },
+        1,
+    );
+    result.map(Json)
 }

@@ -156,6 +156,29 @@ async fn a_customer_written_through_the_sandbox_api_shows_in_the_conversation_an
         },
     )
     .await;
+    // A contact-way link for the account (what the console shows as a QR code).
+    let way = http
+        .post(format!("{base}/v1/contact_ways"))
+        .bearer_auth(&token)
+        .json(&json!({"open_kfid": kf, "scene": "console_test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(way.status(), 200);
+    let way: Value = way.json().await.unwrap();
+    assert!(
+        way["url"].as_str().unwrap().starts_with("https://"),
+        "{way}"
+    );
+    let bad_scene = http
+        .post(format!("{base}/v1/contact_ways"))
+        .bearer_auth(&token)
+        .json(&json!({"open_kfid": kf, "scene": "not a scene"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_scene.status(), 400);
+
     // A servicer cannot take a session that is not queued; once queued, it can.
     let hook = |action: &str| {
         http.post(format!("{base}/v1/sandbox/servicer"))

@@ -1028,7 +1028,7 @@ struct ContactWayForm {
     scene: String,
 }
 
-/// A contact-way link (`kf/add_contact_way`), shown with its QR code.
+/// A contact-way link (`POST /v1/contact_ways`), shown with its QR code.
 async fn contact_way(
     State(state): State<ConsoleState>,
     session: LoggedIn,
@@ -1047,24 +1047,21 @@ async fn contact_way(
     if let Err(why) = session.check(&headers, Some(&form.csrf)) {
         return forbidden(why);
     }
-    let mut request =
-        wechat_kf::client::accounts::AddContactWayRequest::new(form.open_kfid.clone());
-    if !form.scene.is_empty() {
-        request = request.scene(form.scene.clone());
-    }
-    let made = state
-        .parts()
-        .client
-        .accounts()
-        .add_contact_way(request)
-        .await;
+    let made = super::reply_api::contact_way(
+        &state.parts().client,
+        super::reply_api::ContactWayBody {
+            open_kfid: form.open_kfid.clone(),
+            scene: Some(form.scene.clone()),
+        },
+    )
+    .await;
     let shown = match made {
         Ok(way) => pages::ContactWay::Made {
             open_kfid: form.open_kfid,
             scene: form.scene,
             url: way.url,
         },
-        Err(e) => pages::ContactWay::Failed(crate::error::safe_error(&e)),
+        Err(e) => pages::ContactWay::Failed(e.message()),
     };
     pages::accounts(&session.csrf, &account_rows(&state), Some(&shown)).into_response()
 }

@@ -326,6 +326,7 @@ pub(crate) fn routes(state: ConsoleState) -> Router {
             post(transfer),
         )
         .route("/console/deliveries", get(deliveries_page))
+        .route("/console/fragments/deliveries", get(deliveries_fragment))
         .route("/console/deliveries/{id}/{action}", post(delivery_action))
         .route("/console/accounts", get(accounts_page))
         .route("/console/accounts/contact_way", post(contact_way))
@@ -951,25 +952,50 @@ async fn deliveries_page(State(state): State<ConsoleState>, session: LoggedIn) -
     deliveries_view(&state, &session, None).await
 }
 
-async fn deliveries_view(
+async fn deliveries_fragment(State(state): State<ConsoleState>, session: LoggedIn) -> Response {
+    match deliveries_rows(&state).await {
+        Ok((deliveries, sends)) => {
+            pages::deliveries_tables(&session.csrf, &deliveries, &sends).into_response()
+        }
+        Err(e) => failed(e),
+    }
+}
+
+/// The deliveries waiting and the queued replies, newest first (as `GET /v1/deliveries`,
+/// `GET /v1/sends`).
+async fn deliveries_rows(
     state: &ConsoleState,
-    session: &LoggedIn,
-    notice: Option<&str>,
-) -> Response {
+) -> Result<
+    (
+        Vec<crate::store::DeliveryListing>,
+        Vec<crate::store::SendListing>,
+    ),
+    ApiError,
+> {
     let query = ListQuery {
         limit: 200,
         ..ListQuery::default()
     };
     let store = &state.parts().store;
-    let (deliveries, sends) = (
+    match (
         store.list_deliveries(query.clone()).await,
         store.list_sends(query).await,
-    );
-    match (deliveries, sends) {
-        (Ok(deliveries), Ok(sends)) => {
+    ) {
+        (Ok(deliveries), Ok(sends)) => Ok((deliveries, sends)),
+        _ => Err(ApiError::StoreUnavailable),
+    }
+}
+
+async fn deliveries_view(
+    state: &ConsoleState,
+    session: &LoggedIn,
+    notice: Option<&str>,
+) -> Response {
+    match deliveries_rows(state).await {
+        Ok((deliveries, sends)) => {
             pages::deliveries(&session.csrf, &deliveries, &sends, notice).into_response()
         }
-        _ => failed(ApiError::StoreUnavailable),
+        Err(e) => failed(e),
     }
 }
 
@@ -1083,6 +1109,14 @@ async fn health_page(State(state): State<ConsoleState>, session: LoggedIn) -> Ma
         ("replies sent", load(&m.replies_sent)),
         ("replies failed", load(&m.replies_failed)),
         ("reply-API requests", load(&m.api_requests_ok)),
+        (
+            "callbacks accepted",
+            m.callbacks(crate::metrics::CallbackResult::Accepted),
+        ),
+        (
+            "callbacks refused (forged)",
+            m.callbacks(crate::metrics::CallbackResult::Forged),
+        ),
     ];
     let callback = parts.callback_path.clone();
     let sandbox = parts.sandbox.is_some();

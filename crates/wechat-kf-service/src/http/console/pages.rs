@@ -419,19 +419,14 @@ pub(super) fn conversation(
     )
 }
 
-/// Deliveries and sends.
-pub(super) fn deliveries(
+/// The deliveries and sends tables (the live part of the deliveries page).
+pub(super) fn deliveries_tables(
     csrf: &str,
     deliveries: &[DeliveryListing],
     sends: &[SendListing],
-    notice: Option<&str>,
 ) -> Markup {
-    layout(
-        "Deliveries and sends",
-        Some(csrf),
-        Nav::Deliveries,
+    {
         html! {
-            @if let Some(notice) = notice { p.notice role="status" { (notice) } }
             section aria-labelledby="d-heading" {
                 h2 id="d-heading" { "Webhook deliveries in flight or waiting for a retry" }
                 @if deliveries.is_empty() { p { "None: every stored message was delivered." } }
@@ -467,6 +462,26 @@ pub(super) fn deliveries(
                         } } }
                     } }
                 }
+            }
+        }
+    }
+}
+
+/// Deliveries and sends.
+pub(super) fn deliveries(
+    csrf: &str,
+    deliveries: &[DeliveryListing],
+    sends: &[SendListing],
+    notice: Option<&str>,
+) -> Markup {
+    layout(
+        "Deliveries and sends",
+        Some(csrf),
+        Nav::Deliveries,
+        html! {
+            @if let Some(notice) = notice { p.notice role="status" { (notice) } }
+            div id="deliveries" data-live="/console/fragments/deliveries" aria-live="polite" {
+                (deliveries_tables(csrf, deliveries, sends))
             }
         },
     )

@@ -854,6 +854,13 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> BoxFuture<'_, Result<History, Error>>;
 
+    /// The media record of one stored message (`None`: no such message, or no media record).
+    fn media_record(
+        &self,
+        open_kfid: OpenKfId,
+        msgid: MsgId,
+    ) -> BoxFuture<'_, Result<Option<String>, Error>>;
+
     /// Finishes queued work and closes the database.
     fn close(&self) -> BoxFuture<'_, ()>;
 }

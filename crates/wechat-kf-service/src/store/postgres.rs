@@ -1242,6 +1242,24 @@ impl Store for PostgresStore {
         })
     }
 
+    fn media_record(
+        &self,
+        open_kfid: OpenKfId,
+        msgid: MsgId,
+    ) -> BoxFuture<'_, Result<Option<String>, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let row = client
+                    .query_opt(
+                        "SELECT media FROM messages WHERE open_kfid = $1 AND msgid = $2",
+                        &[&open_kfid.as_str(), &msgid.as_str()],
+                    )
+                    .await?;
+                Ok(row.and_then(|r| r.get::<_, Option<String>>(0)))
+            })
+        })
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             // Waits for the transaction in progress (it holds the lock), then drops the client.

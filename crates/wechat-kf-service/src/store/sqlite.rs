@@ -1161,6 +1161,20 @@ impl Store for SqliteStore {
         })
     }
 
+    fn media_record(
+        &self,
+        open_kfid: OpenKfId,
+        msgid: MsgId,
+    ) -> BoxFuture<'_, Result<Option<String>, Error>> {
+        self.call(move |conn| {
+            let media: Option<Option<String>> = conn
+                .prepare_cached("SELECT media FROM messages WHERE open_kfid = ?1 AND msgid = ?2")?
+                .query_row(params![open_kfid.as_str(), msgid.as_str()], |r| r.get(0))
+                .optional()?;
+            Ok(media.flatten())
+        })
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         // Dropping the sender lets the worker drain its queue and stop.
         drop(self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take());

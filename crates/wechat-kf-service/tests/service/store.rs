@@ -661,7 +661,30 @@ async fn conformance_console(store: &dyn Store) {
         message("c3", "wmOne", 5),
         message("c4", "", 4),
     ];
-    store.commit_page(write).await.unwrap();
+    let stored = store.commit_page(write).await.unwrap().stored;
+    assert_eq!(
+        store.media_record("wkC".into(), "c1".into()).await.unwrap(),
+        None
+    );
+    store
+        .record_media(vec![(stored[0].seq, r#"{"path":"/m/c1.png"}"#.into())])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .media_record("wkC".into(), "c1".into())
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(r#"{"path":"/m/c1.png"}"#)
+    );
+    assert_eq!(
+        store
+            .media_record("wkOther".into(), "c1".into())
+            .await
+            .unwrap(),
+        None
+    );
     store
         .finish_deliveries(FinishDeliveries {
             now_ms: 10,

@@ -92,6 +92,8 @@ pub(crate) enum ApiError {
     DeliveryInFlight,
     /// 503: the deliverer has stopped (the service is stopping).
     DelivererStopped,
+    /// 404: no downloaded media file for the message.
+    NoSuchMedia,
     /// 409: the sandbox's emulator refused a client hook.
     EmulatorRefused(String),
     /// 400 (validation), 422 (WeChat refused), 502 (unreachable, garbage) or 503 (busy).
@@ -173,6 +175,13 @@ impl ApiError {
                 ErrorBody::new(
                     "an attempt of this delivery is in flight: ask again once it finished",
                     true,
+                ),
+            ),
+            ApiError::NoSuchMedia => (
+                StatusCode::NOT_FOUND,
+                ErrorBody::new(
+                    "no downloaded media file for this message (media.download_dir)",
+                    false,
                 ),
             ),
             ApiError::EmulatorRefused(why) => (

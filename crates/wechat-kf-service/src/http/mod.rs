@@ -9,7 +9,8 @@
 //! | `GET /readyz` | every [`readiness`](crate::readiness) condition is met and the store answers; else 503 with the reasons |
 //! | `GET /metrics` | Prometheus text format (here, or alone on `http.metrics_listen`; behind `http.metrics_token` when set) |
 //! | `GET /v1/conversations`, `/v1/conversations/{open_kfid}/{external_userid}` | the customers and one customer's history (bearer token) |
-//! | `POST /v1/sandbox/messages`, `GET /v1/sandbox/chat/{open_kfid}/{external_userid}` | sandbox mode: write as a customer, the chat as the customer sees it (bearer token; 404 otherwise) |
+//! | `POST /v1/deliveries/{id}/retry`, `/give_up`, `POST /v1/contact_ways`, `GET /v1/media/{open_kfid}/{msgid}` | operator actions and downloaded media (bearer token) |
+//! | `POST /v1/sandbox/messages`, `/v1/sandbox/servicer`, `GET /v1/sandbox/chat/{open_kfid}/{external_userid}` | sandbox mode: write as a customer, a servicer's hooks, the chat as the customer sees it (bearer token; 404 otherwise) |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document of these routes ([`openapi`]) |
 //! | `/console` | the web console ([`console`]; `console.token` login, session cookie) |
 //!
@@ -99,6 +100,8 @@ pub(crate) struct AppParts {
     pub(crate) console_token: Option<Secret>,
     /// Operator actions on deliveries.
     pub(crate) deliveries: crate::delivery::DeliveryControl,
+    /// `media.download_dir`: the downloaded media files served.
+    pub(crate) media_dir: Option<std::path::PathBuf>,
 }
 
 impl AppState {
@@ -119,6 +122,7 @@ impl AppState {
             sandbox,
             console_token,
             deliveries,
+            media_dir,
         } = parts;
         let sandbox = sandbox
             .map(|(emulator, open_kfid)| (sandbox_api::SandboxChat::new(emulator), open_kfid));
@@ -133,6 +137,7 @@ impl AppState {
                 pullers: pullers.clone(),
                 sandbox: sandbox.clone(),
                 deliveries: deliveries.clone(),
+                media_dir: media_dir.clone(),
                 callback_path: callback.as_ref().map(|c| c.path.clone()),
             })
         });
@@ -161,7 +166,15 @@ impl AppState {
                 )
             }),
             reply_api: api_token.map(|token| {
-                ReplyApiState::new(token, client, store, gate, metrics.clone(), deliveries)
+                ReplyApiState::new(
+                    token,
+                    client,
+                    store,
+                    gate,
+                    metrics.clone(),
+                    deliveries,
+                    media_dir,
+                )
             }),
             sandbox_api,
             console,

@@ -38,6 +38,7 @@ use super::{conversations, health, reply_api, sandbox_api};
         reply_api::retry_delivery,
         reply_api::give_up_delivery,
         reply_api::add_contact_way,
+        reply_api::media_file,
         conversations::list_conversations,
         conversations::conversation,
         sandbox_api::customer_send,

@@ -67,6 +67,8 @@ struct Inner {
     in_flight: Mutex<HashSet<String>>,
     /// Retry now / give up.
     deliveries: DeliveryControl,
+    /// Where downloaded media are (`media.download_dir`), the only files served.
+    media_dir: Option<std::path::PathBuf>,
 }
 
 impl BearerToken for ReplyApiState {
@@ -87,6 +89,7 @@ impl ReplyApiState {
         gate: Arc<Gate>,
         metrics: Arc<Metrics>,
         deliveries: DeliveryControl,
+        media_dir: Option<std::path::PathBuf>,
     ) -> Self {
         ReplyApiState {
             inner: Arc::new(Inner {
@@ -97,6 +100,7 @@ impl ReplyApiState {
                 metrics,
                 in_flight: Mutex::new(HashSet::new()),
                 deliveries,
+                media_dir,
             }),
         }
     }
@@ -129,6 +133,7 @@ pub(crate) fn routes(state: ReplyApiState) -> Router {
         .route("/v1/deliveries/{id}/retry", post(retry_delivery))
         .route("/v1/deliveries/{id}/give_up", post(give_up_delivery))
         .route("/v1/contact_ways", post(add_contact_way))
+        .route("/v1/media/{open_kfid}/{msgid}", get(media_file))
         .route("/v1/conversations", get(conversations::list_conversations))
         .route(
             "/v1/conversations/{open_kfid}/{external_userid}",
@@ -155,6 +160,7 @@ pub(crate) fn disabled_routes(metrics: Arc<Metrics>) -> Router {
         .route("/v1/deliveries/{id}/retry", post(disabled))
         .route("/v1/deliveries/{id}/give_up", post(disabled))
         .route("/v1/contact_ways", post(disabled))
+        .route("/v1/media/{open_kfid}/{msgid}", get(disabled))
         .route("/v1/conversations", get(disabled))
         .route(
             "/v1/conversations/{open_kfid}/{external_userid}",
@@ -850,4 +856,170 @@ pub(crate) async fn add_contact_way(
         1,
     );
     result.map(Json)
+}
+
+/// The query of `GET /v1/media/{open_kfid}/{msgid}`.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct MediaParams {
+    /// The converted file (a voice note converted by `media.voice_convert_to`) instead of the
+    /// original.
+    #[serde(default)]
+    pub(crate) converted: bool,
+}
+
+/// A downloaded media file: its bytes and content type.
+#[derive(Debug)]
+pub(crate) struct MediaFile {
+    pub(crate) content_type: String,
+    pub(crate) file_name: Option<String>,
+    pub(crate) bytes: Vec<u8>,
+}
+
+impl IntoResponse for MediaFile {
+    fn into_response(self) -> Response {
+        let content_type = HeaderValue::from_str(&self.content_type)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+        let mut response = (
+            [
+                (header::CONTENT_TYPE, content_type),
+                (
+                    header::HeaderName::from_static("x-content-type-options"),
+                    HeaderValue::from_static("nosniff"),
+                ),
+                (
+                    header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static("sandbox; default-src 'none'"),
+                ),
+            ],
+            self.bytes,
+        )
+            .into_response();
+        // A name WeChat gave; only its ASCII letters, digits and `._-` go into the header.
+        if let Some(name) = self.file_name {
+            let safe: String = name
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
+                .collect();
+            if let Ok(value) = HeaderValue::from_str(&format!("inline; filename=\"{safe}\"")) {
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_DISPOSITION, value);
+            }
+        }
+        response
+    }
+}
+
+/// The downloaded file of a message's media (what the route below and the console serve):
+/// only a file the media record names and that lies inside `media.download_dir`.
+pub(crate) async fn media(
+    store: &dyn Store,
+    media_dir: Option<&std::path::Path>,
+    open_kfid: &str,
+    msgid: &str,
+    converted: bool,
+) -> Result<MediaFile, ApiError> {
+    valid_id(IdKind::OpenKfId, "open_kfid", open_kfid)?;
+    if msgid.is_empty() || msgid.len() > 256 || msgid.chars().any(char::is_control) {
+        return Err(ApiError::InvalidId {
+            field: "msgid",
+            message: "msgid is empty, over 256 bytes or holds control characters".into(),
+        });
+    }
+    let record = store
+        .media_record(OpenKfId::from(open_kfid), MsgId::from(msgid))
+        .await
+        .map_err(|_| ApiError::StoreUnavailable)?
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .ok_or(ApiError::NoSuchMedia)?;
+    let record = if converted {
+        record
+            .get("converted")
+            .cloned()
+            .ok_or(ApiError::NoSuchMedia)?
+    } else {
+        record
+    };
+    let (Some(dir), Some(path)) = (media_dir, record.get("path").and_then(|p| p.as_str())) else {
+        return Err(ApiError::NoSuchMedia);
+    };
+    let (Ok(dir), Ok(path)) = (
+        tokio::fs::canonicalize(dir).await,
+        tokio::fs::canonicalize(path).await,
+    ) else {
+        return Err(ApiError::NoSuchMedia);
+    };
+    if !path.starts_with(&dir) {
+        return Err(ApiError::NoSuchMedia);
+    }
+    let bytes = tokio::fs::read(&path)
+        .await
+        .map_err(|_| ApiError::NoSuchMedia)?;
+    Ok(MediaFile {
+        content_type: record
+            .get("content_type")
+            .and_then(|c| c.as_str())
+            .unwrap_or("application/octet-stream")
+            .to_owned(),
+        file_name: record
+            .get("file_name")
+            .and_then(|c| c.as_str())
+            .map(str::to_owned),
+        bytes,
+    })
+}
+
+/// A message's downloaded media file (or its converted voice note, `converted=true`), as the
+/// media download stored it in `media.download_dir`. Files only in the object store are not
+/// served (their `url` is in the media record).
+#[utoipa::path(
+    get,
+    path = "/v1/media/{open_kfid}/{msgid}",
+    tag = "operations API",
+    params(
+        ("open_kfid" = String, Path, description = "The account."),
+        ("msgid" = String, Path, description = "The message."),
+        MediaParams,
+    ),
+    responses(
+        (status = 200, description = "The file, with the content type of its media record.", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "Unreadable path or query, or an id that is not WeChat's shape (`field` names it).", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 403, description = "The reply API is disabled.", body = ErrorBody),
+        (status = 404, description = "No downloaded file for this message.", body = ErrorBody),
+        (status = 503, description = "The store does not answer.", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn media_file(
+    State(state): State<ReplyApiState>,
+    _: Authorized,
+    path: Result<Path<(String, String)>, PathRejection>,
+    params: Result<Query<MediaParams>, QueryRejection>,
+) -> Result<MediaFile, ApiError> {
+    let result = async {
+        let Path((open_kfid, msgid)) =
+            path.map_err(|e| ApiError::BadRequest(format!("invalid path: {}", e.body_text())))?;
+        let Query(params) = params
+            .map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))?;
+        media(
+            &*state.inner.store,
+            state.inner.media_dir.as_deref(),
+            &open_kfid,
+            &msgid,
+            params.converted,
+        )
+        .await
+    }
+    .await;
+    Metrics::add(
+        if result.is_ok() {
+            &state.inner.metrics.api_requests_ok
+        } else {
+            &state.inner.metrics.api_requests_failed
+        },
+        1,
+    );
+    result
 }

@@ -304,3 +304,87 @@ async fn an_operator_retries_a_failing_delivery_now_and_gives_another_up() {
     running.shutdown().await;
     emu.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_downloaded_image_is_served_to_the_api_and_shown_in_the_console() {
+    use serde_json::{Value, json};
+
+    let media = tempfile::tempdir().unwrap();
+    let flags = Overrides::default()
+        .set("--listen", "listen", Some("127.0.0.1:0"))
+        .set(
+            "--media-dir",
+            "media.download_dir",
+            Some(media.path().to_str().unwrap()),
+        );
+    let running = Service::start(Config::from_sources(None, &|_| None, flags).unwrap())
+        .await
+        .unwrap();
+    let info = running.sandbox().unwrap().clone();
+    let (base, kf) = (running.base_url(), info.open_kfid.to_string());
+    let token = info.generated_api_token.clone().unwrap();
+    // An image without a media_id: the emulator sends its placeholder PNG.
+    let sent = running
+        .emulator()
+        .unwrap()
+        .customer_send(json!({"open_kfid": kf, "external_userid": "wmPictures", "msgtype": "image", "image": {}}))
+        .unwrap();
+    let msgid = sent[0].clone();
+    let http = reqwest::Client::new();
+    let url = format!("{base}/v1/conversations/{kf}/wmPictures");
+    crate::common::wait_for("the image's media record", Duration::from_secs(10), || {
+        let request = http.get(&url).bearer_auth(&token).send();
+        async move {
+            let body: Value = request.await.unwrap().json().await.unwrap();
+            body["items"][0]["media"]["path"].is_string()
+        }
+    })
+    .await;
+    let file = http
+        .get(format!("{base}/v1/media/{kf}/{msgid}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(file.status(), 200);
+    assert_eq!(file.headers()["content-type"], "image/png");
+    assert!(file.bytes().await.unwrap().starts_with(b"\x89PNG"));
+    let none = http
+        .get(format!("{base}/v1/media/{kf}/not-a-message"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(none.status(), 404);
+
+    // The console shows it.
+    let console = no_redirects();
+    let login = console
+        .post(format!("{base}/console/login"))
+        .form(&[("token", info.generated_console_token.clone().unwrap())])
+        .send()
+        .await
+        .unwrap();
+    let session = login.headers()["set-cookie"].to_str().unwrap();
+    let session = session.split(';').next().unwrap().to_owned();
+    let page = console
+        .get(format!("{base}/console/conversations/{kf}/wmPictures"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let src = format!("/console/media/{kf}/{msgid}");
+    assert!(page.contains(&format!("src=\"{src}\"")), "{page}");
+    let image = console
+        .get(format!("{base}{src}"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(image.status(), 200);
+    assert_eq!(image.headers()["content-type"], "image/png");
+    running.shutdown().await;
+}

@@ -92,6 +92,8 @@ pub(crate) struct ConsoleParts {
     pub(crate) callback_path: Option<String>,
     /// Retry now / give up.
     pub(crate) deliveries: crate::delivery::DeliveryControl,
+    /// `media.download_dir`.
+    pub(crate) media_dir: Option<std::path::PathBuf>,
 }
 
 struct Inner {
@@ -325,6 +327,7 @@ pub(crate) fn routes(state: ConsoleState) -> Router {
             "/console/conversations/{open_kfid}/{external_userid}/transfer",
             post(transfer),
         )
+        .route("/console/media/{open_kfid}/{msgid}", get(media_file))
         .route("/console/deliveries", get(deliveries_page))
         .route("/console/fragments/deliveries", get(deliveries_fragment))
         .route("/console/deliveries/{id}/{action}", post(delivery_action))
@@ -908,6 +911,37 @@ async fn after_action(
     {
         Ok(body) => pages::conversation(&session.csrf, open_kfid, customer, &body, Some(&notice))
             .into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct MediaQuery {
+    #[serde(default)]
+    converted: bool,
+}
+
+/// A message's downloaded media: `GET /v1/media/{open_kfid}/{msgid}`.
+async fn media_file(
+    State(state): State<ConsoleState>,
+    _: LoggedIn,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<MediaQuery>, QueryRejection>,
+) -> Response {
+    let Ok(Path((open_kfid, msgid))) = path else {
+        return failed(ApiError::BadRequest("invalid path".into()));
+    };
+    let converted = query.map(|Query(q)| q.converted).unwrap_or_default();
+    match super::reply_api::media(
+        &*state.parts().store,
+        state.parts().media_dir.as_deref(),
+        &open_kfid,
+        &msgid,
+        converted,
+    )
+    .await
+    {
+        Ok(file) => file.into_response(),
         Err(e) => failed(e),
     }
 }

@@ -137,6 +137,54 @@ fn item_text(item: &HistoryItem) -> String {
     }
 }
 
+/// A message's downloaded media: the image shown, the voice note playable (its converted file
+/// when there is one), other files downloadable.
+fn media_of(item: &HistoryItem) -> Markup {
+    let Some(record) = &item.media else {
+        return html! {};
+    };
+    let open_kfid = item
+        .message
+        .get("open_kfid")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let src = format!(
+        "/console/media/{}/{}",
+        query_escape(open_kfid),
+        query_escape(&item.msgid)
+    );
+    if let Some(error) = record.pointer("/error/kind").and_then(Value::as_str) {
+        return html! { " " span.error { "media not downloaded (" (error) ")" } };
+    }
+    if record.get("path").is_none() {
+        return match record.get("url").and_then(Value::as_str) {
+            Some(url) => html! { " " span.hint { "stored at " (url) } },
+            None => html! {},
+        };
+    }
+    let name = record
+        .get("file_name")
+        .and_then(Value::as_str)
+        .unwrap_or("the file");
+    match item.kind.as_str() {
+        "image" => {
+            html! { br; img.media src=(src) alt={ "Image " (name) " from the " (from_label(item.from)) } loading="lazy"; }
+        }
+        "voice" => {
+            let src = if record.get("converted").is_some() {
+                format!("{src}?converted=true")
+            } else {
+                src
+            };
+            html! { br; audio controls preload="none" src=(src) aria-label={ "Voice note " (name) } {} " " a href=(src) download { "download" } }
+        }
+        "video" => {
+            html! { br; video.media controls preload="none" src=(src) aria-label={ "Video " (name) } {} }
+        }
+        _ => html! { " " a href=(src) download=(name) { "Download " (name) } },
+    }
+}
+
 /// One history item as a list entry.
 fn history_item(item: &HistoryItem) -> Markup {
     let from = from_label(item.from);
@@ -147,6 +195,7 @@ fn history_item(item: &HistoryItem) -> Markup {
             time { (clock(item.at)) }
             " "
             span.text { (item_text(item)) }
+            (media_of(item))
             @if item.from == From::Bot {
                 " "
                 span class={ "state " (item.state) } { (item.state) }

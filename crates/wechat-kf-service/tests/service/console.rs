@@ -108,6 +108,21 @@ async fn the_console_logs_in_with_its_token_and_guards_every_state_change() {
     );
     assert_eq!(send(&csrf, Some(&base)).await.unwrap().status(), 303);
 
+    // Behind a TLS-terminating proxy the cookie is also Secure.
+    let proxied = http
+        .post(format!("{base}/console/login"))
+        .header("x-forwarded-proto", "https")
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        proxied.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("; Secure")
+    );
+
     // Failed logins are rate-limited: past the limit even the right token waits.
     for _ in 0..10 {
         http.post(format!("{base}/console/login"))

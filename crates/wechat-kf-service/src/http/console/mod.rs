@@ -392,6 +392,7 @@ struct LoginForm {
 
 async fn login(
     State(state): State<ConsoleState>,
+    headers: HeaderMap,
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
     if !state.login_allowed() {
@@ -409,9 +410,15 @@ async fn login(
         return (StatusCode::UNAUTHORIZED, pages::login(Some("Wrong token."))).into_response();
     }
     let (id, _) = state.new_session();
+    // Behind a TLS-terminating proxy the cookie is also `Secure` (never sent over plain HTTP).
+    let secure = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|p| p.eq_ignore_ascii_case("https"));
     let cookie = format!(
-        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/console; Max-Age={}",
-        SESSION_TTL.as_secs()
+        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/console; Max-Age={}{}",
+        SESSION_TTL.as_secs(),
+        if secure { "; Secure" } else { "" }
     );
     let mut response = Redirect::to("/console").into_response();
     if let Ok(value) = HeaderValue::from_str(&cookie) {

@@ -37,7 +37,10 @@ struct Line {
     external_userid: String,
     msgid: String,
     at: i64,
-    text: String,
+    /// `text`, `image` or `voice`.
+    kind: &'static str,
+    /// The text of a text.
+    text: Option<String>,
 }
 
 /// The embedded emulator, and what customers wrote through it. Cheap to clone.
@@ -75,18 +78,34 @@ impl SandboxChat {
             "external_userid",
             &body.external_userid,
         )?;
-        if body.text.trim().is_empty() || body.text.chars().count() > MAX_TEXT {
-            return Err(ApiError::InvalidId {
-                field: "text",
-                message: format!("text must be 1-{MAX_TEXT} characters, not blank"),
-            });
-        }
-        let message = json!({
-            "open_kfid": body.open_kfid,
-            "external_userid": body.external_userid,
-            "msgtype": "text",
-            "text": {"content": body.text},
-        });
+        let (kind, message) = match body.msgtype {
+            CustomerMsgType::Text => {
+                let text = body.text.clone().unwrap_or_default();
+                if text.trim().is_empty() || text.chars().count() > MAX_TEXT {
+                    return Err(ApiError::InvalidId {
+                        field: "text",
+                        message: format!("text must be 1-{MAX_TEXT} characters, not blank"),
+                    });
+                }
+                (
+                    "text",
+                    json!({"open_kfid": body.open_kfid, "external_userid": body.external_userid,
+                           "msgtype": "text", "text": {"content": text}}),
+                )
+            }
+            // Without a media_id the emulator attaches its placeholder file (a PNG, an AMR
+            // voice note), which the media download fetches like any other.
+            CustomerMsgType::Image => (
+                "image",
+                json!({"open_kfid": body.open_kfid, "external_userid": body.external_userid,
+                       "msgtype": "image", "image": {}}),
+            ),
+            CustomerMsgType::Voice => (
+                "voice",
+                json!({"open_kfid": body.open_kfid, "external_userid": body.external_userid,
+                       "msgtype": "voice", "voice": {}}),
+            ),
+        };
         let msgids = self
             .emulator
             .customer_send(message)
@@ -102,7 +121,8 @@ impl SandboxChat {
                 external_userid: body.external_userid.clone(),
                 msgid: msgid.clone(),
                 at,
-                text: body.text.clone(),
+                kind,
+                text: (kind == "text").then(|| body.text.clone()).flatten(),
             });
         }
         Ok(CustomerSent { msgids })
@@ -186,8 +206,8 @@ impl SandboxChat {
                 from: ChatSide::Customer,
                 msgid: l.msgid.clone(),
                 at: l.at,
-                kind: "text".into(),
-                text: Some(l.text.clone()),
+                kind: l.kind.into(),
+                text: l.text.clone(),
             })
             .collect();
         let outbox = self.emulator.outbox(Some(open_kfid), Some(external_userid));
@@ -225,7 +245,20 @@ impl SandboxChat {
     }
 }
 
-/// `POST /v1/sandbox/messages`: a customer's text.
+/// What a sandbox customer sends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum CustomerMsgType {
+    /// A text (`text`).
+    #[default]
+    Text,
+    /// An image (the emulator's placeholder PNG).
+    Image,
+    /// A voice note (the emulator's placeholder AMR clip).
+    Voice,
+}
+
+/// `POST /v1/sandbox/messages`: a customer's text, image or voice note.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CustomerText {
@@ -235,9 +268,13 @@ pub(crate) struct CustomerText {
     /// The customer writing (any id of WeChat's shape: the emulator creates the customer).
     #[schema(pattern = "^[A-Za-z0-9_-]{1,128}$")]
     pub(crate) external_userid: String,
-    /// The text (1-2048 characters, not blank).
+    /// `text` (default), `image` or `voice`.
+    #[serde(default)]
+    pub(crate) msgtype: CustomerMsgType,
+    /// The text of a `text` (1-2048 characters, not blank).
+    #[serde(default)]
     #[schema(min_length = 1, max_length = 2048)]
-    pub(crate) text: String,
+    pub(crate) text: Option<String>,
 }
 
 impl TryFrom<Value> for CustomerText {
@@ -376,13 +413,14 @@ fn counted<T>(metrics: &Metrics, result: Result<T, ApiError>) -> Result<T, ApiEr
     result
 }
 
-/// Sandbox mode: a customer of the embedded emulator writes a text (it reaches the service
+/// Sandbox mode: a customer of the embedded emulator writes a text, or sends an image or a
+/// voice note (the emulator's placeholder files; it reaches the service
 /// like any customer message: callback, pull, bot).
 #[utoipa::path(
     post,
     path = "/v1/sandbox/messages",
     tag = "sandbox",
-    request_body(content = CustomerText, description = "The customer's text."),
+    request_body(content = CustomerText, description = "The customer's message."),
     responses(
         (status = 200, description = "The emulator took the message.", body = CustomerSent),
         (status = 400, description = "Invalid body or ids (`field` names the offending one).", body = ErrorBody),

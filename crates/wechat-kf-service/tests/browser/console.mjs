@@ -101,6 +101,10 @@ try {
 const took = Date.now() - sentAt;
 check(seen, `the echo shows in the customer pane and the conversation view within 2 s (${took} ms)`);
 check((await page.inputValue("#text")) === "", "the message field is cleared after sending");
+await page.click("button:has-text('Send an image')");
+await page.waitForSelector("#conversation-pane >> .turn.customer:has-text('[image]')", { timeout: 2000 })
+  .then(() => check(true, "an image sent as the customer shows in the conversation view"))
+  .catch(() => check(false, "an image sent as the customer shows in the conversation view"));
 await shoot("sandbox");
 
 // A servicer takes the session (the emulator's client hook): the conversation view shows it

@@ -100,6 +100,22 @@ async fn a_customer_written_through_the_sandbox_api_shows_in_the_conversation_an
         .await
         .unwrap();
     assert_eq!(sent.status(), 200);
+    let voice = http
+        .post(format!("{base}/v1/sandbox/messages"))
+        .bearer_auth(&token)
+        .json(&json!({"open_kfid": kf, "external_userid": "wmVoice", "msgtype": "voice"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(voice.status(), 200);
+    let blank = http
+        .post(format!("{base}/v1/sandbox/messages"))
+        .bearer_auth(&token)
+        .json(&json!({"open_kfid": kf, "external_userid": "wmVoice", "text": " "}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(blank.status(), 400, "a text must not be blank");
     let refused = http
         .post(format!("{base}/v1/sandbox/messages"))
         .bearer_auth(&token)

@@ -36,7 +36,7 @@ use wechat_kf::client::Client;
 use super::auth::token_matches;
 use super::conversations::{self, ConversationParams};
 use super::error::ApiError;
-use super::sandbox_api::{CustomerText, SandboxChat};
+use super::sandbox_api::{CustomerMsgType, CustomerText, SandboxChat};
 use crate::config::Secret;
 use crate::metrics::Metrics;
 use crate::puller::Pullers;
@@ -560,7 +560,11 @@ struct SandboxSendForm {
     csrf: String,
     open_kfid: String,
     customer: String,
+    #[serde(default)]
     text: String,
+    /// The button pressed: `image` or `voice` (else a text).
+    #[serde(default)]
+    send: String,
 }
 
 async fn sandbox_send(
@@ -589,10 +593,16 @@ async fn sandbox_send(
         pages::query_escape(&form.open_kfid),
         pages::query_escape(&form.customer)
     );
+    let msgtype = match form.send.as_str() {
+        "image" => CustomerMsgType::Image,
+        "voice" => CustomerMsgType::Voice,
+        _ => CustomerMsgType::Text,
+    };
     match chat.send(CustomerText {
         open_kfid: form.open_kfid,
         external_userid: form.customer,
-        text: form.text,
+        msgtype,
+        text: Some(form.text),
     }) {
         Ok(sent) if wants_json(&headers) => Json(sent).into_response(),
         Ok(_) => Redirect::to(&back).into_response(),

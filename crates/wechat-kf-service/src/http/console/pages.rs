@@ -321,6 +321,15 @@ pub(super) fn sandbox(
                         input id="text" name="text" required maxlength="2048" autocomplete="off";
                         button type="submit" { "Send" }
                     }
+                    @for (kind, label) in [("image", "Send an image"), ("voice", "Send a voice note")] {
+                        form.inline method="post" action="/console/sandbox/send" data-refresh="customer-pane conversation-pane" {
+                            input type="hidden" name="csrf" value=(csrf);
+                            input type="hidden" name="open_kfid" value=(open_kfid);
+                            input type="hidden" name="customer" value=(customer);
+                            input type="hidden" name="send" value=(kind);
+                            button type="submit" { (label) }
+                        }
+                    }
                 }
                 section.pane aria-labelledby="service-heading" {
                     h2 id="service-heading" { "Conversation (the service's view)" }

@@ -14,7 +14,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let max_texts = usize::from(sizes & 0x07);
-    let max_bytes = 1 + usize::from(sizes >> 3) * 64;
+    // From the smallest limit `fit` takes (one character of any width) up.
+    let max_bytes = 4 + usize::from(sizes >> 3) * 64;
     let plain = plain_text(text);
     for source in [text, plain.as_str()] {
         let fitted = fit(source, max_texts, max_bytes, "…");

@@ -264,22 +264,28 @@ async fn held_turns_released_just_before_a_kill_are_delivered_as_history_after_t
         json!({"open_kfid": kf, "external_userid": "wmH"}),
     )
     .await;
+    wait_for("the end delivered", Duration::from_secs(20), || async {
+        bodies.lock().unwrap().iter().any(|b| {
+            b["items"]
+                .as_array()
+                .is_some_and(|items| items.iter().any(|i| i["session"]["new_state"] == 4))
+        })
+    })
+    .await;
+    let pulls = || {
+        emu.emulator().state_snapshot()["counters"]["calls"]["kf/sync_msg"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let calls_before = pulls();
     control(&emu, "/emulator/customer/send", say("谢谢")).await;
     // Kill once the releasing page has been pulled: the kill lands around its commit or while
     // its delivery (the webhook takes 1.5 s) is in flight; either way the held turns must
     // arrive as history after the restart.
-    let calls_before = emu.emulator().state_snapshot()["counters"]["calls"]["kf/sync_msg"]
-        .as_u64()
-        .unwrap_or(0);
     wait_for(
         "the releasing page pulled",
         Duration::from_secs(20),
-        || async {
-            emu.emulator().state_snapshot()["counters"]["calls"]["kf/sync_msg"]
-                .as_u64()
-                .unwrap_or(0)
-                > calls_before
-        },
+        || async { pulls() > calls_before },
     )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;

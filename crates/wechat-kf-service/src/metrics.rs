@@ -232,7 +232,7 @@ impl Metrics {
             .add(&[("reason", reason), ("source", source)], 1);
     }
 
-    /// Counts a handoff (`trigger`: `keyword` or `bot`; `result`: `ok` or `failed`).
+    /// Counts a handoff (`trigger`: `keyword`, `bot`, `idle` or `console`; `result`: `ok` or `failed`).
     pub fn handoff(&self, trigger: &str, result: &str) {
         self.handoffs
             .add(&[("trigger", trigger), ("result", result)], 1);

@@ -36,7 +36,7 @@ pub(crate) struct Handover {
     pub(crate) service_state: u32,
     /// The servicer who took it.
     pub(crate) servicer_userid: Option<UserId>,
-    /// Who asked: `keyword`, `bot` or `idle`.
+    /// Who asked: `keyword`, `bot`, `idle` or `console`.
     pub(crate) by: &'static str,
 }
 

@@ -11,6 +11,9 @@ use crate::error::Error;
 /// The demo customer used in the printed instructions.
 pub const DEMO_CUSTOMER: &str = "wmDemoCustomer";
 
+/// The demo account's servicer (the console's sandbox hands sessions to it).
+pub const DEMO_SERVICER: &str = "demo_servicer";
+
 /// What a sandbox user needs to know.
 #[derive(Debug, Clone)]
 pub struct SandboxInfo {
@@ -28,6 +31,9 @@ pub struct SandboxInfo {
     /// The reply API's bearer token (generated unless configured; `None` when configured, so
     /// it is never printed).
     pub generated_api_token: Option<String>,
+    /// The console's login token (generated unless configured; `None` when configured, so it
+    /// is never printed).
+    pub generated_console_token: Option<String>,
     /// Whether `--echo` is on.
     pub echo: bool,
     /// Whether messages go to a webhook (else stdout).
@@ -35,6 +41,16 @@ pub struct SandboxInfo {
 }
 
 impl SandboxInfo {
+    /// The console's URL to open: with the generated token after `#` (a fragment never
+    /// reaches the server, nor its logs; the login page reads it), or the bare login page
+    /// when the token was configured.
+    pub fn console_url(&self) -> String {
+        match &self.generated_console_token {
+            Some(token) => format!("{}/console/login#token={token}", self.service_url),
+            None => format!("{}/console/login", self.service_url),
+        }
+    }
+
     /// The instructions printed at start (to stderr: stdout carries JSON Lines).
     pub fn instructions(&self) -> String {
         let emu = &self.emulator_url;
@@ -55,6 +71,8 @@ impl SandboxInfo {
         };
         format!(
             "\nwechat-kf serve: sandbox mode (no WeChat credentials configured)\n\
+             Open the console in a browser and chat as a customer:\n\
+             \x20 {console}\n\
              \x20 emulator:  {emu}   (GET {emu}/emulator/state lists the demo account)\n\
              \x20 account:   {kf}\n\
              \x20 service:   {svc}   (callbacks at /callback, reply API at /v1/messages)\n\
@@ -70,6 +88,7 @@ impl SandboxInfo {
              Point the operator commands (wechat-kf token, sync, send, ...) at the emulator:\n\
              \x20 export WECHAT_KF_BASE_URL={emu} WECHAT_KF_CORP_ID={corp} WECHAT_KF_SECRET={secret}\n",
             svc = self.service_url,
+            console = self.console_url(),
             corp = self.corp_id,
             secret = self.secret,
         )
@@ -86,13 +105,19 @@ pub(crate) struct Sandbox {
     pub(crate) emulator_url: String,
     pub(crate) open_kfid: OpenKfId,
     pub(crate) api_token: String,
+    pub(crate) console_token: String,
     pub(crate) info: SandboxInfo,
 }
 
 impl Sandbox {
     /// Starts the emulator and creates the demo account.
     pub(crate) async fn start(config: &Config) -> Result<Sandbox, Error> {
-        let emulator_config = wechat_kf_emulator::Config::generated();
+        // The demo account with one servicer, so the console's sandbox can hand a session to a
+        // human (the emulator's client hooks need a servicer of the account).
+        let emulator_config = wechat_kf_emulator::Config::from_toml_seed(&format!(
+            "[[accounts]]\nname = \"Demo\"\nservicers = [{{ userid = \"{DEMO_SERVICER}\" }}]\n"
+        ))
+        .map_err(|e| Error::Config(format!("the sandbox's emulator seed: {e}")))?;
         let corp_id = emulator_config.corp_id.clone();
         let secret = emulator_config.secret.clone();
         let callback_token = emulator_config.callback_token.clone();
@@ -108,10 +133,21 @@ impl Sandbox {
                     e,
                 )
             })?;
-        let open_kfid = OpenKfId::from(running.emulator().create_account("Demo"));
+        let open_kfid = running
+            .emulator()
+            .state_snapshot()
+            .pointer("/accounts/0/open_kfid")
+            .and_then(serde_json::Value::as_str)
+            .map(OpenKfId::from)
+            .ok_or_else(|| Error::Config("the sandbox's emulator has no demo account".into()))?;
         let emulator_url = running.base_url();
         let generated = config.api.token.is_none();
         let api_token = match &config.api.token {
+            Some(token) => token.expose().to_owned(),
+            None => uuid::Uuid::new_v4().simple().to_string(),
+        };
+        let console_generated = config.console.token.is_none();
+        let console_token = match &config.console.token {
             Some(token) => token.expose().to_owned(),
             None => uuid::Uuid::new_v4().simple().to_string(),
         };
@@ -122,6 +158,7 @@ impl Sandbox {
             open_kfid: open_kfid.clone(),
             service_url: String::new(),
             generated_api_token: generated.then(|| api_token.clone()),
+            generated_console_token: console_generated.then(|| console_token.clone()),
             echo: config.sandbox.echo,
             webhook: config.webhook.url.is_some(),
         };
@@ -135,6 +172,7 @@ impl Sandbox {
             emulator_url,
             open_kfid,
             api_token,
+            console_token,
             info,
         })
     }

@@ -272,7 +272,7 @@ impl Service {
             clock.clone(),
         )
         .await?;
-        let deliverer = deliverer.watch_store(readiness.clone());
+        let mut deliverer = deliverer.watch_store(readiness.clone());
         let handover = Handover {
             lanes: media.clone().map(|fetcher| {
                 MediaLanes::new(fetcher, store.clone(), queue.clone(), shutdown.clone())
@@ -292,6 +292,7 @@ impl Service {
             notifier,
             clock: clock.clone(),
         });
+        let delivery_control = deliverer.control();
         let pullers = Arc::new(Pullers::new(PullContext {
             client: client.clone(),
             store: store.clone(),
@@ -337,6 +338,16 @@ impl Service {
             readiness: readiness.clone(),
             metrics_token: config.http.metrics_token.clone(),
             metrics_apart: config.http.metrics_listen.is_some(),
+            sandbox: sandbox
+                .as_ref()
+                .map(|s| (s.running.emulator().clone(), s.open_kfid.clone())),
+            deliveries: delivery_control,
+            media_dir: config.media.download_dir.clone(),
+            console_token: match (&config.console.token, &sandbox) {
+                (Some(token), _) => Some(token.clone()),
+                (None, Some(s)) => Some(Secret::new(s.console_token.clone())),
+                (None, None) => None,
+            },
         });
 
         let listener = tokio::net::TcpListener::from_std(listener)
@@ -476,6 +487,8 @@ impl Service {
                 callbacks,
                 reply_api,
                 store_backend: store.backend(),
+                console: (config.console.token.is_some() || sandbox.is_some())
+                    .then(|| format!("http://{}/console", loopback(local_addr))),
             },
         );
         if accounts.is_empty() && discovery != Discovery::Pending {

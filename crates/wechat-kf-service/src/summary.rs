@@ -50,6 +50,8 @@ pub(crate) struct Facts {
     pub(crate) reply_api: ReplyApi,
     /// `sqlite` or `postgres`.
     pub(crate) store_backend: &'static str,
+    /// The console's URL, when the console is on.
+    pub(crate) console: Option<String>,
 }
 
 /// The most account ids listed by name.
@@ -154,6 +156,19 @@ pub(crate) fn render(config: &Config, facts: &Facts) -> String {
             }
         },
     );
+    line(
+        "console:",
+        match (
+            &facts.console,
+            config.is_sandbox() && config.console.token.is_none(),
+        ) {
+            (Some(url), true) => format!("{url} (open the link with the token, printed below)"),
+            (Some(url), false) => format!("{url} (log in with console.token)"),
+            (None, _) => "off: set --console-token, WECHAT_KF_CONSOLE_TOKEN or console.token to \
+                          turn it on"
+                .into(),
+        },
+    );
     let safety = config.pull.safety_interval;
     let safety = if safety.is_zero() {
         "no safety pull".to_owned()
@@ -220,6 +235,7 @@ mod tests {
             callbacks: true,
             reply_api: ReplyApi::Configured,
             store_backend: "sqlite",
+            console: None,
         }
     }
 
@@ -234,6 +250,7 @@ mod tests {
             &config,
             &Facts {
                 store_backend: "postgres",
+                console: None,
                 ..facts()
             },
         );

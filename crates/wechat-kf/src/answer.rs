@@ -23,6 +23,9 @@ use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
 /// The most bytes of one text message (`send_msg`, official doc 94677).
 pub const MAX_TEXT_BYTES: usize = 2048;
 
+/// The smallest limit [`fit`] works with: the widest UTF-8 character.
+pub const MIN_TEXT_BYTES: usize = 4;
+
 /// Renders markdown as plain text: headings and paragraphs as lines separated by a blank line,
 /// emphasis and code marks dropped, list items as `• item` or `1. item`, links as
 /// `text (url)` (just the URL when the text is the URL), images as `[图片: alt]`, table rows
@@ -152,10 +155,12 @@ pub struct Fitted {
 /// for one text is split between sentences (after `。！？!?；;` or `. `, or at a line break);
 /// a sentence too long for one text is split at a character boundary. When the texts would be
 /// more than `max_texts`, the last one allowed holds as many whole sentences as fit with
-/// `marker` after them, and the rest is dropped.
+/// `marker` after them, and the rest is dropped. `max_bytes` is at least 4 (one character of
+/// any width); a smaller limit is taken as 4.
 pub fn fit(text: &str, max_texts: usize, max_bytes: usize, marker: &str) -> Fitted {
     let text = text.trim();
-    if text.is_empty() || max_texts == 0 || max_bytes == 0 {
+    let max_bytes = max_bytes.max(MIN_TEXT_BYTES);
+    if text.is_empty() || max_texts == 0 {
         return Fitted {
             texts: Vec::new(),
             truncated: !text.is_empty(),
@@ -384,7 +389,7 @@ mod tests {
             format!("{}\n\n{}", "x".repeat(5000), "y".repeat(10)),
         ];
         for sample in &samples {
-            for (max_texts, max_bytes) in [(1, 2048), (2, 100), (5, 7), (5, 2048)] {
+            for (max_texts, max_bytes) in [(1, 2048), (2, 100), (5, 7), (5, 2048), (3, 4)] {
                 let fitted = fit(sample, max_texts, max_bytes, "…");
                 assert!(fitted.texts.len() <= max_texts);
                 assert!(

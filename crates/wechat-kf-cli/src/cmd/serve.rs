@@ -40,6 +40,11 @@ pub struct ServeArgs {
     /// file: flags are visible to other users of the machine).
     #[arg(long)]
     api_token: Option<String>,
+    /// Token of the web console's login (`/console`); without one the console is off, except
+    /// in the sandbox, which generates one and prints the console's URL (prefer
+    /// WECHAT_KF_CONSOLE_TOKEN or the config file).
+    #[arg(long)]
+    console_token: Option<String>,
     /// Answer every customer text with an echo (try it in the sandbox).
     #[arg(long)]
     echo: bool,
@@ -98,6 +103,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         .set("--webhook", "webhook.url", args.webhook)
         .set("--webhook-secret", "webhook.secret", args.webhook_secret)
         .set("--api-token", "api.token", args.api_token)
+        .set("--console-token", "console.token", args.console_token)
         .switch("--echo", "sandbox.echo", args.echo)
         .set(
             "--emulator-listen",

@@ -74,6 +74,8 @@ pub struct Config {
     pub webhook: WebhookConfig,
     /// The reply API.
     pub api: ApiConfig,
+    /// The web console at `/console` (`[console]`).
+    pub console: ConsoleConfig,
     /// Automatic handoff to a human (`[handoff]`).
     pub handoff: HandoffConfig,
     /// Whose turn it is in a conversation, and the message of every stage
@@ -751,6 +753,16 @@ pub struct WebhookConfig {
 pub struct ApiConfig {
     /// The bearer token protecting `/v1/*`. Without one the reply API is disabled (in sandbox
     /// mode a random token is generated and printed).
+    #[serde(deserialize_with = "de::secret")]
+    pub token: Option<Secret>,
+}
+
+/// The web console (`[console]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// The token the console's login form asks for. Without one the console is off (in
+    /// sandbox mode a random token is generated and printed with the console's URL).
     #[serde(deserialize_with = "de::secret")]
     pub token: Option<Secret>,
 }

@@ -61,6 +61,7 @@ pub const ENV: &[EnvVar] = &[
     var("WECHAT_KF_WEBHOOK_URL", "webhook.url"),
     var("WECHAT_KF_WEBHOOK_SECRET", "webhook.secret"),
     var("WECHAT_KF_API_TOKEN", "api.token"),
+    var("WECHAT_KF_CONSOLE_TOKEN", "console.token"),
     var("WECHAT_KF_METRICS_TOKEN", "http.metrics_token"),
     var("WECHAT_KF_EMULATOR_LISTEN", "sandbox.emulator_listen"),
     var("WECHAT_KF_ECHO", "sandbox.echo"),

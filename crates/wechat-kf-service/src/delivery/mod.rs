@@ -86,6 +86,8 @@ struct Delivery {
     body: Option<Bytes>,
     /// Reply results (row ids) the body carries (`reply_results`).
     results: Vec<i64>,
+    /// An attempt is being made.
+    in_flight: bool,
 }
 
 /// A finished attempt.
@@ -114,6 +116,49 @@ impl DeliveryQueue {
     }
 }
 
+/// What an operator asks of a delivery waiting for a retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Attempt it now instead of at its next retry.
+    RetryNow,
+    /// Stop retrying: its messages are marked delivered without the bot's acknowledgement, and
+    /// their customers' later messages flow again.
+    GiveUp,
+}
+
+/// How an [`Action`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ActionResult {
+    /// Done (a retry is being made, or the delivery was given up).
+    Done,
+    /// No such delivery is waiting (unknown, or already acknowledged).
+    NotFound,
+    /// An attempt is in flight: ask again once it finished.
+    InFlight,
+    /// The deliverer has stopped.
+    Stopped,
+}
+
+type Command = (String, Action, tokio::sync::oneshot::Sender<ActionResult>);
+
+/// Operator actions on deliveries, handled by the deliverer task between attempts. Cheap to
+/// clone.
+#[derive(Clone)]
+pub(crate) struct DeliveryControl {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl DeliveryControl {
+    /// Asks the deliverer to act on delivery `id`.
+    pub(crate) async fn act(&self, id: &str, action: Action) -> ActionResult {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if self.tx.send((id.to_owned(), action, reply)).is_err() {
+            return ActionResult::Stopped;
+        }
+        answer.await.unwrap_or(ActionResult::Stopped)
+    }
+}
+
 /// The deliverer task's state.
 pub(crate) struct Deliverer {
     store: Arc<dyn Store>,
@@ -137,9 +182,18 @@ pub(crate) struct Deliverer {
     recovered_max: i64,
     /// Reply results carried by a delivery in flight (not offered to another one).
     claimed: HashSet<i64>,
+    /// Operator actions ([`Deliverer::control`]).
+    commands: Option<mpsc::UnboundedReceiver<Command>>,
 }
 
 impl Deliverer {
+    /// The handle operator actions go through (retry now, give up).
+    pub(crate) fn control(&mut self) -> DeliveryControl {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.commands = Some(rx);
+        DeliveryControl { tx }
+    }
+
     /// Reports store write failures to `readiness` (not ready, one log line per change).
     pub(crate) fn watch_store(mut self, readiness: Readiness) -> Self {
         self.readiness = readiness;
@@ -177,6 +231,7 @@ impl Deliverer {
             payload_bytes: 0,
             recovered_max: 0,
             claimed: HashSet::new(),
+            commands: None,
         };
         let mut where_is: HashMap<i64, Lane> = HashMap::new();
         let mut pending = 0i64;
@@ -246,6 +301,7 @@ impl Deliverer {
                     next_attempt_at_ms: record.next_attempt_at_ms,
                     body: None,
                     results: Vec::new(),
+                    in_flight: false,
                 },
             );
         }
@@ -371,6 +427,7 @@ impl Deliverer {
                 next_attempt_at_ms: 0,
                 body: None,
                 results: Vec::new(),
+                in_flight: false,
             },
         );
         Some(id)
@@ -381,7 +438,15 @@ impl Deliverer {
         let mut batch: Vec<Arc<str>> = Vec::new();
         while self.sending + batch.len() < self.config.concurrency {
             if let Some(id) = self.due.pop_front() {
-                if self.deliveries.contains_key(&id) {
+                // A timer left behind by "retry now" (the delivery was attempted since and
+                // waits for a later retry, or is in flight) is dropped.
+                let now = self.clock.local_ms();
+                if self
+                    .deliveries
+                    .get(&id)
+                    .is_some_and(|d| !d.in_flight && d.next_attempt_at_ms <= now)
+                    && !batch.contains(&id)
+                {
                     batch.push(id);
                 }
                 continue;
@@ -431,6 +496,7 @@ impl Deliverer {
                 continue;
             };
             let Some(body) = d.body.clone() else { continue };
+            d.in_flight = true;
             let attempt = d.attempts;
             let sink = self.sink.clone();
             let done = done.clone();
@@ -631,6 +697,7 @@ impl Deliverer {
                         vec![Delivery {
                             attempts,
                             next_attempt_at_ms: at,
+                            in_flight: false,
                             ..d
                         }]
                     } else {
@@ -652,6 +719,7 @@ impl Deliverer {
                                 next_attempt_at_ms: at,
                                 body: None,
                                 results: Vec::new(),
+                                in_flight: false,
                             })
                             .collect()
                     };
@@ -700,27 +768,7 @@ impl Deliverer {
             }
         }
         for id in acked {
-            let Some(d) = self.deliveries.remove(&id) else {
-                continue;
-            };
-            let n = d.entries.len() as u64;
-            Metrics::add(&self.metrics.messages_delivered, n);
-            self.metrics
-                .messages_pending
-                .fetch_sub(n as i64, Ordering::Relaxed);
-            let mut lanes = Vec::new();
-            for (lane, entry) in d.entries {
-                let lag = (now - entry.stored_at_ms).max(0) as u64;
-                self.metrics.observe_lag(Duration::from_millis(lag));
-                if let (Some(p), true) = (&entry.payload, entry.counted) {
-                    self.payload_bytes = self.payload_bytes.saturating_sub(p.len());
-                }
-                lanes.push(lane);
-            }
-            lanes.dedup();
-            for lane in lanes {
-                self.release(lane);
-            }
+            self.forget(&id, now, true);
         }
         for (_, parts) in replaced {
             for part in parts {
@@ -731,6 +779,84 @@ impl Deliverer {
         }
         if any_replies {
             self.replies.notify_one();
+        }
+    }
+
+    /// Drops an acknowledged (or given up) delivery and frees its lanes.
+    fn forget(&mut self, id: &Arc<str>, now: i64, acknowledged: bool) {
+        let Some(d) = self.deliveries.remove(id) else {
+            return;
+        };
+        let n = d.entries.len() as u64;
+        if acknowledged {
+            Metrics::add(&self.metrics.messages_delivered, n);
+        }
+        self.metrics
+            .messages_pending
+            .fetch_sub(n as i64, Ordering::Relaxed);
+        for result_id in &d.results {
+            self.claimed.remove(result_id);
+        }
+        let mut lanes = Vec::new();
+        for (lane, entry) in d.entries {
+            if acknowledged {
+                let lag = (now - entry.stored_at_ms).max(0) as u64;
+                self.metrics.observe_lag(Duration::from_millis(lag));
+            }
+            if let (Some(p), true) = (&entry.payload, entry.counted) {
+                self.payload_bytes = self.payload_bytes.saturating_sub(p.len());
+            }
+            lanes.push(lane);
+        }
+        lanes.dedup();
+        for lane in lanes {
+            self.release(lane);
+        }
+    }
+
+    /// An operator's action on a delivery waiting for a retry.
+    async fn act(&mut self, id: &str, action: Action) -> ActionResult {
+        let Some((key, d)) = self.deliveries.get_key_value(id) else {
+            return ActionResult::NotFound;
+        };
+        if d.in_flight {
+            return ActionResult::InFlight;
+        }
+        let key = key.clone();
+        let now = self.clock.local_ms();
+        match action {
+            Action::RetryNow => {
+                if let Some(d) = self.deliveries.get_mut(&key) {
+                    d.next_attempt_at_ms = now;
+                }
+                self.timers.push(Reverse((now, key.clone())));
+                tracing::info!(delivery = &*key, "delivery retried now (operator)");
+                ActionResult::Done
+            }
+            Action::GiveUp => {
+                let ack = Ack {
+                    delivery_id: key.to_string(),
+                    seqs: d.entries.iter().map(|(_, e)| e.seq).collect(),
+                    replies: Vec::new(),
+                    reported: Vec::new(),
+                };
+                let finish = FinishDeliveries {
+                    now_ms: now,
+                    acks: vec![ack],
+                    failures: Vec::new(),
+                };
+                if let Err(e) = self.store.finish_deliveries(finish).await {
+                    tracing::warn!(error = %e, delivery = &*key, "cannot give the delivery up");
+                    return ActionResult::Stopped;
+                }
+                tracing::warn!(
+                    delivery = &*key,
+                    messages = d.entries.len(),
+                    "delivery given up (operator): its messages are marked delivered unacknowledged"
+                );
+                self.forget(&key, now, false);
+                ActionResult::Done
+            }
         }
     }
 
@@ -772,6 +898,8 @@ impl Deliverer {
     ) {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let mut incoming_open = true;
+        let (_unused, idle) = mpsc::unbounded_channel();
+        let mut commands = self.commands.take().unwrap_or(idle);
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -802,6 +930,9 @@ impl Deliverer {
                     }
                     None => incoming_open = false,
                 },
+                Some((id, action, reply)) = commands.recv() => {
+                    let _ = reply.send(self.act(&id, action).await);
+                }
                 _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64)) => {}
             }
         }

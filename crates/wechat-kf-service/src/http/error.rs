@@ -84,6 +84,18 @@ pub(crate) enum ApiError {
     TooLarge,
     /// 503: the store does not answer.
     StoreUnavailable,
+    /// 404: a sandbox route outside sandbox mode.
+    NotSandbox,
+    /// 404: no such delivery is waiting for a retry.
+    NoSuchDelivery,
+    /// 409: an attempt of the delivery is in flight.
+    DeliveryInFlight,
+    /// 503: the deliverer has stopped (the service is stopping).
+    DelivererStopped,
+    /// 404: no downloaded media file for the message.
+    NoSuchMedia,
+    /// 409: the sandbox's emulator refused a client hook.
+    EmulatorRefused(String),
     /// 400 (validation), 422 (WeChat refused), 502 (unreachable, garbage) or 503 (busy).
     Api(wechat_kf::client::Error),
 }
@@ -144,6 +156,42 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 ErrorBody::new("the body is too large", false),
             ),
+            ApiError::NotSandbox => (
+                StatusCode::NOT_FOUND,
+                ErrorBody::new(
+                    "sandbox mode only (the service runs without WeChat credentials)",
+                    false,
+                ),
+            ),
+            ApiError::NoSuchDelivery => (
+                StatusCode::NOT_FOUND,
+                ErrorBody::new(
+                    "no such delivery is waiting for a retry (unknown, or acknowledged)",
+                    false,
+                ),
+            ),
+            ApiError::DeliveryInFlight => (
+                StatusCode::CONFLICT,
+                ErrorBody::new(
+                    "an attempt of this delivery is in flight: ask again once it finished",
+                    true,
+                ),
+            ),
+            ApiError::NoSuchMedia => (
+                StatusCode::NOT_FOUND,
+                ErrorBody::new(
+                    "no downloaded media file for this message (media.download_dir)",
+                    false,
+                ),
+            ),
+            ApiError::EmulatorRefused(why) => (
+                StatusCode::CONFLICT,
+                ErrorBody::new(format!("the emulator refused: {why}"), false),
+            ),
+            ApiError::DelivererStopped => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorBody::new("the deliverer has stopped", true),
+            ),
             ApiError::StoreUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorBody::new("the store does not answer", true),
@@ -181,6 +229,13 @@ impl ApiError {
                 }
             }
         }
+    }
+}
+
+impl ApiError {
+    /// The error in words (the `error` of its body).
+    pub(crate) fn message(&self) -> String {
+        self.status_and_body().1.error
     }
 }
 

@@ -8,7 +8,11 @@
 //! | `GET /healthz` | the process is up |
 //! | `GET /readyz` | every [`readiness`](crate::readiness) condition is met and the store answers; else 503 with the reasons |
 //! | `GET /metrics` | Prometheus text format (here, or alone on `http.metrics_listen`; behind `http.metrics_token` when set) |
+//! | `GET /v1/conversations`, `/v1/conversations/{open_kfid}/{external_userid}` | the customers and one customer's history (bearer token) |
+//! | `POST /v1/deliveries/{id}/retry`, `/give_up`, `POST /v1/contact_ways`, `GET /v1/media/{open_kfid}/{msgid}` | operator actions and downloaded media (bearer token) |
+//! | `POST /v1/sandbox/messages`, `/v1/sandbox/servicer`, `GET /v1/sandbox/chat/{open_kfid}/{external_userid}` | sandbox mode: write as a customer, a servicer's hooks, the chat as the customer sees it (bearer token; 404 otherwise) |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document of these routes ([`openapi`]) |
+//! | `/console` | the web console ([`console`]; `console.token` login, session cookie) |
 //!
 //! Each route set gets the state it needs: the callback routes a [`CallbackState`] with its
 //! crypto, the reply API a [`ReplyApiState`] with its token; what is not configured is known
@@ -18,10 +22,13 @@
 pub(crate) mod auth;
 pub(crate) mod bodies;
 pub(crate) mod callback;
+pub(crate) mod console;
+pub(crate) mod conversations;
 pub(crate) mod error;
 pub(crate) mod health;
 pub mod openapi;
 pub(crate) mod reply_api;
+pub(crate) mod sandbox_api;
 pub(crate) mod server;
 
 use std::sync::Arc;
@@ -52,6 +59,10 @@ pub struct AppState {
     callback: Option<CallbackState>,
     /// `None`: no reply-API token, the reply API answers 403.
     reply_api: Option<ReplyApiState>,
+    /// The sandbox routes (they answer 404 outside sandbox mode).
+    sandbox_api: sandbox_api::SandboxApiState,
+    /// `None`: no console token, `/console` says how to turn it on.
+    console: Option<console::ConsoleState>,
     pullers: Arc<Pullers>,
     /// `/metrics` is served on a listener of its own (`http.metrics_listen`).
     metrics_apart: bool,
@@ -89,6 +100,14 @@ pub(crate) struct AppParts {
     pub(crate) metrics_token: Option<Secret>,
     /// `/metrics` is served apart, on `http.metrics_listen`.
     pub(crate) metrics_apart: bool,
+    /// The embedded emulator and its demo account, in sandbox mode.
+    pub(crate) sandbox: Option<(wechat_kf_emulator::Emulator, wechat_kf::OpenKfId)>,
+    /// The console's login token, when the console is on.
+    pub(crate) console_token: Option<Secret>,
+    /// Operator actions on deliveries.
+    pub(crate) deliveries: crate::delivery::DeliveryControl,
+    /// `media.download_dir`: the downloaded media files served.
+    pub(crate) media_dir: Option<std::path::PathBuf>,
 }
 
 impl AppState {
@@ -108,7 +127,38 @@ impl AppState {
             readiness,
             metrics_token,
             metrics_apart,
+            sandbox,
+            console_token,
+            deliveries,
+            media_dir,
         } = parts;
+        let sandbox = sandbox
+            .map(|(emulator, open_kfid)| (sandbox_api::SandboxChat::new(emulator), open_kfid));
+        let console = console_token.map(|token| {
+            console::ConsoleState::new(console::ConsoleParts {
+                token,
+                store: store.clone(),
+                gate: gate.clone(),
+                metrics: metrics.clone(),
+                client: client.clone(),
+                readiness: readiness.clone(),
+                pullers: pullers.clone(),
+                sandbox: sandbox.clone(),
+                deliveries: deliveries.clone(),
+                media_dir: media_dir.clone(),
+                callback_path: callback.as_ref().map(|c| c.path.clone()),
+                conversations: conversations.clone(),
+                recorder: recorder.clone(),
+            })
+        });
+        let sandbox_api = sandbox_api::SandboxApiState {
+            chat: sandbox.map(|(chat, _)| chat),
+            // Without a reply-API token no bearer matches (an empty token never does).
+            token: api_token
+                .clone()
+                .unwrap_or_else(|| Secret::new(String::new())),
+            metrics: metrics.clone(),
+        };
         AppState {
             health: HealthState {
                 store: store.clone(),
@@ -126,16 +176,20 @@ impl AppState {
                 )
             }),
             reply_api: api_token.map(|token| {
-                ReplyApiState::new(
+                ReplyApiState::new(reply_api::ReplyApiParts {
                     token,
                     client,
                     store,
                     gate,
-                    metrics.clone(),
+                    metrics: metrics.clone(),
                     conversations,
                     recorder,
-                )
+                    deliveries,
+                    media_dir,
+                })
             }),
+            sandbox_api,
+            console,
             pullers,
             metrics_apart,
         }
@@ -177,6 +231,11 @@ pub fn router(state: AppState) -> Router {
     };
     let mut router = Router::new()
         .merge(reply_api)
+        .merge(sandbox_api::routes(state.sandbox_api))
+        .merge(match state.console {
+            Some(console) => console::routes(console),
+            None => console::disabled_routes(),
+        })
         .merge(health::routes(state.health))
         .route("/openapi.json", get(openapi::serve));
     if let Some(callback) = state.callback {

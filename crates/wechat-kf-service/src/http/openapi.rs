@@ -13,7 +13,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use wechat_kf::{ExternalUserId, MsgId, OpenKfId, UserId};
 
 use super::bodies::OutboundMessage;
-use super::{health, reply_api};
+use super::{conversations, health, reply_api, sandbox_api};
 
 /// The document.
 #[derive(OpenApi)]
@@ -35,6 +35,15 @@ use super::{health, reply_api};
         reply_api::list_messages,
         reply_api::list_deliveries,
         reply_api::list_sends,
+        reply_api::retry_delivery,
+        reply_api::give_up_delivery,
+        reply_api::add_contact_way,
+        reply_api::media_file,
+        conversations::list_conversations,
+        conversations::conversation,
+        sandbox_api::customer_send,
+        sandbox_api::customer_chat,
+        sandbox_api::servicer_hook,
         health::healthz,
         health::readyz,
         health::metrics,
@@ -45,6 +54,7 @@ use super::{health, reply_api};
     tags(
         (name = "reply API", description = "Sending, transfers and session views; `Authorization: Bearer <api.token>`."),
         (name = "operations API", description = "What the service holds, read-only (the same as `wechat-kf store`); `Authorization: Bearer <api.token>`."),
+        (name = "sandbox", description = "Sandbox mode only (404 otherwise): write as a customer of the embedded emulator and see the chat as the customer does; `Authorization: Bearer <api.token>`."),
         (name = "operations", description = "Health, readiness, metrics and this document."),
     )
 )]
@@ -182,7 +192,7 @@ pub(crate) struct SessionChangeBody {
     /// The `change_type` of a `session_status_change` event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) change_type: Option<u32>,
-    /// Who asked for a transfer the service made: `keyword` or `bot`.
+    /// Who asked for a transfer the service made: `keyword`, `bot`, `idle` or `console`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) by: Option<String>,
     /// The msgid of the item that caused it.

@@ -31,9 +31,11 @@ use super::bodies::{
     DeliveryList, JsonBody, ListParams, MessageList, OnEventBody, SendList, SendMsgBody, SentBody,
     SessionBody, TransBody, TransDone,
 };
+use super::conversations;
 use super::error::{ApiError, ConflictBody, ErrorBody};
 use crate::config::Secret;
 use crate::conversation::Conversations;
+use crate::delivery::{Action, ActionResult, DeliveryControl};
 use crate::error::safe_error;
 use crate::ids::{IdKind, check};
 use crate::metrics::Metrics;
@@ -41,6 +43,8 @@ use crate::replies::SendMsg;
 use crate::send_policy::{Gate, Refusal, SendOutcome};
 use crate::sender::{Recorder, transfer_and_greet};
 use crate::store::{ApiSend, Store};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 /// Largest reply-API request body.
 const MAX_API_BODY: usize = 1024 * 1024;
@@ -66,6 +70,10 @@ struct Inner {
     recorder: Arc<Recorder>,
     /// Msgids being sent right now (a concurrent duplicate gets 409).
     in_flight: Mutex<HashSet<String>>,
+    /// Retry now / give up.
+    deliveries: DeliveryControl,
+    /// Where downloaded media are (`media.download_dir`), the only files served.
+    media_dir: Option<std::path::PathBuf>,
 }
 
 impl BearerToken for ReplyApiState {
@@ -78,16 +86,32 @@ impl BearerToken for ReplyApiState {
     }
 }
 
+/// What the reply API is built from.
+pub(crate) struct ReplyApiParts {
+    pub(crate) token: Secret,
+    pub(crate) client: Client,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) gate: Arc<Gate>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) conversations: Arc<Conversations>,
+    pub(crate) recorder: Arc<Recorder>,
+    pub(crate) deliveries: DeliveryControl,
+    pub(crate) media_dir: Option<std::path::PathBuf>,
+}
+
 impl ReplyApiState {
-    pub(crate) fn new(
-        token: Secret,
-        client: Client,
-        store: Arc<dyn Store>,
-        gate: Arc<Gate>,
-        metrics: Arc<Metrics>,
-        conversations: Arc<Conversations>,
-        recorder: Arc<Recorder>,
-    ) -> Self {
+    pub(crate) fn new(parts: ReplyApiParts) -> Self {
+        let ReplyApiParts {
+            token,
+            client,
+            store,
+            gate,
+            metrics,
+            conversations,
+            recorder,
+            deliveries,
+            media_dir,
+        } = parts;
         ReplyApiState {
             inner: Arc::new(Inner {
                 token,
@@ -98,8 +122,25 @@ impl ReplyApiState {
                 conversations,
                 recorder,
                 in_flight: Mutex::new(HashSet::new()),
+                deliveries,
+                media_dir,
             }),
         }
+    }
+
+    /// The store.
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The send policy.
+    pub(crate) fn gate(&self) -> &Arc<Gate> {
+        &self.inner.gate
+    }
+
+    /// The metrics.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 }
 
@@ -112,6 +153,15 @@ pub(crate) fn routes(state: ReplyApiState) -> Router {
         .route("/v1/sessions/{open_kfid}/{external_userid}", get(session))
         .route("/v1/deliveries", get(list_deliveries))
         .route("/v1/sends", get(list_sends))
+        .route("/v1/deliveries/{id}/retry", post(retry_delivery))
+        .route("/v1/deliveries/{id}/give_up", post(give_up_delivery))
+        .route("/v1/contact_ways", post(add_contact_way))
+        .route("/v1/media/{open_kfid}/{msgid}", get(media_file))
+        .route("/v1/conversations", get(conversations::list_conversations))
+        .route(
+            "/v1/conversations/{open_kfid}/{external_userid}",
+            get(conversations::conversation),
+        )
         .layer(DefaultBodyLimit::max(MAX_API_BODY))
         .with_state(state)
 }
@@ -130,6 +180,15 @@ pub(crate) fn disabled_routes(metrics: Arc<Metrics>) -> Router {
         .route("/v1/sessions/{open_kfid}/{external_userid}", get(disabled))
         .route("/v1/deliveries", get(disabled))
         .route("/v1/sends", get(disabled))
+        .route("/v1/deliveries/{id}/retry", post(disabled))
+        .route("/v1/deliveries/{id}/give_up", post(disabled))
+        .route("/v1/contact_ways", post(disabled))
+        .route("/v1/media/{open_kfid}/{msgid}", get(disabled))
+        .route("/v1/conversations", get(disabled))
+        .route(
+            "/v1/conversations/{open_kfid}/{external_userid}",
+            get(disabled),
+        )
         .with_state(metrics)
 }
 
@@ -195,7 +254,7 @@ impl IntoResponse for Sent {
 }
 
 /// Checks an id of a request (`field` as the caller wrote it).
-fn valid_id(kind: IdKind, field: &'static str, value: &str) -> Result<(), ApiError> {
+pub(crate) fn valid_id(kind: IdKind, field: &'static str, value: &str) -> Result<(), ApiError> {
     check(kind, value).map_err(|message| ApiError::InvalidId {
         field,
         message: message.replacen(kind.field(), field, 1),
@@ -632,4 +691,362 @@ pub(crate) async fn list_sends(
     let query = list_query(&state, params)?;
     let rows = state.inner.store.list_sends(query).await;
     listed(&state, rows).map(|sends| Json(SendList { sends }))
+}
+
+/// What was done to a delivery.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct DeliveryDone {
+    /// The delivery id.
+    pub(crate) delivery: String,
+    /// `retrying` (an attempt is made now) or `given_up` (its messages are marked delivered
+    /// without the bot's acknowledgement; the customers' later messages flow again).
+    pub(crate) result: &'static str,
+}
+
+/// Acts on a delivery waiting for a retry (what the two routes below and the console do).
+pub(crate) async fn delivery_action(
+    control: &DeliveryControl,
+    id: &str,
+    action: Action,
+) -> Result<DeliveryDone, ApiError> {
+    if id.is_empty()
+        || id.len() > 100
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return Err(ApiError::InvalidId {
+            field: "id",
+            message: "a delivery id is 1-100 letters, digits, '-' and '.'".into(),
+        });
+    }
+    match control.act(id, action).await {
+        ActionResult::Done => Ok(DeliveryDone {
+            delivery: id.to_owned(),
+            result: match action {
+                Action::RetryNow => "retrying",
+                Action::GiveUp => "given_up",
+            },
+        }),
+        ActionResult::NotFound => Err(ApiError::NoSuchDelivery),
+        ActionResult::InFlight => Err(ApiError::DeliveryInFlight),
+        ActionResult::Stopped => Err(ApiError::DelivererStopped),
+    }
+}
+
+async fn delivery_route(
+    state: &ReplyApiState,
+    path: Result<Path<String>, PathRejection>,
+    action: Action,
+) -> Result<Json<DeliveryDone>, ApiError> {
+    let result = match path {
+        Ok(Path(id)) => delivery_action(&state.inner.deliveries, &id, action).await,
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "invalid path: {}",
+            e.body_text()
+        ))),
+    };
+    Metrics::add(
+        if result.is_ok() {
+            &state.inner.metrics.api_requests_ok
+        } else {
+            &state.inner.metrics.api_requests_failed
+        },
+        1,
+    );
+    result.map(Json)
+}
+
+/// Attempts a delivery waiting for a retry now (`id` as `GET /v1/deliveries` lists it).
+#[utoipa::path(
+    post,
+    path = "/v1/deliveries/{id}/retry",
+    tag = "operations API",
+    params(("id" = String, Path, description = "The delivery id (`X-Wechat-Kf-Delivery`).")),
+    responses(
+        (status = 200, description = "An attempt is being made now.", body = DeliveryDone),
+        (status = 400, description = "Not a delivery id (`field`: `id`).", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 403, description = "The reply API is disabled.", body = ErrorBody),
+        (status = 404, description = "No such delivery is waiting for a retry.", body = ErrorBody),
+        (status = 409, description = "An attempt is in flight: ask again once it finished.", body = ErrorBody),
+        (status = 503, description = "The deliverer has stopped.", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn retry_delivery(
+    State(state): State<ReplyApiState>,
+    _: Authorized,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<DeliveryDone>, ApiError> {
+    delivery_route(&state, path, Action::RetryNow).await
+}
+
+/// Gives a delivery up: it is no longer retried, its messages are marked delivered without the
+/// bot's acknowledgement, and its customers' later messages flow again.
+#[utoipa::path(
+    post,
+    path = "/v1/deliveries/{id}/give_up",
+    tag = "operations API",
+    params(("id" = String, Path, description = "The delivery id (`X-Wechat-Kf-Delivery`).")),
+    responses(
+        (status = 200, description = "Given up.", body = DeliveryDone),
+        (status = 400, description = "Not a delivery id (`field`: `id`).", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 403, description = "The reply API is disabled.", body = ErrorBody),
+        (status = 404, description = "No such delivery is waiting for a retry.", body = ErrorBody),
+        (status = 409, description = "An attempt is in flight: ask again once it finished.", body = ErrorBody),
+        (status = 503, description = "The deliverer has stopped.", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn give_up_delivery(
+    State(state): State<ReplyApiState>,
+    _: Authorized,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<DeliveryDone>, ApiError> {
+    delivery_route(&state, path, Action::GiveUp).await
+}
+
+/// `POST /v1/contact_ways`: a contact-way link for an account.
+#[derive(Debug, Clone, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ContactWayBody {
+    /// The account.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    pub(crate) open_kfid: String,
+    /// A scene of your choosing (at most 32 of `[0-9a-zA-Z_-]`), returned in the customer's
+    /// `enter_session` event.
+    #[serde(default)]
+    #[schema(pattern = "^[0-9a-zA-Z_-]{0,32}$")]
+    pub(crate) scene: Option<String>,
+}
+
+impl TryFrom<serde_json::Value> for ContactWayBody {
+    type Error = String;
+    fn try_from(value: serde_json::Value) -> Result<Self, String> {
+        serde_json::from_value(value).map_err(|e| format!("invalid body: {e}"))
+    }
+}
+
+/// The link made.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct ContactWay {
+    /// The chat link (open it in WeChat, or show it as a QR code).
+    pub(crate) url: String,
+}
+
+/// Makes a contact-way link (`kf/add_contact_way`; what the route below and the console do).
+pub(crate) async fn contact_way(
+    client: &Client,
+    body: ContactWayBody,
+) -> Result<ContactWay, ApiError> {
+    valid_id(IdKind::OpenKfId, "open_kfid", &body.open_kfid)?;
+    let mut request = wechat_kf::client::accounts::AddContactWayRequest::new(body.open_kfid);
+    if let Some(scene) = body.scene.filter(|s| !s.is_empty()) {
+        request = request.scene(scene);
+    }
+    let made = client.accounts().add_contact_way(request).await?;
+    Ok(ContactWay { url: made.url })
+}
+
+/// Makes a contact-way link for an account (`kf/add_contact_way`), optionally with a scene.
+#[utoipa::path(
+    post,
+    path = "/v1/contact_ways",
+    tag = "reply API",
+    request_body(content = ContactWayBody, description = "The account and an optional scene."),
+    responses(
+        (status = 200, description = "The link.", body = ContactWay),
+        (status = 400, description = "Invalid body (`field` names the offending field).", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 403, description = "The reply API is disabled.", body = ErrorBody),
+        (status = 413, description = "The body is over 1 MiB.", body = ErrorBody),
+        (status = 422, description = "WeChat refused (e.g. an unknown account).", body = ErrorBody),
+        (status = 502, description = "WeChat unreachable or answering garbage.", body = ErrorBody),
+        (status = 503, description = "WeChat busy: retry later.", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn add_contact_way(
+    State(state): State<ReplyApiState>,
+    _: Authorized,
+    JsonBody(body): JsonBody<ContactWayBody>,
+) -> Result<Json<ContactWay>, ApiError> {
+    let result = contact_way(&state.inner.client, body).await;
+    Metrics::add(
+        if result.is_ok() {
+            &state.inner.metrics.api_requests_ok
+        } else {
+            &state.inner.metrics.api_requests_failed
+        },
+        1,
+    );
+    result.map(Json)
+}
+
+/// The query of `GET /v1/media/{open_kfid}/{msgid}`.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct MediaParams {
+    /// The converted file (a voice note converted by `media.voice_convert_to`) instead of the
+    /// original.
+    #[serde(default)]
+    pub(crate) converted: bool,
+}
+
+/// A downloaded media file: its bytes and content type.
+#[derive(Debug)]
+pub(crate) struct MediaFile {
+    pub(crate) content_type: String,
+    pub(crate) file_name: Option<String>,
+    pub(crate) bytes: Vec<u8>,
+}
+
+impl IntoResponse for MediaFile {
+    fn into_response(self) -> Response {
+        let content_type = HeaderValue::from_str(&self.content_type)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+        let mut response = (
+            [
+                (header::CONTENT_TYPE, content_type),
+                (
+                    header::HeaderName::from_static("x-content-type-options"),
+                    HeaderValue::from_static("nosniff"),
+                ),
+                (
+                    header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static("sandbox; default-src 'none'"),
+                ),
+            ],
+            self.bytes,
+        )
+            .into_response();
+        // A name WeChat gave; only its ASCII letters, digits and `._-` go into the header.
+        if let Some(name) = self.file_name {
+            let safe: String = name
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
+                .collect();
+            if let Ok(value) = HeaderValue::from_str(&format!("inline; filename=\"{safe}\"")) {
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_DISPOSITION, value);
+            }
+        }
+        response
+    }
+}
+
+/// The downloaded file of a message's media (what the route below and the console serve):
+/// only a file the media record names and that lies inside `media.download_dir`.
+pub(crate) async fn media(
+    store: &dyn Store,
+    media_dir: Option<&std::path::Path>,
+    open_kfid: &str,
+    msgid: &str,
+    converted: bool,
+) -> Result<MediaFile, ApiError> {
+    valid_id(IdKind::OpenKfId, "open_kfid", open_kfid)?;
+    if msgid.is_empty() || msgid.len() > 256 || msgid.chars().any(char::is_control) {
+        return Err(ApiError::InvalidId {
+            field: "msgid",
+            message: "msgid is empty, over 256 bytes or holds control characters".into(),
+        });
+    }
+    let record = store
+        .media_record(OpenKfId::from(open_kfid), MsgId::from(msgid))
+        .await
+        .map_err(|_| ApiError::StoreUnavailable)?
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .ok_or(ApiError::NoSuchMedia)?;
+    let record = if converted {
+        record
+            .get("converted")
+            .cloned()
+            .ok_or(ApiError::NoSuchMedia)?
+    } else {
+        record
+    };
+    let (Some(dir), Some(path)) = (media_dir, record.get("path").and_then(|p| p.as_str())) else {
+        return Err(ApiError::NoSuchMedia);
+    };
+    let (Ok(dir), Ok(path)) = (
+        tokio::fs::canonicalize(dir).await,
+        tokio::fs::canonicalize(path).await,
+    ) else {
+        return Err(ApiError::NoSuchMedia);
+    };
+    if !path.starts_with(&dir) {
+        return Err(ApiError::NoSuchMedia);
+    }
+    let bytes = tokio::fs::read(&path)
+        .await
+        .map_err(|_| ApiError::NoSuchMedia)?;
+    Ok(MediaFile {
+        content_type: record
+            .get("content_type")
+            .and_then(|c| c.as_str())
+            .unwrap_or("application/octet-stream")
+            .to_owned(),
+        file_name: record
+            .get("file_name")
+            .and_then(|c| c.as_str())
+            .map(str::to_owned),
+        bytes,
+    })
+}
+
+/// A message's downloaded media file (or its converted voice note, `converted=true`), as the
+/// media download stored it in `media.download_dir`. Files only in the object store are not
+/// served (their `url` is in the media record).
+#[utoipa::path(
+    get,
+    path = "/v1/media/{open_kfid}/{msgid}",
+    tag = "operations API",
+    params(
+        ("open_kfid" = String, Path, description = "The account."),
+        ("msgid" = String, Path, description = "The message."),
+        MediaParams,
+    ),
+    responses(
+        (status = 200, description = "The file, with the content type of its media record.", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "Unreadable path or query, or an id that is not WeChat's shape (`field` names it).", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 403, description = "The reply API is disabled.", body = ErrorBody),
+        (status = 404, description = "No downloaded file for this message.", body = ErrorBody),
+        (status = 503, description = "The store does not answer.", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn media_file(
+    State(state): State<ReplyApiState>,
+    _: Authorized,
+    path: Result<Path<(String, String)>, PathRejection>,
+    params: Result<Query<MediaParams>, QueryRejection>,
+) -> Result<MediaFile, ApiError> {
+    let result = async {
+        let Path((open_kfid, msgid)) =
+            path.map_err(|e| ApiError::BadRequest(format!("invalid path: {}", e.body_text())))?;
+        let Query(params) = params
+            .map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))?;
+        media(
+            &*state.inner.store,
+            state.inner.media_dir.as_deref(),
+            &open_kfid,
+            &msgid,
+            params.converted,
+        )
+        .await
+    }
+    .await;
+    Metrics::add(
+        if result.is_ok() {
+            &state.inner.metrics.api_requests_ok
+        } else {
+            &state.inner.metrics.api_requests_failed
+        },
+        1,
+    );
+    result
 }

@@ -238,7 +238,7 @@ pub struct SessionChange {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub change_type: Option<u32>,
     /// Who asked for a transfer the service made (`trigger` `transfer`): `keyword`, `bot`
-    /// (webhook reply or reply API).
+    /// (webhook reply or reply API), `idle` (the idle rule) or `console`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub by: Option<&'static str>,
     /// The msgid of the item that caused it (none for a transfer).
@@ -452,6 +452,77 @@ pub struct SendListing {
     /// The delivery whose webhook response carried it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery: Option<String>,
+}
+
+/// A customer's conversation as the console's list shows it: the last stored message and the
+/// session view (`GET /v1/conversations`).
+#[derive(Debug, Clone)]
+pub struct ConversationRow {
+    /// The account.
+    pub open_kfid: OpenKfId,
+    /// The customer.
+    pub external_userid: ExternalUserId,
+    /// The last stored message (the highest seq).
+    pub last: HistoryMessage,
+    /// How many messages of this customer are stored.
+    pub messages: u32,
+    /// The customer's session view, when one is kept.
+    pub view: Option<SessionView>,
+}
+
+/// One stored message of a conversation, with its JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryMessage {
+    /// Insertion order.
+    pub seq: i64,
+    /// The msgid.
+    pub msgid: MsgId,
+    /// WeChat's `send_time` (unix seconds).
+    pub send_time: i64,
+    /// `origin` (3 customer, 4 system, 5 servicer), when known.
+    pub origin: Option<u32>,
+    /// The message type (`text`, `event:enter_session`, ...).
+    pub kind: String,
+    /// The original JSON.
+    pub raw: String,
+    /// `pending`, `delivered` or `skipped`.
+    pub state: String,
+    /// The media record, when media was downloaded (or failed to be).
+    pub media: Option<String>,
+}
+
+/// One queued reply to a customer (from a webhook response, the echo bot or a handoff), with
+/// its body and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryReply {
+    /// Queue order.
+    pub id: i64,
+    /// `send_msg` or `service_state/trans`.
+    pub endpoint: String,
+    /// Its msgid.
+    pub msgid: MsgId,
+    /// The request body (JSON).
+    pub body: String,
+    /// `pending`, `sent`, `failed`, `refused` or `joined`.
+    pub state: String,
+    /// Why it failed, was refused, or is being retried.
+    pub last_error: Option<String>,
+    /// The result reported to the bot (JSON), once finished.
+    pub result: Option<String>,
+    /// When it was queued (unix milliseconds).
+    pub created_at_ms: i64,
+    /// When it finished (unix milliseconds).
+    pub finished_at_ms: Option<i64>,
+}
+
+/// A conversation's history: its stored messages and the replies queued to the customer, each
+/// oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct History {
+    /// Stored messages (customer, servicer, system), by seq.
+    pub messages: Vec<HistoryMessage>,
+    /// Replies queued to the customer, by queue order.
+    pub replies: Vec<HistoryReply>,
 }
 
 /// Which endpoint a queued reply goes to.
@@ -910,6 +981,30 @@ pub trait Store: Send + Sync + 'static {
     /// Queued replies, newest first; `failed`: failed or refused ones, and pending ones being
     /// retried.
     fn list_sends(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<SendListing>, Error>>;
+
+    /// The customers with stored messages (newest activity first, at most `limit`), each with
+    /// its last message and session view; one account or all.
+    fn conversations(
+        &self,
+        open_kfid: Option<OpenKfId>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ConversationRow>, Error>>;
+
+    /// One customer's last `limit` stored messages and last `limit` queued replies, each oldest
+    /// first.
+    fn history(
+        &self,
+        open_kfid: OpenKfId,
+        external_userid: ExternalUserId,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<History, Error>>;
+
+    /// The media record of one stored message (`None`: no such message, or no media record).
+    fn media_record(
+        &self,
+        open_kfid: OpenKfId,
+        msgid: MsgId,
+    ) -> BoxFuture<'_, Result<Option<String>, Error>>;
 
     /// Finishes queued work and closes the database.
     fn close(&self) -> BoxFuture<'_, ()>;

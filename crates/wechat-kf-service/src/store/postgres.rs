@@ -247,6 +247,42 @@ const LIST_SENDS: &str = "SELECT id, endpoint, lane, msgid, state, attempts, las
      AND (NOT $2 OR state IN ('failed', 'refused') OR (state = 'pending' AND last_error IS NOT NULL)) \
      ORDER BY id DESC LIMIT $3";
 
+/// The console's conversation list: $1 account, $2 limit. One row per customer: its last
+/// message, message count and session view.
+const CONVERSATIONS: &str = "SELECT m.open_kfid, m.external_userid, m.seq, m.msgid, m.send_time, \
+     m.origin, m.kind, m.raw, m.delivered_at IS NOT NULL, m.skipped, m.media, c.n, s.view \
+     FROM (SELECT MAX(seq) AS last, COUNT(*) AS n FROM messages WHERE external_userid <> '' \
+     AND ($1::text IS NULL OR open_kfid = $1) GROUP BY open_kfid, external_userid) c \
+     JOIN messages m ON m.seq = c.last \
+     LEFT JOIN sessions s ON s.open_kfid = m.open_kfid AND s.external_userid = m.external_userid \
+     ORDER BY m.seq DESC LIMIT $2";
+
+/// A conversation's messages, newest first: $1 account, $2 customer, $3 limit.
+const HISTORY_MESSAGES: &str = "SELECT seq, msgid, send_time, origin, kind, raw, \
+     delivered_at IS NOT NULL, skipped, media FROM messages \
+     WHERE open_kfid = $1 AND external_userid = $2 ORDER BY seq DESC LIMIT $3";
+
+/// A conversation's queued replies, newest first: $1 lane, $2 limit.
+const HISTORY_REPLIES: &str = "SELECT id, endpoint, msgid, body, state, last_error, result, \
+     created_at, finished_at FROM replies WHERE lane = $1 ORDER BY id DESC LIMIT $2";
+
+/// A [`HistoryMessage`] from columns `at..at + 9` (seq, msgid, send_time, origin, kind, raw,
+/// delivered, skipped, media).
+fn history_message(r: &tokio_postgres::Row, at: usize) -> HistoryMessage {
+    HistoryMessage {
+        seq: r.get(at),
+        msgid: MsgId::from(r.get::<_, String>(at + 1)),
+        send_time: r.get(at + 2),
+        origin: r
+            .get::<_, Option<i64>>(at + 3)
+            .and_then(|o| u32::try_from(o).ok()),
+        kind: r.get(at + 4),
+        raw: r.get(at + 5),
+        state: message_state(r.get(at + 6), r.get(at + 7)).into(),
+        media: r.get(at + 8),
+    }
+}
+
 /// A stored count as the listings' `u32`.
 fn count(n: i64) -> u32 {
     n.clamp(0, u32::MAX as i64) as u32
@@ -1279,6 +1315,88 @@ impl Store for PostgresStore {
                         delivery: r.get(9),
                     })
                     .collect())
+            })
+        })
+    }
+
+    fn conversations(
+        &self,
+        open_kfid: Option<OpenKfId>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ConversationRow>, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let kf = open_kfid.as_ref().map(OpenKfId::as_str);
+                let limit = limit as i64;
+                let rows = client.query(CONVERSATIONS, &[&kf, &limit]).await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| ConversationRow {
+                        open_kfid: OpenKfId::from(r.get::<_, String>(0)),
+                        external_userid: ExternalUserId::from(r.get::<_, String>(1)),
+                        last: history_message(r, 2),
+                        messages: count(r.get(11)),
+                        view: r.get::<_, Option<String>>(12).map(|t| parse_view(Some(&t))),
+                    })
+                    .collect())
+            })
+        })
+    }
+
+    fn history(
+        &self,
+        open_kfid: OpenKfId,
+        external_userid: ExternalUserId,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<History, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let limit = limit as i64;
+                let rows = client
+                    .query(
+                        HISTORY_MESSAGES,
+                        &[&open_kfid.as_str(), &external_userid.as_str(), &limit],
+                    )
+                    .await?;
+                let mut messages: Vec<HistoryMessage> =
+                    rows.iter().map(|r| history_message(r, 0)).collect();
+                messages.reverse();
+                let lane = format!("{open_kfid}/{external_userid}");
+                let rows = client.query(HISTORY_REPLIES, &[&lane, &limit]).await?;
+                let mut replies: Vec<HistoryReply> = rows
+                    .iter()
+                    .map(|r| HistoryReply {
+                        id: r.get(0),
+                        endpoint: r.get(1),
+                        msgid: MsgId::from(r.get::<_, String>(2)),
+                        body: r.get(3),
+                        state: r.get(4),
+                        last_error: r.get(5),
+                        result: r.get(6),
+                        created_at_ms: r.get(7),
+                        finished_at_ms: r.get(8),
+                    })
+                    .collect();
+                replies.reverse();
+                Ok(History { messages, replies })
+            })
+        })
+    }
+
+    fn media_record(
+        &self,
+        open_kfid: OpenKfId,
+        msgid: MsgId,
+    ) -> BoxFuture<'_, Result<Option<String>, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let row = client
+                    .query_opt(
+                        "SELECT media FROM messages WHERE open_kfid = $1 AND msgid = $2",
+                        &[&open_kfid.as_str(), &msgid.as_str()],
+                    )
+                    .await?;
+                Ok(row.and_then(|r| r.get::<_, Option<String>>(0)))
             })
         })
     }

@@ -134,6 +134,42 @@ const LIST_SENDS: &str = "SELECT id, endpoint, lane, msgid, state, attempts, las
      AND (NOT ?2 OR state IN ('failed', 'refused') OR (state = 'pending' AND last_error IS NOT NULL)) \
      ORDER BY id DESC LIMIT ?3";
 
+/// The console's conversation list: ?1 account, ?2 limit. One row per customer: its last
+/// message, message count and session view.
+const CONVERSATIONS: &str = "SELECT m.open_kfid, m.external_userid, m.seq, m.msgid, m.send_time, \
+     m.origin, m.kind, m.raw, m.delivered_at IS NOT NULL, m.skipped <> 0, m.media, c.n, s.view \
+     FROM (SELECT MAX(seq) AS last, COUNT(*) AS n FROM messages WHERE external_userid <> '' \
+     AND (?1 IS NULL OR open_kfid = ?1) GROUP BY open_kfid, external_userid) c \
+     JOIN messages m ON m.seq = c.last \
+     LEFT JOIN sessions s ON s.open_kfid = m.open_kfid AND s.external_userid = m.external_userid \
+     ORDER BY m.seq DESC LIMIT ?2";
+
+/// A conversation's messages, newest first: ?1 account, ?2 customer, ?3 limit.
+const HISTORY_MESSAGES: &str = "SELECT seq, msgid, send_time, origin, kind, raw, \
+     delivered_at IS NOT NULL, skipped <> 0, media FROM messages \
+     WHERE open_kfid = ?1 AND external_userid = ?2 ORDER BY seq DESC LIMIT ?3";
+
+/// A conversation's queued replies, newest first: ?1 lane, ?2 limit.
+const HISTORY_REPLIES: &str = "SELECT id, endpoint, msgid, body, state, last_error, result, \
+     created_at, finished_at FROM replies WHERE lane = ?1 ORDER BY id DESC LIMIT ?2";
+
+/// A [`HistoryMessage`] from columns `at..at + 9` (seq, msgid, send_time, origin, kind, raw,
+/// delivered, skipped, media).
+fn history_message(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<HistoryMessage> {
+    Ok(HistoryMessage {
+        seq: r.get(at)?,
+        msgid: MsgId::from(r.get::<_, String>(at + 1)?),
+        send_time: r.get(at + 2)?,
+        origin: r
+            .get::<_, Option<i64>>(at + 3)?
+            .and_then(|o| u32::try_from(o).ok()),
+        kind: r.get(at + 4)?,
+        raw: r.get(at + 5)?,
+        state: message_state(r.get(at + 6)?, r.get(at + 7)?).into(),
+        media: r.get(at + 8)?,
+    })
+}
+
 /// Rows deleted per purge call, so one call never holds the writer for long.
 const PURGE_CHUNK: i64 = 5000;
 
@@ -1179,6 +1215,81 @@ impl Store for SqliteStore {
                 },
             )?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn conversations(
+        &self,
+        open_kfid: Option<OpenKfId>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ConversationRow>, Error>> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(CONVERSATIONS)?;
+            let kf = open_kfid.as_ref().map(OpenKfId::as_str);
+            let rows = stmt.query_map(params![kf, limit as i64], |r| {
+                let last = history_message(r, 2)?;
+                Ok(ConversationRow {
+                    open_kfid: OpenKfId::from(r.get::<_, String>(0)?),
+                    external_userid: ExternalUserId::from(r.get::<_, String>(1)?),
+                    last,
+                    messages: u32::try_from(r.get::<_, i64>(11)?).unwrap_or(u32::MAX),
+                    view: r
+                        .get::<_, Option<String>>(12)?
+                        .map(|t| parse_view(Some(&t))),
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn history(
+        &self,
+        open_kfid: OpenKfId,
+        external_userid: ExternalUserId,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<History, Error>> {
+        self.call(move |conn| {
+            let mut messages = conn
+                .prepare_cached(HISTORY_MESSAGES)?
+                .query_map(
+                    params![open_kfid.as_str(), external_userid.as_str(), limit as i64],
+                    |r| history_message(r, 0),
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            messages.reverse();
+            let lane = format!("{open_kfid}/{external_userid}");
+            let mut replies = conn
+                .prepare_cached(HISTORY_REPLIES)?
+                .query_map(params![lane, limit as i64], |r| {
+                    Ok(HistoryReply {
+                        id: r.get(0)?,
+                        endpoint: r.get(1)?,
+                        msgid: MsgId::from(r.get::<_, String>(2)?),
+                        body: r.get(3)?,
+                        state: r.get(4)?,
+                        last_error: r.get(5)?,
+                        result: r.get(6)?,
+                        created_at_ms: r.get(7)?,
+                        finished_at_ms: r.get(8)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            replies.reverse();
+            Ok(History { messages, replies })
+        })
+    }
+
+    fn media_record(
+        &self,
+        open_kfid: OpenKfId,
+        msgid: MsgId,
+    ) -> BoxFuture<'_, Result<Option<String>, Error>> {
+        self.call(move |conn| {
+            let media: Option<Option<String>> = conn
+                .prepare_cached("SELECT media FROM messages WHERE open_kfid = ?1 AND msgid = ?2")?
+                .query_row(params![open_kfid.as_str(), msgid.as_str()], |r| r.get(0))
+                .optional()?;
+            Ok(media.flatten())
         })
     }
 

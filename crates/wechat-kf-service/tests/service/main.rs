@@ -1,6 +1,7 @@
 //! Integration tests of the service, in one binary (one link instead of many).
 
 mod common;
+mod console;
 mod e2e;
 mod faults;
 mod first_start;

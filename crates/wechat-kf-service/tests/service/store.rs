@@ -784,6 +784,105 @@ async fn conformance_operator(store: &dyn Store) {
     assert_eq!(of_customer[0].lane, "wkO/wm_x");
 }
 
+/// The console's reads: one row per customer with its last message, and a customer's history
+/// (messages and queued replies, oldest first).
+async fn conformance_console(store: &dyn Store) {
+    let mut write = page("wkC", &[], Some("cc1"));
+    write.messages = vec![
+        message("c1", "wmOne", 3),
+        message("c2", "wmTwo", 3),
+        message("c3", "wmOne", 5),
+        message("c4", "", 4),
+    ];
+    let stored = store.commit_page(write).await.unwrap().stored;
+    assert_eq!(
+        store.media_record("wkC".into(), "c1".into()).await.unwrap(),
+        None
+    );
+    store
+        .record_media(vec![(stored[0].seq, r#"{"path":"/m/c1.png"}"#.into())])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .media_record("wkC".into(), "c1".into())
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(r#"{"path":"/m/c1.png"}"#)
+    );
+    assert_eq!(
+        store
+            .media_record("wkOther".into(), "c1".into())
+            .await
+            .unwrap(),
+        None
+    );
+    store
+        .finish_deliveries(FinishDeliveries {
+            now_ms: 10,
+            acks: vec![Ack {
+                delivery_id: "cd1".into(),
+                seqs: vec![],
+                replies: vec![reply("cr1", "wkC/wmOne"), reply("cr2", "wkC/wmTwo")],
+                reported: vec![],
+            }],
+            failures: vec![],
+        })
+        .await
+        .unwrap();
+    let rows = store.conversations(Some("wkC".into()), 10).await.unwrap();
+    let listed: Vec<(&str, &str, u32)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.external_userid.as_str(),
+                r.last.msgid.as_str(),
+                r.messages,
+            )
+        })
+        .collect();
+    assert_eq!(listed, [("wmOne", "c3", 2), ("wmTwo", "c2", 1)]);
+    assert_eq!(rows[0].last.origin, Some(5));
+    assert_eq!(
+        store
+            .conversations(Some("wkC".into()), 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .conversations(None, 1000)
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| !r.external_userid.as_str().is_empty()),
+        "events without a customer are no conversation"
+    );
+    let history = store
+        .history("wkC".into(), "wmOne".into(), 100)
+        .await
+        .unwrap();
+    let msgids: Vec<&str> = history.messages.iter().map(|m| m.msgid.as_str()).collect();
+    assert_eq!(msgids, ["c1", "c3"]);
+    assert!(history.messages[0].raw.contains("\"c1\""));
+    assert_eq!(history.messages[0].state, "pending");
+    let replies: Vec<(&str, &str)> = history
+        .replies
+        .iter()
+        .map(|r| (r.msgid.as_str(), r.state.as_str()))
+        .collect();
+    assert_eq!(replies, [("cr1", "pending")]);
+    let last_one = store
+        .history("wkC".into(), "wmOne".into(), 1)
+        .await
+        .unwrap();
+    assert_eq!(last_one.messages.len(), 1);
+    assert_eq!(last_one.messages[0].msgid.as_str(), "c3");
+}
+
 async fn conformance(store: Arc<dyn Store>) {
     store.ping().await.unwrap();
     store.add_account("wkB".into(), 1).await.unwrap();
@@ -945,6 +1044,7 @@ async fn conformance(store: Arc<dyn Store>) {
         Some(1_700_000_500)
     );
     conformance_operator(&*store).await;
+    conformance_console(&*store).await;
     store.close().await;
     assert!(store.ping().await.is_err(), "a closed store refuses work");
 }

@@ -1,0 +1,688 @@
+//! The console's HTML, written with `maud` (escaped at compile time). Every page works without
+//! the script; with it, the parts marked `data-live` reload on each server event.
+
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+use qrcode::QrCode;
+use qrcode::render::svg;
+use serde_json::Value;
+
+use crate::http::conversations::{
+    ConversationBody, ConversationList, ConversationSummary, From, HistoryItem,
+};
+use crate::http::sandbox_api::{ChatSide, CustomerChat};
+use crate::store::{DeliveryListing, SendListing};
+
+/// `s` percent-encoded for a query string.
+pub(super) fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `HH:MM:SS` (UTC) of a unix time in seconds.
+fn clock(at: i64) -> String {
+    let s = at.rem_euclid(86_400);
+    format!("{:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
+}
+
+/// `HH:MM:SS` (UTC) of unix milliseconds.
+fn clock_ms(at: i64) -> String {
+    clock(at / 1000)
+}
+
+/// "47h 59m" of a number of seconds.
+fn span(secs: u64) -> String {
+    format!("{}h {:02}m", secs / 3600, secs % 3600 / 60)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Nav {
+    Sandbox,
+    Conversations,
+    Deliveries,
+    Accounts,
+    Health,
+    None,
+}
+
+fn layout(title: &str, csrf: Option<&str>, current: Nav, body: Markup) -> Markup {
+    let link = |nav: Nav, href: &str, text: &str| {
+        html! {
+            li { a href=(href) aria-current=[(nav == current).then_some("page")] { (text) } }
+        }
+    };
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                @if let Some(csrf) = csrf { meta name="csrf-token" content=(csrf); }
+                title { (title) " · wechat-kf console" }
+                link rel="icon" href="data:,";
+                link rel="stylesheet" href="/console/assets/console.css";
+                script src="/console/assets/console.js" defer {}
+            }
+            body {
+                a.skip href="#main" { "Skip to content" }
+                header {
+                    span.brand { "wechat-kf" }
+                    @if let Some(csrf) = csrf {
+                        nav aria-label="Console" {
+                            ul {
+                                (link(Nav::Sandbox, "/console/sandbox", "Sandbox"))
+                                (link(Nav::Conversations, "/console/conversations", "Conversations"))
+                                (link(Nav::Deliveries, "/console/deliveries", "Deliveries"))
+                                (link(Nav::Accounts, "/console/accounts", "Accounts"))
+                                (link(Nav::Health, "/console/health", "Setup & health"))
+                            }
+                        }
+                        form.logout method="post" action="/console/logout" {
+                            input type="hidden" name="csrf" value=(csrf);
+                            button type="submit" { "Log out" }
+                        }
+                    }
+                }
+                main id="main" tabindex="-1" {
+                    h1 { (title) }
+                    (body)
+                }
+            }
+        }
+    }
+}
+
+/// A page with a title and one sentence.
+pub(super) fn message_page(title: &str, text: &str) -> Markup {
+    layout(title, None, Nav::None, html! { p { (text) } })
+}
+
+/// The login form.
+pub(super) fn login(error: Option<&str>) -> Markup {
+    layout(
+        "Log in",
+        None,
+        Nav::None,
+        html! {
+            @if let Some(error) = error { p.error role="alert" { (error) } }
+            form.login method="post" action="/console/login" {
+                label for="token" { "Console token" }
+                input id="token" name="token" type="password" autocomplete="current-password" required autofocus;
+                button type="submit" { "Log in" }
+            }
+            p.hint { "The token is console.token (WECHAT_KF_CONSOLE_TOKEN); in sandbox mode it is printed at start." }
+        },
+    )
+}
+
+fn from_label(from: From) -> &'static str {
+    match from {
+        From::Customer => "customer",
+        From::Servicer => "servicer",
+        From::System => "system",
+        From::Bot => "bot",
+    }
+}
+
+fn item_text(item: &HistoryItem) -> String {
+    match &item.text {
+        Some(text) => text.clone(),
+        None => format!("[{}]", item.kind),
+    }
+}
+
+/// A message's downloaded media: the image shown, the voice note playable (its converted file
+/// when there is one), other files downloadable.
+fn media_of(item: &HistoryItem) -> Markup {
+    let Some(record) = &item.media else {
+        return html! {};
+    };
+    let open_kfid = item
+        .message
+        .get("open_kfid")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let src = format!(
+        "/console/media/{}/{}",
+        query_escape(open_kfid),
+        query_escape(&item.msgid)
+    );
+    if let Some(error) = record.pointer("/error/kind").and_then(Value::as_str) {
+        return html! { " " span.error { "media not downloaded (" (error) ")" } };
+    }
+    if record.get("path").is_none() {
+        return match record.get("url").and_then(Value::as_str) {
+            Some(url) => html! { " " span.hint { "stored at " (url) } },
+            None => html! {},
+        };
+    }
+    let name = record
+        .get("file_name")
+        .and_then(Value::as_str)
+        .unwrap_or("the file");
+    match item.kind.as_str() {
+        "image" => {
+            html! { br; img.media src=(src) alt={ "Image " (name) " from the " (from_label(item.from)) } loading="lazy"; }
+        }
+        "voice" => {
+            let src = if record.get("converted").is_some() {
+                format!("{src}?converted=true")
+            } else {
+                src
+            };
+            html! { br; audio controls preload="none" src=(src) aria-label={ "Voice note " (name) } {} " " a href=(src) download { "download" } }
+        }
+        "video" => {
+            html! { br; video.media controls preload="none" src=(src) aria-label={ "Video " (name) } {} }
+        }
+        _ => html! { " " a href=(src) download=(name) { "Download " (name) } },
+    }
+}
+
+/// One history item as a list entry.
+fn history_item(item: &HistoryItem) -> Markup {
+    let from = from_label(item.from);
+    html! {
+        li class={ "turn " (from) } {
+            span.who { (from) @if let Some(s) = &item.servicer_userid { " " (s) } }
+            " "
+            time { (clock(item.at)) }
+            " "
+            span.text { (item_text(item)) }
+            (media_of(item))
+            @if item.from == From::Bot {
+                " "
+                span class={ "state " (item.state) } { (item.state) }
+                @if let Some(error) = &item.error { " " span.error { (error) } }
+            }
+        }
+    }
+}
+
+/// The history list (the live part of a conversation).
+pub(super) fn history(body: &ConversationBody) -> Markup {
+    html! {
+        p.session {
+            "State: " strong.state-word { (body.state) }
+            @if let Some(s) = &body.session.servicer_userid { " (servicer " (s) ")" }
+            " · "
+            (session_line(&body.session, body.now))
+        }
+        @if body.items.is_empty() {
+            p { "No messages yet." }
+        } @else {
+            ol.history aria-label="History" {
+                @for item in &body.items { (history_item(item)) }
+            }
+        }
+    }
+}
+
+fn session_line(session: &crate::http::bodies::SessionBody, now: u64) -> String {
+    if session.can_send {
+        match (session.window_closes_at, session.remaining) {
+            (Some(closes), Some(left)) => format!(
+                "window {} left · {left} sends left",
+                span(closes.saturating_sub(now))
+            ),
+            _ => "may be written to".into(),
+        }
+    } else {
+        match &session.refusal {
+            Some(refusal) => format!(
+                "sending refused: {}",
+                serde_json::to_value(refusal)
+                    .ok()
+                    .and_then(|v| v.get("reason").and_then(Value::as_str).map(str::to_owned))
+                    .unwrap_or_else(|| "refused".into())
+            ),
+            None => "sending refused".into(),
+        }
+    }
+}
+
+/// The customer's side of the sandbox chat (the live part of the sandbox page).
+pub(super) fn customer_pane(chat: &CustomerChat) -> Markup {
+    html! {
+        @if chat.items.is_empty() {
+            p { "Nothing yet: write below." }
+        } @else {
+            ol.chat aria-label="Chat as the customer sees it" {
+                @for line in &chat.items {
+                    @let side = match line.from { ChatSide::Customer => "mine", ChatSide::Service => "theirs" };
+                    li class={ "bubble " (side) } {
+                        span.who { @if line.from == ChatSide::Customer { "you" } @else { "account" } }
+                        " "
+                        time { (clock(line.at)) }
+                        " "
+                        span.text { @match &line.text { Some(t) => (t), None => { "[" (line.kind) "]" } } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The sandbox page: the customer's chat beside the service's conversation view.
+pub(super) fn sandbox(
+    csrf: &str,
+    accounts: &[Value],
+    open_kfid: &str,
+    customer: &str,
+    chat: Option<&CustomerChat>,
+    conversation: Option<&ConversationBody>,
+) -> Markup {
+    let chat_url = format!(
+        "/console/fragments/chat?open_kfid={}&customer={}",
+        query_escape(open_kfid),
+        query_escape(customer)
+    );
+    let conversation_url = format!(
+        "/console/fragments/conversation/{}/{}",
+        query_escape(open_kfid),
+        query_escape(customer)
+    );
+    layout(
+        "Sandbox",
+        Some(csrf),
+        Nav::Sandbox,
+        html! {
+            p.hint { "Chat as a customer of the embedded emulator; the bot's answers arrive as the customer would see them." }
+            form.pick method="get" action="/console/sandbox" {
+                label for="account" { "Account" }
+                select id="account" name="open_kfid" {
+                    @for a in accounts {
+                        @let id = a.get("open_kfid").and_then(Value::as_str).unwrap_or_default();
+                        @let name = a.get("name").and_then(Value::as_str).unwrap_or(id);
+                        option value=(id) selected[id == open_kfid] { (name) " (" (id) ")" }
+                    }
+                }
+                label for="customer" { "Customer id" }
+                input id="customer" name="customer" value=(customer) pattern="[A-Za-z0-9_\\-]+" required;
+                button type="submit" { "Open" }
+            }
+            div.panes {
+                section.pane aria-labelledby="customer-heading" {
+                    h2 id="customer-heading" { "Customer" }
+                    div id="customer-pane" data-live=(chat_url) aria-live="polite" {
+                        @match chat { Some(chat) => (customer_pane(chat)), None => p.error { "Invalid account or customer id." } }
+                    }
+                    form.send id="send-form" method="post" action="/console/sandbox/send" data-refresh="customer-pane conversation-pane" {
+                        input type="hidden" name="csrf" value=(csrf);
+                        input type="hidden" name="open_kfid" value=(open_kfid);
+                        input type="hidden" name="customer" value=(customer);
+                        label for="text" { "Message as the customer" }
+                        input id="text" name="text" required maxlength="2048" autocomplete="off";
+                        button type="submit" { "Send" }
+                    }
+                    @for (kind, label) in [("image", "Send an image"), ("voice", "Send a voice note")] {
+                        form.inline method="post" action="/console/sandbox/send" data-refresh="customer-pane conversation-pane" {
+                            input type="hidden" name="csrf" value=(csrf);
+                            input type="hidden" name="open_kfid" value=(open_kfid);
+                            input type="hidden" name="customer" value=(customer);
+                            input type="hidden" name="send" value=(kind);
+                            button type="submit" { (label) }
+                        }
+                    }
+                }
+                section.pane aria-labelledby="service-heading" {
+                    h2 id="service-heading" { "Conversation (the service's view)" }
+                    div id="conversation-pane" data-live=(conversation_url) aria-live="polite" {
+                        @match conversation { Some(c) => (history(c)), None => p.error { "Invalid account or customer id." } }
+                    }
+                    p { a href={ "/console/conversations/" (query_escape(open_kfid)) "/" (query_escape(customer)) } { "Open the conversation" } }
+                    h3 { "Hand to a human" }
+                    p.hint { "As in the WeCom client: queue the session, then the demo servicer takes it (the bot's replies are then refused), or ends it." }
+                    form.inline method="post" action={ "/console/conversations/" (query_escape(open_kfid)) "/" (query_escape(customer)) "/transfer" } data-refresh="conversation-pane" {
+                        input type="hidden" name="csrf" value=(csrf);
+                        input type="hidden" name="service_state" value="2";
+                        button type="submit" { "Queue the session" }
+                    }
+                    form.inline method="post" action="/console/sandbox/servicer" data-refresh="conversation-pane" {
+                        input type="hidden" name="csrf" value=(csrf);
+                        input type="hidden" name="open_kfid" value=(open_kfid);
+                        input type="hidden" name="customer" value=(customer);
+                        input type="hidden" name="hook" value="pick";
+                        button type="submit" { "A servicer takes it" }
+                    }
+                    form.inline method="post" action="/console/sandbox/servicer" data-refresh="conversation-pane" {
+                        input type="hidden" name="csrf" value=(csrf);
+                        input type="hidden" name="open_kfid" value=(open_kfid);
+                        input type="hidden" name="customer" value=(customer);
+                        input type="hidden" name="hook" value="end";
+                        button type="submit" { "The servicer ends it" }
+                    }
+                }
+            }
+        },
+    )
+}
+
+fn conversation_row(c: &ConversationSummary, now: u64) -> Markup {
+    let href = format!(
+        "/console/conversations/{}/{}",
+        query_escape(&c.open_kfid),
+        query_escape(&c.external_userid)
+    );
+    html! {
+        tr {
+            td { a href=(href) { (c.external_userid) } }
+            td { (c.open_kfid) }
+            td { span class={ "state-word " (c.state) } { (c.state) } }
+            td { span.who { (from_label(c.last_message.from)) } ": " (item_text(&c.last_message)) }
+            td { time { (clock(c.last_message.at)) } }
+            td { (session_line(&c.session, now)) }
+        }
+    }
+}
+
+/// The rows of the conversation list (its live part).
+pub(super) fn conversation_rows(list: &ConversationList) -> Markup {
+    html! {
+        @if list.conversations.is_empty() {
+            tr { td colspan="6" { "No conversation yet." } }
+        }
+        @for c in &list.conversations { (conversation_row(c, list.now)) }
+    }
+}
+
+/// The conversation list.
+pub(super) fn conversations(
+    csrf: &str,
+    list: &ConversationList,
+    open_kfid: Option<&str>,
+) -> Markup {
+    let live = match open_kfid {
+        Some(k) => format!(
+            "/console/fragments/conversations?open_kfid={}",
+            query_escape(k)
+        ),
+        None => "/console/fragments/conversations".into(),
+    };
+    layout(
+        "Conversations",
+        Some(csrf),
+        Nav::Conversations,
+        html! {
+            div.scroll {
+                table {
+                    caption { "Customers, newest activity first" }
+                    thead { tr { th scope="col" { "Customer" } th scope="col" { "Account" } th scope="col" { "State" } th scope="col" { "Last message" } th scope="col" { "At (UTC)" } th scope="col" { "Window and quota" } } }
+                    tbody id="conversation-rows" data-live=(live) aria-live="polite" { (conversation_rows(list)) }
+                }
+            }
+        },
+    )
+}
+
+/// One conversation, with the actions.
+pub(super) fn conversation(
+    csrf: &str,
+    open_kfid: &str,
+    customer: &str,
+    body: &ConversationBody,
+    notice: Option<&str>,
+) -> Markup {
+    let base = format!(
+        "/console/conversations/{}/{}",
+        query_escape(open_kfid),
+        query_escape(customer)
+    );
+    let live = format!(
+        "/console/fragments/conversation/{}/{}",
+        query_escape(open_kfid),
+        query_escape(customer)
+    );
+    layout(
+        &format!("Conversation with {customer}"),
+        Some(csrf),
+        Nav::Conversations,
+        html! {
+            p.hint { "Account " (open_kfid) }
+            @if let Some(notice) = notice { p.notice role="status" { (notice) } }
+            div id="conversation-pane" data-live=(live) aria-live="polite" { (history(body)) }
+            section aria-labelledby="act-heading" {
+                h2 id="act-heading" { "Act" }
+                form.send method="post" action={ (base) "/reply" } data-refresh="conversation-pane" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    label for="reply-text" { "Reply as the account" }
+                    input id="reply-text" name="text" required maxlength="2048" autocomplete="off";
+                    button type="submit" { "Send reply" }
+                }
+                form.inline method="post" action={ (base) "/transfer" } data-refresh="conversation-pane" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    input type="hidden" name="service_state" value="2";
+                    button type="submit" { "Transfer to the queue" }
+                }
+                form.inline method="post" action={ (base) "/transfer" } data-refresh="conversation-pane" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    input type="hidden" name="service_state" value="3";
+                    label for="servicer" { "Servicer" }
+                    input id="servicer" name="servicer_userid" required autocomplete="off";
+                    button type="submit" { "Transfer to the servicer" }
+                }
+                form.inline method="post" action={ (base) "/transfer" } data-refresh="conversation-pane" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    input type="hidden" name="service_state" value="4";
+                    button type="submit" { "End the session" }
+                }
+            }
+        },
+    )
+}
+
+/// The deliveries and sends tables (the live part of the deliveries page).
+pub(super) fn deliveries_tables(
+    csrf: &str,
+    deliveries: &[DeliveryListing],
+    sends: &[SendListing],
+) -> Markup {
+    {
+        html! {
+            section aria-labelledby="d-heading" {
+                h2 id="d-heading" { "Webhook deliveries in flight or waiting for a retry" }
+                @if deliveries.is_empty() { p { "None: every stored message was delivered." } }
+                @else {
+                    div.scroll { table {
+                        thead { tr { th scope="col" { "Delivery" } th scope="col" { "Customers" } th scope="col" { "Messages" } th scope="col" { "Attempts" } th scope="col" { "Next attempt (UTC)" } th scope="col" { "Last error" } th scope="col" { "Act" } } }
+                        tbody { @for d in deliveries { tr {
+                            td { code { (d.id) } } td { (d.customers.join(", ")) } td { (d.msgids.len()) } td { (d.attempts) }
+                            td { (clock_ms(d.next_attempt_at_ms)) } td { (d.last_error.as_deref().unwrap_or("")) }
+                            td {
+                                form.inline method="post" action={ "/console/deliveries/" (query_escape(&d.id)) "/retry" } {
+                                    input type="hidden" name="csrf" value=(csrf);
+                                    button type="submit" aria-label={ "Retry delivery " (d.id) " now" } { "Retry now" }
+                                }
+                                form.inline method="post" action={ "/console/deliveries/" (query_escape(&d.id)) "/give_up" } {
+                                    input type="hidden" name="csrf" value=(csrf);
+                                    button type="submit" aria-label={ "Give delivery " (d.id) " up" } { "Give up" }
+                                }
+                            }
+                        } } }
+                    } }
+                }
+            }
+            section aria-labelledby="s-heading" {
+                h2 id="s-heading" { "Queued replies" }
+                @if sends.is_empty() { p { "None yet." } }
+                @else {
+                    div.scroll { table {
+                        thead { tr { th scope="col" { "Lane" } th scope="col" { "Endpoint" } th scope="col" { "State" } th scope="col" { "Attempts" } th scope="col" { "Queued (UTC)" } th scope="col" { "Error" } } }
+                        tbody { @for s in sends { tr {
+                            td { (s.lane) } td { (s.endpoint) } td { span class={ "state " (s.state) } { (s.state) } }
+                            td { (s.attempts) } td { (clock_ms(s.created_at_ms)) } td { (s.last_error.as_deref().unwrap_or("")) }
+                        } } }
+                    } }
+                }
+            }
+        }
+    }
+}
+
+/// Deliveries and sends.
+pub(super) fn deliveries(
+    csrf: &str,
+    deliveries: &[DeliveryListing],
+    sends: &[SendListing],
+    notice: Option<&str>,
+) -> Markup {
+    layout(
+        "Deliveries and sends",
+        Some(csrf),
+        Nav::Deliveries,
+        html! {
+            @if let Some(notice) = notice { p.notice role="status" { (notice) } }
+            div id="deliveries" data-live="/console/fragments/deliveries" aria-live="polite" {
+                (deliveries_tables(csrf, deliveries, sends))
+            }
+        },
+    )
+}
+
+/// An account as the accounts page lists it.
+pub(super) struct AccountRow {
+    pub(super) open_kfid: String,
+    pub(super) name: Option<String>,
+    /// (userid, status) of each servicer, where known.
+    pub(super) servicers: Vec<(String, i64)>,
+}
+
+/// A contact-way link just made, or why not.
+pub(super) enum ContactWay {
+    /// Made.
+    Made {
+        open_kfid: String,
+        scene: String,
+        url: String,
+    },
+    /// WeChat refused, or was unreachable.
+    Failed(String),
+}
+
+/// `url` as an SVG QR code.
+fn qr_svg(url: &str) -> Option<String> {
+    let code = QrCode::new(url.as_bytes()).ok()?;
+    Some(
+        code.render::<svg::Color<'_>>()
+            .min_dimensions(200, 200)
+            .quiet_zone(true)
+            .build(),
+    )
+}
+
+/// The accounts, and the contact-way form.
+pub(super) fn accounts(csrf: &str, rows: &[AccountRow], made: Option<&ContactWay>) -> Markup {
+    layout(
+        "Accounts",
+        Some(csrf),
+        Nav::Accounts,
+        html! {
+            @if rows.is_empty() { p { "No account is pulled yet." } }
+            @else {
+                div.scroll { table {
+                    thead { tr { th scope="col" { "Account" } th scope="col" { "Name" } th scope="col" { "Servicers (status)" } } }
+                    tbody { @for a in rows { tr {
+                        td { code { (a.open_kfid) } }
+                        td { (a.name.as_deref().unwrap_or("")) }
+                        td { @for (i, (userid, status)) in a.servicers.iter().enumerate() {
+                            @if i > 0 { ", " } (userid) " (" (status) ")"
+                        } }
+                    } } }
+                } }
+            }
+            section aria-labelledby="cw-heading" {
+                h2 id="cw-heading" { "Contact-way link" }
+                form.send method="post" action="/console/accounts/contact_way" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    label for="cw-account" { "Account" }
+                    select id="cw-account" name="open_kfid" {
+                        @for a in rows { option value=(a.open_kfid) { (a.name.as_deref().unwrap_or(&a.open_kfid)) } }
+                    }
+                    label for="cw-scene" { "Scene (optional)" }
+                    input id="cw-scene" name="scene" maxlength="32" pattern="[A-Za-z0-9_\\-]*" autocomplete="off";
+                    button type="submit" { "Create the link" }
+                }
+                @match made {
+                    Some(ContactWay::Made { open_kfid, scene, url }) => {
+                        figure.qr {
+                            @if let Some(svg) = qr_svg(url) {
+                                div role="img" aria-label="QR code of the contact-way link" { (PreEscaped(svg)) }
+                            }
+                            figcaption {
+                                "Link for " (open_kfid) @if !scene.is_empty() { " (scene " (scene) ")" } ": "
+                                a id="contact-way-url" href=(url) { (url) }
+                            }
+                        }
+                    }
+                    Some(ContactWay::Failed(why)) => { p.error role="alert" { "Not created: " (why) } }
+                    None => {}
+                }
+            }
+        },
+    )
+}
+
+/// Setup and health.
+pub(super) fn health(
+    csrf: &str,
+    report: &str,
+    callback_path: Option<&str>,
+    sandbox: bool,
+    counters: &[(&str, u64)],
+) -> Markup {
+    layout(
+        "Setup and health",
+        Some(csrf),
+        Nav::Health,
+        html! {
+            section aria-labelledby="ready-heading" {
+                h2 id="ready-heading" { "Readiness" }
+                @if report.is_empty() { p.ok { "Ready: WeChat answers, the store writes." } }
+                @else { pre.error { (report) } }
+            }
+            section aria-labelledby="cb-heading" {
+                h2 id="cb-heading" { "Callback" }
+                @match callback_path {
+                    Some(path) if sandbox => p { "Sandbox: the embedded emulator calls " code { (path) } " on this service." }
+                    Some(path) => p { "Enter " code { "https://<this service's public host>" (path) } " as the callback URL in the WeCom admin (WeChat Customer Service → API → callback settings). If calls answer errcode 60020, add the service's outbound IP to the trusted IPs." }
+                    None => p { "Callbacks are off (no wechat.callback_token and wechat.encoding_aes_key): only the safety pull runs." }
+                }
+            }
+            section aria-labelledby="c-heading" {
+                h2 id="c-heading" { "Since start" }
+                dl.counters { @for (name, value) in counters { dt { (name) } dd { (value) } } }
+                p.hint { "All series: " a href="/metrics" { "/metrics" } "." }
+            }
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(query_escape("wm_a-1"), "wm_a-1");
+        assert_eq!(query_escape("a b&c"), "a%20b%26c");
+    }
+
+    #[test]
+    fn a_contact_way_link_becomes_an_svg_qr_code() {
+        let svg = qr_svg("https://work.weixin.qq.com/kfid/kfc123").unwrap();
+        assert!(svg.contains("<svg"));
+    }
+
+    #[test]
+    fn content_is_escaped() {
+        let page = message_page("<b>", "<script>alert(1)</script>").into_string();
+        assert!(!page.contains("<script>alert"));
+        assert!(page.contains("&lt;script&gt;"));
+    }
+}

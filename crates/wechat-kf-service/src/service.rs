@@ -238,7 +238,16 @@ impl Service {
         };
         let leader =
             leader::lead(&location, &listener, config.storage.standby_poll, limits).await?;
-        let store = store::open(&location, config.storage.synchronous).await?;
+        let store = store::open(
+            &location,
+            store::OpenOptions {
+                synchronous: config.storage.synchronous,
+                pool_size: config.storage.pool_size,
+            },
+        )
+        .await?;
+        // Before the deliverer scans for what the last leader left (see `Store::fence`).
+        store.fence().await?;
         tracing::info!(backend = store.backend(), "store open");
 
         let metrics = Arc::new(Metrics::new());

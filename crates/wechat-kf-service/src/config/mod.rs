@@ -449,6 +449,10 @@ pub struct StorageConfig {
     #[default(Duration::from_secs(2))]
     #[serde(deserialize_with = "de::duration")]
     pub standby_poll: Duration,
+    /// PostgreSQL: most connections the store opens (its pool); transactions beyond it wait
+    /// for a free connection. Ignored for SQLite.
+    #[default(16)]
+    pub pool_size: usize,
 }
 
 /// Delivery to the bot (`[webhook]`).
@@ -533,6 +537,7 @@ impl Config {
             ("webhook.max_batch", webhook.max_batch as u64),
             ("webhook.concurrency", webhook.concurrency as u64),
             ("media.concurrency", media.concurrency as u64),
+            ("storage.pool_size", self.storage.pool_size as u64),
             ("media.max_bytes", media.max_bytes),
             ("http.max_connections", self.http.max_connections as u64),
             (

@@ -25,7 +25,7 @@ use crate::http::{AppParts, AppState, CallbackSettings, metrics_router, router};
 use crate::leader::{self, LeaderLock};
 use crate::media::MediaFetcher;
 use crate::media_lanes::MediaLanes;
-use crate::metrics::Metrics;
+use crate::metrics::{MeteredBudget, Metrics};
 use crate::puller::{PullContext, Pullers};
 use crate::readiness::{self, Readiness};
 use crate::retry::backoff;
@@ -176,6 +176,10 @@ impl Service {
         if let Some(url) = &base_url {
             builder = builder.base_url(url.clone());
         }
+        // The budget's store (Redis when tokens are shared, this process otherwise), counted
+        // into the metrics.
+        let metrics = Arc::new(Metrics::new());
+        let mut budget_store: Arc<dyn budget::BudgetStore> = Arc::new(budget::MemoryBudget::new());
         if let Some(url) = config
             .wechat
             .token_store
@@ -187,9 +191,14 @@ impl Service {
             builder = builder.token_store(Arc::new(store));
             let budget = RedisBudget::new(url.expose())
                 .map_err(|e| Error::Config(format!("wechat.token_store: {e}")))?;
-            builder = builder.budget_store(Arc::new(budget));
+            budget_store = Arc::new(budget);
             tracing::info!("access tokens and the call budget shared through Redis");
         }
+        builder = builder.budget_store(Arc::new(MeteredBudget::new(
+            budget_store,
+            budget::Limits::new(config.wechat.calls_per_minute, config.wechat.calls_per_hour),
+            metrics.clone(),
+        )));
         let client = builder.build()?;
         let started_at = clock.now();
         let origin = base_url
@@ -250,7 +259,6 @@ impl Service {
         store.fence().await?;
         tracing::info!(backend = store.backend(), "store open");
 
-        let metrics = Arc::new(Metrics::new());
         let media = MediaFetcher::new(client.clone(), &config.media, metrics.clone())
             .await?
             .map(Arc::new);

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{Value, json};
 use wechat_kf_service::Service;
+use wechat_kf_test_support::PgSchema;
 
 /// One measured scenario.
 struct Row {
@@ -31,37 +32,6 @@ struct Row {
     p99: Duration,
     max: Duration,
     pulls: f64,
-}
-
-/// A throwaway PostgreSQL schema; its URL selects it.
-struct Schema {
-    admin: tokio_postgres::Client,
-    name: String,
-    url: String,
-}
-
-impl Schema {
-    async fn create(url: &str) -> Schema {
-        let name = format!("wk_bench_{}", uuid::Uuid::new_v4().simple());
-        let (admin, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        admin
-            .batch_execute(&format!("CREATE SCHEMA {name}"))
-            .await
-            .unwrap();
-        let sep = if url.contains('?') { '&' } else { '?' };
-        let url = format!("{url}{sep}options=-c%20search_path%3D{name}");
-        Schema { admin, name, url }
-    }
-
-    async fn drop(self) {
-        self.admin
-            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.name))
-            .await
-            .unwrap();
-    }
 }
 
 async fn scenario(
@@ -78,7 +48,7 @@ async fn scenario(
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let schema = match database_url {
-        Some(url) => Some(Schema::create(url).await),
+        Some(url) => Some(PgSchema::create_named(url, "wk_bench").await),
         None => None,
     };
     let db = match &schema {

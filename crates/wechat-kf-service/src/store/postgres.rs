@@ -1006,6 +1006,17 @@ impl Store for PostgresStore {
         Box::pin(async move {
             with_client!(self, client, {
                 let tx = client.transaction().await?;
+                let retried: Vec<&str> = outcomes
+                    .iter()
+                    .filter_map(|o| match o {
+                        ReplyOutcome::Retry { lane, .. } => Some(lane.as_str()),
+                        ReplyOutcome::Finished { .. } => None,
+                    })
+                    .collect();
+                if !retried.is_empty() {
+                    // Before pushing their later replies back (see `lock_lanes`).
+                    lock_lanes(&tx, &retried).await?;
+                }
                 for outcome in &outcomes {
                     match outcome {
                         ReplyOutcome::Finished {
@@ -1420,6 +1431,7 @@ async fn insert_replies(
         .collect();
     let mut latest: HashMap<String, i64> = HashMap::with_capacity(lanes.len());
     if !lanes.is_empty() {
+        lock_lanes(tx, &lanes).await?;
         let stmt = tx.prepare_cached(LATEST_PENDING).await?;
         for row in tx.query(&stmt, &[&lanes, &now_ms]).await? {
             latest.insert(row.get(0), row.get(1));
@@ -1485,6 +1497,23 @@ async fn insert_replies(
     .await?;
     Ok(())
 }
+
+/// Serializes the reply writes of these lanes until the transaction ends: a new reply reads
+/// its lane's pending ones (it must not overtake them) while a retry pushes the lane's later ones
+/// back, and with concurrent transactions neither would see the other's uncommitted row.
+/// Locks are taken in one order (by hash) so that two transactions cannot wait for each other.
+async fn lock_lanes(tx: &Transaction<'_>, lanes: &[&str]) -> Result<(), Error> {
+    let stmt = tx.prepare_cached(LOCK_LANES).await?;
+    tx.execute(&stmt, &[&LANE_CLASS, &lanes]).await?;
+    Ok(())
+}
+
+/// The advisory lock class of reply lanes ([`lock_lanes`]).
+const LANE_CLASS: i32 = 7_428_104;
+
+/// Locks lanes in hash order (the subquery's order is kept by `OFFSET 0`): $1 class, $2 lanes.
+const LOCK_LANES: &str = "SELECT pg_advisory_xact_lock($1, h) FROM (SELECT DISTINCT hashtext(l) AS h \
+     FROM UNNEST($2::text[]) AS u(l) ORDER BY h OFFSET 0) AS s";
 
 /// The latest due time of each lane's pending replies not yet due: $1 lanes, $2 now.
 const LATEST_PENDING: &str = "SELECT lane, MAX(next_attempt_at) FROM replies \

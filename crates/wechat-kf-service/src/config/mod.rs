@@ -444,8 +444,10 @@ pub struct StorageConfig {
     #[default(Duration::from_secs(7 * 24 * 3600))]
     #[serde(deserialize_with = "de::duration")]
     pub retention: Duration,
-    /// How often a standby instance (a second one on the same store) tries to take over from
-    /// the leader (see [`leader`](crate::leader)).
+    /// A standby instance (a second one on the same store): on SQLite how often it tries the
+    /// lock file; on PostgreSQL how long each of its waits for the lock lasts before it is asked
+    /// again on the same connection (it is granted the moment the leader releases it). See
+    /// [`leader`](crate::leader).
     #[default(Duration::from_secs(2))]
     #[serde(deserialize_with = "de::duration")]
     pub standby_poll: Duration,

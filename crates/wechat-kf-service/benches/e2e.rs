@@ -15,29 +15,20 @@
 //!    bench's `deps/` directory), it runs as a child process against the in-process emulator and
 //!    sink: its VmRSS at rest and its peak while the same messages are injected live.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::State;
-use axum::routing::post;
-use bytes::Bytes;
-use serde_json::{Value, json};
+use common::*;
 use wechat_kf::client::Client;
 use wechat_kf::client::messages::SyncMsgRequest;
 use wechat_kf::crypto::CallbackCrypto;
-use wechat_kf_emulator::{Emulator, RunningEmulator};
+use wechat_kf_emulator::RunningEmulator;
 use wechat_kf_service::Service;
-use wechat_kf_service::config::{Config, Secret};
+use wechat_kf_service::config::Config;
 use wechat_kf_test_support::{Spawned, Stream};
-
-fn env_usize(key: &str, default: usize) -> usize {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn rss_kb() -> u64 {
     rss_of("self")
@@ -52,87 +43,6 @@ fn rss_of(pid: &str) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
-}
-
-/// A webhook that parses each body (as a bot would) and counts messages.
-#[derive(Default)]
-struct Sink {
-    messages: AtomicU64,
-    requests: AtomicU64,
-}
-
-async fn hook(State(sink): State<Arc<Sink>>, body: Bytes) -> &'static str {
-    #[derive(serde::Deserialize)]
-    struct Body<'a> {
-        #[serde(borrow)]
-        messages: Vec<&'a serde_json::value::RawValue>,
-    }
-    if let Ok(parsed) = serde_json::from_slice::<Body<'_>>(&body) {
-        sink.messages
-            .fetch_add(parsed.messages.len() as u64, Ordering::Relaxed);
-    }
-    sink.requests.fetch_add(1, Ordering::Relaxed);
-    "{}"
-}
-
-async fn start_sink() -> (String, Arc<Sink>) {
-    let sink = Arc::new(Sink::default());
-    let app = Router::new()
-        .route("/hook", post(hook))
-        .with_state(sink.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, sink)
-}
-
-async fn emulator() -> RunningEmulator {
-    let mut config = wechat_kf_emulator::Config::generated();
-    config.disable_rate_limits();
-    config.max_outbox = 1000;
-    Emulator::start(config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
-}
-
-/// Injects `n` texts spread over customers and accounts; returns the accounts.
-fn inject(emu: &RunningEmulator, accounts: &[String], customers: usize, n: usize) {
-    let mut sent = 0;
-    while sent < n {
-        let batch: Vec<Value> = (sent..(sent + 10_000).min(n))
-            .map(|i| {
-                let customer = i % customers;
-                json!({"open_kfid": accounts[customer % accounts.len()],
-                       "external_userid": format!("wmBench{customer}"),
-                       "msgtype": "text", "text": {"content": format!("benchmark message {i}")}})
-            })
-            .collect();
-        sent += batch.len();
-        emu.emulator().customer_send(Value::Array(batch)).unwrap();
-    }
-}
-
-fn service_config(emu: &RunningEmulator, db: &std::path::Path, webhook: &str) -> Config {
-    let e = emu.emulator().config();
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Config::default()
-    };
-    config.wechat.corp_id = e.corp_id.clone();
-    config.wechat.secret = Some(Secret::new(e.secret.clone()));
-    config.wechat.callback_token = Some(Secret::new(e.callback_token.clone()));
-    config.wechat.encoding_aes_key = Some(Secret::new(e.encoding_aes_key.clone()));
-    config.wechat.base_url = Some(emu.base_url());
-    config.pull.safety_interval = Duration::ZERO;
-    // The messages wait in the emulator before the start: deliver them all.
-    config.pull.first_start = wechat_kf_service::config::FirstStart::Replay;
-    config.storage.db = Some(db.to_str().unwrap().to_owned());
-    if std::env::var("E2E_SYNCHRONOUS").as_deref() == Ok("full") {
-        config.storage.synchronous = wechat_kf_service::store::Synchronous::Full;
-    }
-    config.webhook.url = Some(webhook.to_owned());
-    config.webhook.secret = Some(Secret::new("bench"));
-    config
 }
 
 /// The floor: pull pages and POST them to the sink in batches, storing nothing.
@@ -186,14 +96,6 @@ async fn baseline(emu: &RunningEmulator, accounts: &[String], webhook: &str, bat
         total += task.await.unwrap();
     }
     total
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
 }
 
 /// `requests` requests from `concurrency` clients; returns (requests/s, sorted latencies).
@@ -281,9 +183,13 @@ async fn main() {
     };
     eprintln!("service: draining the backlog");
     let t = Instant::now();
-    let running = Service::start(service_config(&emu, &dir.path().join("bench.db"), &webhook))
-        .await
-        .unwrap();
+    let running = Service::start(service_config(
+        &emu,
+        dir.path().join("bench.db").to_str().unwrap(),
+        &webhook,
+    ))
+    .await
+    .unwrap();
     while (sink.messages.load(Ordering::Relaxed) as usize) < messages {
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert!(
@@ -373,7 +279,6 @@ async fn main() {
     eprintln!("child process: starting");
     let child = child_process(messages, customers, account_count, &webhook, &sink).await;
 
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!();
     println!("| Measure | Value | Baseline (same run) | Ratio |");
     println!("|---|---:|---:|---:|");

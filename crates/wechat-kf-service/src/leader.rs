@@ -1,15 +1,18 @@
 //! Several instances on one store: one leads, the others stand by.
 //!
 //! The pipeline (pullers, deliverer, reply sender) relies on being the only writer of its store:
-//! `seq` must grow in commit order and a message must have one deliverer. So of the instances
+//! an account must have one puller and a message one deliverer. So of the instances
 //! sharing a database, exactly one runs it: the holder of its lock — on PostgreSQL a
 //! session-level advisory lock (per schema) on a connection of its own, on SQLite an exclusive
 //! `flock` on `<file>.lock` beside the database. The others answer `/healthz` with 200 and
 //! everything else, `/readyz` included, with 503 (so a load balancer sends callbacks and
-//! reply-API calls to the leader), and try the lock again every `storage.standby_poll`. When the
-//! leader stops or dies (or its PostgreSQL lock connection does), the lock is released and a
-//! standby takes over, resuming from the committed cursors and deliveries exactly as a restart
-//! would. An in-memory SQLite database (`:memory:`) belongs to its process and needs no lock.
+//! reply-API calls to the leader). On PostgreSQL a standby waits for the lock on one connection
+//! of its own (the server grants it the moment the leader's lock connection ends); on SQLite it
+//! tries the lock file every `storage.standby_poll`. When the leader stops or dies (or its
+//! PostgreSQL lock connection does), the lock is released and a standby takes over, resuming
+//! from the committed cursors and deliveries exactly as a restart would (after fencing the
+//! store, see `Store::fence`, so that a page commit the old leader still had in flight is not
+//! missed). An in-memory SQLite database (`:memory:`) belongs to its process and needs no lock.
 
 use std::io::{Read, Seek, Write};
 use std::net::TcpListener;
@@ -22,6 +25,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::sync::watch;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
@@ -117,40 +121,19 @@ impl LeaderLock {
     /// Takes the lock for the database (and `search_path` schema) of `url` if no other
     /// instance holds it.
     pub async fn try_acquire(url: &str) -> Result<Option<LeaderLock>, Error> {
-        let (client, connection) = tokio_postgres::connect(url, NoTls)
-            .await
-            .map_err(|e| connect_error(url, &e))?;
-        let (lost_tx, lost) = watch::channel(false);
-        let lost_tx = Arc::new(lost_tx);
-        let on_close = lost_tx.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::error!(error = %e, "PostgreSQL leader-lock connection closed");
-            }
-            let _ = on_close.send(true);
-        });
-        let row = client
-            .query_one(
-                "SELECT pg_try_advisory_lock($1, hashtext(current_schema())), pg_backend_pid()",
-                &[&LOCK_CLASS],
-            )
-            .await?;
-        // NULL when no schema of the search_path exists (current_schema() is NULL).
-        match row.try_get::<_, Option<bool>>(0)? {
-            Some(true) => {}
-            Some(false) => return Ok(None),
-            None => {
-                return Err(Error::Config(
-                    "PostgreSQL: no schema of the connection's search_path exists; create it \
-                     or fix the URL's search_path option"
-                        .into(),
-                ));
-            }
-        }
-        let pid: i32 = row.get(1);
+        let connection = LockConnection::open(url).await?;
+        Ok(connection.take(None).await?.ok())
+    }
+
+    /// Leads with the lock `connection` now holds (backend `pid`).
+    fn held_on(connection: LockConnection, pid: i32) -> LeaderLock {
+        let LockConnection {
+            client,
+            lost,
+            lost_tx,
+        } = connection;
         // A half-open connection (network partition) would not end the connection task for a
         // long time; a failing query notices within a heartbeat.
-        let client = Arc::new(client);
         let probe = client.clone();
         let heartbeat = tokio::spawn(async move {
             loop {
@@ -162,14 +145,14 @@ impl LeaderLock {
                 }
             }
         });
-        Ok(Some(LeaderLock {
+        LeaderLock {
             held: Held::Postgres {
                 client,
                 pid,
                 lost,
                 heartbeat,
             },
-        }))
+        }
     }
 
     /// The PostgreSQL backend process holding the lock (`pg_terminate_backend(pid)` hands the
@@ -204,6 +187,96 @@ impl LeaderLock {
             Held::Postgres { client, lost, .. } => !*lost.borrow() && !client.is_closed(),
             Held::File { .. } => true,
         }
+    }
+}
+
+/// A connection on which the PostgreSQL leader lock is asked for. A standby keeps one while it
+/// waits (a new connection per attempt would cost the server a backend each time), and it
+/// becomes the leader's lock connection once the lock is granted.
+struct LockConnection {
+    client: Arc<Client>,
+    lost: watch::Receiver<bool>,
+    lost_tx: Arc<watch::Sender<bool>>,
+}
+
+impl LockConnection {
+    async fn open(url: &str) -> Result<LockConnection, Error> {
+        let (client, connection) = tokio_postgres::connect(url, NoTls)
+            .await
+            .map_err(|e| connect_error(url, &e))?;
+        let (lost_tx, lost) = watch::channel(false);
+        let lost_tx = Arc::new(lost_tx);
+        let on_close = lost_tx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::error!(error = %e, "PostgreSQL leader-lock connection closed");
+            }
+            let _ = on_close.send(true);
+        });
+        Ok(LockConnection {
+            client: Arc::new(client),
+            lost,
+            lost_tx,
+        })
+    }
+
+    /// Asks for the lock: at once (`wait` `None`), or waiting up to `wait` for the leader to
+    /// release it, so that a standby takes over the moment the leader's lock connection ends
+    /// rather than at its next poll. Gives the connection back when the lock is held by
+    /// another instance.
+    async fn take(self, wait: Option<Duration>) -> Result<Result<LeaderLock, Self>, Error> {
+        let row = self
+            .client
+            .query_one("SELECT current_schema() IS NOT NULL, pg_backend_pid()", &[])
+            .await?;
+        // False when no schema of the search_path exists (current_schema() is NULL, and the
+        // lock functions would answer NULL without locking).
+        if !row.get::<_, bool>(0) {
+            return Err(Error::Config(
+                "PostgreSQL: no schema of the connection's search_path exists; create it \
+                 or fix the URL's search_path option"
+                    .into(),
+            ));
+        }
+        let pid: i32 = row.get(1);
+        let granted = match wait {
+            None => self
+                .client
+                .query_one(
+                    "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))",
+                    &[&LOCK_CLASS],
+                )
+                .await?
+                .get::<_, bool>(0),
+            Some(wait) => {
+                // The server bounds the wait (a client-side timeout would leave the request
+                // queued, and a lock granted to nobody who knows).
+                let ms = wait.as_millis().clamp(1, i32::MAX as u128);
+                self.client
+                    .batch_execute(&format!("SET lock_timeout = {ms}"))
+                    .await?;
+                let result = self
+                    .client
+                    .execute(
+                        "SELECT pg_advisory_lock($1, hashtext(current_schema()))",
+                        &[&LOCK_CLASS],
+                    )
+                    .await;
+                match result {
+                    Ok(_) => {
+                        self.client.batch_execute("SET lock_timeout = 0").await?;
+                        true
+                    }
+                    Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => false,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        Ok(if granted {
+            Ok(LeaderLock::held_on(self, pid))
+        } else {
+            Err(self)
+        })
     }
 }
 
@@ -298,20 +371,62 @@ pub(crate) async fn lead(
         stop.child_token(),
     ));
     let stop = stop.drop_guard();
-    let lock = loop {
-        tokio::time::sleep(poll).await;
-        // Bounded: an unreachable database must not stall the polling.
-        match tokio::time::timeout(POLL_TIMEOUT, try_acquire(location, kind)).await {
-            Ok(Ok(Some(lock))) => break lock,
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "standby: cannot try the leader lock"),
-            Err(_) => tracing::warn!("standby: trying the leader lock timed out"),
-        }
+    let lock = match kind {
+        Lock::Advisory => wait_for_advisory(location, poll).await,
+        _ => loop {
+            tokio::time::sleep(poll).await;
+            // Bounded: an unreachable database must not stall the polling.
+            match tokio::time::timeout(POLL_TIMEOUT, try_acquire(location, kind)).await {
+                Ok(Ok(Some(lock))) => break lock,
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "standby: cannot try the leader lock"),
+                Err(_) => tracing::warn!("standby: trying the leader lock timed out"),
+            }
+        },
     };
     drop(stop);
     let _ = server.await;
     tracing::info!("this instance now leads the database");
     Ok(Some(lock))
+}
+
+/// A PostgreSQL standby's wait: on one connection, kept while it works, the lock is asked for
+/// with waits of `poll` (the server queues the request, so the lock passes to this instance the
+/// moment the leader's connection ends); a broken connection is replaced after a pause of `poll`.
+async fn wait_for_advisory(url: &str, poll: Duration) -> LeaderLock {
+    let mut connection: Option<LockConnection> = None;
+    loop {
+        let open = match connection.take() {
+            Some(open) if !open.client.is_closed() => open,
+            _ => match tokio::time::timeout(POLL_TIMEOUT, LockConnection::open(url)).await {
+                Ok(Ok(open)) => open,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "standby: cannot connect to try the leader lock");
+                    tokio::time::sleep(poll).await;
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!("standby: connecting to try the leader lock timed out");
+                    tokio::time::sleep(poll).await;
+                    continue;
+                }
+            },
+        };
+        // Bounded on this side too: a half-open connection must not stall the standby. Dropping
+        // the connection then releases whatever the server granted it.
+        match tokio::time::timeout(poll + POLL_TIMEOUT, open.take(Some(poll))).await {
+            Ok(Ok(Ok(lock))) => return lock,
+            Ok(Ok(Err(open))) => connection = Some(open),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "standby: cannot try the leader lock");
+                tokio::time::sleep(poll).await;
+            }
+            Err(_) => {
+                tracing::warn!("standby: trying the leader lock timed out");
+                tokio::time::sleep(poll).await;
+            }
+        }
+    }
 }
 
 /// What a standby answers: alive, not ready, nothing else.

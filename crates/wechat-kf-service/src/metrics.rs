@@ -5,11 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use wechat_kf::OpenKfId;
+use wechat_kf::client::budget::{Admission, BudgetStore, Limits};
 
 /// Upper bounds (seconds) of the delivery-lag histogram buckets.
 const LAG_BUCKETS: [f64; 14] = [
@@ -157,6 +159,90 @@ pub struct Metrics {
     lag_count: AtomicU64,
     lag_sum_micros: AtomicU64,
     errcodes: Mutex<BTreeMap<(&'static str, i64), u64>>,
+    budget: BudgetUse,
+}
+
+/// The call budget's use by this instance, per corp and API (see [`MeteredBudget`]).
+#[derive(Debug, Default)]
+struct BudgetUse {
+    calls: Family,
+    waits: Family,
+    blocks: Family,
+    /// The budget, for what remains of it.
+    limits: Mutex<Option<Limits>>,
+    /// (corp, api) → this instance's calls in the minute and the hour they were counted in.
+    windows: Mutex<BTreeMap<(String, String), Windows>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Windows {
+    minute: u64,
+    in_minute: u64,
+    hour: u64,
+    in_hour: u64,
+}
+
+const BUDGET_MINUTE_MS: u64 = 60_000;
+const BUDGET_HOUR_MS: u64 = 3_600_000;
+
+/// `<corp_id>:<api>`, the budget store's key, as labels.
+fn corp_and_api(key: &str) -> (&str, &str) {
+    key.split_once(':').unwrap_or(("", key))
+}
+
+/// A [`BudgetStore`] that counts what passes through it into [`Metrics`]: calls admitted,
+/// waits, 45009 blocks, and the budget left in the current windows. The store it wraps keeps
+/// deciding (shared through Redis or not); the counts are this instance's own.
+#[derive(Debug)]
+pub(crate) struct MeteredBudget {
+    inner: Arc<dyn BudgetStore>,
+    metrics: Arc<Metrics>,
+}
+
+impl MeteredBudget {
+    /// Counts the use of `inner`'s budget of `limits` into `metrics`.
+    pub(crate) fn new(inner: Arc<dyn BudgetStore>, limits: Limits, metrics: Arc<Metrics>) -> Self {
+        *metrics
+            .budget
+            .limits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(limits);
+        MeteredBudget { inner, metrics }
+    }
+}
+
+impl BudgetStore for MeteredBudget {
+    fn admit<'a>(
+        &'a self,
+        key: &'a str,
+        limits: Limits,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Admission, wechat_kf::client::Error>> {
+        Box::pin(async move {
+            let admission = self.inner.admit(key, limits, now_ms).await;
+            let (corp, api) = corp_and_api(key);
+            match &admission {
+                Ok(Admission::Go) => self.metrics.budget_call(corp, api, now_ms),
+                Ok(Admission::Wait(_)) => self.metrics.budget.waits.add(&labels(corp, api), 1),
+                Err(_) => {}
+            }
+            admission
+        })
+    }
+
+    fn block<'a>(
+        &'a self,
+        key: &'a str,
+        until_ms: u64,
+    ) -> BoxFuture<'a, Result<(), wechat_kf::client::Error>> {
+        let (corp, api) = corp_and_api(key);
+        self.metrics.budget.blocks.add(&labels(corp, api), 1);
+        self.inner.block(key, until_ms)
+    }
+}
+
+fn labels<'a>(corp: &'a str, api: &'a str) -> [(&'static str, &'a str); 2] {
+    [("corp", corp), ("api", api)]
 }
 
 impl Metrics {
@@ -285,6 +371,85 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(bytes);
     }
 
+    /// Counts a call the budget admitted at `now_ms`.
+    fn budget_call(&self, corp: &str, api: &str, now_ms: u64) {
+        self.budget.calls.add(&labels(corp, api), 1);
+        let mut windows = self
+            .budget
+            .windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let w = windows
+            .entry((corp.to_owned(), api.to_owned()))
+            .or_default();
+        let (minute, hour) = (now_ms / BUDGET_MINUTE_MS, now_ms / BUDGET_HOUR_MS);
+        if w.minute != minute {
+            (w.minute, w.in_minute) = (minute, 0);
+        }
+        if w.hour != hour {
+            (w.hour, w.in_hour) = (hour, 0);
+        }
+        w.in_minute += 1;
+        w.in_hour += 1;
+    }
+
+    /// The budget left to this instance in the windows of `now_ms`, per corp and API.
+    fn render_budget(&self, out: &mut String, now_ms: u64) {
+        self.budget.calls.render(
+            out,
+            "wechat_kf_budget_calls_total",
+            "WeChat API calls admitted by the call budget, by corp and API.",
+        );
+        self.budget.waits.render(
+            out,
+            "wechat_kf_budget_waits_total",
+            "Calls that had to wait for the call budget, by corp and API.",
+        );
+        self.budget.blocks.render(
+            out,
+            "wechat_kf_budget_blocks_total",
+            "45009 answers (the API blocked for wechat.rate_limit_block), by corp and API.",
+        );
+        let limits = *self.budget.limits.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(limits) = limits else { return };
+        out.push_str(
+            "# HELP wechat_kf_budget_remaining Calls left in the current clock minute and hour \
+             after this instance's calls, by corp and API.\n# TYPE wechat_kf_budget_remaining gauge\n",
+        );
+        let (minute, hour) = (now_ms / BUDGET_MINUTE_MS, now_ms / BUDGET_HOUR_MS);
+        let windows = self
+            .budget
+            .windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for ((corp, api), w) in windows.iter() {
+            let used = [
+                (
+                    "minute",
+                    limits.per_minute,
+                    (w.minute == minute).then_some(w.in_minute),
+                ),
+                (
+                    "hour",
+                    limits.per_hour,
+                    (w.hour == hour).then_some(w.in_hour),
+                ),
+            ];
+            for (window, limit, used) in used {
+                if limit == 0 {
+                    continue;
+                }
+                let left = u64::from(limit).saturating_sub(used.unwrap_or(0));
+                let _ = writeln!(
+                    out,
+                    "wechat_kf_budget_remaining{{corp=\"{}\",api=\"{}\",window=\"{window}\"}} {left}",
+                    escape_label(corp),
+                    escape_label(api)
+                );
+            }
+        }
+    }
+
     /// Adds `n` to a counter (shorthand).
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
@@ -292,6 +457,14 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.render_at(now_ms)
+    }
+
+    /// [`render`](Self::render) with the budget's windows at `now_ms`.
+    fn render_at(&self, now_ms: u64) -> String {
         let mut out = String::with_capacity(4096);
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         out.push_str("# HELP wechat_kf_callbacks_total Callback requests by result.\n");
@@ -526,6 +699,8 @@ impl Metrics {
                 "wechat_kf_api_errcodes_total{{endpoint=\"{endpoint}\",errcode=\"{code}\"}} {n}"
             );
         }
+        drop(map);
+        self.render_budget(&mut out, now_ms);
         out
     }
 }
@@ -552,6 +727,44 @@ fn parse_children_cpu(stat: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_call_budget_is_counted_per_corp_and_api() {
+        use wechat_kf::client::budget::MemoryBudget;
+        let metrics = Arc::new(Metrics::new());
+        let budget = MeteredBudget::new(
+            Arc::new(MemoryBudget::new()),
+            Limits::new(2, 100),
+            metrics.clone(),
+        );
+        let now = 1_765_000_020_000; // 20 s into a minute
+        let limits = Limits::new(2, 100);
+        for _ in 0..3 {
+            budget.admit("ww1:kf/sync_msg", limits, now).await.unwrap();
+        }
+        budget.admit("ww1:kf/send_msg", limits, now).await.unwrap();
+        budget.block("ww1:kf/send_msg", now + 60_000).await.unwrap();
+        let text = metrics.render_at(now);
+        for line in [
+            "wechat_kf_budget_calls_total{corp=\"ww1\",api=\"kf/sync_msg\"} 2",
+            "wechat_kf_budget_calls_total{corp=\"ww1\",api=\"kf/send_msg\"} 1",
+            "wechat_kf_budget_waits_total{corp=\"ww1\",api=\"kf/sync_msg\"} 1",
+            "wechat_kf_budget_blocks_total{corp=\"ww1\",api=\"kf/send_msg\"} 1",
+            "wechat_kf_budget_remaining{corp=\"ww1\",api=\"kf/sync_msg\",window=\"minute\"} 0",
+            "wechat_kf_budget_remaining{corp=\"ww1\",api=\"kf/sync_msg\",window=\"hour\"} 98",
+            "wechat_kf_budget_remaining{corp=\"ww1\",api=\"kf/send_msg\",window=\"minute\"} 1",
+        ] {
+            assert!(
+                text.contains(&format!("\n{line}\n")),
+                "{line} missing from\n{text}"
+            );
+        }
+        // A new minute: the minute's budget is whole again for this instance.
+        let later = metrics.render_at(now + 60_000);
+        assert!(later.contains(
+            "wechat_kf_budget_remaining{corp=\"ww1\",api=\"kf/sync_msg\",window=\"minute\"} 2\n"
+        ));
+    }
 
     #[test]
     fn the_converters_cpu_time_is_read_after_the_command_name() {

@@ -26,7 +26,7 @@
 //! first-start catch-up (also after WeChat rejects a cursor), retries with backoff, metrics.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -61,6 +61,9 @@ pub struct Slot {
     notify: Notify,
     token: Mutex<Option<(String, SystemTime)>>,
     wakes: AtomicU64,
+    /// When the account was last woken or a pull stored something (service clock, unix ms):
+    /// how long its safety pulls may stretch.
+    last_activity: AtomicI64,
 }
 
 impl Slot {
@@ -82,6 +85,10 @@ impl Slot {
     /// library puller's decision.
     fn latest_token(&self) -> Option<(String, SystemTime)> {
         self.token.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn active(&self, now_ms: i64) {
+        self.last_activity.store(now_ms, Ordering::Relaxed);
     }
 
     fn forget_token(&self, token: &str) {
@@ -152,6 +159,49 @@ impl Tokenless {
             self.rejected_at = Some(now_ms);
         }
     }
+}
+
+/// When an account's next safety pull is due, from `now_ms`: a pure function of the account,
+/// the time and its last activity (a callback, or a pull that stored something), so that it is
+/// tested with a clock.
+///
+/// * **Spread**: each account has a fixed phase in the period (a hash of its id), and pulls at
+///   that phase of each period, so N accounts pull evenly over the interval instead of in
+///   bursts (random jitter only blurs the bursts of accounts started together). The next slot is
+///   at least half a period away, so an account left alone pulls exactly once a period.
+/// * **Stretched when idle**: an account idle for 30 intervals (an hour at the default 2
+///   minutes) pulls half as often, after 180 (6 hours) a quarter, after 720 (a day) an eighth:
+///   safety pulls of a thousand idle accounts stay a small share of the call budget. A callback
+///   for it makes it active again at once.
+pub(crate) fn safety_pull_delay(
+    open_kfid: &str,
+    interval: Duration,
+    now_ms: i64,
+    last_activity_ms: i64,
+) -> Duration {
+    let interval_ms = interval.as_millis().min(i64::MAX as u128 / 16) as i64;
+    if interval_ms <= 0 {
+        return Duration::MAX;
+    }
+    let idle = now_ms.saturating_sub(last_activity_ms).max(0) / interval_ms;
+    let stretch = match idle {
+        0..30 => 1,
+        30..180 => 2,
+        180..720 => 4,
+        _ => 8,
+    };
+    let period = interval_ms * stretch;
+    // FNV-1a: stable across runs and versions (the phase must not move with a restart).
+    let hash = open_kfid.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let phase = (hash % period as u64) as i64;
+    let earliest = now_ms.saturating_add(period / 2);
+    // The first `phase + k·period` at or after `earliest`.
+    let k = (earliest - phase).div_euclid(period)
+        + i64::from((earliest - phase).rem_euclid(period) != 0);
+    let due = phase + k * period;
+    Duration::from_millis((due - now_ms).max(0) as u64)
 }
 
 /// A catch-up in progress: pulling without a cursor to the backlog's end.
@@ -409,14 +459,19 @@ async fn run(
     });
     let mut announced = false;
     let mut tokenless = Tokenless::default();
+    slot.active(ctx.clock.local_ms());
     loop {
         let safety = match ctx.config.safety_interval {
             Duration::ZERO => Duration::from_secs(365 * 24 * 3600),
-            // ±10 % so that many accounts do not pull in lockstep.
-            interval => interval.mul_f64(0.9 + 0.2 * jitter()),
+            interval => safety_pull_delay(
+                open_kfid.as_str(),
+                interval,
+                ctx.clock.local_ms(),
+                slot.last_activity.load(Ordering::Relaxed),
+            ),
         };
         tokio::select! {
-            _ = slot.notify.notified() => {}
+            _ = slot.notify.notified() => slot.active(ctx.clock.local_ms()),
             _ = tokio::time::sleep(safety) => {}
             _ = shutdown.cancelled() => return,
         }
@@ -825,6 +880,9 @@ async fn pull_round(
         }
         stored_total += outcome.stored.len();
         duplicates_total += outcome.duplicates;
+        if !outcome.stored.is_empty() {
+            slot.active(ctx.clock.local_ms());
+        }
         let handed_over = async {
             match &ctx.media {
                 Some(lanes) => lanes.hand_over(open_kfid, outcome.stored).await,
@@ -956,6 +1014,7 @@ fn from_invalid(item: InvalidItem) -> NewMessage {
 
 #[cfg(test)]
 mod tests {
+    use super::safety_pull_delay;
     use super::*;
     use wechat_kf::message::SyncMsgResponse;
 
@@ -1052,5 +1111,64 @@ mod tests {
         pullers.wake(&"wkA".into(), Some("T".into()));
         let slot = pullers.slot("wkA").unwrap();
         assert_eq!(slot.latest_token(), Some(("T".to_owned(), arrived)));
+    }
+
+    const INTERVAL: std::time::Duration = std::time::Duration::from_secs(120);
+    const NOW: i64 = 1_765_000_000_000;
+
+    #[test]
+    fn safety_pulls_of_many_accounts_spread_evenly_over_the_interval() {
+        let period = INTERVAL.as_millis() as i64;
+        let mut buckets = [0u32; 10];
+        for i in 0..1000 {
+            let delay = safety_pull_delay(&format!("wk{i:04}"), INTERVAL, NOW, NOW);
+            let delay = delay.as_millis() as i64;
+            assert!((period / 2..period * 3 / 2).contains(&delay), "{delay}");
+            let at = (NOW + delay).rem_euclid(period);
+            buckets[(at * 10 / period) as usize] += 1;
+        }
+        // 100 expected per tenth of the interval; random jitter from one start would put them
+        // all in one or two tenths.
+        assert!(
+            buckets.iter().all(|&n| (60..=140).contains(&n)),
+            "{buckets:?}"
+        );
+    }
+
+    #[test]
+    fn an_account_left_alone_is_pulled_once_per_interval_at_its_own_phase() {
+        let mut now = NOW;
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            now += safety_pull_delay("wkA", INTERVAL, now, NOW).as_millis() as i64;
+            times.push(now);
+        }
+        let gaps: Vec<i64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(gaps, vec![120_000; 4]);
+        // The same account from another start time lands on the same phase.
+        let other = NOW + 7_777;
+        let next = other + safety_pull_delay("wkA", INTERVAL, other, other).as_millis() as i64;
+        assert_eq!((next - times[0]).rem_euclid(120_000), 0);
+    }
+
+    #[test]
+    fn idle_accounts_are_pulled_less_often_and_a_callback_restores_the_interval() {
+        let gap = |idle_ms: i64| {
+            let mut now = NOW;
+            let first =
+                now + safety_pull_delay("wkIdle", INTERVAL, now, now - idle_ms).as_millis() as i64;
+            now = first;
+            let second =
+                now + safety_pull_delay("wkIdle", INTERVAL, now, NOW - idle_ms).as_millis() as i64;
+            second - first
+        };
+        let hour = 3_600_000;
+        assert_eq!(gap(0), 120_000);
+        assert_eq!(gap(2 * hour), 240_000);
+        assert_eq!(gap(12 * hour), 480_000);
+        assert_eq!(gap(72 * hour), 960_000);
+        // Active again (a callback just now): back to the interval.
+        let woken = safety_pull_delay("wkIdle", INTERVAL, NOW, NOW);
+        assert!(woken <= INTERVAL * 3 / 2);
     }
 }

@@ -27,7 +27,7 @@ use crate::idle::IdleRule;
 use crate::leader::{self, LeaderLock};
 use crate::media::MediaFetcher;
 use crate::media_lanes::{Handover, MediaLanes};
-use crate::metrics::Metrics;
+use crate::metrics::{MeteredBudget, Metrics};
 use crate::notify::Notifier;
 use crate::puller::{PullContext, Pullers};
 use crate::readiness::{self, Readiness};
@@ -179,6 +179,10 @@ impl Service {
         if let Some(url) = &base_url {
             builder = builder.base_url(url.clone());
         }
+        // The budget's store (Redis when tokens are shared, this process otherwise), counted
+        // into the metrics.
+        let metrics = Arc::new(Metrics::new());
+        let mut budget_store: Arc<dyn budget::BudgetStore> = Arc::new(budget::MemoryBudget::new());
         if let Some(url) = config
             .wechat
             .token_store
@@ -190,9 +194,14 @@ impl Service {
             builder = builder.token_store(Arc::new(store));
             let budget = RedisBudget::new(url.expose())
                 .map_err(|e| Error::Config(format!("wechat.token_store: {e}")))?;
-            builder = builder.budget_store(Arc::new(budget));
+            budget_store = Arc::new(budget);
             tracing::info!("access tokens and the call budget shared through Redis");
         }
+        builder = builder.budget_store(Arc::new(MeteredBudget::new(
+            budget_store,
+            budget::Limits::new(config.wechat.calls_per_minute, config.wechat.calls_per_hour),
+            metrics.clone(),
+        )));
         let client = builder.build()?;
         let started_at = clock.now();
         let origin = base_url
@@ -241,10 +250,18 @@ impl Service {
         };
         let leader =
             leader::lead(&location, &listener, config.storage.standby_poll, limits).await?;
-        let store = store::open(&location, config.storage.synchronous).await?;
+        let store = store::open(
+            &location,
+            store::OpenOptions {
+                synchronous: config.storage.synchronous,
+                pool_size: config.storage.pool_size,
+            },
+        )
+        .await?;
+        // Before the deliverer scans for what the last leader left (see `Store::fence`).
+        store.fence().await?;
         tracing::info!(backend = store.backend(), "store open");
 
-        let metrics = Arc::new(Metrics::new());
         let media = MediaFetcher::new(client.clone(), &config.media, metrics.clone())
             .await?
             .map(Arc::new);

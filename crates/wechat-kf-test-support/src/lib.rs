@@ -14,6 +14,8 @@
 //!   piped, drains both pipes in the background so the child never blocks on a full pipe, and
 //!   waits for a line, such as the one naming the address it listens on (tests pass
 //!   `--listen 127.0.0.1:0`).
+//! - **A PostgreSQL schema of its own** ([`PgSchema`]): created for one test (or bench) in the
+//!   database of `DATABASE_URL`, selected through the URL, dropped at the end.
 //! - **Waiting** ([`wait_for`]): polls a condition until a deadline instead of sleeping a fixed
 //!   time.
 //!
@@ -23,12 +25,14 @@
 
 mod emulator;
 mod net;
+mod pg;
 mod process;
 mod skip;
 mod wait;
 
 pub use emulator::TestEmulator;
 pub use net::{ClosedPort, serve};
+pub use pg::PgSchema;
 pub use process::{Spawned, Stream};
 pub use skip::{ci, require, require_command, require_env, require_path};
 pub use wait::wait_for;

@@ -707,11 +707,17 @@ pub struct StorageConfig {
     #[default(Duration::from_secs(7 * 24 * 3600))]
     #[serde(deserialize_with = "de::duration")]
     pub retention: Duration,
-    /// How often a standby instance (a second one on the same store) tries to take over from
-    /// the leader (see [`leader`](crate::leader)).
+    /// A standby instance (a second one on the same store): on SQLite how often it tries the
+    /// lock file; on PostgreSQL how long each of its waits for the lock lasts before it is asked
+    /// again on the same connection (it is granted the moment the leader releases it). See
+    /// [`leader`](crate::leader).
     #[default(Duration::from_secs(2))]
     #[serde(deserialize_with = "de::duration")]
     pub standby_poll: Duration,
+    /// PostgreSQL: most connections the store opens (its pool); transactions beyond it wait
+    /// for a free connection. Ignored for SQLite.
+    #[default(16)]
+    pub pool_size: usize,
 }
 
 /// Delivery to the bot (`[webhook]`).
@@ -809,6 +815,7 @@ impl Config {
             ("webhook.max_batch", webhook.max_batch as u64),
             ("webhook.concurrency", webhook.concurrency as u64),
             ("media.concurrency", media.concurrency as u64),
+            ("storage.pool_size", self.storage.pool_size as u64),
             ("media.max_bytes", media.max_bytes),
             ("http.max_connections", self.http.max_connections as u64),
             (

@@ -817,6 +817,12 @@ pub trait Store: Send + Sync + 'static {
     /// unfinished catch-up.
     fn accounts(&self) -> BoxFuture<'_, Result<Vec<AccountCursor>, Error>>;
 
+    /// Makes this instance the store's only page writer, before it scans for what the last run
+    /// left: waits for page commits of a previous writer still in flight (so the scan sees
+    /// them, whatever their seq) and makes that writer's later page commits fail. The leader
+    /// calls it once after taking the lock; SQLite needs nothing (one process, one connection).
+    fn fence(&self) -> BoxFuture<'_, Result<(), Error>>;
+
     /// Remembers an account (so it is pulled after a restart); keeps an existing cursor.
     fn add_account(&self, open_kfid: OpenKfId, now_ms: i64) -> BoxFuture<'_, Result<(), Error>>;
 
@@ -1032,11 +1038,32 @@ pub enum Synchronous {
     Full,
 }
 
+/// How to open a store (`[storage]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// SQLite durability.
+    pub synchronous: Synchronous,
+    /// PostgreSQL: most connections of the pool.
+    pub pool_size: usize,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            synchronous: Synchronous::default(),
+            pool_size: postgres::DEFAULT_POOL_SIZE,
+        }
+    }
+}
+
 /// Opens the store named by `location`: a `postgres://` / `postgresql://` URL, `:memory:`, or a
 /// SQLite file path; runs the migrations.
-pub async fn open(location: &str, synchronous: Synchronous) -> Result<Arc<dyn Store>, Error> {
+pub async fn open(location: &str, options: OpenOptions) -> Result<Arc<dyn Store>, Error> {
+    let synchronous = options.synchronous;
     if is_postgres(location) {
-        Ok(Arc::new(PostgresStore::connect(location).await?))
+        Ok(Arc::new(
+            PostgresStore::open(location, None, options.pool_size).await?,
+        ))
     } else {
         let location = location.to_owned();
         let store = tokio::task::spawn_blocking(move || SqliteStore::open(&location, synchronous))

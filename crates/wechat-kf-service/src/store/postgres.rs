@@ -1,12 +1,28 @@
 //! The PostgreSQL store (`tokio-postgres`), selected by a `postgres://` database URL.
 //!
-//! One connection, used by one transaction at a time (a mutex around the client): like the
-//! SQLite store, transactions are serialized, so `seq` (a `BIGSERIAL`) increases in commit
-//! order, which the deliverer relies on. Of several instances sharing a database only the
-//! leader writes (see [`leader`](crate::leader)).
+//! A pool of connections (`deadpool-postgres`, `storage.pool_size`), each method one
+//! transaction on a connection of its own, statements prepared once per connection. Transactions
+//! therefore run concurrently, and `seq` (a `BIGSERIAL`) no longer increases in commit order
+//! across accounts: a lower seq may commit after a higher one. What keeps delivery correct:
+//! - Per account, pages are committed by the account's one puller, one after the other, so an
+//!   account's seqs do increase in commit order (the order of its messages).
+//! - The deliverer learns of new messages from the pullers themselves (in memory), never by
+//!   scanning for seqs above a mark; it scans the table only when it starts, before any puller.
+//! - What a scan at start could miss is a page commit of a *previous* leader still in flight
+//!   (its lock lost, its transaction not yet finished). [`Store::fence`], called by a new leader
+//!   before it scans, waits for those (each page commit holds the fence shared) and makes any
+//!   later one fail (it carries the old epoch).
+//!
+//! Of several instances sharing a database only the leader writes (see
+//! [`leader`](crate::leader)).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
 
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, Transaction,
+};
 use tokio_postgres::{Client, NoTls};
 
 use super::*;
@@ -96,7 +112,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX callback_replays_expiry ON callback_replays(expires_at);
     ALTER TABLE api_sends ADD COLUMN request_sha256 TEXT;
     ",
-    // 4: whose turn it is (who wrote each item, why the bot may not answer it) and the items
+    // 4: the write fence's epoch (see `Store::fence`).
+    "
+    CREATE TABLE wechat_kf_fence (epoch BIGINT NOT NULL);
+    INSERT INTO wechat_kf_fence (epoch) VALUES (0);
+    ",
+    // 5: whose turn it is (who wrote each item, why the bot may not answer it) and the items
     // held while a human has the session (1 held, 0 released as history).
     "
     ALTER TABLE messages ADD COLUMN author TEXT;
@@ -112,9 +133,22 @@ fn origin_of(origin: Option<i64>) -> Option<u32> {
     origin.and_then(|o| u32::try_from(o).ok())
 }
 
+/// Connections opened when none is free, at most (`storage.pool_size`).
+pub const DEFAULT_POOL_SIZE: usize = 16;
+
+/// How long opening one connection may take before the caller gets an error.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The advisory lock class of the write fence (see [`Store::fence`]); its second key is the
+/// schema's hash, as for the leader lock.
+const FENCE_CLASS: i32 = 7_428_103;
+
 /// The PostgreSQL [`Store`].
 pub struct PostgresStore {
-    client: tokio::sync::Mutex<Option<Client>>,
+    pool: Pool,
+    /// The epoch this instance fenced the store with ([`Store::fence`]); 0 before (tests, the
+    /// CLI): page commits are then not checked.
+    epoch: AtomicI64,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -125,9 +159,10 @@ impl std::fmt::Debug for PostgresStore {
 }
 
 impl PostgresStore {
-    /// Connects to `url` and runs the migrations.
+    /// Connects to `url` (a pool of up to [`DEFAULT_POOL_SIZE`] connections) and runs the
+    /// migrations.
     pub async fn connect(url: &str) -> Result<PostgresStore, Error> {
-        PostgresStore::connect_in_schema(url, None).await
+        PostgresStore::open(url, None, DEFAULT_POOL_SIZE).await
     }
 
     /// Connects, creating and using `schema` (tests use a throwaway schema each), and runs the
@@ -136,14 +171,17 @@ impl PostgresStore {
         url: &str,
         schema: Option<&str>,
     ) -> Result<PostgresStore, Error> {
-        let (mut client, connection) = tokio_postgres::connect(url, NoTls)
-            .await
-            .map_err(|e| connect_error(url, &e))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::error!(error = %e, "PostgreSQL connection closed");
-            }
-        });
+        PostgresStore::open(url, schema, DEFAULT_POOL_SIZE).await
+    }
+
+    /// Connects with a pool of up to `pool_size` connections, creating and using `schema` when
+    /// given, and runs the migrations.
+    pub async fn open(
+        url: &str,
+        schema: Option<&str>,
+        pool_size: usize,
+    ) -> Result<PostgresStore, Error> {
+        let mut config = parse_url(url)?;
         if let Some(schema) = schema {
             if !schema
                 .bytes()
@@ -151,19 +189,124 @@ impl PostgresStore {
             {
                 return Err(Error::Config(format!("invalid schema name {schema:?}")));
             }
+            // Created once on a connection of its own; every pooled connection then uses it.
+            let (client, connection) = config
+                .connect(NoTls)
+                .await
+                .map_err(|e| connect_error(url, &e))?;
+            tokio::spawn(connection);
             client
-                .batch_execute(&format!(
-                    "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"
-                ))
+                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
                 .await?;
+            add_option(&mut config, &format!("-c search_path={schema}"));
         }
+        let pool = build_pool(config, pool_size)?;
+        let mut client = pool.get().await.map_err(|e| pool_error(url, e))?;
         migrate(&mut client).await?;
+        drop(client);
         Ok(PostgresStore {
-            client: tokio::sync::Mutex::new(Some(client)),
+            pool,
+            epoch: AtomicI64::new(0),
         })
+    }
+
+    /// Connects to read beside a running service: every transaction read-only, no migration
+    /// (the schema must be this program's).
+    pub async fn connect_read_only(url: &str) -> Result<PostgresStore, Error> {
+        let mut config = parse_url(url)?;
+        add_option(&mut config, "-c default_transaction_read_only=on");
+        // A reader asks one thing at a time.
+        let pool = build_pool(config, 2)?;
+        let client = pool.get().await.map_err(|e| pool_error(url, e))?;
+        let version: i64 = match client
+            .query_opt("SELECT version FROM wechat_kf_schema", &[])
+            .await
+        {
+            Ok(row) => row.map_or(0, |r| r.get(0)),
+            // No schema table: nothing was ever migrated here.
+            Err(e) if e.as_db_error().is_some() => 0,
+            Err(e) => return Err(e.into()),
+        };
+        if version != MIGRATIONS.len() as i64 {
+            return Err(schema_mismatch(version, MIGRATIONS.len()));
+        }
+        drop(client);
+        Ok(PostgresStore {
+            pool,
+            epoch: AtomicI64::new(0),
+        })
+    }
+
+    /// A pooled connection (waits while every one is busy).
+    async fn connection(&self) -> Result<Object, Error> {
+        self.pool.get().await.map_err(|e| match e {
+            PoolError::Closed => Error::StoreClosed,
+            PoolError::Backend(e) => e.into(),
+            other => Error::Store(format!("postgres pool: {other}")),
+        })
+    }
+
+    /// Inside a page commit: holds the fence shared (a successor's [`Store::fence`] waits for
+    /// this transaction) and fails when another instance fenced the store since this one did.
+    async fn check_fence(&self, tx: &Transaction<'_>) -> Result<(), Error> {
+        let mine = self.epoch.load(Ordering::Acquire);
+        if mine == 0 {
+            return Ok(());
+        }
+        let stmt = tx.prepare_cached(HOLD_FENCE).await?;
+        let current: i64 = tx.query_one(&stmt, &[&FENCE_CLASS]).await?.get(0);
+        if current != mine {
+            return Err(Error::LeadershipLost);
+        }
+        Ok(())
     }
 }
 
+/// Takes the fence shared for the transaction and reads the current epoch.
+const HOLD_FENCE: &str = "SELECT epoch FROM wechat_kf_fence, \
+     pg_advisory_xact_lock_shared($1, hashtext(current_schema()))";
+
+fn parse_url(url: &str) -> Result<tokio_postgres::Config, Error> {
+    // Never echo the URL: it may hold a password.
+    url.parse()
+        .map_err(|_| Error::Config("the PostgreSQL URL cannot be parsed".into()))
+}
+
+/// Appends a server option (`-c name=value`) to the URL's own `options`.
+fn add_option(config: &mut tokio_postgres::Config, option: &str) {
+    let options = match config.get_options() {
+        Some(existing) if !existing.is_empty() => format!("{existing} {option}"),
+        _ => option.to_owned(),
+    };
+    config.options(options);
+}
+
+fn build_pool(config: tokio_postgres::Config, size: usize) -> Result<Pool, Error> {
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            // `is_closed` only: a dead connection fails its next statement, which the caller
+            // retries like any other store error.
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size.max(1))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| Error::Store(format!("postgres pool: {e}")))
+}
+
+/// A pool error at start, naming the database like [`connect_error`].
+fn pool_error(url: &str, error: PoolError) -> Error {
+    match error {
+        PoolError::Backend(e) => connect_error(url, &e),
+        PoolError::Timeout(_) => Error::Store("cannot connect to PostgreSQL: timed out".into()),
+        other => Error::Store(format!("postgres pool: {other}")),
+    }
+}
 /// Why connecting failed, naming the database (never the URL: it may hold a password) and
 /// the server's own message (`database "kf" does not exist`), which the error's `Display`
 /// leaves out.
@@ -190,39 +333,6 @@ pub(crate) fn connect_error(url: &str, error: &tokio_postgres::Error) -> Error {
     ))
 }
 
-impl PostgresStore {
-    /// Connects to read beside a running service: every transaction read-only, no migration
-    /// (the schema must be this program's).
-    pub async fn connect_read_only(url: &str) -> Result<PostgresStore, Error> {
-        let (client, connection) = tokio_postgres::connect(url, NoTls)
-            .await
-            .map_err(|e| connect_error(url, &e))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::error!(error = %e, "PostgreSQL connection closed");
-            }
-        });
-        client
-            .batch_execute("SET default_transaction_read_only = on")
-            .await?;
-        let version: i64 = match client
-            .query_opt("SELECT version FROM wechat_kf_schema", &[])
-            .await
-        {
-            Ok(row) => row.map_or(0, |r| r.get(0)),
-            // No schema table: nothing was ever migrated here.
-            Err(e) if e.as_db_error().is_some() => 0,
-            Err(e) => return Err(e.into()),
-        };
-        if version != MIGRATIONS.len() as i64 {
-            return Err(schema_mismatch(version, MIGRATIONS.len()));
-        }
-        Ok(PostgresStore {
-            client: tokio::sync::Mutex::new(Some(client)),
-        })
-    }
-}
-
 /// `store messages`: $1 account, $2 customer, $3 failed only, $4 limit.
 const LIST_MESSAGES: &str = "SELECT m.seq, m.open_kfid, m.external_userid, m.msgid, m.kind, \
      m.send_time, m.stored_at, m.delivered_at IS NOT NULL, m.skipped, m.delivered_at, \
@@ -246,6 +356,86 @@ const LIST_SENDS: &str = "SELECT id, endpoint, lane, msgid, state, attempts, las
      finished_at, delivery_id FROM replies WHERE ($1::text IS NULL OR lane LIKE $1 ESCAPE '\\') \
      AND (NOT $2 OR state IN ('failed', 'refused') OR (state = 'pending' AND last_error IS NOT NULL)) \
      ORDER BY id DESC LIMIT $3";
+
+/// A page's msgids already stored: $1 account, $2 msgids.
+const SELECT_STORED: &str = "SELECT msgid FROM messages WHERE open_kfid = $1 AND msgid = ANY($2)";
+
+/// The session views of a page's customers: $1 account, $2 customers.
+const SELECT_VIEWS: &str = "SELECT external_userid, view FROM sessions \
+     WHERE open_kfid = $1 AND external_userid = ANY($2)";
+
+/// A page's new messages, one statement: $1 account, $2 now; then one array per column of
+/// [`MessageColumns`] (a new column is one more array here and there).
+const INSERT_MESSAGES: &str = "INSERT INTO messages (open_kfid, stored_at, msgid, external_userid, \
+     send_time, origin, kind, raw, decode_error, skipped, delivered_at, author, no_reply, held) \
+     SELECT $1, $2::bigint, m, e, t, o, k, r, d, s, CASE WHEN s THEN $2::bigint END, a, n, h \
+     FROM UNNEST($3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], \
+     $9::text[], $10::bool[], $11::text[], $12::text[], $13::smallint[]) \
+     WITH ORDINALITY AS u(m, e, t, o, k, r, d, s, a, n, h, i) \
+     ORDER BY i RETURNING seq, msgid";
+
+/// A page's customers' sessions, one statement: $1 account, $2 customers, $3 last customer
+/// message times, $4 views, $5 now.
+const UPSERT_SESSIONS: &str = "INSERT INTO sessions (open_kfid, external_userid, \
+     last_customer_msg_at, view, updated_at) \
+     SELECT $1, e, t, v, $5 FROM UNNEST($2::text[], $3::bigint[], $4::text[]) AS u(e, t, v) \
+     ON CONFLICT (open_kfid, external_userid) DO UPDATE SET \
+     last_customer_msg_at = GREATEST(sessions.last_customer_msg_at, excluded.last_customer_msg_at), \
+     view = COALESCE(excluded.view, sessions.view), updated_at = excluded.updated_at";
+
+/// An account's cursor: $1 account, $2 cursor (NULL keeps it), $3 now, $4 catch-up.
+const UPSERT_CURSOR: &str = "INSERT INTO cursors (open_kfid, cursor, updated_at, catch_up_before) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (open_kfid) DO UPDATE SET \
+     cursor = COALESCE(excluded.cursor, cursors.cursor), updated_at = excluded.updated_at, \
+     catch_up_before = excluded.catch_up_before";
+
+/// The columns of a page's new messages, one array each, for [`INSERT_MESSAGES`].
+struct MessageColumns<'a> {
+    msgids: Vec<&'a str>,
+    customers: Vec<&'a str>,
+    send_times: Vec<i64>,
+    origins: Vec<Option<i64>>,
+    kinds: Vec<&'a str>,
+    raws: Vec<&'a str>,
+    errors: Vec<Option<&'a str>>,
+    skips: Vec<bool>,
+    authors: Vec<&'static str>,
+    no_replies: Vec<Option<&'static str>>,
+    helds: Vec<Option<i16>>,
+}
+
+impl<'a> MessageColumns<'a> {
+    fn with_capacity(n: usize) -> Self {
+        MessageColumns {
+            msgids: Vec::with_capacity(n),
+            customers: Vec::with_capacity(n),
+            send_times: Vec::with_capacity(n),
+            origins: Vec::with_capacity(n),
+            kinds: Vec::with_capacity(n),
+            raws: Vec::with_capacity(n),
+            errors: Vec::with_capacity(n),
+            skips: Vec::with_capacity(n),
+            authors: Vec::with_capacity(n),
+            no_replies: Vec::with_capacity(n),
+            helds: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, row: &'a policy::PlannedRow) {
+        let m = &row.message;
+        self.msgids.push(m.msgid.as_str());
+        self.customers.push(m.external_userid.as_str());
+        self.send_times.push(m.send_time);
+        self.origins.push(m.origin.map(i64::from));
+        self.kinds.push(m.kind.as_str());
+        self.raws.push(m.payload.raw());
+        self.errors.push(m.decode_error.as_deref());
+        self.skips.push(row.finished());
+        self.authors.push(row.turn.from.as_str());
+        self.no_replies.push(row.turn.stored_no_reply());
+        self.helds.push(row.held.then_some(1));
+    }
+}
 
 /// The console's conversation list: $1 account, $2 limit. One row per customer: its last
 /// message, message count and session view.
@@ -320,12 +510,19 @@ async fn migrate(client: &mut Client) -> Result<(), Error> {
     Ok(())
 }
 
+/// A statement prepared once per connection (`deadpool-postgres` caches it), saving the
+/// parse round trip of every later use.
+macro_rules! cached {
+    ($client:ident, $sql:expr) => {
+        &$client.prepare_cached($sql).await?
+    };
+}
+
+/// Runs `$body` with a pooled connection as `$client`.
 macro_rules! with_client {
     ($self:ident, $client:ident, $body:expr) => {{
-        let mut guard = $self.client.lock().await;
-        let Some($client) = guard.as_mut() else {
-            return Err(Error::StoreClosed);
-        };
+        #[allow(unused_mut)]
+        let mut $client = $self.connection().await?;
         $body
     }};
 }
@@ -349,7 +546,7 @@ impl Store for PostgresStore {
             with_client!(self, client, {
                 let rows = client
                     .query(
-                        "SELECT open_kfid, cursor, catch_up_before FROM cursors ORDER BY open_kfid",
+                        cached!(client, "SELECT open_kfid, cursor, catch_up_before FROM cursors ORDER BY open_kfid"),
                         &[],
                     )
                     .await?;
@@ -365,13 +562,44 @@ impl Store for PostgresStore {
         })
     }
 
+    fn fence(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let tx = client.transaction().await?;
+                // Exclusive: waits for every page commit holding the fence shared (a previous
+                // leader's, still in flight); one that asks for it later reads the new epoch.
+                tx.execute(
+                    cached!(
+                        tx,
+                        "SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))"
+                    ),
+                    &[&FENCE_CLASS],
+                )
+                .await?;
+                let epoch: i64 = tx
+                    .query_one(
+                        cached!(
+                            tx,
+                            "UPDATE wechat_kf_fence SET epoch = epoch + 1 RETURNING epoch"
+                        ),
+                        &[],
+                    )
+                    .await?
+                    .get(0);
+                tx.commit().await?;
+                self.epoch.store(epoch, Ordering::Release);
+                Ok(())
+            })
+        })
+    }
+
     fn add_account(&self, open_kfid: OpenKfId, now_ms: i64) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
             with_client!(self, client, {
                 client
                     .execute(
-                        "INSERT INTO cursors (open_kfid, cursor, updated_at) VALUES ($1, NULL, $2) \
-                         ON CONFLICT (open_kfid) DO NOTHING",
+                        cached!(client, "INSERT INTO cursors (open_kfid, cursor, updated_at) VALUES ($1, NULL, $2) \
+                         ON CONFLICT (open_kfid) DO NOTHING"),
                         &[&open_kfid.as_str(), &now_ms],
                     )
                     .await?;
@@ -385,17 +613,21 @@ impl Store for PostgresStore {
             with_client!(self, client, {
                 let tx = client.transaction().await?;
                 // Read what the page-commit policy needs, ask it for the plan, write the plan
-                // (see [`policy::plan_page`]).
+                // (see [`policy::plan_page`]). The fence is taken first, in the same round trip
+                // as the read (the two are pipelined on the connection).
                 let msgids: Vec<&str> = policy::msgids(&page)
                     .into_iter()
                     .map(MsgId::as_str)
                     .collect();
-                let already_stored: HashSet<MsgId> = tx
-                    .query(
-                        "SELECT msgid FROM messages WHERE open_kfid = $1 AND msgid = ANY($2)",
-                        &[&page.open_kfid.as_str(), &msgids],
+                let stored = async {
+                    let stmt = tx.prepare_cached(SELECT_STORED).await?;
+                    Ok::<_, Error>(
+                        tx.query(&stmt, &[&page.open_kfid.as_str(), &msgids])
+                            .await?,
                     )
-                    .await?
+                };
+                let ((), stored) = tokio::try_join!(self.check_fence(&tx), stored)?;
+                let already_stored: HashSet<MsgId> = stored
                     .iter()
                     .map(|r| MsgId::from(r.get::<_, String>(0)))
                     .collect();
@@ -405,12 +637,9 @@ impl Store for PostgresStore {
                     .collect();
                 let mut views = HashMap::with_capacity(customers.len());
                 if !customers.is_empty() {
+                    let stmt = tx.prepare_cached(SELECT_VIEWS).await?;
                     let rows = tx
-                        .query(
-                            "SELECT external_userid, view FROM sessions \
-                             WHERE open_kfid = $1 AND external_userid = ANY($2)",
-                            &[&page.open_kfid.as_str(), &customers],
-                        )
+                        .query(&stmt, &[&page.open_kfid.as_str(), &customers])
                         .await?;
                     for row in rows {
                         let view: Option<String> = row.get(1);
@@ -422,77 +651,54 @@ impl Store for PostgresStore {
                 }
                 let plan = policy::plan_page(page, &already_stored, views);
 
-                let n = plan.rows.len();
-                let mut msgids = Vec::with_capacity(n);
-                let mut customers = Vec::with_capacity(n);
-                let mut send_times = Vec::with_capacity(n);
-                let mut origins: Vec<Option<i64>> = Vec::with_capacity(n);
-                let mut kinds = Vec::with_capacity(n);
-                let mut raws = Vec::with_capacity(n);
-                let mut errors: Vec<Option<&str>> = Vec::with_capacity(n);
-                let mut skips: Vec<bool> = Vec::with_capacity(n);
-                let mut authors: Vec<&str> = Vec::with_capacity(n);
-                let mut no_replies: Vec<Option<&str>> = Vec::with_capacity(n);
-                let mut helds: Vec<Option<i16>> = Vec::with_capacity(n);
+                let mut columns = MessageColumns::with_capacity(plan.rows.len());
                 for row in &plan.rows {
-                    let m = &row.message;
-                    msgids.push(m.msgid.as_str());
-                    customers.push(m.external_userid.as_str());
-                    send_times.push(m.send_time);
-                    origins.push(m.origin.map(i64::from));
-                    kinds.push(m.kind.as_str());
-                    raws.push(m.payload.raw());
-                    errors.push(m.decode_error.as_deref());
-                    skips.push(row.finished());
-                    authors.push(row.turn.from.as_str());
-                    no_replies.push(row.turn.stored_no_reply());
-                    helds.push(row.held.then_some(1));
+                    columns.push(row);
                 }
                 // One statement for the page; ordinality keeps seq in page order. No
                 // `ON CONFLICT`: the plan only holds msgids the store does not have, so a
                 // conflict means the read above is stale, and failing the transaction (the
                 // page is pulled again) is better than committing a plan built on it.
-                let rows = tx
-                    .query(
-                        "INSERT INTO messages (open_kfid, msgid, external_userid, send_time, origin, kind, \
-                         raw, decode_error, stored_at, skipped, delivered_at, author, no_reply, held) \
-                         SELECT $1, m, e, t, o, k, r, d, $9::bigint, s, CASE WHEN s THEN $9::bigint END, \
-                         a, n, h FROM UNNEST($2::text[], $3::text[], $4::bigint[], \
-                         $5::bigint[], $6::text[], $7::text[], $8::text[], $10::bool[], $11::text[], \
-                         $12::text[], $13::smallint[]) \
-                         WITH ORDINALITY AS u(m, e, t, o, k, r, d, s, a, n, h, i) \
-                         ORDER BY i RETURNING seq, msgid",
-                        &[
-                            &plan.open_kfid.as_str(),
-                            &msgids,
-                            &customers,
-                            &send_times,
-                            &origins,
-                            &kinds,
-                            &raws,
-                            &errors,
-                            &plan.now_ms,
-                            &skips,
-                            &authors,
-                            &no_replies,
-                            &helds,
-                        ],
-                    )
-                    .await?;
-                let inserted: HashMap<String, i64> = rows
-                    .iter()
-                    .map(|r| (r.get::<_, String>(1), r.get::<_, i64>(0)))
-                    .collect();
-                let seqs = msgids
-                    .iter()
-                    .map(|msgid| {
-                        inserted.get(*msgid).copied().ok_or_else(|| {
-                            Error::Store(
-                                "PostgreSQL did not return the seq of a stored message".into(),
-                            )
+                let seqs = if plan.rows.is_empty() {
+                    Vec::new()
+                } else {
+                    let stmt = tx.prepare_cached(INSERT_MESSAGES).await?;
+                    let rows = tx
+                        .query(
+                            &stmt,
+                            &[
+                                &plan.open_kfid.as_str(),
+                                &plan.now_ms,
+                                &columns.msgids,
+                                &columns.customers,
+                                &columns.send_times,
+                                &columns.origins,
+                                &columns.kinds,
+                                &columns.raws,
+                                &columns.errors,
+                                &columns.skips,
+                                &columns.authors,
+                                &columns.no_replies,
+                                &columns.helds,
+                            ],
+                        )
+                        .await?;
+                    let inserted: HashMap<String, i64> = rows
+                        .iter()
+                        .map(|r| (r.get::<_, String>(1), r.get::<_, i64>(0)))
+                        .collect();
+                    columns
+                        .msgids
+                        .iter()
+                        .map(|msgid| {
+                            inserted.get(*msgid).copied().ok_or_else(|| {
+                                Error::Store(
+                                    "PostgreSQL did not return the seq of a stored message".into(),
+                                )
+                            })
                         })
-                    })
-                    .collect::<Result<Vec<i64>, Error>>()?;
+                        .collect::<Result<Vec<i64>, Error>>()?
+                };
                 if !plan.sessions.is_empty() {
                     let customers: Vec<&str> = plan
                         .sessions
@@ -510,23 +716,23 @@ impl Store for PostgresStore {
                         .map(|s| s.view.as_ref().map(encode_view))
                         .collect();
                     // One statement for the page's customers (each once in the plan).
+                    let stmt = tx.prepare_cached(UPSERT_SESSIONS).await?;
                     tx.execute(
-                        "INSERT INTO sessions (open_kfid, external_userid, last_customer_msg_at, view, updated_at) \
-                         SELECT $1, e, t, v, $5 FROM UNNEST($2::text[], $3::bigint[], $4::text[]) AS u(e, t, v) \
-                         ON CONFLICT (open_kfid, external_userid) DO UPDATE SET \
-                         last_customer_msg_at = GREATEST(sessions.last_customer_msg_at, excluded.last_customer_msg_at), \
-                         view = COALESCE(excluded.view, sessions.view), updated_at = excluded.updated_at",
-                        &[&plan.open_kfid.as_str(), &customers, &times, &views, &plan.now_ms],
+                        &stmt,
+                        &[
+                            &plan.open_kfid.as_str(),
+                            &customers,
+                            &times,
+                            &views,
+                            &plan.now_ms,
+                        ],
                     )
                     .await?;
                 }
-                for reply in &plan.replies {
-                    insert_reply(&tx, reply, plan.now_ms).await?;
-                }
+                insert_replies(&tx, &plan.replies, plan.now_ms).await?;
+                let stmt = tx.prepare_cached(UPSERT_CURSOR).await?;
                 tx.execute(
-                    "INSERT INTO cursors (open_kfid, cursor, updated_at, catch_up_before) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (open_kfid) DO UPDATE SET cursor = COALESCE(excluded.cursor, cursors.cursor), \
-                     updated_at = excluded.updated_at, catch_up_before = excluded.catch_up_before",
+                    &stmt,
                     &[
                         &plan.open_kfid.as_str(),
                         &plan.next_cursor,
@@ -663,10 +869,10 @@ impl Store for PostgresStore {
             with_client!(self, client, {
                 let rows = client
                     .query(
-                        "SELECT seq, open_kfid, external_userid, stored_at, decode_error IS NOT NULL, \
+                        cached!(client, "SELECT seq, open_kfid, external_userid, stored_at, decode_error IS NOT NULL, \
                          author, no_reply, origin, kind, held FROM messages \
                          WHERE delivered_at IS NULL AND seq > $1 AND (held IS NULL OR held = 0) \
-                         ORDER BY seq LIMIT $2",
+                         ORDER BY seq LIMIT $2"),
                         &[&after_seq, &(limit as i64)],
                     )
                     .await?;
@@ -692,8 +898,8 @@ impl Store for PostgresStore {
             with_client!(self, client, {
                 let rows = client
                     .query(
-                        "SELECT id, seqs, attempts, next_attempt_at, last_error FROM deliveries \
-                         ORDER BY created_at, id",
+                        cached!(client, "SELECT id, seqs, attempts, next_attempt_at, last_error FROM deliveries \
+                         ORDER BY created_at, id"),
                         &[],
                     )
                     .await?;
@@ -716,7 +922,10 @@ impl Store for PostgresStore {
             with_client!(self, client, {
                 let rows = client
                     .query(
-                        "SELECT seq, raw, media FROM messages WHERE seq = ANY($1)",
+                        cached!(
+                            client,
+                            "SELECT seq, raw, media FROM messages WHERE seq = ANY($1)"
+                        ),
                         &[&seqs],
                     )
                     .await?;
@@ -738,8 +947,8 @@ impl Store for PostgresStore {
                 let (seqs, jsons): (Vec<i64>, Vec<String>) = media.into_iter().unzip();
                 client
                     .execute(
-                        "UPDATE messages SET media = u.j FROM UNNEST($1::bigint[], $2::text[]) AS u(s, j) \
-                         WHERE messages.seq = u.s",
+                        cached!(client, "UPDATE messages SET media = u.j FROM UNNEST($1::bigint[], $2::text[]) AS u(s, j) \
+                         WHERE messages.seq = u.s"),
                         &[&seqs, &jsons],
                     )
                     .await?;
@@ -757,8 +966,11 @@ impl Store for PostgresStore {
             with_client!(self, client, {
                 let rows = client
                     .query(
-                        "SELECT seq, open_kfid, raw FROM messages WHERE delivered_at IS NULL \
-                         AND media IS NULL AND kind = ANY($1) ORDER BY seq LIMIT $2",
+                        cached!(
+                            client,
+                            "SELECT seq, open_kfid, raw FROM messages WHERE delivered_at IS NULL \
+                         AND media IS NULL AND kind = ANY($1) ORDER BY seq LIMIT $2"
+                        ),
                         &[&msgtypes, &(limit as i64)],
                     )
                     .await?;
@@ -783,7 +995,7 @@ impl Store for PostgresStore {
             with_client!(self, client, {
                 let row = client
                     .query_opt(
-                        "SELECT view FROM sessions WHERE open_kfid = $1 AND external_userid = $2",
+                        cached!(client, "SELECT view FROM sessions WHERE open_kfid = $1 AND external_userid = $2"),
                         &[&open_kfid.as_str(), &external_userid.as_str()],
                     )
                     .await?;
@@ -806,7 +1018,7 @@ impl Store for PostgresStore {
                 let tx = client.transaction().await?;
                 let row = tx
                     .query_opt(
-                        "SELECT view FROM sessions WHERE open_kfid = $1 AND external_userid = $2 FOR UPDATE",
+                        cached!(tx, "SELECT view FROM sessions WHERE open_kfid = $1 AND external_userid = $2 FOR UPDATE"),
                         &[&open_kfid.as_str(), &external_userid.as_str()],
                     )
                     .await?;
@@ -814,9 +1026,9 @@ impl Store for PostgresStore {
                 let mut view = parse_view(text.as_deref());
                 update.apply(&mut view);
                 tx.execute(
-                    "INSERT INTO sessions (open_kfid, external_userid, last_customer_msg_at, view, updated_at) \
+                    cached!(tx, "INSERT INTO sessions (open_kfid, external_userid, last_customer_msg_at, view, updated_at) \
                      VALUES ($1, $2, 0, $3, $4) ON CONFLICT (open_kfid, external_userid) DO UPDATE SET \
-                     view = excluded.view, updated_at = excluded.updated_at",
+                     view = excluded.view, updated_at = excluded.updated_at"),
                     &[
                         &open_kfid.as_str(),
                         &external_userid.as_str(),
@@ -836,8 +1048,8 @@ impl Store for PostgresStore {
             with_client!(self, client, {
                 let rows = client
                     .query(
-                        "SELECT id, result FROM replies WHERE NOT reported AND result IS NOT NULL \
-                         ORDER BY id LIMIT $1",
+                        cached!(client, "SELECT id, result FROM replies WHERE NOT reported AND result IS NOT NULL \
+                         ORDER BY id LIMIT $1"),
                         &[&(limit as i64)],
                     )
                     .await?;
@@ -854,23 +1066,8 @@ impl Store for PostgresStore {
         Box::pin(async move {
             with_client!(self, client, {
                 let tx = client.transaction().await?;
-                for record in &records {
-                    // A known delivery keeps its order (created_at) and last error.
-                    tx.execute(
-                        "INSERT INTO deliveries (id, seqs, attempts, next_attempt_at, last_error, created_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6) \
-                         ON CONFLICT (id) DO UPDATE SET attempts = excluded.attempts",
-                        &[
-                            &record.id,
-                            &encode_seqs(&record.seqs),
-                            &i64::from(record.attempts),
-                            &record.next_attempt_at_ms,
-                            &record.last_error,
-                            &now_ms,
-                        ],
-                    )
-                    .await?;
-                }
+                // A known delivery keeps its order (created_at) and last error.
+                upsert_deliveries(&tx, &records, false, now_ms).await?;
                 tx.commit().await?;
                 Ok(())
             })
@@ -881,32 +1078,51 @@ impl Store for PostgresStore {
         Box::pin(async move {
             with_client!(self, client, {
                 let tx = client.transaction().await?;
-                for ack in &finish.acks {
-                    tx.execute(
-                        "UPDATE messages SET delivered_at = $1 WHERE seq = ANY($2) AND delivered_at IS NULL",
-                        &[&finish.now_ms, &ack.seqs],
-                    )
-                    .await?;
-                    tx.execute("DELETE FROM deliveries WHERE id = $1", &[&ack.delivery_id])
-                        .await?;
-                    if !ack.reported.is_empty() {
-                        tx.execute(
-                            "UPDATE replies SET reported = TRUE WHERE id = ANY($1)",
-                            &[&ack.reported],
-                        )
-                        .await?;
-                    }
-                    for reply in &ack.replies {
-                        insert_reply(&tx, reply, finish.now_ms).await?;
-                    }
+                // One statement per kind of write for the whole batch of acknowledgements.
+                let seqs: Vec<i64> = finish
+                    .acks
+                    .iter()
+                    .flat_map(|a| a.seqs.iter().copied())
+                    .collect();
+                if !seqs.is_empty() {
+                    let stmt = tx.prepare_cached(MARK_DELIVERED).await?;
+                    tx.execute(&stmt, &[&finish.now_ms, &seqs]).await?;
                 }
-                for failure in &finish.failures {
-                    tx.execute("DELETE FROM deliveries WHERE id = $1", &[&failure.old_id])
+                let finished: Vec<&str> = finish
+                    .acks
+                    .iter()
+                    .map(|a| a.delivery_id.as_str())
+                    .chain(finish.failures.iter().map(|f| f.old_id.as_str()))
+                    .collect();
+                if !finished.is_empty() {
+                    let stmt = tx
+                        .prepare_cached("DELETE FROM deliveries WHERE id = ANY($1)")
                         .await?;
-                    for record in &failure.retries {
-                        upsert_delivery(&tx, record, finish.now_ms).await?;
-                    }
+                    tx.execute(&stmt, &[&finished]).await?;
                 }
+                let reported: Vec<i64> = finish
+                    .acks
+                    .iter()
+                    .flat_map(|a| a.reported.iter().copied())
+                    .collect();
+                if !reported.is_empty() {
+                    let stmt = tx
+                        .prepare_cached("UPDATE replies SET reported = TRUE WHERE id = ANY($1)")
+                        .await?;
+                    tx.execute(&stmt, &[&reported]).await?;
+                }
+                let replies: Vec<NewReply> = finish
+                    .acks
+                    .iter()
+                    .flat_map(|a| a.replies.iter().cloned())
+                    .collect();
+                insert_replies(&tx, &replies, finish.now_ms).await?;
+                let retries: Vec<DeliveryRecord> = finish
+                    .failures
+                    .iter()
+                    .flat_map(|f| f.retries.iter().cloned())
+                    .collect();
+                upsert_deliveries(&tx, &retries, true, finish.now_ms).await?;
                 tx.commit().await?;
                 Ok(())
             })
@@ -922,8 +1138,8 @@ impl Store for PostgresStore {
             with_client!(self, client, {
                 let rows = client
                     .query(
-                        "SELECT id, endpoint, lane, body, msgid, attempts, delivery_id, position FROM replies \
-                         WHERE state = 'pending' AND next_attempt_at <= $1 ORDER BY id LIMIT $2",
+                        cached!(client, "SELECT id, endpoint, lane, body, msgid, attempts, delivery_id, position FROM replies \
+                         WHERE state = 'pending' AND next_attempt_at <= $1 ORDER BY id LIMIT $2"),
                         &[&now_ms, &(limit as i64)],
                     )
                     .await?;
@@ -951,7 +1167,10 @@ impl Store for PostgresStore {
             with_client!(self, client, {
                 let row = client
                     .query_one(
-                        "SELECT MIN(next_attempt_at) FROM replies WHERE state = 'pending'",
+                        cached!(
+                            client,
+                            "SELECT MIN(next_attempt_at) FROM replies WHERE state = 'pending'"
+                        ),
                         &[],
                     )
                     .await?;
@@ -968,6 +1187,17 @@ impl Store for PostgresStore {
         Box::pin(async move {
             with_client!(self, client, {
                 let tx = client.transaction().await?;
+                let retried: Vec<&str> = outcomes
+                    .iter()
+                    .filter_map(|o| match o {
+                        ReplyOutcome::Retry { lane, .. } => Some(lane.as_str()),
+                        ReplyOutcome::Finished { .. } => None,
+                    })
+                    .collect();
+                if !retried.is_empty() {
+                    // Before pushing their later replies back (see `lock_lanes`).
+                    lock_lanes(&tx, &retried).await?;
+                }
                 for outcome in &outcomes {
                     match outcome {
                         ReplyOutcome::Finished {
@@ -977,9 +1207,9 @@ impl Store for PostgresStore {
                             result,
                         } => {
                             tx.execute(
-                                "UPDATE replies SET state = $2, attempts = attempts + 1, finished_at = $3, \
+                                cached!(tx, "UPDATE replies SET state = $2, attempts = attempts + 1, finished_at = $3, \
                                  last_error = $4, result = $5, \
-                                 reported = NOT (position IS NOT NULL AND $5::text IS NOT NULL) WHERE id = $1",
+                                 reported = NOT (position IS NOT NULL AND $5::text IS NOT NULL) WHERE id = $1"),
                                 &[id, &state.as_str(), &now_ms, error, result],
                             )
                             .await?;
@@ -993,14 +1223,14 @@ impl Store for PostgresStore {
                             body,
                         } => {
                             tx.execute(
-                                "UPDATE replies SET attempts = $2, next_attempt_at = $3, last_error = $4, \
-                                 body = COALESCE($5, body) WHERE id = $1",
+                                cached!(tx, "UPDATE replies SET attempts = $2, next_attempt_at = $3, last_error = $4, \
+                                 body = COALESCE($5, body) WHERE id = $1"),
                                 &[id, &i64::from(*attempts), next_attempt_at_ms, error, body],
                             )
                             .await?;
                             tx.execute(
-                                "UPDATE replies SET next_attempt_at = GREATEST(next_attempt_at, $3) \
-                                 WHERE state = 'pending' AND lane = $2 AND id > $1",
+                                cached!(tx, "UPDATE replies SET next_attempt_at = GREATEST(next_attempt_at, $3) \
+                                 WHERE state = 'pending' AND lane = $2 AND id > $1"),
                                 &[id, lane, next_attempt_at_ms],
                             )
                             .await?;
@@ -1018,7 +1248,7 @@ impl Store for PostgresStore {
             with_client!(self, client, {
                 let row = client
                     .query_opt(
-                        "SELECT response, request_sha256 FROM api_sends WHERE key = $1 AND msgid = $2",
+                        cached!(client, "SELECT response, request_sha256 FROM api_sends WHERE key = $1 AND msgid = $2"),
                         &[&key, &msgid.as_str()],
                     )
                     .await?;
@@ -1041,9 +1271,9 @@ impl Store for PostgresStore {
             with_client!(self, client, {
                 client
                     .execute(
-                        "INSERT INTO api_sends (key, msgid, response, request_sha256, created_at) \
+                        cached!(client, "INSERT INTO api_sends (key, msgid, response, request_sha256, created_at) \
                          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key, msgid) DO UPDATE SET \
-                         response = excluded.response, request_sha256 = excluded.request_sha256",
+                         response = excluded.response, request_sha256 = excluded.request_sha256"),
                         &[
                             &key,
                             &msgid.as_str(),
@@ -1068,14 +1298,17 @@ impl Store for PostgresStore {
             with_client!(self, client, {
                 client
                     .execute(
-                        "DELETE FROM callback_replays WHERE expires_at < $1",
+                        cached!(client, "DELETE FROM callback_replays WHERE expires_at < $1"),
                         &[&now],
                     )
                     .await?;
                 let inserted = client
                     .execute(
-                        "INSERT INTO callback_replays (key, expires_at) VALUES ($1, $2) \
-                         ON CONFLICT (key) DO NOTHING",
+                        cached!(
+                            client,
+                            "INSERT INTO callback_replays (key, expires_at) VALUES ($1, $2) \
+                         ON CONFLICT (key) DO NOTHING"
+                        ),
                         &[&key, &expires_at],
                     )
                     .await?;
@@ -1089,7 +1322,7 @@ impl Store for PostgresStore {
             with_client!(self, client, {
                 let row = client
                     .query_one(
-                        "SELECT MAX(send_time) FROM messages WHERE open_kfid = $1 AND send_time > 0",
+                        cached!(client, "SELECT MAX(send_time) FROM messages WHERE open_kfid = $1 AND send_time > 0"),
                         &[&open_kfid.as_str()],
                     )
                     .await?;
@@ -1104,26 +1337,38 @@ impl Store for PostgresStore {
                 let tx = client.transaction().await?;
                 let mut n = tx
                     .execute(
-                        "DELETE FROM messages WHERE seq IN (SELECT seq FROM messages \
-                         WHERE delivered_at IS NOT NULL AND delivered_at < $1 LIMIT 5000)",
+                        cached!(
+                            tx,
+                            "DELETE FROM messages WHERE seq IN (SELECT seq FROM messages \
+                         WHERE delivered_at IS NOT NULL AND delivered_at < $1 LIMIT 5000)"
+                        ),
                         &[&before_ms],
                     )
                     .await?;
                 n += tx
                     .execute(
-                        "DELETE FROM replies WHERE id IN (SELECT id FROM replies \
-                         WHERE state <> 'pending' AND finished_at < $1 LIMIT 5000)",
+                        cached!(
+                            tx,
+                            "DELETE FROM replies WHERE id IN (SELECT id FROM replies \
+                         WHERE state <> 'pending' AND finished_at < $1 LIMIT 5000)"
+                        ),
                         &[&before_ms],
                     )
                     .await?;
                 n += tx
-                    .execute("DELETE FROM api_sends WHERE created_at < $1", &[&before_ms])
+                    .execute(
+                        cached!(tx, "DELETE FROM api_sends WHERE created_at < $1"),
+                        &[&before_ms],
+                    )
                     .await?;
                 n += tx
                     .execute(
-                        "DELETE FROM sessions WHERE (open_kfid, external_userid) IN \
+                        cached!(
+                            tx,
+                            "DELETE FROM sessions WHERE (open_kfid, external_userid) IN \
                          (SELECT open_kfid, external_userid FROM sessions \
-                         WHERE updated_at < $1 AND last_customer_msg_at * 1000 < $1 LIMIT 5000)",
+                         WHERE updated_at < $1 AND last_customer_msg_at * 1000 < $1 LIMIT 5000)"
+                        ),
                         &[&before_ms],
                     )
                     .await?;
@@ -1138,7 +1383,9 @@ impl Store for PostgresStore {
             with_client!(self, client, {
                 let row = client
                     .query_one(
-                        "SELECT (SELECT COUNT(*) FROM messages), \
+                        cached!(
+                            client,
+                            "SELECT (SELECT COUNT(*) FROM messages), \
                          (SELECT COUNT(*) FROM messages WHERE delivered_at IS NULL), \
                          (SELECT COUNT(*) FROM deliveries), \
                          (SELECT COUNT(*) FROM replies WHERE state = 'pending'), \
@@ -1147,7 +1394,8 @@ impl Store for PostgresStore {
                          (SELECT COUNT(*) FROM replies WHERE state = 'refused'), \
                          (SELECT COUNT(*) FROM replies WHERE state = 'joined'), \
                          (SELECT COUNT(*) FROM messages WHERE skipped), \
-                         (SELECT COUNT(*) FROM sessions WHERE view IS NOT NULL)",
+                         (SELECT COUNT(*) FROM sessions WHERE view IS NOT NULL)"
+                        ),
                         &[],
                     )
                     .await?;
@@ -1173,7 +1421,7 @@ impl Store for PostgresStore {
             with_client!(self, client, {
                 let rows = client
                     .query(
-                        "SELECT msgid, delivered_at IS NOT NULL FROM messages WHERE open_kfid = $1 ORDER BY seq",
+                        cached!(client, "SELECT msgid, delivered_at IS NOT NULL FROM messages WHERE open_kfid = $1 ORDER BY seq"),
                         &[&open_kfid.as_str()],
                     )
                     .await?;
@@ -1190,8 +1438,8 @@ impl Store for PostgresStore {
             with_client!(self, client, {
                 let rows = client
                     .query(
-                        "SELECT msgid, send_time, delivered_at IS NOT NULL, skipped, media FROM messages \
-                         WHERE open_kfid = $1 ORDER BY seq",
+                        cached!(client, "SELECT msgid, send_time, delivered_at IS NOT NULL, skipped, media FROM messages \
+                         WHERE open_kfid = $1 ORDER BY seq"),
                         &[&open_kfid.as_str()],
                     )
                     .await?;
@@ -1216,7 +1464,10 @@ impl Store for PostgresStore {
                 let customer = query.external_userid.as_ref().map(ExternalUserId::as_str);
                 let limit = query.limit as i64;
                 let rows = client
-                    .query(LIST_MESSAGES, &[&kf, &customer, &query.failed, &limit])
+                    .query(
+                        cached!(client, LIST_MESSAGES),
+                        &[&kf, &customer, &query.failed, &limit],
+                    )
                     .await?;
                 Ok(rows
                     .iter()
@@ -1251,15 +1502,21 @@ impl Store for PostgresStore {
                 let customer = query.external_userid.as_ref().map(ExternalUserId::as_str);
                 let limit = query.limit as i64;
                 let rows = client
-                    .query(LIST_DELIVERIES, &[&kf, &customer, &query.failed, &limit])
+                    .query(
+                        cached!(client, LIST_DELIVERIES),
+                        &[&kf, &customer, &query.failed, &limit],
+                    )
                     .await?;
                 let mut out = Vec::with_capacity(rows.len());
                 for r in &rows {
                     let seqs = decode_seqs(&r.get::<_, String>(1));
                     let members = client
                         .query(
-                            "SELECT seq, msgid, open_kfid, external_userid FROM messages \
-                             WHERE seq = ANY($1)",
+                            cached!(
+                                client,
+                                "SELECT seq, msgid, open_kfid, external_userid FROM messages \
+                             WHERE seq = ANY($1)"
+                            ),
                             &[&seqs],
                         )
                         .await?;
@@ -1298,7 +1555,10 @@ impl Store for PostgresStore {
                 let pattern = query.lane_pattern();
                 let limit = query.limit as i64;
                 let rows = client
-                    .query(LIST_SENDS, &[&pattern, &query.failed, &limit])
+                    .query(
+                        cached!(client, LIST_SENDS),
+                        &[&pattern, &query.failed, &limit],
+                    )
                     .await?;
                 Ok(rows
                     .iter()
@@ -1403,54 +1663,97 @@ impl Store for PostgresStore {
 
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            // Waits for the transaction in progress (it holds the lock), then drops the client.
-            drop(self.client.lock().await.take());
+            // No new transaction starts; those in progress finish on their connections, which
+            // the pool then drops. Waits (briefly) for them, as the single connection's lock did.
+            self.pool.close();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while self.pool.status().size > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         })
     }
 }
 
-async fn insert_reply(
-    tx: &tokio_postgres::Transaction<'_>,
-    reply: &NewReply,
+/// Queues replies with one statement (and one read of their lanes' pending replies).
+async fn insert_replies(
+    tx: &Transaction<'_>,
+    replies: &[NewReply],
     now_ms: i64,
 ) -> Result<(), Error> {
-    let failed = reply.error.is_some();
-    let state = if failed { "failed" } else { "pending" };
-    let finished = failed.then_some(now_ms);
-    let position = reply.position.map(i64::from);
+    if replies.is_empty() {
+        return Ok(());
+    }
     // A new reply never overtakes a pending one of its lane (order), and joins the flush of a
     // held text when there is one (the joiner's window).
-    let next_attempt_at: i64 = if failed {
-        now_ms
-    } else {
-        let row = tx
-            .query_one(
-                "SELECT MAX(next_attempt_at) FROM replies WHERE lane = $1 AND state = 'pending' \
-                 AND next_attempt_at >= $2",
-                &[&reply.lane, &now_ms],
-            )
-            .await?;
-        row.get::<_, Option<i64>>(0)
-            .unwrap_or(now_ms + reply.hold_ms.max(0))
-    };
-    let reported = !(position.is_some() && reply.result.is_some());
+    let lanes: Vec<&str> = replies
+        .iter()
+        .filter(|r| r.error.is_none())
+        .map(|r| r.lane.as_str())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let mut latest: HashMap<String, i64> = HashMap::with_capacity(lanes.len());
+    if !lanes.is_empty() {
+        lock_lanes(tx, &lanes).await?;
+        let stmt = tx.prepare_cached(LATEST_PENDING).await?;
+        for row in tx.query(&stmt, &[&lanes, &now_ms]).await? {
+            latest.insert(row.get(0), row.get(1));
+        }
+    }
+    let n = replies.len();
+    let mut delivery_ids = Vec::with_capacity(n);
+    let mut endpoints = Vec::with_capacity(n);
+    let mut reply_lanes = Vec::with_capacity(n);
+    let mut bodies = Vec::with_capacity(n);
+    let mut msgids = Vec::with_capacity(n);
+    let mut states = Vec::with_capacity(n);
+    let mut due = Vec::with_capacity(n);
+    let mut errors = Vec::with_capacity(n);
+    let mut finished: Vec<Option<i64>> = Vec::with_capacity(n);
+    let mut positions: Vec<Option<i64>> = Vec::with_capacity(n);
+    let mut results = Vec::with_capacity(n);
+    let mut reported = Vec::with_capacity(n);
+    for reply in replies {
+        let failed = reply.error.is_some();
+        let next_attempt_at = if failed {
+            now_ms
+        } else {
+            // Later replies of the same lane in this batch see the earlier ones, as they would
+            // one statement each.
+            *latest
+                .entry(reply.lane.clone())
+                .or_insert(now_ms + reply.hold_ms.max(0))
+        };
+        let position = reply.position.map(i64::from);
+        delivery_ids.push(reply.delivery_id.as_deref());
+        endpoints.push(reply.endpoint.as_str());
+        reply_lanes.push(reply.lane.as_str());
+        bodies.push(reply.body.as_str());
+        msgids.push(reply.msgid.as_str());
+        states.push(if failed { "failed" } else { "pending" });
+        due.push(next_attempt_at);
+        errors.push(reply.error.as_deref());
+        finished.push(failed.then_some(now_ms));
+        reported.push(!(position.is_some() && reply.result.is_some()));
+        positions.push(position);
+        results.push(reply.result.as_deref());
+    }
+    let stmt = tx.prepare_cached(INSERT_REPLIES).await?;
     tx.execute(
-        "INSERT INTO replies (delivery_id, endpoint, lane, body, msgid, state, attempts, \
-         next_attempt_at, last_error, created_at, finished_at, position, result, reported) \
-         VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $9, $10, $11, $12, $13)",
+        &stmt,
         &[
-            &reply.delivery_id,
-            &reply.endpoint.as_str(),
-            &reply.lane,
-            &reply.body,
-            &reply.msgid.as_str(),
-            &state,
-            &next_attempt_at,
-            &reply.error,
             &now_ms,
+            &delivery_ids,
+            &endpoints,
+            &reply_lanes,
+            &bodies,
+            &msgids,
+            &states,
+            &due,
+            &errors,
             &finished,
-            &position,
-            &reply.result,
+            &positions,
+            &results,
             &reported,
         ],
     )
@@ -1458,24 +1761,81 @@ async fn insert_reply(
     Ok(())
 }
 
-async fn upsert_delivery(
-    tx: &tokio_postgres::Transaction<'_>,
-    record: &DeliveryRecord,
+/// Serializes the reply writes of these lanes until the transaction ends: a new reply reads
+/// its lane's pending ones (it must not overtake them) while a retry pushes the lane's later ones
+/// back, and with concurrent transactions neither would see the other's uncommitted row.
+/// Locks are taken in one order (by hash) so that two transactions cannot wait for each other.
+async fn lock_lanes(tx: &Transaction<'_>, lanes: &[&str]) -> Result<(), Error> {
+    let stmt = tx.prepare_cached(LOCK_LANES).await?;
+    tx.execute(&stmt, &[&LANE_CLASS, &lanes]).await?;
+    Ok(())
+}
+
+/// The advisory lock class of reply lanes ([`lock_lanes`]).
+const LANE_CLASS: i32 = 7_428_104;
+
+/// Locks lanes in hash order (the subquery's order is kept by `OFFSET 0`): $1 class, $2 lanes.
+const LOCK_LANES: &str = "SELECT pg_advisory_xact_lock($1, h) FROM (SELECT DISTINCT hashtext(l) AS h \
+     FROM UNNEST($2::text[]) AS u(l) ORDER BY h OFFSET 0) AS s";
+
+/// The latest due time of each lane's pending replies not yet due: $1 lanes, $2 now.
+const LATEST_PENDING: &str = "SELECT lane, MAX(next_attempt_at) FROM replies \
+     WHERE lane = ANY($1) AND state = 'pending' AND next_attempt_at >= $2 GROUP BY lane";
+
+/// Replies in order, one statement: $1 now, then one array per column.
+const INSERT_REPLIES: &str = "INSERT INTO replies (created_at, attempts, delivery_id, endpoint, \
+     lane, body, msgid, state, next_attempt_at, last_error, finished_at, position, result, reported) \
+     SELECT $1::bigint, 0, d, e, l, b, m, s, n, err, f, p, r, rep \
+     FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+     $8::bigint[], $9::text[], $10::bigint[], $11::bigint[], $12::text[], $13::bool[]) \
+     WITH ORDINALITY AS u(d, e, l, b, m, s, n, err, f, p, r, rep, i) ORDER BY i";
+
+/// Marks messages delivered: $1 now, $2 seqs.
+const MARK_DELIVERED: &str =
+    "UPDATE messages SET delivered_at = $1 WHERE seq = ANY($2) AND delivered_at IS NULL";
+
+/// Deliveries, one statement: $1 now, $2 ids, $3 seq lists, $4 attempts, $5 due times, $6 last
+/// errors. A known one keeps its order (`created_at`) and takes what `$7` says: only the
+/// attempt count (before an attempt), or everything (a rescheduled retry).
+const UPSERT_DELIVERIES: &str = "INSERT INTO deliveries (created_at, id, seqs, attempts, \
+     next_attempt_at, last_error) \
+     SELECT $1::bigint, i, s, a, n, e FROM UNNEST($2::text[], $3::text[], $4::bigint[], \
+     $5::bigint[], $6::text[]) AS u(i, s, a, n, e) \
+     ON CONFLICT (id) DO UPDATE SET attempts = excluded.attempts, \
+     seqs = CASE WHEN $7 THEN excluded.seqs ELSE deliveries.seqs END, \
+     next_attempt_at = CASE WHEN $7 THEN excluded.next_attempt_at ELSE deliveries.next_attempt_at END, \
+     last_error = CASE WHEN $7 THEN excluded.last_error ELSE deliveries.last_error END";
+
+/// Writes delivery records with one statement ([`UPSERT_DELIVERIES`]); `replace`: a known one
+/// takes every column, not only its attempt count. A repeated id counts once (its last record).
+async fn upsert_deliveries(
+    tx: &Transaction<'_>,
+    records: &[DeliveryRecord],
+    replace: bool,
     now_ms: i64,
 ) -> Result<(), Error> {
+    let mut seen = HashSet::with_capacity(records.len());
+    // The last record of an id wins, as it would one statement each.
+    let unique: Vec<&DeliveryRecord> = records
+        .iter()
+        .rev()
+        .filter(|r| seen.insert(r.id.as_str()))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    if unique.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = unique.iter().map(|r| r.id.as_str()).collect();
+    let seqs: Vec<String> = unique.iter().map(|r| encode_seqs(&r.seqs)).collect();
+    let attempts: Vec<i64> = unique.iter().map(|r| i64::from(r.attempts)).collect();
+    let due: Vec<i64> = unique.iter().map(|r| r.next_attempt_at_ms).collect();
+    let errors: Vec<Option<&str>> = unique.iter().map(|r| r.last_error.as_deref()).collect();
+    let stmt = tx.prepare_cached(UPSERT_DELIVERIES).await?;
     tx.execute(
-        "INSERT INTO deliveries (id, seqs, attempts, next_attempt_at, last_error, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET seqs = excluded.seqs, \
-         attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at, \
-         last_error = excluded.last_error",
-        &[
-            &record.id,
-            &encode_seqs(&record.seqs),
-            &i64::from(record.attempts),
-            &record.next_attempt_at_ms,
-            &record.last_error,
-            &now_ms,
-        ],
+        &stmt,
+        &[&now_ms, &ids, &seqs, &attempts, &due, &errors, &replace],
     )
     .await?;
     Ok(())

@@ -237,3 +237,124 @@ async fn health_readiness_and_metrics_answer() {
     running.shutdown().await;
     emu.shutdown().await;
 }
+
+/// What a proxy in front of the emulator saw of `kf/sync_msg`: calls in flight now per
+/// account, the most ever in flight for one account, and each call's callback Token.
+#[derive(Default)]
+struct SyncCalls {
+    in_flight: std::collections::HashMap<String, usize>,
+    most: usize,
+    tokens: Vec<Option<String>>,
+}
+
+/// Per account at most one `sync_msg` is in flight however many callbacks arrive, callbacks
+/// that arrive during a pull cause few further pulls (not one each), and the last pull carries
+/// the newest callback Token.
+#[tokio::test]
+async fn one_sync_msg_at_a_time_per_account_and_the_last_pull_has_the_newest_token() {
+    use std::sync::{Arc, Mutex};
+
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, Method, Uri};
+
+    let emu = emulator().await;
+    let sink = Sink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kf = emu.emulator().create_account("inflight");
+    let seen = Arc::new(Mutex::new(SyncCalls::default()));
+    let upstream = emu.base_url();
+    let http = reqwest::Client::new();
+    let proxy = {
+        let seen = seen.clone();
+        axum::Router::new().fallback(
+            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                let (seen, http, upstream) = (seen.clone(), http.clone(), upstream.clone());
+                async move {
+                    let account = uri
+                        .path()
+                        .ends_with("/kf/sync_msg")
+                        .then(|| serde_json::from_slice::<Value>(&body).ok())
+                        .flatten();
+                    if let Some(request) = &account {
+                        let mut seen = seen.lock().unwrap();
+                        let open_kfid = request["open_kfid"].as_str().unwrap_or("").to_owned();
+                        let now = {
+                            let n = seen.in_flight.entry(open_kfid).or_default();
+                            *n += 1;
+                            *n
+                        };
+                        seen.most = seen.most.max(now);
+                        let token = request["token"].as_str().map(str::to_owned);
+                        seen.tokens.push(token);
+                    }
+                    let mut forward = http
+                        .request(method, format!("{upstream}{uri}"))
+                        .body(body.to_vec());
+                    if let Some(kind) = headers.get("content-type") {
+                        forward = forward.header("content-type", kind.clone());
+                    }
+                    let response = forward.send().await.unwrap();
+                    let status = response.status().as_u16();
+                    let bytes = response.bytes().await.unwrap();
+                    if let Some(request) = &account {
+                        let open_kfid = request["open_kfid"].as_str().unwrap_or("");
+                        if let Some(n) = seen.lock().unwrap().in_flight.get_mut(open_kfid) {
+                            *n -= 1;
+                        }
+                    }
+                    (
+                        axum::http::StatusCode::from_u16(status).unwrap(),
+                        [("content-type", "application/json")],
+                        bytes,
+                    )
+                }
+            },
+        )
+    };
+    let proxy_url = wechat_kf_test_support::serve(proxy, "").await;
+    let mut config = config(&emu, &dir.path().join("kf.db"), Some(&sink.url));
+    config.wechat.base_url = Some(proxy_url);
+    let running = start(&emu, config).await;
+    // Slow pulls, so that callbacks arrive while one is in flight.
+    emu.emulator()
+        .inject_fault(json!({"path": "kf/sync_msg", "kind": "delay", "delay_ms": 200, "count": 20}))
+        .unwrap();
+    let mut expected = Vec::new();
+    for i in 0..40 {
+        expected.extend(send_texts(&emu, &kf, &format!("wm{}", i % 4), 1));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    wait_for("all acknowledged", Duration::from_secs(30), || async {
+        sink.acked_count() >= expected.len()
+    })
+    .await;
+    wait_for("callbacks done", Duration::from_secs(10), || async {
+        emu.emulator().callbacks_idle()
+    })
+    .await;
+    assert_exactly_once_in_order(&sink, &expected);
+    let (most, tokens) = {
+        let seen = seen.lock().unwrap();
+        (seen.most, seen.tokens.clone())
+    };
+    assert_eq!(most, 1, "more than one sync_msg in flight for an account");
+    assert!(
+        tokens.len() < expected.len(),
+        "callbacks were not coalesced: {} pulls for {} messages",
+        tokens.len(),
+        expected.len()
+    );
+    let attempts = emu.emulator().callback_attempts();
+    let newest = attempts["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["ok"] == true && a["open_kfid"] == kf.as_str())
+        .filter_map(|a| a["token"].as_str())
+        .next_back()
+        .map(str::to_owned);
+    assert!(newest.is_some());
+    assert_eq!(tokens.last().cloned().flatten(), newest);
+    running.shutdown().await;
+    emu.shutdown().await;
+}

@@ -280,3 +280,77 @@ async fn a_half_sent_request_to_a_standby_does_not_hold_up_its_takeover() {
     second.shutdown().await;
     emu.shutdown().await;
 }
+
+/// The backend and start of the statement waiting for this schema's leader lock, if one is.
+async fn lock_waiter(schema: &PgSchema) -> Option<(i32, std::time::SystemTime)> {
+    schema
+        .admin
+        .query_opt(
+            "SELECT a.pid, a.query_start FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND NOT l.granted AND l.classid = 7428102 \
+             AND l.objid = hashtext($1)::oid",
+            &[&schema.name()],
+        )
+        .await
+        .unwrap()
+        .map(|r| (r.get(0), r.get(1)))
+}
+
+#[tokio::test]
+async fn a_postgres_standby_waits_on_one_connection_and_takes_over_without_polling() {
+    let Some((schema, emu, _dir, mut config)) = on_postgres().await else {
+        return;
+    };
+    let first = start(&emu, config.clone()).await;
+
+    // Each wait for the lock ends after `standby_poll`; the next one is asked on the same
+    // connection (same backend), not a new one.
+    config.storage.standby_poll = Duration::from_millis(100);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let second = tokio::spawn(Service::start_on(config.clone(), listener));
+    let seen = std::sync::Mutex::new(Vec::new());
+    wait_for(
+        "the standby to ask for the lock again",
+        Duration::from_secs(15),
+        || async {
+            let waiter = lock_waiter(&schema).await;
+            let mut seen = seen.lock().unwrap();
+            if let Some(waiter) = waiter {
+                if !seen.contains(&waiter) {
+                    seen.push(waiter);
+                }
+            }
+            seen.len() >= 3
+        },
+    )
+    .await;
+    let seen = seen.into_inner().unwrap();
+    let backends: std::collections::HashSet<i32> = seen.iter().map(|(pid, _)| *pid).collect();
+    assert_eq!(
+        backends.len(),
+        1,
+        "one connection for every attempt: {seen:?}"
+    );
+    second.abort();
+    let _ = second.await;
+
+    // With a poll far longer than the test, the standby still leads as soon as the leader's
+    // lock is released: the server hands it the lock it is waiting for.
+    config.storage.standby_poll = Duration::from_secs(3600);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let third = tokio::spawn(Service::start_on(config, listener));
+    wait_for("the standby to wait", Duration::from_secs(15), || async {
+        lock_waiter(&schema).await.is_some()
+    })
+    .await;
+    first.shutdown().await;
+    let third = tokio::time::timeout(Duration::from_secs(30), third)
+        .await
+        .expect("the standby took over long before its poll")
+        .unwrap()
+        .unwrap();
+    assert!(third.leader().is_some_and(|l| l.is_held()));
+    third.shutdown().await;
+    emu.shutdown().await;
+    schema.drop().await;
+}

@@ -1169,3 +1169,122 @@ async fn the_stores_open_read_only_beside_a_running_service() {
     read_only_beside_the_writer(Arc::new(writer), &schema.url).await;
     schema.drop().await;
 }
+
+/// Backends of this test's connections waiting on a lock while running `statement`.
+async fn waiting_on_a_lock(admin: &tokio_postgres::Client, statement: &str) -> bool {
+    let row = admin
+        .query_one(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND datname = current_database() AND position($1 in query) > 0",
+            &[&statement],
+        )
+        .await
+        .unwrap();
+    row.get::<_, i64>(0) > 0
+}
+
+/// A page commit of the previous leader still in flight when a new leader takes over stores a
+/// message whose seq is lower than messages committed before it. The new leader's fence waits
+/// for it, so its scan at start finds that message (a scan by seq alone would pass it by), and
+/// the old leader commits nothing afterwards.
+#[tokio::test]
+async fn a_new_leader_finds_a_lower_seq_committed_late_by_the_old_one() {
+    use std::time::Duration;
+
+    use crate::common::{PgSchema, wait_for};
+
+    let Some(url) = crate::common::require_env("DATABASE_URL") else {
+        return;
+    };
+    let schema = PgSchema::create(&url).await;
+    let old = Arc::new(PostgresStore::connect(&schema.url).await.unwrap());
+    old.add_account("wkOld".into(), 1).await.unwrap();
+    old.fence().await.unwrap();
+
+    // Hold the old leader's page commit after its messages are inserted (seq taken), before
+    // its cursor is: the test holds the cursor's row.
+    let (mut blocker, connection) = tokio_postgres::connect(&schema.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let hold = blocker.transaction().await.unwrap();
+    hold.execute(
+        "SELECT 1 FROM cursors WHERE open_kfid = 'wkOld' FOR UPDATE",
+        &[],
+    )
+    .await
+    .unwrap();
+    let in_flight = tokio::spawn({
+        let old = old.clone();
+        async move { old.commit_page(page("wkOld", &["late"], Some("c1"))).await }
+    });
+    wait_for(
+        "the old leader's page commit to wait for its cursor",
+        Duration::from_secs(10),
+        || waiting_on_a_lock(&schema.admin, "INSERT INTO cursors"),
+    )
+    .await;
+    // A later page (another account) commits first, with a higher seq.
+    let early = old
+        .commit_page(page("wkNew", &["early"], Some("c1")))
+        .await
+        .unwrap();
+
+    // The new leader fences, then scans what is pending, as the service does at start.
+    let new = Arc::new(PostgresStore::connect(&schema.url).await.unwrap());
+    let takeover = tokio::spawn({
+        let new = new.clone();
+        async move {
+            new.fence().await.unwrap();
+            new.pending_messages(0, 100).await.unwrap()
+        }
+    });
+    wait_for(
+        "the new leader's fence to wait for the commit in flight",
+        Duration::from_secs(10),
+        || waiting_on_a_lock(&schema.admin, "pg_advisory_xact_lock("),
+    )
+    .await;
+    hold.commit().await.unwrap();
+    let late = in_flight.await.unwrap().unwrap();
+    let (late_seq, early_seq) = (late.stored[0].seq, early.stored[0].seq);
+    assert!(late_seq < early_seq, "the late commit has the lower seq");
+    let pending: Vec<i64> = takeover.await.unwrap().iter().map(|m| m.seq).collect();
+    assert_eq!(pending, vec![late_seq, early_seq]);
+
+    // The old leader, fenced off, commits nothing more.
+    let refused = old
+        .commit_page(page("wkOld", &["after"], Some("c2")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, wechat_kf_service::Error::LeadershipLost),
+        "{refused}"
+    );
+    let stored: Vec<MsgId> = new
+        .messages("wkOld".into())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(m, _)| m)
+        .collect();
+    assert_eq!(stored, vec![MsgId::from("late")]);
+    assert_eq!(
+        new.accounts().await.unwrap()[..],
+        [
+            AccountCursor {
+                open_kfid: "wkNew".into(),
+                cursor: Some("c1".into()),
+                catch_up_before: None,
+            },
+            AccountCursor {
+                open_kfid: "wkOld".into(),
+                cursor: Some("c1".into()),
+                catch_up_before: None,
+            },
+        ]
+    );
+    old.close().await;
+    new.close().await;
+    schema.drop().await;
+}

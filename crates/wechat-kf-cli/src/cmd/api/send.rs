@@ -336,7 +336,7 @@ impl Tracking {
         if !is_url && !std::path::Path::new(location).exists() {
             return Err(usage("no such store (start serve with it first)"));
         }
-        let store = store::open(location, store::Synchronous::Normal)
+        let store = store::open(location, store::OpenOptions::default())
             .await
             .map_err(|e| CliError::Failed(format!("send: {e}")))?;
         Ok(Tracking { store })

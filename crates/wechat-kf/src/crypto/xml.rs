@@ -9,6 +9,9 @@
 //! processing instructions, attributes, text between children, children in any order, nested
 //! children (skipped as a whole), CDATA or plain text, surrounding whitespace. It is not a
 //! validating parser: it only promises to never panic and to report truncated documents.
+//!
+//! [`strict`] reads documents exactly as WeCom writes them in one cheaper pass and says
+//! "unusual" on anything else, for the caller to start over with [`children`].
 
 use std::borrow::Cow;
 

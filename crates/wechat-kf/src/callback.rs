@@ -22,7 +22,7 @@ use std::borrow::Cow;
 use serde::Serialize;
 
 use crate::OpenKfId;
-use crate::crypto::xml;
+use crate::crypto::xml::{self, Step};
 use crate::crypto::{CallbackCrypto, CryptoError};
 
 /// A decrypted callback, parsed. Serializes to JSON with a `type` tag (`kf_msg_or_event`,
@@ -92,32 +92,30 @@ impl CallbackEvent {
     /// [`CryptoError::MalformedXml`] (-40002) on unreadable XML, or when a known event lacks a
     /// required element (`ToUserName`, `CreateTime`, and `Token` for `kf_msg_or_event`).
     pub fn from_xml(xml: &str) -> Result<CallbackEvent, CryptoError> {
+        // WeCom's own form first, in one strict pass; anything unusual starts over on the
+        // tolerant scanner, which reads the strict form identically.
+        if let Some(mut scan) = xml::strict(xml) {
+            let mut fields = Fields::default();
+            loop {
+                match scan.step() {
+                    Step::Element(name, text) => fields.put(name, || Ok(Cow::Borrowed(text)))?,
+                    Step::End => return fields.into_event(xml),
+                    Step::Unusual => break,
+                }
+            }
+        }
+        Self::from_xml_general(xml)
+    }
+
+    /// [`from_xml`](Self::from_xml) through the tolerant scanner only, without the strict fast
+    /// path; the same results, slower. Kept callable so that the differential tests and the fuzz
+    /// target can hold the two to each other.
+    #[doc(hidden)]
+    pub fn from_xml_general(xml: &str) -> Result<CallbackEvent, CryptoError> {
         let mut fields = Fields::default();
         for element in xml::children(xml).map_err(CryptoError::MalformedXml)? {
             let element = element.map_err(CryptoError::MalformedXml)?;
-            let slot = match element.name {
-                "ToUserName" => &mut fields.to_user_name,
-                "FromUserName" => &mut fields.from_user_name,
-                "CreateTime" => &mut fields.create_time,
-                "MsgType" => &mut fields.msg_type,
-                "Event" => &mut fields.event,
-                "Token" => &mut fields.token,
-                "OpenKfId" => &mut fields.open_kfid,
-                "AuthAddOpenKfId" => {
-                    let id = element.text().map_err(CryptoError::MalformedXml)?;
-                    fields.auth_add.push(OpenKfId::new(id));
-                    continue;
-                }
-                "AuthDelOpenKfId" => {
-                    let id = element.text().map_err(CryptoError::MalformedXml)?;
-                    fields.auth_del.push(OpenKfId::new(id));
-                    continue;
-                }
-                _ => continue,
-            };
-            if slot.is_none() {
-                *slot = Some(element.text().map_err(CryptoError::MalformedXml)?);
-            }
+            fields.put(element.name, || element.text())?;
         }
         fields.into_event(xml)
     }
@@ -156,7 +154,41 @@ struct Fields<'a> {
     auth_del: Vec<OpenKfId>,
 }
 
-impl Fields<'_> {
+impl<'a> Fields<'a> {
+    /// Records one element; `text` is only decoded when the element is kept (the first of
+    /// duplicated single-valued elements wins, and its text alone may fail).
+    #[inline]
+    fn put(
+        &mut self,
+        name: &str,
+        text: impl FnOnce() -> xml::XmlResult<Cow<'a, str>>,
+    ) -> Result<(), CryptoError> {
+        let slot = match name {
+            "ToUserName" => &mut self.to_user_name,
+            "FromUserName" => &mut self.from_user_name,
+            "CreateTime" => &mut self.create_time,
+            "MsgType" => &mut self.msg_type,
+            "Event" => &mut self.event,
+            "Token" => &mut self.token,
+            "OpenKfId" => &mut self.open_kfid,
+            "AuthAddOpenKfId" => {
+                let id = text().map_err(CryptoError::MalformedXml)?;
+                self.auth_add.push(OpenKfId::new(id));
+                return Ok(());
+            }
+            "AuthDelOpenKfId" => {
+                let id = text().map_err(CryptoError::MalformedXml)?;
+                self.auth_del.push(OpenKfId::new(id));
+                return Ok(());
+            }
+            _ => return Ok(()),
+        };
+        if slot.is_none() {
+            *slot = Some(text().map_err(CryptoError::MalformedXml)?);
+        }
+        Ok(())
+    }
+
     fn into_event(self, raw: &str) -> Result<CallbackEvent, CryptoError> {
         match self.event.as_deref() {
             Some("kf_msg_or_event") => Ok(CallbackEvent::KfMsgOrEvent(KfMsgOrEvent {

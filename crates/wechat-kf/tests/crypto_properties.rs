@@ -8,7 +8,8 @@ use base64::engine::general_purpose::STANDARD;
 use proptest::prelude::*;
 use wechat_kf::callback::CallbackEvent;
 use wechat_kf::crypto::{
-    CallbackCrypto, CryptoError, ReplayError, ReplayWindow, extract_encrypt, signature,
+    CallbackCrypto, CryptoError, ReplayError, ReplayWindow, extract_encrypt,
+    extract_encrypt_general, signature,
 };
 
 const TOKEN: &str = "QDG6eK";
@@ -217,6 +218,92 @@ proptest! {
         let text: String = parts.concat();
         let _ = CallbackEvent::from_xml(&text);
         let _ = extract_encrypt(&text);
+    }
+}
+
+// ---- the strict fast path of the XML scanner against the tolerant one ------------------------
+
+/// Documents in WeCom's own form (what the strict scanner reads) with random names, values and
+/// whitespace, and random corruptions of them (what it must hand to the tolerant scanner).
+fn wecom_like_xml() -> impl Strategy<Value = String> {
+    let name = prop::sample::select(vec![
+        "ToUserName",
+        "FromUserName",
+        "CreateTime",
+        "MsgType",
+        "Event",
+        "Token",
+        "OpenKfId",
+        "Encrypt",
+        "AgentID",
+        "AuthAddOpenKfId",
+        "AuthDelOpenKfId",
+        "X",
+        "a_1",
+        "N<b",
+        "中",
+    ]);
+    let value = "[ a-zA-Z0-9<>&;/\\]\\[!?\"'=_\n中]{0,40}";
+    let element = (
+        name,
+        value,
+        any::<bool>(),
+        prop::sample::select(vec!["", "\n", " ", "\t\r\n"]),
+    )
+        .prop_map(|(name, value, cdata, ws)| {
+            if cdata {
+                format!("{ws}<{name}><![CDATA[{value}]]></{name}>")
+            } else {
+                format!("{ws}<{name}>{value}</{name}>")
+            }
+        });
+    (
+        prop::collection::vec(element, 0..12),
+        prop::sample::select(vec!["</xml>", "</xml>\n", "</other>", "", "<x/></xml>"]),
+        any::<u16>(),
+        prop::sample::select(vec![
+            "",
+            "<",
+            ">",
+            "/",
+            "]]>",
+            "<![CDATA[",
+            "&amp;",
+            "\u{feff}",
+            " a=\"1\"",
+        ]),
+    )
+        .prop_map(|(elements, end, at, insert)| {
+            let mut doc = format!("<xml>{}{end}", elements.concat());
+            // One random insertion at a character boundary: mostly turns the document unusual.
+            let mut at = usize::from(at) % (doc.len() + 1);
+            while !doc.is_char_boundary(at) {
+                at -= 1;
+            }
+            doc.insert_str(at, insert);
+            doc
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    #[test]
+    fn the_strict_event_scanner_reads_every_document_as_the_tolerant_one_does(doc in wecom_like_xml()) {
+        prop_assert_eq!(CallbackEvent::from_xml(&doc), CallbackEvent::from_xml_general(&doc));
+        prop_assert_eq!(extract_encrypt(&doc), extract_encrypt_general(&doc));
+    }
+
+    #[test]
+    fn the_strict_event_scanner_agrees_on_random_token_soup(parts in prop::collection::vec(prop::sample::select(vec![
+        "<xml>", "</xml>", "<Encrypt>", "</Encrypt>", "<Token>", "</Token>", "<Event>",
+        "kf_msg_or_event", "</Event>", "<CreateTime>", "1", "</CreateTime>", "<ToUserName>",
+        "</ToUserName>", "<![CDATA[", "]]>", "]", "<!--", "-->", "<?", "?>", "&amp;", "&", " ",
+        "\n", "a=\"", "\"", "/>", "<", ">", "/", "中", "<AuthAddOpenKfId>", "</AuthAddOpenKfId>",
+    ]), 0..40)) {
+        let doc = format!("<xml>{}", parts.concat());
+        prop_assert_eq!(CallbackEvent::from_xml(&doc), CallbackEvent::from_xml_general(&doc));
+        prop_assert_eq!(extract_encrypt(&doc), extract_encrypt_general(&doc));
     }
 }
 

@@ -175,10 +175,22 @@ const PURGE_CHUNK: i64 = 5000;
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
+/// A callback to remember: key, expiry, `now`, and where its answer goes.
+type Remember = (
+    String,
+    i64,
+    i64,
+    tokio::sync::oneshot::Sender<Result<bool, Error>>,
+);
+
 /// The SQLite [`Store`].
 pub struct SqliteStore {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     worker: Mutex<Option<JoinHandle<()>>>,
+    /// Callbacks waiting to be remembered. One transaction takes every callback that queued
+    /// while the writer was busy (group commit): one transaction per callback made the single
+    /// writer the limit of the callback endpoint's rate.
+    callbacks: std::sync::Arc<Mutex<Vec<Remember>>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -246,6 +258,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             jobs: Mutex::new(Some(tx)),
             worker: Mutex::new(Some(worker)),
+            callbacks: std::sync::Arc::default(),
         })
     }
 
@@ -442,6 +455,43 @@ fn commit_page(conn: &mut Connection, page: PageWrite) -> Result<PageOutcome, Er
     }
     tx.commit()?;
     Ok(plan.into_outcome(&seqs, released))
+}
+
+/// Remembers a batch of callbacks in one transaction, each answered as if alone (a key twice in
+/// the batch: the second is a replay).
+fn remember_callbacks(conn: &mut Connection, batch: Vec<Remember>) {
+    let mut write = || -> Result<Vec<bool>, Error> {
+        let tx = conn.transaction()?;
+        // The earliest `now` of the batch: never forgets a key another member still counts.
+        let now = batch.iter().map(|c| c.2).min().unwrap_or(0);
+        tx.prepare_cached("DELETE FROM callback_replays WHERE expires_at < ?1")?
+            .execute(params![now])?;
+        let mut firsts = Vec::with_capacity(batch.len());
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO callback_replays (key, expires_at) VALUES (?1, ?2) \
+                 ON CONFLICT (key) DO NOTHING",
+            )?;
+            for (key, expires_at, _, _) in &batch {
+                firsts.push(insert.execute(params![key, expires_at])? == 1);
+            }
+        }
+        tx.commit()?;
+        Ok(firsts)
+    };
+    match write() {
+        Ok(firsts) => {
+            for ((_, _, _, answer), first) in batch.into_iter().zip(firsts) {
+                let _ = answer.send(Ok(first));
+            }
+        }
+        Err(e) => {
+            let text = e.to_string();
+            for (_, _, _, answer) in batch {
+                let _ = answer.send(Err(Error::Store(text.clone())));
+            }
+        }
+    }
 }
 
 fn insert_reply(
@@ -1006,19 +1056,34 @@ impl Store for SqliteStore {
         expires_at: i64,
         now: i64,
     ) -> BoxFuture<'_, Result<bool, Error>> {
-        self.call(move |conn| {
-            let tx = conn.transaction()?;
-            tx.prepare_cached("DELETE FROM callback_replays WHERE expires_at < ?1")?
-                .execute(params![now])?;
-            let inserted = tx
-                .prepare_cached(
-                    "INSERT INTO callback_replays (key, expires_at) VALUES (?1, ?2) \
-                     ON CONFLICT (key) DO NOTHING",
-                )?
-                .execute(params![key, expires_at])?;
-            tx.commit()?;
-            Ok(inserted == 1)
-        })
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let queue = self.callbacks.clone();
+        let first_in_queue = {
+            let mut waiting = queue.lock().unwrap_or_else(|e| e.into_inner());
+            waiting.push((key, expires_at, now, answer));
+            waiting.len() == 1
+        };
+        // The first to queue schedules the transaction; the others ride along with it.
+        if first_in_queue {
+            let job: Job = Box::new(move |conn| {
+                let batch = std::mem::take(&mut *queue.lock().unwrap_or_else(|e| e.into_inner()));
+                remember_callbacks(conn, batch);
+            });
+            let sent = self
+                .jobs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .is_some_and(|jobs| jobs.send(job).is_ok());
+            if !sent {
+                // Closed: dropping the answers makes every waiter see `StoreClosed`.
+                self.callbacks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clear();
+            }
+        }
+        Box::pin(async move { answered.await.unwrap_or(Err(Error::StoreClosed)) })
     }
 
     fn last_send_time(&self, open_kfid: OpenKfId) -> BoxFuture<'_, Result<Option<i64>, Error>> {

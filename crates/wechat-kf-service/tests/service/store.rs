@@ -1013,6 +1013,20 @@ async fn conformance(store: Arc<dyn Store>) {
             .unwrap(),
         "expired"
     );
+    // Many at once (the SQLite store commits those that queue together in one transaction):
+    // each key is new exactly once, however the calls are grouped.
+    let answers = futures::future::join_all(
+        (0..64).map(|i| store.first_callback(format!("burst{}", i % 16), 3_000, 1_001)),
+    )
+    .await;
+    let mut firsts = std::collections::HashMap::new();
+    for (i, answer) in answers.into_iter().enumerate() {
+        if answer.unwrap() {
+            *firsts.entry(i % 16).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(firsts.len(), 16);
+    assert!(firsts.values().all(|&n| n == 1), "{firsts:?}");
 
     let stats = store.stats().await.unwrap();
     assert_eq!(

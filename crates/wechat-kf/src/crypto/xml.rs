@@ -9,6 +9,9 @@
 //! processing instructions, attributes, text between children, children in any order, nested
 //! children (skipped as a whole), CDATA or plain text, surrounding whitespace. It is not a
 //! validating parser: it only promises to never panic and to report truncated documents.
+//!
+//! [`strict`] reads documents exactly as WeCom writes them in one cheaper pass and says
+//! "unusual" on anything else, for the caller to start over with [`children`].
 
 use std::borrow::Cow;
 
@@ -132,6 +135,180 @@ impl<'a> Children<'a> {
                 simple: None,
             }));
         }
+    }
+}
+
+/// One step of the [`Strict`] scanner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step<'a> {
+    /// A child `(name, text)` in one of the forms WeCom sends.
+    Element(&'a str, &'a str),
+    /// The root's end tag.
+    End,
+    /// Anything else: start over with the general [`children`] scanner.
+    Unusual,
+}
+
+/// A strict single-pass scanner for documents exactly as WeCom writes them: `<xml>`, then
+/// children `<Name><![CDATA[text]]></Name>` or `<Name>text</Name>` (names of ASCII letters,
+/// digits and `_`, plain text without `<` or `&`), optionally separated by whitespace, then `</`.
+///
+/// Every document it reads, it reads exactly as [`children`] does (same names, same texts, the
+/// same end), only cheaper: no prolog, markup or attribute handling and one byte test per name
+/// byte. On anything else it says [`Step::Unusual`] and the caller falls back to [`children`]; a
+/// differential test and the `callback_xml` fuzz target hold the two to identical results.
+#[derive(Debug, Clone)]
+pub(crate) struct Strict<'a> {
+    doc: &'a str,
+    pos: usize,
+}
+
+/// Starts the strict scanner, or `None` when the document does not open with `<xml>`.
+#[inline]
+pub(crate) fn strict(doc: &str) -> Option<Strict<'_>> {
+    doc.as_bytes()
+        .starts_with(b"<xml>")
+        .then_some(Strict { doc, pos: 5 })
+}
+
+impl<'a> Strict<'a> {
+    /// The next child, the end of the root, or [`Step::Unusual`] (after which it stays unusual).
+    #[inline]
+    pub(crate) fn step(&mut self) -> Step<'a> {
+        match self.element() {
+            Some(step) => step,
+            None => {
+                self.pos = usize::MAX;
+                Step::Unusual
+            }
+        }
+    }
+
+    #[inline]
+    fn element(&mut self) -> Option<Step<'a>> {
+        let doc = self.doc;
+        let b = doc.as_bytes();
+        let mut i = self.pos;
+        while is_xml_ws(*b.get(i)?) {
+            i += 1;
+        }
+        if b[i] != b'<' {
+            return None;
+        }
+        let name_start = i + 1;
+        match b.get(name_start) {
+            Some(b'/') => return Some(Step::End),
+            // `<!` and `<?` are markup, not elements.
+            Some(b'!' | b'?') | None => return None,
+            Some(_) => {}
+        }
+        let i = name_end(b, name_start)?;
+        let name = doc.get(name_start..i)?;
+        let from = i + 1;
+        let (value, close) = if has_prefix_at(b, from, b"<![CDATA[") {
+            // The first `]]>` ends the section, as in `simple_value`.
+            let mut at = from + 9;
+            let end = loop {
+                let bracket = find_byte_short(b, at, b']')?;
+                if has_prefix_at(b, bracket, b"]]>") {
+                    break bracket;
+                }
+                at = bracket + 1;
+            };
+            (doc.get(from + 9..end)?, end + 3)
+        } else {
+            let lt = find_byte_short(b, from, b'<')?;
+            let raw = doc.get(from..lt)?;
+            if raw.as_bytes().contains(&b'&') {
+                return None;
+            }
+            (raw.trim_matches(is_xml_ws_char), lt)
+        };
+        // `</name>`, compared in words: the names are a handful of bytes.
+        let after = close + 3 + name.len();
+        let end_tag = b.get(close..after)?;
+        if !(end_tag.starts_with(b"</")
+            && end_tag.ends_with(b">")
+            && same_short(&end_tag[2..end_tag.len() - 1], name.as_bytes()))
+        {
+            return None;
+        }
+        self.pos = after;
+        Some(Step::Element(name, value))
+    }
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Flags (high bit) the bytes of `word` equal to `byte`; the lowest flag is exact (borrows only
+/// flag bytes above a true one).
+#[inline]
+fn flag_equal(word: u64, byte: u8) -> u64 {
+    let x = word ^ (ONES * u64::from(byte));
+    x.wrapping_sub(ONES) & !x & HIGHS
+}
+
+/// The index of the `>` ending a start tag's name that begins at `from`, if the name is one
+/// [`Strict`] accepts: one or more bytes, none of them below `0` (0x30: whitespace, `/`, quotes
+/// and `!` are all below it), so that [`start_tag`] reads the same name, no attributes and no
+/// self-closing `/`. Eight bytes per step; names are a handful of bytes.
+#[inline]
+fn name_end(b: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    loop {
+        let chunk: [u8; 8] = b.get(i..i + 8)?.try_into().ok()?;
+        let word = u64::from_le_bytes(chunk);
+        let gt = flag_equal(word, b'>');
+        // Bytes below 0x30 (`!word` keeps bytes >= 0x80 out); the lowest flag is exact.
+        let low = word.wrapping_sub(ONES * 0x30) & !word & HIGHS;
+        if gt != 0 {
+            let first_gt = gt & gt.wrapping_neg();
+            if low & (first_gt - 1) != 0 {
+                return None;
+            }
+            let end = i + (gt.trailing_zeros() / 8) as usize;
+            return (end > from).then_some(end);
+        }
+        if low != 0 {
+            return None;
+        }
+        i += 8;
+    }
+}
+
+/// The index of the first `needle` in `b[from..]`, eight bytes per step over the first 64 (an
+/// event's values are a few dozen bytes, where memchr's setup costs more than it saves), memchr
+/// beyond (the `Encrypt` value is ~470 bytes).
+#[inline]
+fn find_byte_short(b: &[u8], from: usize, needle: u8) -> Option<usize> {
+    let stop = from.saturating_add(64);
+    let mut i = from;
+    while i < stop {
+        let Some(chunk) = b.get(i..i + 8) else { break };
+        let zero = flag_equal(u64::from_le_bytes(chunk.try_into().ok()?), needle);
+        if zero != 0 {
+            return Some(i + (zero.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    memchr::memchr(needle, b.get(i..)?).map(|at| i + at)
+}
+
+/// `a == b` for short slices, in two overlapping word compares where the length allows.
+#[inline]
+fn same_short(a: &[u8], b: &[u8]) -> bool {
+    fn word<const N: usize>(s: &[u8], at: usize) -> Option<[u8; N]> {
+        s.get(at..at + N)?.try_into().ok()
+    }
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    match n {
+        8..=16 => word::<8>(a, 0) == word::<8>(b, 0) && word::<8>(a, n - 8) == word::<8>(b, n - 8),
+        4..8 => word::<4>(a, 0) == word::<4>(b, 0) && word::<4>(a, n - 4) == word::<4>(b, n - 4),
+        _ => a == b,
     }
 }
 

@@ -6,8 +6,7 @@
 //! `WECHAT_KF_SERVE_BIN` may name another build of the binary.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,10 +18,9 @@ use axum::routing::post;
 use bytes::Bytes;
 use serde_json::{Value, json};
 use wechat_kf_emulator::RunningEmulator;
-use wechat_kf_test_support::Spawned;
 
 mod common;
-use common::{binary, serve_available};
+use common::{serve_available, spawn_against, wait_ready};
 
 const KILLS: usize = 22;
 const ACCOUNTS: usize = 3;
@@ -83,36 +81,6 @@ async fn emulator() -> RunningEmulator {
         })
         .start()
         .await
-}
-
-/// Starts the service on a port of its own (each run's differs; `wait_ready` points the
-/// emulator's callbacks at it).
-fn spawn_service(emu: &RunningEmulator, db: &Path, webhook: &str, config_file: &Path) -> Spawned {
-    let e = emu.emulator().config();
-    let mut command = Command::new(binary());
-    command
-        .arg("serve")
-        .args(["--config", config_file.to_str().unwrap()])
-        .args(["--listen", "127.0.0.1:0"])
-        .args(["--db", db.to_str().unwrap()])
-        .args(["--webhook", webhook])
-        .env("WECHAT_KF_CORP_ID", &e.corp_id)
-        .env("WECHAT_KF_SECRET", &e.secret)
-        .env("WECHAT_KF_CALLBACK_TOKEN", &e.callback_token)
-        .env("WECHAT_KF_ENCODING_AES_KEY", &e.encoding_aes_key)
-        .env("WECHAT_KF_BASE_URL", emu.base_url())
-        .env("WECHAT_KF_WEBHOOK_SECRET", "crash-secret")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null());
-    Spawned::spawn(&mut command)
-}
-
-/// Waits until the service has started (it prints its address once ready; exiting first
-/// fails the test with its output) and points the emulator's callbacks at it.
-async fn wait_ready(emu: &RunningEmulator, child: &mut Spawned) {
-    let url = common::serve_url(child).await;
-    emu.emulator()
-        .set_callback_url(Some(format!("{url}/callback")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,7 +166,7 @@ async fn killing_the_service_at_random_moments_loses_nothing_and_stores_nothing_
     };
 
     for kill in 0..KILLS {
-        let mut child = spawn_service(&emu, &db, &webhook, &config_file);
+        let mut child = spawn_against(&emu, &db, &webhook, &config_file);
         // Sometimes kill during start-up and recovery, mostly while pulling and delivering.
         if rng.below(5) > 0 {
             wait_ready(&emu, &mut child).await;
@@ -216,7 +184,7 @@ async fn killing_the_service_at_random_moments_loses_nothing_and_stores_nothing_
     let sent = producer.await.unwrap();
 
     // The last run is left alone until everything is through.
-    let mut child = spawn_service(&emu, &db, &webhook, &config_file);
+    let mut child = spawn_against(&emu, &db, &webhook, &config_file);
     wait_ready(&emu, &mut child).await;
     let expected: HashSet<&String> = sent.iter().map(|(_, id)| id).collect();
     let deadline = Instant::now() + Duration::from_secs(90);

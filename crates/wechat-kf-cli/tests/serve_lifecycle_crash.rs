@@ -5,8 +5,6 @@
 //!
 //! The emulator and the webhook sink run in this test process; the service is the real binary.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use std::sync::{Arc, Mutex};
@@ -21,34 +19,22 @@ use wechat_kf_emulator::RunningEmulator;
 use wechat_kf_test_support::{Spawned, wait_for};
 
 mod common;
-use common::{binary, serve_available};
+use common::{serve_available, spawn_against, wait_ready};
 
 /// How long the emulator holds the stage message's call: the kill lands inside it.
 const HOLD_MS: u64 = 3000;
 
-fn spawn_service(emu: &RunningEmulator, db: &Path, webhook: &str, config_file: &Path) -> Spawned {
+/// Makes `zhangsan` a servicer of the account.
+async fn add_servicer(emu: &RunningEmulator, kf: &str) {
     let e = emu.emulator().config();
-    let mut command = Command::new(binary());
-    command
-        .arg("serve")
-        .args(["--config", config_file.to_str().unwrap()])
-        .args(["--listen", "127.0.0.1:0"])
-        .args(["--db", db.to_str().unwrap()])
-        .args(["--webhook", webhook])
-        .env("WECHAT_KF_CORP_ID", &e.corp_id)
-        .env("WECHAT_KF_SECRET", &e.secret)
-        .env("WECHAT_KF_CALLBACK_TOKEN", &e.callback_token)
-        .env("WECHAT_KF_ENCODING_AES_KEY", &e.encoding_aes_key)
-        .env("WECHAT_KF_BASE_URL", emu.base_url())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null());
-    Spawned::spawn(&mut command)
-}
-
-async fn started(emu: &RunningEmulator, child: &mut Spawned) {
-    let url = common::serve_url(child).await;
-    emu.emulator()
-        .set_callback_url(Some(format!("{url}/callback")));
+    wechat_kf::client::Client::builder(e.corp_id.clone(), e.secret.clone())
+        .base_url(emu.base_url())
+        .build()
+        .unwrap()
+        .servicers()
+        .add(wechat_kf::client::servicers::ServicerRequest::new(kf).userids(["zhangsan"]))
+        .await
+        .unwrap();
 }
 
 async fn control(emu: &RunningEmulator, path: &str, body: Value) -> Value {
@@ -105,15 +91,7 @@ async fn a_kill_while_a_stage_message_is_sent_neither_repeats_nor_loses_it() {
         .start()
         .await;
     let kf = emu.emulator().create_account("crash-stages");
-    let e = emu.emulator().config();
-    wechat_kf::client::Client::builder(e.corp_id.clone(), e.secret.clone())
-        .base_url(emu.base_url())
-        .build()
-        .unwrap()
-        .servicers()
-        .add(wechat_kf::client::servicers::ServicerRequest::new(kf.as_str()).userids(["zhangsan"]))
-        .await
-        .unwrap();
+    add_servicer(&emu, &kf).await;
     let sink = Router::new().route("/hook", post(|| async { StatusCode::OK }));
     let webhook = wechat_kf_test_support::serve(sink, "/hook").await;
     let dir = tempfile::tempdir().unwrap();
@@ -128,8 +106,8 @@ async fn a_kill_while_a_stage_message_is_sent_neither_repeats_nor_loses_it() {
         json!({"path": "kf/send_msg_on_event", "kind": "delay", "delay_ms": HOLD_MS, "count": 1});
 
     // The welcome: killed while it is being sent, then restarted.
-    let mut child = spawn_service(&emu, &db, &webhook, &config_file);
-    started(&emu, &mut child).await;
+    let mut child = spawn_against(&emu, &db, &webhook, &config_file);
+    wait_ready(&emu, &mut child).await;
     control(&emu, "/emulator/faults", hold.clone()).await;
     let before = calls(&emu, "kf/send_msg_on_event");
     let entered = control(
@@ -140,8 +118,8 @@ async fn a_kill_while_a_stage_message_is_sent_neither_repeats_nor_loses_it() {
     .await;
     assert!(entered["welcome_code"].is_string(), "{entered}");
     kill_inside_the_send(&emu, &mut child, before).await;
-    let mut child = spawn_service(&emu, &db, &webhook, &config_file);
-    started(&emu, &mut child).await;
+    let mut child = spawn_against(&emu, &db, &webhook, &config_file);
+    wait_ready(&emu, &mut child).await;
     wait_for("the welcome", Duration::from_secs(20), || async {
         !on_event_sends(&emu, &kf, "wmK").is_empty()
     })
@@ -164,8 +142,8 @@ async fn a_kill_while_a_stage_message_is_sent_neither_repeats_nor_loses_it() {
     )
     .await;
     kill_inside_the_send(&emu, &mut child, before).await;
-    let mut child = spawn_service(&emu, &db, &webhook, &config_file);
-    started(&emu, &mut child).await;
+    let mut child = spawn_against(&emu, &db, &webhook, &config_file);
+    wait_ready(&emu, &mut child).await;
     wait_for("the end message", Duration::from_secs(20), || async {
         on_event_sends(&emu, &kf, "wmK").len() >= 2
     })
@@ -222,22 +200,14 @@ async fn held_turns_released_just_before_a_kill_are_delivered_as_history_after_t
         .start()
         .await;
     let kf = emu.emulator().create_account("crash-hold");
-    let e = emu.emulator().config();
-    wechat_kf::client::Client::builder(e.corp_id.clone(), e.secret.clone())
-        .base_url(emu.base_url())
-        .build()
-        .unwrap()
-        .servicers()
-        .add(wechat_kf::client::servicers::ServicerRequest::new(kf.as_str()).userids(["zhangsan"]))
-        .await
-        .unwrap();
+    add_servicer(&emu, &kf).await;
     let (webhook, bodies) = slow_sink(Duration::from_millis(1500)).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("kf.db");
     let config_file = dir.path().join("kf.toml");
     std::fs::write(&config_file, "[conversation]\nwhile_human = \"hold\"\n").unwrap();
-    let mut child = spawn_service(&emu, &db, &webhook, &config_file);
-    started(&emu, &mut child).await;
+    let mut child = spawn_against(&emu, &db, &webhook, &config_file);
+    wait_ready(&emu, &mut child).await;
 
     let say = |content: &str| json!({"open_kfid": kf, "external_userid": "wmH", "msgtype": "text", "text": {"content": content}});
     control(&emu, "/emulator/servicer/send", {
@@ -291,8 +261,8 @@ async fn held_turns_released_just_before_a_kill_are_delivered_as_history_after_t
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     child.kill().expect("SIGKILL");
-    let mut child = spawn_service(&emu, &db, &webhook, &config_file);
-    started(&emu, &mut child).await;
+    let mut child = spawn_against(&emu, &db, &webhook, &config_file);
+    wait_ready(&emu, &mut child).await;
     wait_for(
         "the customer's message after the restart",
         Duration::from_secs(30),
@@ -334,8 +304,8 @@ async fn a_kill_inside_an_auto_handover_still_queues_the_session_tells_the_bot_a
         ),
     )
     .unwrap();
-    let mut child = spawn_service(&emu, &db, &webhook, &config_file);
-    started(&emu, &mut child).await;
+    let mut child = spawn_against(&emu, &db, &webhook, &config_file);
+    wait_ready(&emu, &mut child).await;
     control(
         &emu,
         "/emulator/faults",
@@ -356,8 +326,8 @@ async fn a_kill_inside_an_auto_handover_still_queues_the_session_tells_the_bot_a
     )
     .await;
     child.kill().expect("SIGKILL");
-    let mut child = spawn_service(&emu, &db, &webhook, &config_file);
-    started(&emu, &mut child).await;
+    let mut child = spawn_against(&emu, &db, &webhook, &config_file);
+    wait_ready(&emu, &mut child).await;
 
     let state = || emu.emulator().state_snapshot();
     let queued = || {

@@ -3,9 +3,11 @@
 //! `wechat-kf-test-support`.
 #![allow(dead_code)]
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use wechat_kf_emulator::RunningEmulator;
 use wechat_kf_test_support::{Spawned, Stream};
 
 /// What `wechat-kf serve` prints on stderr once it has started (and is ready), before its URL.
@@ -38,4 +40,40 @@ pub async fn serve_url(serve: &mut Spawned) -> String {
     serve
         .url_after(Stream::Stderr, SERVE_LISTENING, Duration::from_secs(20))
         .await
+}
+
+/// Starts `wechat-kf serve` against the emulator (its credentials in the environment) with the
+/// SQLite file `db`, the webhook (signed with `crash-secret`) and a config file, on a port of
+/// its own; [`wait_ready`] points the emulator's callbacks at it.
+pub fn spawn_against(
+    emu: &RunningEmulator,
+    db: &Path,
+    webhook: &str,
+    config_file: &Path,
+) -> Spawned {
+    let e = emu.emulator().config();
+    let mut command = Command::new(binary());
+    command
+        .arg("serve")
+        .args(["--config", config_file.to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--db", db.to_str().unwrap()])
+        .args(["--webhook", webhook])
+        .env("WECHAT_KF_CORP_ID", &e.corp_id)
+        .env("WECHAT_KF_SECRET", &e.secret)
+        .env("WECHAT_KF_CALLBACK_TOKEN", &e.callback_token)
+        .env("WECHAT_KF_ENCODING_AES_KEY", &e.encoding_aes_key)
+        .env("WECHAT_KF_BASE_URL", emu.base_url())
+        .env("WECHAT_KF_WEBHOOK_SECRET", "crash-secret")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    Spawned::spawn(&mut command)
+}
+
+/// Waits until a `serve` from [`spawn_against`] has started (exiting first fails the test with
+/// its output) and points the emulator's callbacks at it.
+pub async fn wait_ready(emu: &RunningEmulator, child: &mut Spawned) {
+    let url = serve_url(child).await;
+    emu.emulator()
+        .set_callback_url(Some(format!("{url}/callback")));
 }

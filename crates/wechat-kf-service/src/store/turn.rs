@@ -90,20 +90,21 @@ impl NoReply {
         }
     }
 
+    /// Every reason.
+    pub const ALL: [NoReply; 8] = [
+        NoReply::HumanServicer,
+        NoReply::Queued,
+        NoReply::Ended,
+        NoReply::WindowClosed,
+        NoReply::QuotaExhausted,
+        NoReply::StateForbidsSending,
+        NoReply::SystemEvent,
+        NoReply::SurveyAnswer,
+    ];
+
     /// The reason named by [`as_str`](Self::as_str).
     pub fn parse(name: &str) -> Option<NoReply> {
-        [
-            NoReply::HumanServicer,
-            NoReply::Queued,
-            NoReply::Ended,
-            NoReply::WindowClosed,
-            NoReply::QuotaExhausted,
-            NoReply::StateForbidsSending,
-            NoReply::SystemEvent,
-            NoReply::SurveyAnswer,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == name)
+        NoReply::ALL.into_iter().find(|r| r.as_str() == name)
     }
 
     /// Whether a human has, or is about to have, the conversation (what
@@ -265,16 +266,7 @@ mod tests {
         for from in [Author::Customer, Author::Servicer, Author::System] {
             assert_eq!(Author::parse(from.as_str()), Some(from));
         }
-        for reason in [
-            NoReply::HumanServicer,
-            NoReply::Queued,
-            NoReply::Ended,
-            NoReply::WindowClosed,
-            NoReply::QuotaExhausted,
-            NoReply::StateForbidsSending,
-            NoReply::SystemEvent,
-            NoReply::SurveyAnswer,
-        ] {
+        for reason in NoReply::ALL {
             assert_eq!(NoReply::parse(reason.as_str()), Some(reason));
         }
         assert_eq!(Author::parse("bot"), None);

@@ -20,6 +20,17 @@ use crate::metrics::Metrics;
 use crate::send_policy::Gate;
 use crate::store::{HistoryMessage, HistoryReply, Store};
 
+/// The conversation routes (the reply API's token and state).
+pub(crate) fn routes(state: ReplyApiState) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/conversations", axum::routing::get(list_conversations))
+        .route(
+            "/v1/conversations/{open_kfid}/{external_userid}",
+            axum::routing::get(conversation),
+        )
+        .with_state(state)
+}
+
 /// The most conversations, or history items of each kind, one answer holds.
 pub(crate) const MAX_ITEMS: usize = 500;
 

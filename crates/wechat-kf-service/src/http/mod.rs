@@ -225,8 +225,10 @@ impl AppState {
 /// answer), health, metrics (unless served apart, see [`metrics_router`]) and `/openapi.json`.
 pub fn router(state: AppState) -> Router {
     let metrics = (!state.metrics_apart).then(|| health::metrics_routes(state.health.clone()));
+    // The conversation routes read with the reply API's state; `conversations.rs` builds on
+    // `reply_api.rs`, never the other way round.
     let reply_api = match state.reply_api {
-        Some(api) => reply_api::routes(api),
+        Some(api) => reply_api::routes(api.clone()).merge(conversations::routes(api)),
         None => reply_api::disabled_routes(state.health.metrics.clone()),
     };
     let mut router = Router::new()

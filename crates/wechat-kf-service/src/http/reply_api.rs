@@ -31,7 +31,6 @@ use super::bodies::{
     DeliveryList, JsonBody, ListParams, MessageList, OnEventBody, SendList, SendMsgBody, SentBody,
     SessionBody, TransBody, TransDone,
 };
-use super::conversations;
 use super::error::{ApiError, ConflictBody, ErrorBody};
 use crate::config::Secret;
 use crate::conversation::Conversations;
@@ -157,11 +156,6 @@ pub(crate) fn routes(state: ReplyApiState) -> Router {
         .route("/v1/deliveries/{id}/give_up", post(give_up_delivery))
         .route("/v1/contact_ways", post(add_contact_way))
         .route("/v1/media/{open_kfid}/{msgid}", get(media_file))
-        .route("/v1/conversations", get(conversations::list_conversations))
-        .route(
-            "/v1/conversations/{open_kfid}/{external_userid}",
-            get(conversations::conversation),
-        )
         .layer(DefaultBodyLimit::max(MAX_API_BODY))
         .with_state(state)
 }

@@ -188,23 +188,19 @@ impl SessionChange {
         }
     }
 
-    /// The [`StoredMessage`] of its row.
-    pub(crate) fn stored(self, open_kfid: OpenKfId, seq: i64, now_ms: i64) -> StoredMessage {
-        let row = self.row(MsgId::from(""));
+    /// The [`StoredMessage`] of its `row` (from [`row`](Self::row)) once stored as `seq`.
+    pub(crate) fn into_stored(self, row: NewMessage, seq: i64, now_ms: i64) -> StoredMessage {
         StoredMessage {
             seq,
             lane: Lane {
-                open_kfid,
-                external_userid: self.external_userid,
+                open_kfid: self.open_kfid,
+                external_userid: row.external_userid,
             },
             stored_at_ms: now_ms,
             invalid: false,
             payload: Some(row.payload),
             media: None,
-            turn: Turn {
-                from: Author::System,
-                no_reply: Some(NoReply::SystemEvent),
-            },
+            turn: Turn::SYSTEM,
             item: ItemKind::Session,
         }
     }

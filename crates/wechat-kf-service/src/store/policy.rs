@@ -7,8 +7,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use std::sync::Arc;
-
 use wechat_kf::message::{Event, Message, MessageContent, Origin};
 use wechat_kf::session::{ServiceState, SessionView};
 use wechat_kf::{ExternalUserId, MsgId, OpenKfId};
@@ -378,24 +376,12 @@ fn change_row(customer: &ExternalUserId, mut change: SessionChange, skipped: boo
         .cause_msgid
         .as_ref()
         .map_or_else(String::new, |m| m.as_str().to_owned());
-    let raw = serde_json::to_string(&change).unwrap_or_default();
     PlannedRow {
-        message: NewMessage {
-            msgid: MsgId::from(format!("session:{cause}")),
-            external_userid: customer.clone(),
-            send_time: change.at,
-            origin: None,
-            kind: SESSION_KIND.to_owned(),
-            payload: Payload::Raw(Arc::from(raw)),
-            decode_error: None,
-        },
+        message: change.row(MsgId::from(format!("session:{cause}"))),
         skipped,
         quiet: false,
         held: false,
-        turn: Turn {
-            from: Author::System,
-            no_reply: Some(super::NoReply::SystemEvent),
-        },
+        turn: Turn::SYSTEM,
     }
 }
 

@@ -854,8 +854,7 @@ impl Store for PostgresStore {
                     )
                     .await?
                     .get(0);
-                let open_kfid = change.open_kfid.clone();
-                Ok(change.stored(open_kfid, seq, now_ms))
+                Ok(change.into_stored(row, seq, now_ms))
             })
         })
     }

@@ -661,8 +661,7 @@ impl Store for SqliteStore {
                 now_ms,
             ])?;
             let seq = conn.last_insert_rowid();
-            let open_kfid = change.open_kfid.clone();
-            Ok(change.stored(open_kfid, seq, now_ms))
+            Ok(change.into_stored(row, seq, now_ms))
         })
     }
 

@@ -139,6 +139,13 @@ pub struct Turn {
 }
 
 impl Turn {
+    /// The turn of what WeChat or the service wrote (events, session changes): never the
+    /// bot's to answer.
+    pub const SYSTEM: Turn = Turn {
+        from: Author::System,
+        no_reply: Some(NoReply::SystemEvent),
+    };
+
     /// The turn of an item stored before turns were recorded: its author from `origin`, and
     /// the bot allowed to answer customers (what the service did then).
     pub fn legacy(origin: Option<u32>) -> Turn {

@@ -18,12 +18,16 @@
 //!   database of `DATABASE_URL`, selected through the URL, dropped at the end.
 //! - **Waiting** ([`wait_for`]): polls a condition until a deadline instead of sleeping a fixed
 //!   time.
+//! - **Stand-in model servers** ([`llm`]: [`OpenAiStandIn`], [`DifyStandIn`]): an
+//!   OpenAI-compatible server (chat completions, transcriptions) and Dify's chat-messages API
+//!   that answer scripted [`Reply`]s, record every request and check it against the protocol.
 //!
 //! It depends on the emulator but not on the library, so that the library's tests keep their
 //! own features (a dependency here would switch the library's `client` feature on in every
 //! test build).
 
 mod emulator;
+pub mod llm;
 mod net;
 mod pg;
 mod process;
@@ -31,6 +35,7 @@ mod skip;
 mod wait;
 
 pub use emulator::TestEmulator;
+pub use llm::{DifyStandIn, OpenAiStandIn, Recorded, RecordedFile, Reply};
 pub use net::{ClosedPort, serve};
 pub use pg::PgSchema;
 pub use process::{Spawned, Stream};

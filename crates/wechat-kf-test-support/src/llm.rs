@@ -170,12 +170,10 @@ impl Log {
     }
 
     fn push(&self, recorded: Recorded) {
-        let n = {
-            let mut entries = lock(&self.entries);
-            entries.push(recorded);
-            entries.len()
-        };
-        self.count.send_replace(n);
+        let mut entries = lock(&self.entries);
+        entries.push(recorded);
+        // Under the lock, so that two requests never publish their counts out of order.
+        self.count.send_replace(entries.len());
     }
 
     fn all(&self) -> Vec<Recorded> {
@@ -1012,8 +1010,17 @@ mod tests {
     #[tokio::test]
     async fn a_valid_chat_request_gets_a_response_of_the_protocols_type() {
         let model = OpenAiStandIn::start().await;
-        let (status, body) = chat(&model, &chat_body("gpt-test", "Where is my order?")).await;
-        assert_eq!(status, 200);
+        let response = reqwest::Client::new()
+            .post(format!("{}/chat/completions", model.base_url()))
+            .bearer_auth("sk-test")
+            .json(&chat_body("gpt-test", "Where is my order?"))
+            .send()
+            .await
+            .expect("the stand-in answers");
+        assert_eq!(response.status().as_u16(), 200);
+        // The counted body still tells its length, as a real server's does.
+        assert!(response.content_length().is_some_and(|n| n > 0));
+        let body: Value = response.json().await.expect("a JSON answer");
         assert_eq!(body["choices"][0]["message"]["role"], "assistant");
         let response = parsed(body);
         assert_eq!(response.object, "chat.completion");

@@ -63,6 +63,7 @@ mod notify;
 pub mod puller;
 pub mod readiness;
 mod replies;
+mod responder;
 pub mod retry;
 pub mod sandbox;
 mod send_policy;

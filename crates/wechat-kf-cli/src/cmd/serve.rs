@@ -45,9 +45,25 @@ pub struct ServeArgs {
     /// WECHAT_KF_CONSOLE_TOKEN or the config file).
     #[arg(long)]
     console_token: Option<String>,
-    /// Answer every customer text with an echo (try it in the sandbox).
+    /// Answer every customer text with an echo (try it in the sandbox); the same as
+    /// `--responder echo`.
     #[arg(long)]
     echo: bool,
+    /// Who answers the customers: `webhook` (the bot's webhook, or stdout without one),
+    /// `echo`, `openai` (an OpenAI-compatible endpoint: --llm-base-url, --llm-model) or `dify`
+    /// [env: WECHAT_KF_RESPONDER; default: webhook]. The key: WECHAT_KF_LLM_API_KEY.
+    #[arg(long)]
+    responder: Option<String>,
+    /// The model endpoint's API base, e.g. `http://127.0.0.1:11434/v1` for a local Ollama
+    /// [env: WECHAT_KF_LLM_BASE_URL].
+    #[arg(long)]
+    llm_base_url: Option<String>,
+    /// The model, e.g. `qwen2.5:7b` [env: WECHAT_KF_LLM_MODEL].
+    #[arg(long)]
+    llm_model: Option<String>,
+    /// A file holding the agent's system prompt.
+    #[arg(long)]
+    system_prompt_file: Option<PathBuf>,
     /// Where the sandbox's emulator listens [env: WECHAT_KF_EMULATOR_LISTEN; default:
     /// 127.0.0.1:0, a free port].
     #[arg(long)]
@@ -105,6 +121,14 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         .set("--api-token", "api.token", args.api_token)
         .set("--console-token", "console.token", args.console_token)
         .switch("--echo", "sandbox.echo", args.echo)
+        .set("--responder", "responder.kind", args.responder)
+        .set("--llm-base-url", "responder.base_url", args.llm_base_url)
+        .set("--llm-model", "responder.model", args.llm_model)
+        .set(
+            "--system-prompt-file",
+            "responder.system_prompt_file",
+            args.system_prompt_file.as_deref().map(Path::display),
+        )
         .set(
             "--emulator-listen",
             "sandbox.emulator_listen",

@@ -43,10 +43,15 @@ use crate::error::Error;
 use crate::store::{Synchronous, WhileHuman};
 
 mod de;
+mod responder;
 mod sources;
 #[cfg(test)]
 mod tests;
 
+pub use responder::{
+    AgentSettings, MemoryConfig, ResponderConfig, ResponderKind, ResponderRoute,
+    TranscriptionConfig,
+};
 pub use sources::{ENV, EnvVar, Overrides};
 
 /// The whole service configuration. [`Config::default`] is the sandbox with the defaults below.
@@ -87,6 +92,8 @@ pub struct Config {
     pub media: MediaConfig,
     /// Sandbox mode (embedded emulator).
     pub sandbox: SandboxConfig,
+    /// Who answers the customers (`[responder]`).
+    pub responder: ResponderConfig,
 }
 
 /// Log line format (`text` or `json`).
@@ -794,6 +801,30 @@ impl Config {
         let wrong = |key: &str, message: &str| Some((key.to_owned(), message.to_owned()));
         if let Err(wrong) = self.conversation.check() {
             return Some(wrong);
+        }
+        if let Err(wrong) = self
+            .responder
+            .check(self.sandbox.echo, self.webhook.url.is_some())
+        {
+            return Some(wrong);
+        }
+        if self.responder.vision
+            && self.responder.effective_kind(self.sandbox.echo).is_agent()
+            && self.media.download_dir.is_none()
+        {
+            return wrong(
+                "responder.vision",
+                "needs media.download_dir (images are read from the downloaded files)",
+            );
+        }
+        if self.responder.transcription.is_some()
+            && self.media.download_dir.is_none()
+            && self.media.object_store.is_none()
+        {
+            return wrong(
+                "responder.transcription",
+                "needs media downloads (media.download_dir or media.object_store)",
+            );
         }
         if !self.callback.path.starts_with('/') {
             return wrong("callback.path", "must start with '/'");

@@ -68,6 +68,10 @@ pub const ENV: &[EnvVar] = &[
     var("WECHAT_KF_FIRST_START", "pull.first_start"),
     var("WECHAT_KF_MEDIA_DIR", "media.download_dir"),
     var("WECHAT_KF_MEDIA_OBJECT_STORE", "media.object_store"),
+    var("WECHAT_KF_RESPONDER", "responder.kind"),
+    var("WECHAT_KF_LLM_BASE_URL", "responder.base_url"),
+    var("WECHAT_KF_LLM_API_KEY", "responder.api_key"),
+    var("WECHAT_KF_LLM_MODEL", "responder.model"),
 ];
 
 /// Values from command-line flags, each setting one key: the CLI says which flag sets which key,

@@ -313,6 +313,7 @@ impl Deliverer {
                     seqs: Vec::new(),
                     replies: Vec::new(),
                     reported: Vec::new(),
+                    memory: Vec::new(),
                 })
                 .collect();
             deliverer
@@ -656,6 +657,7 @@ impl Deliverer {
                         seqs: d.entries.iter().map(|(_, e)| e.seq).collect(),
                         replies: queued,
                         reported: d.results.clone(),
+                        memory: Vec::new(),
                     });
                     acked.push(id);
                 }
@@ -839,6 +841,7 @@ impl Deliverer {
                     seqs: d.entries.iter().map(|(_, e)| e.seq).collect(),
                     replies: Vec::new(),
                     reported: Vec::new(),
+                    memory: Vec::new(),
                 };
                 let finish = FinishDeliveries {
                     now_ms: now,

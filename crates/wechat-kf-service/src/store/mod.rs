@@ -666,7 +666,82 @@ pub struct Ack {
     pub replies: Vec<NewReply>,
     /// Reply results the delivery carried (`reply_results`): now reported.
     pub reported: Vec<i64>,
+    /// What the responder remembers of the delivery's conversations (written with the
+    /// acknowledgement, so an answer and its memory are one commit).
+    pub memory: Vec<MemoryWrite>,
 }
+
+/// Who a remembered entry of a conversation is from (the responder's memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryRole {
+    /// The customer.
+    Customer,
+    /// A human servicer (context for the model).
+    Servicer,
+    /// The responder's own answer (or what it did: a handover, an end).
+    Assistant,
+    /// Dify's `conversation_id` for this customer (not a message).
+    Conversation,
+}
+
+impl MemoryRole {
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemoryRole::Customer => "customer",
+            MemoryRole::Servicer => "servicer",
+            MemoryRole::Assistant => "assistant",
+            MemoryRole::Conversation => "conversation",
+        }
+    }
+
+    /// Parses [`as_str`](Self::as_str).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "customer" => Some(MemoryRole::Customer),
+            "servicer" => Some(MemoryRole::Servicer),
+            "assistant" => Some(MemoryRole::Assistant),
+            "conversation" => Some(MemoryRole::Conversation),
+            _ => None,
+        }
+    }
+}
+
+/// One remembered entry of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryEntry {
+    /// Who it is from.
+    pub role: MemoryRole,
+    /// The text (for [`MemoryRole::Conversation`], Dify's id).
+    pub content: String,
+    /// When it was written, unix milliseconds.
+    pub at_ms: i64,
+}
+
+/// A change to a conversation's memory, made in a delivery's acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemoryWrite {
+    /// Adds an entry; the oldest beyond [`MEMORY_KEPT`] for the pair are dropped.
+    Append {
+        /// The account.
+        open_kfid: OpenKfId,
+        /// The customer.
+        external_userid: ExternalUserId,
+        /// The entry.
+        entry: MemoryEntry,
+    },
+    /// Forgets the pair's conversation (the session ended).
+    Clear {
+        /// The account.
+        open_kfid: OpenKfId,
+        /// The customer.
+        external_userid: ExternalUserId,
+    },
+}
+
+/// Most memory entries kept per (account, customer); what a prompt uses is bounded further
+/// by `responder.memory`.
+pub const MEMORY_KEPT: usize = 200;
 
 /// A change to a customer's [`SessionView`] that is not a pulled message.
 #[derive(Debug, Clone)]
@@ -909,6 +984,14 @@ pub trait Store: Send + Sync + 'static {
     /// Marks acknowledged messages delivered (queueing their replies) and reschedules failed
     /// deliveries, in one transaction.
     fn finish_deliveries(&self, finish: FinishDeliveries) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// The last `limit` memory entries of an (account, customer) pair, oldest first.
+    fn memory(
+        &self,
+        open_kfid: OpenKfId,
+        external_userid: ExternalUserId,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<MemoryEntry>, Error>>;
 
     /// Queued replies due at `now_ms`, in queue order.
     fn due_replies(

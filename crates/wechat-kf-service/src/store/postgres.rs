@@ -126,6 +126,18 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX messages_held ON messages(open_kfid, external_userid) WHERE held = 1;
     CREATE INDEX sessions_last_customer ON sessions(last_customer_msg_at);
     ",
+    // 6: the responder's memory of each (account, customer) conversation.
+    "
+    CREATE TABLE memory (
+        id BIGSERIAL PRIMARY KEY,
+        open_kfid TEXT NOT NULL,
+        external_userid TEXT NOT NULL,
+        role TEXT NOT NULL,
+        content TEXT NOT NULL,
+        at BIGINT NOT NULL
+    );
+    CREATE INDEX memory_pair ON memory(open_kfid, external_userid, id);
+    ",
 ];
 
 /// An `origin` column (BIGINT) as the library's `u32`; a value out of range is unknown.
@@ -476,6 +488,67 @@ fn history_message(r: &tokio_postgres::Row, at: usize) -> HistoryMessage {
 /// A stored count as the listings' `u32`.
 fn count(n: i64) -> u32 {
     n.clamp(0, u32::MAX as i64) as u32
+}
+
+/// Applies a delivery's memory writes: appends (dropping a pair's entries beyond
+/// [`MEMORY_KEPT`]) and clears.
+async fn write_memory(tx: &Transaction<'_>, writes: &[MemoryWrite]) -> Result<(), Error> {
+    for write in writes {
+        match write {
+            MemoryWrite::Append {
+                open_kfid,
+                external_userid,
+                entry,
+            } => {
+                let insert = tx
+                    .prepare_cached(
+                        "INSERT INTO memory (open_kfid, external_userid, role, content, at) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .await?;
+                tx.execute(
+                    &insert,
+                    &[
+                        &open_kfid.as_str(),
+                        &external_userid.as_str(),
+                        &entry.role.as_str(),
+                        &entry.content,
+                        &entry.at_ms,
+                    ],
+                )
+                .await?;
+                let trim = tx
+                    .prepare_cached(
+                        "DELETE FROM memory WHERE open_kfid = $1 AND external_userid = $2 AND id <= \
+                         (SELECT id FROM memory WHERE open_kfid = $1 AND external_userid = $2 \
+                          ORDER BY id DESC LIMIT 1 OFFSET $3)",
+                    )
+                    .await?;
+                tx.execute(
+                    &trim,
+                    &[
+                        &open_kfid.as_str(),
+                        &external_userid.as_str(),
+                        &(MEMORY_KEPT as i64),
+                    ],
+                )
+                .await?;
+            }
+            MemoryWrite::Clear {
+                open_kfid,
+                external_userid,
+            } => {
+                let clear = tx
+                    .prepare_cached(
+                        "DELETE FROM memory WHERE open_kfid = $1 AND external_userid = $2",
+                    )
+                    .await?;
+                tx.execute(&clear, &[&open_kfid.as_str(), &external_userid.as_str()])
+                    .await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn migrate(client: &mut Client) -> Result<(), Error> {
@@ -1116,6 +1189,9 @@ impl Store for PostgresStore {
                     .flat_map(|a| a.replies.iter().cloned())
                     .collect();
                 insert_replies(&tx, &replies, finish.now_ms).await?;
+                for ack in &finish.acks {
+                    write_memory(&tx, &ack.memory).await?;
+                }
                 let retries: Vec<DeliveryRecord> = finish
                     .failures
                     .iter()
@@ -1124,6 +1200,46 @@ impl Store for PostgresStore {
                 upsert_deliveries(&tx, &retries, true, finish.now_ms).await?;
                 tx.commit().await?;
                 Ok(())
+            })
+        })
+    }
+
+    fn memory(
+        &self,
+        open_kfid: OpenKfId,
+        external_userid: ExternalUserId,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<MemoryEntry>, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let rows = client
+                    .query(
+                        cached!(
+                            client,
+                            "SELECT role, content, at FROM memory \
+                             WHERE open_kfid = $1 AND external_userid = $2 \
+                             ORDER BY id DESC LIMIT $3"
+                        ),
+                        &[
+                            &open_kfid.as_str(),
+                            &external_userid.as_str(),
+                            &(limit as i64),
+                        ],
+                    )
+                    .await?;
+                let mut out: Vec<MemoryEntry> = rows
+                    .iter()
+                    .filter_map(|r| {
+                        // A role a later version wrote is skipped, not an error.
+                        Some(MemoryEntry {
+                            role: MemoryRole::parse(r.get::<_, &str>(0))?,
+                            content: r.get(1),
+                            at_ms: r.get(2),
+                        })
+                    })
+                    .collect();
+                out.reverse();
+                Ok(out)
             })
         })
     }
@@ -1350,6 +1466,16 @@ impl Store for PostgresStore {
                             tx,
                             "DELETE FROM replies WHERE id IN (SELECT id FROM replies \
                          WHERE state <> 'pending' AND finished_at < $1 LIMIT 5000)"
+                        ),
+                        &[&before_ms],
+                    )
+                    .await?;
+                n += tx
+                    .execute(
+                        cached!(
+                            tx,
+                            "DELETE FROM memory WHERE id IN (SELECT id FROM memory \
+                         WHERE at < $1 LIMIT 5000)"
                         ),
                         &[&before_ms],
                     )

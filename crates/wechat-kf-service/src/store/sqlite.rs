@@ -106,6 +106,18 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX messages_held ON messages(open_kfid, external_userid) WHERE held = 1;
     CREATE INDEX sessions_last_customer ON sessions(last_customer_msg_at);
     ",
+    // 5: the responder's memory of each (account, customer) conversation.
+    "
+    CREATE TABLE memory (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        open_kfid TEXT NOT NULL,
+        external_userid TEXT NOT NULL,
+        role TEXT NOT NULL,
+        content TEXT NOT NULL,
+        at INTEGER NOT NULL
+    );
+    CREATE INDEX memory_pair ON memory(open_kfid, external_userid, id);
+    ",
 ];
 
 // A pending message's delivery is the one whose comma-separated `seqs` holds its seq.
@@ -313,6 +325,52 @@ fn quick_check(conn: &Connection, path: &str) -> Result<(), Error> {
 }
 
 /// Applies the migrations not yet applied, each in its own transaction.
+/// Applies a delivery's memory writes: appends (dropping a pair's entries beyond
+/// [`MEMORY_KEPT`]) and clears.
+fn write_memory(tx: &rusqlite::Transaction<'_>, writes: &[MemoryWrite]) -> Result<(), Error> {
+    for write in writes {
+        match write {
+            MemoryWrite::Append {
+                open_kfid,
+                external_userid,
+                entry,
+            } => {
+                tx.prepare_cached(
+                    "INSERT INTO memory (open_kfid, external_userid, role, content, at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![
+                    open_kfid.as_str(),
+                    external_userid.as_str(),
+                    entry.role.as_str(),
+                    entry.content,
+                    entry.at_ms
+                ])?;
+                tx.prepare_cached(
+                    "DELETE FROM memory WHERE open_kfid = ?1 AND external_userid = ?2 AND id <= \
+                     (SELECT id FROM memory WHERE open_kfid = ?1 AND external_userid = ?2 \
+                      ORDER BY id DESC LIMIT 1 OFFSET ?3)",
+                )?
+                .execute(params![
+                    open_kfid.as_str(),
+                    external_userid.as_str(),
+                    MEMORY_KEPT as i64
+                ])?;
+            }
+            MemoryWrite::Clear {
+                open_kfid,
+                external_userid,
+            } => {
+                tx.prepare_cached(
+                    "DELETE FROM memory WHERE open_kfid = ?1 AND external_userid = ?2",
+                )?
+                .execute(params![open_kfid.as_str(), external_userid.as_str()])?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn migrate(conn: &mut Connection) -> Result<(), Error> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if current > MIGRATIONS.len() as i64 {
@@ -901,6 +959,7 @@ impl Store for SqliteStore {
                     for reply in &ack.replies {
                         insert_reply(&tx, reply, finish.now_ms)?;
                     }
+                    write_memory(&tx, &ack.memory)?;
                 }
                 for failure in &finish.failures {
                     delete.execute([&failure.old_id])?;
@@ -911,6 +970,44 @@ impl Store for SqliteStore {
             }
             tx.commit()?;
             Ok(())
+        })
+    }
+
+    fn memory(
+        &self,
+        open_kfid: OpenKfId,
+        external_userid: ExternalUserId,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<MemoryEntry>, Error>> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT role, content, at FROM memory WHERE open_kfid = ?1 AND external_userid = ?2 \
+                 ORDER BY id DESC LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(
+                params![open_kfid.as_str(), external_userid.as_str(), limit as i64],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                },
+            )?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (role, content, at_ms) = row?;
+                // A role a later version wrote is skipped, not an error.
+                if let Some(role) = MemoryRole::parse(&role) {
+                    out.push(MemoryEntry {
+                        role,
+                        content,
+                        at_ms,
+                    });
+                }
+            }
+            out.reverse();
+            Ok(out)
         })
     }
 
@@ -1118,6 +1215,11 @@ impl Store for SqliteStore {
                 "DELETE FROM sessions WHERE (open_kfid, external_userid) IN \
                  (SELECT open_kfid, external_userid FROM sessions \
                  WHERE updated_at < ?1 AND last_customer_msg_at * 1000 < ?1 LIMIT ?2)",
+                params![before_ms, PURGE_CHUNK],
+            )?;
+            // A conversation remembered for the whole retention without a word is forgotten.
+            n += tx.execute(
+                "DELETE FROM memory WHERE id IN (SELECT id FROM memory WHERE at < ?1 LIMIT ?2)",
                 params![before_ms, PURGE_CHUNK],
             )?;
             tx.commit()?;
@@ -1472,6 +1574,7 @@ mod tests {
                     seqs,
                     replies: vec![reply],
                     reported: vec![],
+                    memory: Vec::new(),
                 }],
                 failures: vec![],
             })
@@ -1496,6 +1599,7 @@ mod tests {
                     seqs: vec![],
                     replies: vec![reply("r1", "a"), reply("r2", "a"), reply("r3", "b")],
                     reported: vec![],
+                    memory: Vec::new(),
                 }],
                 failures: vec![],
             })
@@ -1540,6 +1644,7 @@ mod tests {
                     seqs: vec![],
                     replies,
                     reported: vec![],
+                    memory: Vec::new(),
                 }],
                 failures: vec![],
             })

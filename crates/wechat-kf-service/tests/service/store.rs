@@ -220,6 +220,7 @@ async fn conformance_v2(store: &dyn Store) {
                 seqs: vec![],
                 replies: vec![webhook_reply],
                 reported: vec![],
+                memory: Vec::new(),
             }],
             failures: vec![],
         })
@@ -264,6 +265,7 @@ async fn conformance_v2(store: &dyn Store) {
                 seqs: vec![],
                 replies: vec![],
                 reported: vec![w1.id],
+                memory: Vec::new(),
             }],
             failures: vec![],
         })
@@ -732,6 +734,7 @@ async fn conformance_operator(store: &dyn Store) {
                 seqs: vec![seqs[0], seqs[2]],
                 replies: vec![reply("or1", "wkO/wm_x"), reply("or2", "wkO/wmAx")],
                 reported: vec![],
+                memory: Vec::new(),
             }],
             failures: vec![],
         })
@@ -826,6 +829,7 @@ async fn conformance_console(store: &dyn Store) {
                 seqs: vec![],
                 replies: vec![reply("cr1", "wkC/wmOne"), reply("cr2", "wkC/wmTwo")],
                 reported: vec![],
+                memory: Vec::new(),
             }],
             failures: vec![],
         })
@@ -953,6 +957,7 @@ async fn conformance(store: Arc<dyn Store>) {
                 seqs: seqs[..3].to_vec(),
                 replies: vec![reply],
                 reported: vec![],
+                memory: Vec::new(),
             }],
             failures: vec![Failure {
                 old_id: "d2".into(),

@@ -97,3 +97,38 @@ impl From<tokio_postgres::Error> for Error {
         }
     }
 }
+
+/// Why an HTTP request (to the webhook, a model) failed, in the words an operator searches for: `timeout after
+/// 10s`, `connection refused`, `connection reset`, `cannot resolve the host`, or the innermost
+/// cause. Never the URL (it may carry a secret in its query).
+pub(crate) fn transport_cause(error: &reqwest::Error, timeout: std::time::Duration) -> String {
+    if error.is_timeout() {
+        return format!("timeout after {}", humantime::format_duration(timeout));
+    }
+    let mut innermost = None;
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return "connection refused".into(),
+                std::io::ErrorKind::ConnectionReset => return "connection reset".into(),
+                std::io::ErrorKind::ConnectionAborted => return "connection aborted".into(),
+                std::io::ErrorKind::TimedOut => {
+                    return format!("timeout after {}", humantime::format_duration(timeout));
+                }
+                _ => {}
+            }
+        }
+        innermost = Some(cause.to_string());
+        source = cause.source();
+    }
+    let detail = innermost.unwrap_or_else(|| "unknown".into());
+    if detail.contains("dns error") || detail.contains("lookup address") {
+        return format!("cannot resolve the host ({detail})");
+    }
+    if error.is_connect() {
+        format!("cannot connect ({detail})")
+    } else {
+        format!("request failed ({detail})")
+    }
+}

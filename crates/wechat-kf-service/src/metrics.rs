@@ -155,6 +155,13 @@ pub struct Metrics {
     media_downloads: Family,
     media_uploads: Family,
     voice_conversions: Family,
+    responder_turns: Family,
+    responder_errors: Family,
+    responder_tokens: Family,
+    responder_interims: Family,
+    responder_truncations: AtomicU64,
+    responder_model_count: AtomicU64,
+    responder_model_micros: AtomicU64,
     lag_buckets: [AtomicU64; LAG_BUCKETS.len()],
     lag_count: AtomicU64,
     lag_sum_micros: AtomicU64,
@@ -361,6 +368,47 @@ impl Metrics {
     pub fn voice_conversion(&self, format: &str, result: &str) {
         self.voice_conversions
             .add(&[("format", format), ("result", result)], 1);
+    }
+
+    /// Counts a customer turn the responder handled (`result`: `answered`, `failed` (the
+    /// fallback went), `joined` (newer messages were waiting: they are answered together),
+    /// `superseded` (newer messages came while the model worked: its answer was dropped), or
+    /// the reason no reply could be sent (`human_servicer`, `window_expired`, …)).
+    pub fn responder_turn(&self, result: &str) {
+        self.responder_turns.add(&[("result", result)], 1);
+    }
+
+    /// Counts a failed model attempt (`kind`: `timeout`, `connect`, `http_429`, `http_5xx`,
+    /// `http_4xx`, `invalid_response`, `conversation_gone`).
+    pub fn responder_error(&self, kind: &str) {
+        self.responder_errors.add(&[("kind", kind)], 1);
+    }
+
+    /// Adds the tokens a model reported.
+    pub fn responder_tokens(&self, model: &str, prompt: u32, completion: u32) {
+        self.responder_tokens
+            .add(&[("model", model), ("type", "prompt")], prompt.into());
+        self.responder_tokens.add(
+            &[("model", model), ("type", "completion")],
+            completion.into(),
+        );
+    }
+
+    /// Counts an interim notice (`result`: `sent`, `refused`, `failed`).
+    pub fn responder_interim(&self, result: &str) {
+        self.responder_interims.add(&[("result", result)], 1);
+    }
+
+    /// Counts an answer cut to fit WeChat's quota.
+    pub fn responder_truncated(&self) {
+        self.responder_truncations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records how long a model took for one turn (retries included).
+    pub fn responder_model_time(&self, elapsed: Duration) {
+        self.responder_model_count.fetch_add(1, Ordering::Relaxed);
+        self.responder_model_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Records the size of the media directory (measured by the media housekeeping).
@@ -667,6 +715,39 @@ impl Metrics {
             &mut out,
             "wechat_kf_voice_conversions_total",
             "Voice note conversions by target format and result.",
+        );
+        self.responder_turns.render(
+            &mut out,
+            "wechat_kf_responder_turns_total",
+            "Customer turns the responder handled, by result.",
+        );
+        self.responder_errors.render(
+            &mut out,
+            "wechat_kf_responder_errors_total",
+            "Failed model attempts, by kind.",
+        );
+        self.responder_tokens.render(
+            &mut out,
+            "wechat_kf_responder_tokens_total",
+            "Tokens the models reported, by model and type.",
+        );
+        self.responder_interims.render(
+            &mut out,
+            "wechat_kf_responder_interim_notices_total",
+            "Interim notices of slow answers, by result.",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP wechat_kf_responder_truncations_total Answers cut to fit WeChat's quota.\n\
+             # TYPE wechat_kf_responder_truncations_total counter\n\
+             wechat_kf_responder_truncations_total {}\n\
+             # HELP wechat_kf_responder_model_seconds Time models took per turn, retries included.\n\
+             # TYPE wechat_kf_responder_model_seconds summary\n\
+             wechat_kf_responder_model_seconds_sum {:.6}\n\
+             wechat_kf_responder_model_seconds_count {}",
+            get(&self.responder_truncations),
+            get(&self.responder_model_micros) as f64 / 1e6,
+            get(&self.responder_model_count),
         );
         if let Some(seconds) = children_cpu_seconds() {
             let _ = writeln!(

@@ -31,6 +31,7 @@ use crate::metrics::{MeteredBudget, Metrics};
 use crate::notify::Notifier;
 use crate::puller::{PullContext, Pullers};
 use crate::readiness::{self, Readiness};
+use crate::responder::{Backlog, Responder};
 use crate::retry::backoff;
 use crate::sandbox;
 use crate::send_policy::Gate;
@@ -278,10 +279,30 @@ impl Service {
         let reply_wake = Arc::new(Notify::new());
         let conversation = Arc::new(config.conversation.clone());
         let conversations = Arc::new(Conversations::new(conversation.clone()));
-        let target = Sink::new(&config.webhook, config.sandbox.echo)?;
+        let backlog = Backlog::default();
+        let responder = Responder::new(
+            &config.responder,
+            config.sandbox.echo,
+            &config.handoff,
+            store.clone(),
+            gate.clone(),
+            clock.clone(),
+            metrics.clone(),
+            backlog.clone(),
+        )?;
+        let mut delivery_config = config.webhook.clone();
+        let target = match responder {
+            Some(responder) => {
+                // One customer per delivery: as many deliveries in flight as model requests.
+                delivery_config.concurrency = config.responder.concurrency;
+                delivery_config.timeout = config.responder.deadline + Duration::from_secs(30);
+                Sink::Responder(Arc::new(responder))
+            }
+            None => Sink::new(&config.webhook, config.sandbox.echo)?,
+        };
         let (deliverer, queue, incoming) = Deliverer::recover(
             store.clone(),
-            config.webhook.clone(),
+            delivery_config,
             target,
             config.joiner,
             metrics.clone(),
@@ -289,7 +310,9 @@ impl Service {
             clock.clone(),
         )
         .await?;
-        let mut deliverer = deliverer.watch_store(readiness.clone());
+        let mut deliverer = deliverer
+            .watch_store(readiness.clone())
+            .with_backlog(backlog);
         let handover = Handover {
             lanes: media.clone().map(|fetcher| {
                 MediaLanes::new(fetcher, store.clone(), queue.clone(), shutdown.clone())

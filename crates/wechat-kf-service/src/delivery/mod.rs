@@ -30,10 +30,11 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::replies::{ReplyOrigin, queue_reply};
+use crate::responder::Backlog;
 use crate::retry::{backoff, jitter};
 use crate::store::{
-    Ack, DeliveryRecord, Failure, FinishDeliveries, ItemKind, Lane, Payload, Store, StoredMessage,
-    Turn,
+    Ack, Author, DeliveryRecord, Failure, FinishDeliveries, ItemKind, Lane, Payload, Store,
+    StoredMessage, Turn,
 };
 
 pub mod sink;
@@ -184,6 +185,8 @@ pub(crate) struct Deliverer {
     claimed: HashSet<i64>,
     /// Operator actions ([`Deliverer::control`]).
     commands: Option<mpsc::UnboundedReceiver<Command>>,
+    /// Customers with messages waiting behind a delivery in flight (for the responder).
+    backlog: Backlog,
 }
 
 impl Deliverer {
@@ -192,6 +195,13 @@ impl Deliverer {
         let (tx, rx) = mpsc::unbounded_channel();
         self.commands = Some(rx);
         DeliveryControl { tx }
+    }
+
+    /// Shares which customers have messages waiting behind a delivery in flight (a
+    /// responder drops an answer that newer messages overtook).
+    pub(crate) fn with_backlog(mut self, backlog: Backlog) -> Self {
+        self.backlog = backlog;
+        self
     }
 
     /// Reports store write failures to `readiness` (not ready, one log line per change).
@@ -232,6 +242,7 @@ impl Deliverer {
             recovered_max: 0,
             claimed: HashSet::new(),
             commands: None,
+            backlog: Backlog::default(),
         };
         let mut where_is: HashMap<i64, Lane> = HashMap::new();
         let mut pending = 0i64;
@@ -390,6 +401,12 @@ impl Deliverer {
                     turn: row.turn,
                     item: row.item,
                 });
+            if row.turn.from == Author::Customer
+                && row.turn.bot_may_reply()
+                && self.lanes.get(&lane).is_some_and(|l| l.busy)
+            {
+                self.backlog.waiting(&lane);
+            }
             self.mark_ready(lane);
         }
     }
@@ -413,6 +430,10 @@ impl Deliverer {
                 entries.push((lane.clone(), entry));
             }
             state.busy = true;
+            self.backlog.taken(&lane);
+            if self.sink.one_customer_per_delivery() {
+                break;
+            }
         }
         if entries.is_empty() {
             return None;
@@ -623,7 +644,11 @@ impl Deliverer {
             };
             let target = self.sink.target();
             match outcome {
-                Outcome::Acked { status, replies } => {
+                Outcome::Acked {
+                    status,
+                    replies,
+                    memory,
+                } => {
                     Metrics::add(&self.metrics.deliveries_ok, 1);
                     tracing::info!(
                         delivery = &*id,
@@ -657,7 +682,7 @@ impl Deliverer {
                         seqs: d.entries.iter().map(|(_, e)| e.seq).collect(),
                         replies: queued,
                         reported: d.results.clone(),
-                        memory: Vec::new(),
+                        memory,
                     });
                     acked.push(id);
                 }

@@ -1,6 +1,7 @@
 //! Where deliveries go — the delivery targets: the bot's webhook (signed JSON), stdout (JSON
 //! Lines), or the sandbox's echo bot (JSON Lines, and every customer text answered).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,8 +11,10 @@ use tokio::io::AsyncWriteExt;
 use wechat_kf::message::{Message, MessageContent, Origin};
 
 use crate::config::{Secret, WebhookConfig};
+use crate::error::transport_cause;
 use crate::replies::echo_reply;
-use crate::store::{ItemKind, Turn};
+use crate::responder::Responder;
+use crate::store::{ItemKind, MemoryWrite, Turn};
 
 /// The header carrying the body's HMAC-SHA256: `sha256=<hex>`.
 pub const SIGNATURE_HEADER: &str = "X-Wechat-Kf-Signature";
@@ -201,6 +204,8 @@ pub(crate) enum Outcome {
         status: Option<u16>,
         /// The replies.
         replies: Vec<serde_json::Value>,
+        /// What a responder remembers of the conversations (written with the acknowledgement).
+        memory: Vec<MemoryWrite>,
     },
     /// Not acknowledged: the cause, e.g. `connection refused`, `timeout after 10s`, `HTTP 500`
     /// (no content, no URL).
@@ -212,42 +217,8 @@ impl Outcome {
         Outcome::Acked {
             status: None,
             replies,
+            memory: Vec::new(),
         }
-    }
-}
-
-/// Why a request to the webhook failed, in the words an operator searches for: `timeout after
-/// 10s`, `connection refused`, `connection reset`, `cannot resolve the host`, or the innermost
-/// cause. Never the URL (it may carry a secret in its query).
-pub(crate) fn transport_cause(error: &reqwest::Error, timeout: Duration) -> String {
-    if error.is_timeout() {
-        return format!("timeout after {}", humantime::format_duration(timeout));
-    }
-    let mut innermost = None;
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            match io.kind() {
-                std::io::ErrorKind::ConnectionRefused => return "connection refused".into(),
-                std::io::ErrorKind::ConnectionReset => return "connection reset".into(),
-                std::io::ErrorKind::ConnectionAborted => return "connection aborted".into(),
-                std::io::ErrorKind::TimedOut => {
-                    return format!("timeout after {}", humantime::format_duration(timeout));
-                }
-                _ => {}
-            }
-        }
-        innermost = Some(cause.to_string());
-        source = cause.source();
-    }
-    let detail = innermost.unwrap_or_else(|| "unknown".into());
-    if detail.contains("dns error") || detail.contains("lookup address") {
-        return format!("cannot resolve the host ({detail})");
-    }
-    if error.is_connect() {
-        format!("cannot connect ({detail})")
-    } else {
-        format!("request failed ({detail})")
     }
 }
 
@@ -265,6 +236,8 @@ pub(crate) enum Sink {
     },
     /// JSON Lines on stdout.
     Stdout(tokio::sync::Mutex<tokio::io::Stdout>),
+    /// A built-in AI agent (`responder.kind` `openai` or `dify`), given JSON Lines.
+    Responder(Arc<Responder>),
     /// The sandbox's echo bot: JSON Lines on stdout, and each customer text acknowledged with the
     /// reply `echo: <text>`, as a bot's webhook response would carry it.
     Echo(tokio::sync::Mutex<tokio::io::Stdout>),
@@ -321,7 +294,14 @@ impl Sink {
             Sink::Webhook { host, .. } => host,
             Sink::Stdout(_) => "stdout",
             Sink::Echo(_) => "echo",
+            Sink::Responder(r) => r.target(),
         }
+    }
+
+    /// Whether a delivery holds one customer's messages only: a responder answers each
+    /// customer on their own, and one slow model must not hold up another customer's answer.
+    pub(crate) fn one_customer_per_delivery(&self) -> bool {
+        matches!(self, Sink::Responder(_))
     }
 
     /// Whether the sink wants [`webhook_body`] (else [`json_lines`]).
@@ -332,6 +312,14 @@ impl Sink {
     /// One delivery attempt.
     pub(crate) async fn deliver(&self, id: &str, attempt: u32, body: Bytes) -> Outcome {
         match self {
+            Sink::Responder(responder) => match responder.handle(id, &body).await {
+                Ok((replies, memory)) => Outcome::Acked {
+                    status: None,
+                    replies,
+                    memory,
+                },
+                Err(cause) => Outcome::Failed(cause),
+            },
             Sink::Stdout(out) => match write_lines(out, &body).await {
                 Ok(()) => Outcome::acked(Vec::new()),
                 Err(e) => Outcome::Failed(format!("stdout: {e}")),
@@ -370,6 +358,7 @@ impl Sink {
                 let acked = |replies| Outcome::Acked {
                     status: Some(status.as_u16()),
                     replies,
+                    memory: Vec::new(),
                 };
                 // A 2xx acknowledges; the body only matters for replies.
                 let mut body = Vec::new();

@@ -12,6 +12,7 @@ mod lifecycle;
 mod media;
 mod readiness;
 mod reply_api;
+mod responder;
 mod restart;
 mod sandbox;
 mod sessions;

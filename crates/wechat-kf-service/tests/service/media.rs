@@ -18,7 +18,7 @@ const VOICE: &str = concat!(
 );
 
 /// Uploads bytes through the emulator's control API (as if a customer had sent them).
-async fn upload(emu: &RunningEmulator, kind: &str, filename: &str, bytes: Vec<u8>) -> String {
+pub async fn upload(emu: &RunningEmulator, kind: &str, filename: &str, bytes: Vec<u8>) -> String {
     let response: Value = reqwest::Client::new()
         .post(format!("{}/emulator/media", emu.base_url()))
         .query(&[("type", kind), ("filename", filename)])

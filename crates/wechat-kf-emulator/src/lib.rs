@@ -302,7 +302,7 @@ impl Emulator {
                     json!({
                         "msgid": e.msgid, "open_kfid": e.open_kfid, "external_userid": e.external_userid,
                         "endpoint": e.endpoint, "code_kind": e.code_kind.map(|k| k.as_str()),
-                        "send_time": e.time_ms / 1000, "recalled": e.recalled, "request": e.request,
+                        "send_time": e.time_ms / 1000, "time_ms": e.time_ms, "recalled": e.recalled, "request": e.request,
                     })
                 })
                 .collect();

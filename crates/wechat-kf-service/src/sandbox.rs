@@ -38,6 +38,8 @@ pub struct SandboxInfo {
     pub echo: bool,
     /// Whether messages go to a webhook (else stdout).
     pub webhook: bool,
+    /// The built-in agent answering (`openai`, `dify`), if one does.
+    pub responder: Option<&'static str>,
 }
 
 impl SandboxInfo {
@@ -59,12 +61,14 @@ impl SandboxInfo {
             .generated_api_token
             .as_deref()
             .unwrap_or("$WECHAT_KF_API_TOKEN");
-        let sink = if self.webhook {
-            "your webhook"
-        } else {
-            "stdout (JSON Lines)"
+        let sink = match self.responder {
+            Some(kind) => format!("the {kind} responder"),
+            None if self.webhook => "your webhook".to_owned(),
+            None => "stdout (JSON Lines)".to_owned(),
         };
-        let echo = if self.echo {
+        let echo = if self.responder.is_some() {
+            "It answers every customer message it may.\n"
+        } else if self.echo {
             "--echo is on: every customer text is answered with an echo.\n"
         } else {
             "Add --echo to answer every customer text with an echo.\n"
@@ -161,6 +165,9 @@ impl Sandbox {
             generated_console_token: console_generated.then(|| console_token.clone()),
             echo: config.sandbox.echo,
             webhook: config.webhook.url.is_some(),
+            responder: Some(config.responder.effective_kind(config.sandbox.echo))
+                .filter(|k| k.is_agent())
+                .map(|k| k.as_str()),
         };
         tracing::info!(emulator = %emulator_url, open_kfid = open_kfid.as_str(), "sandbox: emulator started");
         Ok(Sandbox {

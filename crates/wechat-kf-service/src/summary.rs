@@ -132,7 +132,28 @@ pub(crate) fn render(config: &Config, facts: &Facts) -> String {
         (_, n) => format!("{n} ({}{more})", names.join(", ")),
     };
     line("accounts:", accounts);
+    let kind = config.responder.effective_kind(config.sandbox.echo);
     let messages = match (&config.webhook.url, config.sandbox.echo) {
+        _ if kind.is_agent() => {
+            let model = match kind {
+                crate::config::ResponderKind::Dify => "a Dify app".to_owned(),
+                _ => format!("model {}", config.responder.model.as_deref().unwrap_or("?")),
+            };
+            let host = config
+                .responder
+                .base_url
+                .as_deref()
+                .and_then(host_of)
+                .unwrap_or_else(|| "?".into());
+            let routes = match config.responder.routes.len() {
+                0 => String::new(),
+                n => format!(", {n} account route(s)"),
+            };
+            format!(
+                "answered by the {} responder ({model} at {host}{routes})",
+                kind.as_str()
+            )
+        }
         (Some(url), _) => {
             let host = host_of(url).unwrap_or_else(|| "?".into());
             let signed = if config.webhook.secret.is_some() {

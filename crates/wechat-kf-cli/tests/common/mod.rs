@@ -51,6 +51,21 @@ pub fn spawn_against(
     webhook: &str,
     config_file: &Path,
 ) -> Spawned {
+    let mut command = serve_command(emu, db, config_file);
+    command
+        .args(["--webhook", webhook])
+        .env("WECHAT_KF_WEBHOOK_SECRET", "crash-secret");
+    Spawned::spawn(&mut command)
+}
+
+/// [`spawn_against`] with other flags instead of the webhook (e.g. a responder's).
+pub fn spawn_with(emu: &RunningEmulator, db: &Path, config_file: &Path, args: &[&str]) -> Spawned {
+    let mut command = serve_command(emu, db, config_file);
+    command.args(args);
+    Spawned::spawn(&mut command)
+}
+
+fn serve_command(emu: &RunningEmulator, db: &Path, config_file: &Path) -> Command {
     let e = emu.emulator().config();
     let mut command = Command::new(binary());
     command
@@ -58,16 +73,14 @@ pub fn spawn_against(
         .args(["--config", config_file.to_str().unwrap()])
         .args(["--listen", "127.0.0.1:0"])
         .args(["--db", db.to_str().unwrap()])
-        .args(["--webhook", webhook])
         .env("WECHAT_KF_CORP_ID", &e.corp_id)
         .env("WECHAT_KF_SECRET", &e.secret)
         .env("WECHAT_KF_CALLBACK_TOKEN", &e.callback_token)
         .env("WECHAT_KF_ENCODING_AES_KEY", &e.encoding_aes_key)
         .env("WECHAT_KF_BASE_URL", emu.base_url())
-        .env("WECHAT_KF_WEBHOOK_SECRET", "crash-secret")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null());
-    Spawned::spawn(&mut command)
+    command
 }
 
 /// Waits until a `serve` from [`spawn_against`] has started (exiting first fails the test with

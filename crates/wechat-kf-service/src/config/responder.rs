@@ -274,7 +274,7 @@ impl ResponderConfig {
                 "--echo answers in the responder's place; it cannot be combined with responder.kind",
             );
         }
-        if webhook_url && kind != ResponderKind::Webhook {
+        if webhook_url && kind.is_agent() {
             return wrong(
                 "webhook.url",
                 "is the webhook responder's; remove it, or set responder.kind = \"webhook\"",

@@ -325,3 +325,50 @@ fn conversation_stages_are_texts_or_menus_refined_per_account_and_checked() {
     let err = error("[conversation]\nwhile_human = \"ignore\"\n");
     assert!(err.contains("while_human"), "{err}");
 }
+
+#[test]
+fn responders_are_checked_at_start_naming_the_key() {
+    let agent = "[responder]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:11434/v1\"\n";
+    let config = load(&format!("{agent}model = \"qwen\"\n")).unwrap();
+    assert_eq!(
+        config.responder.effective_kind(false),
+        ResponderKind::Openai
+    );
+    assert!(error(agent).contains("responder.model"), "{}", error(agent));
+    let with_webhook = format!("{agent}model = \"m\"\n[webhook]\nurl = \"http://127.0.0.1:9/h\"\n");
+    assert!(error(&with_webhook).contains("webhook.url"));
+    let too_many = format!("{agent}model = \"m\"\nmax_messages = 6\n");
+    assert!(error(&too_many).contains("responder.max_messages"));
+    let dify = "[responder]\nkind = \"dify\"\nbase_url = \"http://127.0.0.1:5001/v1\"\n";
+    assert!(error(dify).contains("responder.api_key"));
+    let route = format!(
+        "{agent}model = \"m\"\n[[responder.routes]]\nopen_kfid = \"wk1\"\nkind = \"echo\"\n"
+    );
+    assert!(
+        error(&route).contains("responder.routes[0].kind"),
+        "{}",
+        error(&route)
+    );
+    let vision = format!("{agent}model = \"m\"\nvision = true\n");
+    assert!(error(&vision).contains("media.download_dir"));
+    // Flags and variables set the same keys; the key is a secret.
+    let env = |k: &str| (k == "WECHAT_KF_LLM_API_KEY").then(|| "sk-secret".to_owned());
+    let flags = Overrides::default()
+        .set("--responder", "responder.kind", Some("openai"))
+        .set(
+            "--llm-base-url",
+            "responder.base_url",
+            Some("http://127.0.0.1:1/v1"),
+        )
+        .set("--llm-model", "responder.model", Some("m"));
+    let config = Config::from_sources(None, &env, flags).unwrap();
+    assert_eq!(
+        config.responder.api_key.as_ref().unwrap().expose(),
+        "sk-secret"
+    );
+    assert!(!format!("{config:?}").contains("sk-secret"));
+    // The echo stays the default of --echo.
+    let echo = Overrides::default().switch("--echo", "sandbox.echo", true);
+    let config = Config::from_sources(None, &no_env, echo).unwrap();
+    assert_eq!(config.responder.effective_kind(true), ResponderKind::Echo);
+}

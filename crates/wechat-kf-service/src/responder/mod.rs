@@ -259,8 +259,8 @@ impl Responder {
             .await
             .map_err(|e| format!("memory unavailable: {e}"))?;
         // An end in this delivery cleared what came before it.
-        let ended = self.config.memory.clear_on_end
-            && turn.items.iter().any(|i| matches!(i, Item::Ended));
+        let ended =
+            self.config.memory.clear_on_end && turn.items.iter().any(|i| matches!(i, Item::Ended));
         let earlier: &[MemoryEntry] = if ended { &[] } else { &stored };
         let known_conversation = conversation_id(earlier).map(str::to_owned);
         let mut ask = Ask {

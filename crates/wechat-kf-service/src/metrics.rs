@@ -155,6 +155,9 @@ pub struct Metrics {
     media_downloads: Family,
     media_uploads: Family,
     voice_conversions: Family,
+    transcriptions: Family,
+    /// Time spent transcribing voice notes (microseconds), whatever the result.
+    transcription_micros: AtomicU64,
     lag_buckets: [AtomicU64; LAG_BUCKETS.len()],
     lag_count: AtomicU64,
     lag_sum_micros: AtomicU64,
@@ -361,6 +364,18 @@ impl Metrics {
     pub fn voice_conversion(&self, format: &str, result: &str) {
         self.voice_conversions
             .add(&[("format", format), ("result", result)], 1);
+    }
+
+    /// Counts a voice transcription (`result`: `ok` or the error kind) and the time it took
+    /// (`None`: none was attempted, e.g. `not_converted`).
+    pub fn transcription(&self, result: &str, took: Option<Duration>) {
+        self.transcriptions.add(&[("result", result)], 1);
+        if let Some(took) = took {
+            self.transcription_micros.fetch_add(
+                took.as_micros().min(u128::from(u64::MAX)) as u64,
+                Ordering::Relaxed,
+            );
+        }
     }
 
     /// Records the size of the media directory (measured by the media housekeeping).
@@ -667,6 +682,19 @@ impl Metrics {
             &mut out,
             "wechat_kf_voice_conversions_total",
             "Voice note conversions by target format and result.",
+        );
+        self.transcriptions.render(
+            &mut out,
+            "wechat_kf_transcriptions_total",
+            "Voice note transcriptions ([responder.transcription]) by result (ok or the error kind).",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP wechat_kf_transcription_seconds_total Time spent waiting for transcriptions, \
+             retries included.\n\
+             # TYPE wechat_kf_transcription_seconds_total counter\n\
+             wechat_kf_transcription_seconds_total {}",
+            self.transcription_micros.load(Ordering::Relaxed) as f64 / 1e6
         );
         if let Some(seconds) = children_cpu_seconds() {
             let _ = writeln!(

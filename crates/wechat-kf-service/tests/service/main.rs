@@ -17,3 +17,4 @@ mod sandbox;
 mod sessions;
 mod store;
 mod tokens;
+mod transcribe;

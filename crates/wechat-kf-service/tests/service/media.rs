@@ -12,7 +12,7 @@ use wechat_kf_service::config::{FirstStart, Secret, VoiceTarget};
 
 use crate::common::*;
 
-const VOICE: &str = concat!(
+pub(crate) const VOICE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../wechat-kf/tests/fixtures/voice/sine440-2s.amr"
 );
@@ -37,7 +37,7 @@ fn media_message(kf: &str, customer: &str, kind: &str, media_id: &str) -> Value 
 }
 
 /// The customer sends one media file; its msgid.
-async fn send_media(
+pub(crate) async fn send_media(
     emu: &RunningEmulator,
     kf: &str,
     customer: &str,
@@ -73,7 +73,7 @@ async fn send_pdf_and_png(
     (ids, pdf, png)
 }
 
-async fn delivered(sink: &Sink, msgid: &str) -> (Value, Value) {
+pub(crate) async fn delivered(sink: &Sink, msgid: &str) -> (Value, Value) {
     wait_for("the media message", Duration::from_secs(20), || async {
         sink.delivered(msgid).is_some()
     })
@@ -81,7 +81,7 @@ async fn delivered(sink: &Sink, msgid: &str) -> (Value, Value) {
     sink.delivered(msgid).unwrap()
 }
 
-fn ffmpeg_available() -> bool {
+pub(crate) fn ffmpeg_available() -> bool {
     wechat_kf_test_support::require_command("ffmpeg")
 }
 

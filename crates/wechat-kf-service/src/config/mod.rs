@@ -827,6 +827,13 @@ impl Config {
                 "needs media downloads (media.download_dir or media.object_store)",
             );
         }
+        if self.responder.transcription.is_some() && !self.media.kinds.contains(&MediaKind::Voice) {
+            return wrong(
+                "media.kinds",
+                "must include voice for responder.transcription (voice notes are transcribed \
+                 from the downloaded files)",
+            );
+        }
         if !self.callback.path.starts_with('/') {
             return wrong("callback.path", "must start with '/'");
         }

@@ -325,3 +325,24 @@ fn conversation_stages_are_texts_or_menus_refined_per_account_and_checked() {
     let err = error("[conversation]\nwhile_human = \"ignore\"\n");
     assert!(err.contains("while_human"), "{err}");
 }
+
+#[test]
+fn transcription_needs_voice_downloads() {
+    let base = "[responder.transcription]\nbase_url = \"http://127.0.0.1:9/v1\"\n";
+    let says = error(base);
+    assert!(says.contains("needs media downloads"), "{says}");
+    let says = error(&format!(
+        "{base}[media]\ndownload_dir = \"/tmp/m\"\nkinds = [\"image\"]\n"
+    ));
+    assert!(
+        says.contains("media.kinds") && says.contains("voice"),
+        "{says}"
+    );
+    let config = load(&format!("{base}[media]\ndownload_dir = \"/tmp/m\"\n")).unwrap();
+    let transcription = config.responder.transcription.unwrap();
+    assert_eq!(transcription.model, "whisper-1");
+    assert_eq!(
+        config.media.voice_convert_to, None,
+        "wav is chosen by the media fetcher"
+    );
+}

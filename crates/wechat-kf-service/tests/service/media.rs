@@ -401,7 +401,7 @@ fn s3_options(endpoint: &str) -> std::collections::BTreeMap<String, Secret> {
 
 /// A fresh bucket on the S3-compatible server at `WECHAT_KF_S3_ENDPOINT`, with a client of its
 /// own to read objects back.
-struct TestBucket {
+pub(crate) struct TestBucket {
     endpoint: String,
     name: String,
     reader: object_store::aws::AmazonS3,
@@ -409,7 +409,7 @@ struct TestBucket {
 
 impl TestBucket {
     /// `None` (the test is skipped) without `WECHAT_KF_S3_ENDPOINT`.
-    async fn create() -> Option<TestBucket> {
+    pub(crate) async fn create() -> Option<TestBucket> {
         let endpoint = require_env("WECHAT_KF_S3_ENDPOINT")?
             .trim_end_matches('/')
             .to_owned();
@@ -437,14 +437,14 @@ impl TestBucket {
     }
 
     /// Points the service's media uploads at this bucket under `prefix`.
-    fn configure(&self, config: &mut wechat_kf_service::config::Config, prefix: &str) {
+    pub(crate) fn configure(&self, config: &mut wechat_kf_service::config::Config, prefix: &str) {
         config.media.object_store = Some(format!("s3://{}/{prefix}", self.name));
         config.media.object_store_options = s3_options(&self.endpoint);
     }
 
     /// Asserts that a media record names an object of this bucket holding `bytes` with the
     /// record's content type; returns the key.
-    async fn assert_holds(&self, record: &Value, bytes: &[u8]) -> String {
+    pub(crate) async fn assert_holds(&self, record: &Value, bytes: &[u8]) -> String {
         let key = record["key"].as_str().unwrap_or_else(|| panic!("{record}"));
         assert_eq!(record["url"], format!("s3://{}/{key}", self.name));
         let object = self

@@ -11,7 +11,7 @@ use wechat_kf_service::config::{Config, Secret, TranscriptionConfig};
 use wechat_kf_test_support::llm::{OpenAiStandIn, Reply};
 
 use crate::common::*;
-use crate::media::{VOICE, delivered, ffmpeg_available, send_media};
+use crate::media::{TestBucket, VOICE, delivered, ffmpeg_available, send_media};
 
 /// A service delivering to `sink`, downloading media into a temporary directory and
 /// transcribing voice through `model` (no `media.voice_convert_to`: transcription implies WAV).
@@ -162,5 +162,38 @@ async fn a_voice_note_that_could_not_be_converted_is_not_sent_for_transcription(
         ),
         1
     );
+    stop(running, emu).await;
+}
+
+/// Without a `download_dir` the files are only staged for the upload: the transcription reads
+/// the staged conversion before it is uploaded and removed.
+#[tokio::test]
+async fn a_voice_note_staged_for_an_object_store_is_transcribed_before_it_goes() {
+    if !ffmpeg_available() {
+        return;
+    }
+    let Some(bucket) = TestBucket::create().await else {
+        return;
+    };
+    let emu = emulator().await;
+    let sink = Sink::start().await;
+    let model = OpenAiStandIn::start().await;
+    model.set_transcript("请帮我开发票");
+    let kf = emu.emulator().create_account("transcribe-s3");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = transcribing_config(&emu, &sink, &model, &dir);
+    config.media.download_dir = None;
+    bucket.configure(&mut config, "voice");
+    let running = start_on_emulator_clock(&emu, config).await;
+
+    let amr = std::fs::read(VOICE).unwrap();
+    let msgid = send_media(&emu, &kf, "wmT", "voice", "语音.amr", amr.clone()).await;
+    let (_, record) = delivered(&sink, &msgid).await;
+
+    assert_eq!(record["transcript"], "请帮我开发票", "{record}");
+    assert!(record.get("path").is_none(), "{record}");
+    bucket.assert_holds(&record, &amr).await;
+    let sent = model.transcriptions()[0].file.clone().unwrap().bytes;
+    bucket.assert_holds(&record["converted"], &sent).await;
     stop(running, emu).await;
 }

@@ -180,7 +180,9 @@ impl Transcriber {
         .file_name(file_name.to_owned())
         .mime_str(content_type)
         .map_err(|_| {
-            TranscribeError::InvalidResponse(format!("{content_type:?} is not a content type"))
+            TranscribeError::File(std::io::Error::other(format!(
+                "{content_type:?} is not a content type"
+            )))
         })?;
         let mut form = reqwest::multipart::Form::new()
             .part("file", file)

@@ -71,6 +71,7 @@ mod sender;
 mod service;
 pub mod store;
 mod summary;
+mod transcribe;
 
 pub use clock::Clock;
 pub use delivery::sink::{

@@ -18,6 +18,12 @@
 //! {"msgid":"…","msgtype":"image","media_id":"…","error":{"kind":"media_id_invalid","errcode":40007,"message":"…"}}
 //! ```
 //!
+//! With `[responder.transcription]`, a voice note is converted (to `wav` unless
+//! `media.voice_convert_to` says otherwise) and the conversion transcribed before any upload:
+//! the record gains `"transcript": "…"`, or `"transcript_error": {"kind", "message"}` (kind
+//! `not_converted` when the conversion failed, else the transcriber's: `timeout`, `connect`,
+//! `http_<status>`, `invalid_response`, `file`).
+//!
 //! An upload failure (after the S3 client's own retries) is `error` of kind `upload_failed`
 //! when no local copy is kept, and `upload_error` beside `path` when one is — in the record of
 //! the file concerned: the original's, or its conversion's (`converted`).
@@ -25,7 +31,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::{Path as ObjectPath, PathPart};
@@ -42,6 +48,7 @@ use crate::error::Error;
 use crate::error::safe_error;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::transcribe::Transcriber;
 
 /// A media message to download.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,6 +186,8 @@ pub(crate) struct MediaFetcher {
     permits: tokio::sync::Semaphore,
     /// The staging directory, removed when the fetcher is dropped.
     _staging: Option<Staging>,
+    /// Transcribes converted voice notes (`[responder.transcription]`).
+    transcriber: Option<Arc<Transcriber>>,
     metrics: Arc<Metrics>,
 }
 
@@ -193,9 +202,12 @@ impl std::fmt::Debug for MediaFetcher {
 
 impl MediaFetcher {
     /// The fetcher of a configuration, or `None` when downloads are off. Creates the directory.
+    /// With a `transcriber`, voice notes are converted (to `wav` when `voice_convert_to` is
+    /// unset: transcription endpoints read no AMR or SILK) and transcribed.
     pub(crate) async fn new(
         client: Client,
         config: &MediaConfig,
+        transcriber: Option<Arc<Transcriber>>,
         metrics: Arc<Metrics>,
     ) -> Result<Option<MediaFetcher>, Error> {
         if config.voice_max_duration.is_zero() || config.voice_max_bytes == 0 {
@@ -228,14 +240,19 @@ impl MediaFetcher {
         let dir = tokio::fs::canonicalize(&dir)
             .await
             .map_err(|e| Error::io(format!("media.download_dir {}", dir.display()), e))?;
+        let mut config = config.clone();
+        if transcriber.is_some() && config.voice_convert_to.is_none() {
+            config.voice_convert_to = Some(VoiceTarget::Wav);
+        }
         Ok(Some(MediaFetcher {
             client,
-            config: config.clone(),
+            permits: tokio::sync::Semaphore::new(config.concurrency.max(1)),
+            config,
             dir,
             keep_local: staging.is_none(),
             bucket,
-            permits: tokio::sync::Semaphore::new(config.concurrency.max(1)),
             _staging: staging,
+            transcriber,
             metrics,
         }))
     }
@@ -365,6 +382,10 @@ impl MediaFetcher {
         if job.msgtype == "voice" {
             if let Some(target) = self.config.voice_convert_to {
                 let converted = self.convert(&path, target).await;
+                // Before the upload, which removes a staged file.
+                if let Some(transcriber) = &self.transcriber {
+                    self.transcribe(transcriber, &converted, &mut record).await;
+                }
                 record.insert("converted".into(), converted);
             }
         }
@@ -449,6 +470,63 @@ impl MediaFetcher {
                 None
             }
             Err(message) => Some(message),
+        }
+    }
+
+    /// Transcribes the file of a `converted` record into `transcript`, or records why not in
+    /// `transcript_error`. The transcript is customer data: never logged.
+    async fn transcribe(
+        &self,
+        transcriber: &Transcriber,
+        converted: &Value,
+        record: &mut Map<String, Value>,
+    ) {
+        let field = |name: &str| converted.get(name).and_then(Value::as_str);
+        let (Some(path), Some(format), Some(content_type)) =
+            (field("path"), field("format"), field("content_type"))
+        else {
+            self.metrics.transcription("not_converted", None);
+            let why = converted
+                .pointer("/error/kind")
+                .and_then(Value::as_str)
+                .unwrap_or("failed");
+            record.insert(
+                "transcript_error".into(),
+                error_json(
+                    "not_converted",
+                    None,
+                    &format!("the voice note was not converted ({why}), so not transcribed"),
+                ),
+            );
+            return;
+        };
+        let started = Instant::now();
+        // A neutral name: the endpoint reads the format from the extension, and the server's
+        // file name is nothing it needs.
+        let sent_as = format!("voice.{format}");
+        let result = transcriber
+            .transcribe(Path::new(path), &sent_as, content_type)
+            .await;
+        let took = Some(started.elapsed());
+        match result {
+            Ok(text) => {
+                self.metrics.transcription("ok", took);
+                record.insert("transcript".into(), json!(text));
+            }
+            Err(e) => {
+                let kind = e.kind();
+                self.metrics.transcription(&kind, took);
+                // The error's text holds no content (see TranscribeError).
+                tracing::warn!(
+                    kind = %kind,
+                    error = %e,
+                    "voice transcription failed; delivering without a transcript"
+                );
+                record.insert(
+                    "transcript_error".into(),
+                    error_json(&kind, None, &e.to_string()),
+                );
+            }
         }
     }
 

@@ -162,6 +162,9 @@ pub struct Metrics {
     responder_truncations: AtomicU64,
     responder_model_count: AtomicU64,
     responder_model_micros: AtomicU64,
+    transcriptions: Family,
+    /// Time spent transcribing voice notes (microseconds), whatever the result.
+    transcription_micros: AtomicU64,
     lag_buckets: [AtomicU64; LAG_BUCKETS.len()],
     lag_count: AtomicU64,
     lag_sum_micros: AtomicU64,
@@ -409,6 +412,16 @@ impl Metrics {
         self.responder_model_count.fetch_add(1, Ordering::Relaxed);
         self.responder_model_micros
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    /// Counts a voice transcription (`result`: `ok` or the error kind) and the time it took
+    /// (`None`: none was attempted, e.g. `not_converted`).
+    pub fn transcription(&self, result: &str, took: Option<Duration>) {
+        self.transcriptions.add(&[("result", result)], 1);
+        if let Some(took) = took {
+            self.transcription_micros.fetch_add(
+                took.as_micros().min(u128::from(u64::MAX)) as u64,
+                Ordering::Relaxed,
+            );
+        }
     }
 
     /// Records the size of the media directory (measured by the media housekeeping).
@@ -748,6 +761,18 @@ impl Metrics {
             get(&self.responder_truncations),
             get(&self.responder_model_micros) as f64 / 1e6,
             get(&self.responder_model_count),
+        self.transcriptions.render(
+            &mut out,
+            "wechat_kf_transcriptions_total",
+            "Voice note transcriptions ([responder.transcription]) by result (ok or the error kind).",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP wechat_kf_transcription_seconds_total Time spent waiting for transcriptions, \
+             retries included.\n\
+             # TYPE wechat_kf_transcription_seconds_total counter\n\
+             wechat_kf_transcription_seconds_total {}",
+            self.transcription_micros.load(Ordering::Relaxed) as f64 / 1e6
         );
         if let Some(seconds) = children_cpu_seconds() {
             let _ = writeln!(

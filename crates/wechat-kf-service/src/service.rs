@@ -38,6 +38,7 @@ use crate::send_policy::Gate;
 use crate::sender::{Recorder, ReplySender};
 use crate::store::{self, Store};
 use crate::summary::{self, Discovery, Facts, ReplyApi};
+use crate::transcribe::Transcriber;
 
 /// The service; see [`Service::start`].
 #[derive(Debug)]
@@ -263,7 +264,16 @@ impl Service {
         store.fence().await?;
         tracing::info!(backend = store.backend(), "store open");
 
-        let media = MediaFetcher::new(client.clone(), &config.media, metrics.clone())
+        let responder = &config.responder;
+        let transcriber = match &responder.transcription {
+            Some(t) => Some(Arc::new(Transcriber::new(
+                t,
+                responder.base_url.as_deref(),
+                responder.api_key.as_ref(),
+            )?)),
+            None => None,
+        };
+        let media = MediaFetcher::new(client.clone(), &config.media, transcriber, metrics.clone())
             .await?
             .map(Arc::new);
         if let Some(fetcher) = &media {

@@ -346,6 +346,8 @@ struct OpenAiState {
     stray: Mutex<Vec<String>>,
     script: Mutex<Script>,
     transcript: Mutex<String>,
+    /// Scripted answers of the next transcription requests, before `transcript`.
+    transcription_script: Mutex<VecDeque<Reply>>,
     answered: Arc<AtomicUsize>,
     /// Numbers the responses (`chatcmpl-<n>`) and the tool calls (`call_<n>`).
     serial: AtomicUsize,
@@ -376,6 +378,7 @@ impl OpenAiStandIn {
             stray: Mutex::new(Vec::new()),
             script: Mutex::new(Script::default()),
             transcript: Mutex::new(DEFAULT_TRANSCRIPT.to_owned()),
+            transcription_script: Mutex::new(VecDeque::new()),
             answered: Arc::new(AtomicUsize::new(0)),
             serial: AtomicUsize::new(0),
         });
@@ -416,6 +419,13 @@ impl OpenAiStandIn {
     /// What `/audio/transcriptions` answers from now on (default `"stand-in transcript"`).
     pub fn set_transcript(&self, text: &str) {
         *lock(&self.state.transcript) = text.to_owned();
+    }
+
+    /// Queues an answer for the next valid transcription request: an error status (OpenAI's
+    /// error body), a delay, or a text as the transcript. Without one, `set_transcript`'s
+    /// transcript is the answer.
+    pub fn push_transcription(&self, reply: Reply) {
+        lock(&self.state.transcription_script).push_back(reply);
     }
 
     /// Every chat request, in arrival order (recorded on arrival, before any delay).
@@ -636,7 +646,19 @@ async fn openai_transcription(
     if let Some(problem) = problem {
         return openai_error(StatusCode::BAD_REQUEST, &problem).into_response();
     }
-    let transcript = lock(&state.transcript).clone();
+    let reply = lock(&state.transcription_script)
+        .pop_front()
+        .unwrap_or_default();
+    if let Some(delay) = reply.delay {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some(status) = reply.error_status() {
+        let message = format!("stand-in error {}", status.as_u16());
+        return openai_error(status, &message).into_response();
+    }
+    let transcript = reply
+        .content
+        .unwrap_or_else(|| lock(&state.transcript).clone());
     if format.as_deref() == Some("text") {
         // OpenAI answers `text` with the bare transcript.
         return Answer {
@@ -1256,6 +1278,22 @@ mod tests {
         assert_eq!(file.content_type.as_deref(), Some("audio/wav"));
         assert_eq!(file.bytes, b"RIFF...WAVE");
         assert!(model.requests().is_empty(), "transcriptions are not chats");
+    }
+
+    #[tokio::test]
+    async fn scripted_transcription_answers_come_first_then_the_transcript() {
+        let model = OpenAiStandIn::start().await;
+        model.set_transcript("默认");
+        model.push_transcription(Reply::status(503));
+        model.push_transcription(Reply::text("脚本"));
+        let (status, body) = transcribe(&model, transcription_form(Some(b"RIFF"))).await;
+        assert_eq!(status, 503);
+        assert_eq!(body["error"]["type"], "server_error");
+        for expected in ["脚本", "默认"] {
+            let (status, body) = transcribe(&model, transcription_form(Some(b"RIFF"))).await;
+            assert_eq!((status, body["text"].as_str()), (200, Some(expected)));
+        }
+        assert_eq!(model.transcriptions().len(), 3);
     }
 
     #[tokio::test]

@@ -658,7 +658,8 @@ pub struct MediaConfig {
     #[default(4)]
     pub concurrency: usize,
     /// Convert voice notes into this format too (`wav`, `ogg`, `mp3`; needs ffmpeg; SILK needs
-    /// the `voice-silk` build feature). Default none.
+    /// the `voice-silk` build feature). Default none, or `wav` with
+    /// `[responder.transcription]`, which transcribes the converted file.
     #[serde(deserialize_with = "de::voice_target")]
     pub voice_convert_to: Option<VoiceTarget>,
     /// Longest voice note converted: a longer one is not converted (`too_long`), and no more
@@ -824,6 +825,13 @@ impl Config {
             return wrong(
                 "responder.transcription",
                 "needs media downloads (media.download_dir or media.object_store)",
+            );
+        }
+        if self.responder.transcription.is_some() && !self.media.kinds.contains(&MediaKind::Voice) {
+            return wrong(
+                "media.kinds",
+                "must include voice for responder.transcription (voice notes are transcribed \
+                 from the downloaded files)",
             );
         }
         if !self.callback.path.starts_with('/') {

@@ -371,4 +371,22 @@ fn responders_are_checked_at_start_naming_the_key() {
     let echo = Overrides::default().switch("--echo", "sandbox.echo", true);
     let config = Config::from_sources(None, &no_env, echo).unwrap();
     assert_eq!(config.responder.effective_kind(true), ResponderKind::Echo);
+fn transcription_needs_voice_downloads() {
+    let base = "[responder.transcription]\nbase_url = \"http://127.0.0.1:9/v1\"\n";
+    let says = error(base);
+    assert!(says.contains("needs media downloads"), "{says}");
+    let says = error(&format!(
+        "{base}[media]\ndownload_dir = \"/tmp/m\"\nkinds = [\"image\"]\n"
+    ));
+    assert!(
+        says.contains("media.kinds") && says.contains("voice"),
+        "{says}"
+    );
+    let config = load(&format!("{base}[media]\ndownload_dir = \"/tmp/m\"\n")).unwrap();
+    let transcription = config.responder.transcription.unwrap();
+    assert_eq!(transcription.model, "whisper-1");
+    assert_eq!(
+        config.media.voice_convert_to, None,
+        "wav is chosen by the media fetcher"
+    );
 }

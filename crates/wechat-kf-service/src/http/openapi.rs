@@ -123,7 +123,8 @@ pub(crate) struct WebhookBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) invalid: Option<Vec<u32>>,
     /// msgid → the media record of each message whose media was downloaded (or failed to be):
-    /// `{"msgid", "kind", "path"?, "url"?, "size"?, "error"?, …}`; present only when needed.
+    /// `{"msgid", "msgtype", "path"?, "url"?, "size"?, "error"?, "converted"?, "transcript"?,
+    /// "transcript_error"?, …}`; present only when needed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) media: Option<Map<String, Value>>,
     /// Results of replies from earlier webhook responses that finished since; present only

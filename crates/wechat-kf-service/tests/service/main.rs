@@ -18,3 +18,4 @@ mod sandbox;
 mod sessions;
 mod store;
 mod tokens;
+mod transcribe;

@@ -12,7 +12,7 @@ use wechat_kf_service::config::{FirstStart, Secret, VoiceTarget};
 
 use crate::common::*;
 
-const VOICE: &str = concat!(
+pub(crate) const VOICE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../wechat-kf/tests/fixtures/voice/sine440-2s.amr"
 );
@@ -37,7 +37,7 @@ fn media_message(kf: &str, customer: &str, kind: &str, media_id: &str) -> Value 
 }
 
 /// The customer sends one media file; its msgid.
-async fn send_media(
+pub(crate) async fn send_media(
     emu: &RunningEmulator,
     kf: &str,
     customer: &str,
@@ -73,7 +73,7 @@ async fn send_pdf_and_png(
     (ids, pdf, png)
 }
 
-async fn delivered(sink: &Sink, msgid: &str) -> (Value, Value) {
+pub(crate) async fn delivered(sink: &Sink, msgid: &str) -> (Value, Value) {
     wait_for("the media message", Duration::from_secs(20), || async {
         sink.delivered(msgid).is_some()
     })
@@ -81,7 +81,7 @@ async fn delivered(sink: &Sink, msgid: &str) -> (Value, Value) {
     sink.delivered(msgid).unwrap()
 }
 
-fn ffmpeg_available() -> bool {
+pub(crate) fn ffmpeg_available() -> bool {
     wechat_kf_test_support::require_command("ffmpeg")
 }
 
@@ -401,7 +401,7 @@ fn s3_options(endpoint: &str) -> std::collections::BTreeMap<String, Secret> {
 
 /// A fresh bucket on the S3-compatible server at `WECHAT_KF_S3_ENDPOINT`, with a client of its
 /// own to read objects back.
-struct TestBucket {
+pub(crate) struct TestBucket {
     endpoint: String,
     name: String,
     reader: object_store::aws::AmazonS3,
@@ -409,7 +409,7 @@ struct TestBucket {
 
 impl TestBucket {
     /// `None` (the test is skipped) without `WECHAT_KF_S3_ENDPOINT`.
-    async fn create() -> Option<TestBucket> {
+    pub(crate) async fn create() -> Option<TestBucket> {
         let endpoint = require_env("WECHAT_KF_S3_ENDPOINT")?
             .trim_end_matches('/')
             .to_owned();
@@ -437,14 +437,14 @@ impl TestBucket {
     }
 
     /// Points the service's media uploads at this bucket under `prefix`.
-    fn configure(&self, config: &mut wechat_kf_service::config::Config, prefix: &str) {
+    pub(crate) fn configure(&self, config: &mut wechat_kf_service::config::Config, prefix: &str) {
         config.media.object_store = Some(format!("s3://{}/{prefix}", self.name));
         config.media.object_store_options = s3_options(&self.endpoint);
     }
 
     /// Asserts that a media record names an object of this bucket holding `bytes` with the
     /// record's content type; returns the key.
-    async fn assert_holds(&self, record: &Value, bytes: &[u8]) -> String {
+    pub(crate) async fn assert_holds(&self, record: &Value, bytes: &[u8]) -> String {
         let key = record["key"].as_str().unwrap_or_else(|| panic!("{record}"));
         assert_eq!(record["url"], format!("s3://{}/{key}", self.name));
         let object = self

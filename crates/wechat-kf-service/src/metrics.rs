@@ -412,6 +412,8 @@ impl Metrics {
         self.responder_model_count.fetch_add(1, Ordering::Relaxed);
         self.responder_model_micros
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
     /// Counts a voice transcription (`result`: `ok` or the error kind) and the time it took
     /// (`None`: none was attempted, e.g. `not_converted`).
     pub fn transcription(&self, result: &str, took: Option<Duration>) {
@@ -761,6 +763,7 @@ impl Metrics {
             get(&self.responder_truncations),
             get(&self.responder_model_micros) as f64 / 1e6,
             get(&self.responder_model_count),
+        );
         self.transcriptions.render(
             &mut out,
             "wechat_kf_transcriptions_total",

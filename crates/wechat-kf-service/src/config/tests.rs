@@ -371,6 +371,9 @@ fn responders_are_checked_at_start_naming_the_key() {
     let echo = Overrides::default().switch("--echo", "sandbox.echo", true);
     let config = Config::from_sources(None, &no_env, echo).unwrap();
     assert_eq!(config.responder.effective_kind(true), ResponderKind::Echo);
+}
+
+#[test]
 fn transcription_needs_voice_downloads() {
     let base = "[responder.transcription]\nbase_url = \"http://127.0.0.1:9/v1\"\n";
     let says = error(base);

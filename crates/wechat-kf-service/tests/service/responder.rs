@@ -526,3 +526,29 @@ async fn a_local_ollama_answers_when_one_runs() {
     running.shutdown().await;
     emu.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_voice_notes_transcript_reaches_the_model() {
+    if !crate::media::ffmpeg_available() {
+        return;
+    }
+    let emu = emulator().await;
+    let model = OpenAiStandIn::start().await;
+    model.set_transcript("我想查一下订单");
+    let kf = emu.emulator().create_account("voice");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = agent_config(&emu, &dir, &model);
+    config.media.download_dir = Some(dir.path().join("media"));
+    config.responder.transcription = Some(wechat_kf_service::config::TranscriptionConfig {
+        timeout: Duration::from_secs(20),
+        ..Default::default()
+    });
+    let running = start_agent(&emu, config).await;
+    let amr = std::fs::read(crate::media::VOICE).unwrap();
+    crate::media::send_media(&emu, &kf, "wmVoice", "voice", "语音.amr", amr).await;
+    let got = wait_answers(&emu, &kf, "wmVoice", 1).await;
+    assert_eq!(got, ["model-default heard: [voice] 我想查一下订单"]);
+    assert_eq!(model.transcriptions().len(), 1);
+    running.shutdown().await;
+    emu.shutdown().await;
+}

@@ -31,12 +31,14 @@ use crate::replies::Transfer;
 use crate::send_policy::{Gate, SendOutcome, reason};
 use crate::store::{Lane, MEMORY_KEPT, MemoryEntry, MemoryRole, MemoryWrite, Store};
 
+mod agent;
 mod dify;
 mod model;
 mod openai;
 pub(crate) mod prompt;
 
-use model::{Action, Agent, Ask};
+use agent::Agent;
+use model::{Action, Ask};
 use prompt::{
     CustomerTurn, Item, answer_replies, assistant_entry, conversation_id, read_lines, recall,
     remember, text_reply, turn_msgid,

@@ -19,7 +19,7 @@ use wechat_kf_emulator::RunningEmulator;
 use wechat_kf_test_support::{Spawned, wait_for};
 
 mod common;
-use common::{serve_available, spawn_against, wait_ready};
+use common::{calls, control, serve_available, spawn_against, wait_ready};
 
 /// How long the emulator holds the stage message's call: the kill lands inside it.
 const HOLD_MS: u64 = 3000;
@@ -35,27 +35,6 @@ async fn add_servicer(emu: &RunningEmulator, kf: &str) {
         .add(wechat_kf::client::servicers::ServicerRequest::new(kf).userids(["zhangsan"]))
         .await
         .unwrap();
-}
-
-async fn control(emu: &RunningEmulator, path: &str, body: Value) -> Value {
-    let response = reqwest::Client::new()
-        .post(format!("{}{path}", emu.base_url()))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "{path}: {}",
-        response.status()
-    );
-    response.json().await.unwrap()
-}
-
-fn calls(emu: &RunningEmulator, path: &str) -> u64 {
-    emu.emulator().state_snapshot()["counters"]["calls"][path]
-        .as_u64()
-        .unwrap_or(0)
 }
 
 /// What the customer was sent through `send_msg_on_event`.

@@ -8,12 +8,12 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use wechat_kf_emulator::RunningEmulator;
 use wechat_kf_test_support::{OpenAiStandIn, Reply, Spawned, wait_for};
 
 mod common;
-use common::{serve_available, spawn_with, wait_ready};
+use common::{calls, control, serve_available, spawn_with, wait_ready};
 
 /// The texts the customer was sent, in order.
 fn answers(emu: &RunningEmulator, kf: &str, customer: &str) -> Vec<String> {
@@ -24,22 +24,6 @@ fn answers(emu: &RunningEmulator, kf: &str, customer: &str) -> Vec<String> {
         .into_iter()
         .filter_map(|m| m["request"]["text"]["content"].as_str().map(str::to_owned))
         .collect()
-}
-
-fn calls(emu: &RunningEmulator, path: &str) -> u64 {
-    emu.emulator().state_snapshot()["counters"]["calls"][path]
-        .as_u64()
-        .unwrap_or(0)
-}
-
-async fn control(emu: &RunningEmulator, path: &str, body: Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{}{path}", emu.base_url()))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "{path}");
 }
 
 fn spawn(emu: &RunningEmulator, dir: &tempfile::TempDir, model: &OpenAiStandIn) -> Spawned {

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use serde_json::Value;
 use wechat_kf_emulator::RunningEmulator;
 use wechat_kf_test_support::{Spawned, Stream};
 
@@ -89,4 +90,27 @@ pub async fn wait_ready(emu: &RunningEmulator, child: &mut Spawned) {
     let url = serve_url(child).await;
     emu.emulator()
         .set_callback_url(Some(format!("{url}/callback")));
+}
+
+/// POSTs to the emulator's control API; its JSON answer (a failure fails the test).
+pub async fn control(emu: &RunningEmulator, path: &str, body: Value) -> Value {
+    let response = reqwest::Client::new()
+        .post(format!("{}{path}", emu.base_url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{path}: {}",
+        response.status()
+    );
+    response.json().await.unwrap()
+}
+
+/// The emulator's count of calls to an API path.
+pub fn calls(emu: &RunningEmulator, path: &str) -> u64 {
+    emu.emulator().state_snapshot()["counters"]["calls"][path]
+        .as_u64()
+        .unwrap_or(0)
 }

@@ -360,6 +360,7 @@ impl Service {
                 .map(|s| (s.running.emulator().clone(), s.open_kfid.clone())),
             deliveries: delivery_control,
             media_dir: config.media.download_dir.clone(),
+            webhook_url: config.webhook.url.clone(),
             console_token: match (&config.console.token, &sandbox) {
                 (Some(token), _) => Some(token.clone()),
                 (None, Some(s)) => Some(Secret::new(s.console_token.clone())),

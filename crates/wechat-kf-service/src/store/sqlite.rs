@@ -1363,6 +1363,69 @@ impl Store for SqliteStore {
         })
     }
 
+    fn stored_message(
+        &self,
+        open_kfid: OpenKfId,
+        msgid: MsgId,
+    ) -> BoxFuture<'_, Result<Option<(StoredMessage, &'static str)>, Error>> {
+        self.call(move |conn| {
+            let row = conn
+                .prepare_cached(
+                    "SELECT seq, open_kfid, external_userid, stored_at, decode_error IS NOT NULL, \
+                     author, no_reply, origin, kind, held, delivered_at IS NOT NULL, skipped <> 0 \
+                     FROM messages WHERE open_kfid = ?1 AND msgid = ?2",
+                )?
+                .query_row(params![open_kfid.as_str(), msgid.as_str()], |r| {
+                    let open_kfid: String = r.get(1)?;
+                    let external_userid: String = r.get(2)?;
+                    let author: Option<String> = r.get(5)?;
+                    let no_reply: Option<String> = r.get(6)?;
+                    let kind: String = r.get(8)?;
+                    let held: Option<i64> = r.get(9)?;
+                    Ok((
+                        StoredMessage {
+                            seq: r.get(0)?,
+                            lane: Lane::new(open_kfid, external_userid),
+                            stored_at_ms: r.get(3)?,
+                            invalid: r.get(4)?,
+                            payload: None,
+                            media: None,
+                            turn: Turn::read(author.as_deref(), no_reply.as_deref(), r.get(7)?),
+                            item: ItemKind::of_row(&kind, held),
+                        },
+                        message_state(r.get(10)?, r.get(11)?),
+                    ))
+                })
+                .optional()?;
+            Ok(row)
+        })
+    }
+
+    fn record_finished_reply(
+        &self,
+        reply: FinishedReply,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        self.call(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO replies (delivery_id, endpoint, lane, body, msgid, state, attempts, \
+                 next_attempt_at, last_error, created_at, finished_at, position, result, reported) \
+                 VALUES (NULL, ?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?6, ?6, NULL, ?8, 1)",
+            )?
+            .execute(params![
+                reply.endpoint.as_str(),
+                reply.lane,
+                reply.body,
+                reply.msgid.as_str(),
+                reply.state.as_str(),
+                now_ms,
+                reply.error,
+                reply.result,
+            ])?;
+            Ok(())
+        })
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         // Dropping the sender lets the worker drain its queue and stop.
         drop(self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take());

@@ -9,9 +9,14 @@ const require = createRequire(import.meta.url);
 
 const base = process.env.CONSOLE_URL;
 const token = process.env.CONSOLE_TOKEN;
+// A second sandbox whose webhook fails a message the first time it sees it.
+const failingBase = process.env.FAILING_URL;
+const failingToken = process.env.FAILING_TOKEN;
 const shots = process.env.SCREENSHOTS || "console-screenshots";
 const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
-if (!base || !token) throw new Error("set CONSOLE_URL and CONSOLE_TOKEN");
+if (!base || !token || !failingBase || !failingToken) {
+  throw new Error("set CONSOLE_URL, CONSOLE_TOKEN, FAILING_URL and FAILING_TOKEN");
+}
 mkdirSync(shots, { recursive: true });
 
 const failures = [];
@@ -191,8 +196,11 @@ await shoot("conversation");
 
 // 4. Deliveries and sends.
 await page.goto(`${base}/console/deliveries`);
-check(await page.isVisible("text=Queued replies"), "the deliveries page lists the queued replies");
+await labelled("deliveries");
+check(await page.isVisible("#s-heading"), "the deliveries page lists the sends");
 check(await page.isVisible("text=sent"), "the echo's send is listed as sent");
+check(await page.locator("tr.message button:has-text('Replay')").count() > 0,
+  "delivered messages can be replayed");
 await shoot("deliveries");
 
 // 5. Accounts, with a contact-way link as a QR code.
@@ -221,14 +229,49 @@ const decoded = await page.evaluate(async () => {
 check(decoded === link, `the QR code decodes to the link (${decoded})`);
 await shoot("accounts");
 
-// 6. Setup and health.
+// 6. Setup and health (the body of GET /v1/setup).
 await page.goto(`${base}/console/health`);
+await labelled("health");
 check(await page.isVisible("text=Ready"), "the health page says the service is ready");
+check(await page.isVisible("#credentials.ok"), "the credentials check passes");
+const callbackUrl = await page.textContent("#callback-url").catch(() => null);
+check(callbackUrl === `${base}/callback`, `the callback URL to enter is shown (${callbackUrl})`);
+check(await page.isVisible("#trusted-ip"), "the trusted-IP hint is shown");
+check(await page.isVisible("text=WeChat call budget"), "the call budget is shown");
 await shoot("health");
 
 // 7. Log out.
 await Promise.all([page.waitForNavigation(), page.click("button:has-text('Log out')")]);
 check(page.url().endsWith("/console/login"), "logging out returns to the login form");
+
+// 8. A failing webhook: its delivery retried from the deliveries page, then acknowledged, and
+// the message replayed.
+await page.goto(`${failingBase}/console/login`);
+await page.fill("#token", failingToken);
+await Promise.all([page.waitForNavigation(), page.click("button:has-text('Log in')")]);
+await page.goto(`${failingBase}/console/sandbox?customer=wmRetryMe`);
+await page.fill("#text", "please retry me");
+await page.keyboard.press("Enter");
+await page.waitForSelector("#customer-pane >> text=please retry me", { timeout: 5000 });
+await page.goto(`${failingBase}/console/deliveries`);
+await page.waitForSelector("tr.delivery", { timeout: 5000 })
+  .then(() => check(true, "the failed delivery is listed"))
+  .catch(() => check(false, "the failed delivery is listed"));
+const lastError = await page.textContent("tr.delivery .error-text").catch(() => "");
+check(lastError.includes("500"), `its last error is shown (${lastError})`);
+await labelled("deliveries with a failed delivery");
+await shoot("deliveries-failing");
+await Promise.all([page.waitForNavigation(), page.click("tr.delivery button:has-text('Retry now')")]);
+check(await page.isVisible("text=retrying now"), "Retry now is taken");
+await page.waitForSelector("#no-deliveries", { timeout: 5000 })
+  .then(() => check(true, "the retried delivery is acknowledged (nothing waits any more)"))
+  .catch(() => check(false, "the retried delivery is acknowledged (nothing waits any more)"));
+await page.waitForSelector("tr.message .state.delivered", { timeout: 5000 })
+  .then(() => check(true, "the message shows delivered"))
+  .catch(() => check(false, "the message shows delivered"));
+await Promise.all([page.waitForNavigation(), page.click("tr.message button:has-text('Replay')")]);
+check(await page.isVisible("text=replaying to the bot"), "a delivered message is replayed");
+await shoot("deliveries-retried");
 
 check(browserErrors.length === 0, `no errors in the browser console ${browserErrors.join(" | ")}`);
 await browser.close();

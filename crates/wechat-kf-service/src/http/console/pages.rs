@@ -792,6 +792,67 @@ mod tests {
         assert!(svg.contains("<svg"));
     }
 
+    fn item(from: From, kind: &str, state: &str, media: Option<Value>) -> HistoryItem {
+        HistoryItem {
+            from,
+            kind: kind.into(),
+            msgid: "m/1".into(),
+            at: 0,
+            text: (kind == "text").then(|| "hello".into()),
+            servicer_userid: (from == From::Servicer).then(|| "zhangsan".into()),
+            state: state.into(),
+            error: (state == "refused").then(|| "human_servicer (95018)".into()),
+            message: serde_json::json!({"open_kfid": "wkA"}),
+            media,
+        }
+    }
+
+    #[test]
+    fn the_history_tells_turns_apart_and_shows_media_and_results() {
+        let voice = serde_json::json!({"path": "/m/v.amr", "file_name": "v.amr",
+            "converted": {"path": "/m/v.mp3"}});
+        let file = serde_json::json!({"path": "/m/r.pdf", "file_name": "report.pdf"});
+        let image = serde_json::json!({"path": "/m/i.png", "file_name": "i.png"});
+        let html = |i: HistoryItem| history_item(&i).into_string();
+        let voice = html(item(From::Customer, "voice", "delivered", Some(voice)));
+        assert!(
+            voice.contains("<audio") && voice.contains("/console/media/wkA/m%2F1?converted=true"),
+            "{voice}"
+        );
+        let file = html(item(From::Customer, "file", "delivered", Some(file)));
+        assert!(
+            file.contains("download=\"report.pdf\"") && file.contains("Download report.pdf"),
+            "{file}"
+        );
+        let image = html(item(From::Customer, "image", "delivered", Some(image)));
+        assert!(
+            image.contains("<img") && image.contains("alt=\"Image i.png from the customer\""),
+            "{image}"
+        );
+        let refused = html(item(From::Bot, "text", "refused", None));
+        assert!(
+            refused.contains("turn bot")
+                && refused.contains("state refused")
+                && refused.contains("human_servicer (95018)"),
+            "{refused}"
+        );
+        let joined = html(item(From::Bot, "text", "joined", None));
+        assert!(joined.contains("state joined"), "{joined}");
+        let servicer = html(item(From::Servicer, "text", "delivered", None));
+        assert!(
+            servicer.contains("turn servicer") && servicer.contains("zhangsan"),
+            "{servicer}"
+        );
+        let system = html(item(From::System, "event:enter_session", "delivered", None));
+        assert!(system.contains("turn system"), "{system}");
+        let failed = serde_json::json!({"error": {"kind": "too_large"}});
+        let failed = html(item(From::Customer, "image", "delivered", Some(failed)));
+        assert!(
+            failed.contains("media not downloaded (too_large)"),
+            "{failed}"
+        );
+    }
+
     #[test]
     fn content_is_escaped() {
         let page = message_page("<b>", "<script>alert(1)</script>").into_string();

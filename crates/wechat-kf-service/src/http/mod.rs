@@ -11,6 +11,7 @@
 //! | `GET /v1/conversations`, `/v1/conversations/{open_kfid}/{external_userid}` | the customers and one customer's history (bearer token) |
 //! | `POST /v1/deliveries/{id}/retry`, `/give_up`, `POST /v1/messages/{open_kfid}/{msgid}/replay`, `POST /v1/contact_ways`, `GET /v1/media/{open_kfid}/{msgid}` | operator actions and downloaded media (bearer token) |
 //! | `GET /v1/setup` | the setup and health report ([`setup`]; bearer token) |
+//! | `GET /v1/accounts` | the accounts with their servicers and status ([`accounts`]; bearer token) |
 //! | `POST /v1/sandbox/messages`, `/v1/sandbox/servicer`, `GET /v1/sandbox/chat/{open_kfid}/{external_userid}` | sandbox mode: write as a customer, a servicer's hooks, the chat as the customer sees it (bearer token; 404 otherwise) |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document of these routes ([`openapi`]) |
 //! | `/console` | the web console ([`console`]; `console.token` login, session cookie) |
@@ -20,6 +21,7 @@
 //! at start, never discovered by a request. [`server`] is the accept loop that serves the
 //! router with read and idle timeouts, a connection cap and a bounded graceful shutdown.
 
+pub(crate) mod accounts;
 pub(crate) mod auth;
 pub(crate) mod bodies;
 pub(crate) mod callback;
@@ -63,6 +65,8 @@ pub struct AppState {
     reply_api: Option<ReplyApiState>,
     /// `GET /v1/setup`, mounted with the reply API.
     setup: setup::SetupState,
+    /// `GET /v1/accounts`, mounted with the reply API.
+    accounts: Option<accounts::AccountsState>,
     /// The sandbox routes (they answer 404 outside sandbox mode).
     sandbox_api: sandbox_api::SandboxApiState,
     /// `None`: no console token, `/console` says how to turn it on.
@@ -149,6 +153,9 @@ impl AppState {
             webhook_url,
             sandbox: sandbox.is_some(),
         });
+        let accounts = api_token.clone().map(|token| {
+            accounts::AccountsState::new(token, client.clone(), pullers.clone(), metrics.clone())
+        });
         let sandbox = sandbox
             .map(|(emulator, open_kfid)| (sandbox_api::SandboxChat::new(emulator), open_kfid));
         let console = console_token.map(|token| {
@@ -205,6 +212,7 @@ impl AppState {
                 })
             }),
             setup,
+            accounts,
             sandbox_api,
             console,
             pullers,
@@ -245,9 +253,15 @@ pub fn router(state: AppState) -> Router {
     // The conversation routes read with the reply API's state; `conversations.rs` builds on
     // `reply_api.rs`, never the other way round.
     let reply_api = match state.reply_api {
-        Some(api) => reply_api::routes(api.clone())
-            .merge(conversations::routes(api))
-            .merge(setup::routes(state.setup)),
+        Some(api) => {
+            let mut routes = reply_api::routes(api.clone())
+                .merge(conversations::routes(api))
+                .merge(setup::routes(state.setup));
+            if let Some(accounts) = state.accounts {
+                routes = routes.merge(accounts::routes(accounts));
+            }
+            routes
+        }
         None => reply_api::disabled_routes(state.health.metrics.clone()),
     };
     let mut router = Router::new()

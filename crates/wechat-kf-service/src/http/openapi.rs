@@ -13,7 +13,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use wechat_kf::{ExternalUserId, MsgId, OpenKfId, UserId};
 
 use super::bodies::OutboundMessage;
-use super::{conversations, health, reply_api, sandbox_api, setup};
+use super::{accounts, conversations, health, reply_api, sandbox_api, setup};
 
 /// The document.
 #[derive(OpenApi)]
@@ -41,6 +41,7 @@ use super::{conversations, health, reply_api, sandbox_api, setup};
         reply_api::media_file,
         reply_api::replay_message,
         setup::setup,
+        accounts::accounts,
         conversations::list_conversations,
         conversations::conversation,
         sandbox_api::customer_send,

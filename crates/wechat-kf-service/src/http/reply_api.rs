@@ -184,6 +184,7 @@ pub(crate) fn disabled_routes(metrics: Arc<Metrics>) -> Router {
         .route("/v1/media/{open_kfid}/{msgid}", get(disabled))
         .route("/v1/messages/{open_kfid}/{msgid}/replay", post(disabled))
         .route("/v1/setup", get(disabled))
+        .route("/v1/accounts", get(disabled))
         .route("/v1/conversations", get(disabled))
         .route(
             "/v1/conversations/{open_kfid}/{external_userid}",

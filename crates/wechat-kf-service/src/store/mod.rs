@@ -448,6 +448,9 @@ pub struct SendListing {
     /// The delivery whose webhook response carried it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery: Option<String>,
+    /// When the next attempt is due, while pending (unix milliseconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at_ms: Option<i64>,
 }
 
 /// A customer's conversation as the console's list shows it: the last stored message and the

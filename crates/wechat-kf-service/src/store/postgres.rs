@@ -353,7 +353,7 @@ const LIST_DELIVERIES: &str = "SELECT d.id, d.seqs, d.attempts, d.next_attempt_a
 
 /// `store sends`: $1 lane pattern, $2 failed only, $3 limit.
 const LIST_SENDS: &str = "SELECT id, endpoint, lane, msgid, state, attempts, last_error, created_at, \
-     finished_at, delivery_id FROM replies WHERE ($1::text IS NULL OR lane LIKE $1 ESCAPE '\\') \
+     finished_at, delivery_id, CASE WHEN state = 'pending' THEN next_attempt_at END FROM replies WHERE ($1::text IS NULL OR lane LIKE $1 ESCAPE '\\') \
      AND (NOT $2 OR state IN ('failed', 'refused') OR (state = 'pending' AND last_error IS NOT NULL)) \
      ORDER BY id DESC LIMIT $3";
 
@@ -1572,6 +1572,7 @@ impl Store for PostgresStore {
                         created_at_ms: r.get(7),
                         finished_at_ms: r.get(8),
                         delivery: r.get(9),
+                        next_attempt_at_ms: r.get(10),
                     })
                     .collect())
             })

@@ -49,6 +49,34 @@ async function labelled(what) {
   check(unnamed.length === 0, `${what}: every control is labelled ${unnamed.join(" ")}`);
 }
 
+async function reachable(what) {
+  // Every visible control is reached by Tab (none is skipped by tabindex or hidden from it).
+  // Controls are told apart by what they are, not by identity: the live parts of a page are
+  // re-rendered under the test.
+  const signature = () => {
+    window.__kbSignature = (el) => [el.tagName, el.getAttribute("href"), el.getAttribute("aria-label"),
+      el.id, el.getAttribute("name"), el.closest("form")?.getAttribute("action"),
+      el.textContent.trim()].join("|");
+  };
+  await page.evaluate(signature);
+  const all = await page.evaluate(() => Array.from(
+    document.querySelectorAll("a[href], button, input, select, textarea"))
+    .filter((el) => el.type !== "hidden" && el.offsetParent !== null && !el.disabled)
+    .map((el) => window.__kbSignature(el)));
+  const wanted = new Set(all);
+  await page.evaluate(() => document.activeElement?.blur());
+  const reached = new Set();
+  for (let i = 0; i < 3 * all.length + 10 && [...wanted].some((w) => !reached.has(w)); i++) {
+    await page.keyboard.press("Tab");
+    const focused = await page.evaluate(() =>
+      document.activeElement && document.activeElement !== document.body
+        ? window.__kbSignature(document.activeElement) : null);
+    if (focused) reached.add(focused);
+  }
+  const missed = [...wanted].filter((w) => !reached.has(w));
+  check(missed.length === 0, `${what}: all ${wanted.size} controls are reachable by keyboard ${missed.join(" ; ")}`);
+}
+
 async function fits(what) {
   const [scroll, width] = await page.evaluate(() =>
     [document.documentElement.scrollWidth, window.innerWidth]);
@@ -68,6 +96,7 @@ async function shoot(name) {
 let answer = await page.goto(`${base}/console/sandbox`);
 check(page.url().endsWith("/console/login"), "a page without a session sends to the login form");
 await labelled("login");
+await reachable("login");
 await shoot("login");
 let before = browserErrors.length;
 await page.fill("#token", "not-the-token");
@@ -88,6 +117,7 @@ check(session && session.httpOnly && session.sameSite === "Strict",
 
 // 2. Chat as a customer: the echo shows in the customer pane and the conversation view.
 await labelled("sandbox");
+await reachable("sandbox");
 await page.focus("#text");
 await page.keyboard.type("hello from the browser");
 const sentAt = Date.now();
@@ -154,11 +184,13 @@ check(reached.has("text") && reached.has("Send") && reached.has("Conversations")
 // 3. Conversations list and one conversation, updated live.
 await page.goto(`${base}/console/conversations`);
 await labelled("conversations");
+await reachable("conversations");
 check(await page.isVisible("text=wmDemoCustomer"), "the conversation list shows the customer");
 await shoot("conversations");
 await page.click("a:has-text('wmDemoCustomer')");
 check(await page.isVisible("text=echo: hello from the browser"), "the conversation shows the bot's reply");
 await labelled("conversation");
+await reachable("conversation");
 // A message written elsewhere (the reply API's sibling: the sandbox endpoint) shows live.
 const csrf = await page.getAttribute('meta[name="csrf-token"]', "content");
 const live = await page.evaluate(async ([csrf]) => {
@@ -197,6 +229,7 @@ await shoot("conversation");
 // 4. Deliveries and sends.
 await page.goto(`${base}/console/deliveries`);
 await labelled("deliveries");
+await reachable("deliveries");
 check(await page.isVisible("#s-heading"), "the deliveries page lists the sends");
 check(await page.isVisible("text=sent"), "the echo's send is listed as sent");
 check(await page.locator("tr.message button:has-text('Replay')").count() > 0,
@@ -206,11 +239,15 @@ await shoot("deliveries");
 // 5. Accounts, with a contact-way link as a QR code.
 await page.goto(`${base}/console/accounts`);
 await labelled("accounts");
+await reachable("accounts");
 await page.fill("#cw-scene", "browser_test");
 await Promise.all([page.waitForNavigation(), page.click("button:has-text('Create the link')")]);
 const link = await page.textContent("#contact-way-url").catch(() => null);
 check(!!link && link.startsWith("http"), `a contact-way link is made (${link})`);
 check(await page.isVisible(".qr svg"), "the link is shown as an SVG QR code");
+check(await page.isVisible("tr.account >> text=demo_servicer"),
+  "the account's servicer is listed (GET /v1/accounts)");
+check(await page.locator("tr.account .state.receiving").count() > 0, "with its status");
 await page.addScriptTag({ path: require.resolve("jsqr/dist/jsQR.js") });
 const decoded = await page.evaluate(async () => {
   const svg = document.querySelector(".qr svg");
@@ -232,6 +269,7 @@ await shoot("accounts");
 // 6. Setup and health (the body of GET /v1/setup).
 await page.goto(`${base}/console/health`);
 await labelled("health");
+await reachable("health");
 check(await page.isVisible("text=Ready"), "the health page says the service is ready");
 check(await page.isVisible("#credentials.ok"), "the credentials check passes");
 const callbackUrl = await page.textContent("#callback-url").catch(() => null);

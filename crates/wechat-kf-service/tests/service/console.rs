@@ -807,3 +807,45 @@ async fn the_setup_report_says_what_to_enter_in_the_admin_and_what_is_wrong() {
     running.shutdown().await;
     emu.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_accounts_are_listed_with_their_servicers_and_status() {
+    use serde_json::Value;
+
+    let running = sandbox().await;
+    let info = running.sandbox().unwrap().clone();
+    let token = info.generated_api_token.clone().unwrap();
+    let body: Value = reqwest::Client::new()
+        .get(format!("{}/v1/accounts", running.base_url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let demo = body["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["open_kfid"] == info.open_kfid.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("the demo account is listed: {body}"));
+    assert_eq!(demo["pulled"], true, "{body}");
+    assert!(demo["name"].is_string(), "{body}");
+    let servicer = demo["servicers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["userid"] == "demo_servicer")
+        .cloned()
+        .unwrap_or_else(|| panic!("the demo servicer is listed: {body}"));
+    assert_eq!(servicer["status"], "receiving", "{body}");
+    let refused = reqwest::Client::new()
+        .get(format!("{}/v1/accounts", running.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    running.shutdown().await;
+}

@@ -970,6 +970,25 @@ async fn conformance_console(store: &dyn Store) {
             .all(|(_, r)| !r.contains("api1")),
         "never reported to the bot"
     );
+    let sends = store
+        .list_sends(ListQuery {
+            open_kfid: Some("wkC".into()),
+            limit: 100,
+            ..ListQuery::default()
+        })
+        .await
+        .unwrap();
+    let due = |msgid: &str| {
+        sends.iter().find(|s| s.msgid.as_str() == msgid).map(|s| {
+            (
+                s.state.as_str(),
+                s.next_attempt_at_ms.is_some(),
+                s.delivery.is_some(),
+            )
+        })
+    };
+    assert_eq!(due("cr1"), Some(("pending", true, false)));
+    assert_eq!(due("api1"), Some(("refused", false, false)));
 }
 
 async fn conformance(store: Arc<dyn Store>) {

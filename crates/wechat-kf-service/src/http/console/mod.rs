@@ -712,11 +712,20 @@ async fn conversations_page(
     session: LoggedIn,
     query: Result<Query<ListQueryForm>, QueryRejection>,
 ) -> Response {
-    let open_kfid = query.ok().and_then(|Query(q)| q.open_kfid);
+    let open_kfid = query
+        .ok()
+        .and_then(|Query(q)| q.open_kfid)
+        .filter(|k| !k.is_empty());
+    let accounts: Vec<String> = state
+        .parts()
+        .pullers
+        .accounts()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     match conversation_list(&state, open_kfid.clone()).await {
-        Ok(list) => {
-            pages::conversations(&session.csrf, &list, open_kfid.as_deref()).into_response()
-        }
+        Ok(list) => pages::conversations(&session.csrf, &list, &accounts, open_kfid.as_deref())
+            .into_response(),
         Err(e) => failed(e),
     }
 }
@@ -1101,50 +1110,14 @@ async fn deliveries_view(
     }
 }
 
-/// The accounts pulled, with names and servicers where the sandbox's emulator knows them.
-fn account_rows(state: &ConsoleState) -> Vec<pages::AccountRow> {
-    let known = state
-        .parts()
-        .sandbox
-        .as_ref()
-        .map(|(chat, _)| chat.accounts())
-        .unwrap_or_default();
-    state
-        .parts()
-        .pullers
-        .accounts()
-        .into_iter()
-        .map(|open_kfid| {
-            let found = known
-                .iter()
-                .find(|a| a.get("open_kfid").and_then(|v| v.as_str()) == Some(open_kfid.as_str()));
-            pages::AccountRow {
-                name: found
-                    .and_then(|a| a.get("name"))
-                    .and_then(|v| v.as_str())
-                    .map(str::to_owned),
-                servicers: found
-                    .and_then(|a| a.get("servicers"))
-                    .and_then(|v| v.as_array())
-                    .map(|list| {
-                        list.iter()
-                            .filter_map(|s| {
-                                Some((
-                                    s.get("userid")?.as_str()?.to_owned(),
-                                    s.get("status").and_then(|v| v.as_i64()).unwrap_or(0),
-                                ))
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                open_kfid: open_kfid.to_string(),
-            }
-        })
-        .collect()
+/// The accounts and their servicers: `GET /v1/accounts`.
+async fn account_list(state: &ConsoleState) -> super::accounts::AccountList {
+    let parts = state.parts();
+    super::accounts::list(&parts.client, &parts.pullers, &parts.metrics).await
 }
 
 async fn accounts_page(State(state): State<ConsoleState>, session: LoggedIn) -> Markup {
-    pages::accounts(&session.csrf, &account_rows(&state), None)
+    pages::accounts(&session.csrf, &account_list(&state).await, None)
 }
 
 #[derive(Deserialize)]
@@ -1191,7 +1164,7 @@ async fn contact_way(
         },
         Err(e) => pages::ContactWay::Failed(e.message()),
     };
-    pages::accounts(&session.csrf, &account_rows(&state), Some(&shown)).into_response()
+    pages::accounts(&session.csrf, &account_list(&state).await, Some(&shown)).into_response()
 }
 
 async fn health_page(

@@ -6,6 +6,7 @@ use qrcode::QrCode;
 use qrcode::render::svg;
 use serde_json::Value;
 
+use crate::http::accounts::AccountList;
 use crate::http::conversations::{
     ConversationBody, ConversationList, ConversationSummary, From, HistoryItem,
 };
@@ -397,6 +398,7 @@ pub(super) fn conversation_rows(list: &ConversationList) -> Markup {
 pub(super) fn conversations(
     csrf: &str,
     list: &ConversationList,
+    accounts: &[String],
     open_kfid: Option<&str>,
 ) -> Markup {
     let live = match open_kfid {
@@ -411,6 +413,14 @@ pub(super) fn conversations(
         Some(csrf),
         Nav::Conversations,
         html! {
+            form.pick method="get" action="/console/conversations" {
+                label for="filter-account" { "Account" }
+                select id="filter-account" name="open_kfid" {
+                    option value="" selected[open_kfid.is_none()] { "All accounts" }
+                    @for a in accounts { option value=(a) selected[open_kfid == Some(a.as_str())] { (a) } }
+                }
+                button type="submit" { "Show" }
+            }
             div.scroll {
                 table {
                     caption { "Customers, newest activity first" }
@@ -548,10 +558,12 @@ pub(super) fn deliveries_tables(csrf: &str, rows: &DeliveryRows) -> Markup {
             @if sends.is_empty() { p { "None yet." } }
             @else {
                 div.scroll { table {
-                    thead { tr { th scope="col" { "Lane" } th scope="col" { "Endpoint" } th scope="col" { "State" } th scope="col" { "Attempts" } th scope="col" { "Queued (UTC)" } th scope="col" { "Error" } } }
+                    thead { tr { th scope="col" { "Lane" } th scope="col" { "Endpoint" } th scope="col" { "State" } th scope="col" { "Attempts" } th scope="col" { "Queued (UTC)" } th scope="col" { "Next attempt (UTC)" } th scope="col" { "Error" } } }
                     tbody { @for s in sends { tr {
                         td { (s.lane) } td { (s.endpoint) } td { span class={ "state " (s.state) } { (s.state) } }
-                        td { (s.attempts) } td { (clock_ms(s.created_at_ms)) } td { (s.last_error.as_deref().unwrap_or("")) }
+                        td { (s.attempts) } td { (clock_ms(s.created_at_ms)) }
+                        td { @if let Some(at) = s.next_attempt_at_ms { (clock_ms(at)) } }
+                        td { (s.last_error.as_deref().unwrap_or("")) }
                     } } }
                 } }
             }
@@ -572,14 +584,6 @@ pub(super) fn deliveries(csrf: &str, rows: &DeliveryRows, notice: Option<&str>) 
             }
         },
     )
-}
-
-/// An account as the accounts page lists it.
-pub(super) struct AccountRow {
-    pub(super) open_kfid: String,
-    pub(super) name: Option<String>,
-    /// (userid, status) of each servicer, where known.
-    pub(super) servicers: Vec<(String, i64)>,
 }
 
 /// A contact-way link just made, or why not.
@@ -606,22 +610,35 @@ fn qr_svg(url: &str) -> Option<String> {
 }
 
 /// The accounts, and the contact-way form.
-pub(super) fn accounts(csrf: &str, rows: &[AccountRow], made: Option<&ContactWay>) -> Markup {
+pub(super) fn accounts(csrf: &str, list: &AccountList, made: Option<&ContactWay>) -> Markup {
+    let rows = &list.accounts;
     layout(
         "Accounts",
         Some(csrf),
         Nav::Accounts,
         html! {
-            @if rows.is_empty() { p { "No account is pulled yet." } }
+            p.hint { "The same list as " code { "GET /v1/accounts" } ": WeChat's accounts and their servicers." }
+            @if let Some(error) = &list.error { p.error role="alert" { "WeChat's account list could not be read: " (error) } }
+            @if rows.is_empty() { p { "No account yet." } }
             @else {
                 div.scroll { table {
-                    thead { tr { th scope="col" { "Account" } th scope="col" { "Name" } th scope="col" { "Servicers (status)" } } }
-                    tbody { @for a in rows { tr {
+                    thead { tr { th scope="col" { "Account" } th scope="col" { "Name" } th scope="col" { "Pulled" } th scope="col" { "Servicers (status)" } } }
+                    tbody { @for a in rows { tr.account {
                         td { code { (a.open_kfid) } }
                         td { (a.name.as_deref().unwrap_or("")) }
-                        td { @for (i, (userid, status)) in a.servicers.iter().enumerate() {
-                            @if i > 0 { ", " } (userid) " (" (status) ")"
-                        } }
+                        td { @if a.pulled { "yes" } @else { "no" } }
+                        td {
+                            @if let Some(error) = &a.error { span.error { "not readable: " (error) } }
+                            @for (i, s) in a.servicers.iter().enumerate() {
+                                @if i > 0 { ", " }
+                                @match (&s.userid, s.department_id) {
+                                    (Some(userid), _) => { (userid) }
+                                    (None, Some(d)) => { "department " (d) }
+                                    _ => { "?" }
+                                }
+                                @if let Some(status) = s.status { " " span class={ "state " (status) } { (status) } }
+                            }
+                        }
                     } } }
                 } }
             }

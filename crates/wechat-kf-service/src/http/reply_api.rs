@@ -361,10 +361,11 @@ where
     }
 }
 
-/// Records a send of the reply API or the console in its customer's history with how it
-/// ended, as a finished reply of the customer's lane (best effort: a store that does not
-/// answer loses the record, never the send).
+/// Records a send of the reply API or the console (`via`: `reply_api`, `console`) in its
+/// customer's history with how it ended, as a finished reply of the customer's lane (best
+/// effort: a store that does not answer loses the record, never the send).
 pub(crate) async fn record_send(
+    via: &'static str,
     gate: &Gate,
     open_kfid: &OpenKfId,
     touser: &ExternalUserId,
@@ -391,7 +392,7 @@ pub(crate) async fn record_send(
         msgid,
         state,
         error,
-        result: None,
+        result: Some(serde_json::json!({ "via": via }).to_string()),
     };
     if let Err(e) = gate
         .store
@@ -460,7 +461,16 @@ pub(crate) async fn send_msg(
         fingerprint,
         move || async move {
             let outcome = gate.send(&open_kfid, &touser, request).await;
-            record_send(&gate, &open_kfid, &touser, recorded_msgid, body, &outcome).await;
+            record_send(
+                "reply_api",
+                &gate,
+                &open_kfid,
+                &touser,
+                recorded_msgid,
+                body,
+                &outcome,
+            )
+            .await;
             outcome
         },
     )

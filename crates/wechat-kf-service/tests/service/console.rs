@@ -623,8 +623,12 @@ async fn sends_of_the_reply_api_and_the_console_show_in_the_history_with_their_r
         .cloned()
         .unwrap_or_else(|| panic!("the API's send is in the history: {body}"));
     assert_eq!(
-        (item["from"].as_str(), item["state"].as_str()),
-        (Some("bot"), Some("sent"))
+        (
+            item["from"].as_str(),
+            item["state"].as_str(),
+            item["via"].as_str()
+        ),
+        (Some("bot"), Some("sent"), Some("reply_api"))
     );
 
     // A customer WeChat does not know: WeChat refuses (40096), and the history says why.
@@ -685,7 +689,9 @@ async fn sends_of_the_reply_api_and_the_console_show_in_the_history_with_their_r
             .as_array()
             .unwrap()
             .iter()
-            .any(|i| i["text"] == "from the console" && i["state"] == "sent"),
+            .any(|i| i["text"] == "from the console"
+                && i["state"] == "sent"
+                && i["via"] == "console"),
         "{body}"
     );
 

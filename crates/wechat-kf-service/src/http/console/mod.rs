@@ -832,6 +832,7 @@ async fn reply(
             .await;
         // In the history like the reply API's sends.
         super::reply_api::record_send(
+            "console",
             gate,
             &parsed.open_kfid,
             &parsed.touser,

@@ -192,7 +192,11 @@ fn history_item(item: &HistoryItem) -> Markup {
     let from = from_label(item.from);
     html! {
         li class={ "turn " (from) } {
-            span.who { (from) @if let Some(s) = &item.servicer_userid { " " (s) } }
+            span.who {
+                (from)
+                @if let Some(s) = &item.servicer_userid { " " (s) }
+                @match item.via.as_deref() { Some("console") => { " (console)" } Some("reply_api") => { " (reply API)" } _ => {} }
+            }
             " "
             time { (clock(item.at)) }
             " "
@@ -821,6 +825,7 @@ mod tests {
             error: (state == "refused").then(|| "human_servicer (95018)".into()),
             message: serde_json::json!({"open_kfid": "wkA"}),
             media,
+            via: None,
         }
     }
 

@@ -122,6 +122,15 @@ impl Service {
         } else {
             None
         };
+        // The sandbox downloads media to a directory of its own unless told otherwise.
+        let config = match sandbox.as_ref().and_then(|s| s.media_dir.as_ref()) {
+            Some(dir) => {
+                let mut config = config;
+                config.media.download_dir = Some(dir.path().to_owned());
+                config
+            }
+            None => config,
+        };
         let (corp_id, secret, callback_token, aes_key, base_url) = match &sandbox {
             Some(s) => (
                 s.corp_id.clone(),

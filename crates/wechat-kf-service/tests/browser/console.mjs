@@ -140,6 +140,12 @@ await page.click("button:has-text('Send an image')");
 await page.waitForSelector("#conversation-pane >> .turn.customer:has-text('[image]')", { timeout: 2000 })
   .then(() => check(true, "an image sent as the customer shows in the conversation view"))
   .catch(() => check(false, "an image sent as the customer shows in the conversation view"));
+// The sandbox downloads media: the image itself is shown.
+const shown = await page.waitForFunction(() => {
+  const img = document.querySelector("#conversation-pane img.media");
+  return img && img.complete && img.naturalWidth > 0;
+}, null, { timeout: 5000 }).then(() => true).catch(() => false);
+check(shown, "the image is shown in the conversation view");
 await shoot("sandbox");
 
 // A servicer takes the session (the emulator's client hook): the conversation view shows it

@@ -152,6 +152,7 @@ impl AppState {
             callback_path: callback.as_ref().map(|c| c.path.clone()),
             webhook_url,
             sandbox: sandbox.is_some(),
+            clock: clock.clone(),
         });
         let accounts = api_token.clone().map(|token| {
             accounts::AccountsState::new(token, client.clone(), pullers.clone(), metrics.clone())

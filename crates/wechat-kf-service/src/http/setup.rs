@@ -16,6 +16,7 @@ use wechat_kf::client::Client;
 
 use super::auth::{Authorized, BearerToken};
 use super::error::ErrorBody;
+use crate::clock::Clock;
 use crate::config::Secret;
 use crate::error::safe_error;
 use crate::metrics::{BudgetLine, CallbackResult, Metrics};
@@ -49,6 +50,8 @@ pub(crate) struct SetupParts {
     pub(crate) webhook_url: Option<String>,
     /// Sandbox mode: WeChat is the embedded emulator.
     pub(crate) sandbox: bool,
+    /// The service's own clock (when a check was made, the budget's windows).
+    pub(crate) clock: Clock,
 }
 
 struct Inner {
@@ -198,12 +201,6 @@ pub(crate) struct SetupBody {
     pub(crate) budget: Vec<BudgetLine>,
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 async fn credentials(state: &SetupState) -> Credentials {
     if let Some((at, checked)) = state
         .inner
@@ -217,6 +214,7 @@ async fn credentials(state: &SetupState) -> Credentials {
         }
     }
     let parts = &state.inner.parts;
+    let now_ms = u64::try_from(parts.clock.local_ms()).unwrap_or(0);
     let result = parts.client.token().await;
     let checked = match result {
         Ok(_) => Credentials {
@@ -224,7 +222,7 @@ async fn credentials(state: &SetupState) -> Credentials {
             ok: true,
             errcode: None,
             error: None,
-            checked_at_ms: unix_ms(),
+            checked_at_ms: now_ms,
         },
         Err(e) => {
             parts.metrics.api_error("gettoken", &e);
@@ -233,7 +231,7 @@ async fn credentials(state: &SetupState) -> Credentials {
                 ok: false,
                 errcode: e.errcode().map(|c| c.code()),
                 error: Some(safe_error(&e)),
-                checked_at_ms: unix_ms(),
+                checked_at_ms: now_ms,
             }
         }
     };
@@ -379,7 +377,7 @@ pub(crate) async fn report(state: &SetupState, headers: &HeaderMap) -> SetupBody
         callback,
         trusted_ip,
         webhook,
-        budget: m.budget_use(unix_ms()),
+        budget: m.budget_use(u64::try_from(parts.clock.local_ms()).unwrap_or(0)),
     }
 }
 

@@ -99,6 +99,10 @@ fn escape_label(value: &str) -> String {
 #[derive(Debug, Default)]
 pub struct Metrics {
     callbacks: [AtomicU64; 7],
+    /// When a callback of each result was last seen (unix milliseconds, 0: never).
+    callbacks_last_ms: [AtomicU64; 7],
+    /// The caller address WeChat last named in an errmsg (`from ip: …`), and when.
+    wechat_sees: Mutex<Option<(String, u64)>>,
     /// Pull rounds started (a round pulls until `has_more` is 0).
     pub pulls: AtomicU64,
     /// `sync_msg` pages committed.
@@ -170,6 +174,49 @@ pub struct Metrics {
     lag_sum_micros: AtomicU64,
     errcodes: Mutex<BTreeMap<(&'static str, i64), u64>>,
     budget: BudgetUse,
+}
+
+/// One corp and API's use of the call budget by this instance ([`Metrics::budget_use`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct BudgetLine {
+    /// The corp.
+    pub(crate) corp: String,
+    /// The API (`kf/send_msg`, …).
+    pub(crate) api: String,
+    /// Calls admitted in the current clock minute.
+    pub(crate) minute: u64,
+    /// The budget per minute (0: no limit), when a budget is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) per_minute: Option<u32>,
+    /// Calls admitted in the current clock hour.
+    pub(crate) hour: u64,
+    /// The budget per hour (0: no limit), when a budget is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) per_hour: Option<u32>,
+    /// Calls that had to wait for the budget, since start.
+    pub(crate) waits: u64,
+    /// 45009 answers (the API blocked), since start.
+    pub(crate) blocks: u64,
+}
+
+/// The address in an errmsg's `from ip: 1.2.3.4` (WeChat appends it to its errors, see
+/// `docs/vendor-notes.md`), checked to be an IP address.
+fn from_ip(errmsg: &str) -> Option<String> {
+    let (_, rest) = errmsg.split_once("from ip:")?;
+    let candidate = rest
+        .trim_start()
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .next()?;
+    candidate
+        .parse::<std::net::IpAddr>()
+        .ok()
+        .map(|ip| ip.to_string())
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The call budget's use by this instance, per corp and API (see [`MeteredBudget`]).
@@ -268,6 +315,70 @@ impl Metrics {
             .position(|r| *r == result)
             .unwrap_or(0);
         self.callbacks[index].fetch_add(1, Ordering::Relaxed);
+        self.callbacks_last_ms[index].store(unix_ms(), Ordering::Relaxed);
+    }
+
+    /// When a callback with `result` was last seen (unix milliseconds), if ever.
+    pub fn callback_last_seen(&self, result: CallbackResult) -> Option<u64> {
+        CallbackResult::ALL
+            .iter()
+            .position(|r| *r == result)
+            .map(|i| self.callbacks_last_ms[i].load(Ordering::Relaxed))
+            .filter(|ms| *ms > 0)
+    }
+
+    /// The address WeChat last said a call came from (the `from ip:` of an errmsg) and when
+    /// (unix milliseconds): what its trusted-IP list must hold (errcode 60020).
+    pub fn wechat_sees(&self) -> Option<(String, u64)> {
+        self.wechat_sees
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Remembers the caller address an errmsg names, if it names one.
+    pub(crate) fn note_errmsg(&self, errmsg: &str) {
+        if let Some(ip) = from_ip(errmsg) {
+            *self.wechat_sees.lock().unwrap_or_else(|e| e.into_inner()) = Some((ip, unix_ms()));
+        }
+    }
+
+    /// This instance's use of the call budget in the windows of `now_ms`, per corp and API.
+    pub(crate) fn budget_use(&self, now_ms: u64) -> Vec<BudgetLine> {
+        let limits = *self.budget.limits.lock().unwrap_or_else(|e| e.into_inner());
+        let (minute, hour) = (now_ms / BUDGET_MINUTE_MS, now_ms / BUDGET_HOUR_MS);
+        let counted = |family: &Family, corp: &str, api: &str| {
+            let key = format!(
+                "corp=\"{}\",api=\"{}\"",
+                escape_label(corp),
+                escape_label(api)
+            );
+            family
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&key)
+                .copied()
+                .unwrap_or(0)
+        };
+        let windows = self
+            .budget
+            .windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        windows
+            .iter()
+            .map(|((corp, api), w)| BudgetLine {
+                corp: corp.clone(),
+                api: api.clone(),
+                minute: if w.minute == minute { w.in_minute } else { 0 },
+                per_minute: limits.map(|l| l.per_minute),
+                hour: if w.hour == hour { w.in_hour } else { 0 },
+                per_hour: limits.map(|l| l.per_hour),
+                waits: counted(&self.budget.waits, corp, api),
+                blocks: counted(&self.budget.blocks, corp, api),
+            })
+            .collect()
     }
 
     /// The number of callbacks with `result` so far.
@@ -299,10 +410,22 @@ impl Metrics {
         *map.entry((endpoint, errcode)).or_default() += 1;
     }
 
+    /// Whether WeChat answered `errcode` to any call since start.
+    pub(crate) fn errcode_seen(&self, errcode: i64) -> bool {
+        self.errcodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .any(|(_, code)| *code == errcode)
+    }
+
     /// Counts the errcode of an API error, if it carries one.
     pub fn api_error(&self, endpoint: &'static str, error: &wechat_kf::client::Error) {
         if let Some(code) = error.errcode() {
             self.errcode(endpoint, code.code());
+        }
+        if let wechat_kf::client::Error::Api { errmsg, .. } = error {
+            self.note_errmsg(errmsg);
         }
     }
 
@@ -835,6 +958,25 @@ fn parse_children_cpu(stat: &str) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
+    use super::from_ip;
+
+    #[test]
+    fn the_address_wechat_names_in_an_errmsg_is_read_and_checked() {
+        assert_eq!(
+            from_ip(
+                "not allow to access from your ip, hint: [1], from ip: 203.0.113.7, more info at x"
+            )
+            .as_deref(),
+            Some("203.0.113.7")
+        );
+        assert_eq!(
+            from_ip("from ip: 2001:db8::1").as_deref(),
+            Some("2001:db8::1")
+        );
+        assert_eq!(from_ip("from ip: <script>"), None);
+        assert_eq!(from_ip("invalid credential"), None);
+    }
+
     use super::*;
 
     #[tokio::test]

@@ -111,6 +111,9 @@ pub(crate) struct Sandbox {
     pub(crate) api_token: String,
     pub(crate) console_token: String,
     pub(crate) info: SandboxInfo,
+    /// Where media is downloaded when nothing is configured (removed when the sandbox stops),
+    /// so that the console shows the images a customer sends.
+    pub(crate) media_dir: Option<tempfile::TempDir>,
 }
 
 impl Sandbox {
@@ -170,6 +173,17 @@ impl Sandbox {
                 .map(|k| k.as_str()),
         };
         tracing::info!(emulator = %emulator_url, open_kfid = open_kfid.as_str(), "sandbox: emulator started");
+        let media_dir =
+            if config.media.download_dir.is_none() && config.media.object_store.is_none() {
+                Some(
+                    tempfile::Builder::new()
+                        .prefix("wechat-kf-sandbox-media-")
+                        .tempdir()
+                        .map_err(|e| Error::io("the sandbox's media directory", e))?,
+                )
+            } else {
+                None
+            };
         Ok(Sandbox {
             running,
             corp_id,
@@ -181,6 +195,7 @@ impl Sandbox {
             api_token,
             console_token,
             info,
+            media_dir,
         })
     }
 }

@@ -124,6 +124,15 @@ impl Service {
         } else {
             None
         };
+        // The sandbox downloads media to a directory of its own unless told otherwise.
+        let config = match sandbox.as_ref().and_then(|s| s.media_dir.as_ref()) {
+            Some(dir) => {
+                let mut config = config;
+                config.media.download_dir = Some(dir.path().to_owned());
+                config
+            }
+            None => config,
+        };
         let (corp_id, secret, callback_token, aes_key, base_url) = match &sandbox {
             Some(s) => (
                 s.corp_id.clone(),
@@ -393,6 +402,7 @@ impl Service {
                 .map(|s| (s.running.emulator().clone(), s.open_kfid.clone())),
             deliveries: delivery_control,
             media_dir: config.media.download_dir.clone(),
+            webhook_url: config.webhook.url.clone(),
             console_token: match (&config.console.token, &sandbox) {
                 (Some(token), _) => Some(token.clone()),
                 (None, Some(s)) => Some(Secret::new(s.console_token.clone())),

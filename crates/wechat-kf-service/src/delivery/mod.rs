@@ -142,11 +142,15 @@ pub(crate) enum ActionResult {
 
 type Command = (String, Action, tokio::sync::oneshot::Sender<ActionResult>);
 
+/// A finished message to deliver again (an operator's replay).
+type Replay = (StoredMessage, tokio::sync::oneshot::Sender<ActionResult>);
+
 /// Operator actions on deliveries, handled by the deliverer task between attempts. Cheap to
 /// clone.
 #[derive(Clone)]
 pub(crate) struct DeliveryControl {
     tx: mpsc::UnboundedSender<Command>,
+    replays: mpsc::UnboundedSender<Replay>,
 }
 
 impl DeliveryControl {
@@ -154,6 +158,16 @@ impl DeliveryControl {
     pub(crate) async fn act(&self, id: &str, action: Action) -> ActionResult {
         let (reply, answer) = tokio::sync::oneshot::channel();
         if self.tx.send((id.to_owned(), action, reply)).is_err() {
+            return ActionResult::Stopped;
+        }
+        answer.await.unwrap_or(ActionResult::Stopped)
+    }
+
+    /// Asks the deliverer to deliver a finished message again, after whatever its customer
+    /// has waiting (`InFlight`: a replay of it is waiting already). Not kept across a restart.
+    pub(crate) async fn replay(&self, message: StoredMessage) -> ActionResult {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if self.replays.send((message, reply)).is_err() {
             return ActionResult::Stopped;
         }
         answer.await.unwrap_or(ActionResult::Stopped)
@@ -187,6 +201,8 @@ pub(crate) struct Deliverer {
     commands: Option<mpsc::UnboundedReceiver<Command>>,
     /// Customers with messages waiting behind a delivery in flight (for the responder).
     backlog: Backlog,
+    /// Operator replays ([`Deliverer::control`]).
+    replays: Option<mpsc::UnboundedReceiver<Replay>>,
 }
 
 impl Deliverer {
@@ -194,7 +210,9 @@ impl Deliverer {
     pub(crate) fn control(&mut self) -> DeliveryControl {
         let (tx, rx) = mpsc::unbounded_channel();
         self.commands = Some(rx);
-        DeliveryControl { tx }
+        let (replays, rx) = mpsc::unbounded_channel();
+        self.replays = Some(rx);
+        DeliveryControl { tx, replays }
     }
 
     /// Shares which customers have messages waiting behind a delivery in flight (a
@@ -243,6 +261,7 @@ impl Deliverer {
             claimed: HashSet::new(),
             commands: None,
             backlog: Backlog::default(),
+            replays: None,
         };
         let mut where_is: HashMap<i64, Lane> = HashMap::new();
         let mut pending = 0i64;
@@ -888,6 +907,43 @@ impl Deliverer {
         }
     }
 
+    /// An operator's replay: the message joins the end of its customer's queue, so it is
+    /// delivered in order with what the customer has waiting.
+    fn replay(&mut self, row: StoredMessage) -> ActionResult {
+        let waiting = self
+            .lanes
+            .get(&row.lane)
+            .is_some_and(|state| state.queue.iter().any(|e| e.seq == row.seq))
+            || self
+                .deliveries
+                .values()
+                .any(|d| d.entries.iter().any(|(_, e)| e.seq == row.seq));
+        if waiting {
+            return ActionResult::InFlight;
+        }
+        tracing::info!(seq = row.seq, "message replayed (operator)");
+        self.metrics
+            .messages_pending
+            .fetch_add(1, Ordering::Relaxed);
+        let lane = row.lane;
+        self.lanes
+            .entry(lane.clone())
+            .or_default()
+            .queue
+            .push_back(Entry {
+                seq: row.seq,
+                stored_at_ms: self.clock.local_ms(),
+                invalid: row.invalid,
+                payload: None,
+                media: None,
+                counted: false,
+                turn: row.turn,
+                item: row.item,
+            });
+        self.mark_ready(lane);
+        ActionResult::Done
+    }
+
     /// A lane's delivery was acknowledged: it may deliver again (or be forgotten when idle).
     fn release(&mut self, lane: Lane) {
         let Some(state) = self.lanes.get_mut(&lane) else {
@@ -928,6 +984,8 @@ impl Deliverer {
         let mut incoming_open = true;
         let (_unused, idle) = mpsc::unbounded_channel();
         let mut commands = self.commands.take().unwrap_or(idle);
+        let (_unused, no_replays) = mpsc::unbounded_channel();
+        let mut replays = self.replays.take().unwrap_or(no_replays);
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -960,6 +1018,9 @@ impl Deliverer {
                 },
                 Some((id, action, reply)) = commands.recv() => {
                     let _ = reply.send(self.act(&id, action).await);
+                }
+                Some((row, reply)) = replays.recv() => {
+                    let _ = reply.send(self.replay(row));
                 }
                 _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64)) => {}
             }

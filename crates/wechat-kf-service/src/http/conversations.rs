@@ -95,6 +95,10 @@ pub(crate) struct HistoryItem {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub(crate) media: Option<Value>,
+    /// How a bot-side item was sent when not from the bot's webhook answer: `reply_api`
+    /// (`POST /v1/messages`) or `console` (the console's reply box).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) via: Option<String>,
 }
 
 fn bounded_text(text: &str) -> String {
@@ -145,6 +149,7 @@ impl HistoryItem {
                 .as_deref()
                 .and_then(|t| serde_json::from_str(t).ok()),
             message,
+            via: None,
         }
     }
 
@@ -174,6 +179,11 @@ impl HistoryItem {
             error: r.last_error.clone(),
             message,
             media: None,
+            via: r
+                .result
+                .as_deref()
+                .and_then(|t| serde_json::from_str::<Value>(t).ok())
+                .and_then(|v| v.get("via")?.as_str().map(str::to_owned)),
         }
     }
 }

@@ -94,6 +94,11 @@ pub(crate) enum ApiError {
     DelivererStopped,
     /// 404: no downloaded media file for the message.
     NoSuchMedia,
+    /// 404: no such stored message.
+    NoSuchMessage,
+    /// 409: the message is not finished (still waiting for delivery), or a replay of it is
+    /// waiting already.
+    NotReplayable(&'static str),
     /// 409: the sandbox's emulator refused a client hook.
     EmulatorRefused(String),
     /// 400 (validation), 422 (WeChat refused), 502 (unreachable, garbage) or 503 (busy).
@@ -184,6 +189,11 @@ impl ApiError {
                     false,
                 ),
             ),
+            ApiError::NoSuchMessage => (
+                StatusCode::NOT_FOUND,
+                ErrorBody::new("no such stored message (unknown, or purged)", false),
+            ),
+            ApiError::NotReplayable(why) => (StatusCode::CONFLICT, ErrorBody::new(*why, true)),
             ApiError::EmulatorRefused(why) => (
                 StatusCode::CONFLICT,
                 ErrorBody::new(format!("the emulator refused: {why}"), false),

@@ -9,7 +9,9 @@
 //! | `GET /readyz` | every [`readiness`](crate::readiness) condition is met and the store answers; else 503 with the reasons |
 //! | `GET /metrics` | Prometheus text format (here, or alone on `http.metrics_listen`; behind `http.metrics_token` when set) |
 //! | `GET /v1/conversations`, `/v1/conversations/{open_kfid}/{external_userid}` | the customers and one customer's history (bearer token) |
-//! | `POST /v1/deliveries/{id}/retry`, `/give_up`, `POST /v1/contact_ways`, `GET /v1/media/{open_kfid}/{msgid}` | operator actions and downloaded media (bearer token) |
+//! | `POST /v1/deliveries/{id}/retry`, `/give_up`, `POST /v1/messages/{open_kfid}/{msgid}/replay`, `POST /v1/contact_ways`, `GET /v1/media/{open_kfid}/{msgid}` | operator actions and downloaded media (bearer token) |
+//! | `GET /v1/setup` | the setup and health report ([`setup`]; bearer token) |
+//! | `GET /v1/accounts` | the accounts with their servicers and status ([`accounts`]; bearer token) |
 //! | `POST /v1/sandbox/messages`, `/v1/sandbox/servicer`, `GET /v1/sandbox/chat/{open_kfid}/{external_userid}` | sandbox mode: write as a customer, a servicer's hooks, the chat as the customer sees it (bearer token; 404 otherwise) |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document of these routes ([`openapi`]) |
 //! | `/console` | the web console ([`console`]; `console.token` login, session cookie) |
@@ -19,6 +21,7 @@
 //! at start, never discovered by a request. [`server`] is the accept loop that serves the
 //! router with read and idle timeouts, a connection cap and a bounded graceful shutdown.
 
+pub(crate) mod accounts;
 pub(crate) mod auth;
 pub(crate) mod bodies;
 pub(crate) mod callback;
@@ -30,6 +33,7 @@ pub mod openapi;
 pub(crate) mod reply_api;
 pub(crate) mod sandbox_api;
 pub(crate) mod server;
+pub(crate) mod setup;
 
 use std::sync::Arc;
 
@@ -59,6 +63,10 @@ pub struct AppState {
     callback: Option<CallbackState>,
     /// `None`: no reply-API token, the reply API answers 403.
     reply_api: Option<ReplyApiState>,
+    /// `GET /v1/setup`, mounted with the reply API.
+    setup: setup::SetupState,
+    /// `GET /v1/accounts`, mounted with the reply API.
+    accounts: Option<accounts::AccountsState>,
     /// The sandbox routes (they answer 404 outside sandbox mode).
     sandbox_api: sandbox_api::SandboxApiState,
     /// `None`: no console token, `/console` says how to turn it on.
@@ -108,6 +116,8 @@ pub(crate) struct AppParts {
     pub(crate) deliveries: crate::delivery::DeliveryControl,
     /// `media.download_dir`: the downloaded media files served.
     pub(crate) media_dir: Option<std::path::PathBuf>,
+    /// `webhook.url`, whose reachability the setup report checks.
+    pub(crate) webhook_url: Option<String>,
 }
 
 impl AppState {
@@ -131,7 +141,22 @@ impl AppState {
             console_token,
             deliveries,
             media_dir,
+            webhook_url,
         } = parts;
+        let setup = setup::SetupState::new(setup::SetupParts {
+            token: api_token.clone(),
+            client: client.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            readiness: readiness.clone(),
+            callback_path: callback.as_ref().map(|c| c.path.clone()),
+            webhook_url,
+            sandbox: sandbox.is_some(),
+            clock: clock.clone(),
+        });
+        let accounts = api_token.clone().map(|token| {
+            accounts::AccountsState::new(token, client.clone(), pullers.clone(), metrics.clone())
+        });
         let sandbox = sandbox
             .map(|(emulator, open_kfid)| (sandbox_api::SandboxChat::new(emulator), open_kfid));
         let console = console_token.map(|token| {
@@ -141,14 +166,13 @@ impl AppState {
                 gate: gate.clone(),
                 metrics: metrics.clone(),
                 client: client.clone(),
-                readiness: readiness.clone(),
                 pullers: pullers.clone(),
                 sandbox: sandbox.clone(),
                 deliveries: deliveries.clone(),
                 media_dir: media_dir.clone(),
-                callback_path: callback.as_ref().map(|c| c.path.clone()),
                 conversations: conversations.clone(),
                 recorder: recorder.clone(),
+                setup: setup.clone(),
             })
         });
         let sandbox_api = sandbox_api::SandboxApiState {
@@ -188,6 +212,8 @@ impl AppState {
                     media_dir,
                 })
             }),
+            setup,
+            accounts,
             sandbox_api,
             console,
             pullers,
@@ -228,7 +254,15 @@ pub fn router(state: AppState) -> Router {
     // The conversation routes read with the reply API's state; `conversations.rs` builds on
     // `reply_api.rs`, never the other way round.
     let reply_api = match state.reply_api {
-        Some(api) => reply_api::routes(api.clone()).merge(conversations::routes(api)),
+        Some(api) => {
+            let mut routes = reply_api::routes(api.clone())
+                .merge(conversations::routes(api))
+                .merge(setup::routes(state.setup));
+            if let Some(accounts) = state.accounts {
+                routes = routes.merge(accounts::routes(accounts));
+            }
+            routes
+        }
         None => reply_api::disabled_routes(state.health.metrics.clone()),
     };
     let mut router = Router::new()

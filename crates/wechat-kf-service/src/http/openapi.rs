@@ -13,7 +13,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use wechat_kf::{ExternalUserId, MsgId, OpenKfId, UserId};
 
 use super::bodies::OutboundMessage;
-use super::{conversations, health, reply_api, sandbox_api};
+use super::{accounts, conversations, health, reply_api, sandbox_api, setup};
 
 /// The document.
 #[derive(OpenApi)]
@@ -39,6 +39,9 @@ use super::{conversations, health, reply_api, sandbox_api};
         reply_api::give_up_delivery,
         reply_api::add_contact_way,
         reply_api::media_file,
+        reply_api::replay_message,
+        setup::setup,
+        accounts::accounts,
         conversations::list_conversations,
         conversations::conversation,
         sandbox_api::customer_send,

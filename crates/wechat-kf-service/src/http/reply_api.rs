@@ -41,7 +41,7 @@ use crate::metrics::Metrics;
 use crate::replies::SendMsg;
 use crate::send_policy::{Gate, Refusal, SendOutcome};
 use crate::sender::{Recorder, transfer_and_greet};
-use crate::store::{ApiSend, Store};
+use crate::store::{ApiSend, FinishedReply, ReplyEndpoint, ReplyState, Store};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -156,6 +156,10 @@ pub(crate) fn routes(state: ReplyApiState) -> Router {
         .route("/v1/deliveries/{id}/give_up", post(give_up_delivery))
         .route("/v1/contact_ways", post(add_contact_way))
         .route("/v1/media/{open_kfid}/{msgid}", get(media_file))
+        .route(
+            "/v1/messages/{open_kfid}/{msgid}/replay",
+            post(replay_message),
+        )
         .layer(DefaultBodyLimit::max(MAX_API_BODY))
         .with_state(state)
 }
@@ -178,6 +182,9 @@ pub(crate) fn disabled_routes(metrics: Arc<Metrics>) -> Router {
         .route("/v1/deliveries/{id}/give_up", post(disabled))
         .route("/v1/contact_ways", post(disabled))
         .route("/v1/media/{open_kfid}/{msgid}", get(disabled))
+        .route("/v1/messages/{open_kfid}/{msgid}/replay", post(disabled))
+        .route("/v1/setup", get(disabled))
+        .route("/v1/accounts", get(disabled))
         .route("/v1/conversations", get(disabled))
         .route(
             "/v1/conversations/{open_kfid}/{external_userid}",
@@ -354,6 +361,48 @@ where
     }
 }
 
+/// Records a send of the reply API or the console (`via`: `reply_api`, `console`) in its
+/// customer's history with how it ended, as a finished reply of the customer's lane (best
+/// effort: a store that does not answer loses the record, never the send).
+pub(crate) async fn record_send(
+    via: &'static str,
+    gate: &Gate,
+    open_kfid: &OpenKfId,
+    touser: &ExternalUserId,
+    msgid: MsgId,
+    body: String,
+    outcome: &SendOutcome,
+) {
+    let (state, error) = match outcome {
+        SendOutcome::Sent(_) => (ReplyState::Sent, None),
+        SendOutcome::Refused { refusal, .. } => (
+            ReplyState::Refused,
+            Some(format!(
+                "{} ({})",
+                crate::send_policy::reason(refusal),
+                refusal.errcode()
+            )),
+        ),
+        SendOutcome::Failed(e) => (ReplyState::Failed, Some(safe_error(e))),
+    };
+    let reply = FinishedReply {
+        endpoint: ReplyEndpoint::SendMsg,
+        lane: format!("{open_kfid}/{touser}"),
+        body,
+        msgid,
+        state,
+        error,
+        result: Some(serde_json::json!({ "via": via }).to_string()),
+    };
+    if let Err(e) = gate
+        .store
+        .record_finished_reply(reply, gate.clock.local_ms())
+        .await
+    {
+        tracing::warn!(error = %e, "cannot record the send in the conversation's history");
+    }
+}
+
 /// Sends a `kf/send_msg` body (through the send policy).
 #[utoipa::path(
     post,
@@ -401,14 +450,29 @@ pub(crate) async fn send_msg(
         caller_msgid,
     } = parsed;
     let fingerprint = fingerprint(&request);
+    let body = serde_json::to_string(&request).unwrap_or_default();
     let gate = state.inner.gate.clone();
+    let recorded_msgid = msgid.clone();
     idempotent_send(
         &state,
         "kf/send_msg",
         key,
         caller_msgid.then_some(msgid),
         fingerprint,
-        move || async move { gate.send(&open_kfid, &touser, request).await },
+        move || async move {
+            let outcome = gate.send(&open_kfid, &touser, request).await;
+            record_send(
+                "reply_api",
+                &gate,
+                &open_kfid,
+                &touser,
+                recorded_msgid,
+                body,
+                &outcome,
+            )
+            .await;
+            outcome
+        },
     )
     .await
 }
@@ -661,8 +725,8 @@ pub(crate) async fn list_deliveries(
 }
 
 /// The queued replies (webhook responses, the echo bot, handoffs), newest first: ids and state,
-/// never content (what `wechat-kf store sends` prints). Reply-API sends are answered at once
-/// and are not queued.
+/// never content (what `wechat-kf store sends` prints). Reply-API and console sends are answered
+/// at once and listed finished (no `delivery`).
 #[utoipa::path(
     get,
     path = "/v1/sends",
@@ -942,12 +1006,7 @@ pub(crate) async fn media(
     converted: bool,
 ) -> Result<MediaFile, ApiError> {
     valid_id(IdKind::OpenKfId, "open_kfid", open_kfid)?;
-    if msgid.is_empty() || msgid.len() > 256 || msgid.chars().any(char::is_control) {
-        return Err(ApiError::InvalidId {
-            field: "msgid",
-            message: "msgid is empty, over 256 bytes or holds control characters".into(),
-        });
-    }
+    valid_msgid(msgid)?;
     let record = store
         .media_record(OpenKfId::from(open_kfid), MsgId::from(msgid))
         .await
@@ -1043,4 +1102,111 @@ pub(crate) async fn media_file(
         1,
     );
     result
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct ReplayDone {
+    /// The message.
+    pub(crate) msgid: String,
+    /// `replaying`: it is delivered to the bot again, after what its customer has waiting.
+    pub(crate) result: &'static str,
+}
+
+/// Checks a msgid of a path (WeChat's msgids have no fixed shape: bounded, no control
+/// characters).
+fn valid_msgid(msgid: &str) -> Result<(), ApiError> {
+    if msgid.is_empty() || msgid.len() > 256 || msgid.chars().any(char::is_control) {
+        return Err(ApiError::InvalidId {
+            field: "msgid",
+            message: "msgid is empty, over 256 bytes or holds control characters".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Hands a finished (delivered or skipped) message to the deliverer again (what the route
+/// below and the console do).
+pub(crate) async fn replay(
+    store: &dyn Store,
+    control: &DeliveryControl,
+    open_kfid: &str,
+    msgid: &str,
+) -> Result<ReplayDone, ApiError> {
+    valid_id(IdKind::OpenKfId, "open_kfid", open_kfid)?;
+    valid_msgid(msgid)?;
+    let (row, state) = store
+        .stored_message(OpenKfId::from(open_kfid), MsgId::from(msgid))
+        .await
+        .map_err(|_| ApiError::StoreUnavailable)?
+        .ok_or(ApiError::NoSuchMessage)?;
+    if state == "pending" {
+        return Err(ApiError::NotReplayable(
+            "the message is still waiting for its delivery: retry that delivery instead",
+        ));
+    }
+    match control.replay(row).await {
+        ActionResult::Done => Ok(ReplayDone {
+            msgid: msgid.to_owned(),
+            result: "replaying",
+        }),
+        ActionResult::InFlight => Err(ApiError::NotReplayable(
+            "a replay of this message is waiting already",
+        )),
+        ActionResult::NotFound | ActionResult::Stopped => Err(ApiError::DelivererStopped),
+    }
+}
+
+/// Delivers an already delivered (or skipped) message to the bot again, through the
+/// deliverer: after what its customer has waiting, in a delivery of its own, retried like any
+/// other until acknowledged (not kept across a restart). The bot's replies in the answer are
+/// queued as usual.
+#[utoipa::path(
+    post,
+    path = "/v1/messages/{open_kfid}/{msgid}/replay",
+    tag = "operations API",
+    params(
+        ("open_kfid" = String, Path, description = "The account."),
+        ("msgid" = String, Path, description = "The message."),
+    ),
+    responses(
+        (status = 200, description = "The message is being delivered again.", body = ReplayDone),
+        (status = 400, description = "Unreadable path, or an id that is not WeChat's shape (`field` names it).", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 403, description = "The reply API is disabled.", body = ErrorBody),
+        (status = 404, description = "No such stored message.", body = ErrorBody),
+        (status = 409, description = "The message still waits for its first delivery, or a replay of it waits already.", body = ErrorBody),
+        (status = 503, description = "The store does not answer, or the deliverer has stopped.", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn replay_message(
+    State(state): State<ReplyApiState>,
+    _: Authorized,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<ReplayDone>, ApiError> {
+    let result = match path {
+        Ok(Path((open_kfid, msgid))) => {
+            replay(
+                &*state.inner.store,
+                &state.inner.deliveries,
+                &open_kfid,
+                &msgid,
+            )
+            .await
+        }
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "invalid path: {}",
+            e.body_text()
+        ))),
+    };
+    Metrics::add(
+        if result.is_ok() {
+            &state.inner.metrics.api_requests_ok
+        } else {
+            &state.inner.metrics.api_requests_failed
+        },
+        1,
+    );
+    result.map(Json)
 }

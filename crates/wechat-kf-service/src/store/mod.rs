@@ -448,6 +448,9 @@ pub struct SendListing {
     /// The delivery whose webhook response carried it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery: Option<String>,
+    /// When the next attempt is due, while pending (unix milliseconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at_ms: Option<i64>,
 }
 
 /// A customer's conversation as the console's list shows it: the last stored message and the
@@ -574,6 +577,25 @@ pub struct NewReply {
     /// Set when the reply is unusable: it is stored as failed right away.
     pub error: Option<String>,
     /// The result reported to the bot for a reply stored as failed right away.
+    pub result: Option<String>,
+}
+
+/// A send made outside the queue, as [`Store::record_finished_reply`] records it.
+#[derive(Debug, Clone)]
+pub struct FinishedReply {
+    /// The endpoint.
+    pub endpoint: ReplyEndpoint,
+    /// `open_kfid/touser`.
+    pub lane: String,
+    /// The request body (JSON).
+    pub body: String,
+    /// Its msgid.
+    pub msgid: MsgId,
+    /// How it ended.
+    pub state: ReplyState,
+    /// Why it failed or was refused (errcode and message; never content).
+    pub error: Option<String>,
+    /// The result (JSON).
     pub result: Option<String>,
 }
 
@@ -1090,6 +1112,24 @@ pub trait Store: Send + Sync + 'static {
         open_kfid: OpenKfId,
         msgid: MsgId,
     ) -> BoxFuture<'_, Result<Option<String>, Error>>;
+
+    /// One stored message by account and msgid, as the deliverer takes it (its JSON is read
+    /// back when sent), with its state (`pending`, `delivered` or `skipped`): what an
+    /// operator's replay hands to the deliverer again.
+    fn stored_message(
+        &self,
+        open_kfid: OpenKfId,
+        msgid: MsgId,
+    ) -> BoxFuture<'_, Result<Option<(StoredMessage, &'static str)>, Error>>;
+
+    /// Records a send made outside the queue (the reply API, the console) with how it ended,
+    /// as a finished reply of its lane: the conversation's history and the sends listing show
+    /// it; it is never sent again nor reported to the bot.
+    fn record_finished_reply(
+        &self,
+        reply: FinishedReply,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<(), Error>>;
 
     /// Finishes queued work and closes the database.
     fn close(&self) -> BoxFuture<'_, ()>;

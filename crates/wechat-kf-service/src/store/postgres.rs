@@ -365,7 +365,7 @@ const LIST_DELIVERIES: &str = "SELECT d.id, d.seqs, d.attempts, d.next_attempt_a
 
 /// `store sends`: $1 lane pattern, $2 failed only, $3 limit.
 const LIST_SENDS: &str = "SELECT id, endpoint, lane, msgid, state, attempts, last_error, created_at, \
-     finished_at, delivery_id FROM replies WHERE ($1::text IS NULL OR lane LIKE $1 ESCAPE '\\') \
+     finished_at, delivery_id, CASE WHEN state = 'pending' THEN next_attempt_at END FROM replies WHERE ($1::text IS NULL OR lane LIKE $1 ESCAPE '\\') \
      AND (NOT $2 OR state IN ('failed', 'refused') OR (state = 'pending' AND last_error IS NOT NULL)) \
      ORDER BY id DESC LIMIT $3";
 
@@ -1698,6 +1698,7 @@ impl Store for PostgresStore {
                         created_at_ms: r.get(7),
                         finished_at_ms: r.get(8),
                         delivery: r.get(9),
+                        next_attempt_at_ms: r.get(10),
                     })
                     .collect())
             })
@@ -1782,6 +1783,73 @@ impl Store for PostgresStore {
                     )
                     .await?;
                 Ok(row.and_then(|r| r.get::<_, Option<String>>(0)))
+            })
+        })
+    }
+
+    fn stored_message(
+        &self,
+        open_kfid: OpenKfId,
+        msgid: MsgId,
+    ) -> BoxFuture<'_, Result<Option<(StoredMessage, &'static str)>, Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                let row = client
+                    .query_opt(
+                        "SELECT seq, open_kfid, external_userid, stored_at, decode_error IS NOT NULL, \
+                         author, no_reply, origin, kind, held, delivered_at IS NOT NULL, skipped \
+                         FROM messages WHERE open_kfid = $1 AND msgid = $2",
+                        &[&open_kfid.as_str(), &msgid.as_str()],
+                    )
+                    .await?;
+                Ok(row.map(|r| {
+                    (
+                        StoredMessage {
+                            seq: r.get(0),
+                            lane: Lane::new(r.get::<_, String>(1), r.get::<_, String>(2)),
+                            stored_at_ms: r.get(3),
+                            invalid: r.get(4),
+                            payload: None,
+                            media: None,
+                            turn: Turn::read(r.get(5), r.get(6), origin_of(r.get(7))),
+                            item: ItemKind::of_row(
+                                r.get(8),
+                                r.get::<_, Option<i16>>(9).map(i64::from),
+                            ),
+                        },
+                        message_state(r.get(10), r.get(11)),
+                    )
+                }))
+            })
+        })
+    }
+
+    fn record_finished_reply(
+        &self,
+        reply: FinishedReply,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            with_client!(self, client, {
+                client
+                    .execute(
+                        "INSERT INTO replies (delivery_id, endpoint, lane, body, msgid, state, \
+                         attempts, next_attempt_at, last_error, created_at, finished_at, position, \
+                         result, reported) \
+                         VALUES (NULL, $1, $2, $3, $4, $5, 1, $6, $7, $6, $6, NULL, $8, TRUE)",
+                        &[
+                            &reply.endpoint.as_str(),
+                            &reply.lane,
+                            &reply.body,
+                            &reply.msgid.as_str(),
+                            &reply.state.as_str(),
+                            &now_ms,
+                            &reply.error,
+                            &reply.result,
+                        ],
+                    )
+                    .await?;
+                Ok(())
             })
         })
     }

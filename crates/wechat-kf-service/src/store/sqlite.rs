@@ -142,7 +142,7 @@ const LIST_DELIVERIES: &str = "SELECT d.id, d.seqs, d.attempts, d.next_attempt_a
 
 /// `store sends`: ?1 lane pattern, ?2 failed only, ?3 limit.
 const LIST_SENDS: &str = "SELECT id, endpoint, lane, msgid, state, attempts, last_error, created_at, \
-     finished_at, delivery_id FROM replies WHERE (?1 IS NULL OR lane LIKE ?1 ESCAPE '\\') \
+     finished_at, delivery_id, CASE WHEN state = 'pending' THEN next_attempt_at END FROM replies WHERE (?1 IS NULL OR lane LIKE ?1 ESCAPE '\\') \
      AND (NOT ?2 OR state IN ('failed', 'refused') OR (state = 'pending' AND last_error IS NOT NULL)) \
      ORDER BY id DESC LIMIT ?3";
 
@@ -1383,6 +1383,7 @@ impl Store for SqliteStore {
                         created_at_ms: r.get(7)?,
                         finished_at_ms: r.get(8)?,
                         delivery: r.get(9)?,
+                        next_attempt_at_ms: r.get(10)?,
                     })
                 },
             )?;
@@ -1462,6 +1463,69 @@ impl Store for SqliteStore {
                 .query_row(params![open_kfid.as_str(), msgid.as_str()], |r| r.get(0))
                 .optional()?;
             Ok(media.flatten())
+        })
+    }
+
+    fn stored_message(
+        &self,
+        open_kfid: OpenKfId,
+        msgid: MsgId,
+    ) -> BoxFuture<'_, Result<Option<(StoredMessage, &'static str)>, Error>> {
+        self.call(move |conn| {
+            let row = conn
+                .prepare_cached(
+                    "SELECT seq, open_kfid, external_userid, stored_at, decode_error IS NOT NULL, \
+                     author, no_reply, origin, kind, held, delivered_at IS NOT NULL, skipped <> 0 \
+                     FROM messages WHERE open_kfid = ?1 AND msgid = ?2",
+                )?
+                .query_row(params![open_kfid.as_str(), msgid.as_str()], |r| {
+                    let open_kfid: String = r.get(1)?;
+                    let external_userid: String = r.get(2)?;
+                    let author: Option<String> = r.get(5)?;
+                    let no_reply: Option<String> = r.get(6)?;
+                    let kind: String = r.get(8)?;
+                    let held: Option<i64> = r.get(9)?;
+                    Ok((
+                        StoredMessage {
+                            seq: r.get(0)?,
+                            lane: Lane::new(open_kfid, external_userid),
+                            stored_at_ms: r.get(3)?,
+                            invalid: r.get(4)?,
+                            payload: None,
+                            media: None,
+                            turn: Turn::read(author.as_deref(), no_reply.as_deref(), r.get(7)?),
+                            item: ItemKind::of_row(&kind, held),
+                        },
+                        message_state(r.get(10)?, r.get(11)?),
+                    ))
+                })
+                .optional()?;
+            Ok(row)
+        })
+    }
+
+    fn record_finished_reply(
+        &self,
+        reply: FinishedReply,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        self.call(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO replies (delivery_id, endpoint, lane, body, msgid, state, attempts, \
+                 next_attempt_at, last_error, created_at, finished_at, position, result, reported) \
+                 VALUES (NULL, ?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?6, ?6, NULL, ?8, 1)",
+            )?
+            .execute(params![
+                reply.endpoint.as_str(),
+                reply.lane,
+                reply.body,
+                reply.msgid.as_str(),
+                reply.state.as_str(),
+                now_ms,
+                reply.error,
+                reply.result,
+            ])?;
+            Ok(())
         })
     }
 

@@ -9,9 +9,14 @@ const require = createRequire(import.meta.url);
 
 const base = process.env.CONSOLE_URL;
 const token = process.env.CONSOLE_TOKEN;
+// A second sandbox whose webhook fails a message the first time it sees it.
+const failingBase = process.env.FAILING_URL;
+const failingToken = process.env.FAILING_TOKEN;
 const shots = process.env.SCREENSHOTS || "console-screenshots";
 const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
-if (!base || !token) throw new Error("set CONSOLE_URL and CONSOLE_TOKEN");
+if (!base || !token || !failingBase || !failingToken) {
+  throw new Error("set CONSOLE_URL, CONSOLE_TOKEN, FAILING_URL and FAILING_TOKEN");
+}
 mkdirSync(shots, { recursive: true });
 
 const failures = [];
@@ -44,6 +49,34 @@ async function labelled(what) {
   check(unnamed.length === 0, `${what}: every control is labelled ${unnamed.join(" ")}`);
 }
 
+async function reachable(what) {
+  // Every visible control is reached by Tab (none is skipped by tabindex or hidden from it).
+  // Controls are told apart by what they are, not by identity: the live parts of a page are
+  // re-rendered under the test.
+  const signature = () => {
+    window.__kbSignature = (el) => [el.tagName, el.getAttribute("href"), el.getAttribute("aria-label"),
+      el.id, el.getAttribute("name"), el.closest("form")?.getAttribute("action"),
+      el.textContent.trim()].join("|");
+  };
+  await page.evaluate(signature);
+  const all = await page.evaluate(() => Array.from(
+    document.querySelectorAll("a[href], button, input, select, textarea"))
+    .filter((el) => el.type !== "hidden" && el.offsetParent !== null && !el.disabled)
+    .map((el) => window.__kbSignature(el)));
+  const wanted = new Set(all);
+  await page.evaluate(() => document.activeElement?.blur());
+  const reached = new Set();
+  for (let i = 0; i < 3 * all.length + 10 && [...wanted].some((w) => !reached.has(w)); i++) {
+    await page.keyboard.press("Tab");
+    const focused = await page.evaluate(() =>
+      document.activeElement && document.activeElement !== document.body
+        ? window.__kbSignature(document.activeElement) : null);
+    if (focused) reached.add(focused);
+  }
+  const missed = [...wanted].filter((w) => !reached.has(w));
+  check(missed.length === 0, `${what}: all ${wanted.size} controls are reachable by keyboard ${missed.join(" ; ")}`);
+}
+
 async function fits(what) {
   const [scroll, width] = await page.evaluate(() =>
     [document.documentElement.scrollWidth, window.innerWidth]);
@@ -63,6 +96,7 @@ async function shoot(name) {
 let answer = await page.goto(`${base}/console/sandbox`);
 check(page.url().endsWith("/console/login"), "a page without a session sends to the login form");
 await labelled("login");
+await reachable("login");
 await shoot("login");
 let before = browserErrors.length;
 await page.fill("#token", "not-the-token");
@@ -83,6 +117,7 @@ check(session && session.httpOnly && session.sameSite === "Strict",
 
 // 2. Chat as a customer: the echo shows in the customer pane and the conversation view.
 await labelled("sandbox");
+await reachable("sandbox");
 await page.focus("#text");
 await page.keyboard.type("hello from the browser");
 const sentAt = Date.now();
@@ -105,6 +140,12 @@ await page.click("button:has-text('Send an image')");
 await page.waitForSelector("#conversation-pane >> .turn.customer:has-text('[image]')", { timeout: 2000 })
   .then(() => check(true, "an image sent as the customer shows in the conversation view"))
   .catch(() => check(false, "an image sent as the customer shows in the conversation view"));
+// The sandbox downloads media: the image itself is shown.
+const shown = await page.waitForFunction(() => {
+  const img = document.querySelector("#conversation-pane img.media");
+  return img && img.complete && img.naturalWidth > 0;
+}, null, { timeout: 5000 }).then(() => true).catch(() => false);
+check(shown, "the image is shown in the conversation view");
 await shoot("sandbox");
 
 // A servicer takes the session (the emulator's client hook): the conversation view shows it
@@ -149,11 +190,13 @@ check(reached.has("text") && reached.has("Send") && reached.has("Conversations")
 // 3. Conversations list and one conversation, updated live.
 await page.goto(`${base}/console/conversations`);
 await labelled("conversations");
+await reachable("conversations");
 check(await page.isVisible("text=wmDemoCustomer"), "the conversation list shows the customer");
 await shoot("conversations");
 await page.click("a:has-text('wmDemoCustomer')");
 check(await page.isVisible("text=echo: hello from the browser"), "the conversation shows the bot's reply");
 await labelled("conversation");
+await reachable("conversation");
 // A message written elsewhere (the reply API's sibling: the sandbox endpoint) shows live.
 const csrf = await page.getAttribute('meta[name="csrf-token"]', "content");
 const live = await page.evaluate(async ([csrf]) => {
@@ -191,18 +234,26 @@ await shoot("conversation");
 
 // 4. Deliveries and sends.
 await page.goto(`${base}/console/deliveries`);
-check(await page.isVisible("text=Queued replies"), "the deliveries page lists the queued replies");
+await labelled("deliveries");
+await reachable("deliveries");
+check(await page.isVisible("#s-heading"), "the deliveries page lists the sends");
 check(await page.isVisible("text=sent"), "the echo's send is listed as sent");
+check(await page.locator("tr.message button:has-text('Replay')").count() > 0,
+  "delivered messages can be replayed");
 await shoot("deliveries");
 
 // 5. Accounts, with a contact-way link as a QR code.
 await page.goto(`${base}/console/accounts`);
 await labelled("accounts");
+await reachable("accounts");
 await page.fill("#cw-scene", "browser_test");
 await Promise.all([page.waitForNavigation(), page.click("button:has-text('Create the link')")]);
 const link = await page.textContent("#contact-way-url").catch(() => null);
 check(!!link && link.startsWith("http"), `a contact-way link is made (${link})`);
 check(await page.isVisible(".qr svg"), "the link is shown as an SVG QR code");
+check(await page.isVisible("tr.account >> text=demo_servicer"),
+  "the account's servicer is listed (GET /v1/accounts)");
+check(await page.locator("tr.account .state.receiving").count() > 0, "with its status");
 await page.addScriptTag({ path: require.resolve("jsqr/dist/jsQR.js") });
 const decoded = await page.evaluate(async () => {
   const svg = document.querySelector(".qr svg");
@@ -221,14 +272,50 @@ const decoded = await page.evaluate(async () => {
 check(decoded === link, `the QR code decodes to the link (${decoded})`);
 await shoot("accounts");
 
-// 6. Setup and health.
+// 6. Setup and health (the body of GET /v1/setup).
 await page.goto(`${base}/console/health`);
+await labelled("health");
+await reachable("health");
 check(await page.isVisible("text=Ready"), "the health page says the service is ready");
+check(await page.isVisible("#credentials.ok"), "the credentials check passes");
+const callbackUrl = await page.textContent("#callback-url").catch(() => null);
+check(callbackUrl === `${base}/callback`, `the callback URL to enter is shown (${callbackUrl})`);
+check(await page.isVisible("#trusted-ip"), "the trusted-IP hint is shown");
+check(await page.isVisible("text=WeChat call budget"), "the call budget is shown");
 await shoot("health");
 
 // 7. Log out.
 await Promise.all([page.waitForNavigation(), page.click("button:has-text('Log out')")]);
 check(page.url().endsWith("/console/login"), "logging out returns to the login form");
+
+// 8. A failing webhook: its delivery retried from the deliveries page, then acknowledged, and
+// the message replayed.
+await page.goto(`${failingBase}/console/login`);
+await page.fill("#token", failingToken);
+await Promise.all([page.waitForNavigation(), page.click("button:has-text('Log in')")]);
+await page.goto(`${failingBase}/console/sandbox?customer=wmRetryMe`);
+await page.fill("#text", "please retry me");
+await page.keyboard.press("Enter");
+await page.waitForSelector("#customer-pane >> text=please retry me", { timeout: 5000 });
+await page.goto(`${failingBase}/console/deliveries`);
+await page.waitForSelector("tr.delivery", { timeout: 5000 })
+  .then(() => check(true, "the failed delivery is listed"))
+  .catch(() => check(false, "the failed delivery is listed"));
+const lastError = await page.textContent("tr.delivery .error-text").catch(() => "");
+check(lastError.includes("500"), `its last error is shown (${lastError})`);
+await labelled("deliveries with a failed delivery");
+await shoot("deliveries-failing");
+await Promise.all([page.waitForNavigation(), page.click("tr.delivery button:has-text('Retry now')")]);
+check(await page.isVisible("text=retrying now"), "Retry now is taken");
+await page.waitForSelector("#no-deliveries", { timeout: 5000 })
+  .then(() => check(true, "the retried delivery is acknowledged (nothing waits any more)"))
+  .catch(() => check(false, "the retried delivery is acknowledged (nothing waits any more)"));
+await page.waitForSelector("tr.message .state.delivered", { timeout: 5000 })
+  .then(() => check(true, "the message shows delivered"))
+  .catch(() => check(false, "the message shows delivered"));
+await Promise.all([page.waitForNavigation(), page.click("tr.message button:has-text('Replay')")]);
+check(await page.isVisible("text=replaying to the bot"), "a delivered message is replayed");
+await shoot("deliveries-retried");
 
 check(browserErrors.length === 0, `no errors in the browser console ${browserErrors.join(" | ")}`);
 await browser.close();

@@ -159,6 +159,34 @@ async fn the_console_works_in_a_real_browser() {
     }
     let running = sandbox().await;
     let info = running.sandbox().unwrap().clone();
+    // A second sandbox whose bot is a webhook that fails the first time it sees a message and
+    // acknowledges it after: the browser retries the failed delivery and replays the message.
+    let sink = crate::common::Sink::start().await;
+    let mut seen = std::collections::HashSet::new();
+    sink.set_policy(move |r| {
+        let fresh: Vec<String> = r
+            .msgids()
+            .into_iter()
+            .filter(|m| !seen.contains(m))
+            .collect();
+        if fresh.is_empty() {
+            crate::common::Action::Ack(serde_json::json!({}))
+        } else {
+            seen.extend(fresh);
+            crate::common::Action::Status(500)
+        }
+    });
+    let flags = Overrides::default().set("--listen", "listen", Some("127.0.0.1:0"));
+    let mut cfg = Config::from_sources(None, &|_| None, flags).unwrap();
+    cfg.webhook.url = Some(sink.url.clone());
+    cfg.webhook.secret = Some(wechat_kf_service::config::Secret::new(
+        crate::common::HOOK_SECRET,
+    ));
+    // No retry on its own within the test: only the operator's.
+    cfg.webhook.retry_initial = Duration::from_secs(3600);
+    cfg.webhook.retry_max = Duration::from_secs(3600);
+    let failing = Service::start(cfg).await.unwrap();
+    let failing_info = failing.sandbox().unwrap().clone();
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/console-screenshots");
     let run = tokio::process::Command::new("node")
         .arg("console.mjs")
@@ -167,6 +195,11 @@ async fn the_console_works_in_a_real_browser() {
         .env(
             "CONSOLE_TOKEN",
             info.generated_console_token.clone().unwrap(),
+        )
+        .env("FAILING_URL", failing.base_url())
+        .env(
+            "FAILING_TOKEN",
+            failing_info.generated_console_token.clone().unwrap(),
         )
         .env("SCREENSHOTS", &shots)
         .kill_on_drop(true)
@@ -183,6 +216,26 @@ async fn the_console_works_in_a_real_browser() {
         stdout.contains("all console browser checks passed"),
         "{stdout}"
     );
+    // The webhook saw the browser's message fail, then acknowledged it twice: the retry and the
+    // replay.
+    let acked_twice = || {
+        let received = sink.received();
+        let first = received.iter().flat_map(|r| r.msgids()).next();
+        first.is_some_and(|msgid| {
+            received
+                .iter()
+                .filter(|r| r.acked && r.msgids().contains(&msgid))
+                .count()
+                == 2
+        })
+    };
+    crate::common::wait_for(
+        "the retried and the replayed delivery acknowledged",
+        Duration::from_secs(10),
+        || async { acked_twice() },
+    )
+    .await;
+    failing.shutdown().await;
 }
 
 #[tokio::test]
@@ -401,5 +454,404 @@ async fn a_downloaded_image_is_served_to_the_api_and_shown_in_the_console() {
         .unwrap();
     assert_eq!(image.status(), 200);
     assert_eq!(image.headers()["content-type"], "image/png");
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_delivered_message_is_replayed_to_the_bot_after_what_its_customer_has_waiting() {
+    use crate::common::{Action, Sink, api, config, emulator, start, text, wait_for};
+    use serde_json::json;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let emu = emulator().await;
+    let sink = Sink::start().await;
+    // "two" is refused until the bot is healthy again; everything else is acknowledged.
+    let healthy = Arc::new(AtomicBool::new(false));
+    let switch = healthy.clone();
+    sink.set_policy(move |r| {
+        let has_two = r.messages.iter().any(|m| m["text"]["content"] == "two");
+        if has_two && !switch.load(Ordering::SeqCst) {
+            Action::Status(500)
+        } else {
+            Action::Ack(json!({}))
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let kf = emu.emulator().create_account("replay");
+    let mut cfg = config(&emu, &dir.path().join("kf.db"), Some(&sink.url));
+    cfg.webhook.retry_initial = Duration::from_secs(3600);
+    cfg.webhook.retry_max = Duration::from_secs(3600);
+    let running = start(&emu, cfg).await;
+    let one = emu
+        .emulator()
+        .customer_send(text(&kf, "wmReplayed", "one"))
+        .unwrap()[0]
+        .clone();
+    wait_for("one acknowledged", Duration::from_secs(10), || async {
+        sink.acked_msgids().contains(&one)
+    })
+    .await;
+    crate::common::wait_until_acks_recorded(&running).await;
+    let two = emu
+        .emulator()
+        .customer_send(text(&kf, "wmReplayed", "two"))
+        .unwrap()[0]
+        .clone();
+    let failing = || async {
+        let (_, body) = api(&running, "GET", "/v1/deliveries?failed=true", None).await;
+        body["deliveries"].as_array().cloned().unwrap_or_default()
+    };
+    wait_for("two failed once", Duration::from_secs(10), || async {
+        failing().await.len() == 1
+    })
+    .await;
+
+    // "two" still waits: the replay of "one" waits behind it.
+    let (status, body) = api(
+        &running,
+        "POST",
+        &format!("/v1/messages/{kf}/{one}/replay"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status.as_u16(), body["result"].as_str()),
+        (200, Some("replaying")),
+        "{body}"
+    );
+    let (status, _) = api(
+        &running,
+        "POST",
+        &format!("/v1/messages/{kf}/{one}/replay"),
+        None,
+    )
+    .await;
+    assert_eq!(status.as_u16(), 409, "a replay of it waits already");
+    let (status, _) = api(
+        &running,
+        "POST",
+        &format!("/v1/messages/{kf}/{two}/replay"),
+        None,
+    )
+    .await;
+    assert_eq!(status.as_u16(), 409, "two was never delivered");
+    let (status, _) = api(
+        &running,
+        "POST",
+        &format!("/v1/messages/{kf}/no-such-message/replay"),
+        None,
+    )
+    .await;
+    assert_eq!(status.as_u16(), 404);
+    let (status, body) = api(
+        &running,
+        "POST",
+        "/v1/messages/not%20an%20account/m1/replay",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status.as_u16(), body["field"].as_str()),
+        (400, Some("open_kfid"))
+    );
+
+    healthy.store(true, Ordering::SeqCst);
+    let id = failing().await[0]["id"].as_str().unwrap().to_owned();
+    let (status, _) = api(
+        &running,
+        "POST",
+        &format!("/v1/deliveries/{id}/retry"),
+        None,
+    )
+    .await;
+    assert_eq!(status.as_u16(), 200);
+    wait_for("one delivered again", Duration::from_secs(10), || async {
+        sink.acked_msgids().iter().filter(|m| **m == one).count() == 2
+    })
+    .await;
+    assert_eq!(
+        sink.acked_msgids(),
+        vec![one.clone(), two.clone(), one.clone()],
+        "the replay comes after the customer's waiting message"
+    );
+    running.shutdown().await;
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn sends_of_the_reply_api_and_the_console_show_in_the_history_with_their_result() {
+    use serde_json::{Value, json};
+
+    let running = sandbox().await;
+    let info = running.sandbox().unwrap().clone();
+    let (base, kf) = (running.base_url(), info.open_kfid.to_string());
+    let token = info.generated_api_token.clone().unwrap();
+    let http = reqwest::Client::new();
+    let chat = |customer: &'static str| {
+        let request = http
+            .get(format!("{base}/v1/conversations/{kf}/{customer}"))
+            .bearer_auth(&token)
+            .send();
+        async move { request.await.unwrap().json::<Value>().await.unwrap() }
+    };
+    running
+        .emulator()
+        .unwrap()
+        .customer_send(json!({"open_kfid": kf, "external_userid": "wmApiSends", "msgtype": "text", "text": {"content": "hi"}}))
+        .unwrap();
+    crate::common::wait_for("the echo", Duration::from_secs(10), || async {
+        chat("wmApiSends").await["items"]
+            .as_array()
+            .is_some_and(|items| items.iter().any(|i| i["state"] == "sent"))
+    })
+    .await;
+    let sent = http
+        .post(format!("{base}/v1/messages"))
+        .bearer_auth(&token)
+        .json(&json!({"touser": "wmApiSends", "open_kfid": kf, "msgtype": "text", "text": {"content": "from the API"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200);
+    let body = chat("wmApiSends").await;
+    let item = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["text"] == "from the API")
+        .cloned()
+        .unwrap_or_else(|| panic!("the API's send is in the history: {body}"));
+    assert_eq!(
+        (
+            item["from"].as_str(),
+            item["state"].as_str(),
+            item["via"].as_str()
+        ),
+        (Some("bot"), Some("sent"), Some("reply_api"))
+    );
+
+    // A customer WeChat does not know: WeChat refuses (40096), and the history says why.
+    let failed = http
+        .post(format!("{base}/v1/messages"))
+        .bearer_auth(&token)
+        .json(&json!({"touser": "wmNeverWrote", "open_kfid": kf, "msgtype": "text", "text": {"content": "hello?"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), 422);
+    let body = chat("wmNeverWrote").await;
+    let item = &body["items"][0];
+    assert_eq!(item["state"], "failed", "{body}");
+    assert!(
+        item["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
+
+    // The console's reply box goes the same way.
+    let console = no_redirects();
+    let login = console
+        .post(format!("{base}/console/login"))
+        .form(&[("token", info.generated_console_token.clone().unwrap())])
+        .send()
+        .await
+        .unwrap();
+    let session = login.headers()["set-cookie"].to_str().unwrap();
+    let session = session.split(';').next().unwrap().to_owned();
+    let page = console
+        .get(format!("{base}/console/conversations/{kf}/wmApiSends"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = page
+        .split("name=\"csrf-token\" content=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let replied = console
+        .post(format!(
+            "{base}/console/conversations/{kf}/wmApiSends/reply"
+        ))
+        .header("cookie", &session)
+        .form(&[("csrf", csrf.as_str()), ("text", "from the console")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replied.status(), 200);
+    let body = chat("wmApiSends").await;
+    assert!(
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["text"] == "from the console"
+                && i["state"] == "sent"
+                && i["via"] == "console"),
+        "{body}"
+    );
+
+    // Past the quota of 5 sends the send policy refuses, and the history says why.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let answer = http
+            .post(format!("{base}/v1/messages"))
+            .bearer_auth(&token)
+            .json(&json!({"touser": "wmApiSends", "open_kfid": kf, "msgtype": "text", "text": {"content": "more"}}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(answer.status().as_u16());
+    }
+    assert_eq!(statuses, vec![200, 200, 409]);
+    let body = chat("wmApiSends").await;
+    let refused = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["state"] == "refused")
+        .cloned()
+        .unwrap_or_else(|| panic!("the refused send is in the history: {body}"));
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("95001")),
+        "{refused}"
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_setup_report_says_what_to_enter_in_the_admin_and_what_is_wrong() {
+    use crate::common::{config, emulator, start, text, wait_for};
+    use serde_json::{Value, json};
+
+    let emu = emulator().await;
+    let closed = wechat_kf_test_support::ClosedPort::new();
+    let dir = tempfile::tempdir().unwrap();
+    let kf = emu.emulator().create_account("setup");
+    let hook = format!("{}/hook?key=do-not-show", closed.url());
+    let running = start(&emu, config(&emu, &dir.path().join("kf.db"), Some(&hook))).await;
+    let base = running.base_url();
+    let http = reqwest::Client::new();
+    let setup = || {
+        let request = http
+            .get(format!("{base}/v1/setup"))
+            .bearer_auth("api-token")
+            .header("x-forwarded-proto", "https")
+            .send();
+        async move {
+            let response = request.await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let report = setup().await;
+    assert_eq!(report["credentials"]["ok"], true, "{report}");
+    let host = base.trim_start_matches("http://");
+    assert_eq!(
+        report["callback"]["url"].as_str(),
+        Some(format!("https://{host}/callback").as_str())
+    );
+    assert_eq!(report["callback"]["verified"], false);
+    assert_eq!(report["webhook"]["reachable"], false);
+    assert!(!report.to_string().contains("do-not-show"), "{report}");
+    assert!(report["trusted_ip"]["outbound_ip"].is_null());
+
+    // WeChat verifies the URL, then calls back for a customer's message.
+    let verified: Value = http
+        .post(format!("{}/emulator/callback/verify", emu.base_url()))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(verified["ok"], true, "{verified}");
+    emu.emulator()
+        .customer_send(text(&kf, "wmSetup", "hello"))
+        .unwrap();
+    wait_for("the callback seen", Duration::from_secs(10), || async {
+        setup().await["callback"]["last_accepted_at_ms"].is_u64()
+    })
+    .await;
+    let report = setup().await;
+    assert_eq!(report["callback"]["verified"], true, "{report}");
+
+    // WeChat refuses a call with 60020 and names the address it sees.
+    emu.emulator()
+        .inject_fault(json!({"path": "kf/send_msg", "kind": "errcode", "errcode": 60020,
+            "errmsg": "not allow to access from your ip, hint: [1], from ip: 203.0.113.7, more info at https://open.work.weixin.qq.com/devtool/query?e=60020"}))
+        .unwrap();
+    let sent = http
+        .post(format!("{base}/v1/messages"))
+        .bearer_auth("api-token")
+        .json(&json!({"touser": "wmSetup", "open_kfid": kf, "msgtype": "text", "text": {"content": "hi"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 422);
+    let report = setup().await;
+    assert_eq!(
+        report["trusted_ip"]["outbound_ip"], "203.0.113.7",
+        "{report}"
+    );
+    assert_eq!(report["trusted_ip"]["refused_60020"], true);
+    assert!(
+        report["trusted_ip"]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("203.0.113.7")
+    );
+    let unauthorized = http.get(format!("{base}/v1/setup")).send().await.unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    running.shutdown().await;
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_accounts_are_listed_with_their_servicers_and_status() {
+    use serde_json::Value;
+
+    let running = sandbox().await;
+    let info = running.sandbox().unwrap().clone();
+    let token = info.generated_api_token.clone().unwrap();
+    let body: Value = reqwest::Client::new()
+        .get(format!("{}/v1/accounts", running.base_url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let demo = body["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["open_kfid"] == info.open_kfid.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("the demo account is listed: {body}"));
+    assert_eq!(demo["pulled"], true, "{body}");
+    assert!(demo["name"].is_string(), "{body}");
+    let servicer = demo["servicers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["userid"] == "demo_servicer")
+        .cloned()
+        .unwrap_or_else(|| panic!("the demo servicer is listed: {body}"));
+    assert_eq!(servicer["status"], "receiving", "{body}");
+    let refused = reqwest::Client::new()
+        .get(format!("{}/v1/accounts", running.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
     running.shutdown().await;
 }

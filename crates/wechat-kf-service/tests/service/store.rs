@@ -9,9 +9,9 @@ use wechat_kf::message::Message;
 use wechat_kf::session::{SendRefusal, ServiceState};
 use wechat_kf_service::store::Synchronous;
 use wechat_kf_service::store::{
-    AccountCursor, Ack, ApiSend, DeliveryRecord, Failure, FinishDeliveries, ListQuery, NewMessage,
-    NewReply, PageWrite, Payload, PostgresStore, ReplyEndpoint, ReplyOutcome, ReplyState,
-    SessionUpdate, SqliteStore, Store,
+    AccountCursor, Ack, ApiSend, DeliveryRecord, Failure, FinishDeliveries, FinishedReply,
+    ListQuery, NewMessage, NewReply, PageWrite, Payload, PostgresStore, ReplyEndpoint,
+    ReplyOutcome, ReplyState, SessionUpdate, SqliteStore, Store,
 };
 use wechat_kf_service::store::{ItemKind, SessionChange, TurnRules, WhileHuman};
 
@@ -885,6 +885,115 @@ async fn conformance_console(store: &dyn Store) {
         .unwrap();
     assert_eq!(last_one.messages.len(), 1);
     assert_eq!(last_one.messages[0].msgid.as_str(), "c3");
+
+    // One message found for a replay: as the deliverer takes it, with its state.
+    let (found, state) = store
+        .stored_message("wkC".into(), "c1".into())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((found.seq, state), (stored[0].seq, "pending"));
+    assert_eq!(found.lane.external_userid.as_str(), "wmOne");
+    assert_eq!(found.item, ItemKind::Message);
+    assert!(found.payload.is_none(), "read back when sent");
+    store
+        .finish_deliveries(FinishDeliveries {
+            now_ms: 11,
+            acks: vec![Ack {
+                delivery_id: "cd2".into(),
+                seqs: vec![found.seq],
+                replies: vec![],
+                reported: vec![],
+                memory: Vec::new(),
+            }],
+            failures: vec![],
+        })
+        .await
+        .unwrap();
+    let (_, state) = store
+        .stored_message("wkC".into(), "c1".into())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state, "delivered");
+    assert!(
+        store
+            .stored_message("wkOther".into(), "c1".into())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // A send made outside the queue: in the history and the sends listing, finished, never due.
+    store
+        .record_finished_reply(
+            FinishedReply {
+                endpoint: ReplyEndpoint::SendMsg,
+                lane: "wkC/wmOne".into(),
+                body: r#"{"msgtype":"text","text":{"content":"api"}}"#.into(),
+                msgid: "api1".into(),
+                state: ReplyState::Refused,
+                error: Some("quota_exhausted (95001)".into()),
+                result: None,
+            },
+            12,
+        )
+        .await
+        .unwrap();
+    let history = store
+        .history("wkC".into(), "wmOne".into(), 100)
+        .await
+        .unwrap();
+    let api = history
+        .replies
+        .iter()
+        .find(|r| r.msgid.as_str() == "api1")
+        .unwrap();
+    assert_eq!(
+        (
+            api.state.as_str(),
+            api.last_error.as_deref(),
+            api.finished_at_ms
+        ),
+        ("refused", Some("quota_exhausted (95001)"), Some(12))
+    );
+    assert!(
+        store
+            .due_replies(i64::MAX, 1000)
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.msgid.as_str() != "api1"),
+        "never sent again"
+    );
+    assert!(
+        store
+            .reply_results(1000)
+            .await
+            .unwrap()
+            .iter()
+            .all(|(_, r)| !r.contains("api1")),
+        "never reported to the bot"
+    );
+    let sends = store
+        .list_sends(ListQuery {
+            open_kfid: Some("wkC".into()),
+            limit: 100,
+            ..ListQuery::default()
+        })
+        .await
+        .unwrap();
+    let due = |msgid: &str| {
+        sends.iter().find(|s| s.msgid.as_str() == msgid).map(|s| {
+            (
+                s.state.as_str(),
+                s.next_attempt_at_ms.is_some(),
+                s.delivery.is_some(),
+            )
+        })
+    };
+    assert_eq!(due("cr1"), Some(("pending", true, false)));
+    assert_eq!(due("api1"), Some(("refused", false, false)));
 }
 
 async fn conformance(store: Arc<dyn Store>) {

@@ -17,6 +17,9 @@
   if (csrf && live().length > 0 && "EventSource" in window) {
     const events = new EventSource("/console/events");
     events.addEventListener("change", () => refresh(live()));
+    // A change between the page's rendering and the stream's start sends no event: catch up
+    // once the stream is open (also after a reconnection).
+    events.addEventListener("open", () => refresh(live()));
   }
 
   for (const form of document.querySelectorAll("form[data-refresh]")) {

@@ -40,7 +40,6 @@ use super::sandbox_api::{CustomerMsgType, CustomerText, SandboxChat};
 use crate::config::Secret;
 use crate::metrics::Metrics;
 use crate::puller::Pullers;
-use crate::readiness::Readiness;
 use crate::replies::{parse_send_msg, parse_transfer};
 use crate::send_policy::{Gate, SendOutcome};
 use crate::sender::transfer_and_greet;
@@ -84,12 +83,9 @@ pub(crate) struct ConsoleParts {
     pub(crate) gate: Arc<Gate>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) client: Client,
-    pub(crate) readiness: Readiness,
     pub(crate) pullers: Arc<Pullers>,
     /// The sandbox's chat and demo account.
     pub(crate) sandbox: Option<(SandboxChat, OpenKfId)>,
-    /// The callback path, when callbacks are served.
-    pub(crate) callback_path: Option<String>,
     /// Retry now / give up.
     pub(crate) deliveries: crate::delivery::DeliveryControl,
     /// `media.download_dir`.
@@ -98,6 +94,8 @@ pub(crate) struct ConsoleParts {
     pub(crate) conversations: Arc<crate::conversation::Conversations>,
     /// The session changes of transfers.
     pub(crate) recorder: Arc<crate::sender::Recorder>,
+    /// The setup and health report (`GET /v1/setup`).
+    pub(crate) setup: super::setup::SetupState,
 }
 
 struct Inner {
@@ -211,6 +209,8 @@ impl ConsoleState {
             &m.replies_failed,
             &m.reply_retries,
             &m.replies_joined,
+            &m.api_requests_ok,
+            &m.api_requests_failed,
         ]
         .iter()
         .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
@@ -335,6 +335,10 @@ pub(crate) fn routes(state: ConsoleState) -> Router {
         .route("/console/deliveries", get(deliveries_page))
         .route("/console/fragments/deliveries", get(deliveries_fragment))
         .route("/console/deliveries/{id}/{action}", post(delivery_action))
+        .route(
+            "/console/messages/{open_kfid}/{msgid}/replay",
+            post(replay_action),
+        )
         .route("/console/accounts", get(accounts_page))
         .route("/console/accounts/contact_way", post(contact_way))
         .route("/console/health", get(health_page))
@@ -708,11 +712,20 @@ async fn conversations_page(
     session: LoggedIn,
     query: Result<Query<ListQueryForm>, QueryRejection>,
 ) -> Response {
-    let open_kfid = query.ok().and_then(|Query(q)| q.open_kfid);
+    let open_kfid = query
+        .ok()
+        .and_then(|Query(q)| q.open_kfid)
+        .filter(|k| !k.is_empty());
+    let accounts: Vec<String> = state
+        .parts()
+        .pullers
+        .accounts()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     match conversation_list(&state, open_kfid.clone()).await {
-        Ok(list) => {
-            pages::conversations(&session.csrf, &list, open_kfid.as_deref()).into_response()
-        }
+        Ok(list) => pages::conversations(&session.csrf, &list, &accounts, open_kfid.as_deref())
+            .into_response(),
         Err(e) => failed(e),
     }
 }
@@ -812,11 +825,22 @@ async fn reply(
             .message()
             .validate(state.parts().client.menu_rules())
             .map_err(|e| ApiError::Api(e.into()))?;
-        let outcome = state
-            .parts()
-            .gate
+        let body = serde_json::to_string(&parsed.request).unwrap_or_default();
+        let gate = &state.parts().gate;
+        let outcome = gate
             .send(&parsed.open_kfid, &parsed.touser, parsed.request)
             .await;
+        // In the history like the reply API's sends.
+        super::reply_api::record_send(
+            "console",
+            gate,
+            &parsed.open_kfid,
+            &parsed.touser,
+            parsed.msgid,
+            body,
+            &outcome,
+        )
+        .await;
         Ok::<_, ApiError>((open_kfid, customer, outcome))
     }
     .await;
@@ -1005,30 +1029,53 @@ async fn delivery_action(
     deliveries_view(&state, &session, Some(&notice)).await
 }
 
+/// Replay a delivered message: `POST /v1/messages/{open_kfid}/{msgid}/replay`.
+async fn replay_action(
+    State(state): State<ConsoleState>,
+    session: LoggedIn,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+    form: Result<Form<CsrfForm>, FormRejection>,
+) -> Response {
+    let given = form.ok().map(|Form(f)| f.csrf);
+    if let Err(why) = session.check(&headers, given.as_deref()) {
+        return forbidden(why);
+    }
+    let Ok(Path((open_kfid, msgid))) = path else {
+        return failed(ApiError::BadRequest("invalid path".into()));
+    };
+    let parts = state.parts();
+    let notice = match super::reply_api::replay(
+        &*parts.store,
+        &parts.deliveries,
+        &open_kfid,
+        &msgid,
+    )
+    .await
+    {
+        Ok(_) => format!("Message {msgid}: replaying to the bot."),
+        Err(e) => format!("Message {msgid}: {}", e.message()),
+    };
+    if wants_json(&headers) {
+        return Json(json!({"notice": notice})).into_response();
+    }
+    deliveries_view(&state, &session, Some(&notice)).await
+}
+
 async fn deliveries_page(State(state): State<ConsoleState>, session: LoggedIn) -> Response {
     deliveries_view(&state, &session, None).await
 }
 
 async fn deliveries_fragment(State(state): State<ConsoleState>, session: LoggedIn) -> Response {
     match deliveries_rows(&state).await {
-        Ok((deliveries, sends)) => {
-            pages::deliveries_tables(&session.csrf, &deliveries, &sends).into_response()
-        }
+        Ok(rows) => pages::deliveries_tables(&session.csrf, &rows).into_response(),
         Err(e) => failed(e),
     }
 }
 
 /// The deliveries waiting and the queued replies, newest first (as `GET /v1/deliveries`,
 /// `GET /v1/sends`).
-async fn deliveries_rows(
-    state: &ConsoleState,
-) -> Result<
-    (
-        Vec<crate::store::DeliveryListing>,
-        Vec<crate::store::SendListing>,
-    ),
-    ApiError,
-> {
+async fn deliveries_rows(state: &ConsoleState) -> Result<pages::DeliveryRows, ApiError> {
     let query = ListQuery {
         limit: 200,
         ..ListQuery::default()
@@ -1037,8 +1084,18 @@ async fn deliveries_rows(
     match (
         store.list_deliveries(query.clone()).await,
         store.list_sends(query).await,
+        store
+            .list_messages(ListQuery {
+                limit: 50,
+                ..ListQuery::default()
+            })
+            .await,
     ) {
-        (Ok(deliveries), Ok(sends)) => Ok((deliveries, sends)),
+        (Ok(deliveries), Ok(sends), Ok(messages)) => Ok(pages::DeliveryRows {
+            deliveries,
+            sends,
+            messages,
+        }),
         _ => Err(ApiError::StoreUnavailable),
     }
 }
@@ -1049,57 +1106,19 @@ async fn deliveries_view(
     notice: Option<&str>,
 ) -> Response {
     match deliveries_rows(state).await {
-        Ok((deliveries, sends)) => {
-            pages::deliveries(&session.csrf, &deliveries, &sends, notice).into_response()
-        }
+        Ok(rows) => pages::deliveries(&session.csrf, &rows, notice).into_response(),
         Err(e) => failed(e),
     }
 }
 
-/// The accounts pulled, with names and servicers where the sandbox's emulator knows them.
-fn account_rows(state: &ConsoleState) -> Vec<pages::AccountRow> {
-    let known = state
-        .parts()
-        .sandbox
-        .as_ref()
-        .map(|(chat, _)| chat.accounts())
-        .unwrap_or_default();
-    state
-        .parts()
-        .pullers
-        .accounts()
-        .into_iter()
-        .map(|open_kfid| {
-            let found = known
-                .iter()
-                .find(|a| a.get("open_kfid").and_then(|v| v.as_str()) == Some(open_kfid.as_str()));
-            pages::AccountRow {
-                name: found
-                    .and_then(|a| a.get("name"))
-                    .and_then(|v| v.as_str())
-                    .map(str::to_owned),
-                servicers: found
-                    .and_then(|a| a.get("servicers"))
-                    .and_then(|v| v.as_array())
-                    .map(|list| {
-                        list.iter()
-                            .filter_map(|s| {
-                                Some((
-                                    s.get("userid")?.as_str()?.to_owned(),
-                                    s.get("status").and_then(|v| v.as_i64()).unwrap_or(0),
-                                ))
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                open_kfid: open_kfid.to_string(),
-            }
-        })
-        .collect()
+/// The accounts and their servicers: `GET /v1/accounts`.
+async fn account_list(state: &ConsoleState) -> super::accounts::AccountList {
+    let parts = state.parts();
+    super::accounts::list(&parts.client, &parts.pullers, &parts.metrics).await
 }
 
 async fn accounts_page(State(state): State<ConsoleState>, session: LoggedIn) -> Markup {
-    pages::accounts(&session.csrf, &account_rows(&state), None)
+    pages::accounts(&session.csrf, &account_list(&state).await, None)
 }
 
 #[derive(Deserialize)]
@@ -1146,15 +1165,16 @@ async fn contact_way(
         },
         Err(e) => pages::ContactWay::Failed(e.message()),
     };
-    pages::accounts(&session.csrf, &account_rows(&state), Some(&shown)).into_response()
+    pages::accounts(&session.csrf, &account_list(&state).await, Some(&shown)).into_response()
 }
 
-async fn health_page(State(state): State<ConsoleState>, session: LoggedIn) -> Markup {
+async fn health_page(
+    State(state): State<ConsoleState>,
+    session: LoggedIn,
+    headers: HeaderMap,
+) -> Markup {
     let parts = state.parts();
-    let mut report = parts.readiness.report();
-    if parts.store.ping().await.is_err() {
-        report.push_str("store: does not answer\n");
-    }
+    let report = super::setup::report(&parts.setup, &headers).await;
     let m = &parts.metrics;
     let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     let counters = vec![
@@ -1162,28 +1182,11 @@ async fn health_page(State(state): State<ConsoleState>, session: LoggedIn) -> Ma
         ("pull errors", load(&m.pull_errors)),
         ("messages stored", load(&m.messages_stored)),
         ("messages delivered", load(&m.messages_delivered)),
-        ("deliveries failed", load(&m.deliveries_failed)),
         ("replies sent", load(&m.replies_sent)),
         ("replies failed", load(&m.replies_failed)),
         ("reply-API requests", load(&m.api_requests_ok)),
-        (
-            "callbacks accepted",
-            m.callbacks(crate::metrics::CallbackResult::Accepted),
-        ),
-        (
-            "callbacks refused (forged)",
-            m.callbacks(crate::metrics::CallbackResult::Forged),
-        ),
     ];
-    let callback = parts.callback_path.clone();
-    let sandbox = parts.sandbox.is_some();
-    pages::health(
-        &session.csrf,
-        &report,
-        callback.as_deref(),
-        sandbox,
-        &counters,
-    )
+    pages::health(&session.csrf, &report, &counters)
 }
 
 #[cfg(test)]

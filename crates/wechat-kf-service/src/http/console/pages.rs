@@ -6,11 +6,13 @@ use qrcode::QrCode;
 use qrcode::render::svg;
 use serde_json::Value;
 
+use crate::http::accounts::AccountList;
 use crate::http::conversations::{
     ConversationBody, ConversationList, ConversationSummary, From, HistoryItem,
 };
 use crate::http::sandbox_api::{ChatSide, CustomerChat};
-use crate::store::{DeliveryListing, SendListing};
+use crate::http::setup::SetupBody;
+use crate::store::{DeliveryListing, MessageListing, SendListing};
 
 /// `s` percent-encoded for a query string.
 pub(super) fn query_escape(s: &str) -> String {
@@ -190,7 +192,11 @@ fn history_item(item: &HistoryItem) -> Markup {
     let from = from_label(item.from);
     html! {
         li class={ "turn " (from) } {
-            span.who { (from) @if let Some(s) = &item.servicer_userid { " " (s) } }
+            span.who {
+                (from)
+                @if let Some(s) = &item.servicer_userid { " " (s) }
+                @match item.via.as_deref() { Some("console") => { " (console)" } Some("reply_api") => { " (reply API)" } _ => {} }
+            }
             " "
             time { (clock(item.at)) }
             " "
@@ -396,6 +402,7 @@ pub(super) fn conversation_rows(list: &ConversationList) -> Markup {
 pub(super) fn conversations(
     csrf: &str,
     list: &ConversationList,
+    accounts: &[String],
     open_kfid: Option<&str>,
 ) -> Markup {
     let live = match open_kfid {
@@ -410,6 +417,14 @@ pub(super) fn conversations(
         Some(csrf),
         Nav::Conversations,
         html! {
+            form.pick method="get" action="/console/conversations" {
+                label for="filter-account" { "Account" }
+                select id="filter-account" name="open_kfid" {
+                    option value="" selected[open_kfid.is_none()] { "All accounts" }
+                    @for a in accounts { option value=(a) selected[open_kfid == Some(a.as_str())] { (a) } }
+                }
+                button type="submit" { "Show" }
+            }
             div.scroll {
                 table {
                     caption { "Customers, newest activity first" }
@@ -477,61 +492,91 @@ pub(super) fn conversation(
     )
 }
 
-/// The deliveries and sends tables (the live part of the deliveries page).
-pub(super) fn deliveries_tables(
-    csrf: &str,
-    deliveries: &[DeliveryListing],
-    sends: &[SendListing],
-) -> Markup {
-    {
-        html! {
-            section aria-labelledby="d-heading" {
-                h2 id="d-heading" { "Webhook deliveries in flight or waiting for a retry" }
-                @if deliveries.is_empty() { p { "None: every stored message was delivered." } }
-                @else {
-                    div.scroll { table {
-                        thead { tr { th scope="col" { "Delivery" } th scope="col" { "Customers" } th scope="col" { "Messages" } th scope="col" { "Attempts" } th scope="col" { "Next attempt (UTC)" } th scope="col" { "Last error" } th scope="col" { "Act" } } }
-                        tbody { @for d in deliveries { tr {
-                            td { code { (d.id) } } td { (d.customers.join(", ")) } td { (d.msgids.len()) } td { (d.attempts) }
-                            td { (clock_ms(d.next_attempt_at_ms)) } td { (d.last_error.as_deref().unwrap_or("")) }
-                            td {
-                                form.inline method="post" action={ "/console/deliveries/" (query_escape(&d.id)) "/retry" } {
+/// What the deliveries page lists.
+pub(super) struct DeliveryRows {
+    /// Deliveries in flight or waiting for a retry.
+    pub(super) deliveries: Vec<DeliveryListing>,
+    /// Queued replies and the sends of the reply API and the console.
+    pub(super) sends: Vec<SendListing>,
+    /// The newest stored messages.
+    pub(super) messages: Vec<MessageListing>,
+}
+
+/// The deliveries, sends and messages tables (the live part of the deliveries page).
+pub(super) fn deliveries_tables(csrf: &str, rows: &DeliveryRows) -> Markup {
+    let DeliveryRows {
+        deliveries,
+        sends,
+        messages,
+    } = rows;
+    html! {
+        section aria-labelledby="d-heading" {
+            h2 id="d-heading" { "Webhook deliveries in flight or waiting for a retry" }
+            @if deliveries.is_empty() { p id="no-deliveries" { "None: every stored message was delivered." } }
+            @else {
+                div.scroll { table {
+                    thead { tr { th scope="col" { "Delivery" } th scope="col" { "Customers" } th scope="col" { "Messages" } th scope="col" { "Attempts" } th scope="col" { "Next attempt (UTC)" } th scope="col" { "Last error" } th scope="col" { "Act" } } }
+                    tbody { @for d in deliveries { tr.delivery {
+                        td { code { (d.id) } } td { (d.customers.join(", ")) } td { (d.msgids.len()) } td { (d.attempts) }
+                        td { (clock_ms(d.next_attempt_at_ms)) } td.error-text { (d.last_error.as_deref().unwrap_or("")) }
+                        td {
+                            form.inline method="post" action={ "/console/deliveries/" (query_escape(&d.id)) "/retry" } {
+                                input type="hidden" name="csrf" value=(csrf);
+                                button type="submit" aria-label={ "Retry delivery " (d.id) " now" } { "Retry now" }
+                            }
+                            form.inline method="post" action={ "/console/deliveries/" (query_escape(&d.id)) "/give_up" } {
+                                input type="hidden" name="csrf" value=(csrf);
+                                button type="submit" aria-label={ "Give delivery " (d.id) " up" } { "Give up" }
+                            }
+                        }
+                    } } }
+                } }
+            }
+        }
+        section aria-labelledby="m-heading" {
+            h2 id="m-heading" { "Messages, newest first" }
+            @if messages.is_empty() { p { "None stored yet." } }
+            @else {
+                div.scroll { table {
+                    thead { tr { th scope="col" { "Customer" } th scope="col" { "Type" } th scope="col" { "Stored (UTC)" } th scope="col" { "State" } th scope="col" { "Act" } } }
+                    tbody { @for m in messages { tr.message data-msgid=(m.msgid.as_str()) {
+                        td { a href={ "/console/conversations/" (query_escape(m.open_kfid.as_str())) "/" (query_escape(m.external_userid.as_str())) } { (m.external_userid.as_str()) } }
+                        td { (m.kind) }
+                        td { (clock_ms(m.stored_at_ms)) }
+                        td { span class={ "state " (m.state) } { (m.state) } }
+                        td {
+                            @if m.state != "pending" {
+                                form.inline method="post" action={ "/console/messages/" (query_escape(m.open_kfid.as_str())) "/" (query_escape(m.msgid.as_str())) "/replay" } {
                                     input type="hidden" name="csrf" value=(csrf);
-                                    button type="submit" aria-label={ "Retry delivery " (d.id) " now" } { "Retry now" }
-                                }
-                                form.inline method="post" action={ "/console/deliveries/" (query_escape(&d.id)) "/give_up" } {
-                                    input type="hidden" name="csrf" value=(csrf);
-                                    button type="submit" aria-label={ "Give delivery " (d.id) " up" } { "Give up" }
+                                    button type="submit" aria-label={ "Replay message " (m.msgid.as_str()) " to the bot" } { "Replay" }
                                 }
                             }
-                        } } }
-                    } }
-                }
+                        }
+                    } } }
+                } }
             }
-            section aria-labelledby="s-heading" {
-                h2 id="s-heading" { "Queued replies" }
-                @if sends.is_empty() { p { "None yet." } }
-                @else {
-                    div.scroll { table {
-                        thead { tr { th scope="col" { "Lane" } th scope="col" { "Endpoint" } th scope="col" { "State" } th scope="col" { "Attempts" } th scope="col" { "Queued (UTC)" } th scope="col" { "Error" } } }
-                        tbody { @for s in sends { tr {
-                            td { (s.lane) } td { (s.endpoint) } td { span class={ "state " (s.state) } { (s.state) } }
-                            td { (s.attempts) } td { (clock_ms(s.created_at_ms)) } td { (s.last_error.as_deref().unwrap_or("")) }
-                        } } }
-                    } }
-                }
+        }
+        section aria-labelledby="s-heading" {
+            h2 id="s-heading" { "Sends" }
+            p.hint { "Replies queued from the bot's answers, and the sends of the reply API and this console." }
+            @if sends.is_empty() { p { "None yet." } }
+            @else {
+                div.scroll { table {
+                    thead { tr { th scope="col" { "Lane" } th scope="col" { "Endpoint" } th scope="col" { "State" } th scope="col" { "Attempts" } th scope="col" { "Queued (UTC)" } th scope="col" { "Next attempt (UTC)" } th scope="col" { "Error" } } }
+                    tbody { @for s in sends { tr {
+                        td { (s.lane) } td { (s.endpoint) } td { span class={ "state " (s.state) } { (s.state) } }
+                        td { (s.attempts) } td { (clock_ms(s.created_at_ms)) }
+                        td { @if let Some(at) = s.next_attempt_at_ms { (clock_ms(at)) } }
+                        td { (s.last_error.as_deref().unwrap_or("")) }
+                    } } }
+                } }
             }
         }
     }
 }
 
 /// Deliveries and sends.
-pub(super) fn deliveries(
-    csrf: &str,
-    deliveries: &[DeliveryListing],
-    sends: &[SendListing],
-    notice: Option<&str>,
-) -> Markup {
+pub(super) fn deliveries(csrf: &str, rows: &DeliveryRows, notice: Option<&str>) -> Markup {
     layout(
         "Deliveries and sends",
         Some(csrf),
@@ -539,18 +584,10 @@ pub(super) fn deliveries(
         html! {
             @if let Some(notice) = notice { p.notice role="status" { (notice) } }
             div id="deliveries" data-live="/console/fragments/deliveries" aria-live="polite" {
-                (deliveries_tables(csrf, deliveries, sends))
+                (deliveries_tables(csrf, rows))
             }
         },
     )
-}
-
-/// An account as the accounts page lists it.
-pub(super) struct AccountRow {
-    pub(super) open_kfid: String,
-    pub(super) name: Option<String>,
-    /// (userid, status) of each servicer, where known.
-    pub(super) servicers: Vec<(String, i64)>,
 }
 
 /// A contact-way link just made, or why not.
@@ -577,22 +614,35 @@ fn qr_svg(url: &str) -> Option<String> {
 }
 
 /// The accounts, and the contact-way form.
-pub(super) fn accounts(csrf: &str, rows: &[AccountRow], made: Option<&ContactWay>) -> Markup {
+pub(super) fn accounts(csrf: &str, list: &AccountList, made: Option<&ContactWay>) -> Markup {
+    let rows = &list.accounts;
     layout(
         "Accounts",
         Some(csrf),
         Nav::Accounts,
         html! {
-            @if rows.is_empty() { p { "No account is pulled yet." } }
+            p.hint { "The same list as " code { "GET /v1/accounts" } ": WeChat's accounts and their servicers." }
+            @if let Some(error) = &list.error { p.error role="alert" { "WeChat's account list could not be read: " (error) } }
+            @if rows.is_empty() { p { "No account yet." } }
             @else {
                 div.scroll { table {
-                    thead { tr { th scope="col" { "Account" } th scope="col" { "Name" } th scope="col" { "Servicers (status)" } } }
-                    tbody { @for a in rows { tr {
+                    thead { tr { th scope="col" { "Account" } th scope="col" { "Name" } th scope="col" { "Pulled" } th scope="col" { "Servicers (status)" } } }
+                    tbody { @for a in rows { tr.account {
                         td { code { (a.open_kfid) } }
                         td { (a.name.as_deref().unwrap_or("")) }
-                        td { @for (i, (userid, status)) in a.servicers.iter().enumerate() {
-                            @if i > 0 { ", " } (userid) " (" (status) ")"
-                        } }
+                        td { @if a.pulled { "yes" } @else { "no" } }
+                        td {
+                            @if let Some(error) = &a.error { span.error { "not readable: " (error) } }
+                            @for (i, s) in a.servicers.iter().enumerate() {
+                                @if i > 0 { ", " }
+                                @match (&s.userid, s.department_id) {
+                                    (Some(userid), _) => { (userid) }
+                                    (None, Some(d)) => { "department " (d) }
+                                    _ => { "?" }
+                                }
+                                @if let Some(status) = s.status { " " span class={ "state " (status) } { (status) } }
+                            }
+                        }
                     } } }
                 } }
             }
@@ -628,39 +678,123 @@ pub(super) fn accounts(csrf: &str, rows: &[AccountRow], made: Option<&ContactWay
     )
 }
 
-/// Setup and health.
-pub(super) fn health(
-    csrf: &str,
-    report: &str,
-    callback_path: Option<&str>,
-    sandbox: bool,
-    counters: &[(&str, u64)],
-) -> Markup {
-    layout(
-        "Setup and health",
-        Some(csrf),
-        Nav::Health,
-        html! {
-            section aria-labelledby="ready-heading" {
-                h2 id="ready-heading" { "Readiness" }
-                @if report.is_empty() { p.ok { "Ready: WeChat answers, the store writes." } }
-                @else { pre.error { (report) } }
-            }
-            section aria-labelledby="cb-heading" {
-                h2 id="cb-heading" { "Callback" }
-                @match callback_path {
-                    Some(path) if sandbox => p { "Sandbox: the embedded emulator calls " code { (path) } " on this service." }
-                    Some(path) => p { "Enter " code { "https://<this service's public host>" (path) } " as the callback URL in the WeCom admin (WeChat Customer Service → API → callback settings). If calls answer errcode 60020, add the service's outbound IP to the trusted IPs." }
-                    None => p { "Callbacks are off (no wechat.callback_token and wechat.encoding_aes_key): only the safety pull runs." }
-                }
-            }
-            section aria-labelledby="c-heading" {
-                h2 id="c-heading" { "Since start" }
-                dl.counters { @for (name, value) in counters { dt { (name) } dd { (value) } } }
-                p.hint { "All series: " a href="/metrics" { "/metrics" } "." }
-            }
-        },
+/// A time in unix milliseconds as `HH:MM:SS UTC`, or "never".
+fn when(at_ms: Option<u64>) -> String {
+    at_ms.map_or_else(
+        || "never since start".into(),
+        |ms| format!("{} UTC", clock_ms(i64::try_from(ms).unwrap_or(0))),
     )
+}
+
+/// Setup and health: the body of `GET /v1/setup`.
+pub(super) fn health(csrf: &str, report: &SetupBody, counters: &[(&str, u64)]) -> Markup {
+    let SetupBody {
+        sandbox,
+        ready,
+        not_ready,
+        credentials,
+        callback,
+        trusted_ip,
+        webhook,
+        budget,
+    } = report;
+    let mark = |ok: bool| if ok { "ok" } else { "error" };
+    html! {
+        (layout(
+            "Setup and health",
+            Some(csrf),
+            Nav::Health,
+            html! {
+                p.hint { "The same report as " code { "GET /v1/setup" } "." }
+                section aria-labelledby="ready-heading" {
+                    h2 id="ready-heading" { "Readiness" }
+                    @if *ready { p.ok id="readiness" { "Ready: WeChat answers, the store writes." } }
+                    @else { ul.error id="readiness" { @for line in not_ready { li { (line) } } } }
+                }
+                section aria-labelledby="cred-heading" {
+                    h2 id="cred-heading" { "Credentials" }
+                    p id="credentials" class=(mark(credentials.ok)) {
+                        @if credentials.ok { "An access token was obtained for corp " code { (credentials.corp_id) } "." }
+                        @else {
+                            "No access token for corp " code { (credentials.corp_id) } ": "
+                            (credentials.error.as_deref().unwrap_or("refused"))
+                            @if let Some(code) = credentials.errcode { " (errcode " (code) ")" }
+                            ". Check wechat.corp_id and wechat.secret."
+                        }
+                    }
+                }
+                section aria-labelledby="cb-heading" {
+                    h2 id="cb-heading" { "Callback" }
+                    @if !callback.enabled {
+                        p { "Callbacks are off (no wechat.callback_token and wechat.encoding_aes_key): only the safety pull runs." }
+                    } @else {
+                        @if *sandbox { p.hint { "Sandbox: the embedded emulator calls this service's callback URL." } }
+                        dl.facts {
+                            dt { "URL to enter in the WeCom admin" }
+                            dd { @match &callback.url { Some(url) => code id="callback-url" { (url) }, None => "this service's public URL and the callback path" }
+                                " (WeChat Customer Service → API → callback settings; behind a proxy, its public https host)" }
+                            dt { "Verified by WeChat" }
+                            dd id="callback-verified" class=(if *sandbox { "hint" } else { mark(callback.verified) }) {
+                                @if callback.verified { "yes, last at " (when(callback.verified_at_ms)) }
+                                @else { "not since start: save the URL in the WeCom admin to have WeChat verify it" }
+                            }
+                            dt { "Last callback of corp " code { (callback.corp_id) } }
+                            dd id="callback-last" { (when(callback.last_accepted_at_ms)) " (" (callback.accepted) " accepted)" }
+                            dt { "Refused as forged" }
+                            dd class=(mark(callback.forged == 0)) { (callback.forged) @if callback.forged > 0 { ", last at " (when(callback.last_forged_at_ms)) ": check the Token and EncodingAESKey" } }
+                        }
+                    }
+                }
+                section aria-labelledby="ip-heading" {
+                    h2 id="ip-heading" { "Trusted IPs (errcode 60020)" }
+                    p id="trusted-ip" class=(mark(!trusted_ip.refused_60020)) {
+                        @if let Some(ip) = &trusted_ip.outbound_ip { "WeChat sees this service as " strong { (ip) } ". " }
+                        (trusted_ip.hint)
+                    }
+                }
+                section aria-labelledby="wh-heading" {
+                    h2 id="wh-heading" { "Webhook" }
+                    @match webhook.target {
+                        "webhook" => {
+                            p id="webhook" class=(mark(webhook.reachable == Some(true) && webhook.failing_deliveries == 0)) {
+                                code { (webhook.origin.as_deref().unwrap_or("?")) } " "
+                                @match webhook.reachable {
+                                    Some(true) => "accepts connections",
+                                    _ => { "is unreachable: " (webhook.error.as_deref().unwrap_or("")) }
+                                }
+                                "; " (webhook.failing_deliveries) " deliveries waiting for a retry"
+                                @if let Some(error) = &webhook.last_error { " (last error: " (error) ")" }
+                                "."
+                            }
+                        }
+                        "echo" => { p id="webhook" { "No webhook: the sandbox's echo bot answers." } }
+                        _ => { p id="webhook" { "No webhook: messages are written to stdout as JSON Lines." } }
+                    }
+                    p.hint { (webhook.acknowledged) " deliveries acknowledged, " (webhook.failed_attempts) " failed attempts since start." }
+                }
+                section aria-labelledby="budget-heading" {
+                    h2 id="budget-heading" { "WeChat call budget" }
+                    @if budget.is_empty() { p { "No call counted yet." } }
+                    @else {
+                        div.scroll { table {
+                            thead { tr { th scope="col" { "API" } th scope="col" { "This minute" } th scope="col" { "This hour" } th scope="col" { "Waits" } th scope="col" { "45009 blocks" } } }
+                            tbody { @for b in budget { tr {
+                                td { code { (b.api) } }
+                                td { (b.minute) @if let Some(l) = b.per_minute.filter(|l| *l > 0) { " of " (l) } }
+                                td { (b.hour) @if let Some(l) = b.per_hour.filter(|l| *l > 0) { " of " (l) } }
+                                td { (b.waits) } td { (b.blocks) }
+                            } } }
+                        } }
+                    }
+                }
+                section aria-labelledby="c-heading" {
+                    h2 id="c-heading" { "Since start" }
+                    dl.counters { @for (name, value) in counters { dt { (name) } dd { (value) } } }
+                    p.hint { "All series: " a href="/metrics" { "/metrics" } "." }
+                }
+            },
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -677,6 +811,68 @@ mod tests {
     fn a_contact_way_link_becomes_an_svg_qr_code() {
         let svg = qr_svg("https://work.weixin.qq.com/kfid/kfc123").unwrap();
         assert!(svg.contains("<svg"));
+    }
+
+    fn item(from: From, kind: &str, state: &str, media: Option<Value>) -> HistoryItem {
+        HistoryItem {
+            from,
+            kind: kind.into(),
+            msgid: "m/1".into(),
+            at: 0,
+            text: (kind == "text").then(|| "hello".into()),
+            servicer_userid: (from == From::Servicer).then(|| "zhangsan".into()),
+            state: state.into(),
+            error: (state == "refused").then(|| "human_servicer (95018)".into()),
+            message: serde_json::json!({"open_kfid": "wkA"}),
+            media,
+            via: None,
+        }
+    }
+
+    #[test]
+    fn the_history_tells_turns_apart_and_shows_media_and_results() {
+        let voice = serde_json::json!({"path": "/m/v.amr", "file_name": "v.amr",
+            "converted": {"path": "/m/v.mp3"}});
+        let file = serde_json::json!({"path": "/m/r.pdf", "file_name": "report.pdf"});
+        let image = serde_json::json!({"path": "/m/i.png", "file_name": "i.png"});
+        let html = |i: HistoryItem| history_item(&i).into_string();
+        let voice = html(item(From::Customer, "voice", "delivered", Some(voice)));
+        assert!(
+            voice.contains("<audio") && voice.contains("/console/media/wkA/m%2F1?converted=true"),
+            "{voice}"
+        );
+        let file = html(item(From::Customer, "file", "delivered", Some(file)));
+        assert!(
+            file.contains("download=\"report.pdf\"") && file.contains("Download report.pdf"),
+            "{file}"
+        );
+        let image = html(item(From::Customer, "image", "delivered", Some(image)));
+        assert!(
+            image.contains("<img") && image.contains("alt=\"Image i.png from the customer\""),
+            "{image}"
+        );
+        let refused = html(item(From::Bot, "text", "refused", None));
+        assert!(
+            refused.contains("turn bot")
+                && refused.contains("state refused")
+                && refused.contains("human_servicer (95018)"),
+            "{refused}"
+        );
+        let joined = html(item(From::Bot, "text", "joined", None));
+        assert!(joined.contains("state joined"), "{joined}");
+        let servicer = html(item(From::Servicer, "text", "delivered", None));
+        assert!(
+            servicer.contains("turn servicer") && servicer.contains("zhangsan"),
+            "{servicer}"
+        );
+        let system = html(item(From::System, "event:enter_session", "delivered", None));
+        assert!(system.contains("turn system"), "{system}");
+        let failed = serde_json::json!({"error": {"kind": "too_large"}});
+        let failed = html(item(From::Customer, "image", "delivered", Some(failed)));
+        assert!(
+            failed.contains("media not downloaded (too_large)"),
+            "{failed}"
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `cargo bench -p wechat-kf-service --bench responder`: what the built-in responder adds.
 //!
-//! 1. **Customer-to-reply latency**: customers write `RESPONDER_RATE` (20) texts a second for
+//! 1. **Customer-to-reply latency**: customers write `RESPONDER_RATE` (50) texts a second for
 //!    `RESPONDER_SECONDS` (10), spread over 200 customers of one account; each text carries its
 //!    send time, and its answer (which repeats it) is timed when the emulator accepts it
 //!    (`send_msg`, the emulator's `time_ms`). Once with a webhook bot that answers in its HTTP
@@ -210,7 +210,7 @@ async fn many(conversations: usize, concurrency: usize) -> (Duration, f64) {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     // `cargo bench` passes `--bench`; nothing to filter.
-    let rate = env_usize("RESPONDER_RATE", 20);
+    let rate = env_usize("RESPONDER_RATE", 50);
     let seconds = env_usize("RESPONDER_SECONDS", 10) as u64;
     let conversations = env_usize("RESPONDER_CONVERSATIONS", 1000);
     println!(

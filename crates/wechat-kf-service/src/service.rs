@@ -129,6 +129,12 @@ impl Service {
             Some(dir) => {
                 let mut config = config;
                 config.media.download_dir = Some(dir.path().to_owned());
+                // Voice notes the console can play (WAV); without ffmpeg the conversion is
+                // recorded as failed and the note delivered anyway.
+                config
+                    .media
+                    .voice_convert_to
+                    .get_or_insert(crate::config::VoiceTarget::Wav);
                 config
             }
             None => config,

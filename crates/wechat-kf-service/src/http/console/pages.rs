@@ -178,7 +178,11 @@ fn media_of(item: &HistoryItem) -> Markup {
             } else {
                 src
             };
-            html! { br; audio controls preload="none" src=(src) aria-label={ "Voice note " (name) } {} " " a href=(src) download { "download" } }
+            let transcript = record.get("transcript").and_then(Value::as_str);
+            html! {
+                br; audio controls preload="none" src=(src) aria-label={ "Voice note " (name) } {} " " a href=(src) download { "download" }
+                @if let Some(t) = transcript { br; span.hint { "transcript: " (t) } }
+            }
         }
         "video" => {
             html! { br; video.media controls preload="none" src=(src) aria-label={ "Video " (name) } {} }
@@ -832,7 +836,7 @@ mod tests {
     #[test]
     fn the_history_tells_turns_apart_and_shows_media_and_results() {
         let voice = serde_json::json!({"path": "/m/v.amr", "file_name": "v.amr",
-            "converted": {"path": "/m/v.mp3"}});
+            "converted": {"path": "/m/v.mp3"}, "transcript": "<你好>"});
         let file = serde_json::json!({"path": "/m/r.pdf", "file_name": "report.pdf"});
         let image = serde_json::json!({"path": "/m/i.png", "file_name": "i.png"});
         let html = |i: HistoryItem| history_item(&i).into_string();
@@ -841,6 +845,7 @@ mod tests {
             voice.contains("<audio") && voice.contains("/console/media/wkA/m%2F1?converted=true"),
             "{voice}"
         );
+        assert!(voice.contains("transcript: &lt;你好&gt;"), "{voice}");
         let file = html(item(From::Customer, "file", "delivered", Some(file)));
         assert!(
             file.contains("download=\"report.pdf\"") && file.contains("Download report.pdf"),

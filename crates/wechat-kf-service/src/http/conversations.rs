@@ -13,10 +13,9 @@ use wechat_kf::session::{ServiceState, SessionView};
 use wechat_kf::{ExternalUserId, OpenKfId};
 
 use super::bodies::SessionBody;
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ErrorBody, counted};
 use super::reply_api::{ReplyApiState, valid_id};
 use crate::ids::IdKind;
-use crate::metrics::Metrics;
 use crate::send_policy::Gate;
 use crate::store::{HistoryMessage, HistoryReply, Store};
 
@@ -324,18 +323,6 @@ pub(crate) async fn show(
         session: SessionBody::new(open_kfid, external_userid, view.as_ref(), now),
         items,
     })
-}
-
-fn counted<T>(metrics: &Metrics, result: Result<T, ApiError>) -> Result<T, ApiError> {
-    Metrics::add(
-        if result.is_ok() {
-            &metrics.api_requests_ok
-        } else {
-            &metrics.api_requests_failed
-        },
-        1,
-    );
-    result
 }
 
 /// The customers with stored messages, newest activity first: the last message, the session

@@ -11,6 +11,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::error::safe_error;
+use crate::metrics::Metrics;
 use crate::send_policy::Refusal;
 
 /// The body of every reply-API error except a refused send.
@@ -275,4 +276,18 @@ impl IntoResponse for ApiError {
             _ => (status, Json(body)).into_response(),
         }
     }
+}
+
+/// Counts a reply-API request by its outcome (`wechat_kf_api_requests_{ok,failed}_total`) and
+/// passes the result on.
+pub(crate) fn counted<T>(metrics: &Metrics, result: Result<T, ApiError>) -> Result<T, ApiError> {
+    Metrics::add(
+        if result.is_ok() {
+            &metrics.api_requests_ok
+        } else {
+            &metrics.api_requests_failed
+        },
+        1,
+    );
+    result
 }

@@ -31,7 +31,7 @@ use super::bodies::{
     DeliveryList, JsonBody, ListParams, MessageList, OnEventBody, SendList, SendMsgBody, SentBody,
     SessionBody, TransBody, TransDone,
 };
-use super::error::{ApiError, ConflictBody, ErrorBody};
+use super::error::{ApiError, ConflictBody, ErrorBody, counted};
 use crate::config::Secret;
 use crate::conversation::Conversations;
 use crate::delivery::{Action, ActionResult, DeliveryControl};
@@ -804,15 +804,7 @@ async fn delivery_route(
             e.body_text()
         ))),
     };
-    Metrics::add(
-        if result.is_ok() {
-            &state.inner.metrics.api_requests_ok
-        } else {
-            &state.inner.metrics.api_requests_failed
-        },
-        1,
-    );
-    result.map(Json)
+    counted(&state.inner.metrics, result).map(Json)
 }
 
 /// Attempts a delivery waiting for a retry now (`id` as `GET /v1/deliveries` lists it).
@@ -932,15 +924,7 @@ pub(crate) async fn add_contact_way(
     JsonBody(body): JsonBody<ContactWayBody>,
 ) -> Result<Json<ContactWay>, ApiError> {
     let result = contact_way(&state.inner.client, body).await;
-    Metrics::add(
-        if result.is_ok() {
-            &state.inner.metrics.api_requests_ok
-        } else {
-            &state.inner.metrics.api_requests_failed
-        },
-        1,
-    );
-    result.map(Json)
+    counted(&state.inner.metrics, result).map(Json)
 }
 
 /// The query of `GET /v1/media/{open_kfid}/{msgid}`.
@@ -1200,13 +1184,5 @@ pub(crate) async fn replay_message(
             e.body_text()
         ))),
     };
-    Metrics::add(
-        if result.is_ok() {
-            &state.inner.metrics.api_requests_ok
-        } else {
-            &state.inner.metrics.api_requests_failed
-        },
-        1,
-    );
-    result.map(Json)
+    counted(&state.inner.metrics, result).map(Json)
 }

@@ -17,7 +17,7 @@ use wechat_kf_emulator::Emulator;
 
 use super::auth::{Authorized, BearerToken};
 use super::bodies::JsonBody;
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ErrorBody, counted};
 use super::reply_api::valid_id;
 use crate::config::Secret;
 use crate::ids::IdKind;
@@ -399,18 +399,6 @@ pub(crate) fn routes(state: SandboxApiState) -> Router {
 
 fn sandbox(state: &SandboxApiState) -> Result<&SandboxChat, ApiError> {
     state.chat.as_ref().ok_or(ApiError::NotSandbox)
-}
-
-fn counted<T>(metrics: &Metrics, result: Result<T, ApiError>) -> Result<T, ApiError> {
-    Metrics::add(
-        if result.is_ok() {
-            &metrics.api_requests_ok
-        } else {
-            &metrics.api_requests_failed
-        },
-        1,
-    );
-    result
 }
 
 /// Sandbox mode: a customer of the embedded emulator writes a text, or sends an image or a

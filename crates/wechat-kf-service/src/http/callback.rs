@@ -3,8 +3,9 @@
 //! A POST is verified (signature, then timestamp window), decrypted and answered `200 success`
 //! at once; the only work done is waking the account's puller. A callback seen before (same
 //! signature, timestamp and nonce: a replay, or WeChat's retry of one we were slow to answer)
-//! is answered `200 success` and does nothing; the store remembers callbacks for the timestamp
-//! window, so instances sharing a database share the memory. Answers: 401 for a forged
+//! is answered `200 success` and does nothing; callbacks are remembered for the timestamp
+//! window in memory (`http/replay.rs`) and, written in the background, in the store, so
+//! instances sharing a database share the memory. Answers: 401 for a forged
 //! signature or a timestamp outside the window, 403 for a callback meant for another corp, 413
 //! for a body over the limit, 400 for anything unreadable or an id that is not WeChat's shape. Without a callback Token and
 //! EncodingAESKey these routes are not mounted at all (the service says so at start).
@@ -24,6 +25,7 @@ use sha2::{Digest, Sha256};
 use wechat_kf::callback::CallbackEvent;
 use wechat_kf::crypto::{CallbackCrypto, CryptoError, ReplayWindow, url_decode};
 
+use super::replay::{Key, Replays, Seen};
 use crate::clock::Clock;
 use crate::ids::{IdKind, bounded, check};
 use crate::metrics::{CallbackResult, Metrics};
@@ -57,8 +59,10 @@ pub(crate) struct CallbackState {
 struct Inner {
     settings: CallbackSettings,
     pullers: Arc<Pullers>,
-    /// Remembers the callbacks seen (the replay cache).
+    /// Remembers the callbacks seen, shared by the instances on the database.
     store: Arc<dyn Store>,
+    /// The replay cache in memory, in front of the store's.
+    replays: Replays,
     metrics: Arc<Metrics>,
     /// WeChat's clock, against which callback timestamps are checked.
     clock: Clock,
@@ -72,8 +76,12 @@ impl CallbackState {
         metrics: Arc<Metrics>,
         clock: Clock,
     ) -> Self {
+        // A key stored before this start expires at most two windows from now.
+        let longest = remembered_for(settings.timestamp_window).saturating_mul(2);
+        let replays = Replays::start(store.clone(), metrics.clone(), clock.now(), longest);
         CallbackState {
             inner: Arc::new(Inner {
+                replays,
                 settings,
                 pullers,
                 store,
@@ -179,6 +187,9 @@ fn stale(state: &CallbackState, timestamp: &str) -> Option<Response> {
 /// Whether this verified callback was seen before within the window (then it does nothing).
 /// The key is a digest of what WeChat signs it with: a replay repeats all three, and a
 /// different callback (a new nonce, or new content under the same nonce) differs in one.
+/// The in-process memory answers without waiting for the store in the common case
+/// (`http/replay.rs`: the store is written in the background, and asked only when the memory
+/// cannot vouch for a miss).
 async fn replayed(state: &CallbackState, sig: &str, ts: &str, nonce: &str) -> bool {
     let inner = &state.inner;
     let mut digest = Sha256::new();
@@ -186,27 +197,45 @@ async fn replayed(state: &CallbackState, sig: &str, ts: &str, nonce: &str) -> bo
         digest.update(part.as_bytes());
         digest.update([0u8]);
     }
-    let key = hex::encode(digest.finalize());
+    let key: Key = digest.finalize().into();
     let now = inner.clock.now();
-    let window = match inner.settings.timestamp_window {
-        Duration::ZERO => REMEMBER_WITHOUT_WINDOW,
-        window => window,
-    };
-    let window = window.as_secs().min(i64::MAX as u64 / 4) as i64;
+    let window = remembered_for(inner.settings.timestamp_window);
     // Remembered until its timestamp leaves the window (after that the window refuses it).
     let stamped = ts
         .trim()
         .parse::<i64>()
         .unwrap_or(now)
         .clamp(now - window, now + window);
-    match inner.store.first_callback(key, stamped + window, now).await {
+    let expires_at = stamped + window;
+    match inner.replays.check(key, expires_at, now) {
+        Seen::Replay => return true,
+        Seen::First => return false,
+        Seen::AskStore => {}
+    }
+    let replay = match inner
+        .store
+        .first_callback(hex::encode(key), expires_at, now)
+        .await
+    {
         Ok(first) => !first,
         Err(e) => {
             // Waking twice is harmless (wakes coalesce); refusing a real callback is not.
             tracing::debug!(error = %e, "cannot check the callback replay cache; accepting");
             false
         }
-    }
+    };
+    inner.replays.remember(key, expires_at, now);
+    replay
+}
+
+/// How long a callback is remembered, in seconds: its timestamp's distance from now is at most
+/// this, and it is remembered this long past its timestamp.
+fn remembered_for(timestamp_window: Duration) -> i64 {
+    let window = match timestamp_window {
+        Duration::ZERO => REMEMBER_WITHOUT_WINDOW,
+        window => window,
+    };
+    window.as_secs().min(i64::MAX as u64 / 4) as i64
 }
 
 /// Checks the ids a callback names; the 400 answer when one is not WeChat's shape.

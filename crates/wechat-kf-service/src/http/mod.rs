@@ -30,6 +30,7 @@ pub(crate) mod conversations;
 pub(crate) mod error;
 pub(crate) mod health;
 pub mod openapi;
+pub(crate) mod replay;
 pub(crate) mod reply_api;
 pub(crate) mod sandbox_api;
 pub(crate) mod server;

@@ -1055,6 +1055,15 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> BoxFuture<'_, Result<bool, Error>>;
 
+    /// Up to `limit` callbacks remembered by [`Store::first_callback`] that have not expired at
+    /// `now`, as `(key, expires_at)`: what a starting instance's in-memory replay cache is
+    /// filled with.
+    fn remembered_callbacks(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(String, i64)>, Error>>;
+
     /// The newest `send_time` stored for an account (`None` without messages): where a
     /// catch-up resumes when WeChat rejects the cursor.
     fn last_send_time(&self, open_kfid: OpenKfId) -> BoxFuture<'_, Result<Option<i64>, Error>>;

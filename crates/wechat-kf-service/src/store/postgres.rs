@@ -1432,6 +1432,29 @@ impl Store for PostgresStore {
         })
     }
 
+    fn remembered_callbacks(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(String, i64)>, Error>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Box::pin(async move {
+            with_client!(self, client, {
+                let rows = client
+                    .query(
+                        cached!(
+                            client,
+                            "SELECT key, expires_at FROM callback_replays \
+                         WHERE expires_at >= $1 LIMIT $2"
+                        ),
+                        &[&now, &limit],
+                    )
+                    .await?;
+                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            })
+        })
+    }
+
     fn last_send_time(&self, open_kfid: OpenKfId) -> BoxFuture<'_, Result<Option<i64>, Error>> {
         Box::pin(async move {
             with_client!(self, client, {

@@ -1182,6 +1182,21 @@ impl Store for SqliteStore {
         Box::pin(async move { answered.await.unwrap_or(Err(Error::StoreClosed)) })
     }
 
+    fn remembered_callbacks(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(String, i64)>, Error>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call(move |conn| {
+            let mut select = conn.prepare_cached(
+                "SELECT key, expires_at FROM callback_replays WHERE expires_at >= ?1 LIMIT ?2",
+            )?;
+            let rows = select.query_map(params![now, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
     fn last_send_time(&self, open_kfid: OpenKfId) -> BoxFuture<'_, Result<Option<i64>, Error>> {
         self.call(move |conn| {
             Ok(conn

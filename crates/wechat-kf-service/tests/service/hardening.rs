@@ -117,6 +117,95 @@ async fn a_flood_of_one_replayed_callback_costs_no_more_pulls_than_the_callback_
     emu.shutdown().await;
 }
 
+/// The replay cache's key of a callback: the digest of its signature, timestamp and nonce.
+fn replay_key(query: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    for name in ["msg_signature=", "timestamp=", "nonce="] {
+        let value = query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix(name))
+            .unwrap();
+        digest.update(value.as_bytes());
+        digest.update([0u8]);
+    }
+    hex::encode(digest.finalize())
+}
+
+#[tokio::test]
+async fn callbacks_refused_in_memory_still_reach_the_store_and_are_refused_after_a_restart() {
+    let emu = emulator().await;
+    let kf = emu.emulator().create_account("remembered");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kf.db");
+    let running = start_on_emulator_clock(&emu, config(&emu, &db, None)).await;
+    emu.emulator().set_callback_url(None);
+    let callbacks: Vec<_> = (0..20)
+        .map(|n| signed_callback(&emu, &kf, &format!("T{n}"), &format!("77{n}")))
+        .collect();
+    let mut twice = callbacks.clone();
+    twice.extend(callbacks.clone());
+    let statuses = flood(&running.base_url(), twice).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        metric(&running, "wechat_kf_callbacks_total{result=\"accepted\"}"),
+        20
+    );
+    assert_eq!(
+        metric(&running, "wechat_kf_callbacks_total{result=\"replayed\"}"),
+        20
+    );
+    // The keys reach the store in the background (read without writing, so as not to race
+    // the writer).
+    let keys: Vec<String> = callbacks
+        .iter()
+        .map(|(query, _)| replay_key(query))
+        .collect();
+    let store = running.store().clone();
+    let now = emu.emulator().now() as i64;
+    wait_for(
+        "the callbacks' keys in the store",
+        Duration::from_secs(10),
+        || {
+            let (store, keys) = (store.clone(), keys.clone());
+            async move {
+                let stored = store.remembered_callbacks(now, 1_000).await.unwrap();
+                keys.iter().all(|k| stored.iter().any(|(s, _)| s == k))
+            }
+        },
+    )
+    .await;
+    for key in &keys {
+        assert!(
+            !store
+                .first_callback(key.clone(), now + 600, now)
+                .await
+                .unwrap()
+        );
+    }
+    running.shutdown().await;
+    drop(store);
+
+    // A new instance on the same database refuses the same callbacks (its memory is filled
+    // from the store at start), and accepts a new one.
+    let running = start_on_emulator_clock(&emu, config(&emu, &db, None)).await;
+    emu.emulator().set_callback_url(None);
+    let mut again = callbacks.clone();
+    again.push(signed_callback(&emu, &kf, "NEW", "7800"));
+    let statuses = flood(&running.base_url(), again).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        metric(&running, "wechat_kf_callbacks_total{result=\"replayed\"}"),
+        20
+    );
+    assert_eq!(
+        metric(&running, "wechat_kf_callbacks_total{result=\"accepted\"}"),
+        1
+    );
+    running.shutdown().await;
+    emu.shutdown().await;
+}
+
 #[tokio::test]
 async fn callbacks_whose_token_wechat_rejects_fall_back_to_at_most_n_tokenless_pulls_a_minute() {
     let emu = emulator().await;

@@ -1127,6 +1127,15 @@ async fn conformance(store: Arc<dyn Store>) {
             .unwrap(),
         "expired"
     );
+    // What a starting instance loads into its memory: the unexpired keys only, up to a limit.
+    let mut remembered = store.remembered_callbacks(1_001, 10).await.unwrap();
+    remembered.sort();
+    assert_eq!(remembered, vec![("cb".to_owned(), 2_000)]);
+    store
+        .first_callback("cb3".into(), 2_000, 1_001)
+        .await
+        .unwrap();
+    assert_eq!(store.remembered_callbacks(1_001, 1).await.unwrap().len(), 1);
     // Many at once (the SQLite store commits those that queue together in one transaction):
     // each key is new exactly once, however the calls are grouped.
     let answers = futures::future::join_all(

@@ -337,6 +337,7 @@ pub(crate) async fn lead(
     listener: &TcpListener,
     poll: Duration,
     limits: Limits,
+    callbacks: Option<Router>,
 ) -> Result<Option<LeaderLock>, Error> {
     let kind = lock_of(location);
     if kind == Lock::None {
@@ -366,7 +367,7 @@ pub(crate) async fn lead(
     let stop = CancellationToken::new();
     let server = tokio::spawn(server::serve(
         listener,
-        standby_router(),
+        standby_router(callbacks.filter(|_| kind == Lock::Advisory)),
         Connections::new(limits, Arc::new(Metrics::new())),
         stop.child_token(),
     ));
@@ -429,11 +430,13 @@ async fn wait_for_advisory(url: &str, poll: Duration) -> LeaderLock {
     }
 }
 
-/// What a standby answers: alive, not ready, nothing else.
-fn standby_router() -> Router {
+/// What a standby answers: alive, not ready, callbacks when it can pass their wakes to the
+/// leader (PostgreSQL), nothing else.
+fn standby_router(callbacks: Option<Router>) -> Router {
     const STANDBY: &str = "standby: another instance leads this database\n";
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+    let router = Router::new().route("/healthz", get(|| async { "ok\n" }));
+    callbacks
+        .map_or(router.clone(), |callbacks| router.merge(callbacks))
         .fallback(|| async { (StatusCode::SERVICE_UNAVAILABLE, STANDBY).into_response() })
 }
 

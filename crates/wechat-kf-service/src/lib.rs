@@ -72,6 +72,7 @@ mod service;
 pub mod store;
 mod summary;
 mod transcribe;
+mod wake_relay;
 
 pub use clock::Clock;
 pub use delivery::sink::{

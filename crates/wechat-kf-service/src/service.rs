@@ -21,6 +21,7 @@ use crate::conversation::Conversations;
 use crate::delivery::Deliverer;
 use crate::delivery::sink::Sink;
 use crate::error::Error;
+use crate::http::callback::{self, CallbackState};
 use crate::http::server::{self, Connections, Limits};
 use crate::http::{AppParts, AppState, CallbackSettings, metrics_router, router};
 use crate::idle::IdleRule;
@@ -39,6 +40,7 @@ use crate::sender::{Recorder, ReplySender};
 use crate::store::{self, Store};
 use crate::summary::{self, Discovery, Facts, ReplyApi};
 use crate::transcribe::Transcriber;
+use crate::wake_relay::{self, Relay};
 
 /// The service; see [`Service::start`].
 #[derive(Debug)]
@@ -265,8 +267,34 @@ impl Service {
             max_connections: config.http.max_connections,
             shutdown_grace: config.http.shutdown_grace,
         };
-        let leader =
-            leader::lead(&location, &listener, config.storage.standby_poll, limits).await?;
+        let has_callbacks = crypto.is_some();
+        // A PostgreSQL standby answers callbacks too, passing their wakes to the leader.
+        let standby_callbacks = crypto
+            .clone()
+            .filter(|_| store::is_postgres(&location))
+            .map(|crypto| {
+                let settings = CallbackSettings {
+                    crypto,
+                    path: config.callback.path.clone(),
+                    timestamp_window: config.callback.timestamp_window,
+                    max_body: config.callback.max_body_bytes,
+                };
+                let relay = Arc::new(Relay::new(&location));
+                callback::routes(CallbackState::standby(
+                    settings,
+                    relay,
+                    metrics.clone(),
+                    clock.clone(),
+                ))
+            });
+        let leader = leader::lead(
+            &location,
+            &listener,
+            config.storage.standby_poll,
+            limits,
+            standby_callbacks,
+        )
+        .await?;
         let store = store::open(
             &location,
             store::OpenOptions {
@@ -511,6 +539,14 @@ impl Service {
                 readiness.clone(),
                 origin.clone(),
                 config.wechat.discover_accounts.then(|| pullers.clone()),
+                shutdown.clone(),
+            )));
+        }
+        if has_callbacks && store::is_postgres(&location) {
+            // The wakes of callbacks that reached a standby.
+            background.push(tokio::spawn(wake_relay::listen(
+                location.clone(),
+                pullers.clone(),
                 shutdown.clone(),
             )));
         }

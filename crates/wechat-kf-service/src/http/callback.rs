@@ -31,6 +31,7 @@ use crate::ids::{IdKind, bounded, check};
 use crate::metrics::{CallbackResult, Metrics};
 use crate::puller::Pullers;
 use crate::store::Store;
+use crate::wake_relay::Relay;
 
 /// How long a callback is remembered when no timestamp window is configured.
 const REMEMBER_WITHOUT_WINDOW: Duration = Duration::from_secs(300);
@@ -56,13 +57,21 @@ pub(crate) struct CallbackState {
     inner: Arc<Inner>,
 }
 
+/// Where an accepted callback's wake goes.
+pub(crate) enum Wake {
+    /// This instance leads: its pullers.
+    Pullers(Arc<Pullers>),
+    /// A standby: passed to the leader (PostgreSQL `NOTIFY`, see `wake_relay.rs`).
+    Relay(Arc<Relay>),
+}
+
 struct Inner {
     settings: CallbackSettings,
-    pullers: Arc<Pullers>,
-    /// Remembers the callbacks seen, shared by the instances on the database.
-    store: Arc<dyn Store>,
-    /// The replay cache in memory, in front of the store's.
-    replays: Replays,
+    wake: Wake,
+    /// Remembers the callbacks seen, shared by the instances on the database (the store), and
+    /// in memory in front of it. None on a standby, which holds no store: a replay it lets
+    /// through only wakes a pull, which finds nothing new.
+    replays: Option<(Arc<dyn Store>, Replays)>,
     metrics: Arc<Metrics>,
     /// WeChat's clock, against which callback timestamps are checked.
     clock: Clock,
@@ -81,10 +90,27 @@ impl CallbackState {
         let replays = Replays::start(store.clone(), metrics.clone(), clock.now(), longest);
         CallbackState {
             inner: Arc::new(Inner {
-                replays,
                 settings,
-                pullers,
-                store,
+                wake: Wake::Pullers(pullers),
+                replays: Some((store, replays)),
+                metrics,
+                clock,
+            }),
+        }
+    }
+
+    /// A standby's callbacks: verified like the leader's, their wakes relayed to it.
+    pub(crate) fn standby(
+        settings: CallbackSettings,
+        relay: Arc<Relay>,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+    ) -> Self {
+        CallbackState {
+            inner: Arc::new(Inner {
+                settings,
+                wake: Wake::Relay(relay),
+                replays: None,
                 metrics,
                 clock,
             }),
@@ -197,6 +223,9 @@ async fn replayed(state: &CallbackState, sig: &str, ts: &str, nonce: &str) -> bo
         digest.update(part.as_bytes());
         digest.update([0u8]);
     }
+    let Some((store, replays)) = &inner.replays else {
+        return false;
+    };
     let key: Key = digest.finalize().into();
     let now = inner.clock.now();
     let window = remembered_for(inner.settings.timestamp_window);
@@ -207,13 +236,12 @@ async fn replayed(state: &CallbackState, sig: &str, ts: &str, nonce: &str) -> bo
         .unwrap_or(now)
         .clamp(now - window, now + window);
     let expires_at = stamped + window;
-    match inner.replays.check(key, expires_at, now) {
+    match replays.check(key, expires_at, now) {
         Seen::Replay => return true,
         Seen::First => return false,
         Seen::AskStore => {}
     }
-    let replay = match inner
-        .store
+    let replay = match store
         .first_callback(hex::encode(key), expires_at, now)
         .await
     {
@@ -224,7 +252,7 @@ async fn replayed(state: &CallbackState, sig: &str, ts: &str, nonce: &str) -> bo
             false
         }
     };
-    inner.replays.remember(key, expires_at, now);
+    replays.remember(key, expires_at, now);
     replay
 }
 
@@ -361,7 +389,10 @@ pub(crate) async fn event(
         return (StatusCode::OK, "success").into_response();
     }
     state.inner.metrics.callback(CallbackResult::Accepted);
-    let pullers = &state.inner.pullers;
+    let pullers = match &state.inner.wake {
+        Wake::Pullers(pullers) => pullers,
+        Wake::Relay(relay) => return relay_wake(relay, event).await,
+    };
     match event {
         CallbackEvent::KfMsgOrEvent(e) => match e.open_kfid {
             Some(open_kfid) => {
@@ -389,6 +420,33 @@ pub(crate) async fn event(
         _ => tracing::debug!("ignored a callback of another type"),
     }
     (StatusCode::OK, "success").into_response()
+}
+
+/// A standby's wake: passed to the leader; a `503` when that fails, so that WeChat tries the
+/// callback again (perhaps on another instance).
+async fn relay_wake(relay: &Relay, event: CallbackEvent) -> Response {
+    let sent = match event {
+        CallbackEvent::KfMsgOrEvent(e) => relay.send(e.open_kfid.as_ref(), Some(&e.token)).await,
+        CallbackEvent::KfAccountAuthChange(change) => {
+            let mut sent = Ok(());
+            for open_kfid in &change.auth_add_open_kfid {
+                sent = sent.and(relay.send(Some(open_kfid), None).await);
+            }
+            sent
+        }
+        _ => Ok(()),
+    };
+    match sent {
+        Ok(()) => (StatusCode::OK, "success").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "standby: cannot pass a callback to the leader");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "standby: cannot reach the leader\n",
+            )
+                .into_response()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -429,7 +487,10 @@ mod tests {
 
     impl CallbackState {
         fn pullers(&self) -> &Pullers {
-            &self.inner.pullers
+            match &self.inner.wake {
+                Wake::Pullers(pullers) => pullers,
+                Wake::Relay(_) => panic!("a standby's state"),
+            }
         }
 
         fn metrics(&self) -> &Metrics {

@@ -67,7 +67,13 @@ async fn standby_takes_over(db: Option<&str>) {
         .send()
         .await
         .unwrap();
-    assert_eq!(callback.status(), 503, "callbacks go to the leader");
+    if db.is_some() {
+        // A PostgreSQL standby serves callbacks (their wakes go to the leader): this one is
+        // not a callback at all.
+        assert_eq!(callback.status(), 400);
+    } else {
+        assert_eq!(callback.status(), 503, "callbacks go to the leader");
+    }
 
     // The leader keeps working; the standby touches nothing.
     expected.extend(send_texts(&emu, &kf, "wmL2", 5));
@@ -351,6 +357,68 @@ async fn a_postgres_standby_waits_on_one_connection_and_takes_over_without_polli
         .unwrap();
     assert!(third.leader().is_some_and(|l| l.is_held()));
     third.shutdown().await;
+    emu.shutdown().await;
+    schema.drop().await;
+}
+
+#[tokio::test]
+async fn a_postgres_standby_answers_callbacks_and_the_leader_pulls_at_once() {
+    let Some(url) = require_env("DATABASE_URL") else {
+        return;
+    };
+    let schema = PgSchema::create(&url).await;
+    let emu = emulator().await;
+    let sink = Sink::start().await;
+    let kf = emu.emulator().create_account("relay");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&emu, &dir.path().join("unused.db"), Some(&sink.url));
+    config.storage.db = Some(schema.url.clone());
+    config.storage.standby_poll = Duration::from_millis(100);
+    config.wechat.accounts = vec![kf.clone().into()];
+    // No safety pull: only a callback can bring the messages in.
+    config.pull.safety_interval = Duration::ZERO;
+    let leader = start(&emu, config.clone()).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let standby_url = format!("http://{}", listener.local_addr().unwrap());
+    let standby = tokio::spawn(Service::start_on(config.clone(), listener));
+    let http = reqwest::Client::new();
+    wait_for("the standby answers", Duration::from_secs(10), || async {
+        http.get(format!("{standby_url}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    // WeChat's callbacks now reach the standby only.
+    emu.emulator()
+        .set_callback_url(Some(format!("{standby_url}/callback")));
+    let sent_before = emu.emulator().state_snapshot()["counters"]["callbacks_sent"]
+        .as_u64()
+        .unwrap_or(0);
+    let expected = send_texts(&emu, &kf, "wmRelay", 3);
+    wait_for(
+        "delivered by the leader after the standby's relay",
+        Duration::from_secs(15),
+        || async { sink.acked_count() >= expected.len() },
+    )
+    .await;
+    let snapshot = emu.emulator().state_snapshot();
+    assert!(
+        snapshot["counters"]["callbacks_sent"].as_u64().unwrap_or(0) > sent_before,
+        "the standby received the callbacks: {}",
+        snapshot["counters"]
+    );
+    assert_eq!(
+        snapshot["counters"]["callbacks_failed"]
+            .as_u64()
+            .unwrap_or(0),
+        0,
+        "every callback answered 200"
+    );
+    assert_all_delivered_once(&leader, &sink, &expected).await;
+    assert!(!standby.is_finished(), "still standing by");
+    standby.abort();
+    leader.shutdown().await;
     emu.shutdown().await;
     schema.drop().await;
 }

@@ -8,6 +8,11 @@
 //! - [`Usage::admit`] is the policy, a pure function of the windows and `now`: go, or wait this
 //!   long. Windows are fixed and aligned to the clock (minute `n` is `[n·60 s, (n+1)·60 s)`), so
 //!   instances that share a store count the same windows.
+//! - The minute's budget is also *paced*: calls are spread evenly over the minute (one every
+//!   `60 s / per_minute`, after a burst of a second's worth, at least 10 calls or the whole
+//!   budget if smaller). Without pacing a short budget is spent in the first seconds of each
+//!   minute and every caller then waits for the next one (a minute of latency); with it, any 60 s
+//!   (however WeChat's windows are aligned) holds at most `per_minute` plus one burst.
 //! - A [`BudgetStore`] keeps the usage: [`MemoryBudget`] for one process, `RedisBudget`
 //!   (feature `redis`) for every instance of a corp; a service may bring its own (a database).
 //! - A 45009 that still happens (another program spent the corp's budget) blocks the API in the
@@ -100,6 +105,17 @@ pub struct Usage {
     hour: u64,
     in_hour: u32,
     blocked_until_ms: u64,
+    /// The pacing's theoretical arrival time (GCRA), unix microseconds.
+    paced_until_us: u64,
+}
+
+/// The pacing of a minute budget of `per_minute` calls (> 0): the microseconds between two
+/// calls, and how far ahead of `now` the schedule may run (a burst of `burst` calls).
+pub(crate) fn pacing(per_minute: u32) -> (u64, u64) {
+    let per_minute = u64::from(per_minute.max(1));
+    let interval_us = MINUTE_MS * 1000 / per_minute + u64::from(MINUTE_MS * 1000 % per_minute != 0);
+    let burst = (per_minute / 60).max(10.min(per_minute));
+    (interval_us, (burst - 1) * interval_us)
 }
 
 impl Usage {
@@ -122,6 +138,17 @@ impl Usage {
         if full(self.in_hour, limits.per_hour) {
             return Admission::Wait(Duration::from_millis((hour + 1) * HOUR_MS - now_ms));
         }
+        let now_us = now_ms.saturating_mul(1000);
+        let mut paced_until = self.paced_until_us.max(now_us);
+        if limits.per_minute > 0 {
+            let (interval_us, tolerance_us) = pacing(limits.per_minute);
+            if paced_until - now_us > tolerance_us {
+                let ahead_us = paced_until - now_us - tolerance_us;
+                return Admission::Wait(Duration::from_millis(ahead_us.div_ceil(1000)));
+            }
+            paced_until += interval_us;
+        }
+        self.paced_until_us = paced_until;
         self.in_minute += 1;
         self.in_hour += 1;
         Admission::Go
@@ -242,6 +269,67 @@ mod tests {
             usage.admit(&Limits::unlimited(), T0 + 60_000),
             Admission::Go
         );
+    }
+
+    #[test]
+    fn a_large_budget_is_spread_over_the_minute_after_a_seconds_burst() {
+        let limits = Limits::new(6_000, 0); // 100 a second, one every 10 ms
+        let mut usage = Usage::default();
+        let start = T0 - 40_000; // the start of a minute
+        for _ in 0..100 {
+            assert_eq!(usage.admit(&limits, start), Admission::Go);
+        }
+        assert_eq!(
+            usage.admit(&limits, start),
+            Admission::Wait(Duration::from_millis(10))
+        );
+        // From then on one call every 10 ms, never two.
+        let mut went = 0;
+        for ms in 1..=30_000 {
+            if usage.admit(&limits, start + ms) == Admission::Go {
+                went += 1;
+            }
+        }
+        assert_eq!(went, 3_000);
+        // An idle spell earns one burst again, not the idle time's worth.
+        let later = start + 50_000;
+        let burst = (0..1_000)
+            .take_while(|_| usage.admit(&limits, later) == Admission::Go)
+            .count();
+        assert_eq!(burst, 100);
+    }
+
+    #[test]
+    fn any_sixty_seconds_hold_at_most_the_minute_budget_and_one_burst() {
+        // Whatever WeChat's windows are aligned to: a caller that always wants more, sampled
+        // every millisecond over three minutes, counted in every sliding minute.
+        let limits = Limits::new(1_200, 0);
+        let mut usage = Usage::default();
+        let start = T0 + 12_345;
+        let calls: Vec<u64> = (0..180_000)
+            .map(|ms| start + ms)
+            .filter(|&now| usage.admit(&limits, now) == Admission::Go)
+            .collect();
+        let burst = 20;
+        let most = calls
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| calls[i..].iter().take_while(|&&u| u < t + 60_000).count())
+            .max()
+            .unwrap();
+        assert!(most <= 1_200 + burst, "{most}");
+        // Each clock minute's own count stays within the budget.
+        for minute in (start / MINUTE_MS)..=((start + 180_000) / MINUTE_MS) {
+            let n = calls.iter().filter(|&&t| t / MINUTE_MS == minute).count();
+            assert!(n <= 1_200, "{n} in minute {minute}");
+        }
+    }
+
+    #[test]
+    fn small_budgets_keep_their_whole_minute_as_one_burst() {
+        assert_eq!(pacing(3), (20_000_000, 40_000_000));
+        assert_eq!(pacing(600).1, 9 * 100_000);
+        assert_eq!(pacing(8_000), (7_500, 132 * 7_500));
     }
 
     #[tokio::test]

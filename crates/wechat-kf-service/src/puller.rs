@@ -49,7 +49,7 @@ use crate::media_lanes::MediaLanes;
 use crate::metrics::Metrics;
 use crate::readiness::{self, Readiness};
 use crate::replies::{Transfer, new_msgid};
-use crate::retry::{backoff, jitter, window_wait};
+use crate::retry::{after_failure, backoff, jitter, window_wait};
 use crate::store::{
     NewMessage, NewReply, NoReply, PageWrite, Payload, ReplyEndpoint, SURVEY_MENU_PREFIX, Store,
     StoredMessage, TurnRules, is_skipped,
@@ -760,7 +760,13 @@ async fn pull_round(
                 }
                 if e.is_retryable() || e.is_token_invalid() {
                     failures += 1;
-                    let delay = retry_delay(&e, failures, ctx, jitter());
+                    let delay = after_failure(
+                        e.retry_after(),
+                        failures,
+                        ctx.retry_initial,
+                        ctx.retry_max,
+                        jitter(),
+                    );
                     if e.retry_after().is_some() {
                         // Our own budget (or a 45009 block it recorded): counted in the budget
                         // metrics, and the 45009 itself was logged when it was answered.
@@ -931,32 +937,6 @@ async fn pull_round(
         } else {
             empty_pages = 0;
         }
-    }
-}
-
-/// How long a pull waits after a retryable `sync_msg` failure: exactly as long as the call
-/// budget says when it refused the call (a wait past `wechat.budget`'s patience, or a 45009
-/// block), so a blocked API is neither called into its block nor left waiting for a backoff that
-/// grew past it; the exponential backoff otherwise.
-fn retry_delay(
-    error: &wechat_kf::client::Error,
-    failures: u32,
-    ctx: &PullContext,
-    jitter: f64,
-) -> Duration {
-    retry_delay_of(error, failures, ctx.retry_initial, ctx.retry_max, jitter)
-}
-
-fn retry_delay_of(
-    error: &wechat_kf::client::Error,
-    failures: u32,
-    initial: Duration,
-    max: Duration,
-    jitter: f64,
-) -> Duration {
-    match error.retry_after() {
-        Some(after) => after.max(Duration::from_millis(1)),
-        None => backoff(failures, initial, max, jitter),
     }
 }
 
@@ -1147,31 +1127,6 @@ mod tests {
 
     const INTERVAL: std::time::Duration = std::time::Duration::from_secs(120);
     const NOW: i64 = 1_765_000_000_000;
-
-    #[test]
-    fn a_pull_refused_by_the_budget_waits_exactly_as_long_as_the_budget_says() {
-        let (initial, max) = (Duration::from_millis(500), Duration::from_secs(60));
-        let budget = wechat_kf::client::Error::Budget {
-            endpoint: "kf/sync_msg",
-            retry_after: Duration::from_millis(59_500),
-        };
-        // However many failures came before: the block's end, not a backoff past it.
-        for failures in [1, 5, 20] {
-            assert_eq!(
-                retry_delay_of(&budget, failures, initial, max, 0.5),
-                Duration::from_millis(59_500)
-            );
-        }
-        let short = wechat_kf::client::Error::Budget {
-            endpoint: "kf/sync_msg",
-            retry_after: Duration::ZERO,
-        };
-        assert_eq!(
-            retry_delay_of(&short, 9, initial, max, 0.5),
-            Duration::from_millis(1),
-            "never a tight loop"
-        );
-    }
 
     #[test]
     fn safety_pulls_of_many_accounts_spread_evenly_over_the_interval() {

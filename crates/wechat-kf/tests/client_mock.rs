@@ -1203,4 +1203,18 @@ async fn a_shared_redis_budget_is_paced_across_clients() {
             .unwrap(),
         Admission::Go
     );
+    // The hour's budget is paced too: 800 an hour goes as a burst of 100, then the rest spread.
+    let hourly = Limits::new(0, 800);
+    let mut went = 0;
+    for i in 0..150 {
+        if stores[i % 2]
+            .admit("wwcorp:kf/send_msg", hourly, now)
+            .await
+            .unwrap()
+            == Admission::Go
+        {
+            went += 1;
+        }
+    }
+    assert_eq!(went, 100);
 }

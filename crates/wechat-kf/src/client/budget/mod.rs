@@ -8,13 +8,14 @@
 //! - [`Usage::admit`] is the policy, a pure function of the windows and `now`: go, or wait this
 //!   long. Windows are fixed and aligned to the clock (minute `n` is `[n·60 s, (n+1)·60 s)`), so
 //!   instances that share a store count the same windows.
-//! - The minute's budget is also *paced*: calls are spread evenly over the minute (one every
-//!   `60 s / per_minute`, after a burst of a second's worth, at least 10 calls or the whole
-//!   budget if smaller). Without pacing a short budget is spent in the first seconds of each
-//!   minute and every caller then waits for the next one (a minute of latency); with it, any 60 s
-//!   (however WeChat's windows are aligned) holds at most `per_minute` plus one burst. The hour's
-//!   budget is paced the same way (a burst of an eighth, the rest spread over the hour), so a load above the hour's
-//!   average slows to it instead of spending the hour in 15 minutes and stopping for 45.
+//! - The budget is also *paced*: a burst of a second's worth (at least 10 calls; budgets of 10
+//!   or less are one burst), then the rest of the minute's budget spread evenly over the minute.
+//!   Without pacing a short budget is spent in the first seconds of each minute and every caller
+//!   then waits for the next one (a minute of latency); with it, any 60 s (however WeChat's
+//!   windows are aligned) holds at most `per_minute`, and a steady caller never runs into the
+//!   clock minute's count. The hour's budget is paced the same way (a burst of an eighth, the
+//!   rest spread over the hour), so a load above the hour's average slows to it instead of
+//!   spending the hour in 15 minutes and stopping for 45.
 //! - A [`BudgetStore`] keeps the usage: [`MemoryBudget`] for one process, `RedisBudget`
 //!   (feature `redis`) for every instance of a corp; a service may bring its own (a database).
 //! - A 45009 that still happens (another program spent the corp's budget) blocks the API in the
@@ -113,26 +114,35 @@ pub struct Usage {
     hour_paced_until_us: u64,
 }
 
-/// The pacing of a minute budget of `per_minute` calls (> 0): the microseconds between two
-/// calls, and how far ahead of `now` the schedule may run (a burst of `burst` calls).
-pub(crate) fn pacing(per_minute: u32) -> (u64, u64) {
-    let per_minute = u64::from(per_minute.max(1));
-    let interval_us = MINUTE_MS * 1000 / per_minute + u64::from(MINUTE_MS * 1000 % per_minute != 0);
-    let burst = (per_minute / 60).max(10.min(per_minute));
-    (interval_us, (burst - 1) * interval_us)
+/// The pacing of a minute budget of `per_minute` calls: a burst of a second's worth (at least
+/// 10 calls), then the rest of the minute's budget spread evenly (one call every
+/// `60 s / (per_minute - burst)`), so that a steady caller never runs into the clock minute's
+/// count (which would stop it until the minute ends) and any 60 s hold at most `per_minute`.
+/// `None` for budgets of 10 or less: the whole budget is one burst.
+pub(crate) fn pacing(per_minute: u32) -> Option<(u64, u64)> {
+    spread(per_minute, MINUTE_MS, u64::from(per_minute) / 60)
 }
 
-/// The pacing of an hour budget of `per_hour` calls (> 0): a burst of an eighth of the hour (at
-/// least 10 calls, or the whole budget if smaller), then the rest of the budget spread over the
-/// hour. A load above the hour's average runs at the minute's pace while the burst lasts, then
-/// at that spread rate, instead of spending the hour in its first minutes and stopping until the
-/// next one; any 60 minutes hold at most the hour's budget.
-pub(crate) fn hour_pacing(per_hour: u32) -> (u64, u64) {
-    let per_hour = u64::from(per_hour.max(1));
-    let burst = (per_hour / 8).max(10.min(per_hour));
-    let spread = (per_hour - burst).max(1);
-    let interval_us = HOUR_MS * 1000 / spread + u64::from(HOUR_MS * 1000 % spread != 0);
-    (interval_us, (burst - 1) * interval_us)
+/// The pacing of an hour budget of `per_hour` calls: a burst of an eighth of the hour (at least
+/// 10 calls), then the rest spread over the hour. A load above the hour's average runs at the
+/// minute's pace while the burst lasts, then at that spread rate, instead of spending the hour
+/// in its first minutes and stopping until the next one; any 60 minutes hold at most the hour's
+/// budget. `None` for budgets of 10 or less.
+pub(crate) fn hour_pacing(per_hour: u32) -> Option<(u64, u64)> {
+    spread(per_hour, HOUR_MS, u64::from(per_hour) / 8)
+}
+
+/// `(interval, tolerance)` in microseconds of a GCRA that lets `burst` (at least 10) of
+/// `budget` calls go at once and spreads the rest over `window_ms`.
+fn spread(budget: u32, window_ms: u64, burst: u64) -> Option<(u64, u64)> {
+    let budget = u64::from(budget);
+    let burst = burst.max(10);
+    if budget <= burst {
+        return None;
+    }
+    let rest = budget - burst;
+    let interval_us = (window_ms * 1000).div_ceil(rest);
+    Some((interval_us, (burst - 1) * interval_us))
 }
 
 /// One GCRA step: go (and the schedule's next value) or the wait, for a schedule at
@@ -172,19 +182,15 @@ impl Usage {
         }
         let now_us = now_ms.saturating_mul(1000);
         let mut minute_paced = self.paced_until_us;
-        if limits.per_minute > 0 {
-            match gcra(self.paced_until_us, now_us, pacing(limits.per_minute)) {
+        if let Some(pace) = pacing(limits.per_minute) {
+            match gcra(self.paced_until_us, now_us, pace) {
                 Ok(next) => minute_paced = next,
                 Err(wait) => return Admission::Wait(wait),
             }
         }
         let mut hour_paced = self.hour_paced_until_us;
-        if limits.per_hour > 0 {
-            match gcra(
-                self.hour_paced_until_us,
-                now_us,
-                hour_pacing(limits.per_hour),
-            ) {
+        if let Some(pace) = hour_pacing(limits.per_hour) {
+            match gcra(self.hour_paced_until_us, now_us, pace) {
                 Ok(next) => hour_paced = next,
                 Err(wait) => return Admission::Wait(wait),
             }
@@ -314,7 +320,8 @@ mod tests {
 
     #[test]
     fn a_large_budget_is_spread_over_the_minute_after_a_seconds_burst() {
-        let limits = Limits::new(6_000, 0); // 100 a second, one every 10 ms
+        // 6,000 a minute: a burst of 100, then the other 5,900 spread (one every 10.17 ms).
+        let limits = Limits::new(6_000, 0);
         let mut usage = Usage::default();
         let start = T0 - 40_000; // the start of a minute
         for _ in 0..100 {
@@ -322,16 +329,16 @@ mod tests {
         }
         assert_eq!(
             usage.admit(&limits, start),
-            Admission::Wait(Duration::from_millis(10))
+            Admission::Wait(Duration::from_millis(11))
         );
-        // From then on one call every 10 ms, never two.
+        // From then on one call every 10.17 ms, never two.
         let mut went = 0;
         for ms in 1..=30_000 {
             if usage.admit(&limits, start + ms) == Admission::Go {
                 went += 1;
             }
         }
-        assert_eq!(went, 3_000);
+        assert_eq!(went, 30_000 * 1000 / 10_170);
         // An idle spell earns one burst again, not the idle time's worth.
         let later = start + 50_000;
         let burst = (0..1_000)
@@ -341,7 +348,7 @@ mod tests {
     }
 
     #[test]
-    fn any_sixty_seconds_hold_at_most_the_minute_budget_and_one_burst() {
+    fn any_sixty_seconds_hold_at_most_the_minute_budget() {
         // Whatever WeChat's windows are aligned to: a caller that always wants more, sampled
         // every millisecond over three minutes, counted in every sliding minute.
         let limits = Limits::new(1_200, 0);
@@ -351,14 +358,14 @@ mod tests {
             .map(|ms| start + ms)
             .filter(|&now| usage.admit(&limits, now) == Admission::Go)
             .collect();
-        let burst = 20;
         let most = calls
             .iter()
             .enumerate()
             .map(|(i, &t)| calls[i..].iter().take_while(|&&u| u < t + 60_000).count())
             .max()
             .unwrap();
-        assert!(most <= 1_200 + burst, "{most}");
+        assert!(most <= 1_200, "{most}");
+        assert!(most >= 1_150, "the budget is used: {most}");
         // Each clock minute's own count stays within the budget.
         for minute in (start / MINUTE_MS)..=((start + 180_000) / MINUTE_MS) {
             let n = calls.iter().filter(|&&t| t / MINUTE_MS == minute).count();
@@ -389,7 +396,7 @@ mod tests {
         let total: u32 = per_minute.iter().sum();
         assert!(total <= 120_000, "{total}");
         assert!(
-            per_minute[0] >= 8_000,
+            per_minute[0] >= 7_900,
             "full speed at first: {per_minute:?}"
         );
         // Never a minute without calls: at the end, the seven eighths not spent in the burst
@@ -400,9 +407,11 @@ mod tests {
 
     #[test]
     fn small_budgets_keep_their_whole_minute_as_one_burst() {
-        assert_eq!(pacing(3), (20_000_000, 40_000_000));
-        assert_eq!(pacing(600).1, 9 * 100_000);
-        assert_eq!(pacing(8_000), (7_500, 132 * 7_500));
+        assert_eq!(pacing(3), None);
+        assert_eq!(pacing(10), None);
+        assert_eq!(pacing(600), Some((101_695, 9 * 101_695)));
+        assert_eq!(pacing(8_000), Some((7_627, 132 * 7_627)));
+        assert_eq!(hour_pacing(120_000), Some((34_286, 14_999 * 34_286)));
     }
 
     #[tokio::test]

@@ -117,14 +117,10 @@ impl BudgetStore for RedisBudget {
                 format!("{}{key}:paced", self.prefix),
                 format!("{}{key}:hpaced", self.prefix),
             ];
-            let (interval_us, tolerance_us) = match limits.per_minute {
-                0 => (0, 0),
-                per_minute => super::pacing(per_minute),
-            };
-            let (hour_interval_us, hour_tolerance_us) = match limits.per_hour {
-                0 => (0, 0),
-                per_hour => super::hour_pacing(per_hour),
-            };
+            // (0, 0): not paced.
+            let (interval_us, tolerance_us) = super::pacing(limits.per_minute).unwrap_or_default();
+            let (hour_interval_us, hour_tolerance_us) =
+                super::hour_pacing(limits.per_hour).unwrap_or_default();
             let to_next_minute = (minute + 1) * MINUTE_MS - now_ms;
             let to_next_hour = (hour + 1) * HOUR_MS - now_ms;
             let wait: u64 = self

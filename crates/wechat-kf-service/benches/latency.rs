@@ -10,6 +10,19 @@
 //! call budget is off (`calls_per_minute = 0`): this measures the service and its store, not
 //! WeChat's limits.
 //!
+//! With `LATENCY_WECHAT_LIMIT=N` the emulator enforces WeChat's limits instead, at `N` calls a
+//! minute per API (10,000 is WeChat's; 15·N an hour) and the service runs with its call budget at
+//! the default 80 % of that (`calls_per_minute = 0.8·N`, `calls_per_hour = 12·N`). The run then
+//! also requires that no call was answered 45009 and, with `LATENCY_MAX_P99_MS`, a p99 below
+//! it; the table adds the `sync_msg` calls per minute the service made. `LATENCY_BUDGET=off`
+//! turns the service's budget off against the same limits (the comparison: 45009s are then
+//! reported, not failed). Issue 13's load test:
+//!
+//! ```text
+//! LATENCY_WECHAT_LIMIT=10000 LATENCY_ACCOUNTS=50 LATENCY_SECONDS=120 LATENCY_BACKENDS=sqlite \
+//!   LATENCY_PGBENCH_SECONDS=0 LATENCY_MAX_P99_MS=2000 cargo bench -p wechat-kf-service --bench latency
+//! ```
+//!
 //! Beside it, the same run's `pgbench` (TPC-B-like, scale 1, in a scratch database `bench_pg`)
 //! with 1 and 16 clients for `LATENCY_PGBENCH_SECONDS` (10; 0 skips it) gives the server's own
 //! transaction rate.
@@ -32,6 +45,19 @@ struct Row {
     p99: Duration,
     max: Duration,
     pulls: f64,
+    /// With WeChat's limits on: `sync_msg` calls a minute, and 45009 answers.
+    limited: Option<(f64, u64)>,
+}
+
+/// The sum of a metric's samples in a Prometheus text rendering, over the lines that contain
+/// every one of `labels`.
+fn metric_sum(rendered: &str, name: &str, labels: &[&str]) -> f64 {
+    rendered
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 async fn scenario(
@@ -40,9 +66,11 @@ async fn scenario(
     rate: usize,
     seconds: u64,
     database_url: Option<&str>,
+    wechat_limit: Option<u32>,
+    budget: bool,
 ) -> Row {
     let (webhook, sink) = start_sink().await;
-    let emu = emulator().await;
+    let emu = emulator_limited(wechat_limit).await;
     let accounts: Vec<String> = (0..account_count)
         .map(|i| emu.emulator().create_account(&format!("lat{i}")))
         .collect();
@@ -56,8 +84,10 @@ async fn scenario(
         None => dir.path().join("latency.db").to_str().unwrap().to_owned(),
     };
     let mut config = service_config(&emu, &db, &webhook);
-    config.wechat.calls_per_minute = 0;
-    config.wechat.calls_per_hour = 0;
+    // The budget off, or at 80 % of the emulator's limits (the default's share of WeChat's).
+    let budget_limit = wechat_limit.filter(|_| budget);
+    config.wechat.calls_per_minute = budget_limit.map_or(0, |n| n / 10 * 8);
+    config.wechat.calls_per_hour = budget_limit.map_or(0, |n| n.saturating_mul(12));
     config.wechat.accounts = accounts.iter().map(|a| a.as_str().into()).collect();
     let running = Service::start(config).await.unwrap();
     emu.emulator()
@@ -76,6 +106,14 @@ async fn scenario(
     sink.record_latencies();
     let pages = &running.metrics().pages;
     let pages_before = pages.load(std::sync::atomic::Ordering::Relaxed);
+    let sync_calls = || {
+        metric_sum(
+            &running.metrics().render(),
+            "wechat_kf_budget_calls_total",
+            &["api=\"kf/sync_msg\""],
+        )
+    };
+    let calls_before = sync_calls();
 
     // Steady load: every 5 ms, the texts due by now, round-robin over customers.
     let customers = 2_000usize.max(account_count);
@@ -101,10 +139,19 @@ async fn scenario(
     }
     let load_secs = started.elapsed().as_secs_f64();
     wait_until(&sink, sent, Duration::from_secs(300)).await;
+    let calls_during = sync_calls() - calls_before;
+    // Anything delivered twice would arrive by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let latencies = sink.take_latencies();
     assert_eq!(latencies.len(), sent, "every message arrives once");
     let pulls =
         (pages.load(std::sync::atomic::Ordering::Relaxed) - pages_before) as f64 / load_secs;
+    let limited = wechat_limit.map(|_| {
+        let rendered = running.metrics().render();
+        // Every 45009 the client was answered blocks its API in the budget (counted here).
+        let blocked = metric_sum(&rendered, "wechat_kf_budget_blocks_total", &[]) as u64;
+        (calls_during / load_secs * 60.0, blocked)
+    });
     running.shutdown().await;
     emu.shutdown().await;
     if let Some(schema) = schema {
@@ -118,6 +165,7 @@ async fn scenario(
         p99: percentile(&latencies, 0.99),
         max: percentile(&latencies, 1.0),
         pulls,
+        limited,
     }
 }
 
@@ -197,8 +245,29 @@ async fn main() {
         .filter_map(|n| n.trim().parse().ok())
         .collect();
     let backends = std::env::var("LATENCY_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
+    let wechat_limit = match env_usize("LATENCY_WECHAT_LIMIT", 0) {
+        0 => None,
+        n => Some(u32::try_from(n).expect("LATENCY_WECHAT_LIMIT fits in u32")),
+    };
+    let budget = std::env::var("LATENCY_BUDGET").as_deref() != Ok("off");
+    let max_p99 = match env_usize("LATENCY_MAX_P99_MS", 0) {
+        0 => None,
+        n => Some(Duration::from_millis(n as u64)),
+    };
     let database_url = std::env::var("DATABASE_URL").ok();
     println!("customer-to-bot latency: {rate} messages/s for {seconds} s");
+    if let (Some(n), false) = (wechat_limit, budget) {
+        println!(
+            "WeChat's limits on: {n} calls/min per API at the emulator; the service's budget OFF"
+        );
+    } else if let Some(n) = wechat_limit {
+        println!(
+            "WeChat's limits on: {n} calls/min and {} /h per API at the emulator; the service's budget {} /min and {} /h",
+            n.saturating_mul(15),
+            n / 10 * 8,
+            n.saturating_mul(12)
+        );
+    }
 
     let mut rows = Vec::new();
     for backend in backends.split(',').map(str::trim) {
@@ -215,7 +284,7 @@ async fn main() {
         };
         for &accounts in &account_counts {
             eprintln!("{name}, {accounts} accounts");
-            rows.push(scenario(name, accounts, rate, seconds, url).await);
+            rows.push(scenario(name, accounts, rate, seconds, url, wechat_limit, budget).await);
         }
     }
     let pgbench = match (&database_url, pgbench_seconds) {
@@ -248,6 +317,36 @@ async fn main() {
             ms(row.max),
             row.pulls,
         );
+    }
+    if wechat_limit.is_some() {
+        println!();
+        println!("| Store | Accounts | sync_msg calls/min | 45009 answers | p99 (ms) |");
+        println!("|---|---:|---:|---:|---:|");
+        for row in &rows {
+            let (per_minute, blocked) = row.limited.unwrap_or_default();
+            println!(
+                "| {} | {} | {per_minute:.0} | {blocked} | {:.1} |",
+                row.backend,
+                row.accounts,
+                ms(row.p99)
+            );
+        }
+        for row in rows.iter().filter(|_| budget) {
+            let (_, blocked) = row.limited.unwrap_or_default();
+            assert_eq!(
+                blocked, 0,
+                "{} accounts: WeChat answered 45009",
+                row.accounts
+            );
+            if let Some(max) = max_p99 {
+                assert!(
+                    row.p99 < max,
+                    "{} accounts: p99 {:?} is not below {max:?}",
+                    row.accounts,
+                    row.p99
+                );
+            }
+        }
     }
     match pgbench {
         Some((one, sixteen)) => println!(

@@ -49,7 +49,7 @@ use crate::media_lanes::MediaLanes;
 use crate::metrics::Metrics;
 use crate::readiness::{self, Readiness};
 use crate::replies::{Transfer, new_msgid};
-use crate::retry::{backoff, jitter, window_wait};
+use crate::retry::{after_failure, backoff, jitter, window_wait};
 use crate::store::{
     NewMessage, NewReply, NoReply, PageWrite, Payload, ReplyEndpoint, SURVEY_MENU_PREFIX, Store,
     StoredMessage, TurnRules, is_skipped,
@@ -760,8 +760,20 @@ async fn pull_round(
                 }
                 if e.is_retryable() || e.is_token_invalid() {
                     failures += 1;
-                    let delay = backoff(failures, ctx.retry_initial, ctx.retry_max, jitter());
-                    tracing::warn!(open_kfid = open_kfid.as_str(), error = %e, retry_in_ms = delay.as_millis() as u64, "sync_msg failed");
+                    let delay = after_failure(
+                        e.retry_after(),
+                        failures,
+                        ctx.retry_initial,
+                        ctx.retry_max,
+                        jitter(),
+                    );
+                    if e.retry_after().is_some() {
+                        // Our own budget (or a 45009 block it recorded): counted in the budget
+                        // metrics, and the 45009 itself was logged when it was answered.
+                        tracing::debug!(open_kfid = open_kfid.as_str(), error = %e, retry_in_ms = delay.as_millis() as u64, "sync_msg waits for the call budget");
+                    } else {
+                        tracing::warn!(open_kfid = open_kfid.as_str(), error = %e, retry_in_ms = delay.as_millis() as u64, "sync_msg failed");
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => continue,
                         _ = shutdown.cancelled() => return,

@@ -67,9 +67,48 @@ pub fn window_wait(made: &[i64], now_ms: i64, limit: u32, window_ms: i64) -> i64
     (oldest_that_counts + window_ms - now_ms).max(0)
 }
 
+/// The delay before retrying a call that failed `failures` (≥ 1) times: exactly the call
+/// budget's `retry_after` when the budget refused it (its wait was too long, or a 45009 block),
+/// so a blocked API is neither called into its block nor left waiting for a backoff that grew
+/// past it (never zero: no tight loop); [`backoff`] otherwise.
+pub fn after_failure(
+    retry_after: Option<Duration>,
+    failures: u32,
+    initial: Duration,
+    max: Duration,
+    jitter: f64,
+) -> Duration {
+    match retry_after {
+        Some(after) => after.max(Duration::from_millis(1)),
+        None => backoff(failures, initial, max, jitter),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_refused_by_the_budget_waits_exactly_as_long_as_the_budget_says() {
+        let (initial, max) = (Duration::from_millis(500), Duration::from_secs(60));
+        let block = Some(Duration::from_millis(59_500));
+        // However many failures came before: the block's end, not a backoff past it.
+        for failures in [1, 5, 20] {
+            assert_eq!(
+                after_failure(block, failures, initial, max, 0.5),
+                Duration::from_millis(59_500)
+            );
+        }
+        assert_eq!(
+            after_failure(Some(Duration::ZERO), 9, initial, max, 0.5),
+            Duration::from_millis(1),
+            "never a tight loop"
+        );
+        assert_eq!(
+            after_failure(None, 3, initial, max, 1.0),
+            backoff(3, initial, max, 1.0)
+        );
+    }
 
     #[test]
     fn a_window_allows_limit_calls_then_waits_for_the_oldest_to_leave() {

@@ -34,7 +34,7 @@ use crate::replies::{
     OnEvent, ReplyOrigin, SendMsg, Transfer, outbound_from_json, parse_on_event, parse_send_msg,
     parse_transfer, result_head,
 };
-use crate::retry::{backoff, jitter};
+use crate::retry::{after_failure, jitter};
 use crate::send_policy::{Gate, SendOutcome, refusal_json};
 use crate::store::{
     ReplyEndpoint, ReplyOutcome, ReplyRecord, ReplyState, SessionChange, SessionUpdate, Store,
@@ -695,7 +695,13 @@ impl ReplySender {
                 let attempts = first_record.attempts + 1;
                 if (e.is_retryable() || e.is_token_invalid()) && attempts < MAX_REPLY_ATTEMPTS {
                     Metrics::add(&self.metrics.reply_retries, 1);
-                    let delay = backoff(attempts, self.retry_initial, self.retry_max, jitter());
+                    let delay = after_failure(
+                        e.retry_after(),
+                        attempts,
+                        self.retry_initial,
+                        self.retry_max,
+                        jitter(),
+                    );
                     tracing::warn!(reply = first_record.id, error = %safe_error(&e), "reply failed; will retry");
                     let mut out = vec![ReplyOutcome::Retry {
                         id: first_record.id,
@@ -864,7 +870,13 @@ impl ReplySender {
         let attempts = record.attempts + 1;
         if (e.is_retryable() || e.is_token_invalid()) && attempts < MAX_REPLY_ATTEMPTS {
             Metrics::add(&self.metrics.reply_retries, 1);
-            let delay = backoff(attempts, self.retry_initial, self.retry_max, jitter());
+            let delay = after_failure(
+                e.retry_after(),
+                attempts,
+                self.retry_initial,
+                self.retry_max,
+                jitter(),
+            );
             tracing::warn!(reply = record.id, endpoint = record.endpoint.as_str(), error = %safe_error(&e), "reply failed; will retry");
             ReplyOutcome::Retry {
                 id: record.id,

@@ -1161,3 +1161,60 @@ async fn clients_sharing_a_redis_budget_spend_one_budget_together() {
         eprintln!("the run crossed a minute boundary: {calls} calls went");
     }
 }
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn a_shared_redis_budget_is_paced_across_clients() {
+    use wechat_kf::client::budget::{Admission, BudgetStore, RedisBudget};
+    let Some(url) = wechat_kf_test_support::require_env("REDIS_URL") else {
+        return;
+    };
+    let prefix = format!("wechat-kf-test:paced:{}:", std::process::id());
+    let stores: Vec<RedisBudget> = (0..2)
+        .map(|_| RedisBudget::new(&url).unwrap().prefix(prefix.clone()))
+        .collect();
+    // 6,000 a minute: a burst of 100, then one call every 10.17 ms, for both stores together.
+    let limits = Limits::new(6_000, 0);
+    let now = 1_700_000_000_000 + (std::process::id() as u64 % 1_000) * 60_000;
+    let mut went = 0;
+    for i in 0..150 {
+        if stores[i % 2]
+            .admit("wwcorp:kf/sync_msg", limits, now)
+            .await
+            .unwrap()
+            == Admission::Go
+        {
+            went += 1;
+        }
+    }
+    assert_eq!(went, 100, "one burst, shared");
+    let Admission::Wait(wait) = stores[0]
+        .admit("wwcorp:kf/sync_msg", limits, now)
+        .await
+        .unwrap()
+    else {
+        panic!("the burst is spent");
+    };
+    assert_eq!(wait, Duration::from_millis(11));
+    assert_eq!(
+        stores[1]
+            .admit("wwcorp:kf/sync_msg", limits, now + 11)
+            .await
+            .unwrap(),
+        Admission::Go
+    );
+    // The hour's budget is paced too: 800 an hour goes as a burst of 100, then the rest spread.
+    let hourly = Limits::new(0, 800);
+    let mut went = 0;
+    for i in 0..150 {
+        if stores[i % 2]
+            .admit("wwcorp:kf/send_msg", hourly, now)
+            .await
+            .unwrap()
+            == Admission::Go
+        {
+            went += 1;
+        }
+    }
+    assert_eq!(went, 100);
+}

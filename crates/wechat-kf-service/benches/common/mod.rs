@@ -127,8 +127,20 @@ pub async fn start_sink() -> (String, Arc<Sink>) {
 
 /// The emulator with its rate limits off.
 pub async fn emulator() -> RunningEmulator {
+    emulator_limited(None).await
+}
+
+/// The emulator with WeChat's call-rate limits on, at `per_minute` calls a minute per API (and
+/// 15 times that an hour, WeChat's ratio), or with every rate limit off (`None`).
+pub async fn emulator_limited(per_minute: Option<u32>) -> RunningEmulator {
     let mut config = wechat_kf_emulator::Config::generated();
-    config.disable_rate_limits();
+    match per_minute {
+        Some(n) => {
+            config.api_calls_per_minute = n;
+            config.api_calls_per_hour = n.saturating_mul(15);
+        }
+        None => config.disable_rate_limits(),
+    }
     config.max_outbox = 1000;
     Emulator::start(config, "127.0.0.1:0".parse().unwrap())
         .await

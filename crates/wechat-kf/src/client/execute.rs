@@ -485,7 +485,21 @@ impl Client {
     async fn spend_budget(&self, endpoint: &'static str) -> Result<(), Error> {
         let budget = &self.inner.budget;
         let key = format!("{}:{endpoint}", self.inner.corp_id);
-        let mut waited = Duration::ZERO;
+        let line = budget
+            .lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let started = tokio::time::Instant::now();
+        // Wait in line (behind every caller that came earlier), then for the budget itself.
+        let Ok(_turn) = tokio::time::timeout(budget.max_wait, line.lock()).await else {
+            return Err(Error::Budget {
+                endpoint,
+                retry_after: budget.max_wait.max(Duration::from_millis(100)),
+            });
+        };
         loop {
             let now_ms = super::budget::unix_ms((self.inner.clock)());
             let wait = match budget.store.admit(&key, budget.limits, now_ms).await {
@@ -496,19 +510,18 @@ impl Client {
                     return Ok(());
                 }
             };
-            if waited + wait > budget.max_wait {
+            if started.elapsed() + wait > budget.max_wait {
                 return Err(Error::Budget {
                     endpoint,
                     retry_after: wait,
                 });
             }
-            tracing::debug!(
+            tracing::trace!(
                 endpoint,
                 wait_ms = wait.as_millis() as u64,
                 "waiting for the call budget"
             );
             tokio::time::sleep(wait).await;
-            waited += wait;
         }
     }
 
@@ -519,6 +532,11 @@ impl Client {
         let key = format!("{}:{endpoint}", self.inner.corp_id);
         let now_ms = super::budget::unix_ms((self.inner.clock)());
         let until = now_ms + budget.block.as_millis() as u64;
+        tracing::warn!(
+            endpoint,
+            block_s = budget.block.as_secs(),
+            "WeChat's frequency limit (45009): no calls to this API until the block ends"
+        );
         if let Err(error) = budget.store.block(&key, until).await {
             tracing::warn!(endpoint, %error, "cannot record a 45009 block in the budget store");
         }
@@ -685,6 +703,41 @@ mod tests {
 
     fn json(body: &str) -> Received {
         Received::Json(Bytes::from(body.to_owned()))
+    }
+
+    #[tokio::test]
+    async fn callers_waiting_for_the_budget_take_turns_in_the_order_they_came() {
+        // 6,000 a minute: a burst of 100, then one call every 10 ms.
+        let client = crate::client::Client::builder("wwcorp", "secret")
+            .budget(crate::client::budget::Limits::new(6_000, 0))
+            .build()
+            .unwrap();
+        for _ in 0..100 {
+            client.spend_budget("kf/sync_msg").await.unwrap();
+        }
+        // Three busy accounts, each asking again the moment it was served: the budget is
+        // short, and each is served in turn rather than whoever polls first.
+        let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tasks: Vec<_> = ["a", "b", "c"]
+            .into_iter()
+            .map(|account| {
+                let (client, order) = (client.clone(), order.clone());
+                tokio::spawn(async move {
+                    for _ in 0..4 {
+                        client.spend_budget("kf/sync_msg").await.unwrap();
+                        order.lock().unwrap().push(account);
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(
+            order.lock().unwrap().concat(),
+            "abcabcabcabc",
+            "round-robin among the waiting accounts"
+        );
     }
 
     #[test]

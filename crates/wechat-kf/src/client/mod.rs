@@ -115,6 +115,10 @@ struct Budget {
     limits: budget::Limits,
     max_wait: Duration,
     block: Duration,
+    /// The waiting line of each budget key: callers waiting for the budget are served in the
+    /// order they came (tokio's mutex is FIFO), so an account that just had a call goes to the
+    /// back of the line behind every other account waiting, instead of whoever polls first.
+    lines: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl fmt::Debug for Client {
@@ -478,6 +482,7 @@ impl ClientBuilder {
                     limits: self.budget_limits,
                     max_wait: self.budget_max_wait,
                     block: self.rate_limit_block,
+                    lines: Default::default(),
                 },
             }),
         })

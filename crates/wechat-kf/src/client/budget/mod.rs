@@ -8,6 +8,14 @@
 //! - [`Usage::admit`] is the policy, a pure function of the windows and `now`: go, or wait this
 //!   long. Windows are fixed and aligned to the clock (minute `n` is `[n·60 s, (n+1)·60 s)`), so
 //!   instances that share a store count the same windows.
+//! - The budget is also *paced*: a burst of a second's worth (at least 10 calls; budgets of 10
+//!   or less are one burst), then the rest of the minute's budget spread evenly over the minute.
+//!   Without pacing a short budget is spent in the first seconds of each minute and every caller
+//!   then waits for the next one (a minute of latency); with it, any 60 s (however WeChat's
+//!   windows are aligned) holds at most `per_minute`, and a steady caller never runs into the
+//!   clock minute's count. The hour's budget is paced the same way (a burst of an eighth, the
+//!   rest spread over the hour), so a load above the hour's average slows to it instead of
+//!   spending the hour in 15 minutes and stopping for 45.
 //! - A [`BudgetStore`] keeps the usage: [`MemoryBudget`] for one process, `RedisBudget`
 //!   (feature `redis`) for every instance of a corp; a service may bring its own (a database).
 //! - A 45009 that still happens (another program spent the corp's budget) blocks the API in the
@@ -100,6 +108,56 @@ pub struct Usage {
     hour: u64,
     in_hour: u32,
     blocked_until_ms: u64,
+    /// The minute pacing's theoretical arrival time (GCRA), unix microseconds.
+    paced_until_us: u64,
+    /// The hour pacing's, unix microseconds.
+    hour_paced_until_us: u64,
+}
+
+/// The pacing of a minute budget of `per_minute` calls: a burst of a second's worth (at least
+/// 10 calls), then the rest of the minute's budget spread evenly (one call every
+/// `60 s / (per_minute - burst)`), so that a steady caller never runs into the clock minute's
+/// count (which would stop it until the minute ends) and any 60 s hold at most `per_minute`.
+/// `None` for budgets of 10 or less: the whole budget is one burst.
+pub(crate) fn pacing(per_minute: u32) -> Option<(u64, u64)> {
+    spread(per_minute, MINUTE_MS, u64::from(per_minute) / 60)
+}
+
+/// The pacing of an hour budget of `per_hour` calls: a burst of an eighth of the hour (at least
+/// 10 calls), then the rest spread over the hour. A load above the hour's average runs at the
+/// minute's pace while the burst lasts, then at that spread rate, instead of spending the hour
+/// in its first minutes and stopping until the next one; any 60 minutes hold at most the hour's
+/// budget. `None` for budgets of 10 or less.
+pub(crate) fn hour_pacing(per_hour: u32) -> Option<(u64, u64)> {
+    spread(per_hour, HOUR_MS, u64::from(per_hour) / 8)
+}
+
+/// `(interval, tolerance)` in microseconds of a GCRA that lets `burst` (at least 10) of
+/// `budget` calls go at once and spreads the rest over `window_ms`.
+fn spread(budget: u32, window_ms: u64, burst: u64) -> Option<(u64, u64)> {
+    let budget = u64::from(budget);
+    let burst = burst.max(10);
+    if budget <= burst {
+        return None;
+    }
+    let rest = budget - burst;
+    let interval_us = (window_ms * 1000).div_ceil(rest);
+    Some((interval_us, (burst - 1) * interval_us))
+}
+
+/// One GCRA step: go (and the schedule's next value) or the wait, for a schedule at
+/// `paced_until_us` (0 = never used) paced by `(interval_us, tolerance_us)`.
+fn gcra(
+    paced_until_us: u64,
+    now_us: u64,
+    (interval_us, tolerance_us): (u64, u64),
+) -> Result<u64, Duration> {
+    let paced_until = paced_until_us.max(now_us);
+    if paced_until - now_us > tolerance_us {
+        let ahead_us = paced_until - now_us - tolerance_us;
+        return Err(Duration::from_millis(ahead_us.div_ceil(1000)));
+    }
+    Ok(paced_until + interval_us)
 }
 
 impl Usage {
@@ -122,6 +180,22 @@ impl Usage {
         if full(self.in_hour, limits.per_hour) {
             return Admission::Wait(Duration::from_millis((hour + 1) * HOUR_MS - now_ms));
         }
+        let now_us = now_ms.saturating_mul(1000);
+        let mut minute_paced = self.paced_until_us;
+        if let Some(pace) = pacing(limits.per_minute) {
+            match gcra(self.paced_until_us, now_us, pace) {
+                Ok(next) => minute_paced = next,
+                Err(wait) => return Admission::Wait(wait),
+            }
+        }
+        let mut hour_paced = self.hour_paced_until_us;
+        if let Some(pace) = hour_pacing(limits.per_hour) {
+            match gcra(self.hour_paced_until_us, now_us, pace) {
+                Ok(next) => hour_paced = next,
+                Err(wait) => return Admission::Wait(wait),
+            }
+        }
+        (self.paced_until_us, self.hour_paced_until_us) = (minute_paced, hour_paced);
         self.in_minute += 1;
         self.in_hour += 1;
         Admission::Go
@@ -242,6 +316,102 @@ mod tests {
             usage.admit(&Limits::unlimited(), T0 + 60_000),
             Admission::Go
         );
+    }
+
+    #[test]
+    fn a_large_budget_is_spread_over_the_minute_after_a_seconds_burst() {
+        // 6,000 a minute: a burst of 100, then the other 5,900 spread (one every 10.17 ms).
+        let limits = Limits::new(6_000, 0);
+        let mut usage = Usage::default();
+        let start = T0 - 40_000; // the start of a minute
+        for _ in 0..100 {
+            assert_eq!(usage.admit(&limits, start), Admission::Go);
+        }
+        assert_eq!(
+            usage.admit(&limits, start),
+            Admission::Wait(Duration::from_millis(11))
+        );
+        // From then on one call every 10.17 ms, never two.
+        let mut went = 0;
+        for ms in 1..=30_000 {
+            if usage.admit(&limits, start + ms) == Admission::Go {
+                went += 1;
+            }
+        }
+        assert_eq!(went, 30_000 * 1000 / 10_170);
+        // An idle spell earns one burst again, not the idle time's worth.
+        let later = start + 50_000;
+        let burst = (0..1_000)
+            .take_while(|_| usage.admit(&limits, later) == Admission::Go)
+            .count();
+        assert_eq!(burst, 100);
+    }
+
+    #[test]
+    fn any_sixty_seconds_hold_at_most_the_minute_budget() {
+        // Whatever WeChat's windows are aligned to: a caller that always wants more, sampled
+        // every millisecond over three minutes, counted in every sliding minute.
+        let limits = Limits::new(1_200, 0);
+        let mut usage = Usage::default();
+        let start = T0 + 12_345;
+        let calls: Vec<u64> = (0..180_000)
+            .map(|ms| start + ms)
+            .filter(|&now| usage.admit(&limits, now) == Admission::Go)
+            .collect();
+        let most = calls
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| calls[i..].iter().take_while(|&&u| u < t + 60_000).count())
+            .max()
+            .unwrap();
+        assert!(most <= 1_200, "{most}");
+        assert!(most >= 1_150, "the budget is used: {most}");
+        // Each clock minute's own count stays within the budget.
+        for minute in (start / MINUTE_MS)..=((start + 180_000) / MINUTE_MS) {
+            let n = calls.iter().filter(|&&t| t / MINUTE_MS == minute).count();
+            assert!(n <= 1_200, "{n} in minute {minute}");
+        }
+    }
+
+    #[test]
+    fn a_load_above_the_hours_average_slows_to_it_instead_of_stopping_for_the_rest_of_the_hour() {
+        // 8,000 a minute and 120,000 an hour: a caller that always wants more would spend the
+        // hour in 15 minutes and then wait 45. Paced, it keeps going at the hour's average.
+        let limits = Limits::default();
+        let mut usage = Usage::default();
+        let start = (T0 / HOUR_MS + 1) * HOUR_MS; // the start of an hour
+        let mut per_minute = Vec::new();
+        let mut now = start;
+        for _ in 0..60 {
+            let end = now + MINUTE_MS;
+            let mut n = 0u32;
+            while now < end {
+                match usage.admit(&limits, now) {
+                    Admission::Go => n += 1,
+                    Admission::Wait(wait) => now += (wait.as_millis() as u64).max(1),
+                }
+            }
+            per_minute.push(n);
+        }
+        let total: u32 = per_minute.iter().sum();
+        assert!(total <= 120_000, "{total}");
+        assert!(
+            per_minute[0] >= 7_900,
+            "full speed at first: {per_minute:?}"
+        );
+        // Never a minute without calls: at the end, the seven eighths not spent in the burst
+        // spread over the hour (1,750 a minute).
+        assert!(per_minute.iter().all(|&n| n >= 1_700), "{per_minute:?}");
+        assert!((1_700..=1_800).contains(&per_minute[59]), "{per_minute:?}");
+    }
+
+    #[test]
+    fn small_budgets_keep_their_whole_minute_as_one_burst() {
+        assert_eq!(pacing(3), None);
+        assert_eq!(pacing(10), None);
+        assert_eq!(pacing(600), Some((101_695, 9 * 101_695)));
+        assert_eq!(pacing(8_000), Some((7_627, 132 * 7_627)));
+        assert_eq!(hour_pacing(120_000), Some((34_286, 14_999 * 34_286)));
     }
 
     #[tokio::test]

@@ -9,12 +9,27 @@ use crate::client::Error;
 use crate::client::redis_link::RedisLink;
 
 /// [`Usage::admit`](super::Usage::admit) in one round trip, atomically: the block, then the
-/// minute's and the hour's counters (keys named after their window, expiring after it), a
+/// minute's and the hour's counters (keys named after their window, expiring after it), then the
+/// minute's and the hour's pacing (each schedule's next slot in microseconds: `ARGV[6]` apart
+/// with `ARGV[7]` of burst, `ARGV[8]` apart with `ARGV[9]`), a
 /// refused call uncounted. Returns 0 to go, else the milliseconds to wait.
 const ADMIT_SCRIPT: &str = r#"
 local now = tonumber(ARGV[1])
 local blocked = tonumber(redis.call('GET', KEYS[3]) or '0')
 if blocked > now then return blocked - now end
+local now_us = now * 1000
+local paced = tonumber(redis.call('GET', KEYS[4]) or '0')
+if paced < now_us then paced = now_us end
+local interval, tolerance = tonumber(ARGV[6]), tonumber(ARGV[7])
+if interval > 0 and paced - now_us > tolerance then
+  return math.ceil((paced - now_us - tolerance) / 1000)
+end
+local hpaced = tonumber(redis.call('GET', KEYS[5]) or '0')
+if hpaced < now_us then hpaced = now_us end
+local hinterval, htolerance = tonumber(ARGV[8]), tonumber(ARGV[9])
+if hinterval > 0 and hpaced - now_us > htolerance then
+  return math.ceil((hpaced - now_us - htolerance) / 1000)
+end
 local m = redis.call('INCR', KEYS[1])
 if m == 1 then redis.call('PEXPIRE', KEYS[1], 120000) end
 local h = redis.call('INCR', KEYS[2])
@@ -26,6 +41,13 @@ elseif per_hour > 0 and h > per_hour then wait = tonumber(ARGV[5]) end
 if wait > 0 then
   redis.call('DECR', KEYS[1])
   redis.call('DECR', KEYS[2])
+else
+  if interval > 0 then
+    redis.call('SET', KEYS[4], string.format('%.0f', paced + interval), 'PX', 120000)
+  end
+  if hinterval > 0 then
+    redis.call('SET', KEYS[5], string.format('%.0f', hpaced + hinterval), 'PX', 7200000)
+  end
 end
 return wait
 "#;
@@ -41,8 +63,8 @@ return 0
 "#;
 
 /// Keeps each corp's and API's usage in Redis under `<prefix><corp_id>:<api>:…` (default prefix
-/// `wechat-kf:budget:`): a counter per clock minute and per clock hour, and the end of a 45009
-/// block. Instances whose clocks differ by a little count a few calls in the neighbouring window;
+/// `wechat-kf:budget:`): a counter per clock minute and per clock hour, the pacing's next slot,
+/// and the end of a 45009 block. Instances whose clocks differ by a little count a few calls in the neighbouring window;
 /// keep the budget's headroom larger than that.
 pub struct RedisBudget {
     link: RedisLink,
@@ -92,7 +114,13 @@ impl BudgetStore for RedisBudget {
                 format!("{}{key}:m:{minute}", self.prefix),
                 format!("{}{key}:h:{hour}", self.prefix),
                 format!("{}{key}:blocked", self.prefix),
+                format!("{}{key}:paced", self.prefix),
+                format!("{}{key}:hpaced", self.prefix),
             ];
+            // (0, 0): not paced.
+            let (interval_us, tolerance_us) = super::pacing(limits.per_minute).unwrap_or_default();
+            let (hour_interval_us, hour_tolerance_us) =
+                super::hour_pacing(limits.per_hour).unwrap_or_default();
             let to_next_minute = (minute + 1) * MINUTE_MS - now_ms;
             let to_next_hour = (hour + 1) * HOUR_MS - now_ms;
             let wait: u64 = self
@@ -105,6 +133,10 @@ impl BudgetStore for RedisBudget {
                         .arg(limits.per_hour)
                         .arg(to_next_minute)
                         .arg(to_next_hour)
+                        .arg(interval_us)
+                        .arg(tolerance_us)
+                        .arg(hour_interval_us)
+                        .arg(hour_tolerance_us)
                         .invoke_async(&mut c)
                         .await
                 })

@@ -16,7 +16,7 @@ use wechat_kf::client::token::RedisTokenStore;
 use wechat_kf::crypto::CallbackCrypto;
 
 use crate::clock::Clock;
-use crate::config::{Config, Secret};
+use crate::config::{Config, ResponderKind, Secret};
 use crate::conversation::Conversations;
 use crate::delivery::Deliverer;
 use crate::delivery::sink::Sink;
@@ -437,6 +437,11 @@ impl Service {
             deliveries: delivery_control,
             media_dir: config.media.download_dir.clone(),
             webhook_url: config.webhook.url.clone(),
+            delivers_to: match config.responder.effective_kind(config.sandbox.echo) {
+                ResponderKind::Webhook if config.webhook.url.is_some() => "webhook",
+                ResponderKind::Webhook => "stdout",
+                kind => kind.as_str(),
+            },
             console_token: match (&config.console.token, &sandbox) {
                 (Some(token), _) => Some(token.clone()),
                 (None, Some(s)) => Some(Secret::new(s.console_token.clone())),

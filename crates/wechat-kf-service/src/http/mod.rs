@@ -119,6 +119,8 @@ pub(crate) struct AppParts {
     pub(crate) media_dir: Option<std::path::PathBuf>,
     /// `webhook.url`, whose reachability the setup report checks.
     pub(crate) webhook_url: Option<String>,
+    /// Who answers the customers: `webhook`, `stdout`, `echo`, or a responder's kind.
+    pub(crate) delivers_to: &'static str,
 }
 
 impl AppState {
@@ -143,6 +145,7 @@ impl AppState {
             deliveries,
             media_dir,
             webhook_url,
+            delivers_to,
         } = parts;
         let setup = setup::SetupState::new(setup::SetupParts {
             token: api_token.clone(),
@@ -152,6 +155,7 @@ impl AppState {
             readiness: readiness.clone(),
             callback_path: callback.as_ref().map(|c| c.path.clone()),
             webhook_url,
+            delivers_to,
             sandbox: sandbox.is_some(),
             clock: clock.clone(),
         });

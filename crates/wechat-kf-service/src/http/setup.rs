@@ -48,6 +48,8 @@ pub(crate) struct SetupParts {
     pub(crate) callback_path: Option<String>,
     /// `webhook.url`, when deliveries go to a webhook.
     pub(crate) webhook_url: Option<String>,
+    /// Who answers the customers (see [`WebhookSetup::target`]).
+    pub(crate) delivers_to: &'static str,
     /// Sandbox mode: WeChat is the embedded emulator.
     pub(crate) sandbox: bool,
     /// The service's own clock (when a check was made, the budget's windows).
@@ -156,8 +158,8 @@ pub(crate) struct TrustedIp {
 /// Where deliveries go and whether that answers.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub(crate) struct WebhookSetup {
-    /// `webhook` (your bot), or `stdout` / `echo` (no webhook: JSON Lines, or the sandbox's
-    /// echo bot).
+    /// `webhook` (your bot), `stdout` (no webhook: JSON Lines), `echo` (the sandbox's echo
+    /// bot), or a built-in responder (`openai`, `dify`).
     pub(crate) target: &'static str,
     /// The webhook's scheme, host and port (never its path or query, which may carry a key).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -356,11 +358,7 @@ pub(crate) async fn report(state: &SetupState, headers: &HeaderMap) -> SetupBody
     };
     let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     let webhook = WebhookSetup {
-        target: match (&parts.webhook_url, parts.sandbox) {
-            (Some(_), _) => "webhook",
-            (None, true) => "echo",
-            (None, false) => "stdout",
-        },
+        target: parts.delivers_to,
         origin,
         reachable,
         error,

@@ -477,6 +477,12 @@ async fn a_dify_app_keeps_its_conversation_per_customer() {
     assert_eq!(requests[0].body["user"], requests[1].body["user"]);
     assert!(!requests[0].body["user"].as_str().unwrap().contains("wmD"));
     assert_eq!(requests[1].authorization.as_deref(), Some("Bearer app-key"));
+    let (status, setup) = api(&running, "GET", "/v1/setup", None).await;
+    assert!(status.is_success(), "{status}");
+    assert_eq!(
+        setup["webhook"]["target"], "dify",
+        "the setup report names the responder"
+    );
     running.shutdown().await;
     emu.shutdown().await;
 }

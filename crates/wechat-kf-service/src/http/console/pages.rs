@@ -772,7 +772,8 @@ pub(super) fn health(csrf: &str, report: &SetupBody, counters: &[(&str, u64)]) -
                             }
                         }
                         "echo" => { p id="webhook" { "No webhook: the sandbox's echo bot answers." } }
-                        _ => { p id="webhook" { "No webhook: messages are written to stdout as JSON Lines." } }
+                        "stdout" => { p id="webhook" { "No webhook: messages are written to stdout as JSON Lines." } }
+                        kind => { p id="webhook" { "No webhook: the built-in " (kind) " responder answers." } }
                     }
                     p.hint { (webhook.acknowledged) " deliveries acknowledged, " (webhook.failed_attempts) " failed attempts since start." }
                 }

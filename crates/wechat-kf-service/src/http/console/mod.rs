@@ -584,18 +584,10 @@ async fn sandbox_send(
     let Some((chat, _)) = &state.parts().sandbox else {
         return not_sandbox();
     };
-    let Form(form) = match form {
+    let form = match posted(&session, &headers, form, |f| &f.csrf) {
         Ok(form) => form,
-        Err(e) => {
-            return failed(ApiError::BadRequest(format!(
-                "invalid form: {}",
-                e.body_text()
-            )));
-        }
+        Err(response) => return response,
     };
-    if let Err(why) = session.check(&headers, Some(&form.csrf)) {
-        return forbidden(why);
-    }
     let back = format!(
         "/console/sandbox?open_kfid={}&customer={}",
         pages::query_escape(&form.open_kfid),
@@ -638,18 +630,10 @@ async fn sandbox_servicer(
     let Some((chat, _)) = &state.parts().sandbox else {
         return not_sandbox();
     };
-    let Form(form) = match form {
+    let form = match posted(&session, &headers, form, |f| &f.csrf) {
         Ok(form) => form,
-        Err(e) => {
-            return failed(ApiError::BadRequest(format!(
-                "invalid form: {}",
-                e.body_text()
-            )));
-        }
+        Err(response) => return response,
     };
-    if let Err(why) = session.check(&headers, Some(&form.csrf)) {
-        return forbidden(why);
-    }
     let action = match form.hook.as_str() {
         "pick" => super::sandbox_api::HookAction::Pick,
         "end" => super::sandbox_api::HookAction::End,
@@ -783,6 +767,27 @@ async fn conversation_fragment(
     }
 }
 
+/// A posted form, read and checked: unreadable → 400, a missing or wrong CSRF token → 403.
+// The error is the handler's whole answer, returned at once: boxing it would buy nothing.
+#[allow(clippy::result_large_err)]
+fn posted<T>(
+    session: &LoggedIn,
+    headers: &HeaderMap,
+    form: Result<Form<T>, FormRejection>,
+    csrf: impl FnOnce(&T) -> &str,
+) -> Result<T, Response> {
+    let Form(form) = form.map_err(|e| {
+        failed(ApiError::BadRequest(format!(
+            "invalid form: {}",
+            e.body_text()
+        )))
+    })?;
+    session
+        .check(headers, Some(csrf(&form)))
+        .map_err(forbidden)?;
+    Ok(form)
+}
+
 #[derive(Deserialize)]
 struct ReplyForm {
     #[serde(default)]
@@ -798,18 +803,10 @@ async fn reply(
     path: Result<Path<(String, String)>, PathRejection>,
     form: Result<Form<ReplyForm>, FormRejection>,
 ) -> Response {
-    let Form(form) = match form {
+    let form = match posted(&session, &headers, form, |f| &f.csrf) {
         Ok(form) => form,
-        Err(e) => {
-            return failed(ApiError::BadRequest(format!(
-                "invalid form: {}",
-                e.body_text()
-            )));
-        }
+        Err(response) => return response,
     };
-    if let Err(why) = session.check(&headers, Some(&form.csrf)) {
-        return forbidden(why);
-    }
     let result = async {
         let Path((open_kfid, customer)) =
             path.map_err(|e| ApiError::BadRequest(format!("invalid path: {}", e.body_text())))?;
@@ -878,18 +875,10 @@ async fn transfer(
     path: Result<Path<(String, String)>, PathRejection>,
     form: Result<Form<TransferForm>, FormRejection>,
 ) -> Response {
-    let Form(form) = match form {
+    let form = match posted(&session, &headers, form, |f| &f.csrf) {
         Ok(form) => form,
-        Err(e) => {
-            return failed(ApiError::BadRequest(format!(
-                "invalid form: {}",
-                e.body_text()
-            )));
-        }
+        Err(response) => return response,
     };
-    if let Err(why) = session.check(&headers, Some(&form.csrf)) {
-        return forbidden(why);
-    }
     let Ok(Path((open_kfid, customer))) = path else {
         return failed(ApiError::BadRequest("invalid path".into()));
     };
@@ -1137,18 +1126,10 @@ async fn contact_way(
     headers: HeaderMap,
     form: Result<Form<ContactWayForm>, FormRejection>,
 ) -> Response {
-    let Form(form) = match form {
+    let form = match posted(&session, &headers, form, |f| &f.csrf) {
         Ok(form) => form,
-        Err(e) => {
-            return failed(ApiError::BadRequest(format!(
-                "invalid form: {}",
-                e.body_text()
-            )));
-        }
+        Err(response) => return response,
     };
-    if let Err(why) = session.check(&headers, Some(&form.csrf)) {
-        return forbidden(why);
-    }
     let made = super::reply_api::contact_way(
         &state.parts().client,
         super::reply_api::ContactWayBody {
